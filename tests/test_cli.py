@@ -1,0 +1,75 @@
+"""Both command lines: --help and --version through click, and the installed console scripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib.metadata import version
+
+import pytest
+from click.testing import CliRunner
+
+from pgpig.cli import main as pgpig_main
+from pipeline.cli import main as data_main
+
+
+@pytest.mark.parametrize("cli, name", [(data_main, "pgpig-data"), (pgpig_main, "pgpig")])
+def test_help_and_version(cli, name):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"{name}, version {version('pgpig')}"
+
+
+def test_synth_help_lists_its_options():
+    result = CliRunner().invoke(data_main, ["synth", "--help"])
+    assert result.exit_code == 0
+    for option in ("--identities", "--poses-per-identity", "--size", "--layout", "--seed", "--distractors"):
+        assert option in result.output
+
+
+def test_synth_through_click_writes_and_reports(tmp_path):
+    result = CliRunner().invoke(data_main, ["synth", str(tmp_path / "raw"), "--identities", "2",
+                                            "--poses-per-identity", "2", "--size", "64x32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 64x32 mannequin images of 2 identities" in result.output
+    assert "market-annotation-train.csv" in result.output
+    assert len(list((tmp_path / "raw").rglob("*.jpg"))) == 4
+
+
+def test_bad_size_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(data_main, ["synth", str(tmp_path / "raw"), "--size", "big"])
+    assert result.exit_code == 2 and "HEIGHTxWIDTH" in result.output
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    found = {name: shutil.which(name) for name in ("pgpig-data", "pgpig")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.fail(f"console scripts {missing} are not installed: run `pip install .` first")
+    return found
+
+
+def test_installed_console_scripts_run_outside_the_repo(scripts, tmp_path):
+    for name, path in scripts.items():
+        out = subprocess.run([path, "--version"], cwd=tmp_path, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == f"{name}, version {version('pgpig')}"
+    run = subprocess.run([scripts["pgpig-data"], "synth", "raw", "--identities", "3", "--quiet"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "raw").rglob("*.jpg"))) == 24
+
+
+def test_errors_are_one_line_without_traceback(scripts, tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "mine.txt").write_text("not synth output")
+    run = subprocess.run([scripts["pgpig-data"], "synth", "raw"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0
+    assert run.stderr.startswith("error: raw is not empty")
+    debug = subprocess.run([scripts["pgpig-data"], "--debug", "synth", "raw"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
