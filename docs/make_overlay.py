@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from pipeline.overlay import draw_skeleton
-from pipeline.synthetic import SynthConfig, deepfashion_pad, write_mannequins
-from schemas.patn import deepfashion_relpath, from_patn_frame, read_annotations
+from pipeline.synthetic import SynthConfig, write_mannequins
+from schemas.patn import deepfashion_margin, deepfashion_relpath, from_patn_frame, read_annotations
 
 
 def tiles(root: Path, csv: str, n: int, scale: int) -> np.ndarray:
@@ -26,7 +26,7 @@ def tiles(root: Path, csv: str, n: int, scale: int) -> np.ndarray:
         if name.startswith("fashion"):
             path = root / deepfashion_relpath(name)
             image = cv2.imread(str(path))
-            xy = from_patn_frame(xy, deepfashion_pad(image.shape[1]))
+            xy = from_patn_frame(xy, deepfashion_margin(image.shape[1]))
         else:
             path = next(root.glob(f"*/{name}"))
             image = cv2.imread(str(path))

@@ -100,5 +100,75 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
     click.echo(f"  {out / 'mannequin.json'}")
 
 
+@main.command()
+@click.argument("raw", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", default=Path("keypoints"), type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the keypoint parts.")
+@click.option("--run-file", default=Path("extract.json"), type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the run record goes.")
+@click.option("--dataset", type=click.Choice(["market1501", "deepfashion", "folder"]), default=None,
+              help="Raw layout [default: detected].")
+@click.option("--split-lists", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="TRAIN.lst TEST.lst", help="PATN name lists that decide the DeepFashion split.")
+@click.option("--highres", is_flag=True, help="DeepFashion: use img_highres/ instead of img/.")
+@click.option("--seed", default=0, type=int, help="Seed of the identity split when the layout gives none.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="YOLO-pose weights [default: the embedded yolo11n-pose.pt].")
+@click.option("--annotations", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PATN annotation CSV (repeatable): take keypoints from it instead of running a model.")
+@click.option("--imgsz", default=256, type=click.IntRange(32), help="Model input size.")
+@click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Person detection threshold.")
+@click.option("--kpt-threshold", default=0.5, type=click.FloatRange(0, 1), help="Keypoint visibility threshold.")
+@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (auto pins one worker per GPU).")
+@click.option("--batch-size", default=32, type=click.IntRange(1), help="Images per model call.")
+@click.option("--partition-size", default=512, type=click.IntRange(1), help="Images per task and part file.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Local worker processes [default: one per GPU, else CPU workers]; 0 runs in this process.")
+@click.option("--threads", default=1, type=click.IntRange(1), help="Threads per worker.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
+@click.option("--overwrite", is_flag=True, help="Discard earlier parts and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@report_errors
+def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
+            annotations, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size: int,
+            partition_size: int, workers, threads: int, scheduler, overwrite: bool, quiet: bool) -> None:
+    """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
+
+    Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second
+    run continues where the first stopped; --overwrite starts over.
+    """
+    from pipeline.extract import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(raw=raw, out=out, run_file=run_file, dataset=dataset,
+                        split_lists=tuple(split_lists) if split_lists else None, highres=highres, seed=seed,
+                        model=model, annotations=tuple(annotations), imgsz=imgsz, conf=conf,
+                        kpt_threshold=kpt_threshold, device=device, batch_size=batch_size,
+                        partition_size=partition_size, workers=workers, threads=threads, scheduler=scheduler,
+                        overwrite=overwrite)
+    record = run_extract(cfg, progress=not quiet, log=click.echo)
+    counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
+    click.echo(f"{record['rows']} rows in {out}/ ({counts}); {record['processed']} processed this run in "
+               f"{record['seconds']:.1f} s ({record['images_per_second']} img/s); run record {run_file}")
+    unmatched = record.get("unmatched_annotations")
+    if unmatched and unmatched["count"]:
+        click.echo(f"warning: {unmatched['count']} annotated names match no image, e.g. "
+                   f"{', '.join(unmatched['examples'][:3])} (all counted in {run_file})", err=True)
+
+
+@main.command("export-annotations")
+@click.argument("out_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keypoints", "keypoints_dir", default=Path("keypoints"),
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of keypoint parts.")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Only this split.")
+@click.option("--patn-crop", is_flag=True, help="DeepFashion: write in PATN's 256x176 crop frame.")
+@report_errors
+def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool) -> None:
+    """Write the ok rows of a keypoints table as a PATN annotation CSV (name:keypoints_y:keypoints_x)."""
+    from pipeline.extract import export_annotations
+
+    n = export_annotations(keypoints_dir, out_csv, split=split, patn_crop=patn_crop)
+    click.echo(f"wrote {n} annotations to {out_csv}")
+
+
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from schemas.files import atomic_write
 from schemas.keypoints import MISSING, NUM_KEYPOINTS
-from schemas.patn import DEEPFASHION_CROP_X, deepfashion_flat_name, to_patn_frame, write_annotations
+from schemas.patn import deepfashion_flat_name, deepfashion_margin, to_patn_frame, write_annotations
 
 LAYOUTS = ("market", "deepfashion")
 DEFAULT_SIZES = {"market": (128, 64), "deepfashion": (256, 256)}
@@ -441,11 +441,6 @@ class MannequinImage:
     annotation_name: str | None  # flat PATN name, None for distractors
 
 
-def deepfashion_pad(width: int) -> int:
-    """Blank columns on each side of a DeepFashion raw image (40 at width 256)."""
-    return int(round(DEEPFASHION_CROP_X * width / 256))
-
-
 def draw_image(
     cfg: SynthConfig, item: MannequinImage, app: Appearance | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -486,7 +481,7 @@ def draw_image(
         image = np.where(shirt[..., None] > 0, tex, image)
     image = image + rng.normal(0, 2.0, image.shape).astype(np.float32)  # sensor noise
     if cfg.layout == "deepfashion":
-        pad = deepfashion_pad(wid)
+        pad = deepfashion_margin(wid)
         image[:, :pad] = 255
         image[:, wid - pad:] = 255
         mask[:, :pad] = False
@@ -621,7 +616,7 @@ def write_mannequins(out: str | os.PathLike, cfg: SynthConfig, overwrite: bool =
         if item.annotation_name is not None:
             split = "train" if item.split == "train" else "test"
             if cfg.layout == "deepfashion":
-                pad = deepfashion_pad(wid)
+                pad = deepfashion_margin(wid)
                 keypoints = to_patn_frame(keypoints, pad, width=wid - 2 * pad)
             annotations[split][0].append(item.annotation_name)
             annotations[split][1].append(keypoints)

@@ -33,6 +33,13 @@ PAIRS_HEADER = "from,to"
 DEEPFASHION_CROP_X = 40
 """Pixels cut from the left and right of a 256-wide DeepFashion image to make PATN's 176-wide frame."""
 
+
+
+def deepfashion_margin(width: int) -> int:
+    """Columns cut from each side of a DeepFashion raw image to make PATN's frame (40 at width 256)."""
+    return int(round(DEEPFASHION_CROP_X * width / 256))
+
+
 _DF_PATH = re.compile(r"^(?:.*/)?(MEN|WOMEN)/([^/]+)/id_(\d{8})/(\d+)_(\d+)_([^/_]+)\.(jpe?g|png)$", re.IGNORECASE)
 _DF_FLAT = re.compile(r"^fashion(MEN|WOMEN)(.+)id(\d{8})(\d+)_(\d+)([^_/]+)\.(jpe?g|png)$", re.IGNORECASE)
 

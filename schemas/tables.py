@@ -55,7 +55,7 @@ KEYPOINTS_SCHEMA = pa.schema(
         _f("view", pa.string(), True, "DeepFashion view (front, side, back, full, additional, flat)"),
         _f("width", pa.int32(), True, "width of the upright decoded image, null when unreadable"),
         _f("height", pa.int32(), True, "height of the upright decoded image, null when unreadable"),
-        _f("content_hash", pa.string(), True, "sha256 of the file bytes, null when unreadable"),
+        _f("content_hash", pa.string(), True, "sha256 of the file bytes, null only when they could not be read"),
         _f("status", pa.string(), False, "ok, no_person, unreadable or skipped"),
         _f("reason", pa.string(), True, "why the status is not ok, one line"),
         _f("n_persons", pa.int16(), False, "persons detected (or annotated)"),

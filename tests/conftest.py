@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# shared/ lies beside the checkout; PGPIG_SHARED points elsewhere for a clone in another place
+SHARED = Path(os.environ.get("PGPIG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +16,7 @@ def shared_reference() -> Path:
     """``../shared/reference`` beside the checkout (present in CI and developer sessions)."""
     ref = SHARED / "reference"
     if not ref.is_dir():
-        pytest.fail(f"{ref} is missing: the tests read the official reference files from ../shared/reference")
+        pytest.fail(f"{ref} is missing: the tests read ../shared/reference (or set PGPIG_SHARED to shared/)")
     return ref
 
 
@@ -37,3 +39,37 @@ def deepfashion_tree(tmp_path_factory) -> tuple[Path, dict]:
     cfg = SynthConfig(identities=5, poses_per_identity=7, layout="deepfashion", distractors=2, seed=5)
     summary = write_mannequins(out, cfg)
     return out, summary
+
+
+def ultralytics_assets() -> Path:
+    """The real photos that ship with ultralytics (bus.jpg: several people; zidane.jpg: two)."""
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def photo_market_tree(tmp_path_factory) -> Path:
+    """The shipped photos in the Market-1501 layout: copies, flips and crops as different 'cameras'."""
+    import cv2
+
+    assets = ultralytics_assets()
+    bus = cv2.imread(str(assets / "bus.jpg"))
+    zidane = cv2.imread(str(assets / "zidane.jpg"))
+    root = tmp_path_factory.mktemp("photos") / "market"
+    images = {
+        "bounding_box_train/0001_c1s1_000101_01.jpg": bus,
+        "bounding_box_train/0001_c2s1_000102_01.jpg": bus[:, ::-1],
+        "bounding_box_train/0001_c3s1_000103_01.jpg": bus[350:950, 0:400],  # one man, cropped
+        "bounding_box_train/0002_c1s1_000201_01.jpg": zidane,
+        "bounding_box_train/0002_c2s1_000202_01.jpg": zidane[:, 640:],  # the right half
+        "bounding_box_test/0003_c1s1_000301_01.jpg": cv2.resize(zidane, (640, 360)),
+        "bounding_box_test/0000_c1s1_000401_01.jpg": bus[:300, :300],  # a distractor: skipped
+        "query/0003_c4s1_000302_01.jpg": zidane[:, ::-1],
+        "query/0003_c5s1_000303_01.jpg": bus[:200, 400:],  # sky and bus front: nobody
+    }
+    for rel, image in images.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return root

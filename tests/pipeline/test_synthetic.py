@@ -13,14 +13,19 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.synthetic import (
     SynthConfig,
-    deepfashion_pad,
     draw_image,
     plan,
     sample_appearance,
     write_mannequins,
 )
 from schemas.keypoints import visible_mask
-from schemas.patn import deepfashion_flat_name, deepfashion_relpath, from_patn_frame, read_annotations
+from schemas.patn import (
+    deepfashion_flat_name,
+    deepfashion_margin,
+    deepfashion_relpath,
+    from_patn_frame,
+    read_annotations,
+)
 
 MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 INSHOP_PATH = re.compile(
@@ -125,7 +130,7 @@ def test_written_csv_keypoints_land_on_the_limbs(deepfashion_tree):
     """The saved JPEG + CSV pair: at each visible limb joint the pixel differs from the studio backdrop."""
     root, _ = deepfashion_tree
     ann = read_annotations(root / "fashion-annotation-train.csv")
-    pad = deepfashion_pad(256)
+    pad = deepfashion_margin(256)
     hits = total = 0
     for name, xy in zip(ann.names, ann.keypoints, strict=True):
         image = cv2.imread(str(root / deepfashion_relpath(name))).astype(np.float32)

@@ -1,0 +1,137 @@
+"""Extraction speed: `pgpig-data extract` vs a plain `YOLO.predict` loop on the same files, weights, device.
+
+    python benchmarks/extract_bench.py [--images 2000] [--size 256x176] [--device auto] [--workers N]
+
+The files are crops, flips and rescales of the photos that ship with ultralytics (real people), written
+as JPEGs at ``--size`` in a ``<identity>/<image>`` folder. Both sides read those JPEG files from disk.
+Prints one JSON line: images/s of each, their ratio, and the keypoint difference (px) between the
+pipeline's table and ``predict``'s chosen person on the images where both found one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def make_images(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    import ultralytics
+
+    assets = Path(ultralytics.__file__).parent / "assets"
+    photos = [cv2.imread(str(assets / name)) for name in ("bus.jpg", "zidane.jpg")]
+    rng = np.random.default_rng(seed)
+    h, w = size
+    paths = []
+    for i in range(n):
+        photo = photos[i % 2]
+        ph, pw = photo.shape[:2]
+        ch = int(ph * rng.uniform(0.5, 1.0))
+        cw = min(pw, int(ch * w / h * rng.uniform(0.8, 1.2)))
+        y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+        crop = photo[y0:y0 + ch, x0:x0 + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        image = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+        path = root / f"{i % 100:04d}" / f"{i:07d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def predict_loop(paths: list[Path], device: str, imgsz: int, conf: float, batch: int, threshold: float) -> tuple:
+    """The baseline: `YOLO.predict` on lists of file paths, batch by batch, keypoints converted the same way."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    from pipeline.pose import choose_person, default_model_path
+    from pipeline.pose.reference import precision_options, resolve_device
+    from schemas.keypoints import coco17_to_openpose18
+
+    device = resolve_device(device)
+    model = YOLO(str(default_model_path()), task="pose")
+    model.predict([str(paths[0])], imgsz=imgsz, device=device, verbose=False)  # warm-up, as the pipeline's
+    out = {}
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        chunk = paths[i:i + batch]
+        results = model.predict([str(p) for p in chunk], imgsz=imgsz, conf=conf, device=device,
+                                verbose=False, batch=len(chunk), **precision_options(device.startswith("cuda")))
+        for path, r in zip(chunk, results, strict=True):
+            if r.boxes is None or len(r.boxes) == 0:
+                continue
+            boxes = np.concatenate([r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()[:, None]], axis=1)
+            kp = r.keypoints.data.cpu().numpy()[choose_person(boxes)]
+            out[path] = coco17_to_openpose18(kp[:, :2], kp[:, 2], threshold)[0]
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", default="256x176")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--label", default="", help="free text naming the machine (e.g. the GPU card)")
+    args = parser.parse_args()
+    h, w = (int(v) for v in args.size.split("x"))
+
+    from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+    from schemas.keypoints import visible_mask
+    from schemas.tables import keypoints_to_numpy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "raw"
+        paths = make_images(root, args.images, (h, w))
+        cfg = ExtractConfig(raw=root, out=Path(tmp) / "keypoints", run_file=Path(tmp) / "extract.json",
+                            dataset="folder", device=args.device, workers=args.workers, imgsz=args.imgsz,
+                            batch_size=args.batch_size, partition_size=max(args.batch_size, 256))
+        t0 = time.perf_counter()
+        record = run_extract(cfg, log=lambda *a, **k: None)
+        pipeline_seconds = time.perf_counter() - t0  # listing, cluster start and model load included
+        baseline, predict_seconds = predict_loop(paths, args.device, args.imgsz, cfg.conf, args.batch_size,
+                                                 cfg.kpt_threshold)
+        table = read_keypoints(cfg.out)
+        xy = keypoints_to_numpy(table["keypoints"])
+        diffs, person_mismatch = [], 0
+        for rel, status, kp in zip(table["image"].to_pylist(), table["status"].to_pylist(), xy, strict=True):
+            ref = baseline.get(root / rel)
+            if (ref is None) != (status != "ok"):
+                person_mismatch += 1
+                continue
+            if ref is not None:
+                both = visible_mask(ref) & visible_mask(kp)
+                if both.any():
+                    diffs.append(np.abs(ref[both] - kp[both]).mean())
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    print(json.dumps({
+        "bench": "extract", "images": args.images, "size": [h, w], "imgsz": args.imgsz,
+        "batch_size": args.batch_size, "device": args.device, "gpu": gpu, "gpus": torch.cuda.device_count(),
+        "workers": record["workers"],
+        "pipeline_images_per_s": round(args.images / pipeline_seconds, 1),
+        "pipeline_images_per_s_excluding_startup": record["images_per_second"],
+        "predict_images_per_s": round(args.images / predict_seconds, 1),
+        "ratio_pipeline_to_predict": round(predict_seconds / pipeline_seconds, 3),
+        "keypoint_mean_abs_diff_px": round(float(np.mean(diffs)), 4) if diffs else None,
+        "keypoint_max_image_diff_px": round(float(np.max(diffs)), 4) if diffs else None,
+        "person_found_mismatch": person_mismatch, "statuses": record["statuses"],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu", "label": args.label,
+        "python": sys.version.split()[0], "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

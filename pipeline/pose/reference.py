@@ -1,0 +1,86 @@
+"""The reference pose backend: Ultralytics ``YOLO.predict`` with YOLO-pose weights.
+
+Jocher, Qiu and Chaurasia, "Ultralytics YOLO11" (2024), https://docs.ultralytics.com. The model runs
+offline (``YOLO_OFFLINE=1``); weights are the embedded ``yolo11n-pose.pt`` unless a path is given. This
+backend defines the keypoints every faster path must agree with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.pose import Detections, default_model_path
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda:0`` when a GPU is visible, else ``cpu``; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def precision_options(half: bool) -> dict:
+    """``predict`` keywords for fp16 or fp32: ``quantize`` since ultralytics 8.4, ``half`` before it."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if "quantize" in DEFAULT_CFG_DICT:
+        return {"quantize": 16 if half else None}
+    return {"half": half}
+
+
+class UltralyticsBackend:
+    name = "ultralytics"
+
+    def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
+                 device: str = "auto", batch_size: int = 32, half: bool | None = None):
+        os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network to fetch weights
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        from ultralytics import YOLO
+
+        self.model_path = Path(model) if model else default_model_path()
+        if not self.model_path.is_file():
+            raise PipelineError(f"{self.model_path}: pose model weights not found (--model)")
+        try:
+            self.model = YOLO(str(self.model_path), task="pose")
+        except Exception as exc:  # ultralytics raises many types for a bad file
+            raise PipelineError(f"{self.model_path}: cannot load as YOLO-pose weights ({exc})") from exc
+        if getattr(self.model, "task", "pose") != "pose":
+            raise PipelineError(f"{self.model_path}: a YOLO {self.model.task} model, not a pose model")
+        self.imgsz = imgsz
+        self.conf = conf
+        self.device = resolve_device(device)
+        self.half = self.device.startswith("cuda") if half is None else half
+        self.batch_size = batch_size
+
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        # ultralytics letterboxes a batch of equal shapes with minimal padding, like a single image, but pads a
+        # mixed batch to a square, which moves keypoints by pixels; batching per shape keeps every image's
+        # result independent of its batch neighbours (and of the partitioning).
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        out: list[Detections | None] = [None] * len(images)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                results = self.model.predict([images[i] for i in chunk], imgsz=self.imgsz, conf=self.conf,
+                                             device=self.device, verbose=False, batch=len(chunk),
+                                             **precision_options(self.half))
+                for i, r in zip(chunk, results, strict=True):
+                    out[i] = detections_of(r)
+        return out
+
+
+def detections_of(result) -> Detections:
+    """An ultralytics ``Results`` of a pose model as ``Detections``."""
+    if result.boxes is None or len(result.boxes) == 0 or result.keypoints is None:
+        return Detections.empty()
+    boxes = np.concatenate([result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()[:, None]], axis=1)
+    kp = result.keypoints.data.cpu().numpy()
+    return Detections(boxes.astype(np.float32), kp[..., :2].astype(np.float32), kp[..., 2].astype(np.float32))

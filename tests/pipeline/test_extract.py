@@ -1,0 +1,231 @@
+"""`pgpig-data extract` on real photos with the real embedded model, and on mannequins with annotations."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main as data_main
+from pipeline.errors import PipelineError
+from pipeline.extract import ExtractConfig, export_annotations, read_keypoints, run_extract
+from pipeline.pose import choose_person, default_model_path
+from schemas.files import sha256_file
+from schemas.keypoints import coco17_to_openpose18, visible_mask
+from schemas.patn import deepfashion_flat_name, read_annotations
+from schemas.tables import keypoints_to_numpy
+
+
+def by_image(table) -> dict[str, dict]:
+    rows = table.to_pylist()
+    kp = keypoints_to_numpy(table["keypoints"])
+    out = {}
+    for row, xy in zip(rows, kp, strict=True):
+        row["xy"] = xy
+        out[row["image"]] = row
+    return out
+
+
+def quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def photo_run(photo_market_tree, tmp_path_factory):
+    work = tmp_path_factory.mktemp("photo_run")
+    cfg = ExtractConfig(raw=photo_market_tree, out=work / "keypoints", run_file=work / "extract.json", workers=0,
+                        partition_size=4, batch_size=4)
+    record = run_extract(cfg, log=quiet)
+    return cfg, record, by_image(read_keypoints(cfg.out))
+
+
+def test_every_photo_gets_a_row_and_the_run_is_recorded(photo_run, photo_market_tree):
+    cfg, record, rows = photo_run
+    files = sorted(p.relative_to(photo_market_tree).as_posix() for p in photo_market_tree.rglob("*.jpg"))
+    assert sorted(rows) == files
+    assert record["complete"] and record["rows"] == len(files) == 9
+    assert record["statuses"]["skipped"] == 1
+    assert rows["bounding_box_test/0000_c1s1_000401_01.jpg"]["reason"] == "Market-1501 distractor id 0000"
+    assert rows["query/0003_c5s1_000303_01.jpg"]["status"] == "no_person"
+    assert rows["query/0003_c5s1_000303_01.jpg"]["reason"] == "no person detected"
+    bus = rows["bounding_box_train/0001_c1s1_000101_01.jpg"]
+    # yolo11n-pose at the default 256-px input finds the 4 people of the bus photo (as YOLO.predict does)
+    assert bus["status"] == "ok" and bus["n_persons"] == 4 and bus["n_visible"] >= 14
+    assert (bus["width"], bus["height"]) == (810, 1080) and bus["identity"] == "0001" and bus["camera"] == 1
+    assert bus["content_hash"] == sha256_file(photo_market_tree / bus["image"])
+    on_disk = json.loads(cfg.run_file.read_text())
+    assert on_disk["settings"]["model_sha256"] == sha256_file(default_model_path())
+    assert on_disk["statuses"] == record["statuses"] and on_disk["versions"]["ultralytics"]
+
+
+def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_market_tree):
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    cfg, _, rows = photo_run
+    model = YOLO(str(default_model_path()), task="pose")
+    diffs = []
+    for rel, row in rows.items():
+        if row["status"] == "skipped":
+            continue
+        r = model.predict(str(photo_market_tree / rel), imgsz=cfg.imgsz, conf=cfg.conf, device="cpu", verbose=False)[0]
+        assert len(r.boxes) == row["n_persons"], rel
+        if row["status"] == "no_person":
+            continue
+        boxes = np.concatenate([r.boxes.xyxy.numpy(), r.boxes.conf.numpy()[:, None]], axis=1)
+        chosen = choose_person(boxes)
+        kp = r.keypoints.data.numpy()[chosen]
+        ref, _ = coco17_to_openpose18(kp[:, :2], kp[:, 2], cfg.kpt_threshold)
+        both = visible_mask(ref) & visible_mask(row["xy"])
+        assert both.sum() >= visible_mask(ref).sum() - 1, rel  # at most one joint flips across the threshold
+        diffs.append(np.abs(ref[both] - row["xy"][both]).mean())
+    assert len(diffs) >= 6
+    assert np.mean(diffs) < 1.0, diffs
+
+
+def test_flipped_photo_gives_mirrored_keypoints(photo_run):
+    from schemas.keypoints import flip_keypoints
+
+    _, _, rows = photo_run
+    a = rows["bounding_box_train/0001_c1s1_000101_01.jpg"]
+    b = rows["bounding_box_train/0001_c2s1_000102_01.jpg"]
+    mirrored = flip_keypoints(b["xy"], b["width"])
+    both = visible_mask(a["xy"]) & visible_mask(mirrored)
+    assert both.sum() >= 12
+    assert np.median(np.abs(a["xy"][both] - mirrored[both])) < 6  # same person picked, left/right swapped
+
+
+@pytest.mark.parametrize("layout", ["market", "deepfashion"])
+def test_annotation_import_reproduces_the_mannequin_keypoints(layout, market_tree, deepfashion_tree, tmp_path):
+    root, summary = market_tree if layout == "market" else deepfashion_tree
+    prefix = "market" if layout == "market" else "fashion"
+    csvs = [root / f"{prefix}-annotation-train.csv", root / f"{prefix}-annotation-test.csv"]
+    cfg = ExtractConfig(raw=root, out=tmp_path / "keypoints", run_file=tmp_path / "extract.json",
+                        annotations=tuple(csvs), workers=0, partition_size=7)
+    record = run_extract(cfg, log=quiet)
+    rows = by_image(read_keypoints(cfg.out))
+    assert len(rows) == summary["images"] and record["unmatched_annotations"]["count"] == 0
+    assert record["settings"]["backend"] == "annotations" and record["settings"]["model"] is None
+    truth = {}
+    for csv in csvs:
+        ann = read_annotations(csv)
+        truth.update(zip(ann.names, ann.keypoints, strict=True))
+    checked = 0
+    for rel, row in rows.items():
+        name = Path(rel).name if layout == "market" else deepfashion_flat_name(rel)
+        if name not in truth:
+            assert row["status"] == "skipped", rel  # distractors, junk, flat shots
+            continue
+        assert row["status"] == "ok" and row["source"] == "annotations"
+        expected = truth[name].copy()
+        if layout == "deepfashion":
+            expected[visible_mask(expected), 0] += 40
+        np.testing.assert_array_equal(row["xy"], expected)
+        checked += 1
+    assert checked == sum(summary["annotated"].values())
+
+    # export → the same annotations (DeepFashion back in the crop frame)
+    exported = tmp_path / "exported.csv"
+    n = export_annotations(cfg.out, exported, patn_crop=layout == "deepfashion")
+    back = read_annotations(exported)
+    assert n == checked and set(back.names) == set(truth)
+    for name, xy in zip(back.names, back.keypoints, strict=True):
+        np.testing.assert_array_equal(xy, truth[name])
+
+
+def test_resume_after_lost_parts_gives_one_row_per_image(market_tree, tmp_path):
+    root, summary = market_tree
+    csvs = (root / "market-annotation-train.csv", root / "market-annotation-test.csv")
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", annotations=csvs,
+                        workers=0, partition_size=5)
+    run_extract(cfg, log=quiet)
+    parts = sorted(cfg.out.glob("part-*.parquet"))
+    assert len(parts) == -(-summary["images"] // 5)
+    parts[2].unlink()  # as if the run died before this part was written
+    parts[4].write_bytes(parts[4].read_bytes()[:100])  # a part damaged on disk
+    (cfg.out / ".part-00009.parquet.abc.tmp").write_bytes(b"half written")
+    record = run_extract(cfg, log=quiet)
+    assert record["already_done"] == summary["images"] - 10 and record["processed"] == 10
+    table = read_keypoints(cfg.out)
+    images = table["image"].to_pylist()
+    assert len(images) == len(set(images)) == summary["images"]
+    assert not list(cfg.out.glob(".*.tmp")) and len(list(cfg.out.glob("*.corrupt"))) == 1
+    again = run_extract(cfg, log=quiet)
+    assert again["processed"] == 0 and again["rows"] == summary["images"]
+
+
+def test_resume_refuses_other_settings_and_overwrite_starts_over(market_tree, tmp_path):
+    root, summary = market_tree
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                        annotations=(root / "market-annotation-train.csv",))
+    run_extract(cfg, log=quiet)
+    other = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                          annotations=(root / "market-annotation-test.csv",))
+    with pytest.raises(PipelineError, match="other settings"):
+        run_extract(other, log=quiet)
+    other.overwrite = True
+    record = run_extract(other, log=quiet)
+    assert record["already_done"] == 0 and record["rows"] == summary["images"]
+
+
+def test_killed_run_resumes_to_exactly_one_row_per_image(photo_market_tree, tmp_path):
+    """kill -9 while parts are being written, then run again: every image once, no partial part read."""
+    out = tmp_path / "keypoints"
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", str(photo_market_tree), "--out", str(out),
+           "--run-file", str(tmp_path / "extract.json"), "--workers", "0", "--partition-size", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list(out.glob("part-*.parquet")))
+    assert 3 <= written < 9, "the run should be killed part-way"
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    images = read_keypoints(out)["image"].to_pylist()
+    assert len(images) == len(set(images)) == 9
+    record = json.loads((tmp_path / "extract.json").read_text())
+    assert record["complete"] and record["already_done"] == written
+
+
+def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree, photo_run, tmp_path):
+    _, _, reference = photo_run
+    tables = {}
+    for workers in (1, 2):
+        cfg = ExtractConfig(raw=photo_market_tree, out=tmp_path / f"kp{workers}",
+                            run_file=tmp_path / f"extract{workers}.json", workers=workers, partition_size=2,
+                            batch_size=2)
+        record = run_extract(cfg, log=quiet)
+        assert record["workers"] == workers
+        tables[workers] = by_image(read_keypoints(cfg.out))
+    for rows in tables.values():
+        assert sorted(rows) == sorted(reference)
+        for rel, row in rows.items():
+            assert row["status"] == reference[rel]["status"], rel
+            np.testing.assert_allclose(row["xy"], reference[rel]["xy"], atol=1e-3)
+
+
+def test_cli_extract_with_annotations_then_export(market_tree, tmp_path):
+    root, summary = market_tree
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        result = runner.invoke(data_main, ["extract", str(root), "--annotations",
+                                           str(root / "market-annotation-train.csv"), "--annotations",
+                                           str(root / "market-annotation-test.csv"), "--workers", "0", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert f"{summary['images']} rows in keypoints/" in result.output
+        assert Path("extract.json").is_file() and list(Path("keypoints").glob("part-*.parquet"))
+        result = runner.invoke(data_main, ["export-annotations", "train.csv", "--split", "train"])
+        assert result.exit_code == 0, result.output
+        assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
+        result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
+        assert result.exit_code == 1 and result.output.startswith("error: ")
