@@ -171,68 +171,101 @@ def _set_torch_threads(threads: int | None) -> None:
             torch.set_num_threads(threads)
 
 
+def _decode_ahead(rows: list[dict], raw: str, max_pixels: int, threads: int, window: int):
+    """Decoded files of ``rows`` in order (None for skipped rows), read by a thread pool up to ``window``
+    files ahead, so decoding overlaps the model (OpenCV and hashlib release the GIL)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.decode import decode_image
+
+    def decode(row: dict):
+        if row["skip_reason"] is not None:
+            return None
+        return decode_image(Path(raw) / row["image"], max_pixels=max_pixels)
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        ahead: deque = deque()
+        upcoming = iter(rows)
+        for row in upcoming:
+            ahead.append(pool.submit(decode, row))
+            if len(ahead) >= window:
+                break
+        while ahead:
+            result = ahead.popleft().result()
+            for row in upcoming:
+                ahead.append(pool.submit(decode, row))
+                break
+            yield result
+
+
 def extract_partition(task: PartitionTask, out: str) -> dict:
     """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds"}``."""
-    from pipeline.decode import decode_image
     from pipeline.pose import cached_backend, to_openpose
     from pipeline.pose.annotations import annotation_row
 
     start = time.perf_counter()
     s = task.settings
     n = len(task.rows)
-    columns: dict[str, list] = {k: [] for k in ("width", "height", "content_hash", "status", "reason",
-                                                "n_persons", "source")}
+    status = ["skipped"] * n
+    reason = [row["skip_reason"] for row in task.rows]
+    width: list[int | None] = [None] * n
+    height: list[int | None] = [None] * n
+    digest: list[str | None] = [None] * n
+    persons = [0] * n
     keypoints, scores = empty_keypoints(n)
     boxes = np.full((n, 5), np.nan, np.float32)
-    pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
-
     annotations = None
+    backend = None
     if s["backend"] == "annotations":
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
+    pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
 
-    for i, row in enumerate(task.rows):
-        status, reason, width, height, digest, persons = "skipped", row["skip_reason"], None, None, None, 0
-        if row["skip_reason"] is None:
-            decoded = decode_image(Path(task.raw) / row["image"], max_pixels=s["max_pixels"])
-            width, height, digest = decoded.width, decoded.height, decoded.content_hash
-            if decoded.status != "ok":
-                status, reason = "unreadable", decoded.reason
-            elif annotations is not None:
-                xy = annotations.lookup(row["patn_name"], width)
-                if xy is None:
-                    status, reason = "skipped", "not in the annotation CSV(s)"
-                else:
-                    box, keypoints[i], scores[i] = annotation_row(xy, width, height)
-                    persons = int(box is not None)
-                    if box is None:
-                        status, reason = "no_person", "annotation has no visible keypoint"
-                    else:
-                        status, reason = "ok", None
-                        boxes[i] = box
-            else:
-                status, reason = "ok", None  # decided after the model ran
-                pending.append((i, decoded.image, decoded.scale))
-        columns["width"].append(width)
-        columns["height"].append(height)
-        columns["content_hash"].append(digest)
-        columns["status"].append(status)
-        columns["reason"].append(reason)
-        columns["n_persons"].append(persons)
-        columns["source"].append("annotations" if annotations is not None else "yolo")
-
-    if pending:
+    def run_model() -> None:
+        nonlocal backend
+        if backend is None:
+            backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
+                                     device=_worker_device(s["device"]), batch_size=s["batch_size"])
+        # ultralytics sets torch's threads to cores - 1 when it picks the CPU; restore this worker's share
         _set_torch_threads(s.get("torch_threads"))
-        backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
-                                 device=_worker_device(s["device"]), batch_size=s["batch_size"])
         detections = backend.predict([image for _, image, _ in pending])
         for (i, _, scale), det in zip(pending, detections, strict=True):
             det = det.scaled(scale)
             chosen, box, keypoints[i], scores[i] = to_openpose(det, s["kpt_threshold"])
-            columns["n_persons"][i] = len(det)
+            persons[i] = len(det)
             if chosen < 0:
-                columns["status"][i], columns["reason"][i] = "no_person", "no person detected"
+                status[i], reason[i] = "no_person", "no person detected"
             else:
                 boxes[i] = box
+        pending.clear()
+
+    decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
+                                 window=2 * s["batch_size"])
+    for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
+        if decoded is None:
+            continue  # skipped by the listing, reason already set
+        width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
+        if decoded.status != "ok":
+            status[i], reason[i] = "unreadable", decoded.reason
+        elif annotations is not None:
+            xy = annotations.lookup(row["patn_name"], decoded.width)
+            if xy is None:
+                reason[i] = "not in the annotation CSV(s)"
+                continue
+            box, keypoints[i], scores[i] = annotation_row(xy, decoded.width, decoded.height)
+            persons[i] = int(box is not None)
+            if box is None:
+                status[i], reason[i] = "no_person", "annotation has no visible keypoint"
+            else:
+                status[i], reason[i] = "ok", None
+                boxes[i] = box
+        else:
+            status[i], reason[i] = "ok", None  # until the model finds nobody
+            pending.append((i, decoded.image, decoded.scale))
+            if len(pending) >= s["batch_size"]:
+                run_model()
+    if pending:
+        run_model()
 
     vis = (keypoints != -1).any(axis=-1)
     table = table_from_pydict("keypoints", {
@@ -243,15 +276,20 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         "identity": [r["identity"] for r in task.rows],
         "camera": [r["camera"] for r in task.rows],
         "view": [r["view"] for r in task.rows],
-        **columns,
+        "width": width,
+        "height": height,
+        "content_hash": digest,
+        "status": status,
+        "reason": reason,
+        "n_persons": persons,
         "box": boxes,
         "keypoints": keypoints,
         "scores": scores,
         "n_visible": vis.sum(axis=1).astype(np.int8),
+        "source": ["annotations" if annotations is not None else "yolo"] * n,
     })
     write_table(table, Path(out) / f"part-{task.part:05d}.parquet", "keypoints")
-    return {"part": task.part, "rows": n, "statuses": dict(Counter(columns["status"])),
-            "seconds": time.perf_counter() - start}
+    return {"part": task.part, "rows": n, "statuses": dict(Counter(status)), "seconds": time.perf_counter() - start}
 
 
 _ANNOTATIONS: dict[tuple, object] = {}
@@ -347,9 +385,10 @@ def default_workers() -> tuple[int, int]:
     """(workers, torch threads per worker): one per GPU, else CPU workers sharing the cores."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.device_count(), 1
     cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        return gpus, max(1, cores // gpus)
     workers = max(1, min(4, cores // 2))
     return workers, max(1, cores // workers)
 
@@ -392,7 +431,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     if cfg.workers is not None:
         workers = cfg.workers
         torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    settings = {**settings, "torch_threads": torch_threads}
+    # decoding threads per worker: the cores left to each worker, at least 2 so reading overlaps the model
+    decode_threads = max(2, min(8, (os.cpu_count() or 1) // max(1, workers)))
+    settings = {**settings, "torch_threads": torch_threads, "decode_threads": decode_threads}
     first = max(parts, default=-1) + 1
     tasks = [
         PartitionTask(first + k, [asdict(r) for r in todo[i:i + cfg.partition_size]], str(raw), settings)
@@ -408,6 +449,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         rows=rows,
         statuses=statuses,
         seconds=round(seconds, 3),
+        task_seconds=round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
         images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
         workers=workers if cfg.scheduler is None else None,
         scheduler=cfg.scheduler,
@@ -427,6 +469,7 @@ def _unmatched_annotations(cfg: ExtractConfig, dataset: str) -> dict:
 
 
 def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progress: bool, log) -> list[dict]:
+    settings = tasks[0].settings
     total = sum(len(t.rows) for t in tasks)
     bar = None
     counts: Counter = Counter()
@@ -455,8 +498,17 @@ def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progr
         if cfg.scheduler:
             client = Client(cfg.scheduler)
         else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads, processes=True,
-                                   dashboard_address=":0")
+            # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=65536; for a model the
+            # first starves torch and the second returns every large buffer to the OS after each call: together
+            # they halved CPU inference in a worker (benchmarks/results/extract-cpu-2core.jsonl). Give each worker
+            # its share of the cores and glibc's default trimming instead.
+            import dask
+
+            threads = str(settings["torch_threads"])
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads, processes=True,
+                                       dashboard_address=":0", env=env)
             client = Client(cluster)
         try:
             log(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}")

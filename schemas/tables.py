@@ -59,7 +59,8 @@ KEYPOINTS_SCHEMA = pa.schema(
         _f("status", pa.string(), False, "ok, no_person, unreadable or skipped"),
         _f("reason", pa.string(), True, "why the status is not ok, one line"),
         _f("n_persons", pa.int16(), False, "persons detected (or annotated)"),
-        _f("box", BOX_TYPE, True, "chosen person's box x1, y1, x2, y2, score"),
+        # not nullable: pyarrow < 26 cannot read null slots of a fixed-size list back from Parquet
+        _f("box", BOX_TYPE, False, "chosen person's box x1, y1, x2, y2, score; all NaN without a person"),
         _f("keypoints", KEYPOINTS_TYPE, False, "18 x (x, y) float32 pixels, (-1, -1) invisible"),
         _f("scores", SCORES_TYPE, False, "18 keypoint scores, kept also when invisible"),
         _f("n_visible", pa.int8(), False, "visible keypoints"),
@@ -107,7 +108,7 @@ def table_from_pydict(kind: str, columns: dict) -> pa.Table:
     """Build a table of ``kind`` from column lists or arrays, checked against its schema.
 
     ``keypoints`` may be given as an ``(N, 18, 2)`` array and ``scores``/``box`` as ``(N, 18)``/``(N, 5)``
-    arrays (``box`` rows of NaN become null).
+    arrays.
     """
     if kind not in SCHEMAS:
         raise SchemaError(f"unknown table kind {kind!r}; one of {sorted(SCHEMAS)}")
@@ -140,12 +141,7 @@ def _to_arrow(value, field: pa.Field) -> pa.Array:
         size = field.type.list_size
         if arr.ndim != 2 or arr.shape[1] != size:
             raise SchemaError(f"column {field.name}: expected (N, {size}) array, got {arr.shape}")
-        mask = np.isnan(arr).all(axis=1) if field.nullable else None
-        flat = pa.array(arr.reshape(-1), type=pa.float32())
-        out = pa.FixedSizeListArray.from_arrays(flat, size)
-        if mask is not None and mask.any():
-            out = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(mask))
-        return out
+        return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), type=pa.float32()), size)
     try:
         return pa.array(value, type=field.type, from_pandas=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -198,7 +198,11 @@ def test_killed_run_resumes_to_exactly_one_row_per_image(photo_market_tree, tmp_
 
 
 def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree, photo_run, tmp_path):
+    import torch
+
     _, _, reference = photo_run
+    # fp32 on the CPU: the same numbers whatever the batching; fp16 kernels on a GPU vary with batch size
+    atol = 0.5 if torch.cuda.is_available() else 1e-3
     tables = {}
     for workers in (1, 2):
         cfg = ExtractConfig(raw=photo_market_tree, out=tmp_path / f"kp{workers}",
@@ -211,7 +215,7 @@ def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree
         assert sorted(rows) == sorted(reference)
         for rel, row in rows.items():
             assert row["status"] == reference[rel]["status"], rel
-            np.testing.assert_allclose(row["xy"], reference[rel]["xy"], atol=1e-3)
+            np.testing.assert_allclose(row["xy"], reference[rel]["xy"], atol=atol)
 
 
 def test_cli_extract_with_annotations_then_export(market_tree, tmp_path):
