@@ -468,54 +468,73 @@ def _unmatched_annotations(cfg: ExtractConfig, dataset: str) -> dict:
     return {"count": len(missing), "examples": missing[:10]}
 
 
-def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progress: bool, log) -> list[dict]:
-    settings = tasks[0].settings
-    total = sum(len(t.rows) for t in tasks)
-    bar = None
-    counts: Counter = Counter()
-    if progress:
-        from tqdm import tqdm
+def _local_cluster(workers: int, threads_per_worker: int, torch_threads: int):
+    """A LocalCluster of single-process workers with an environment fit for running a model."""
+    import dask
+    from distributed import LocalCluster
 
-        bar = tqdm(total=total, unit="img", desc="extract", dynamic_ncols=True)
+    # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=65536; for a model the first
+    # starves torch and the second hands every large buffer back to the OS after each call: together they
+    # halved CPU inference in a worker. Give each worker its share of the cores and glibc's default trimming.
+    threads = str(torch_threads)
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                            dashboard_address=":0", env=env)
+
+
+def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progress: bool, log) -> list[dict]:
+    out = str(Path(cfg.out).resolve())
+    summaries: list[dict] = []
+    counts: Counter = Counter()
+    bar = None
+
+    def start_bar() -> None:
+        nonlocal bar
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(len(t.rows) for t in tasks), unit="img", desc="extract", dynamic_ncols=True)
 
     def done(summary: dict) -> None:
+        summaries.append(summary)
         counts.update(summary["statuses"])
         if bar is not None:
             bar.update(summary["rows"])
             bar.set_postfix(counts, refresh=False)
 
-    out = str(Path(cfg.out).resolve())
-    summaries = []
+    def failed(task: PartitionTask, exc: BaseException) -> PipelineError:
+        # finished parts stay valid: the next run resumes after fixing the cause
+        first = task.rows[0]["image"] if task.rows else "?"
+        return PipelineError(f"part {task.part} (from {first}) failed: {type(exc).__name__}: {exc}; "
+                             "parts written so far are kept, run again to resume")
+
     try:
-        if cfg.scheduler is None and workers == 0:
+        # one partition, or --workers 0: a cluster would only add its start-up
+        if cfg.scheduler is None and (workers == 0 or len(tasks) == 1):
+            start_bar()
             for task in tasks:
-                summaries.append(extract_partition(task, out))
-                done(summaries[-1])
+                try:
+                    done(extract_partition(task, out))
+                except (PipelineError, SchemaError):
+                    raise
+                except Exception as exc:
+                    raise failed(task, exc) from exc
             return summaries
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, as_completed
 
-        cluster = None
-        if cfg.scheduler:
-            client = Client(cfg.scheduler)
-        else:
-            # Dask starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=65536; for a model the
-            # first starves torch and the second returns every large buffer to the OS after each call: together
-            # they halved CPU inference in a worker (benchmarks/results/extract-cpu-2core.jsonl). Give each worker
-            # its share of the cores and glibc's default trimming instead.
-            import dask
-
-            threads = str(settings["torch_threads"])
-            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=cfg.threads, processes=True,
-                                       dashboard_address=":0", env=env)
-            client = Client(cluster)
+        cluster = None if cfg.scheduler else _local_cluster(workers, cfg.threads, tasks[0].settings["torch_threads"])
+        client = Client(cfg.scheduler or cluster)
         try:
             log(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}")
+            start_bar()
             futures = client.map(extract_partition, tasks, out=out, pure=False)
+            task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
             for future in as_completed(futures):
-                summaries.append(future.result())
-                done(summaries[-1])
+                try:
+                    done(future.result())
+                except Exception as exc:
+                    raise failed(task_of[future.key], exc) from exc
         finally:
             client.close()
             if cluster is not None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# test data builders shared by several test files (tests/corpus.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # shared/ lies beside the checkout; PGPIG_SHARED points elsewhere for a clone in another place
 SHARED = Path(os.environ.get("PGPIG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

@@ -5,17 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from corpus import cv2_bytes, pil_bytes, png_claiming, solid_jpeg, with_orientation
 from PIL import Image, ImageOps, features
 
 import pipeline.decode as decode
@@ -47,54 +46,8 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-def cv2_bytes(image: np.ndarray, ext: str, *params: int) -> bytes:
-    ok, encoded = cv2.imencode(ext, image, list(params))
-    assert ok
-    return encoded.tobytes()
-
-
-def pil_bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def with_orientation(bgr: np.ndarray, orientation: int) -> bytes:
-    im = Image.fromarray(bgr[..., ::-1].copy())
-    exif = im.getexif()
-    exif[0x0112] = orientation
-    return pil_bytes(im, "JPEG", quality=95, exif=exif.tobytes())
-
-
 def pil_upright_bgr(data: bytes) -> np.ndarray:
     return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))[..., ::-1]
-
-
-def solid_jpeg(width: int, height: int, bgr: tuple[int, int, int]) -> bytes:
-    """A valid baseline JPEG of any size in ~1 ms per 10 MB, without the encoder ever seeing the full image.
-
-    With a restart marker after every MCU each MCU is byte-aligned and starts from a fresh DC predictor, so all
-    MCUs of a solid colour are the same bytes: encode a 32×32 tile, patch the frame size, repeat one MCU.
-    """
-    tile = np.full((32, 32, 3), bgr, np.uint8)
-    data = cv2_bytes(tile, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_RST_INTERVAL, 1)
-    sof, sos = data.index(b"\xff\xc0"), data.index(b"\xff\xda")
-    scan = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
-    mcu = data[scan:].split(b"\xff\xd0")[0]
-    header = bytearray(data[:scan])
-    header[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    count = math.ceil(width / 16) * math.ceil(height / 16)  # 4:2:0, OpenCV's default: 16×16 MCUs
-    eight = b"".join(mcu + bytes([0xFF, 0xD0 + i]) for i in range(8))
-    body = eight * (count // 8) + b"".join(mcu + bytes([0xFF, 0xD0 + i]) for i in range(count % 8))
-    return bytes(header) + body[:-2] + b"\xff\xd9"  # the last MCU ends the scan, not a restart
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny real PNG whose IHDR (with a valid CRC) claims another size: a decompression bomb's header."""
-    data = bytearray(cv2_bytes(np.zeros((2, 2, 3), np.uint8), ".png"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 # --- the ordinary files ------------------------------------------------------------------------------------

@@ -233,3 +233,75 @@ def test_cli_extract_with_annotations_then_export(market_tree, tmp_path):
         assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
         result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
         assert result.exit_code == 1 and result.output.startswith("error: ")
+
+
+def test_bad_files_each_get_one_row_and_never_stop_the_run(tmp_path):
+    """The odd-file corpus in a folder layout, through the real model: every file one row, a reason when not ok."""
+    import cv2
+
+    from conftest import ultralytics_assets
+    from corpus import bad_file_tree
+
+    zidane = cv2.imread(str(ultralytics_assets() / "zidane.jpg"))
+    expected = bad_file_tree(tmp_path / "raw", zidane)
+    cfg = ExtractConfig(raw=tmp_path / "raw", out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0)
+    record = run_extract(cfg, log=quiet)
+    rows = by_image(read_keypoints(cfg.out))
+    assert sorted(rows) == sorted(expected)  # the folder named folder.jpg is no row
+    for rel, status in expected.items():
+        row = rows[rel]
+        assert row["status"] == status, (rel, row["reason"])
+        assert (row["reason"] is None) == (status == "ok"), rel
+        assert "\n" not in (row["reason"] or "")
+    assert record["statuses"] == {"no_person": 2, "ok": 7, "skipped": 1, "unreadable": 4}
+    assert rows["odd/huge.jpg"]["width"] == 20000 and rows["odd/huge.jpg"]["height"] == 20000
+
+    reference = rows["person/photo.jpg"]
+    rotated = rows["person/exif-rotated.jpg"]
+    assert (rotated["width"], rotated["height"]) == (reference["width"], reference["height"]) == (1280, 720)
+    both = visible_mask(reference["xy"]) & visible_mask(rotated["xy"])
+    assert both.sum() >= 10
+    assert np.abs(reference["xy"][both] - rotated["xy"][both]).mean() < 3  # keypoints in the upright image
+    for rel in ("person/Zoë photo 01.jpg", "person/alpha.png", "person/sixteen-bit.png", "person/cmyk.jpg"):
+        assert rows[rel]["n_persons"] == reference["n_persons"], rel
+
+
+def test_existing_dask_cluster_through_scheduler_address(market_tree, tmp_path):
+    from distributed import LocalCluster
+
+    root, summary = market_tree
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json",
+                            annotations=(root / "market-annotation-train.csv", root / "market-annotation-test.csv"),
+                            scheduler=cluster.scheduler_address, partition_size=4)
+        record = run_extract(cfg, log=quiet)
+    assert record["scheduler"] == cluster.scheduler_address and record["workers"] is None
+    images = read_keypoints(cfg.out)["image"].to_pylist()
+    assert len(images) == len(set(images)) == summary["images"]
+    assert len(list(cfg.out.glob("part-*.parquet"))) == -(-summary["images"] // 4)
+
+
+def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market_tree, tmp_path, monkeypatch):
+    import errno
+
+    import pipeline.extract as extract
+
+    root, summary = market_tree
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                        annotations=(root / "market-annotation-train.csv",), partition_size=6)
+    real_write = extract.write_table
+    calls = []
+
+    def disk_full_on_third(table, path, kind):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(table, path, kind)
+
+    monkeypatch.setattr(extract, "write_table", disk_full_on_third)
+    with pytest.raises(PipelineError, match=r"part 2 .* failed: OSError: .*No space left on device.*resume"):
+        run_extract(cfg, log=quiet)
+    assert len(list(cfg.out.glob("part-*.parquet"))) == 2
+    monkeypatch.setattr(extract, "write_table", real_write)
+    record = run_extract(cfg, log=quiet)
+    assert record["already_done"] == 12 and record["rows"] == summary["images"]
