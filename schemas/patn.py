@@ -109,18 +109,22 @@ def _parse_int_list(text: str, where: str, what: str) -> list[int]:
     return values
 
 
+def _read_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def read_annotations(path: str | os.PathLike) -> Annotations:
     """Read a PATN annotation CSV; a malformed line raises ``SchemaError`` naming file and line."""
     path = Path(path)
     names: list[str] = []
     rows: list[list[int]] = []
     seen: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: annotation CSV not found") from None
-    except UnicodeDecodeError as exc:
-        raise SchemaError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = _read_lines(path, "annotation CSV")
     if not lines or lines[0].strip().replace(" ", "") != ANNOTATION_HEADER:
         raise SchemaError(f"{path}:1: expected the header {ANNOTATION_HEADER!r}")
     for lineno, line in enumerate(lines[1:], start=2):
@@ -175,12 +179,7 @@ def write_annotations(path: str | os.PathLike, names: Iterable[str], keypoints: 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Read a PATN pair CSV (``from,to``; a leading pandas index column is tolerated)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SchemaError(f"{path}: pair CSV not found") from None
-    except UnicodeDecodeError as exc:
-        raise SchemaError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = _read_lines(path, "pair CSV")
     header = [h.strip() for h in lines[0].split(",")] if lines else []
     if header[-2:] != ["from", "to"] or len(header) > 3:
         raise SchemaError(f"{path}:1: expected the header {PAIRS_HEADER!r}")
