@@ -170,5 +170,110 @@ def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop:
     click.echo(f"wrote {n} annotations to {out_csv}")
 
 
+
+def _no_cap(value: int | None) -> int | None:
+    """CLI caps: 0 means no cap (the data set's default cap is then lifted too)."""
+    return None if value == 0 else value
+
+
+@main.command()
+@click.option("--split", required=True, type=click.Choice(["train", "test"]), help="Which split to pair.")
+@click.option("--keypoints", "keypoints_dir", default=Path("keypoints"),
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of keypoint parts.")
+@click.option("--run-file", default=Path("extract.json"), type=click.Path(dir_okay=False, path_type=Path),
+              help="The extract run record.")
+@click.option("--out", default=Path("shards"), type=click.Path(file_okay=False, path_type=Path),
+              help="Shard root; the split goes to OUT/SPLIT.")
+@click.option("--format", "fmt", default="parquet", type=click.Choice(["parquet", "hdf5"]),
+              help="parquet: encoded image bytes; hdf5: decoded uint8 arrays.")
+@click.option("--size", default=None, metavar="HxW",
+              help="Stored height x width [default: 128x64 market, 256x256 deepfashion and folder].")
+@click.option("--images-per-shard", default=10_000, type=click.IntRange(1), help="Images per shard file.")
+@click.option("--seed", default=0, type=int, help="Seed of the pair sampling.")
+@click.option("--min-visible", default=None, type=click.IntRange(0, 18),
+              help="Minimum visible keypoints [default: none for market/deepfashion, 8 for folder].")
+@click.option("--required-joints", default=None, metavar="a,b,c",
+              help="Joints that must be visible ('none' for none) [default: r_shoulder,l_shoulder,r_hip,l_hip].")
+@click.option("--max-persons", default=None, type=click.IntRange(0),
+              help="Keep images with at most this many detected persons (0: no limit) [default: 1].")
+@click.option("--min-height", default=None, type=click.FloatRange(0, 1),
+              help="Minimum keypoint extent height as a fraction of the image height [default: 0].")
+@click.option("--max-pairs", default=None, type=click.IntRange(0),
+              help="Total pair cap, seeded sample (0: none) [default: 12000 for Market test, else none].")
+@click.option("--max-pairs-per-identity", default=None, type=click.IntRange(0),
+              help="Pair cap per identity, seeded sample (0: none) [default: none].")
+@click.option("--pairs", "pairs_csv", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this PATN pair CSV (from,to) instead of drawing pairs.")
+@click.option("--compression", default=None, type=click.Choice(["gzip", "lzf"]), help="HDF5 compression.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing shard set of this split.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@report_errors
+def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, size: str | None,
+         images_per_shard: int, seed: int, min_visible, required_joints, max_persons, min_height, max_pairs,
+         max_pairs_per_identity, pairs_csv, compression, overwrite: bool, quiet: bool) -> None:
+    """Filter the keypoints of one split, pair images of the same identity, write OUT/SPLIT shards.
+
+    Defaults follow PATN (Zhu et al., CVPR 2019): both shoulders and hips visible, one person, all ordered
+    pairs within an identity, 12,000 sampled pairs for the Market-1501 test split. Run where extract ran,
+    only --split is needed.
+    """
+    from pipeline.pair import PairRunConfig, run_pair
+
+    filt: dict = {}
+    if min_visible is not None:
+        filt["min_visible"] = min_visible
+    if required_joints is not None:
+        joints = tuple(j.strip() for j in required_joints.split(",") if j.strip())
+        filt["required_joints"] = None if joints in ((), ("none",)) else joints
+    if max_persons is not None:
+        filt["max_persons"] = None if max_persons == 0 else max_persons
+    if min_height is not None:
+        filt["min_height"] = min_height
+    pairing: dict = {}
+    if max_pairs is not None:
+        pairing["max_pairs"] = _no_cap(max_pairs)
+    if max_pairs_per_identity is not None:
+        pairing["max_pairs_per_identity"] = _no_cap(max_pairs_per_identity)
+    cfg = PairRunConfig(split=split, keypoints_dir=keypoints_dir, run_file=run_file, out=out, format=fmt,
+                        size=parse_size(size), images_per_shard=images_per_shard, seed=seed, filter=filt,
+                        pairing=pairing, pairs_csv=pairs_csv, compression=compression, overwrite=overwrite)
+
+    def log(line: str) -> None:
+        click.echo(line, err=line.startswith("warning:"))
+
+    run_pair(cfg, progress=not quiet, log=log)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@report_errors
+def verify(folder: Path) -> None:
+    """Check a shard set: every file listed, unchanged, readable, with the listed rows; exit 1 on problems."""
+    from pipeline.shards import verify_shard_set
+    from schemas.manifest import Manifest
+
+    problems = verify_shard_set(folder)
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        click.echo(f"{folder}: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    m = Manifest.read(folder)
+    click.echo(f"{folder}: OK, {m.split} {m.format} {m.size[0]}x{m.size[1]}: {m.counts['images']} images, "
+               f"{m.counts['pairs']} pairs, {m.counts['identities']} identities, {len(m.files)} files")
+
+
+@main.command("export-pairs")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_csv", type=click.Path(dir_okay=False, path_type=Path))
+@report_errors
+def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
+    """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none)."""
+    from pipeline.pair import export_pairs
+
+    n = export_pairs(folder, out_csv)
+    click.echo(f"wrote {n} pairs to {out_csv}")
+
+
 if __name__ == "__main__":
     main()

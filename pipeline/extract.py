@@ -382,14 +382,20 @@ def _count_statuses(out: Path) -> tuple[dict, int]:
 
 
 def default_workers() -> tuple[int, int]:
-    """(workers, torch threads per worker): one per GPU, else CPU workers sharing the cores."""
+    """(workers, torch threads per worker): one per GPU, else one CPU worker per 4 cores.
+
+    Below 8 cores the work runs in this process (0 workers): a single worker process only adds its start-up
+    and, on 2 cores, ran at half the in-process speed (benchmarks/results/extract-cpu-2core.jsonl).
+    """
     import torch
 
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
         return gpus, max(1, cores // gpus)
-    workers = max(1, min(4, cores // 2))
+    workers = cores // 4
+    if workers <= 1:
+        return 0, cores
     return workers, max(1, cores // workers)
 
 

@@ -14,6 +14,16 @@ from schemas.errors import SchemaError
 _HASH_BLOCK = 1 << 20
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; outputs get the permissions any new file would get
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
@@ -21,24 +31,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     A crash at any point leaves either the old file or the new one, never half of one: readers only
     ever see complete files under the final name. Temporary names start with ``.`` and end ``.tmp``.
     """
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_write`` for libraries that open the file themselves (h5py): yields a temporary path beside
+    ``path``; on success the file is fsynced and renamed over ``path``, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable (a no-op where a directory cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -239,7 +239,6 @@ def test_cli_extract_with_annotations_then_export(market_tree, tmp_path):
 def test_bad_files_each_get_one_row_and_never_stop_the_run(tmp_path):
     """The odd-file corpus in a folder layout, through the real model: every file one row, a reason when not ok."""
     import cv2
-
     from conftest import ultralytics_assets
     from corpus import bad_file_tree
 
