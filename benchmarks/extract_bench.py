@@ -86,6 +86,11 @@ def main() -> None:
     parser.add_argument("--label", default="", help="free text naming the machine (e.g. the GPU card)")
     args = parser.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
+    # ultralytics prints a notice on stdout the first time it runs on a machine; stdout is for the JSON line
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import ultralytics  # noqa: F401
 
     from pipeline.extract import ExtractConfig, read_keypoints, run_extract
     from schemas.keypoints import visible_mask
