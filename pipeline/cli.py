@@ -205,12 +205,16 @@ def _no_cap(value: int | None) -> int | None:
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this PATN pair CSV (from,to) instead of drawing pairs.")
 @click.option("--compression", default=None, type=click.Choice(["gzip", "lzf"]), help="HDF5 compression.")
+@click.option("--workers", "dask_workers", default=0, type=click.IntRange(0),
+              help="Local Dask worker processes writing shard files in parallel (0: threads in this process).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Write shard files on an existing Dask cluster.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing shard set of this split.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, size: str | None,
          images_per_shard: int, seed: int, min_visible, required_joints, max_persons, min_height, max_pairs,
-         max_pairs_per_identity, pairs_csv, compression, overwrite: bool, quiet: bool) -> None:
+         max_pairs_per_identity, pairs_csv, compression, dask_workers: int, scheduler, overwrite: bool,
+         quiet: bool) -> None:
     """Filter the keypoints of one split, pair images of the same identity, write OUT/SPLIT shards.
 
     Defaults follow PATN (Zhu et al., CVPR 2019): both shoulders and hips visible, one person, all ordered
@@ -236,7 +240,8 @@ def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, s
         pairing["max_pairs_per_identity"] = _no_cap(max_pairs_per_identity)
     cfg = PairRunConfig(split=split, keypoints_dir=keypoints_dir, run_file=run_file, out=out, format=fmt,
                         size=parse_size(size), images_per_shard=images_per_shard, seed=seed, filter=filt,
-                        pairing=pairing, pairs_csv=pairs_csv, compression=compression, overwrite=overwrite)
+                        pairing=pairing, pairs_csv=pairs_csv, compression=compression, overwrite=overwrite,
+                        dask_workers=dask_workers, scheduler=scheduler)
 
     def log(line: str) -> None:
         click.echo(line, err=line.startswith("warning:"))

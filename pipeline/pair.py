@@ -396,6 +396,10 @@ class PairRunConfig:
     """A PATN pair CSV used instead of drawing pairs (published lists)."""
     compression: str | None = None
     overwrite: bool = False
+    dask_workers: int = 0
+    """Local Dask worker processes writing shard files in parallel; 0 writes them here with threads."""
+    scheduler: str | None = None
+    """Address of an existing Dask cluster to write shard files on (shared storage assumed)."""
 
 
 def _extract_record(run_file: Path) -> dict[str, Any]:
@@ -507,6 +511,7 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
         pairs=pairs, pair_identities=pair_identities, format=cfg.format, size=size,
         images_per_shard=cfg.images_per_shard, seed=cfg.seed, filter=filter_record, pairing=pairing_record,
         extract=extract, compression=cfg.compression, progress=progress, overwrite=cfg.overwrite,
+        dask_workers=cfg.dask_workers, scheduler=cfg.scheduler,
     )
     log(f"wrote {Path(cfg.out) / cfg.split}: {len(shard_images)} images, {len(pairs)} pairs, "
         f"{size[0]}x{size[1]} {cfg.format} in {time.perf_counter() - started:.1f} s")

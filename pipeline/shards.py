@@ -346,18 +346,75 @@ def _write_h5_shard(path: Path, n: int, batches: Iterator[tuple[int, list[ShardI
                 strings[k][a:b] = [getattr(it, k) or "" for it in batch]
 
 
+def write_images_shard(folder: Path, shard: int, first: int, chunk: list[ShardImage], raw_root: Path,
+                       size: tuple[int, int], format: str, compression: str | None, threads: int,
+                       advance: Callable[[int], object] | None = None) -> FileEntry:
+    """Write ``images-<shard>`` holding ``chunk`` (global indices from ``first``); returns its manifest entry.
+
+    A pure task: reads its raw files with ``threads`` threads, writes one file atomically, returns a small
+    record (so it runs the same in this process or on a Dask worker).
+    """
+    suffix = "parquet" if format == "parquet" else "h5"
+    with ThreadPoolExecutor(threads, thread_name_prefix="shards") as pool:
+        stored = _ordered_map(pool, lambda it: _prepare(it, raw_root, size, format), chunk, 4 * threads)
+
+        def batches() -> Iterator:
+            for a in range(0, len(chunk), ROWS_PER_GROUP):
+                batch = chunk[a : a + ROWS_PER_GROUP]
+                done = [next(stored) for _ in batch]
+                if advance is not None:
+                    advance(len(batch))
+                yield first + a, batch, done
+
+        name = f"images-{shard:05d}.{suffix}"
+        if format == "parquet":
+            _write_parquet_shard(folder / name, batches(), size)
+        else:
+            _write_h5_shard(folder / name, len(chunk), batches(), size, compression, first)
+    return file_entry(folder, name, "images", len(chunk))
+
+
+def _write_shards_on_dask(jobs: list, folder: Path, raw_root: Path, size: tuple[int, int], format: str,
+                          compression: str | None, threads: int, dask_workers: int, scheduler: str | None,
+                          bar) -> list[FileEntry]:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None if scheduler else LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                                                 dashboard_address=":0")
+    client = Client(scheduler or cluster)
+    try:
+        per_worker = max(1, threads // max(1, len(client.scheduler_info()["workers"])))
+        futures = [client.submit(write_images_shard, folder, shard, first, chunk, raw_root, size, format,
+                                 compression, per_worker, pure=False) for shard, first, chunk in jobs]
+        entries: dict[int, FileEntry] = {}
+        for future in as_completed(futures):
+            entry = future.result()  # a task's PipelineError comes back as itself, naming the file
+            entries[futures.index(future)] = entry
+            if bar is not None:
+                bar.update(entry.rows)
+        return [entries[k] for k in range(len(jobs))]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def write_shard_set(folder: str | os.PathLike, *, split: str, dataset: str | None, raw_root: str | os.PathLike,
                     images: list[ShardImage], pairs: np.ndarray, pair_identities: list[str], format: str = "parquet",
                     size: tuple[int, int] = (128, 64), images_per_shard: int = 10_000, seed: int = 0,
                     filter: dict | None = None, pairing: dict | None = None, extract: dict | None = None,
                     compression: str | None = None, progress: bool = False, overwrite: bool = False,
-                    workers: int | None = None) -> Manifest:
+                    workers: int | None = None, dask_workers: int = 0, scheduler: str | None = None) -> Manifest:
     """Write one split's shard set into ``folder``; returns its manifest (written last).
 
     ``pairs`` is ``(P, 2)`` int64 indices into ``images`` (source, target); ``pair_identities`` their
     identity. ``size`` is the stored ``(height, width)``. ``compression`` (``gzip``/``lzf``) is for HDF5.
     Raises ``PipelineError`` naming the file on any problem (a raw file changed since extraction, a set
     already present without ``overwrite``, …).
+
+    ``workers`` threads read and resize images in this process. With ``dask_workers`` > 0 (a local cluster)
+    or a ``scheduler`` address, each image file is one Dask task instead, for splits of many shards: the
+    tasks write their own files and return only their manifest entries.
     """
     size = (int(size[0]), int(size[1]))
     if compression in ("none", ""):
@@ -374,28 +431,16 @@ def write_shard_set(folder: str | os.PathLike, *, split: str, dataset: str | Non
         from tqdm import tqdm
 
         bar = tqdm(total=len(images), unit="img", desc=f"shards {split}", dynamic_ncols=True)
-    entries: list[FileEntry] = []
-    suffix = "parquet" if format == "parquet" else "h5"
+    jobs = [(shard, first, images[first:first + images_per_shard])
+            for shard, first in enumerate(range(0, len(images), images_per_shard))]
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="shards") as pool:
-            for shard, first in enumerate(range(0, len(images), images_per_shard)):
-                chunk = images[first : first + images_per_shard]
-                stored = _ordered_map(pool, lambda it: _prepare(it, raw_root, size, format), chunk, 4 * workers)
-
-                def batches(chunk=chunk, stored=stored, first=first) -> Iterator:
-                    for a in range(0, len(chunk), ROWS_PER_GROUP):
-                        batch = chunk[a : a + ROWS_PER_GROUP]
-                        done = [next(stored) for _ in batch]
-                        if bar is not None:
-                            bar.update(len(batch))
-                        yield first + a, batch, done
-
-                name = f"images-{shard:05d}.{suffix}"
-                if format == "parquet":
-                    _write_parquet_shard(folder / name, batches(), size)
-                else:
-                    _write_h5_shard(folder / name, len(chunk), batches(), size, compression, first)
-                entries.append(file_entry(folder, name, "images", len(chunk)))
+        if (scheduler or dask_workers > 0) and len(jobs) > 1:
+            entries = _write_shards_on_dask(jobs, folder, raw_root, size, format, compression, workers,
+                                            dask_workers, scheduler, bar)
+        else:
+            entries = [write_images_shard(folder, shard, first, chunk, raw_root, size, format, compression, workers,
+                                          bar.update if bar is not None else None)
+                       for shard, first, chunk in jobs]
     finally:
         if bar is not None:
             bar.close()

@@ -402,3 +402,13 @@ def test_pickles_and_feeds_a_dataloader(market, tmp_path, fmt):
             assert batch.identity[j] == direct[i].identity
             seen += 1
     assert seen == 16
+
+
+def test_dask_workers_write_the_same_files_as_threads(market, tmp_path):
+    """Each shard file is one Dask task on a local cluster; the files are the same bytes as written here."""
+    root, images = market
+    threads = write_set(tmp_path / "threads", root, images, size=(64, 32), images_per_shard=10)
+    dask = write_set(tmp_path / "dask", root, images, size=(64, 32), images_per_shard=10, dask_workers=2)
+    assert len(threads.files) == len(dask.files) >= 4
+    assert [(e.path, e.rows, e.sha256) for e in dask.files] == [(e.path, e.rows, e.sha256) for e in threads.files]
+    assert verify_shard_set(tmp_path / "dask") == []
