@@ -75,10 +75,11 @@ def main(debug: bool) -> None:
 @click.option("--distractors", default=0, type=click.IntRange(0),
               help="Extra images with no usable person (Market 0000/-1 ids, DeepFashion 6_flat).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier synth run in OUT.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Drawing processes [default: CPU count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size: str | None, seed: int,
-          distractors: int, overwrite: bool, quiet: bool) -> None:
+          distractors: int, overwrite: bool, workers: int | None, quiet: bool) -> None:
     """Write the mannequin data set: procedural people with exact keypoints, in a real raw layout.
 
     OUT gets Market-1501 or DeepFashion In-shop folders and file names, the PATN annotation CSVs with
@@ -88,7 +89,7 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 
     cfg = SynthConfig(identities=identities, poses_per_identity=poses_per_identity, layout=layout,
                       size=parse_size(size), seed=seed, distractors=distractors)
-    summary = write_mannequins(out, cfg, overwrite=overwrite, progress=not quiet)
+    summary = write_mannequins(out, cfg, overwrite=overwrite, progress=not quiet, workers=workers)
     h, w = summary["config"]["size"]
     click.echo(f"wrote {summary['images']} {h}x{w} mannequin images of {identities} identities to {out} "
                f"in {summary['seconds']:.1f} s ({summary['images_per_second']} img/s)")

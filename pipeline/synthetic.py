@@ -581,9 +581,39 @@ def _clear_previous(out: Path, overwrite: bool) -> None:
     summary.unlink()
 
 
+def _write_chunk(out: Path, cfg: SynthConfig, items: list[MannequinImage]) -> list[np.ndarray]:
+    """Draw and write ``items``; returns their raw-frame keypoints (a pure task for the process pool)."""
+    appearances: dict[int, Appearance] = {}
+    keypoints = []
+    for item in items:
+        app = None
+        if item.annotation_name is not None or item.framing == "junk":
+            if item.identity not in appearances:
+                rng = np.random.default_rng([cfg.seed, _SEED_APPEARANCE, item.identity])
+                appearances[item.identity] = sample_appearance(rng)
+            app = appearances[item.identity]
+        image, xy, _ = draw_image(cfg, item, app)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        if not ok:
+            raise PipelineError(f"{item.relpath}: OpenCV could not encode the image")
+        _write_bytes(out / item.relpath, encoded.tobytes())
+        keypoints.append(xy)
+    return keypoints
+
+
+def _advance(bar, chunk: list) -> list:
+    if bar is not None:
+        bar.update(len(chunk))
+    return chunk
+
+
 def write_mannequins(out: str | os.PathLike, cfg: SynthConfig, overwrite: bool = False,
-                     progress: bool = False) -> dict:
-    """Write the mannequin set of ``cfg`` under ``out``; returns the summary also saved as ``mannequin.json``."""
+                     progress: bool = False, workers: int | None = None) -> dict:
+    """Write the mannequin set of ``cfg`` under ``out``; returns the summary also saved as ``mannequin.json``.
+
+    ``workers`` processes draw the images (default: the CPU count); every image depends only on the seed
+    and its own indices, so the bytes are the same for any number of workers.
+    """
     cfg.check()
     out = Path(out)
     _clear_previous(out, overwrite)
@@ -592,27 +622,27 @@ def write_mannequins(out: str | os.PathLike, cfg: SynthConfig, overwrite: bool =
     hgt, wid = cfg.resolved_size()
     prefix = "market" if cfg.layout == "market" else "fashion"
     annotations: dict[str, tuple[list[str], list[np.ndarray]]] = {"train": ([], []), "test": ([], [])}
-    appearances: dict[int, Appearance] = {}
-    folders: Counter = Counter()
+    folders: Counter = Counter(item.relpath.split("/")[0] for item in items)
     start = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), unit="img", desc="synth", dynamic_ncols=True)
-    for item in items:
-        app = None
-        if item.annotation_name is not None or item.framing == "junk":
-            key = item.identity
-            if key not in appearances:
-                appearances[key] = sample_appearance(np.random.default_rng([cfg.seed, _SEED_APPEARANCE, key]))
-            app = appearances[key]
-        image, keypoints, _ = draw_image(cfg, item, app)
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-        if not ok:
-            raise PipelineError(f"{item.relpath}: OpenCV could not encode the image")
-        _write_bytes(out / item.relpath, encoded.tobytes())
-        folders[item.relpath.split("/")[0]] += 1
+    workers = workers or os.cpu_count() or 1
+    step = 64
+    chunks = [items[i:i + step] for i in range(0, len(items), step)]
+    if workers > 1 and len(chunks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
+            results = pool.map(_write_chunk, [out] * len(chunks), [cfg] * len(chunks), chunks)
+            drawn = [_advance(bar, r) for r in results]
+    else:
+        drawn = [_advance(bar, _write_chunk(out, cfg, chunk)) for chunk in chunks]
+    if bar is not None:
+        bar.close()
+    for item, keypoints in zip(items, (xy for chunk in drawn for xy in chunk), strict=True):
         if item.annotation_name is not None:
             split = "train" if item.split == "train" else "test"
             if cfg.layout == "deepfashion":
@@ -620,10 +650,6 @@ def write_mannequins(out: str | os.PathLike, cfg: SynthConfig, overwrite: bool =
                 keypoints = to_patn_frame(keypoints, pad, width=wid - 2 * pad)
             annotations[split][0].append(item.annotation_name)
             annotations[split][1].append(keypoints)
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
 
     written = sorted(folders)
     for split, (names, kps) in annotations.items():

@@ -190,3 +190,12 @@ def test_refuses_to_write_over_foreign_data_and_overwrites_its_own(tmp_path):
 def test_bad_settings_are_clear_errors(tmp_path, kwargs, message):
     with pytest.raises(PipelineError, match=message):
         write_mannequins(tmp_path / "x", SynthConfig(**kwargs))
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    cfg = SynthConfig(identities=20, poses_per_identity=8, layout="deepfashion", size=(128, 128), seed=9)
+    write_mannequins(tmp_path / "one", cfg, workers=1)
+    write_mannequins(tmp_path / "two", cfg, workers=2)
+    one, two = tree_files(tmp_path / "one"), tree_files(tmp_path / "two")
+    one.pop("mannequin.json"), two.pop("mannequin.json")
+    assert one == two and len(one) == 160 + 3
