@@ -1,0 +1,361 @@
+"""Training data: pairs from a shard set as tensors, and the pose representation rendered from keypoints.
+
+The pose representation is the one of PG2 (Ma et al., "Pose Guided Person Image Generation", NeurIPS 2017,
+arXiv:1705.09368) and PATN (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation",
+CVPR 2019, arXiv:1904.03349): 18 channels per pose, one per OpenPose-18 joint, each a Gaussian
+``exp(-((x - kx)^2 + (y - ky)^2) / (2 sigma^2))`` around the joint (PATN's ``pose_utils.cords_to_map``,
+sigma 6), all zero for a joint that is not visible. PG2 adds a body mask made of thick limbs, used to weight
+its L1 loss (``render_limb_masks``; the union of segments only, without PG2's morphological clean-up).
+
+Decisions:
+
+- Pose maps are not stored and not rendered in the data set: the trainer renders them on the GPU from the
+  ``(B, 18, 2)`` keypoints of a batch (``render_pose_maps``), which is cheaper than moving ``18 x H x W``
+  floats per image through workers and pinned memory.
+- Images are decoded in the data set (in DataLoader workers) and returned as float ``(3, H, W)`` in
+  ``[-1, 1]``, the range of the generators' tanh outputs.
+- Augmentation is reproducible and resumable: whether pair ``k`` is flipped in epoch ``e`` depends only on
+  ``(seed, e, k)``, and the sampler's order only on ``(seed, e)``, so restarting at epoch ``e`` gives the
+  same batches. The epoch lives in a shared-memory tensor so ``set_epoch`` reaches persistent workers.
+- A flip mirrors source and target together (both images and both keypoint sets, left and right joints
+  swapped by ``schemas.keypoints.flip_keypoints``), so a pair stays one person in two poses.
+- ``crop_margin`` is the DeepFashion recipe crop (256x256 stored → 256x176, 40 px each side) with the
+  keypoint rule of ``schemas.patn.to_patn_frame``: ``x -= margin``, and a joint outside ``[0, width - 1]``
+  of the crop becomes ``(-1, -1)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pgpig.errors import TrainError
+from pipeline.errors import PipelineError
+from pipeline.shards import ShardSet
+from schemas.keypoints import LIMBS, MISSING, NUM_KEYPOINTS, flip_keypoints
+from schemas.patn import to_patn_frame
+
+__all__ = [
+    "PairDataset",
+    "PairSampler",
+    "crop_width",
+    "make_loader",
+    "render_limb_masks",
+    "render_pose_maps",
+    "start_epoch",
+]
+
+_LIMB_A = [a for a, _ in LIMBS]
+_LIMB_B = [b for _, b in LIMBS]
+
+
+# ---------------------------------------------------------------------------------------------------- pose maps
+
+
+def _check_keypoints(keypoints: torch.Tensor) -> None:
+    if keypoints.ndim != 3 or tuple(keypoints.shape[1:]) != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"expected keypoints (B, {NUM_KEYPOINTS}, 2), got {tuple(keypoints.shape)}")
+
+
+def _visible(keypoints: torch.Tensor) -> torch.Tensor:
+    """``(..., 18)`` bool: the contract's visibility, a joint is invisible exactly when it is ``(-1, -1)``."""
+    return ~(keypoints == MISSING).all(dim=-1)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # compute in float32 at least, so float16/bfloat16 outputs are rounded once, not accumulated in low precision
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def render_pose_maps(keypoints: torch.Tensor, size: tuple[int, int], sigma: float,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Gaussian pose maps of a batch of keypoints, on the keypoints' device.
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``, integer coordinates at pixel centres; ``(-1, -1)`` invisible.
+        size: ``(H, W)`` of the maps.
+        sigma: Gaussian standard deviation in pixels (PATN uses 6 at 256x176 and 128x64).
+        dtype: output dtype.
+
+    Returns:
+        ``(B, 18, H, W)``: channel ``j`` is ``exp(-((x - kx)^2 + (y - ky)^2) / (2 sigma^2))`` over pixel
+        centres ``(x, y)``, exactly 1 at an integer keypoint; all zero for an invisible joint.
+    """
+    _check_keypoints(keypoints)
+    h, w = int(size[0]), int(size[1])
+    work = _work_dtype(dtype)
+    kp = keypoints.to(work)
+    xs = torch.arange(w, device=kp.device, dtype=work)
+    ys = torch.arange(h, device=kp.device, dtype=work)
+    # the 2-D Gaussian is separable: two (B, 18, W|H) factors and one outer product instead of an exp per pixel
+    gx = torch.exp(-((xs - kp[..., 0:1]) ** 2) / (2 * sigma**2))
+    gy = torch.exp(-((ys - kp[..., 1:2]) ** 2) / (2 * sigma**2))
+    gy = gy * _visible(kp)[..., None].to(work)
+    return (gy[..., :, None] * gx[..., None, :]).to(dtype)
+
+
+def render_limb_masks(keypoints: torch.Tensor, size: tuple[int, int], width: float,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """PG2-style body mask: the union of thick segments along ``schemas.keypoints.LIMBS``.
+
+    A pixel centre is inside when its distance to a limb segment whose two joints are visible is at most
+    ``width / 2``. Memory is ``O(B * 19 * H * W)`` per temporary (about 100 MB at B=32, 256x176, float32).
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
+        size: ``(H, W)``.
+        width: limb thickness in pixels.
+
+    Returns:
+        ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
+    """
+    _check_keypoints(keypoints)
+    h, w = int(size[0]), int(size[1])
+    work = _work_dtype(dtype)
+    kp = keypoints.to(work)
+    vis = _visible(kp)
+    a, b = kp[:, _LIMB_A], kp[:, _LIMB_B]  # (B, L, 2)
+    usable = vis[:, _LIMB_A] & vis[:, _LIMB_B]  # (B, L)
+    d = b - a
+    len2 = (d**2).sum(-1)[..., None, None]  # (B, L, 1, 1)
+    dx, dy = d[..., 0, None, None], d[..., 1, None, None]
+    rx = torch.arange(w, device=kp.device, dtype=work).view(1, 1, 1, w) - a[..., 0, None, None]  # (B, L, 1, W)
+    ry = torch.arange(h, device=kp.device, dtype=work).view(1, 1, h, 1) - a[..., 1, None, None]  # (B, L, H, 1)
+    # projection of the pixel on the segment, clamped to its ends; a zero-length limb is a disc around its joint
+    t = torch.where(len2 > 0, (rx * dx + ry * dy) / len2.clamp_min(torch.finfo(work).tiny), 0.0).clamp(0.0, 1.0)
+    dist2 = (rx - t * dx) ** 2 + (ry - t * dy) ** 2  # (B, L, H, W)
+    inside = (dist2 <= (width / 2) ** 2) & usable[..., None, None]
+    return inside.any(dim=1, keepdim=True).to(dtype)
+
+
+def _reference_pose_maps(keypoints: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """Slow, obvious ``render_pose_maps``: a loop over batch, joints and pixels. ``(B, 18, H, W)`` float64."""
+    h, w = size
+    out = np.zeros((len(keypoints), NUM_KEYPOINTS, h, w))
+    for i, person in enumerate(np.asarray(keypoints, np.float64)):
+        for j, (kx, ky) in enumerate(person):
+            if kx == MISSING and ky == MISSING:
+                continue
+            for y in range(h):
+                for x in range(w):
+                    out[i, j, y, x] = math.exp(-((x - kx) ** 2 + (y - ky) ** 2) / (2 * sigma**2))
+    return out
+
+
+def _reference_limb_masks(keypoints: np.ndarray, size: tuple[int, int], width: float) -> np.ndarray:
+    """Slow, obvious ``render_limb_masks``: a loop over batch, limbs and pixels. ``(B, 1, H, W)`` float64."""
+    h, w = size
+    out = np.zeros((len(keypoints), 1, h, w))
+    for i, person in enumerate(np.asarray(keypoints, np.float64)):
+        for ja, jb in LIMBS:
+            (ax, ay), (bx, by) = person[ja], person[jb]
+            if (ax == MISSING and ay == MISSING) or (bx == MISSING and by == MISSING):
+                continue
+            for y in range(h):
+                for x in range(w):
+                    seg2 = (bx - ax) ** 2 + (by - ay) ** 2
+                    t = 0.0 if seg2 == 0 else ((x - ax) * (bx - ax) + (y - ay) * (by - ay)) / seg2
+                    t = min(1.0, max(0.0, t))
+                    px, py = ax + t * (bx - ax), ay + t * (by - ay)
+                    if math.hypot(x - px, y - py) <= width / 2:
+                        out[i, 0, y, x] = 1.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- crop
+
+
+def crop_width(images: torch.Tensor, keypoints: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``margin`` columns from each side: the DeepFashion 256x256 → 256x176 recipe crop (margin 40).
+
+    Args:
+        images: ``(B, C, H, W)``.
+        keypoints: ``(B, 18, 2)`` in the images; ``(-1, -1)`` invisible.
+        margin: columns cut on the left and on the right.
+
+    Returns:
+        ``(images (B, C, H, W - 2 margin), keypoints (B, 18, 2))``: visible keypoints move by ``-margin`` in x;
+        those outside ``[0, W - 2 margin - 1]`` become ``(-1, -1)``. A view of ``images``, new keypoints.
+    """
+    _check_keypoints(keypoints)
+    w = images.shape[-1]
+    margin = int(margin)
+    if margin < 0 or 2 * margin >= w:
+        raise ValueError(f"crop margin {margin} does not fit images {w} px wide")
+    out_w = w - 2 * margin
+    kp = keypoints.clone()
+    kp[..., 0] -= margin
+    hidden = ~_visible(keypoints) | (kp[..., 0] < 0) | (kp[..., 0] > out_w - 1)
+    kp[hidden] = MISSING
+    return images[..., margin:w - margin], kp
+
+
+# ---------------------------------------------------------------------------------------------------- data set
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in ``[-1, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class PairDataset(Dataset):
+    """The pairs of one shard set: item ``k`` is pair ``k`` (``ShardSet.pairs[k]``) as tensors.
+
+    Each item is a dict: ``source``, ``target`` ``(3, H, W)`` float32 in ``[-1, 1]``; ``source_kp``,
+    ``target_kp`` ``(18, 2)`` float32 in those images (``(-1, -1)`` invisible); ``source_index``,
+    ``target_index`` (global image indices, int64); ``flipped`` (bool). ``H, W`` are the stored size, with
+    ``2 * crop_margin`` fewer columns.
+
+    Args:
+        shards: a shard-set folder or an open ``ShardSet``.
+        flip: mirror each pair with probability 0.5, decided by ``(seed, epoch, k)``.
+        crop_margin: columns cut from each side (40 for the DeepFashion recipe), 0 for none.
+        seed: seed of the flips.
+    """
+
+    def __init__(self, shards: str | os.PathLike | ShardSet, flip: bool = False, crop_margin: int = 0,
+                 seed: int = 0):
+        if not isinstance(shards, ShardSet):
+            try:
+                shards = ShardSet(shards)
+            except PipelineError as exc:
+                raise TrainError(f"{exc}") from None
+        self.shards = shards
+        self.pairs = shards.pairs
+        if len(self.pairs) == 0:
+            raise TrainError(f"{shards.folder}: the shard set holds no pairs; re-run `pgpig-data pair` with "
+                             "looser filters or more images")
+        width = shards.size[1]
+        if crop_margin < 0 or 2 * crop_margin >= width:
+            raise TrainError(f"crop_margin {crop_margin} does not fit the {width} px wide images of "
+                             f"{shards.folder}; use 0..{(width - 1) // 2}")
+        self.flip = bool(flip)
+        self.crop_margin = int(crop_margin)
+        self.seed = int(seed)
+        self.size: tuple[int, int] = (shards.size[0], width - 2 * self.crop_margin)
+        # shared memory: persistent DataLoader workers hold copies of this object and must see set_epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose flips the next items get (call before iterating a loader over it)."""
+        self._epoch.fill_(int(epoch))
+
+    def flipped(self, k: int, epoch: int | None = None) -> bool:
+        """Whether pair ``k`` is mirrored in ``epoch`` (default: the current one)."""
+        if not self.flip:
+            return False
+        epoch = self.epoch if epoch is None else int(epoch)
+        return bool(np.random.default_rng([self.seed, epoch, int(k)]).random() < 0.5)
+
+    def _image(self, index: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.shards[index]
+        image, keypoints = sample.image, sample.keypoints
+        if self.crop_margin:
+            m = self.crop_margin
+            image = image[:, m:image.shape[1] - m]
+            keypoints = to_patn_frame(keypoints, m, image.shape[1])
+        if flip:
+            image = image[:, ::-1]
+            keypoints = flip_keypoints(keypoints, image.shape[1])
+        return image, keypoints
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        k = int(k)
+        source, target = (int(i) for i in self.pairs[k])
+        flip = self.flipped(k)
+        source_image, source_kp = self._image(source, flip)
+        target_image, target_kp = self._image(target, flip)
+        return {
+            "source": _to_tensor(source_image),
+            "target": _to_tensor(target_image),
+            "source_kp": torch.from_numpy(np.ascontiguousarray(source_kp, np.float32)),
+            "target_kp": torch.from_numpy(np.ascontiguousarray(target_kp, np.float32)),
+            "source_index": source,
+            "target_index": target,
+            "flipped": flip,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+class PairSampler(Sampler[int]):
+    """Item order of one epoch, from ``(seed, epoch)`` alone; with ``world_size`` > 1, this rank's share.
+
+    Shuffled orders are ``torch.randperm`` under a ``torch.Generator`` seeded from ``(seed, epoch)``, so an
+    epoch's order does not depend on the epochs before it (resuming at epoch ``e`` gives epoch ``e``'s order).
+    Across ranks the permutation is padded by wrapping to a multiple of ``world_size`` and dealt round-robin,
+    as ``DistributedSampler`` does.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.n, self.shuffle, self.seed = int(n), bool(shuffle), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(state >> np.uint64(1)))
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        total = len(self) * self.world_size
+        if total > self.n:
+            order = torch.cat([order, order[: total - self.n]])
+        return iter(order[self.rank::self.world_size].tolist())
+
+
+def _worker_init(_worker: int) -> None:
+    # each worker decodes one image at a time; OpenCV's own thread pool would only oversubscribe the cores
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
+                pin_memory: bool | None = None, prefetch_factor: int = 2) -> DataLoader:
+    """A DataLoader whose batches depend only on ``(seed, epoch)``, whatever ``num_workers``.
+
+    Call ``start_epoch(loader, epoch)`` before iterating each epoch. ``drop_last`` defaults to ``shuffle``
+    (training drops the ragged last batch; evaluation keeps it); ``pin_memory`` to CUDA being available;
+    workers persist across epochs.
+    """
+    sampler = PairSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=shuffle if drop_last is None else drop_last, **extra)
+
+
+def start_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of a ``make_loader`` loader's sampler and of its data set (order and flips)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

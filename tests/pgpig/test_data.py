@@ -1,0 +1,233 @@
+"""``pgpig.data``: pose maps and limb masks against slow references, the recipe crop, and pairs from real shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pgpig.data import (
+    PairDataset,
+    _reference_limb_masks,
+    _reference_pose_maps,
+    crop_width,
+    make_loader,
+    render_limb_masks,
+    render_pose_maps,
+    start_epoch,
+)
+from pgpig.errors import TrainError
+from schemas.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS
+
+J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
+
+
+def quiet(*_args) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory):
+    """A DeepFashion-layout mannequin shard set (256x256, flat studio background), built once per module."""
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.pair import PairRunConfig, run_pair
+    from pipeline.synthetic import SynthConfig, write_mannequins
+
+    work = tmp_path_factory.mktemp("data")
+    raw = work / "raw"
+    write_mannequins(raw, SynthConfig(identities=3, poses_per_identity=4, layout="deepfashion", seed=7))
+    csvs = (raw / "fashion-annotation-train.csv", raw / "fashion-annotation-test.csv")
+    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
+                              annotations=csvs), log=quiet)
+    run_pair(PairRunConfig(split="train", keypoints_dir=work / "keypoints", run_file=work / "extract.json",
+                           out=work / "shards"), log=quiet)
+    return work / "shards" / "train"
+
+
+def random_keypoints(rng: np.random.Generator, batch: int, size: tuple[int, int], hidden: float = 0.3) -> np.ndarray:
+    h, w = size
+    xy = np.stack([rng.uniform(-2, w + 1, (batch, 18)), rng.uniform(-2, h + 1, (batch, 18))], axis=-1)
+    xy[rng.random((batch, 18)) < hidden] = -1
+    return xy.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- pose maps
+
+
+def test_pose_maps_match_the_slow_reference_and_peak_at_integer_keypoints():
+    rng = np.random.default_rng(0)
+    size = (20, 13)
+    xy = random_keypoints(rng, 3, size)
+    xy[0, J["nose"]] = (4, 7)  # integer keypoints: the map is exactly 1 there
+    xy[1, J["l_ankle"]] = (12, 19)
+    xy[2, J["neck"]] = -1
+    maps = render_pose_maps(torch.from_numpy(xy), size, sigma=2.5)
+    assert maps.shape == (3, 18, 20, 13) and maps.dtype == torch.float32
+    np.testing.assert_allclose(maps.numpy(), _reference_pose_maps(xy, size, 2.5), atol=1e-5, rtol=0)
+    assert maps[0, J["nose"], 7, 4] == 1.0 and maps[0, J["nose"]].max() == 1.0
+    assert maps[1, J["l_ankle"], 19, 12] == 1.0
+    peak = maps[0, J["nose"]].flatten().argmax()
+    assert divmod(int(peak), 13) == (7, 4)
+    hidden = (xy == -1).all(-1)
+    assert hidden.any() and (maps[torch.from_numpy(hidden)] == 0).all()
+    inside = ~hidden & (xy[..., 0] >= 0) & (xy[..., 0] <= 12) & (xy[..., 1] >= 0) & (xy[..., 1] <= 19)
+    assert inside.any() and (maps[torch.from_numpy(inside)].amax(dim=(1, 2)) > 0.9).all()  # within half a pixel
+    assert render_pose_maps(torch.from_numpy(xy), size, 2.5, dtype=torch.float16).dtype == torch.float16
+
+
+def test_limb_masks_match_the_slow_reference_and_cover_limb_midpoints():
+    rng = np.random.default_rng(1)
+    size = (24, 17)
+    xy = random_keypoints(rng, 3, size, hidden=0.2)
+    xy[2] = -1  # nobody visible: an empty mask
+    xy[0, J["r_elbow"]] = xy[0, J["r_shoulder"]] = (5.3, 6.1)  # a zero-length limb is a disc
+    mask = render_limb_masks(torch.from_numpy(xy), size, width=3.0)
+    assert mask.shape == (3, 1, 24, 17)
+    np.testing.assert_allclose(mask.numpy(), _reference_limb_masks(xy, size, 3.0), atol=1e-5, rtol=0)
+    assert mask[2].sum() == 0 and mask[0].sum() > 0
+    for b in range(2):
+        for ja, jb in LIMBS:
+            if (xy[b, ja] == -1).all() or (xy[b, jb] == -1).all():
+                continue
+            mx, my = np.rint((xy[b, ja] + xy[b, jb]) / 2).astype(int)
+            if 0 <= mx < size[1] and 0 <= my < size[0]:
+                assert mask[b, 0, my, mx] == 1, (b, ja, jb)
+
+
+# ---------------------------------------------------------------------------------------------------- crop
+
+
+def test_crop_width_shifts_keypoints_by_the_margin_and_hides_those_outside():
+    images = torch.arange(2 * 3 * 8 * 256, dtype=torch.float32).reshape(2, 3, 8, 256)
+    xy = np.full((2, 18, 2), -1, np.float32)
+    xy[0, :6] = [(40, 1), (215, 2), (120.5, 3), (39.5, 4), (215.5, 5), (10, 6)]
+    xy[1, 3] = (100, 7)
+    cropped, kp = crop_width(images, torch.from_numpy(xy), 40)
+    assert cropped.shape == (2, 3, 8, 176) and torch.equal(cropped, images[..., 40:216])
+    expected = np.full((2, 18, 2), -1, np.float32)
+    expected[0, :3] = [(0, 1), (175, 2), (80.5, 3)]  # 39.5, 215.5 and 10 fall outside the 176 columns
+    expected[1, 3] = (60, 7)
+    np.testing.assert_array_equal(kp.numpy(), expected)
+    with pytest.raises(ValueError):
+        crop_width(images, torch.from_numpy(xy), 128)
+
+
+def test_dataset_crop_is_crop_width(shard_folder):
+    plain, cropped = PairDataset(shard_folder), PairDataset(shard_folder, crop_margin=40)
+    assert cropped.size == (256, 176)
+    for k in (0, 5, len(plain) - 1):
+        a, b = plain[k], cropped[k]
+        images, kp = crop_width(torch.stack([a["source"], a["target"]]), torch.stack([a["source_kp"], a["target_kp"]]),
+                                40)
+        assert torch.equal(images, torch.stack([b["source"], b["target"]]))
+        assert torch.equal(kp, torch.stack([b["source_kp"], b["target_kp"]]))
+    with pytest.raises(TrainError, match="crop_margin"):
+        PairDataset(shard_folder, crop_margin=128)
+    with pytest.raises(TrainError, match="manifest"):
+        PairDataset(shard_folder.parent / "nothing")
+
+
+# ---------------------------------------------------------------------------------------------------- pairs
+
+
+def _on_body(image: torch.Tensor, kp: torch.Tensor) -> np.ndarray:
+    """Per visible keypoint: does its pixel differ from the studio background (the image border's median)?"""
+    rgb = ((image.permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = np.median(border, axis=0)
+    xy = kp.numpy()
+    xy = xy[~(xy == -1).all(axis=1)]
+    cols, rows = np.rint(xy[:, 0]).astype(int), np.rint(xy[:, 1]).astype(int)
+    return np.abs(rgb[rows, cols] - background).sum(axis=1) > 40
+
+
+def test_items_are_the_stored_pairs_in_minus_one_to_one(shard_folder):
+    from pipeline.shards import ShardSet
+
+    shards = ShardSet(shard_folder)
+    data = PairDataset(shard_folder)
+    assert len(data) == len(shards.pairs) > 0
+    item = data[3]
+    s, t = shards.pairs[3]
+    assert (item["source_index"], item["target_index"]) == (s, t) and not item["flipped"]
+    assert item["source"].shape == item["target"].shape == (3, 256, 256) and item["source"].dtype == torch.float32
+    assert -1 <= item["source"].min() and item["source"].max() <= 1
+    expected = torch.from_numpy(shards[t].image).permute(2, 0, 1).float() / 127.5 - 1
+    torch.testing.assert_close(item["target"], expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(item["source_kp"].numpy(), shards[s].keypoints)
+
+
+def test_flip_mirrors_both_images_and_swaps_left_and_right_on_the_body(shard_folder):
+    plain = PairDataset(shard_folder)
+    flipping = PairDataset(shard_folder, flip=True, seed=11)
+    flipped = [k for k in range(len(flipping)) if flipping.flipped(k)]
+    kept = [k for k in range(len(flipping)) if not flipping.flipped(k)]
+    assert flipped and kept
+    width = 256
+    for k in flipped[:4]:
+        a, b = plain[k], flipping[k]
+        assert b["flipped"] and (a["source_index"], a["target_index"]) == (b["source_index"], b["target_index"])
+        for side in ("source", "target"):
+            assert torch.equal(b[side], a[side].flip(-1))
+            orig, mirrored = a[f"{side}_kp"].numpy(), b[f"{side}_kp"].numpy()
+            # the flipped right shoulder is where the left one was, mirrored; and so for every joint
+            lsh = orig[J["l_shoulder"]]
+            assert (lsh != -1).all()
+            np.testing.assert_array_equal(mirrored[J["r_shoulder"]], (width - 1 - lsh[0], lsh[1]))
+            for j, src in enumerate(FLIP_PERMUTATION):
+                if (orig[src] == -1).all():
+                    assert (mirrored[j] == -1).all()
+                else:
+                    np.testing.assert_array_equal(mirrored[j], (width - 1 - orig[src, 0], orig[src, 1]))
+            on_plain, on_flipped = _on_body(a[side], a[f"{side}_kp"]), _on_body(b[side], b[f"{side}_kp"])
+            assert on_flipped.mean() >= 0.85 and on_flipped.mean() == on_plain.mean()
+    for k in kept[:2]:
+        assert torch.equal(flipping[k]["source"], plain[k]["source"]) and not flipping[k]["flipped"]
+
+
+def test_flips_depend_on_seed_and_epoch_only(shard_folder):
+    a, b = PairDataset(shard_folder, flip=True, seed=3), PairDataset(shard_folder, flip=True, seed=3)
+    n = len(a)
+    draws = lambda d: [d.flipped(k) for k in range(n)]  # noqa: E731
+    assert draws(a) == draws(b)
+    a.set_epoch(1)
+    assert draws(a) != draws(b)
+    b.set_epoch(1)
+    assert draws(a) == draws(b) and a.epoch == 1
+    assert draws(PairDataset(shard_folder, flip=True, seed=4)) != draws(PairDataset(shard_folder, flip=True, seed=3))
+    assert not any(draws(PairDataset(shard_folder, flip=False)))
+
+
+def _epochs(loader, epochs: list[int]) -> list[list[dict]]:
+    out = []
+    for epoch in epochs:
+        start_epoch(loader, epoch)
+        out.append(list(loader))
+    return out
+
+
+def test_loader_batches_do_not_depend_on_workers_and_resume_by_epoch(shard_folder):
+    def loader(workers: int, seed: int = 5):
+        return make_loader(PairDataset(shard_folder, flip=True, crop_margin=40, seed=seed), batch_size=5,
+                           shuffle=True, seed=seed, num_workers=workers)
+
+    serial = _epochs(loader(0), [0, 1])
+    parallel = _epochs(loader(2), [0, 1])  # persistent workers: the epoch must reach them
+    resumed = _epochs(loader(0), [1])
+    n = len(PairDataset(shard_folder))
+    assert n % 5 and len(serial[0]) == n // 5  # drop_last when training
+    for one, other in ((serial[0], parallel[0]), (serial[1], parallel[1]), (serial[1], resumed[0])):
+        assert len(one) == len(other)
+        for x, y in zip(one, other, strict=True):
+            assert x.keys() == y.keys()
+            for key in x:
+                assert torch.equal(x[key], y[key]), key
+    order = [torch.cat([b["source_index"] for b in e]).tolist() for e in serial]
+    assert order[0] != order[1]  # a new order each epoch
+    flips = [torch.cat([b["flipped"] for b in e]) for e in serial]
+    assert 0 < int(flips[0].sum()) < len(flips[0])
+    assert serial[0][0]["source"].shape == (5, 3, 256, 176)
+    evaluation = make_loader(PairDataset(shard_folder), batch_size=5, shuffle=False)
+    indices = torch.cat([b["source_index"] for b in evaluation]).tolist()
+    assert indices == PairDataset(shard_folder).pairs[:, 0].tolist()  # every pair once, in order, ragged batch kept
+    assert len(list(evaluation)) == n // 5 + 1
