@@ -1,0 +1,62 @@
+"""Blocks shared by several generators and discriminators: the normalisation factory and the ResNet-style
+encoder stem (7x7 convolution, then stride-2 convolutions) of the pix2pix/CycleGAN family.
+
+Both return plain modules or flat lists of them, so a model can put them in one ``nn.Sequential`` and keep the
+official code's state-dict indices (``stream1_down.1.weight`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from pgpig.errors import TrainError
+
+__all__ = ["NORMS", "encoder_layers", "norm_layer", "norm_uses_bias"]
+
+NORMS = ("instance", "batch")
+
+
+def norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    """The normalisation layer by name, as a ``channels -> module`` factory.
+
+    ``"instance"`` is ``InstanceNorm2d`` without affine parameters or running statistics and ``"batch"`` is an
+    affine ``BatchNorm2d``: the pix2pix code's ``get_norm_layer``, which PATN and XingGAN inherit. The difference
+    shows in the parameter count and the buffers (running mean/var only with batch norm).
+    """
+    if norm == "instance":
+        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if norm == "batch":
+        return lambda channels: nn.BatchNorm2d(channels, affine=True)
+    raise TrainError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+def norm_uses_bias(norm: str) -> bool:
+    """Whether convolutions before this norm carry a bias: only before instance norm, whose lack of an affine
+    shift would otherwise leave them none (batch norm's own shift makes a conv bias redundant)."""
+    norm_layer(norm)  # validates the name
+    return norm == "instance"
+
+
+def encoder_layers(in_channels: int, ngf: int, n_downsampling: int, norm: str) -> list[nn.Module]:
+    """Reflection-pad + 7x7 conv to ``ngf``, then ``n_downsampling`` stride-2 3x3 convs doubling the width, each
+    followed by norm and ReLU: ``(B, in_channels, H, W) -> (B, ngf * 2**n_downsampling, H / 2**n, W / 2**n)``.
+
+    A flat list: conv weights sit at indices 1, 4, 7, ... and norms at 2, 5, 8, ... once put in a Sequential.
+    """
+    make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(in_channels, ngf, kernel_size=7, bias=bias),
+        make_norm(ngf),
+        nn.ReLU(inplace=True),
+    ]
+    for i in range(n_downsampling):
+        width = ngf * 2**i
+        layers += [
+            nn.Conv2d(width, width * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+            make_norm(width * 2),
+            nn.ReLU(inplace=True),
+        ]
+    return layers
