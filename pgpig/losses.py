@@ -280,13 +280,10 @@ class PerceptualLoss(nn.Module):
         if criterion not in ("l1", "mse"):
             raise ValueError(f"criterion must be 'l1' or 'mse', got {criterion!r}")
         self.criterion = criterion
-        self.vgg = vgg if vgg is not None else VGG19Features(self.layers, vgg_weights, allow_random)
-        _check_provides(self.vgg, self.layers)
+        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features = self.vgg(pred)
-        with torch.no_grad():
-            target_features = self.vgg(target)
+        pred_features, target_features = _features(self.vgg, pred, target)
         distance = F.l1_loss if self.criterion == "l1" else F.mse_loss
         with torch.autocast(device_type=pred.device.type, enabled=False):
             return sum(w * distance(_float(pred_features[name]), _float(target_features[name]))
@@ -303,21 +300,30 @@ class StyleLoss(nn.Module):
                  vgg_weights: str | Path | None = "imagenet", allow_random: bool = False) -> None:
         super().__init__()
         self.layers = tuple(layers)
-        self.vgg = vgg if vgg is not None else VGG19Features(self.layers, vgg_weights, allow_random)
-        _check_provides(self.vgg, self.layers)
+        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features = self.vgg(pred)
-        with torch.no_grad():
-            target_features = self.vgg(target)
+        pred_features, target_features = _features(self.vgg, pred, target)
         return sum(F.l1_loss(gram_matrix(pred_features[name]), gram_matrix(target_features[name]))
                    for name in self.layers)
 
 
-def _check_provides(vgg: VGG19Features, layers: tuple[str, ...]) -> None:
+def _feature_net(layers: tuple[str, ...], vgg: VGG19Features | None, vgg_weights: str | Path | None,
+                 allow_random: bool) -> VGG19Features:
+    """The given feature network, checked to return ``layers``, or a new one built for them."""
+    vgg = vgg if vgg is not None else VGG19Features(layers, vgg_weights, allow_random)
     missing = [name for name in layers if name not in vgg.layers]
     if not layers or missing:
         raise ValueError(f"the VGG19Features given does not return layers {missing or '(none given)'}")
+    return vgg
+
+
+def _features(vgg: VGG19Features, pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, dict]:
+    # the target is a fixed reference: its features carry no gradient
+    pred_features = vgg(pred)
+    with torch.no_grad():
+        target_features = vgg(target)
+    return pred_features, target_features
 
 
 def adversarial_loss(logits: torch.Tensor, target_is_real: bool, kind: str = "vanilla",

@@ -60,3 +60,22 @@ def encoder_layers(in_channels: int, ngf: int, n_downsampling: int, norm: str) -
             nn.ReLU(inplace=True),
         ]
     return layers
+
+
+def conv_pair(
+    in_channels: int, mid_channels: int, out_channels: int, norm: str, dropout: float, final_norm: bool
+) -> nn.Sequential:
+    """pad, conv3x3, norm, ReLU, dropout, pad, conv3x3[, norm]: the convs at indices 1 and 6, norms at 2 and 7."""
+    make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(in_channels, mid_channels, kernel_size=3, bias=bias),
+        make_norm(mid_channels),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=bias),
+    ]
+    if final_norm:
+        layers.append(make_norm(out_channels))
+    return nn.Sequential(*layers)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pgpig.models.blocks import encoder_layers, norm_layer, norm_uses_bias
+from pgpig.models.blocks import conv_pair, encoder_layers
 
 __all__ = ["PATNDiscriminator", "ResnetBlock", "patn_appearance_discriminator", "patn_shape_discriminator"]
 
@@ -31,17 +31,7 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, dim: int, norm: str, dropout: float) -> None:
         super().__init__()
-        make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, kernel_size=3, bias=bias),
-            make_norm(dim),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, kernel_size=3, bias=bias),
-            make_norm(dim),
-        )
+        self.conv_block = conv_pair(dim, dim, dim, norm, dropout, final_norm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from pgpig.models import register
-from pgpig.models.blocks import encoder_layers, norm_layer, norm_uses_bias
+from pgpig.models.blocks import conv_pair, encoder_layers, norm_layer, norm_uses_bias
 
 __all__ = ["PAPER_SETTINGS", "PATBlock", "PATN"]
 
@@ -54,25 +54,6 @@ PAPER_SETTINGS: dict[str, dict[str, object]] = {
     "deepfashion": {"ngf": 64, "n_blocks": 9, "norm": "instance", "n_downsampling": 2, "dropout": 0.5},
     "market1501": {"ngf": 64, "n_blocks": 9, "norm": "batch", "n_downsampling": 2, "dropout": 0.5},
 }
-
-
-def _conv_pair(
-    in_channels: int, mid_channels: int, out_channels: int, norm: str, dropout: float, final_norm: bool
-) -> nn.Sequential:
-    """pad, conv3x3, norm, ReLU, dropout, pad, conv3x3[, norm]: the convs at indices 1 and 6, norms at 2 and 7."""
-    make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
-    layers: list[nn.Module] = [
-        nn.ReflectionPad2d(1),
-        nn.Conv2d(in_channels, mid_channels, kernel_size=3, bias=bias),
-        make_norm(mid_channels),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-        nn.ReflectionPad2d(1),
-        nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=bias),
-    ]
-    if final_norm:
-        layers.append(make_norm(out_channels))
-    return nn.Sequential(*layers)
 
 
 class PATBlock(nn.Module):
@@ -85,8 +66,8 @@ class PATBlock(nn.Module):
     def __init__(self, dim: int, norm: str, dropout: float, cat_input: bool) -> None:
         super().__init__()
         pose_dim = 2 * dim if cat_input else dim
-        self.conv_block_stream1 = _conv_pair(dim, dim, dim, norm, dropout, final_norm=True)
-        self.conv_block_stream2 = _conv_pair(pose_dim, pose_dim, dim, norm, dropout, final_norm=False)
+        self.conv_block_stream1 = conv_pair(dim, dim, dim, norm, dropout, final_norm=True)
+        self.conv_block_stream2 = conv_pair(pose_dim, pose_dim, dim, norm, dropout, final_norm=False)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attention_logit = self.conv_block_stream2(x2)
