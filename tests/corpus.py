@@ -99,3 +99,24 @@ def bad_file_tree(root: Path, photo: np.ndarray) -> dict[str, str]:
         write(root / rel, data)
     (root / "odd" / "folder.jpg").mkdir()  # a directory named like an image: not a file, not listed
     return {rel: status for rel, (_, status) in files.items()}
+
+
+def mannequin_shards(work: Path, layout: str, identities: int, poses: int, splits=("train",), seed: int = 7) -> Path:
+    """The whole pipeline on a mannequin set: synth → extract (annotations) → pair; returns ``work/shards``."""
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.pair import PairRunConfig, run_pair
+    from pipeline.synthetic import SynthConfig, write_mannequins
+
+    def quiet(*_args, **_kwargs) -> None:
+        pass
+
+    raw = work / "raw"
+    write_mannequins(raw, SynthConfig(identities=identities, poses_per_identity=poses, layout=layout, seed=seed))
+    prefix = "market" if layout == "market" else "fashion"
+    csvs = (raw / f"{prefix}-annotation-train.csv", raw / f"{prefix}-annotation-test.csv")
+    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
+                              annotations=csvs), log=quiet)
+    for split in splits:
+        run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
+                               out=work / "shards"), log=quiet)
+    return work / "shards"

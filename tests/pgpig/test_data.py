@@ -22,26 +22,12 @@ from schemas.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS
 J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
 
-def quiet(*_args) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def shard_folder(tmp_path_factory):
     """A DeepFashion-layout mannequin shard set (256x256, flat studio background), built once per module."""
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.pair import PairRunConfig, run_pair
-    from pipeline.synthetic import SynthConfig, write_mannequins
+    from corpus import mannequin_shards
 
-    work = tmp_path_factory.mktemp("data")
-    raw = work / "raw"
-    write_mannequins(raw, SynthConfig(identities=3, poses_per_identity=4, layout="deepfashion", seed=7))
-    csvs = (raw / "fashion-annotation-train.csv", raw / "fashion-annotation-test.csv")
-    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
-                              annotations=csvs), log=quiet)
-    run_pair(PairRunConfig(split="train", keypoints_dir=work / "keypoints", run_file=work / "extract.json",
-                           out=work / "shards"), log=quiet)
-    return work / "shards" / "train"
+    return mannequin_shards(tmp_path_factory.mktemp("data"), "deepfashion", identities=3, poses=4) / "train"
 
 
 def random_keypoints(rng: np.random.Generator, batch: int, size: tuple[int, int], hidden: float = 0.3) -> np.ndarray:

@@ -19,27 +19,12 @@ TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set",
         "--set", "allow_random_vgg=true", "--workers", "0", "--quiet"]
 
 
-def quiet(*_args) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A Market-layout mannequin shard set (128x64, 4 identities x 4 poses) with train/ and test/."""
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.pair import PairRunConfig, run_pair
-    from pipeline.synthetic import SynthConfig, write_mannequins
+    from corpus import mannequin_shards
 
-    work = tmp_path_factory.mktemp("train")
-    raw = work / "raw"
-    write_mannequins(raw, SynthConfig(identities=4, poses_per_identity=4, layout="market", seed=7))
-    csvs = (raw / "market-annotation-train.csv", raw / "market-annotation-test.csv")
-    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
-                              annotations=csvs), log=quiet)
-    for split in ("train", "test"):
-        run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
-                               out=work / "shards"), log=quiet)
-    return work / "shards"
+    return mannequin_shards(tmp_path_factory.mktemp("train"), "market", identities=4, poses=4, splits=("train", "test"))
 
 
 def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(shards, tmp_path):
