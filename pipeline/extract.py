@@ -334,13 +334,13 @@ def finished_parts(out: Path) -> tuple[dict[int, Path], set[str]]:
     return parts, done
 
 
-def read_keypoints(out: str | os.PathLike) -> pa.Table:
-    """The whole keypoints table of a run folder (all parts, in part order)."""
+def read_keypoints(out: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """The keypoints table of a run folder (all parts, in part order; only ``columns`` when given)."""
     out = Path(out)
     paths = sorted(p for p in out.glob("part-*.parquet") if PART_PATTERN.match(p.name))
     if not paths:
         raise PipelineError(f"{out}: no keypoint parts; run `pgpig-data extract RAW` first")
-    return pa.concat_tables([read_table(p, "keypoints") for p in paths])
+    return pa.concat_tables([read_table(p, "keypoints", columns=columns) for p in paths])
 
 
 def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path) -> None:
@@ -373,12 +373,6 @@ def _write_run(cfg: ExtractConfig, record: dict) -> None:
     with atomic_write(cfg.run_file, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-def _count_statuses(out: Path) -> tuple[dict, int]:
-    table = read_keypoints(out)
-    counts = Counter(table["status"].to_pylist())
-    return dict(sorted(counts.items())), table.num_rows
 
 
 def default_workers() -> tuple[int, int]:
@@ -448,7 +442,10 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     summaries = _execute(tasks, cfg, workers, progress, log) if tasks else []
     seconds = time.perf_counter() - started
     processed = sum(s["rows"] for s in summaries)
-    statuses, rows = _count_statuses(cfg.out) if listed else ({}, 0)
+    # one read of the finished table, two small columns, for the counts and the unmatched annotations
+    table = read_keypoints(cfg.out, ["status", "patn_name"]) if listed else None
+    statuses = dict(sorted(Counter(table["status"].to_pylist()).items())) if table is not None else {}
+    rows = table.num_rows if table is not None else 0
     record.update(
         complete=True,
         processed=processed,
@@ -461,15 +458,15 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         scheduler=cfg.scheduler,
     )
     if cfg.annotations:
-        record["unmatched_annotations"] = _unmatched_annotations(cfg, dataset)
+        names = set(table["patn_name"].to_pylist()) if table is not None else set()
+        record["unmatched_annotations"] = _unmatched_annotations(cfg, dataset, names)
     _write_run(cfg, record)
     return record
 
 
-def _unmatched_annotations(cfg: ExtractConfig, dataset: str) -> dict:
-    """Annotated names that match no listed image: counted and sampled, never silently dropped."""
+def _unmatched_annotations(cfg: ExtractConfig, dataset: str, names: set[str]) -> dict:
+    """Annotated names that match none of ``names`` (the table's): counted and sampled, never silently dropped."""
     index = _cached_annotations(tuple(str(p) for p in cfg.annotations), dataset)
-    names = set(read_keypoints(cfg.out)["patn_name"].to_pylist())
     missing = sorted(set(index.rows) - names)
     return {"count": len(missing), "examples": missing[:10]}
 
@@ -568,10 +565,8 @@ def export_annotations(keypoints_dir: str | os.PathLike, out_csv: str | os.PathL
         keep &= np.asarray(table["split"].to_pylist(), dtype=object) == split
     idx = np.flatnonzero(keep)
     xy = keypoints_to_numpy(table["keypoints"])[idx]
-    names = []
-    for i in idx:
-        name = table["patn_name"][int(i)].as_py() or Path(table["image"][int(i)].as_py()).name
-        names.append(name)
+    patn_names, images = table["patn_name"].to_pylist(), table["image"].to_pylist()
+    names = [patn_names[i] or Path(images[i]).name for i in idx]
     if patn_crop:
         widths = table["width"].to_numpy(zero_copy_only=False)[idx]
         datasets = table["dataset"].to_pylist()
