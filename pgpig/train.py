@@ -256,8 +256,9 @@ def _save_png(path: Path, grid: torch.Tensor) -> None:
 
 
 def _save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
-                     state: dict[str, Any]) -> None:
-    meta = {"step": str(step)}
+                     state: dict[str, Any], image_size: tuple[int, int]) -> None:
+    # the generator file alone says what it generates: step, and the (cropped) image size it was trained at
+    meta = {"step": str(step), "height": str(image_size[0]), "width": str(image_size[1])}
     weights = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     with atomic_path(run_dir / "generator.safetensors") as tmp:
         save_file(weights, str(tmp), metadata=meta)
@@ -369,7 +370,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "opt_g": opt_g.state_dict(),
                  "opt_d": opt_d.state_dict() if opt_d is not None else {}, "scaler": scaler.state_dict(),
                  "rng_cpu": torch.get_rng_state()}
-        _save_checkpoint(run_dir, step, generator, discriminators, state)
+        _save_checkpoint(run_dir, step, generator, discriminators, state, size)
 
     def pose_maps(keypoints: torch.Tensor) -> torch.Tensor:
         return render_pose_maps(keypoints.to(device, non_blocking=True), size, cfg.sigma)
