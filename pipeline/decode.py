@@ -43,6 +43,7 @@ import math
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -340,9 +341,25 @@ def _png_has_trns(data: bytes) -> bool:
 # --- everything else, and the special cases: Pillow -----------------------------------------------------
 
 
+def _pillow_open():
+    """Pillow's own ``Image.open``, also once ``ultralytics`` is imported.
+
+    ``ultralytics.utils.patches`` replaces ``PIL.Image.open`` with a wrapper that, the first time Pillow cannot
+    identify a file, installs (``check_requirements``) and registers a HEIF plugin and retries. Here an
+    unidentified file must stay unidentified, so that it gets its "not an image (...)" reason, and nothing may be
+    installed in the middle of a run; the wrapper keeps the original as ``_image_open`` in its module."""
+    current = Image.open
+    module = sys.modules.get(getattr(current, "__module__", None) or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        original = getattr(module, "_image_open", None)
+        if callable(original):
+            return original
+    return current
+
+
 def _decode_pil(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, int, int]:
     try:
-        im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        im = _pillow_open()(io.BytesIO(data), formats=PIL_FORMATS)
     except UnidentifiedImageError:
         raise _Unreadable(_not_an_image(data, name)) from None
     except Image.DecompressionBombError as e:

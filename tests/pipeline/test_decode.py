@@ -145,6 +145,19 @@ def test_other_non_images_say_what_they_look_like(data, expected):
     assert "named" not in d.reason  # .txt does not pretend to be an image
 
 
+def test_reasons_survive_ultralytics_patching_pillow():
+    # importing ultralytics replaces PIL.Image.open with a wrapper that, on an unidentified file, tries to install
+    # and register a HEIF plugin (here: "No module named 'pi_heif'"); extraction imports it before decoding
+    import PIL.Image
+    import ultralytics.utils.patches  # noqa: F401
+
+    assert PIL.Image.open.__module__.startswith("ultralytics")
+    d = decode_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "x.jpg")
+    assert d.status == "unreadable" and d.reason.startswith("not an image (a PDF document, named .jpg"), d.reason
+    d = decode_bytes(bytes(range(256)) * 4, "random.jpg")
+    assert d.reason.startswith("not an image (unrecognised format"), d.reason
+
+
 def test_truncated_jpegs_anywhere_and_trailing_bytes(tmp_path):
     good = with_orientation(photo(120, 80), 1)  # with an EXIF segment before the scan
     for cut in (3, 20, len(good) // 3, len(good) - 100, len(good) - 2, len(good) - 1):
