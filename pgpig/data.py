@@ -199,7 +199,7 @@ def crop_width(images: torch.Tensor, keypoints: torch.Tensor, margin: int) -> tu
 # ---------------------------------------------------------------------------------------------------- data set
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
+def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in ``[-1, 1]``."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
@@ -279,8 +279,8 @@ class PairDataset(Dataset):
         source_image, source_kp = self._image(source, flip)
         target_image, target_kp = self._image(target, flip)
         return {
-            "source": _to_tensor(source_image),
-            "target": _to_tensor(target_image),
+            "source": to_tensor(source_image),
+            "target": to_tensor(target_image),
             "source_kp": torch.from_numpy(np.ascontiguousarray(source_kp, np.float32)),
             "target_kp": torch.from_numpy(np.ascontiguousarray(target_kp, np.float32)),
             "source_index": source,

@@ -1,31 +1,56 @@
 """Training a pose-guided generator on a pgpig shard set: the whole loop, top to bottom, in ``train(cfg)``.
 
 Order of one iteration: batch from the loader → pose maps rendered on the device → forward → losses (L1 +
-perceptual, + adversarial when ``use_gan``) → backward and optimizer steps → log → samples and validation →
-checkpoint. The loss weights and Adam settings of PATN follow the official tengteng95/Pose-Transfer
-``train.py`` flags (``--lambda_A`` L1, ``--lambda_B`` perceptual, ``--lambda_GAN``, ``--lr 0.0002``,
-``--beta1 0.5``); the recipes in ``workflows/`` set them per data set.
+perceptual, + adversarial when ``use_gan``) → generator step → discriminator step on real and (pooled) generated
+pairs → log → samples and validation → checkpoint. ``train_step`` is that iteration's maths on tensors, shared with
+``benchmarks/train_bench.py``.
+
+PATN's training, as the official tengteng95/Pose-Transfer code does it (``train.py``, ``models/PATN.py``,
+``losses/L1_plus_perceptualLoss.py``, ``options/*.py``, the README's train commands; read for these facts):
+
+- Generator loss ``lambda_A * L1 + lambda_B * L1(VGG19[:relu1_2](G), VGG19[:relu1_2](target)) + lambda_GAN *
+  (GAN_appearance + GAN_shape) / 2``; each discriminator's loss ``lambda_GAN * (real + fake) / 2``. DeepFashion:
+  ``lambda_A = lambda_B = 1``, LSGAN; Market-1501: ``lambda_A = lambda_B = 10``, vanilla GAN (``--no_lsgan``);
+  ``lambda_GAN = 5`` on both. Adam, lr 2e-4, betas (0.5, 0.999), for G and both Ds.
+- The discriminators see generated pairs through a history pool of past fakes (``--pool_size``: 50 by default,
+  which the Market-1501 command keeps; the DeepFashion command passes 0).
+- The learning rate is constant for ``--niter 500`` epochs, then falls linearly to zero over ``--niter_decay 200``
+  (``lr = lr0 * (1 - max(0, k + 1 - niter) / (niter_decay + 1))`` in epoch ``k``, counted from 1, so the last
+  epoch runs at 0), where an "epoch" is 4,000 randomly drawn pairs (the keypoint data set's ``__len__`` in
+  training). Here: ``lr_policy: linear`` with ``schedule_epoch_pairs: 4000``, ``lr_constant_epochs: 500``,
+  ``lr_decay_epochs: 200``, and the step count follows (``steps: null``). The pairs themselves come as whole
+  shuffled passes over the shard set (each pair once per pass) instead of independent draws.
 
 Decisions:
 
 - Resume is exact: the checkpoint stores the step, the epoch and the number of batches already taken from that
   epoch; the loader's order and flips depend only on ``(seed, epoch)`` (``pgpig.data``), so a resumed run skips
-  exactly the consumed batches (they are decoded and dropped, not trained on). The global torch RNG (dropout)
-  is re-seeded from ``(seed, step)`` before every step, so the random state never depends on how many
-  DataLoader iterators were created before (each one draws a base seed from the global RNG). Together: ``N``
-  steps straight equal ``k`` steps + resume to ``N``, bit for bit on CPU.
-- Checkpoint files in the run folder, each written atomically: ``generator.safetensors``,
-  ``discriminators.safetensors`` (``use_gan``), and ``train_state.pt`` (optimizers, scaler, step, epoch, position,
-  RNG) saved with ``torch.save`` from plain tensors and dicts and read back with ``torch.load(weights_only=True)``.
-  Every file carries the step; resume refuses files of different steps (a crash between two writes).
-- "Epoch" here is one pass over the shard set's pairs (PATN's 4,000-pair "epoch" is only its LR-schedule unit;
-  this trainer counts steps).
+  exactly the consumed batches (they are decoded and dropped, not trained on). The global torch RNG (dropout, the
+  history pool) is re-seeded from ``(seed, step, rank)`` before every step, so the random state never depends on
+  how many DataLoader iterators were created before (each one draws a base seed from the global RNG); the pools'
+  contents are part of the checkpoint; the learning rate is a function of the step. Together: ``N`` steps
+  straight equal ``k`` steps + resume to ``N``, bit for bit on CPU.
+- A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` of ``generator.safetensors`` (metadata: step and the
+  trained image size), ``discriminators.safetensors`` (``use_gan``) and ``train_state.pt`` (optimizers, scaler,
+  step, epoch, position, pools; saved with ``torch.save`` from plain tensors and dicts, read back with
+  ``torch.load(weights_only=True)``). It is written under a temporary name and renamed when complete, so a kill
+  mid-write leaves the previous checkpoint whole; ``keep_checkpoints`` folders are kept. ``RUN/generator.safetensors``
+  is the newest generator (a hard link), for ``pgpig generate`` and evaluation.
+- Data parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1; ``pgpig train --gpus N`` launches it), each
+  process trains one device under ``DistributedDataParallel``; ``batch_size`` is the global batch, dealt so that
+  rank ``r`` gets every ``world``-th pair of the same global batch a single process would take. Rank 0 alone
+  writes the run folder. Discriminators run unwrapped in the generator's step (no gradient of theirs is wanted
+  there). Batch norm is synchronised across GPUs (``SyncBatchNorm``) on CUDA; on CPU (gloo, tests) each process
+  normalises its own share.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import random
+import shutil
 import time
 import typing
 from dataclasses import dataclass
@@ -46,9 +71,10 @@ from pgpig.data import PairDataset, make_loader, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
 from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
 from pgpig.models.discriminators import patn_appearance_discriminator, patn_shape_discriminator
-from schemas.files import atomic_path
+from schemas.files import atomic_path, fsync_dir
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["HistoryPool", "Parts", "TrainConfig", "build", "build_generator", "load_config", "lr_factor", "pose_image",
+           "resolve_device", "sample_grid", "save_png", "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,11 +110,20 @@ class TrainConfig:
     batch_size: int = 32
     """Pairs per step (PATN Market-1501: 32; DeepFashion: 7)."""
     lr: float = 2e-4
-    """Adam learning rate of the generator and the discriminators (constant; PATN's linear decay is not here)."""
+    """Initial Adam learning rate of the generator and the discriminators (PATN: 2e-4)."""
     betas: tuple[float, float] = (0.5, 0.999)
     """Adam betas (PATN ``--beta1 0.5``)."""
-    steps: int = 1000
-    """Total optimizer steps of the run (a resumed run continues up to this number)."""
+    lr_policy: str = "constant"
+    """``constant``, or ``linear``: PATN's rule, constant, then linearly to 0 (``lr_factor``; module docstring)."""
+    schedule_epoch_pairs: int | None = None
+    """Pairs in one epoch of the LR schedule (PATN: 4000); null: the train split's pair count."""
+    lr_constant_epochs: int = 500
+    """PATN ``--niter``: the decay starts in this schedule epoch (counted from 1; 500 in the paper)."""
+    lr_decay_epochs: int = 200
+    """Schedule epochs of linear decay to 0 (PATN ``--niter_decay 200``)."""
+    steps: int | None = 1000
+    """Total optimizer steps of the run (a resumed run continues up to this number); null: the whole linear
+    schedule, ``(lr_constant_epochs + lr_decay_epochs) * ceil(schedule_epoch_pairs / batch_size)``."""
     lambda_l1: float = 10.0
     """Weight of the L1 loss to the target (PATN ``--lambda_A``)."""
     lambda_perceptual: float = 10.0
@@ -99,6 +134,8 @@ class TrainConfig:
     """Adversarial loss: ``lsgan`` (PATN DeepFashion), ``vanilla`` (PATN Market-1501, ``--no_lsgan``) or ``hinge``."""
     use_gan: bool = True
     """Train the appearance and shape discriminators and add the adversarial loss (PATN: yes)."""
+    pool_size: int = 0
+    """Past generated pairs each discriminator also trains on (PATN Market-1501: 50, DeepFashion: 0)."""
     vgg_weights: str | None = "imagenet"
     """VGG-19 weights for the perceptual loss: ``imagenet`` (torch hub cache), a state-dict path, or null."""
     allow_random_vgg: bool = False
@@ -106,7 +143,11 @@ class TrainConfig:
     amp: str = "none"
     """Mixed precision: ``none``, ``bf16`` (autocast) or ``fp16`` (autocast + gradient scaling)."""
     device: str = "auto"
-    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: each rank's GPU)."""
+    channels_last: bool = False
+    """Models and batches in channels-last memory format (faster convolutions with AMP on recent GPUs)."""
+    compile: bool = False
+    """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs)."""
     seed: int = 0
     """Seed of weights, data order, flips and dropout."""
     num_workers: int = 4
@@ -116,7 +157,9 @@ class TrainConfig:
     sample_every: int = 500
     """Steps between sample grids (PNG and TensorBoard) and the validation L1."""
     checkpoint_every: int = 1000
-    """Steps between checkpoints (one is always written at exit)."""
+    """Steps between checkpoints (one is always written at the end of the run)."""
+    keep_checkpoints: int = 2
+    """Checkpoint folders kept in ``RUN/checkpoints/`` (the newest ones)."""
     val_pairs: int = 8
     """Test pairs for the validation L1 and the validation grid (the first ones of ``shards/test``)."""
     progress: bool = True
@@ -192,13 +235,20 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
 def check_config(cfg: TrainConfig) -> None:
     """``TrainError`` for values outside their allowed sets or ranges."""
     choices = {"amp": ("none", "bf16", "fp16"), "gan_kind": ("lsgan", "vanilla", "hinge"),
-               "norm": ("instance", "batch")}
+               "norm": ("instance", "batch"), "lr_policy": ("constant", "linear")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise TrainError(f"config field {name!r} is {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}")
-    for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "ngf", "n_blocks"):
-        if getattr(cfg, name) < 1:
+    for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "ngf",
+                 "n_blocks",
+                 "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.pool_size < 0:
+        raise TrainError(f"config field 'pool_size' must be 0 or more, got {cfg.pool_size}")
+    if cfg.steps is None and cfg.lr_policy != "linear":
+        raise TrainError("steps is null, which means 'the whole LR schedule', but lr_policy is constant; "
+                         "give steps or use lr_policy: linear")
     if cfg.vgg_weights is None and not cfg.allow_random_vgg:
         raise TrainError("vgg_weights is null: give a VGG-19 state dict path or 'imagenet' "
                          "(random VGG only with allow_random_vgg: true, for tests)")
@@ -213,7 +263,7 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -225,15 +275,35 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _step_seed(seed: int, step: int) -> int:
-    """The global RNG seed of step ``step``: a function of ``(seed, step)`` only, so resume reproduces dropout."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The global RNG seed of ``step`` on ``rank``: a function of these alone, so resume reproduces dropout."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def steps_per_schedule_epoch(cfg: TrainConfig, train_pairs: int) -> int:
+    """Optimizer steps in one epoch of the LR schedule: ``ceil(pairs / batch_size)`` (PATN keeps ragged batches)."""
+    return math.ceil((cfg.schedule_epoch_pairs or train_pairs) / cfg.batch_size)
+
+
+def total_steps(cfg: TrainConfig, train_pairs: int) -> int:
+    """``cfg.steps``, or for ``steps: null`` the whole linear schedule."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return (cfg.lr_constant_epochs + cfg.lr_decay_epochs) * steps_per_schedule_epoch(cfg, train_pairs)
+
+
+def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
+    """Multiplier of ``cfg.lr`` at ``step`` (0-based): 1, or PATN's linear decay by schedule epochs (module doc)."""
+    if cfg.lr_policy == "constant":
+        return 1.0
+    epoch = step // steps_per_schedule_epoch(cfg, train_pairs) + 1  # counted from 1, as the official loop
+    return max(0.0, 1.0 - max(0, epoch + 1 - cfg.lr_constant_epochs) / (cfg.lr_decay_epochs + 1))
 
 
 # ---------------------------------------------------------------------------------------------------- images
 
 
-def _pose_image(pose_maps: torch.Tensor) -> torch.Tensor:
+def pose_image(pose_maps: torch.Tensor) -> torch.Tensor:
     """``(B, 18, H, W)`` in ``[0, 1]`` → ``(B, 3, H, W)`` grey in ``[-1, 1]``: the max over the joint channels."""
     return (pose_maps.amax(dim=1, keepdim=True) * 2 - 1).expand(-1, 3, -1, -1)
 
@@ -245,9 +315,11 @@ def sample_grid(columns: list[torch.Tensor]) -> torch.Tensor:
     return ((grid + 1) * 127.5).round().to(torch.uint8)
 
 
-def _save_png(path: Path, grid: torch.Tensor) -> None:
+def save_png(path: Path, grid: torch.Tensor) -> None:
+    """``(3, H, W)`` uint8 → an RGB PNG, written atomically (parent folders made)."""
     from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
@@ -255,50 +327,236 @@ def _save_png(path: Path, grid: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
+CHECKPOINTS = "checkpoints"
+"""Sub-folder of a run holding one complete folder per checkpoint, ``step-00001000/``."""
+
+
+def _step_folders(run_dir: Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first (temporary ``.step-*.tmp`` ones excluded)."""
+    folders = [p for p in (run_dir / CHECKPOINTS).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[5:]))
+
+
 def _save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
-                     state: dict[str, Any], image_size: tuple[int, int]) -> None:
+                     state: dict[str, Any], image_size: tuple[int, int], keep: int) -> None:
+    """Write ``checkpoints/step-N/`` whole or not at all, point ``RUN/generator.safetensors`` at it, prune old ones.
+
+    The files go into a temporary folder, each fsynced; one rename makes the folder visible, so a kill at any
+    moment leaves the previous checkpoint intact and never a mix of two steps."""
+    root = run_dir / CHECKPOINTS
+    final = root / f"step-{step:08d}"
+    if final.is_dir():  # this step is already saved (the exit checkpoint right after a periodic one)
+        return
+    tmp = root / f".step-{step:08d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     # the generator file alone says what it generates: step, and the (cropped) image size it was trained at
     meta = {"step": str(step), "height": str(image_size[0]), "width": str(image_size[1])}
     weights = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    with atomic_path(run_dir / "generator.safetensors") as tmp:
-        save_file(weights, str(tmp), metadata=meta)
+    with atomic_path(tmp / "generator.safetensors") as path:
+        save_file(weights, str(path), metadata=meta)
     if discriminators:
         d_weights = {f"{name}.{k}": v.detach().cpu().contiguous()
                      for name, d in discriminators.items() for k, v in d.state_dict().items()}
-        with atomic_path(run_dir / "discriminators.safetensors") as tmp:
-            save_file(d_weights, str(tmp), metadata=meta)
-    with atomic_path(run_dir / "train_state.pt") as tmp:
-        torch.save(state, tmp)
+        with atomic_path(tmp / "discriminators.safetensors") as path:
+            save_file(d_weights, str(path), metadata=meta)
+    with atomic_path(tmp / "train_state.pt") as path:
+        torch.save(state, path)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    # the latest generator beside config.yaml, where `pgpig generate` and eval look: a hard link swapped in
+    # atomically (a copy where the file system has no hard links)
+    with atomic_path(run_dir / "generator.safetensors") as path:
+        path.unlink()
+        try:
+            os.link(final / "generator.safetensors", path)
+        except OSError:
+            shutil.copyfile(final / "generator.safetensors", path)
+    for old in _step_folders(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
                      device: torch.device) -> dict[str, Any]:
-    """Load weights into the models and return the train state; ``TrainError`` for a missing or torn checkpoint."""
-    state_path = run_dir / "train_state.pt"
-    if not state_path.is_file():
-        raise TrainError(f"{run_dir}: no checkpoint to resume (train_state.pt missing); start a new run instead")
+    """Load the newest checkpoint folder into the models and return its train state; ``TrainError`` if none."""
+    folders = _step_folders(run_dir)
+    if not folders:
+        raise TrainError(f"{run_dir}: no checkpoint to resume ({CHECKPOINTS}/step-* missing); start a new run "
+                         "instead")
+    for stale in (run_dir / CHECKPOINTS).glob(".step-*.tmp"):  # a checkpoint a kill interrupted
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = folders[-1]
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(folder / "train_state.pt", map_location="cpu", weights_only=True)
         files = {"generator.safetensors": {"": generator}}
         if discriminators:
             files["discriminators.safetensors"] = {f"{n}.": d for n, d in discriminators.items()}
         for name, parts in files.items():
-            path = run_dir / name
+            path = folder / name
             with safe_open(str(path), framework="pt") as f:
                 step = int((f.metadata() or {}).get("step", -1))
             if step != state["step"]:
-                raise TrainError(f"{path} is from step {step} but train_state.pt from step {state['step']}: "
-                                 "the last checkpoint write was interrupted; restore an older copy or start anew")
+                raise TrainError(f"{path} is from step {step} but its train_state.pt from step {state['step']}: "
+                                 "the folder was changed by hand; remove it to resume from the one before")
             tensors = load_file(str(path), device=str(device))
             for prefix, module in parts.items():
                 module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     except (OSError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise TrainError(f"{run_dir}: cannot read the checkpoint ({exc}); it is damaged or from another recipe") \
-            from None
+        raise TrainError(f"{folder}: cannot read the checkpoint ({exc}); it is damaged or from another recipe; "
+                         "remove it to resume from the one before") from None
     return state
 
 
+# ---------------------------------------------------------------------------------------------------- one step
+
+
+class HistoryPool:
+    """Generated pairs from earlier steps, mixed into a discriminator's fake batch (PATN's ``--pool_size``).
+
+    The idea of Shrivastava et al. (CVPR 2017, arXiv:1612.07828), as the PATN code uses it: until ``size`` items are
+    held, each new item is stored and used; afterwards each new item is, with probability 1/2, swapped for a random
+    held one (the old one is used, the new one stored), else used directly. Items are tuples of tensors (the
+    generated image and the discriminator's condition), taken one batch row at a time. Draws use the global torch
+    RNG, which the training loop seeds per step.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.items: list[tuple[torch.Tensor, ...]] = []
+
+    def query(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.size == 0:
+            return batch
+        chosen = []
+        for row in zip(*(t.detach() for t in batch), strict=True):
+            if len(self.items) < self.size:
+                self.items.append(row)
+            elif torch.rand(()) < 0.5:
+                k = int(torch.randint(self.size, ()))
+                self.items[k], row = row, self.items[k]
+            chosen.append(row)
+        return tuple(torch.stack(column) for column in zip(*chosen, strict=True))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if not self.items:
+            return {}
+        return {str(i): torch.stack([item[i] for item in self.items]).cpu() for i in range(len(self.items[0]))}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+        columns = [state[str(i)].to(device) for i in range(len(state))]
+        self.items = list(zip(*(list(c) for c in columns), strict=True)) if columns else []
+
+
+@dataclass
+class Parts:
+    """The models, losses and optimizers of a run (``build``); ``train_step`` uses them."""
+
+    generator: torch.nn.Module
+    discriminators: dict[str, torch.nn.Module]
+    perceptual: PerceptualLoss | None
+    """``None`` when ``lambda_perceptual`` is 0: no VGG is built or run."""
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler
+    pools: dict[str, HistoryPool]
+
+
+def build_generator(cfg: TrainConfig) -> torch.nn.Module:
+    """The generator a config describes, freshly initialised (training and ``pgpig generate`` build it so)."""
+    return models.create(cfg.model, ngf=cfg.ngf, n_blocks=cfg.n_blocks, norm=cfg.norm, dropout=cfg.dropout)
+
+
+def build(cfg: TrainConfig, device: torch.device) -> Parts:
+    """Generator, discriminators (``use_gan``), perceptual loss, optimizers and pools of ``cfg`` on ``device``."""
+    generator = build_generator(cfg).to(device)
+    discriminators: dict[str, torch.nn.Module] = {}
+    if cfg.use_gan:
+        d_kwargs = {"ndf": cfg.ngf, "n_blocks": cfg.d_blocks, "norm": cfg.norm, "dropout": cfg.dropout}
+        discriminators = {"appearance": patn_appearance_discriminator(**d_kwargs).to(device),
+                          "shape": patn_shape_discriminator(**d_kwargs).to(device)}
+    if cfg.channels_last:
+        for module in (generator, *discriminators.values()):
+            module.to(memory_format=torch.channels_last)
+    perceptual = PerceptualLoss(PATN_PERCEPTUAL_LAYERS, vgg_weights=cfg.vgg_weights,
+                                allow_random=cfg.allow_random_vgg).to(device) if cfg.lambda_perceptual else None
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
+    # one Adam over both discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
+    opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()], lr=cfg.lr,
+                             betas=cfg.betas) if discriminators else None
+    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}
+    return Parts(generator, discriminators, perceptual, opt_g, opt_d, scaler, pools)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp != "none")
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP and/or ``torch.compile`` wrappers."""
+    module = getattr(module, "_orig_mod", module)
+    module = getattr(module, "module", module)
+    return getattr(module, "_orig_mod", module)
+
+
+def train_step(parts: Parts, cfg: TrainConfig, source: torch.Tensor, target: torch.Tensor,
+               source_pose: torch.Tensor, target_pose: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One generator and one discriminator update on a batch; returns the generated batch and the losses."""
+    discriminators, scaler = parts.discriminators, parts.scaler
+    # -- generator forward and losses
+    with _autocast(cfg, source.device):
+        generated = parts.generator(source, source_pose, target_pose)
+        loss_l1 = l1_loss(generated, target)
+        loss_perceptual = parts.perceptual(generated, target) if parts.perceptual is not None else \
+            torch.zeros((), device=generated.device)
+        loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_perceptual * loss_perceptual
+        losses = {"l1": loss_l1, "perceptual": loss_perceptual}
+        if discriminators:
+            # unwrapped (no DDP: no D gradient is wanted here) and frozen, so the G step leaves D's grads alone
+            plain = {name: _unwrap(d).requires_grad_(False) for name, d in discriminators.items()}
+            loss_gan = 0.5 * (
+                adversarial_loss(plain["appearance"](generated, source), True, cfg.gan_kind, for_discriminator=False)
+                + adversarial_loss(plain["shape"](generated, target_pose), True, cfg.gan_kind,
+                                   for_discriminator=False))
+            loss_g = loss_g + cfg.lambda_gan * loss_gan
+            losses["g_gan"] = loss_gan
+    losses["g_total"] = loss_g
+
+    # -- generator backward and step
+    parts.opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(parts.opt_g)
+
+    # -- discriminators: real pairs against generated ones (through the history pools)
+    if discriminators:
+        for d in discriminators.values():
+            _unwrap(d).requires_grad_(True)
+        with _autocast(cfg, source.device):
+            loss_d = 0.0
+            for name, condition in (("appearance", source), ("shape", target_pose)):
+                d = discriminators[name]
+                fake, fake_condition = parts.pools[name].query(generated.detach(), condition)
+                loss_d = loss_d + cfg.lambda_gan * 0.5 * (adversarial_loss(d(target, condition), True, cfg.gan_kind)
+                                                          + adversarial_loss(d(fake, fake_condition), False,
+                                                                             cfg.gan_kind))
+        parts.opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(parts.opt_d)
+        losses["d"] = loss_d
+    scaler.update()
+    return generated, losses
+
+
 # ---------------------------------------------------------------------------------------------------- train
+
+
+def _distributed() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's environment; ``(0, 0, 1)`` outside it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -306,163 +564,161 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_config(cfg)
     if cfg.resume and cfg.run_dir is None:
         raise TrainError("resume needs the run folder: pass --resume RUN_DIR")
-    run_dir = Path(cfg.run_dir or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    rank, local_rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if cfg.batch_size % world:
+            raise TrainError(f"batch_size {cfg.batch_size} (the global batch) does not split over {world} processes")
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, device, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict[str, Any]:
+    main_process = rank == 0
+    run_dir = cfg.run_dir or Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if world > 1:  # every rank must write to (and resume from) rank 0's folder
+        import torch.distributed as dist
+
+        shared = [run_dir]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
     cfg = dataclasses.replace(cfg, run_dir=run_dir)
-    device = _resolve_device(cfg.device)
 
     # -- seed everything (weights and anything else drawn before the loop; the loop re-seeds per step)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    # -- data: pairs of shards/train; a few fixed pairs of shards/test for validation
+    # -- data: pairs of shards/train (this rank's share of each global batch); a few of shards/test for validation
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed)
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers)
+    loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed,
+                         num_workers=cfg.num_workers, rank=rank, world_size=world)
     if len(loader) == 0:
         raise TrainError(f"{cfg.shards / 'train'} has {len(train_set)} pairs, fewer than one batch of "
                          f"{cfg.batch_size}; lower batch_size")
+    steps = total_steps(cfg, len(train_set))
     size = train_set.size
     val_batch = None
-    if (cfg.shards / "test" / "manifest.json").exists() or (cfg.shards / "test").is_dir():
+    if main_process and (cfg.shards / "test").is_dir():
         val_set = PairDataset(cfg.shards / "test", crop_margin=cfg.crop_margin)
         val_batch = default_collate([val_set[k] for k in range(min(cfg.val_pairs, len(val_set)))])
 
-    # -- models, losses, optimizers
-    generator = models.create(cfg.model, ngf=cfg.ngf, n_blocks=cfg.n_blocks, norm=cfg.norm,
-                              dropout=cfg.dropout).to(device)
-    discriminators: dict[str, torch.nn.Module] = {}
-    if cfg.use_gan:
-        d_kwargs = {"ndf": cfg.ngf, "n_blocks": cfg.d_blocks, "norm": cfg.norm, "dropout": cfg.dropout}
-        discriminators = {"appearance": patn_appearance_discriminator(**d_kwargs).to(device),
-                          "shape": patn_shape_discriminator(**d_kwargs).to(device)}
-    perceptual = PerceptualLoss(PATN_PERCEPTUAL_LAYERS, vgg_weights=cfg.vgg_weights,
-                                allow_random=cfg.allow_random_vgg).to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()], lr=cfg.lr,
-                             betas=cfg.betas) if discriminators else None
-    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-
-    def autocast():
-        return torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp != "none")
-
-    # -- run folder: fresh, or resumed from its checkpoint
+    # -- models, losses, optimizers; resumed from the run folder's checkpoint
+    parts = build(cfg, device)
+    generator, discriminators = parts.generator, parts.discriminators  # the plain modules: checkpoints, validation
     step, epoch, in_epoch = 0, 0, 0
     if cfg.resume:
         state = _load_checkpoint(run_dir, generator, discriminators, device)
-        opt_g.load_state_dict(state["opt_g"])
-        if opt_d is not None:
-            opt_d.load_state_dict(state["opt_d"])
-        scaler.load_state_dict(state["scaler"])
+        parts.opt_g.load_state_dict(state["opt_g"])
+        if parts.opt_d is not None:
+            parts.opt_d.load_state_dict(state["opt_d"])
+        parts.scaler.load_state_dict(state["scaler"])
+        for name, pool in parts.pools.items():
+            pool.load_state_dict(state.get("pools", {}).get(name, {}), device)
         step, epoch, in_epoch = state["step"], state["epoch"], state["in_epoch"]
-        torch.set_rng_state(state["rng_cpu"])
-    elif (run_dir / "train_state.pt").exists():
+    elif _step_folders(run_dir):
         raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False))
-    (run_dir / "samples").mkdir(exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if cfg.resume else None)
+        def wrap(module: torch.nn.Module) -> torch.nn.Module:
+            if device.type == "cuda":
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+        parts.generator = wrap(generator)
+        parts.discriminators = {name: wrap(d) for name, d in discriminators.items()}
+        generator = _unwrap(parts.generator)
+        discriminators = {name: _unwrap(d) for name, d in parts.discriminators.items()}
+    if cfg.compile:
+        parts.generator = torch.compile(parts.generator)
+        parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
+
+    # -- run folder (rank 0 writes it)
+    writer = None
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False))
+        (run_dir / "samples").mkdir(exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if cfg.resume else None)
 
     def checkpoint() -> None:
-        state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict() if opt_d is not None else {}, "scaler": scaler.state_dict(),
-                 "rng_cpu": torch.get_rng_state()}
-        _save_checkpoint(run_dir, step, generator, discriminators, state, size)
+        if not main_process:
+            return
+        state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "opt_g": parts.opt_g.state_dict(),
+                 "opt_d": parts.opt_d.state_dict() if parts.opt_d is not None else {},
+                 "scaler": parts.scaler.state_dict(),
+                 "pools": {name: pool.state_dict() for name, pool in parts.pools.items()}}
+        _save_checkpoint(run_dir, step, generator, discriminators, state, size, cfg.keep_checkpoints)
+
+    def to_device(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
 
     def pose_maps(keypoints: torch.Tensor) -> torch.Tensor:
-        return render_pose_maps(keypoints.to(device, non_blocking=True), size, cfg.sigma)
+        return to_device(render_pose_maps(keypoints.to(device, non_blocking=True), size, cfg.sigma))
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="train", unit="it", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, disable=not (cfg.progress and main_process), desc="train", unit="it",
+               dynamic_ncols=True)
     losses: dict[str, float] = {}
-    generator.train()
+    parts.generator.train()
+    for d in parts.discriminators.values():
+        d.train()
     try:
-        while step < cfg.steps:
+        while step < steps:
             start_epoch(loader, epoch)
             # resumed mid-epoch: the epoch's order is fixed by (seed, epoch), so dropping the batches already
             # trained on puts the loader where the interrupted run was
             for batch in islice(loader, in_epoch, None):
-                if step >= cfg.steps:
+                if step >= steps:
                     break
-                torch.manual_seed(_step_seed(cfg.seed, step))
+                torch.manual_seed(_step_seed(cfg.seed, step, rank))
+                for opt in (parts.opt_g, parts.opt_d):
+                    for group in opt.param_groups if opt is not None else ():
+                        group["lr"] = cfg.lr * lr_factor(cfg, step, len(train_set))
 
-                # -- forward
-                source = batch["source"].to(device, non_blocking=True)
-                target = batch["target"].to(device, non_blocking=True)
+                source, target = to_device(batch["source"]), to_device(batch["target"])
                 source_pose, target_pose = pose_maps(batch["source_kp"]), pose_maps(batch["target_kp"])
-                with autocast():
-                    generated = generator(source, source_pose, target_pose)
-
-                    # -- generator losses
-                    loss_l1 = l1_loss(generated, target)
-                    loss_perceptual = perceptual(generated, target)
-                    loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_perceptual * loss_perceptual
-                    if discriminators:
-                        for d in discriminators.values():
-                            d.requires_grad_(False)  # the generator's step must not accumulate D gradients
-                        loss_gan = 0.5 * (
-                            adversarial_loss(discriminators["appearance"](generated, source), True, cfg.gan_kind,
-                                             for_discriminator=False)
-                            + adversarial_loss(discriminators["shape"](generated, target_pose), True, cfg.gan_kind,
-                                               for_discriminator=False))
-                        loss_g = loss_g + cfg.lambda_gan * loss_gan
-
-                # -- generator backward and step
-                opt_g.zero_grad(set_to_none=True)
-                scaler.scale(loss_g).backward()
-                scaler.step(opt_g)
-
-                # -- discriminators: real pairs against the (detached) generated ones
-                if discriminators:
-                    for d in discriminators.values():
-                        d.requires_grad_(True)
-                    fake = generated.detach()
-                    with autocast():
-                        loss_d = 0.0
-                        for d, condition in ((discriminators["appearance"], source),
-                                             (discriminators["shape"], target_pose)):
-                            loss_d = loss_d + 0.5 * (adversarial_loss(d(target, condition), True, cfg.gan_kind)
-                                                     + adversarial_loss(d(fake, condition), False, cfg.gan_kind))
-                    opt_d.zero_grad(set_to_none=True)
-                    scaler.scale(loss_d).backward()
-                    scaler.step(opt_d)
-                scaler.update()
+                generated, step_losses = train_step(parts, cfg, source, target, source_pose, target_pose)
                 step += 1
                 in_epoch += 1
                 bar.update(1)
 
-                # -- log
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    losses = {"g_total": loss_g.item(), "l1": loss_l1.item(), "perceptual": loss_perceptual.item()}
-                    if discriminators:
-                        losses.update({"g_gan": loss_gan.item(), "d": loss_d.item()})
-                    for name, value in losses.items():
-                        writer.add_scalar(f"train/{name}", value, step)
-                    writer.add_scalar("train/epoch", epoch, step)
+                # -- log (the mean over the processes)
+                if step % cfg.log_every == 0 or step == steps:
+                    values = torch.stack([v.detach().float() for v in step_losses.values()])
+                    if world > 1:
+                        torch.distributed.all_reduce(values)
+                        values /= world
+                    losses = dict(zip(step_losses, values.tolist(), strict=True))
+                    if writer is not None:
+                        for name, value in losses.items():
+                            writer.add_scalar(f"train/{name}", value, step)
+                        writer.add_scalar("train/epoch", epoch, step)
+                        writer.add_scalar("train/lr", parts.opt_g.param_groups[0]["lr"], step)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
 
                 # -- samples and validation
-                if step % cfg.sample_every == 0:
+                if writer is not None and step % cfg.sample_every == 0:
                     n = min(4, source.shape[0])
-                    grid = sample_grid([source[:n], _pose_image(source_pose[:n]), _pose_image(target_pose[:n]),
+                    grid = sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]),
                                         generated[:n], target[:n]])
-                    _save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)
+                    save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)
                     writer.add_image("train/samples", grid, step)
                     if val_batch is not None:
-                        generator.eval()
-                        with torch.no_grad(), autocast():
-                            v_source = val_batch["source"].to(device)
-                            v_target = val_batch["target"].to(device)
-                            v_sp, v_tp = pose_maps(val_batch["source_kp"]), pose_maps(val_batch["target_kp"])
-                            v_generated = generator(v_source, v_sp, v_tp)
-                            writer.add_scalar("val/l1", l1_loss(v_generated, v_target).item(), step)
-                        n = min(4, v_source.shape[0])
-                        writer.add_image("val/samples", sample_grid(
-                            [v_source[:n], _pose_image(v_sp[:n]), _pose_image(v_tp[:n]), v_generated[:n],
-                             v_target[:n]]), step)
-                        generator.train()
+                        _validate(generator, val_batch, to_device, pose_maps, cfg, writer, step)
 
                 # -- checkpoint
                 if step % cfg.checkpoint_every == 0:
@@ -474,5 +730,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         checkpoint()
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     return {"run_dir": run_dir, "step": step, "epoch": epoch, "losses": losses}
+
+
+def _validate(generator: torch.nn.Module, val_batch: dict[str, torch.Tensor], to_device, pose_maps,
+              cfg: TrainConfig, writer, step: int) -> None:
+    """L1 and a sample grid of the fixed validation pairs, in eval mode (rank 0, the plain module)."""
+    generator.eval()
+    source, target = to_device(val_batch["source"]), to_device(val_batch["target"])
+    with torch.no_grad(), _autocast(cfg, source.device):
+        source_pose, target_pose = pose_maps(val_batch["source_kp"]), pose_maps(val_batch["target_kp"])
+        generated = generator(source, source_pose, target_pose)
+        writer.add_scalar("val/l1", l1_loss(generated, target).item(), step)
+    n = min(4, source.shape[0])
+    writer.add_image("val/samples", sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]),
+                                                 generated[:n], target[:n]]), step)
+    generator.train()

@@ -12,11 +12,16 @@ from safetensors.torch import load_file
 
 from pgpig.cli import main
 from pgpig.errors import TrainError
-from pgpig.train import TrainConfig, load_config, train
+from pgpig.train import HistoryPool, TrainConfig, load_config, lr_factor, total_steps, train
 
 # tiny and fast: a random VGG (ImageNet weights cannot be downloaded in tests), 1 PAT block at width 8
 TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set", "vgg_weights=null",
         "--set", "allow_random_vgg=true", "--workers", "0", "--quiet"]
+
+
+def latest(run: Path) -> Path:
+    """The newest checkpoint folder of a run."""
+    return sorted((run / "checkpoints").glob("step-*"))[-1]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,11 @@ def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(shard
     assert "step 1" in result.output
     weights = load_file(str(run / "generator.safetensors"))
     assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
-    assert (run / "discriminators.safetensors").is_file()  # use_gan is on by default (the PATN recipe)
-    state = torch.load(run / "train_state.pt", weights_only=True)
+    checkpoint = run / "checkpoints" / "step-00000001"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["discriminators.safetensors",  # use_gan: on by default
+                                                            "generator.safetensors", "train_state.pt"]
+    assert (checkpoint / "generator.safetensors").samefile(run / "generator.safetensors")
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)
     assert state["step"] == 1 and state["epoch"] == 0 and state["in_epoch"] == 1
     assert (run / "samples" / "step-000001.png").is_file()
     from PIL import Image
@@ -49,10 +57,25 @@ def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(shard
     assert saved["ngf"] == 8 and saved["steps"] == 1 and saved["run_dir"] == str(run)
 
 
+def test_checkpoints_are_step_folders_and_the_oldest_are_pruned(shards, tmp_path):
+    cfg = load_config(None, {"shards": shards, "run_dir": tmp_path / "r", "steps": 3, "batch_size": 2, "ngf": 8,
+                             "n_blocks": 1, "use_gan": False, "vgg_weights": None, "allow_random_vgg": True,
+                             "num_workers": 0, "progress": False, "checkpoint_every": 1, "keep_checkpoints": 2})
+    train(cfg)
+    run = tmp_path / "r"
+    assert sorted(
+        p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    assert (run / "generator.safetensors").samefile(run / "checkpoints" / "step-00000003" / "generator.safetensors")
+    assert not list(run.rglob("*.tmp"))
+
+
 def test_resume_continues_exactly(shards, tmp_path):
     # 6 steps of batch 4 over 24 pairs cross an epoch boundary; the resume happens mid-epoch (step 2)
+    # with a history pool (its contents are checkpointed) and a decaying LR (a function of the step): lr falls
+    # from step 2 on (schedule epochs of 2 steps: 1 constant, 3 decaying)
     common = ["--shards", str(shards), "--batch-size", "4", "--set", "flip=true", "--set", "sample_every=100",
-              *TINY]
+              "--set", "pool_size=3", "--set", "lr_policy=linear", "--set", "schedule_epoch_pairs=8",
+              "--set", "lr_constant_epochs=1", "--set", "lr_decay_epochs=3", *TINY]
     runner = CliRunner()
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert runner.invoke(main, ["train", "--run", str(straight), "--steps", "7", *common]).exit_code == 0
@@ -62,12 +85,81 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert resumed.exit_code == 0, resumed.output
     a, b = load_file(str(straight / "generator.safetensors")), load_file(str(split / "generator.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    da = load_file(str(straight / "discriminators.safetensors"))
-    db = load_file(str(split / "discriminators.safetensors"))
+    da = load_file(str(latest(straight) / "discriminators.safetensors"))
+    db = load_file(str(latest(split) / "discriminators.safetensors"))
     assert all(torch.equal(da[k], db[k]) for k in da)
-    sa = torch.load(straight / "train_state.pt", weights_only=True)
-    sb = torch.load(split / "train_state.pt", weights_only=True)
+    sa = torch.load(latest(straight) / "train_state.pt", weights_only=True)
+    sb = torch.load(latest(split) / "train_state.pt", weights_only=True)
     assert (sa["step"], sa["epoch"], sa["in_epoch"]) == (sb["step"], sb["epoch"], sb["in_epoch"]) == (7, 1, 1)
+    for name in ("appearance", "shape"):  # the pools are full (3 of the 4 x 7 generated pairs) and the same
+        assert sa["pools"][name]["0"].shape[0] == 3
+        assert all(torch.equal(sa["pools"][name][k], sb["pools"][name][k]) for k in sa["pools"][name])
+    # step 6 is in schedule epoch 4 of 4, which the official rule runs at lr 0
+    assert sa["opt_g"]["param_groups"][0]["lr"] == 0.0
+
+
+def test_linear_schedule_is_the_official_lambda_rule():
+    """``lr_factor`` against PyTorch's ``LambdaLR`` stepped once per epoch with PATN's rule (``get_scheduler`` of
+    tengteng95/Pose-Transfer, ``epoch_count`` 1): constant for ``niter`` epochs, then down to 0 over ``niter_decay``."""
+    cfg = load_config(None, {"lr_policy": "linear", "schedule_epoch_pairs": 4000, "batch_size": 7,
+                             "lr_constant_epochs": 500, "lr_decay_epochs": 200, "steps": None})
+    steps_per_epoch = 572  # ceil(4000 / 7): PATN keeps the ragged last batch of its 4,000-pair epoch
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: 1.0 - max(0, e + 1 + 1 - 500) / float(200 + 1))
+    for epoch in range(700):  # the official loop: train the epoch at the current lr, then scheduler.step()
+        expected = optimizer.param_groups[0]["lr"]
+        for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+            assert lr_factor(cfg, step, train_pairs=10**6) == pytest.approx(expected, abs=1e-12), (epoch, step)
+        optimizer.step()
+        scheduler.step()
+    assert lr_factor(cfg, 0, 10**6) == 1.0 and lr_factor(cfg, 700 * 572 - 1, 10**6) == 0.0
+    assert total_steps(cfg, train_pairs=10**6) == 700 * 572
+    # without schedule_epoch_pairs an epoch is one pass over the train pairs
+    cfg = load_config(None, {"lr_policy": "linear", "batch_size": 10, "lr_constant_epochs": 1, "lr_decay_epochs": 1,
+                             "steps": None})
+    assert total_steps(cfg, train_pairs=95) == 2 * 10
+    # with niter 1 the decay already starts in epoch 1 (1 - 1/2), and the last epoch runs at 0, as the rule says
+    assert [lr_factor(cfg, s, 95) for s in (0, 9, 10, 19)] == [0.5, 0.5, 0.0, 0.0]
+    with pytest.raises(TrainError, match="steps is null"):
+        load_config(None, {"steps": None})
+
+
+def test_history_pool_fills_then_swaps_and_round_trips():
+    torch.manual_seed(0)
+    assert HistoryPool(0).query(torch.ones(2, 1))[0].equal(torch.ones(2, 1))  # size 0: the batch itself
+    pool = HistoryPool(4)
+    first = pool.query(torch.arange(3.0)[:, None], -torch.arange(3.0)[:, None])
+    assert first[0].flatten().tolist() == [0, 1, 2] and first[1].flatten().tolist() == [0, -1, -2]
+    seen = {0.0, 1.0, 2.0}
+    returned = []
+    for start in range(3, 60, 3):
+        batch = torch.arange(start, start + 3.0)[:, None]
+        image, condition = pool.query(batch, -batch)
+        assert torch.equal(condition, -image)  # rows stay paired with their condition
+        returned += image.flatten().tolist()
+        seen.update(batch.flatten().tolist())
+        assert len(pool.items) == 4 and set(returned) <= seen
+    old = [v for v in returned if v < 3]
+    assert old, "a full pool hands back earlier items"
+    assert 0.2 < sum(v not in range(int(s), int(s) + 3) for v, s in zip(returned, sorted(
+        [s for s in range(3, 60, 3) for _ in range(3)]), strict=True)) / len(returned) < 0.8  # about half swapped
+    copy = HistoryPool(4)
+    copy.load_state_dict(pool.state_dict(), torch.device("cpu"))
+    assert all(torch.equal(a, b) for x, y in zip(pool.items, copy.items, strict=True) for a, b in zip(x, y,
+                                                                                                      strict=True))
+
+
+@pytest.mark.parametrize(("dataset", "steps", "norm", "gan", "pool", "l1"),
+                         [("deepfashion", 400_400, "instance", "lsgan", 0, 1.0),
+                          ("market1501", 87_500, "batch", "vanilla", 50, 10.0)])
+def test_paper_recipes(dataset, steps, norm, gan, pool, l1):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "workflows" / dataset / "patn.yaml", {})
+    assert (cfg.model, cfg.ngf, cfg.n_blocks, cfg.lr, cfg.betas) == ("patn", 64, 9, 2e-4, (0.5, 0.999))
+    assert (cfg.norm, cfg.gan_kind, cfg.pool_size, cfg.lambda_l1, cfg.lambda_perceptual, cfg.lambda_gan) == (
+        norm, gan, pool, l1, l1, 5.0)
+    assert total_steps(cfg, train_pairs=10**5) == steps
 
 
 def test_a_new_run_refuses_a_folder_that_holds_one(shards, tmp_path):
@@ -75,7 +167,7 @@ def test_a_new_run_refuses_a_folder_that_holds_one(shards, tmp_path):
                              "n_blocks": 1, "use_gan": False, "vgg_weights": None, "allow_random_vgg": True,
                              "num_workers": 0, "progress": False})
     assert train(cfg)["step"] == 1
-    assert not (tmp_path / "r" / "discriminators.safetensors").exists()  # use_gan false: no discriminators
+    assert not (latest(tmp_path / "r") / "discriminators.safetensors").exists()  # use_gan false: no discriminators
     with pytest.raises(TrainError, match="--resume"):
         train(cfg)
 
