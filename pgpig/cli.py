@@ -1,9 +1,12 @@
-"""``pgpig``: the trainer's command line (train, generate, eval land with their issues)."""
+"""``pgpig``: the trainer's command line: ``train``, ``generate`` (``eval`` lands with its issue)."""
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,8 @@ def main(debug: bool) -> None:
 
     \b
     Typical use, after `pgpig-data extract` and `pgpig-data pair`:
-      pgpig train --shards ./shards
+      pgpig train --shards ./shards --recipe workflows/market1501/patn.yaml --run runs/patn
+      pgpig generate --run runs/patn --source person.jpg --target-pose pose.jpg
     """
 
 
@@ -73,6 +77,8 @@ def main(debug: bool) -> None:
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total steps of the run.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Pairs per step.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--gpus", type=click.IntRange(1), default=None,
+              help="Data-parallel over N GPUs of this machine: launches torchrun, one DDP process per GPU.")
 @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None, help="Mixed precision.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
 @click.option("--vgg-weights", default=None, metavar="PATH|imagenet",
@@ -81,9 +87,15 @@ def main(debug: bool) -> None:
               help="Set any config field (YAML value), e.g. --set lambda_gan=0; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
-def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device, amp, workers, vgg_weights,
+def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device, gpus, amp, workers, vgg_weights,
           settings, quiet) -> None:
-    """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder."""
+    """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder.
+
+    \b
+    Several GPUs: `pgpig train --gpus 4 ...`, or launch it yourself:
+      torchrun --nproc-per-node 4 -m pgpig.cli train ...
+    --batch-size is the global batch, split over the processes.
+    """
     from pgpig.train import load_config
     from pgpig.train import train as run_train
 
@@ -100,10 +112,86 @@ def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device,
             raise TrainError(f"{resume_dir}: no config.yaml, not a run folder to resume")
         overrides.update({"run_dir": resume_dir, "resume": True})
         recipe = resume_dir / "config.yaml"
-    result = run_train(load_config(recipe, overrides))
+    cfg = load_config(recipe, overrides)
+    if gpus is not None and gpus > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(launch_torchrun(cfg, recipe, overrides, gpus))
+    result = run_train(cfg)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result["losses"].items())
     click.echo(f"{result['run_dir']}: step {result['step']}, epoch {result['epoch']}" + (f"; {losses}" if losses
                                                                                           else ""))
+
+
+@main.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder of `pgpig train` (config.yaml, generator.safetensors).")
+@click.option("--source", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Source image: the person to draw.")
+@click.option("--target-pose", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              metavar="IMAGE|JSON", help="The pose to draw them in: an image (its person's keypoints are "
+              "detected) or a keypoints .json file.")
+@click.option("--source-pose", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="JSON",
+              help="Keypoints of the source, in its pixels unless image_size says otherwise [default: detected].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output PNG [default: RUN/generated/<source>_to_<target>.png].")
+@click.option("--grid", is_flag=True, help="Also write <out>-grid.png: source | target pose | generated "
+              "(| target image).")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YOLO-pose weights for detection [default: the embedded yolo11n-pose.pt].")
+@report_errors
+def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_model) -> None:
+    """Draw the person of --source in the pose of --target-pose with a trained generator; prints the PNG's path.
+
+    \b
+    Images are read and framed as in training: stretched to the shard set's
+    stored size, then crop_margin columns cut from each side. Keypoints of an
+    image come from the pipeline's extractor (embedded YOLO11n-pose).
+    \b
+    Keypoints JSON (OpenPose-18 order, x/y pixels, null or [-1, -1] = invisible):
+      {"keypoints": [[x, y], ... 18 entries], "image_size": [H, W]}
+    or a bare list of the 18 entries. image_size is the frame of the
+    coordinates; without it a target pose is in the run's stored size (before
+    the crop) and a source pose in the source image's pixels.
+    """
+    from pgpig.generate import generate as run_generate
+
+    result = run_generate(run_dir, source, target_pose, source_pose=source_pose, out=out, grid=grid, device=device,
+                          pose_model=pose_model)
+    click.echo(str(result["out"]))
+    if result["grid"] is not None:
+        click.echo(str(result["grid"]))
+
+
+def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: int) -> int:
+    """Run this ``train`` command again under ``torch.distributed.run`` with ``gpus`` processes; its exit code.
+
+    The children get the same recipe and overrides (as ``--set KEY=JSON``), and a run folder fixed here so that
+    they all write to, or resume from, the same one."""
+    import subprocess
+
+    import torch
+
+    if cfg.device not in ("auto", "cuda"):
+        raise TrainError(f"--gpus {gpus} trains on CUDA devices; leave out --device {cfg.device}")
+    available = torch.cuda.device_count()
+    if available < gpus:
+        raise TrainError(f"--gpus {gpus}: this machine has {available} CUDA device(s)")
+    overrides = dict(overrides)
+    overrides.pop("resume", None)
+    if cfg.run_dir is None:
+        overrides["run_dir"] = f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = ["train"]
+    if cfg.resume:
+        args += ["--resume", str(cfg.run_dir)]
+        overrides.pop("run_dir", None)
+    elif recipe is not None:
+        args += ["--recipe", str(recipe)]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(str(value) if isinstance(value, Path) else value)}"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "pgpig.cli", *args]
+    click.echo(f"launching {gpus} processes: {' '.join(command)}", err=True)
+    return subprocess.run(command, check=False).returncode
 
 
 if __name__ == "__main__":

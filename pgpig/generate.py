@@ -1,0 +1,288 @@
+"""``pgpig generate``: one image of the source person in a target pose, from a trained run folder.
+
+``generate(run_dir, source, target)`` loads the run's generator (``config.yaml`` + ``generator.safetensors``),
+turns the source image and both poses into exactly the tensors training saw, runs the generator once (eval mode,
+no gradients) and writes the result as a PNG.
+
+Decisions:
+
+- Preprocessing is the training one, step by step: the image is decoded by ``pipeline.decode.decode_image``
+  (upright, 8-bit BGR, as extraction read it), stretched to the shard set's stored size with the shard writer's
+  own ``pipeline.shards.resize_image``, keypoints scaled with its ``scale_keypoints`` (pixel-centre convention),
+  then ``crop_margin`` columns are cut from each side with ``pgpig.data.crop_width`` (keypoints leaving the crop
+  become invisible), and the RGB image goes to ``[-1, 1]``. The stored size is not in the run folder as such: it
+  is the generator's trained size (``height``, ``width`` in the safetensors metadata, after the crop) with
+  ``2 * crop_margin`` columns added back. An input of another aspect ratio is stretched, as the shard writer
+  stretched every training image; cut it to the training framing first for best results.
+- Keypoints of an image (the source, and a target given as an image) come from the pipeline's extractor with
+  its defaults (``ExtractConfig``: the embedded YOLO11n-pose, ``imgsz`` 256, ``conf`` 0.25, keypoint threshold
+  0.5): ``UltralyticsBackend.predict`` on the decoded image, ``Detections.scaled`` back to full-resolution
+  pixels, then ``to_openpose`` (the dominant person, COCO-17 → OpenPose-18). Same calls as ``extract_partition``.
+- Keypoints JSON (``--target-pose pose.json``, ``--source-pose pose.json``)::
+
+      {"keypoints": [[x, y], ... 18 entries in the OpenPose-18 order ...], "image_size": [H, W]}
+
+  or a bare list of the 18 entries. ``x, y`` are pixels with integer coordinates at pixel centres; ``null`` or
+  ``[-1, -1]`` marks an invisible joint. ``image_size`` (optional) is the frame the coordinates are in; the
+  keypoints are scaled from it to the stored size like the pixels of an image of that size. Without it: a target
+  pose is in the run's stored size (before the crop; e.g. 256x256 for a DeepFashion run with margin 40, 128x64
+  for Market-1501), and a source pose is in the source image's own pixels (as the ``keypoints/`` table stores
+  them). Anything else (not JSON, not 18 entries, a non-number, a bad ``image_size``, unknown keys, no visible
+  joint) is a one-line ``TrainError`` naming the file.
+- The output is the generator's size (the trained, cropped size); ``--grid`` also writes
+  ``source | target pose | generated`` (``| target`` when the target is an image) beside it, like the training
+  samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from pgpig.data import crop_width, render_pose_maps, to_tensor
+from pgpig.errors import TrainError
+from pgpig.train import TrainConfig, build_generator, load_config, pose_image, resolve_device, sample_grid, save_png
+from pipeline.decode import Decoded, decode_image
+from pipeline.errors import PipelineError
+from schemas.keypoints import MISSING, NUM_KEYPOINTS
+
+__all__ = ["GeneratorRun", "generate", "load_generator", "read_pose_json"]
+
+
+@dataclass
+class GeneratorRun:
+    """A trained generator ready to run, with what its inputs must look like."""
+
+    generator: torch.nn.Module
+    config: TrainConfig
+    size: tuple[int, int]
+    """``(H, W)`` the generator was trained at: its input and output size (after ``crop_margin``)."""
+    step: int
+    device: torch.device
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the shard images before the crop: what an input image is stretched to."""
+        return self.size[0], self.size[1] + 2 * self.config.crop_margin
+
+
+def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
+    """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TrainError(f"{run_dir}: run folder not found")
+    config_path, weights_path = run_dir / "config.yaml", run_dir / "generator.safetensors"
+    if not config_path.is_file():
+        raise TrainError(f"{run_dir}: no config.yaml, not a run folder written by `pgpig train`")
+    if not weights_path.is_file():
+        raise TrainError(f"{run_dir}: no generator.safetensors; the run has not written a checkpoint yet")
+    cfg = load_config(config_path)
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            meta = f.metadata() or {}
+        missing = [k for k in ("step", "height", "width") if k not in meta]
+        if missing:
+            raise TrainError(f"{weights_path}: metadata lacks {', '.join(missing)}; not a checkpoint of "
+                             "`pgpig train`")
+        step, size = int(meta["step"]), (int(meta["height"]), int(meta["width"]))
+        weights = load_file(str(weights_path))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise TrainError(f"{weights_path}: cannot read ({exc}); the file is damaged") from None
+    if min(size) < 1:
+        raise TrainError(f"{weights_path}: metadata says the images are {size[0]}x{size[1]}")
+    dev = resolve_device(device)
+    generator = build_generator(cfg)
+    try:
+        generator.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise TrainError(f"{weights_path} does not fit the {cfg.model} generator of {config_path} ({first})") \
+            from None
+    generator.to(dev).eval()
+    return GeneratorRun(generator, cfg, size, step, dev)
+
+
+# ---------------------------------------------------------------------------------------------------- poses
+
+
+def read_pose_json(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """A keypoints JSON file (format in the module docstring) → ``(xy (18, 2) float32, image_size or None)``.
+
+    Invisible joints are ``(-1, -1)``. ``TrainError`` naming the file for anything malformed.
+    """
+    path = Path(path)
+
+    def bad(reason: str) -> TrainError:
+        return TrainError(f"{path}: {reason}; expected {{\"keypoints\": [[x, y], ...{NUM_KEYPOINTS} entries, null "
+                          "for invisible], \"image_size\": [H, W]}} or a bare list of the entries")
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise TrainError(f"{path}: cannot read the keypoints file ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"not JSON ({str(exc).splitlines()[0]})") from None
+    image_size = None
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"keypoints", "image_size"})
+        if unknown:
+            raise bad(f"unknown keys {', '.join(unknown)}")
+        if "keypoints" not in data:
+            raise bad("no \"keypoints\" key")
+        if data.get("image_size") is not None:
+            image_size = data["image_size"]
+            if (not isinstance(image_size, list) or len(image_size) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+                raise bad(f"image_size must be [height, width], two positive integers, got {image_size!r}")
+            image_size = (image_size[0], image_size[1])
+        data = data["keypoints"]
+    if not isinstance(data, list):
+        raise bad(f"keypoints must be a list, got {type(data).__name__}")
+    if len(data) != NUM_KEYPOINTS:
+        raise bad(f"{len(data)} keypoints, not {NUM_KEYPOINTS}")
+    xy = np.full((NUM_KEYPOINTS, 2), MISSING, np.float32)
+    for j, point in enumerate(data):
+        if point is None:
+            continue
+        if (not isinstance(point, list) or len(point) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in point)):
+            raise bad(f"keypoint {j} is {json.dumps(point)}, not [x, y] with two finite numbers or null")
+        xy[j] = point
+    if not (xy != MISSING).any(axis=1).any():
+        raise bad("no visible keypoint")
+    return xy, image_size
+
+
+class _PoseDetector:
+    """The extractor's keypoints for single images; the YOLO model is loaded on first use only."""
+
+    def __init__(self, device: torch.device, model: str | Path | None = None):
+        from pipeline.extract import ExtractConfig
+
+        defaults = ExtractConfig(raw=Path("."))
+        self.options = {"model": model, "imgsz": defaults.imgsz, "conf": defaults.conf,
+                        "device": str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
+                        "batch_size": 1}
+        self.threshold = defaults.kpt_threshold
+        self.backend = None
+
+    def __call__(self, image: np.ndarray, scale: float, path: Path) -> np.ndarray:
+        """OpenPose-18 ``(18, 2)`` of the dominant person of a decoded image, in full-resolution pixels."""
+        from pipeline.pose import cached_backend, to_openpose
+
+        try:
+            if self.backend is None:
+                self.backend = cached_backend("ultralytics", **self.options)
+            detections = self.backend.predict([image])[0].scaled(scale)
+        except PipelineError as exc:
+            raise TrainError(f"pose model: {exc}") from None
+        chosen, _, xy, _ = to_openpose(detections, self.threshold)
+        if chosen < 0:
+            raise TrainError(f"{path}: no person detected; use an image with one person in view, or give the "
+                             "keypoints as a JSON file")
+        if not (xy != MISSING).any():
+            raise TrainError(f"{path}: a person was found but no keypoint reaches the threshold "
+                             f"{self.threshold}; give the keypoints as a JSON file")
+        return xy
+
+
+def _read_image(path: Path) -> Decoded:
+    decoded = decode_image(path)
+    if not decoded.ok:
+        raise TrainError(f"{path}: {decoded.reason}")
+    return decoded
+
+
+def _prepare(bgr: np.ndarray | None, xy: np.ndarray, frame: tuple[int, int],
+             run: GeneratorRun) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A BGR image and its keypoints in ``frame`` = ``(H, W)`` → the training tensors ``(1, 3, H, W)``, ``(1, 18, 2)``.
+
+    ``bgr`` is ``None`` for a pose without an image: only the keypoints are prepared (the image comes back ``None``).
+    """
+    from pipeline.shards import resize_image, scale_keypoints
+
+    stored = run.stored_size
+    kp = torch.from_numpy(scale_keypoints(xy, frame, stored))[None]
+    image = torch.zeros(1, 3, *stored)  # stands in for a pose without an image, so the crop is the same call
+    if bgr is not None:
+        image = to_tensor(resize_image(bgr, stored)[..., ::-1])[None]
+    image, kp = crop_width(image, kp, run.config.crop_margin)
+    return (image if bgr is not None else None), kp
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+
+
+def default_out(run_dir: str | Path, source: str | Path, target: str | Path) -> Path:
+    """``<run>/generated/<source stem>_to_<target stem>.png``."""
+    return Path(run_dir) / "generated" / f"{Path(source).stem}_to_{Path(target).stem}.png"
+
+
+def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *, source_pose: str | Path | None = None,
+             out: str | Path | None = None, grid: bool = False, device: str = "auto",
+             pose_model: str | Path | None = None) -> dict[str, Any]:
+    """Generate the source person in the target pose with a run's generator and write it as a PNG.
+
+    Args:
+        run_dir: a run folder of ``pgpig train`` (``config.yaml``, ``generator.safetensors``).
+        source: the source image (any format ``pipeline.decode`` reads).
+        target_pose: a keypoints ``.json`` file (module docstring) or an image whose person's pose is taken.
+        source_pose: keypoints JSON of the source (in the source image's pixels unless ``image_size``); default:
+            detected by the extractor.
+        out: output PNG; default ``<run>/generated/<source stem>_to_<target stem>.png``.
+        grid: also write ``<out stem>-grid.png``: source | target pose | generated (| target image).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the generator and the pose model).
+        pose_model: YOLO-pose weights for detection; default the embedded YOLO11n-pose.
+
+    Returns:
+        ``{"out": Path, "grid": Path | None, "size": (H, W), "step": int}``.
+    """
+    source, target_pose = Path(source), Path(target_pose)
+    run = load_generator(run_dir, device)
+    detect = _PoseDetector(run.device, pose_model)
+
+    decoded = _read_image(source)
+    frame = (decoded.height, decoded.width)
+    if source_pose is not None:
+        source_xy, given = read_pose_json(source_pose)
+        frame = given or frame
+    else:
+        source_xy = detect(decoded.image, decoded.scale, source)
+    source_image, source_kp = _prepare(decoded.image, source_xy, frame, run)
+
+    target_image = None
+    if target_pose.suffix.lower() == ".json":
+        target_xy, frame = read_pose_json(target_pose)
+        _, target_kp = _prepare(None, target_xy, frame or run.stored_size, run)
+    else:
+        target = _read_image(target_pose)
+        target_xy = detect(target.image, target.scale, target_pose)
+        target_image, target_kp = _prepare(target.image, target_xy, (target.height, target.width), run)
+
+    sigma = run.config.sigma
+    with torch.no_grad():
+        source_maps = render_pose_maps(source_kp.to(run.device), run.size, sigma)
+        target_maps = render_pose_maps(target_kp.to(run.device), run.size, sigma)
+        generated = run.generator(source_image.to(run.device), source_maps, target_maps)
+        if isinstance(generated, (tuple, list)):  # generators that also return auxiliary images put the target first
+            generated = generated[0]
+
+    out = Path(out) if out is not None else default_out(run_dir, source, target_pose)
+    save_png(out, sample_grid([generated]))
+    grid_path = None
+    if grid:
+        columns = [source_image, pose_image(target_maps), generated]
+        if target_image is not None:
+            columns.append(target_image)
+        grid_path = out.with_name(f"{out.stem}-grid.png")
+        save_png(grid_path, sample_grid(columns))
+    return {"out": out, "grid": grid_path, "size": run.size, "step": run.step}
