@@ -101,8 +101,12 @@ def bad_file_tree(root: Path, photo: np.ndarray) -> dict[str, str]:
     return {rel: status for rel, (_, status) in files.items()}
 
 
-def mannequin_shards(work: Path, layout: str, identities: int, poses: int, splits=("train",), seed: int = 7) -> Path:
-    """The whole pipeline on a mannequin set: synth → extract (annotations) → pair; returns ``work/shards``."""
+def mannequin_shards(work: Path, layout: str, identities: int, poses: int, splits=("train",), seed: int = 7,
+                     size: tuple[int, int] | None = None) -> Path:
+    """The whole pipeline on a mannequin set: synth → extract (annotations) → pair; returns ``work/shards``.
+
+    ``size`` is the stored ``(height, width)`` of the shards (``pgpig-data pair --size``; the mannequins are drawn
+    at the layout's own size and resized by the pair step), the data set's default (Market 128x64) when None."""
     from pipeline.extract import ExtractConfig, run_extract
     from pipeline.pair import PairRunConfig, run_pair
     from pipeline.synthetic import SynthConfig, write_mannequins
@@ -118,5 +122,5 @@ def mannequin_shards(work: Path, layout: str, identities: int, poses: int, split
                               annotations=csvs), log=quiet)
     for split in splits:
         run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
-                               out=work / "shards"), log=quiet)
+                               out=work / "shards", size=size), log=quiet)
     return work / "shards"
