@@ -592,16 +592,24 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         dist.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
     cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    if not cfg.resume and _step_folders(run_dir):
+        raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
 
     # -- seed everything (weights and anything else drawn before the loop; the loop re-seeds per step)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    # -- models, losses, optimizers (first: a missing VGG-19 is reported before any data is touched)
+    parts = build(cfg, device)
+
     # -- data: pairs of shards/train (this rank's share of each global batch); a few of shards/test for validation
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed)
-    loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed,
-                         num_workers=cfg.num_workers, rank=rank, world_size=world)
+    # batches do not depend on the number of workers, so more workers than cores are not worth their memory
+    workers = min(cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+                  os.cpu_count() or 1)
+    loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed, num_workers=workers,
+                         rank=rank, world_size=world)
     if len(loader) == 0:
         raise TrainError(f"{cfg.shards / 'train'} has {len(train_set)} pairs, fewer than one batch of "
                          f"{cfg.batch_size}; lower batch_size")
@@ -612,8 +620,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         val_set = PairDataset(cfg.shards / "test", crop_margin=cfg.crop_margin)
         val_batch = default_collate([val_set[k] for k in range(min(cfg.val_pairs, len(val_set)))])
 
-    # -- models, losses, optimizers; resumed from the run folder's checkpoint
-    parts = build(cfg, device)
+    # -- resumed from the run folder's checkpoint
     generator, discriminators = parts.generator, parts.discriminators  # the plain modules: checkpoints, validation
     step, epoch, in_epoch = 0, 0, 0
     if cfg.resume:
@@ -625,8 +632,6 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         for name, pool in parts.pools.items():
             pool.load_state_dict(state.get("pools", {}).get(name, {}), device)
         step, epoch, in_epoch = state["step"], state["epoch"], state["in_epoch"]
-    elif _step_folders(run_dir):
-        raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
