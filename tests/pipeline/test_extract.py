@@ -219,21 +219,21 @@ def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree
             np.testing.assert_allclose(row["xy"], reference[rel]["xy"], atol=atol)
 
 
-def test_cli_extract_with_annotations_then_export(market_tree, tmp_path):
+def test_cli_extract_with_annotations_then_export(market_tree, tmp_path, monkeypatch):
     root, summary = market_tree
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        result = runner.invoke(data_main, ["extract", str(root), "--annotations",
-                                           str(root / "market-annotation-train.csv"), "--annotations",
-                                           str(root / "market-annotation-test.csv"), "--workers", "0", "--quiet"])
-        assert result.exit_code == 0, result.output
-        assert f"{summary['images']} rows in keypoints/" in result.output
-        assert Path("extract.json").is_file() and list(Path("keypoints").glob("part-*.parquet"))
-        result = runner.invoke(data_main, ["export-annotations", "train.csv", "--split", "train"])
-        assert result.exit_code == 0, result.output
-        assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
-        result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
-        assert result.exit_code == 1 and result.output.startswith("error: ")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(data_main, ["extract", str(root), "--annotations",
+                                       str(root / "market-annotation-train.csv"), "--annotations",
+                                       str(root / "market-annotation-test.csv"), "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"{summary['images']} rows in keypoints/" in result.output
+    assert Path("extract.json").is_file() and list(Path("keypoints").glob("part-*.parquet"))
+    result = runner.invoke(data_main, ["export-annotations", "train.csv", "--split", "train"])
+    assert result.exit_code == 0, result.output
+    assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
+    result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
+    assert result.exit_code == 1 and result.output.startswith("error: ")
 
 
 def test_bad_files_each_get_one_row_and_never_stop_the_run(tmp_path):

@@ -358,7 +358,7 @@ def test_run_pair_caps_and_unmatched_list_are_recorded(extracted, tmp_path):
         run_pair(PairRunConfig(**{**base, "run_file": tmp_path / "none.json"}, out=tmp_path / "d"), log=quiet)
 
 
-def test_cli_extract_then_pair_with_no_other_flag(market_tree, tmp_path):
+def test_cli_extract_then_pair_with_no_other_flag(market_tree, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from pipeline.cli import main as data_main
@@ -366,26 +366,26 @@ def test_cli_extract_then_pair_with_no_other_flag(market_tree, tmp_path):
 
     root, summary = market_tree
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        result = runner.invoke(data_main, ["extract", str(root), "--annotations",
-                                           str(root / "market-annotation-train.csv"), "--annotations",
-                                           str(root / "market-annotation-test.csv"), "--workers", "0", "--quiet"])
-        assert result.exit_code == 0, result.output
-        result = runner.invoke(data_main, ["pair", "--split", "train"])
-        assert result.exit_code == 0, result.output
-        assert f"kept {summary['annotated']['train']} images" in result.output
-        result = runner.invoke(data_main, ["verify", "shards/train"])
-        assert result.exit_code == 0 and "OK" in result.output, result.output
-        result = runner.invoke(data_main, ["export-pairs", "shards/train", "pairs.csv"])
-        assert result.exit_code == 0, result.output
-        pairs = read_pairs("pairs.csv")
-        assert pairs and all(s.split("_")[0] == t.split("_")[0] and s != t for s, t in pairs)
-        result = runner.invoke(data_main, ["pair", "--split", "train"])
-        assert result.exit_code == 1 and result.output.startswith("error: ")  # a set is there: --overwrite
-        result = runner.invoke(data_main, ["pair", "--split", "train", "--overwrite", "--max-pairs", "5",
-                                           "--format", "hdf5", "--quiet"])
-        assert result.exit_code == 0, result.output
-        # a damaged file is found and named
-        Path("shards/train/pairs.parquet").write_bytes(b"broken")
-        result = runner.invoke(data_main, ["verify", "shards/train"])
-        assert result.exit_code == 1 and "pairs.parquet" in result.output
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(data_main, ["extract", str(root), "--annotations",
+                                       str(root / "market-annotation-train.csv"), "--annotations",
+                                       str(root / "market-annotation-test.csv"), "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(data_main, ["pair", "--split", "train"])
+    assert result.exit_code == 0, result.output
+    assert f"kept {summary['annotated']['train']} images" in result.output
+    result = runner.invoke(data_main, ["verify", "shards/train"])
+    assert result.exit_code == 0 and "OK" in result.output, result.output
+    result = runner.invoke(data_main, ["export-pairs", "shards/train", "pairs.csv"])
+    assert result.exit_code == 0, result.output
+    pairs = read_pairs("pairs.csv")
+    assert pairs and all(s.split("_")[0] == t.split("_")[0] and s != t for s, t in pairs)
+    result = runner.invoke(data_main, ["pair", "--split", "train"])
+    assert result.exit_code == 1 and result.output.startswith("error: ")  # a set is there: --overwrite
+    result = runner.invoke(data_main, ["pair", "--split", "train", "--overwrite", "--max-pairs", "5",
+                                       "--format", "hdf5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    # a damaged file is found and named
+    Path("shards/train/pairs.parquet").write_bytes(b"broken")
+    result = runner.invoke(data_main, ["verify", "shards/train"])
+    assert result.exit_code == 1 and "pairs.parquet" in result.output
