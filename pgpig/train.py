@@ -40,8 +40,8 @@ Decisions:
   process trains one device under ``DistributedDataParallel``; ``batch_size`` is the global batch, dealt so that
   rank ``r`` gets every ``world``-th pair of the same global batch a single process would take. Rank 0 alone
   writes the run folder. Discriminators run unwrapped in the generator's step (no gradient of theirs is wanted
-  there). Batch norm is synchronised across GPUs (``SyncBatchNorm``) on CUDA; on CPU (gloo, tests) each process
-  normalises its own share.
+  there). Batch norm normalises each process's share (``sync_batchnorm: true`` for ``SyncBatchNorm`` on CUDA);
+  running statistics are not broadcast from rank 0 (each rank keeps its own; rank 0's are saved).
 """
 
 from __future__ import annotations
@@ -148,6 +148,10 @@ class TrainConfig:
     """Models and batches in channels-last memory format (faster convolutions with AMP on recent GPUs)."""
     compile: bool = False
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs)."""
+    sync_batchnorm: bool = False
+    """Under DDP on CUDA, batch statistics over all GPUs (``SyncBatchNorm``). Off: each GPU normalises its own share,
+    which at the recipe's per-GPU batch is the paper's one-GPU regime; SyncBatchNorm measured 3.5x slower
+    (PATN Market, 2 H100s: 237 vs 825 pairs/s, ``benchmarks/results/train-ddp-h100x2.jsonl``)."""
     seed: int = 0
     """Seed of weights, data order, flips and dropout."""
     num_workers: int = 4
@@ -636,9 +640,12 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         from torch.nn.parallel import DistributedDataParallel
 
         def wrap(module: torch.nn.Module) -> torch.nn.Module:
-            if device.type == "cuda":
+            if device.type == "cuda" and cfg.sync_batchnorm:
                 module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+            # broadcast_buffers off: rank 0's BN statistics broadcast in place at the discriminator's second forward
+            # would overwrite tensors its first forward saved for backward; SyncBatchNorm keeps them equal anyway
+            return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                           broadcast_buffers=False)
 
         parts.generator = wrap(generator)
         parts.discriminators = {name: wrap(d) for name, d in discriminators.items()}

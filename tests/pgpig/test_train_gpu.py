@@ -1,0 +1,81 @@
+"""The trainer's GPU paths on a real CUDA device: bf16 autocast with channels-last and ``torch.compile``, fp16 with
+gradient scaling, resume, and ``pgpig generate`` on the GPU. Run on the GPU machine: ``pytest -m gpu``.
+
+CUDA convolutions are not bit-deterministic, so these check that each path runs, stays finite, checkpoints and
+resumes to the right step; exact resume is the CPU tests' job (``test_train.py``, ``test_train_kill.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pgpig.train import load_config, train
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+SMALL = {"ngf": 16, "n_blocks": 2, "d_blocks": 1, "vgg_weights": None, "allow_random_vgg": True, "num_workers": 2,
+         "progress": False, "device": "cuda", "batch_size": 4, "sample_every": 2, "checkpoint_every": 2,
+         "pool_size": 4}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from corpus import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("gpu"), "market", identities=4, poses=4, splits=("train", "test"))
+
+
+def _finite(path: Path) -> bool:
+    return all(torch.isfinite(v).all() for v in load_file(str(path)).values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True, "compile": True},
+                                     {"amp": "fp16"}, {"amp": "none"}], ids=["bf16-cl-compile", "fp16", "fp32"])
+def test_gpu_paths_train_checkpoint_and_resume(shards, tmp_path, options):
+    run = tmp_path / "run"
+    result = train(load_config(None, {**SMALL, **options, "shards": shards, "run_dir": run, "steps": 4}))
+    assert result["step"] == 4 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
+    assert _finite(run / "generator.safetensors") and (run / "samples" / "step-000004.png").is_file()
+    state = torch.load(sorted((run / "checkpoints").glob("step-*"))[-1] / "train_state.pt", weights_only=True)
+    if options["amp"] == "fp16":
+        assert state["scaler"]["scale"] > 0  # the scaler is live and saved
+    resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 6}))
+    assert resumed["step"] == 6 and _finite(run / "generator.safetensors")
+
+
+def test_generate_on_the_gpu(shards, tmp_path):
+    from pgpig.generate import generate
+
+    run = tmp_path / "run"
+    train(load_config(None, {**SMALL, "shards": shards, "run_dir": run, "steps": 2, "amp": "bf16"}))
+    from conftest import ultralytics_assets
+
+    assets = ultralytics_assets()
+    result = generate(run, assets / "bus.jpg", assets / "zidane.jpg", out=tmp_path / "g.png", device="cuda")
+    assert result["out"].is_file() and result["size"] == (128, 64)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("sync", [True, False])
+def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
+    # batch norm in G and both Ds, each D called twice before its backward: the case where DDP's buffer broadcast
+    # broke cuDNN's saved statistics (it does not show on the CPU)
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    settings = [f"{k}={v}" for k, v in {**SMALL, "norm": "batch", "sync_batchnorm": sync, "amp": "bf16",
+                                         "run_dir": run, "device": "auto"}.items() if k != "vgg_weights"]
+    command = [sys.executable, "-m", "pgpig.cli", "train", "--gpus", "2", "--shards", str(shards), "--steps", "4",
+               "--set", "vgg_weights=null"]
+    for item in settings:
+        command += ["--set", item.replace("True", "true").replace("False", "false")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _finite(run / "generator.safetensors")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
