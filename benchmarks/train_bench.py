@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pgpig.data import make_loader, render_pose_maps, start_epoch  # noqa: E402
-from pgpig.train import build, load_config, resolve_device, train_step  # noqa: E402
+from pgpig.train import build, compile_parts, load_config, resolve_device, train_step  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -45,8 +45,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
     torch.manual_seed(0)
     parts = build(cfg, device)
     if cfg.compile:
-        parts.generator = torch.compile(parts.generator)
-        parts.discriminators = {k: torch.compile(d) for k, d in parts.discriminators.items()}
+        compile_parts(parts)
     b, (h, w) = cfg.batch_size, size
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     source = (torch.rand(b, 3, h, w, device=device) * 2 - 1).contiguous(memory_format=memory_format)

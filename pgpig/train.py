@@ -73,8 +73,9 @@ from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_los
 from pgpig.models.discriminators import patn_appearance_discriminator, patn_shape_discriminator
 from schemas.files import atomic_path, fsync_dir
 
-__all__ = ["HistoryPool", "Parts", "TrainConfig", "build", "build_generator", "load_config", "lr_factor", "pose_image",
-           "resolve_device", "sample_grid", "save_png", "train", "train_step"]
+__all__ = ["HistoryPool", "Parts", "TrainConfig", "build", "build_generator", "compile_parts", "load_config",
+           "lr_factor", "pair_grid", "pose_image", "resolve_device", "sample_grid", "save_png", "step_folders", "train",
+           "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -244,8 +245,7 @@ def check_config(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise TrainError(f"config field {name!r} is {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}")
     for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "ngf",
-                 "n_blocks",
-                 "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs"):
+                 "n_blocks", "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
     if cfg.pool_size < 0:
@@ -319,6 +319,14 @@ def sample_grid(columns: list[torch.Tensor]) -> torch.Tensor:
     return ((grid + 1) * 127.5).round().to(torch.uint8)
 
 
+def pair_grid(source: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor, generated: torch.Tensor,
+              target: torch.Tensor, rows: int = 4) -> torch.Tensor:
+    """The sample grid of the first ``rows`` pairs: source | source pose | target pose | generated | target."""
+    n = min(rows, source.shape[0])
+    return sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]), generated[:n],
+                        target[:n]])
+
+
 def save_png(path: Path, grid: torch.Tensor) -> None:
     """``(3, H, W)`` uint8 → an RGB PNG, written atomically (parent folders made)."""
     from PIL import Image
@@ -335,7 +343,7 @@ CHECKPOINTS = "checkpoints"
 """Sub-folder of a run holding one complete folder per checkpoint, ``step-00001000/``."""
 
 
-def _step_folders(run_dir: Path) -> list[Path]:
+def step_folders(run_dir: Path) -> list[Path]:
     """The complete checkpoint folders of a run, oldest first (temporary ``.step-*.tmp`` ones excluded)."""
     folders = [p for p in (run_dir / CHECKPOINTS).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
     return sorted(folders, key=lambda p: int(p.name[5:]))
@@ -377,14 +385,14 @@ def _save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discr
             os.link(final / "generator.safetensors", path)
         except OSError:
             shutil.copyfile(final / "generator.safetensors", path)
-    for old in _step_folders(run_dir)[:-keep]:
+    for old in step_folders(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
                      device: torch.device) -> dict[str, Any]:
     """Load the newest checkpoint folder into the models and return its train state; ``TrainError`` if none."""
-    folders = _step_folders(run_dir)
+    folders = step_folders(run_dir)
     if not folders:
         raise TrainError(f"{run_dir}: no checkpoint to resume ({CHECKPOINTS}/step-* missing); start a new run "
                          "instead")
@@ -494,6 +502,12 @@ def build(cfg: TrainConfig, device: torch.device) -> Parts:
     return Parts(generator, discriminators, perceptual, opt_g, opt_d, scaler, pools)
 
 
+def compile_parts(parts: Parts) -> None:
+    """``torch.compile`` the generator and the discriminators in place (after any DDP wrapping)."""
+    parts.generator = torch.compile(parts.generator)
+    parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
     """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``)."""
     return torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp != "none")
@@ -596,7 +610,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         dist.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
     cfg = dataclasses.replace(cfg, run_dir=run_dir)
-    if not cfg.resume and _step_folders(run_dir):
+    if not cfg.resume and step_folders(run_dir):
         raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
 
     # -- seed everything (weights and anything else drawn before the loop; the loop re-seeds per step)
@@ -652,8 +666,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         generator = _unwrap(parts.generator)
         discriminators = {name: _unwrap(d) for name, d in parts.discriminators.items()}
     if cfg.compile:
-        parts.generator = torch.compile(parts.generator)
-        parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
+        compile_parts(parts)
 
     # -- run folder (rank 0 writes it)
     writer = None
@@ -697,9 +710,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                 if step >= steps:
                     break
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
+                lr = cfg.lr * lr_factor(cfg, step, len(train_set))
                 for opt in (parts.opt_g, parts.opt_d):
                     for group in opt.param_groups if opt is not None else ():
-                        group["lr"] = cfg.lr * lr_factor(cfg, step, len(train_set))
+                        group["lr"] = lr
 
                 source, target = to_device(batch["source"]), to_device(batch["target"])
                 source_pose, target_pose = pose_maps(batch["source_kp"]), pose_maps(batch["target_kp"])
@@ -724,9 +738,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
 
                 # -- samples and validation
                 if writer is not None and step % cfg.sample_every == 0:
-                    n = min(4, source.shape[0])
-                    grid = sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]),
-                                        generated[:n], target[:n]])
+                    grid = pair_grid(source, source_pose, target_pose, generated, target)
                     save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)
                     writer.add_image("train/samples", grid, step)
                     if val_batch is not None:
@@ -756,7 +768,5 @@ def _validate(generator: torch.nn.Module, val_batch: dict[str, torch.Tensor], to
         source_pose, target_pose = pose_maps(val_batch["source_kp"]), pose_maps(val_batch["target_kp"])
         generated = generator(source, source_pose, target_pose)
         writer.add_scalar("val/l1", l1_loss(generated, target).item(), step)
-    n = min(4, source.shape[0])
-    writer.add_image("val/samples", sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]),
-                                                 generated[:n], target[:n]]), step)
+    writer.add_image("val/samples", pair_grid(source, source_pose, target_pose, generated, target), step)
     generator.train()

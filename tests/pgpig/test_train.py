@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from pgpig.cli import main
 from pgpig.errors import TrainError
-from pgpig.train import HistoryPool, TrainConfig, load_config, lr_factor, total_steps, train
+from pgpig.train import HistoryPool, TrainConfig, load_config, lr_factor, step_folders, total_steps, train
 
 # tiny and fast: a random VGG (ImageNet weights cannot be downloaded in tests), 1 PAT block at width 8
 TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set", "vgg_weights=null",
@@ -21,7 +21,7 @@ TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set",
 
 def latest(run: Path) -> Path:
     """The newest checkpoint folder of a run."""
-    return sorted((run / "checkpoints").glob("step-*"))[-1]
+    return step_folders(run)[-1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pgpig.train import load_config, train
+from pgpig.train import load_config, step_folders, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -41,7 +41,7 @@ def test_gpu_paths_train_checkpoint_and_resume(shards, tmp_path, options):
     result = train(load_config(None, {**SMALL, **options, "shards": shards, "run_dir": run, "steps": 4}))
     assert result["step"] == 4 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
     assert _finite(run / "generator.safetensors") and (run / "samples" / "step-000004.png").is_file()
-    state = torch.load(sorted((run / "checkpoints").glob("step-*"))[-1] / "train_state.pt", weights_only=True)
+    state = torch.load(step_folders(run)[-1] / "train_state.pt", weights_only=True)
     if options["amp"] == "fp16":
         assert state["scaler"]["scale"] > 0  # the scaler is live and saved
     resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 6}))

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pgpig.cli import main
+from pgpig.train import step_folders
 
 REPO = Path(__file__).resolve().parents[2]
 TOTAL = 16  # steps of every run: the killed process is still training when it is killed (at step 2 or 4)
@@ -58,12 +59,12 @@ def straight(shards, tmp_path_factory) -> Path:
 
 def checkpoint_step(run: Path) -> int:
     """The step of the run's newest complete checkpoint folder, -1 while there is none."""
-    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step-*")] if (run / "checkpoints").is_dir() else []
-    return max(steps, default=-1)
+    folders = step_folders(run)
+    return int(folders[-1].name[5:]) if folders else -1
 
 
 def latest(run: Path) -> Path:
-    return run / "checkpoints" / f"step-{checkpoint_step(run):08d}"
+    return step_folders(run)[-1]
 
 
 def file_step(path: Path) -> int:
@@ -96,7 +97,7 @@ def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(shards, s
     assert kill_after <= step <= killed_at < TOTAL, (step, killed_at)
 
     # what the kill left: complete checkpoint folders, each of one step, and temporaries only under temporary names
-    for folder in (run / "checkpoints").glob("step-*"):
+    for folder in step_folders(run):
         assert sorted(p.name for p in folder.iterdir()) == sorted(CHECKPOINT_FILES)
         assert {file_step(folder / name) for name in CHECKPOINT_FILES[:2]} == {int(folder.name[5:])}
     leftovers = [p.name for p in run.iterdir() if TEMP_NAME.match(p.name)]
