@@ -73,6 +73,18 @@ class GeneratorRun:
         """``(H, W)`` of the shard images before the crop: what an input image is stretched to."""
         return self.size[0], self.size[1] + 2 * self.config.crop_margin
 
+    def pose_maps(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """``(B, 18, 2)`` keypoints in the trained (cropped) frame → the pose maps this generator was trained on."""
+        return render_pose_maps(keypoints.to(self.device), self.size, self.config.sigma)
+
+    @torch.no_grad()
+    def __call__(self, source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
+        """Generated images ``(B, 3, H, W)`` in [-1, 1] for a batch prepared as training prepares it."""
+        generated = self.generator(source.to(self.device), self.pose_maps(source_kp), self.pose_maps(target_kp))
+        if isinstance(generated, (tuple, list)):  # generators that also return auxiliary images put the target first
+            generated = generated[0]
+        return generated
+
 
 def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
     """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run."""
@@ -268,13 +280,8 @@ def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *
         target_xy = detect(target.image, target.scale, target_pose)
         target_image, target_kp = _prepare(target.image, target_xy, (target.height, target.width), run)
 
-    sigma = run.config.sigma
-    with torch.no_grad():
-        source_maps = render_pose_maps(source_kp.to(run.device), run.size, sigma)
-        target_maps = render_pose_maps(target_kp.to(run.device), run.size, sigma)
-        generated = run.generator(source_image.to(run.device), source_maps, target_maps)
-        if isinstance(generated, (tuple, list)):  # generators that also return auxiliary images put the target first
-            generated = generated[0]
+    generated = run(source_image, source_kp, target_kp)
+    target_maps = run.pose_maps(target_kp)
 
     out = Path(out) if out is not None else default_out(run_dir, source, target_pose)
     save_png(out, sample_grid([generated]))
