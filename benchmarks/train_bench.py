@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pgpig.data import make_loader, render_pose_maps, start_epoch  # noqa: E402
-from pgpig.train import build, compile_parts, load_config, resolve_device, train_step  # noqa: E402
+from pgpig.data import make_loader, start_epoch  # noqa: E402
+from pgpig.train import StepBatch, build, compile_parts, load_config, pose_maps, resolve_device, train_step  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -43,7 +43,7 @@ def _sync(device: torch.device) -> None:
 def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int) -> dict:
     """Steps/s and peak memory of ``train_step`` under ``cfg`` on a fixed random batch."""
     torch.manual_seed(0)
-    parts = build(cfg, device)
+    parts = build(cfg, device, size)
     if cfg.compile:
         compile_parts(parts)
     b, (h, w) = cfg.batch_size, size
@@ -55,9 +55,9 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        source_pose = render_pose_maps(keypoints[0], size, cfg.sigma).contiguous(memory_format=memory_format)
-        target_pose = render_pose_maps(keypoints[1], size, cfg.sigma).contiguous(memory_format=memory_format)
-        train_step(parts, cfg, source, target, source_pose, target_pose)
+        source_pose = pose_maps(cfg, keypoints[0], size).contiguous(memory_format=memory_format)
+        target_pose = pose_maps(cfg, keypoints[1], size).contiguous(memory_format=memory_format)
+        train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1]))
 
     for _ in range(warmup):
         step()

@@ -47,9 +47,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pgpig.data import crop_width, render_pose_maps, to_tensor
+from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
-from pgpig.train import TrainConfig, build_generator, load_config, pose_image, resolve_device, sample_grid, save_png
+from pgpig.train import (
+    TrainConfig,
+    build_generator,
+    load_config,
+    pose_image,
+    pose_maps,
+    resolve_device,
+    sample_grid,
+    save_png,
+)
 from pipeline.decode import Decoded, decode_image
 from pipeline.errors import PipelineError
 from schemas.keypoints import MISSING, NUM_KEYPOINTS
@@ -75,7 +84,7 @@ class GeneratorRun:
 
     def pose_maps(self, keypoints: torch.Tensor) -> torch.Tensor:
         """``(B, 18, 2)`` keypoints in the trained (cropped) frame → the pose maps this generator was trained on."""
-        return render_pose_maps(keypoints.to(self.device), self.size, self.config.sigma)
+        return pose_maps(self.config, keypoints.to(self.device), self.size)
 
     @torch.no_grad()
     def __call__(self, source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
@@ -111,7 +120,7 @@ def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
     if min(size) < 1:
         raise TrainError(f"{weights_path}: metadata says the images are {size[0]}x{size[1]}")
     dev = resolve_device(device)
-    generator = build_generator(cfg)
+    generator = build_generator(cfg, size)
     try:
         generator.load_state_dict(weights)
     except RuntimeError as exc:

@@ -3,7 +3,8 @@
 Order of one iteration: batch from the loader → pose maps rendered on the device → forward → losses (L1 +
 perceptual, + adversarial when ``use_gan``) → generator step → discriminator step on real and (pooled) generated
 pairs → log → samples and validation → checkpoint. ``train_step`` is that iteration's maths on tensors, shared with
-``benchmarks/train_bench.py``.
+``benchmarks/train_bench.py``; the model family's ``Objective`` (``pgpig.models.objective``, chosen by the model's
+registration) builds its networks and computes its losses, and everything else here is the same for every family.
 
 PATN's training, as the official tengteng95/Pose-Transfer code does it (``train.py``, ``models/PATN.py``,
 ``losses/L1_plus_perceptualLoss.py``, ``options/*.py``, the README's train commands; read for these facts):
@@ -69,13 +70,13 @@ from tqdm import tqdm
 from pgpig import models
 from pgpig.data import PairDataset, make_loader, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
-from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
-from pgpig.models.discriminators import patn_appearance_discriminator, patn_shape_discriminator
+from pgpig.losses import l1_loss
+from pgpig.models.objective import Objective, StepBatch
 from schemas.files import atomic_path, fsync_dir
 
-__all__ = ["HistoryPool", "Parts", "TrainConfig", "build", "build_generator", "compile_parts", "load_config",
-           "lr_factor", "pair_grid", "pose_image", "resolve_device", "sample_grid", "save_png", "step_folders", "train",
-           "train_step"]
+__all__ = ["HistoryPool", "Parts", "StepBatch", "TrainConfig", "build", "build_generator", "compile_parts",
+           "load_config", "lr_factor", "pair_grid", "pose_image", "pose_maps", "resolve_device", "sample_grid",
+           "save_png", "step_folders", "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,6 +93,10 @@ class TrainConfig:
     """Continue the run in ``run_dir`` from its last checkpoint instead of starting fresh."""
     model: str = "patn"
     """Generator name in the ``pgpig.models`` registry."""
+    init_weights: Path | None = None
+    """Generator weights to start a new run from (a ``generator.safetensors`` of an earlier run, e.g. PG2's stage 1
+    for its stage 2): every tensor in the file must exist in the generator with the same shape; generator tensors
+    the file lacks keep their fresh initialisation. Ignored on resume (the checkpoint has everything)."""
     ngf: int = 64
     """Generator base width (PATN paper: 64)."""
     n_blocks: int = 9
@@ -307,6 +312,12 @@ def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
 # ---------------------------------------------------------------------------------------------------- images
 
 
+def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The pose maps ``(B, 18, H, W)`` a run of ``cfg`` feeds its generator, from ``(B, 18, 2)`` keypoints, on their
+    device (training, validation and ``pgpig generate`` all render them here)."""
+    return render_pose_maps(keypoints, size, cfg.sigma)
+
+
 def pose_image(pose_maps: torch.Tensor) -> torch.Tensor:
     """``(B, 18, H, W)`` in ``[0, 1]`` → ``(B, 3, H, W)`` grey in ``[-1, 1]``: the max over the joint channels."""
     return (pose_maps.amax(dim=1, keepdim=True) * 2 - 1).expand(-1, 3, -1, -1)
@@ -389,6 +400,23 @@ def _save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discr
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _load_init_weights(generator: torch.nn.Module, path: Path) -> None:
+    """Copy the tensors of the safetensors file ``path`` into ``generator`` by name (``init_weights``)."""
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise TrainError(f"{path}: cannot read the init_weights file ({exc})") from None
+    own = generator.state_dict()
+    unknown = sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(tensors) & set(own) if tensors[k].shape != own[k].shape)
+    if unknown or wrong or not tensors:
+        why = (f"{len(unknown)} tensors the generator lacks (first: {unknown[0]})" if unknown else
+               f"{len(wrong)} tensors of another shape (first: {wrong[0]}, {tuple(tensors[wrong[0]].shape)} vs "
+               f"{tuple(own[wrong[0]].shape)})" if wrong else "no tensors")
+        raise TrainError(f"{path}: init_weights does not fit this {type(generator).__name__} generator: {why}")
+    generator.load_state_dict(tensors, strict=False)
+
+
 def _load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
                      device: torch.device) -> dict[str, Any]:
     """Load the newest checkpoint folder into the models and return its train state; ``TrainError`` if none."""
@@ -462,44 +490,41 @@ class HistoryPool:
 
 @dataclass
 class Parts:
-    """The models, losses and optimizers of a run (``build``); ``train_step`` uses them."""
+    """The models, objective, optimizers and pools of a run (``build``); ``train_step`` uses them."""
 
     generator: torch.nn.Module
     discriminators: dict[str, torch.nn.Module]
-    perceptual: PerceptualLoss | None
-    """``None`` when ``lambda_perceptual`` is 0: no VGG is built or run."""
+    objective: Objective
+    """The family's losses (``pgpig.models.objective``), holding its loss networks (VGG) on the device."""
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer | None
     scaler: torch.amp.GradScaler
     pools: dict[str, HistoryPool]
 
 
-def build_generator(cfg: TrainConfig) -> torch.nn.Module:
-    """The generator a config describes, freshly initialised (training and ``pgpig generate`` build it so)."""
-    return models.create(cfg.model, ngf=cfg.ngf, n_blocks=cfg.n_blocks, norm=cfg.norm, dropout=cfg.dropout)
+def build_generator(cfg: TrainConfig, size: tuple[int, int]) -> torch.nn.Module:
+    """The generator a config describes for ``(H, W)`` images, freshly initialised (training and ``pgpig generate``
+    build it so). No loss network is built."""
+    return models.objective_class(cfg.model).build_generator(cfg, size)
 
 
-def build(cfg: TrainConfig, device: torch.device) -> Parts:
-    """Generator, discriminators (``use_gan``), perceptual loss, optimizers and pools of ``cfg`` on ``device``."""
-    generator = build_generator(cfg).to(device)
-    discriminators: dict[str, torch.nn.Module] = {}
-    if cfg.use_gan:
-        d_kwargs = {"ndf": cfg.ngf, "n_blocks": cfg.d_blocks, "norm": cfg.norm, "dropout": cfg.dropout}
-        discriminators = {"appearance": patn_appearance_discriminator(**d_kwargs).to(device),
-                          "shape": patn_shape_discriminator(**d_kwargs).to(device)}
+def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Parts:
+    """Generator, discriminators, objective, optimizers and pools of ``cfg`` for ``(H, W)`` images on ``device``."""
+    objective = models.objective_class(cfg.model)(cfg, device)
+    generator = objective.build_generator(cfg, size).to(device)
+    discriminators = {name: d.to(device) for name, d in objective.build_discriminators(size).items()}
     if cfg.channels_last:
         for module in (generator, *discriminators.values()):
             module.to(memory_format=torch.channels_last)
-    perceptual = PerceptualLoss(PATN_PERCEPTUAL_LAYERS, vgg_weights=cfg.vgg_weights,
-                                allow_random=cfg.allow_random_vgg).to(device) if cfg.lambda_perceptual else None
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
-    # one Adam over both discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
+    # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
+    opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
+    # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
     opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()], lr=cfg.lr,
                              betas=cfg.betas) if discriminators else None
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}
-    return Parts(generator, discriminators, perceptual, opt_g, opt_d, scaler, pools)
+    return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools)
 
 
 def compile_parts(parts: Parts) -> None:
@@ -520,27 +545,14 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "_orig_mod", module)
 
 
-def train_step(parts: Parts, cfg: TrainConfig, source: torch.Tensor, target: torch.Tensor,
-               source_pose: torch.Tensor, target_pose: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One generator and one discriminator update on a batch; returns the generated batch and the losses."""
-    discriminators, scaler = parts.discriminators, parts.scaler
-    # -- generator forward and losses
-    with _autocast(cfg, source.device):
-        generated = parts.generator(source, source_pose, target_pose)
-        loss_l1 = l1_loss(generated, target)
-        loss_perceptual = parts.perceptual(generated, target) if parts.perceptual is not None else \
-            torch.zeros((), device=generated.device)
-        loss_g = cfg.lambda_l1 * loss_l1 + cfg.lambda_perceptual * loss_perceptual
-        losses = {"l1": loss_l1, "perceptual": loss_perceptual}
-        if discriminators:
-            # unwrapped (no DDP: no D gradient is wanted here) and frozen, so the G step leaves D's grads alone
-            plain = {name: _unwrap(d).requires_grad_(False) for name, d in discriminators.items()}
-            loss_gan = 0.5 * (
-                adversarial_loss(plain["appearance"](generated, source), True, cfg.gan_kind, for_discriminator=False)
-                + adversarial_loss(plain["shape"](generated, target_pose), True, cfg.gan_kind,
-                                   for_discriminator=False))
-            loss_g = loss_g + cfg.lambda_gan * loss_gan
-            losses["g_gan"] = loss_gan
+    discriminators, scaler, objective = parts.discriminators, parts.scaler, parts.objective
+    # -- generator forward and losses; the discriminators unwrapped (no DDP: no D gradient is wanted here) and
+    # frozen, so the generator's step leaves their gradients alone
+    plain = {name: _unwrap(d).requires_grad_(False) for name, d in discriminators.items()}
+    with _autocast(cfg, batch.source.device):
+        generated, loss_g, losses = objective.generator_loss(parts.generator, plain, batch)
     losses["g_total"] = loss_g
 
     # -- generator backward and step
@@ -550,16 +562,10 @@ def train_step(parts: Parts, cfg: TrainConfig, source: torch.Tensor, target: tor
 
     # -- discriminators: real pairs against generated ones (through the history pools)
     if discriminators:
-        for d in discriminators.values():
-            _unwrap(d).requires_grad_(True)
-        with _autocast(cfg, source.device):
-            loss_d = 0.0
-            for name, condition in (("appearance", source), ("shape", target_pose)):
-                d = discriminators[name]
-                fake, fake_condition = parts.pools[name].query(generated.detach(), condition)
-                loss_d = loss_d + cfg.lambda_gan * 0.5 * (adversarial_loss(d(target, condition), True, cfg.gan_kind)
-                                                          + adversarial_loss(d(fake, fake_condition), False,
-                                                                             cfg.gan_kind))
+        for d in plain.values():
+            d.requires_grad_(True)
+        with _autocast(cfg, batch.source.device):
+            loss_d = objective.discriminator_loss(discriminators, parts.pools, batch, generated.detach())
         parts.opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(parts.opt_d)
@@ -618,11 +624,15 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    # -- models, losses, optimizers (first: a missing VGG-19 is reported before any data is touched)
-    parts = build(cfg, device)
-
     # -- data: pairs of shards/train (this rank's share of each global batch); a few of shards/test for validation
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed)
+    size = train_set.size
+
+    # -- models, losses, optimizers (before the loader starts: a missing VGG-19 is reported at once)
+    parts = build(cfg, device, size)
+    if cfg.init_weights is not None and not cfg.resume:
+        _load_init_weights(parts.generator, cfg.init_weights)
+
     # batches do not depend on the number of workers, so more workers than cores are not worth their memory
     workers = min(cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
                   os.cpu_count() or 1)
@@ -632,7 +642,6 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         raise TrainError(f"{cfg.shards / 'train'} has {len(train_set)} pairs, fewer than one batch of "
                          f"{cfg.batch_size}; lower batch_size")
     steps = total_steps(cfg, len(train_set))
-    size = train_set.size
     val_batch = None
     if main_process and (cfg.shards / "test").is_dir():
         val_set = PairDataset(cfg.shards / "test", crop_margin=cfg.crop_margin)
@@ -692,8 +701,12 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         images = images.to(device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
 
-    def pose_maps(keypoints: torch.Tensor) -> torch.Tensor:
-        return to_device(render_pose_maps(keypoints.to(device, non_blocking=True), size, cfg.sigma))
+    def prepare(batch: dict[str, torch.Tensor]) -> StepBatch:
+        source_kp = batch["source_kp"].to(device, non_blocking=True)
+        target_kp = batch["target_kp"].to(device, non_blocking=True)
+        return StepBatch(to_device(batch["source"]), to_device(batch["target"]),
+                         to_device(pose_maps(cfg, source_kp, size)), to_device(pose_maps(cfg, target_kp, size)),
+                         source_kp, target_kp)
 
     bar = tqdm(total=steps, initial=step, disable=not (cfg.progress and main_process), desc="train", unit="it",
                dynamic_ncols=True)
@@ -715,9 +728,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                     for group in opt.param_groups if opt is not None else ():
                         group["lr"] = lr
 
-                source, target = to_device(batch["source"]), to_device(batch["target"])
-                source_pose, target_pose = pose_maps(batch["source_kp"]), pose_maps(batch["target_kp"])
-                generated, step_losses = train_step(parts, cfg, source, target, source_pose, target_pose)
+                inputs = prepare(batch)
+                generated, step_losses = train_step(parts, cfg, inputs)
                 step += 1
                 in_epoch += 1
                 bar.update(1)
@@ -738,11 +750,11 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
 
                 # -- samples and validation
                 if writer is not None and step % cfg.sample_every == 0:
-                    grid = pair_grid(source, source_pose, target_pose, generated, target)
+                    grid = pair_grid(inputs.source, inputs.source_pose, inputs.target_pose, generated, inputs.target)
                     save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)
                     writer.add_image("train/samples", grid, step)
                     if val_batch is not None:
-                        _validate(generator, val_batch, to_device, pose_maps, cfg, writer, step)
+                        _validate(generator, prepare(val_batch), cfg, writer, step)
 
                 # -- checkpoint
                 if step % cfg.checkpoint_every == 0:
@@ -759,14 +771,14 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     return {"run_dir": run_dir, "step": step, "epoch": epoch, "losses": losses}
 
 
-def _validate(generator: torch.nn.Module, val_batch: dict[str, torch.Tensor], to_device, pose_maps,
-              cfg: TrainConfig, writer, step: int) -> None:
+def _validate(generator: torch.nn.Module, batch: StepBatch, cfg: TrainConfig, writer, step: int) -> None:
     """L1 and a sample grid of the fixed validation pairs, in eval mode (rank 0, the plain module)."""
     generator.eval()
-    source, target = to_device(val_batch["source"]), to_device(val_batch["target"])
-    with torch.no_grad(), _autocast(cfg, source.device):
-        source_pose, target_pose = pose_maps(val_batch["source_kp"]), pose_maps(val_batch["target_kp"])
-        generated = generator(source, source_pose, target_pose)
-        writer.add_scalar("val/l1", l1_loss(generated, target).item(), step)
-    writer.add_image("val/samples", pair_grid(source, source_pose, target_pose, generated, target), step)
+    with torch.no_grad(), _autocast(cfg, batch.source.device):
+        generated = generator(batch.source, batch.source_pose, batch.target_pose)
+        if isinstance(generated, (tuple, list)):  # auxiliary outputs come after the target image
+            generated = generated[0]
+        writer.add_scalar("val/l1", l1_loss(generated, batch.target).item(), step)
+    writer.add_image("val/samples", pair_grid(batch.source, batch.source_pose, batch.target_pose, generated,
+                                              batch.target), step)
     generator.train()
