@@ -513,6 +513,7 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     objective = models.objective_class(cfg.model)(cfg, device)
     generator = objective.build_generator(cfg, size).to(device)
     discriminators = {name: d.to(device) for name, d in objective.build_discriminators(size).items()}
+    objective.build_losses()
     if cfg.channels_last:
         for module in (generator, *discriminators.values()):
             module.to(memory_format=torch.channels_last)

@@ -8,8 +8,9 @@ pairs. Another family (PG2's two stages, GFLA's flow losses) subclasses it and o
 
 Contract with the loop:
 
-- ``build_generator(cfg, size)`` makes the generator for ``(H, W)`` training images; its ``forward(source_image,
-  source_pose, target_pose)`` returns the generated target image (or a tuple whose first item is it), which is
+- ``build_generator(cfg, size)``, ``build_discriminators(size)`` then ``build_losses()`` are called in this order
+  on a fresh seed. The generator, for ``(H, W)`` training images, has ``forward(source_image, source_pose,
+  target_pose)`` that returns the generated target image (or a tuple whose first item is it), which is
   what ``pgpig generate`` and evaluation call. Parameters the objective keeps fixed (``requires_grad=False``) are
   left out of the generator's optimizer.
 - ``generator_loss`` runs the generator through the module it is given (which may be wrapped in DDP or
@@ -65,6 +66,10 @@ class Objective:
         """The discriminators by name (empty: no adversarial training), freshly initialised, on the CPU."""
         return {}
 
+    def build_losses(self) -> None:
+        """Make the loss networks (VGG, ...) on ``self.device``; called after the generator and discriminators are
+        built, so their initialisation draws the same random numbers whatever the losses are."""
+
     def generator_loss(self, generator: nn.Module, discriminators: dict[str, nn.Module],
                        batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """``(generated, loss, scalars)`` of the generator's step."""
@@ -81,12 +86,14 @@ class PairGANObjective(Objective):
     perceptual + lambda_gan * (GAN_appearance + GAN_shape) / 2``; each discriminator ``lambda_gan * (real + fake)
     / 2``; the appearance discriminator judges ``(image, source image)``, the shape one ``(image, target pose)``."""
 
-    def __init__(self, cfg: Any, device: torch.device):
-        super().__init__(cfg, device)
-        # None when its weight is 0: no VGG is built or run
-        self.perceptual = PerceptualLoss(PATN_PERCEPTUAL_LAYERS, vgg_weights=cfg.vgg_weights,
-                                         allow_random=cfg.allow_random_vgg).to(device) \
-            if cfg.lambda_perceptual else None
+    perceptual: PerceptualLoss | None = None
+    """VGG-19 ``relu1_2`` L1; ``None`` when its weight is 0 (no VGG is built or run)."""
+
+    def build_losses(self) -> None:
+        cfg = self.cfg
+        if cfg.lambda_perceptual:
+            self.perceptual = PerceptualLoss(PATN_PERCEPTUAL_LAYERS, vgg_weights=cfg.vgg_weights,
+                                             allow_random=cfg.allow_random_vgg).to(self.device)
 
     def build_discriminators(self, size: tuple[int, int]) -> dict[str, nn.Module]:
         from pgpig.models.discriminators import patn_appearance_discriminator, patn_shape_discriminator

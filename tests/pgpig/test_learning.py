@@ -39,60 +39,19 @@ The margins asserted are about two thirds of the smallest measured gain over the
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils.data import default_collate
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
-from pgpig.data import PairDataset, render_pose_maps
-from pgpig.generate import load_generator
-from pgpig.train import load_config, train
+from learning import learn, learning_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """16 DeepFashion-layout mannequin identities x 6 poses stored at 64x64, split into train and test identities."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("learn"), "deepfashion", identities=16, poses=6,
-                            splits=("train", "test"), size=(64, 64))
-
-
-def scores(generated: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """SSIM and mean L1 of a batch against its targets, images in ``[-1, 1]``."""
-    return (ssim(generated, target, data_range=2.0).item(), (generated - target).abs().mean().item())
-
-
-def learn(shards: Path, run_dir: Path, steps: int, lr: float, seed: int) -> dict[str, float]:
-    """Train the reduced PATN and score it and the copy baseline on every test pair."""
-    cfg = load_config(None, {
-        "shards": shards, "run_dir": run_dir, "model": "patn", "ngf": 16, "n_blocks": 3, "norm": "instance",
-        "dropout": 0.0, "crop_margin": 12, "sigma": 3.0, "flip": True, "batch_size": 8, "lr": lr, "steps": steps,
-        "lambda_l1": 10.0, "lambda_perceptual": 10.0, "use_gan": False, "vgg_weights": None,
-        "allow_random_vgg": True, "num_workers": 0, "device": "cpu", "seed": seed, "progress": False,
-        "sample_every": 10**6, "checkpoint_every": 10**6})
-    start = time.perf_counter()
-    assert train(cfg)["step"] == steps
-    seconds = time.perf_counter() - start
-
-    generator = load_generator(run_dir, "cpu").generator  # as `pgpig generate` loads it
-    test_set = PairDataset(shards / "test", crop_margin=cfg.crop_margin)
-    batch = default_collate([test_set[k] for k in range(len(test_set))])
-    with torch.no_grad():
-        generated = generator(batch["source"], render_pose_maps(batch["source_kp"], test_set.size, cfg.sigma),
-                              render_pose_maps(batch["target_kp"], test_set.size, cfg.sigma))
-    model_ssim, model_l1 = scores(generated, batch["target"])
-    copy_ssim, copy_l1 = scores(batch["source"], batch["target"])
-    print(f"\n{steps} steps, lr {lr}, seed {seed}, {len(test_set)} test pairs, {seconds:.0f} s: SSIM model "
-          f"{model_ssim:.4f} vs copy {copy_ssim:.4f}; L1 model {model_l1:.4f} vs copy {copy_l1:.4f}")
-    return {"model_ssim": model_ssim, "copy_ssim": copy_ssim, "model_l1": model_l1, "copy_l1": copy_l1}
+    return learning_shards(tmp_path_factory.mktemp("learn"))
 
 
 def test_150_steps_of_patn_beat_copying_the_source(shards, tmp_path):
-    r = learn(shards, tmp_path / "run", steps=150, lr=1e-3, seed=0)
+    r = learn(shards, tmp_path / "run", steps=150, lr=1e-3, seed=0, model="patn", ngf=16, n_blocks=3)
     assert r["model_ssim"] > r["copy_ssim"] + 0.08  # measured +0.125
     assert r["model_l1"] < r["copy_l1"] - 0.05  # measured -0.090
 
@@ -100,6 +59,6 @@ def test_150_steps_of_patn_beat_copying_the_source(shards, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(("lr", "seed"), [(1e-3, 0), (1e-3, 1), (1e-3, 2), (2e-4, 0)])
 def test_300_steps_beat_copying_the_source_across_seeds_and_at_patns_lr(shards, tmp_path, lr, seed):
-    r = learn(shards, tmp_path / "run", steps=300, lr=lr, seed=seed)
+    r = learn(shards, tmp_path / "run", steps=300, lr=lr, seed=seed, model="patn", ngf=16, n_blocks=3)
     assert r["model_ssim"] > r["copy_ssim"] + 0.09  # measured at least +0.139
     assert r["model_l1"] < r["copy_l1"] - 0.07  # measured at least -0.100
