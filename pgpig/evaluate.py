@@ -1,0 +1,810 @@
+"""``pgpig eval``: every test pair generated, scored with the papers' metrics, written as ``eval.json`` and a table.
+
+``evaluate(cfg)`` has two modes. With a run folder (``--run``) it generates every pair of ``shards/<split>`` with
+the run's generator into ``RUN/eval/<split>/images/`` (batched, on the GPU when there is one; images already
+written are kept, so a killed evaluation resumes), then scores those files. With ``--generated DIR`` it scores
+images produced elsewhere, e.g. by an official implementation, matched to the pairs by name. ``compare(paths)``
+puts the results of several runs in one table. Metric definitions and their sources: ``pgpig.metrics`` and
+``docs/eval.md``. Metrics as in PATN (Zhu et al., CVPR 2019, arXiv:1904.03349), LPIPS (Zhang et al., CVPR 2018),
+FID (Heusel et al., NeurIPS 2017), SSIM (Wang et al., IEEE TIP 2004).
+
+File names (facts from the official code, read for these facts only): PATN's ``test.py`` saves one panel per pair,
+``<source>___<target>_vis.jpg`` (``models/PATN.py`` ``image_paths`` joins the two flat names with ``___``;
+``util/visualizer.py`` appends ``_<label>.jpg``), five images wide: source | source pose | target | target pose
+| generated, and ``tool/getMetrics_*.py`` takes the fifth. GFLA's ``model/pose_model.py`` writes the generated
+image alone as ``<source stem>_2_<target stem>_vis.<ext>`` (``save_results``).
+
+Decisions:
+
+- Our images are ``RUN/eval/<split>/images/<source>___<target>_vis.png``: PATN's name (``patn_name`` of the shard
+  rows; rows without one use their raw path with ``/`` turned into ``_``), holding the generated image alone,
+  lossless. Each is written atomically, so a file under its final name is complete and a re-run skips it.
+  ``generation.json`` records the generator's sha256: when the run's weights change, every image is made again.
+- ``--generated DIR`` accepts PATN names (``___``, with ``_vis`` or not) and GFLA names (``_2_``), PNG or JPEG, a
+  single image or PATN's five-image panel (the fifth is taken when the width is five times a valid one). A pair
+  without an image, an unreadable file or a wrong size is recorded in ``eval.json`` (``bad``: count and names with
+  the reason) and left out of every metric; files that match no pair are counted (``unmatched``).
+- Frame: every metric is computed in the shard set's stored frame. A generated image narrower than the stored
+  width by ``2 m`` (PATN's 176-wide DeepFashion output in a 256x256 shard set) is padded with ``m`` white columns
+  on each side, and the target (and the source of the baseline, and the FID reference images) is cut to the same
+  framing and padded the same way, exactly what PATN's ``getMetrics_fashion.py`` ``addBounding`` does to both
+  images. Target keypoints leaving that framing count as invisible. ``m = 0`` for Market-1501 and 256x256 models.
+- Baseline: a ``copy-source`` row (the source image, framed like the generated one, offered as the answer) is always
+  computed next to the model's, with the same metrics; a generator that has learned anything beats it.
+  ``--no-baseline`` leaves it out.
+- SSIM: PATN's setting is the reported ``ssim`` (the setting most papers' numbers come from); GFLA's and PG2's are
+  in ``eval.json`` as ``ssim_gfla`` and ``ssim_pg2``; ``--ssim gfla|pg2`` makes one of them the reported ``ssim``.
+  ``mask_ssim`` / ``mask_lpips`` use PATN's Market-1501 body mask of the target's keypoints (computed for every
+  data set; the papers report them on Market-1501).
+- FID reference: the stored images of ``shards/train`` (GFLA's protocol: "the real data distributions are
+  calculated over the whole training set"), ``--fid-reference test`` for the test split's images; a missing train
+  split falls back to test with a note. The reference statistics are cached in ``<out>/fid-reference.npz``, keyed
+  by the reference's manifest checksums, the framing and the extractor.
+- PCKh: keypoints of each generated image from the pipeline's pose backend (``ultralytics``, the extractor's
+  defaults, the embedded YOLO11n-pose unless ``--pose-model``), against the target's stored keypoints; PATN's head
+  size and threshold (``pgpig.metrics.pckh_counts``); ``detection_rate`` is the share of generated images in
+  which a person was found.
+- Metrics whose weights are missing (LPIPS's AlexNet, FID's Inception) are skipped with the reason (one line on
+  stderr, ``skipped`` in ``eval.json``, a dash in the table) unless ``--metrics`` named them, which makes it an
+  error. Weights for these networks come from ``--weights-dir`` or torch hub's cache (``docs/eval.md``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pgpig.errors import TrainError
+from pgpig.metrics import (
+    SSIM_SETTINGS,
+    FeatureExtractor,
+    FeatureStats,
+    PCKhCounts,
+    WeightsUnavailable,
+    frechet_distance,
+    inception_extractor,
+    l1_distance,
+    lpips_network,
+    pckh_counts,
+    pose_mask,
+    ssim,
+)
+from pipeline.errors import PipelineError
+from schemas.files import atomic_write, safe_join
+from schemas.keypoints import KEYPOINT_NAMES, MISSING
+
+__all__ = ["ALL_METRICS", "EvalConfig", "compare", "evaluate", "pair_file_name", "read_names"]
+
+ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
+"""Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_WHITE = 255
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``pgpig eval`` (one field per command-line option)."""
+
+    shards: Path = Path("shards")
+    """Shard-set root; the pairs are ``shards/<split>``."""
+    split: str = "test"
+    run_dir: Path | None = None
+    """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
+    generated: Path | None = None
+    """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
+    out: Path | None = None
+    """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
+    metrics: tuple[str, ...] | None = None
+    """Metrics asked for explicitly (missing weights are then an error); ``None``: all, skipping unavailable ones."""
+    ssim: str = "patn"
+    """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
+    fid_reference: str = "train"
+    """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
+    lpips_net: str = "alex"
+    baseline: bool = True
+    """Also score the copy-the-source baseline."""
+    max_pairs: int | None = None
+    """Only the first N pairs (a quick look); recorded in the output."""
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = "auto"
+    weights_dir: Path | None = None
+    pose_model: Path | None = None
+    alpha: float = 0.5
+    """PCKh threshold as a fraction of the head size."""
+    progress: bool = True
+    feature_extractor: Any = field(default=None, repr=False)
+    """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""
+    lpips: Any = field(default=None, repr=False)
+    """An ``LPIPS`` module to use instead of the default one (tests)."""
+
+
+# ---------------------------------------------------------------------------------------------------- names
+
+
+def read_names(shards) -> list[str]:
+    """The flat name of every stored image of a ``ShardSet``, by global index: ``patn_name``, else the raw path
+    with ``/`` turned into ``_``."""
+    import pyarrow.parquet as pq
+
+    names: list[str | None] = [None] * len(shards)
+    for entry in (e for e in shards.manifest.files if e.kind == "images"):
+        path = safe_join(shards.folder, entry.path, "manifest file")
+        if shards.manifest.format == "parquet":
+            table = pq.read_table(path, columns=["index", "image", "patn_name"]).to_pydict()
+            rows = zip(table["index"], table["image"], table["patn_name"], strict=True)
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                rows = list(zip(f["index"][:].tolist(), f["image"].asstr()[:], f["patn_name"].asstr()[:],
+                                strict=True))
+        for index, image, patn in rows:
+            names[int(index)] = patn or image.replace("/", "_")
+    missing = [i for i, n in enumerate(names) if n is None]
+    if missing:
+        raise TrainError(f"{shards.folder}: image index {missing[0]} has no row in the image files; re-run "
+                         "`pgpig-data pair`")
+    return names  # type: ignore[return-value]
+
+
+def pair_file_name(source: str, target: str) -> str:
+    """Our file name of a generated pair: PATN's ``<source>___<target>_vis`` with ``.png``."""
+    return f"{source}___{target}_vis.png"
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _parse_generated_name(filename: str) -> tuple[str, str, str] | None:
+    """``(kind, source key, target key)`` of a PATN (``___``) or GFLA (``_2_``) file name; ``None`` otherwise."""
+    base = filename
+    for suffix in _IMAGE_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    else:
+        return None
+    base = re.sub(r"_vis$", "", base)
+    if "___" in base:
+        source, target = base.split("___", 1)
+        return "patn", source, target
+    if "_2_" in base:
+        source, target = base.split("_2_", 1)
+        return "gfla", source, target
+    return None
+
+
+def index_generated(folder: Path, pairs: list[tuple[str, str]]) -> tuple[list[Path | None], list[str]]:
+    """Match the image files of ``folder`` to ``pairs`` (flat names); ``(path or None per pair, unmatched files)``."""
+    if not folder.is_dir():
+        raise TrainError(f"{folder}: generated-images folder not found")
+    by_key: dict[tuple[str, str], Path] = {}
+    unmatched: list[str] = []
+    for path in sorted(folder.iterdir()):
+        parsed = _parse_generated_name(path.name) if path.is_file() else None
+        if parsed is None:
+            if path.is_file() and not path.name.startswith("."):
+                unmatched.append(path.name)
+            continue
+        kind, source, target = parsed
+        key = (source, target) if kind == "patn" else (_stem(source), _stem(target))
+        by_key.setdefault((kind, *key), path)
+    found: list[Path | None] = []
+    used: set[Path] = set()
+    for source, target in pairs:
+        path = by_key.get(("patn", source, target)) or by_key.get(("gfla", _stem(source), _stem(target)))
+        found.append(path)
+        if path is not None:
+            used.add(path)
+    unmatched += sorted(p.name for p in by_key.values() if p not in used)
+    return found, unmatched
+
+
+# ---------------------------------------------------------------------------------------------------- framing
+
+
+def _frame(image: np.ndarray, stored_w: int) -> tuple[np.ndarray | None, int | str]:
+    """A generated RGB image → ``(image padded to the stored width, margin)`` or ``(None, reason)``."""
+    h, w = image.shape[:2]
+
+    def margin_of(width: int) -> int | None:
+        gap = stored_w - width
+        return gap // 2 if width >= 1 and gap >= 0 and gap % 2 == 0 else None
+
+    m = margin_of(w)
+    if m is None and w % 5 == 0 and margin_of(w // 5) is not None:  # PATN's five-image panel: the last one
+        w //= 5
+        image, m = image[:, 4 * w:], margin_of(w)
+    if m is None:
+        return None, f"{w} px wide; expected the stored width {stored_w}, that width less an even margin, or a " \
+                     "PATN five-image panel"
+    return _pad(image, m), m
+
+
+def _pad(image: np.ndarray, m: int) -> np.ndarray:
+    if m == 0:
+        return image
+    return np.pad(image, ((0, 0), (m, m), (0, 0)), constant_values=_WHITE)
+
+
+def _reframe(image: np.ndarray, m: int) -> np.ndarray:
+    """A stored image cut to the framing of margin ``m`` and padded back with white."""
+    if m == 0:
+        return image
+    return _pad(image[:, m:image.shape[1] - m], m)
+
+
+def _reframe_keypoints(kp: np.ndarray, m: int, stored_w: int) -> np.ndarray:
+    """Stored-frame keypoints with those outside the framing of margin ``m`` made invisible."""
+    kp = np.array(kp, np.float32)
+    outside = (kp[:, 0] < m) | (kp[:, 0] > stored_w - 1 - m)
+    kp[outside & ~(kp == MISSING).all(axis=1)] = MISSING
+    return kp
+
+
+class _ScoreItems(Dataset):
+    """Pair ``k`` → uint8 RGB generated, target and source images in the stored frame, or the reason it cannot."""
+
+    def __init__(self, shards, pairs: np.ndarray, files: list[Path | None], names: list[str]):
+        self.shards, self.pairs, self.files, self.names = shards, pairs, files, names
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        from pipeline.decode import decode_image
+
+        source_i, target_i = (int(i) for i in self.pairs[k])
+        item: dict[str, Any] = {"k": k, "error": None}
+        path = self.files[k]
+        if path is None:
+            item["error"] = f"no generated image for {self.names[source_i]} -> {self.names[target_i]}"
+            return item
+        decoded = decode_image(path)
+        if not decoded.ok:
+            item["error"] = f"{path}: {decoded.reason}"
+            return item
+        h, w = self.shards.size
+        rgb = np.ascontiguousarray(decoded.image[..., ::-1])
+        if rgb.shape[0] != h:
+            item["error"] = f"{path}: {rgb.shape[0]}x{rgb.shape[1]}, expected {h} px high"
+            return item
+        generated, m = _frame(rgb, w)
+        if generated is None:
+            item["error"] = f"{path}: {m}"
+            return item
+        target, source = self.shards[target_i], self.shards[source_i]
+        item.update(generated=generated, margin=m, target=_reframe(target.image, m),
+                    source=_reframe(source.image, m), target_kp=_reframe_keypoints(target.keypoints, m, w))
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+def _to_batch(arrays: Iterable[np.ndarray], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.stack(list(arrays))).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+# ---------------------------------------------------------------------------------------------------- pose
+
+
+class _BatchPoseDetector:
+    """The extractor's keypoints for batches of RGB images (``ExtractConfig`` defaults, same calls as
+    ``pipeline.extract``); the YOLO model loads on first use."""
+
+    def __init__(self, device: torch.device, model: Path | None, batch_size: int):
+        from pipeline.extract import ExtractConfig
+
+        defaults = ExtractConfig(raw=Path("."))
+        self.options = {"model": model, "imgsz": defaults.imgsz, "conf": defaults.conf,
+                        "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
+                        "batch_size": batch_size}
+        self.threshold = defaults.kpt_threshold
+
+    def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(keypoints (N, 18, 2), detected (N,) bool)`` of the dominant person of each RGB image."""
+        from pipeline.pose import cached_backend, to_openpose
+
+        try:
+            backend = cached_backend("ultralytics", **self.options)
+            detections = backend.predict([np.ascontiguousarray(im[..., ::-1]) for im in images])
+        except PipelineError as exc:
+            raise TrainError(f"pose model: {exc}") from None
+        out = np.full((len(images), len(KEYPOINT_NAMES), 2), MISSING, np.float32)
+        found = np.zeros(len(images), bool)
+        for i, det in enumerate(detections):
+            chosen, _, xy, _ = to_openpose(det, self.threshold)
+            found[i] = chosen >= 0
+            out[i] = xy
+        return out, found
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class _Row:
+    """Running totals of one table row (the model, or the copy-source baseline)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    pckh: PCKhCounts = field(default_factory=PCKhCounts.zero)
+    detected: int = 0
+    features: FeatureStats = field(default_factory=FeatureStats)
+
+    def add(self, name: str, values: torch.Tensor) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
+
+
+def _networks(cfg: EvalConfig, wanted: tuple[str, ...], explicit: bool, device: torch.device,
+              log: Callable[[str], None]) -> tuple[Any, FeatureExtractor | None, dict[str, str]]:
+    """The LPIPS module and the FID extractor the wanted metrics need; ``skipped`` reasons for those unavailable."""
+    skipped: dict[str, str] = {}
+    lpips_module = extractor = None
+
+    def unavailable(metrics: list[str], exc: WeightsUnavailable) -> None:
+        if explicit:
+            raise exc
+        for name in metrics:
+            skipped[name] = str(exc)
+        log(f"skipping {', '.join(metrics)}: {exc}")
+
+    needs_lpips = [m for m in ("lpips", "mask_lpips") if m in wanted]
+    if needs_lpips:
+        try:
+            lpips_module = cfg.lpips if cfg.lpips is not None else lpips_network(cfg.lpips_net, cfg.weights_dir)
+            lpips_module = lpips_module.to(device)
+        except WeightsUnavailable as exc:
+            unavailable(needs_lpips, exc)
+    if "fid" in wanted:
+        try:
+            extractor = cfg.feature_extractor if cfg.feature_extractor is not None else \
+                inception_extractor(cfg.weights_dir)
+            if isinstance(extractor, torch.nn.Module):
+                extractor = extractor.to(device)
+        except WeightsUnavailable as exc:
+            unavailable(["fid"], exc)
+    return lpips_module, extractor, skipped
+
+
+def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalConfig, wanted: set[str],
+                 device: torch.device, lpips_module, extractor, detector: _BatchPoseDetector | None,
+                 records: list[dict[str, Any]], names: list[str], pairs: np.ndarray) -> None:
+    target = _to_batch((it["target"] for it in items), device)
+    size = tuple(target.shape[-2:])
+    target_kp = torch.from_numpy(np.stack([it["target_kp"] for it in items]))
+    mask = pose_mask(target_kp.to(device), size) if wanted & {"mask_ssim", "mask_lpips"} else None
+    target_signed = target.float() / 127.5 - 1
+    for row_name, key in (("model", "generated"), ("copy-source", "source")):
+        if row_name not in rows:
+            continue
+        row, images = rows[row_name], _to_batch((it[key] for it in items), device)
+        values: dict[str, torch.Tensor] = {}
+        if "ssim" in wanted:
+            for setting in SSIM_SETTINGS:
+                values[f"ssim_{setting}"] = ssim(images, target, setting)
+            values["ssim"] = values[f"ssim_{cfg.ssim}"]
+        if "mask_ssim" in wanted:
+            values["mask_ssim"] = ssim(images * mask, target * mask, "patn")
+        if "l1" in wanted:
+            values["l1"] = l1_distance(images, target)
+        signed = images.float() / 127.5 - 1
+        if lpips_module is not None:
+            if "lpips" in wanted:
+                values["lpips"] = lpips_module(signed, target_signed)
+            if "mask_lpips" in wanted:
+                values["mask_lpips"] = lpips_module(signed * mask, target_signed * mask)
+        if extractor is not None:
+            row.features.update(extractor(images))
+        correct = found = None
+        if detector is not None:
+            predicted, found = detector([it[key] for it in items])
+            counts, correct = pckh_counts(predicted, target_kp.numpy(), cfg.alpha)
+            row.pckh = row.pckh + counts
+            row.detected += int(found.sum())
+        for name, v in values.items():
+            row.add(name, v)
+        row.n += len(items)
+        for i, it in enumerate(items):
+            source_i, target_i = (int(x) for x in pairs[it["k"]])
+            record: dict[str, Any] = {"row": row_name, "source": names[source_i], "target": names[target_i]}
+            record.update({name: float(v[i]) for name, v in values.items() if name != "ssim"})
+            if correct is not None:
+                valid = ~(it["target_kp"] == MISSING).all(axis=1)
+                record.update(detected=bool(found[i]), pckh_correct=int(correct[i].sum()),
+                              pckh_valid=int(valid.sum()))
+            records.append(record)
+
+
+def _fid_reference(cfg: EvalConfig, out: Path, margin: int, extractor: FeatureExtractor, device: torch.device,
+                   log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Mean and covariance of the reference images' features (cached in ``out/fid-reference.npz``)."""
+    from pipeline.shards import ShardSet
+
+    split = cfg.fid_reference
+    folder = Path(cfg.shards) / split
+    note = None
+    if split == "train" and not (folder / "manifest.json").is_file():
+        note = f"{folder} not found: FID against the {cfg.split} split's images instead"
+        log(note)
+        split, folder = cfg.split, Path(cfg.shards) / cfg.split
+    try:
+        reference = ShardSet(folder)
+    except PipelineError as exc:
+        raise TrainError(str(exc)) from None
+    key_text = json.dumps([[e.path, e.sha256] for e in reference.manifest.files] + [margin, extractor.name])
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+    info = {"split": split, "folder": str(folder), "images": len(reference), "note": note}
+    cache = out / "fid-reference.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                return f["mu"], f["sigma"], info
+    stats = FeatureStats()
+    indices = range(len(reference))
+    bar = _bar(cfg, len(reference), "fid reference")
+    for start in range(0, len(reference), cfg.batch_size):
+        chunk = [reference[i].image for i in indices[start:start + cfg.batch_size]]
+        stats.update(extractor(_to_batch((_reframe(im, margin) for im in chunk), device)))
+        bar.update(len(chunk))
+    bar.close()
+    mu, sigma = stats.mean_cov()
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), mu=mu, sigma=sigma)
+    with atomic_write(cache) as f:
+        f.write(buffer.getvalue())
+    return mu, sigma, info
+
+
+def _bar(cfg: EvalConfig, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _generate(cfg: EvalConfig, out: Path, files: list[Path], pair_indices: list[int],
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Write every missing generated image of the run; returns what the run was (model, step, size)."""
+    import cv2
+
+    from pgpig.data import PairDataset, make_loader
+    from pgpig.generate import load_generator
+
+    run = load_generator(cfg.run_dir, cfg.device)
+    weights = Path(cfg.run_dir) / "generator.safetensors"
+    stamp = {"generator_sha256": _sha256(weights), "step": run.step, "size": list(run.size),
+             "crop_margin": run.config.crop_margin}
+    stamp_path = out / "generation.json"
+    previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    fresh = previous != stamp
+    if fresh and previous is not None:
+        log(f"{cfg.run_dir}: the generator changed since {out / 'images'} was written (step {previous.get('step')} "
+            f"→ {run.step}); generating every image again")
+    pending = [k for k in pair_indices if fresh or not files[k].is_file()]
+    log(f"generate: {len(pair_indices) - len(pending)} of {len(pair_indices)} images already written, "
+        f"{len(pending)} to do (step {run.step}, {run.device})")
+    info = {"model": run.config.model, "step": run.step, "size": list(run.size),
+            "crop_margin": run.config.crop_margin, "generator_sha256": stamp["generator_sha256"]}
+    if not pending:
+        return info
+    if fresh:
+        with atomic_write(stamp_path) as f:  # before the images: a kill mid-way keeps the stamp of what they are
+            f.write(json.dumps(stamp, indent=2).encode())
+    dataset = PairDataset(Path(cfg.shards) / cfg.split, crop_margin=run.config.crop_margin)
+    loader = make_loader(torch.utils.data.Subset(dataset, pending), batch_size=cfg.batch_size, shuffle=False,
+                         num_workers=cfg.num_workers)
+    bar = _bar(cfg, len(pending), "generate")
+    for batch_no, batch in enumerate(loader):
+        images = run(batch["source"], batch["source_kp"], batch["target_kp"])
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        for i, rgb in enumerate(pixels.numpy()):
+            k = pending[batch_no * cfg.batch_size + i]
+            ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+            if not ok:
+                raise TrainError(f"{files[k]}: PNG encoding failed")
+            with atomic_write(files[k]) as f:
+                f.write(encoded.tobytes())
+        bar.update(len(pixels))
+    bar.close()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+
+
+def _check(cfg: EvalConfig) -> None:
+    if (cfg.run_dir is None) == (cfg.generated is None):
+        raise TrainError("give exactly one of --run RUN_DIR (generate, then score) and --generated DIR (score "
+                         "images made elsewhere)")
+    if cfg.ssim not in SSIM_SETTINGS:
+        raise TrainError(f"--ssim {cfg.ssim}: use one of {', '.join(SSIM_SETTINGS)}")
+    if cfg.fid_reference not in ("train", "test"):
+        raise TrainError(f"--fid-reference {cfg.fid_reference}: use train or test")
+    unknown = [m for m in (cfg.metrics or ()) if m not in ALL_METRICS]
+    if unknown:
+        raise TrainError(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Generate (``run_dir``) or find (``generated``) every pair's image, score them, write the results.
+
+    Writes ``<out>/eval.json`` (everything), ``<out>/eval.md`` (the table) and ``<out>/pairs.csv`` (one line per
+    pair and row). Returns the ``eval.json`` content. ``TrainError`` for a bad shard set, run folder or option;
+    bad generated images are recorded, not raised.
+    """
+    from pgpig.train import resolve_device
+    from pipeline.cli import package_version
+    from pipeline.shards import ShardSet
+
+    log = log or (lambda _line: None)
+    _check(cfg)
+    started = time.time()
+    folder = Path(cfg.shards) / cfg.split
+    try:
+        shards = ShardSet(folder)
+    except PipelineError as exc:
+        raise TrainError(str(exc)) from None
+    names = read_names(shards)
+    all_pairs = np.asarray(shards.pairs)
+    if len(all_pairs) == 0:
+        raise TrainError(f"{folder}: the shard set holds no pairs")
+    pairs = all_pairs[: cfg.max_pairs] if cfg.max_pairs else all_pairs
+    flat = [(names[int(s)], names[int(t)]) for s, t in pairs]
+    device = resolve_device(cfg.device)
+
+    result: dict[str, Any] = {"pgpig_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "shards": str(folder), "split": cfg.split, "pairs_in_split": int(len(all_pairs)),
+                              "pairs": int(len(pairs))}
+    if cfg.run_dir is not None:
+        out = Path(cfg.out) if cfg.out is not None else Path(cfg.run_dir) / "eval" / cfg.split
+        images_dir = out / "images"
+        files: list[Path | None] = [images_dir / pair_file_name(s, t) for s, t in flat]
+        t0 = time.time()
+        result["run"] = str(cfg.run_dir)
+        result["generator"] = _generate(cfg, out, files, list(range(len(pairs))), log)
+        result["generate_seconds"] = round(time.time() - t0, 2)
+        label = f"{result['generator']['model']} (step {result['generator']['step']})"
+        unmatched: list[str] = []
+    else:
+        generated = Path(cfg.generated)
+        out = Path(cfg.out) if cfg.out is not None else generated.with_name(generated.name + "-eval")
+        files, unmatched = index_generated(generated, flat)
+        result["generated"] = str(generated)
+        label = generated.name
+        log(f"{generated}: {sum(p is not None for p in files)} of {len(pairs)} pairs have an image"
+            + (f"; {len(unmatched)} files match no pair" if unmatched else ""))
+
+    explicit = cfg.metrics is not None
+    wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
+    lpips_module, extractor, skipped = _networks(cfg, wanted_order, explicit, device, log)
+    wanted = {m for m in wanted_order if m not in skipped}
+    detector = _BatchPoseDetector(device, cfg.pose_model, cfg.batch_size) if "pckh" in wanted else None
+
+    rows = {"model": _Row()}
+    if cfg.baseline:
+        rows["copy-source"] = _Row()
+    bad: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
+    margins: set[int] = set()
+    loader = DataLoader(_ScoreItems(shards, pairs, files, names), batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, collate_fn=_collate)
+    t0 = time.time()
+    bar = _bar(cfg, len(pairs), "score")
+    with torch.no_grad():
+        for items in loader:
+            good = []
+            for it in items:
+                if it["error"] is not None:
+                    s, t = flat[it["k"]]
+                    bad.append({"source": s, "target": t, "reason": it["error"]})
+                else:
+                    good.append(it)
+            # one framing per batch (in practice one per run); a stray other size is scored in its own group
+            for m in sorted({it["margin"] for it in good}):
+                group = [it for it in good if it["margin"] == m]
+                margins.add(m)
+                _score_batch(rows, group, cfg, wanted, device, lpips_module, extractor, detector, records, names,
+                             pairs)
+            bar.update(len(items))
+            bar.set_postfix(bad=len(bad), refresh=False)
+    bar.close()
+    if bad:
+        log(f"{len(bad)} of {len(pairs)} pairs not scored: {bad[0]['reason']}" + (" (and more, see eval.json)"
+                                                                                   if len(bad) > 1 else ""))
+
+    fid_info = None
+    if "fid" in wanted:
+        if len(margins) != 1 or rows["model"].features.n < 2:
+            skipped["fid"] = ("fewer than 2 scored images" if rows["model"].features.n < 2
+                              else f"generated images of several framings (margins {sorted(margins)})")
+            log(f"skipping fid: {skipped['fid']}")
+            wanted.discard("fid")
+        else:
+            mu_r, sigma_r, fid_info = _fid_reference(cfg, out, next(iter(margins)), extractor, device, log)
+            for row in rows.values():
+                mu, sigma = row.features.mean_cov()
+                row.sums["fid"] = frechet_distance(mu, sigma, mu_r, sigma_r)
+
+    result["label"] = label
+    result["rows"] = {name: _summary(row, wanted) for name, row in rows.items()}
+    result["skipped"] = skipped
+    result["bad"] = {"count": len(bad), "items": bad}
+    result["unmatched"] = {"count": len(unmatched), "names": unmatched[:100]}
+    result["settings"] = {
+        "ssim": cfg.ssim, "ssim_settings": {k: asdict(v) for k, v in SSIM_SETTINGS.items()},
+        "mask": "PATN produce_ma_mask of the target keypoints", "lpips_net": cfg.lpips_net,
+        "fid_features": getattr(extractor, "name", None), "fid_reference": fid_info,
+        "pckh_alpha": cfg.alpha, "pckh_head": "bounding box of the visible nose, neck, eyes, ears (>= 2)",
+        "pose_model": str(cfg.pose_model) if cfg.pose_model else "embedded yolo11n-pose",
+        "frame": {"stored_size": list(shards.size), "margins": sorted(margins), "padding": "white"},
+        "max_pairs": cfg.max_pairs,
+    }
+    result["score_seconds"] = round(time.time() - t0, 2)
+    result["seconds"] = round(time.time() - started, 2)
+    _write_outputs(out, result, records)
+    result["out"] = str(out)
+    return result
+
+
+def _summary(row: _Row, wanted: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"scored": row.n}
+    if row.n == 0:
+        return out
+    for name, total in row.sums.items():
+        out[name] = total if name == "fid" else total / row.n
+    if "pckh" in wanted:
+        out["pckh"] = None if math.isnan(row.pckh.overall) else row.pckh.overall
+        out["pckh_per_joint"] = row.pckh.per_joint()
+        out["pckh_counts"] = {"correct": int(row.pckh.correct.sum()), "valid": int(row.pckh.valid.sum()),
+                              "pairs": row.pckh.pairs, "pairs_without_head": row.pckh.no_head}
+        out["detection_rate"] = row.detected / row.n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+_COLUMNS = (("ssim", "SSIM ↑", 4), ("mask_ssim", "mask-SSIM ↑", 4), ("lpips", "LPIPS ↓", 4),
+            ("mask_lpips", "mask-LPIPS ↓", 4), ("fid", "FID ↓", 2), ("pckh", "PCKh ↑", 3),
+            ("detection_rate", "detected ↑", 3), ("l1", "L1 ↓", 4))
+
+
+def _cell(value: Any, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(entries: list[tuple[str, dict[str, Any], int]], ssim_name: str) -> str:
+    """Markdown table of ``(label, row summary, pairs)`` entries."""
+    head = ["", "pairs"] + [(f"SSIM ({ssim_name}) ↑" if key == "ssim" else title) for key, title, _ in _COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row, pairs in entries:
+        cells = [label, f"{row.get('scored', 0)}" + (f"/{pairs}" if row.get("scored", 0) != pairs else "")]
+        cells += [_cell(row.get(key), digits) for key, _, digits in _COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """``eval.md``: the table, then how it was computed."""
+    entries = [(result["label"], result["rows"]["model"], result["pairs"])]
+    if "copy-source" in result["rows"]:
+        entries.append(("copy-source (baseline)", result["rows"]["copy-source"], result["pairs"]))
+    s = result["settings"]
+    lines = [f"# pgpig eval: {result['label']} on {result['shards']}", "",
+             table(entries, s["ssim"]), ""]
+    pairs_note = f"{result['pairs']} pairs" + (f" (the first {result['pairs']} of {result['pairs_in_split']})"
+                                               if result["pairs"] != result["pairs_in_split"] else "")
+    ref = s.get("fid_reference") or {}
+    notes = [
+        f"- {pairs_note}; frame {s['frame']['stored_size'][0]}x{s['frame']['stored_size'][1]} (stored size), "
+        f"margins {s['frame']['margins']} padded white.",
+        f"- SSIM: the {s['ssim']} setting (`eval.json` has all of patn, gfla, pg2); mask-SSIM: PATN's setting with "
+        "PATN's Market-1501 body mask of the target keypoints.",
+        f"- LPIPS: {s['lpips_net']} v0.1. FID: {s['fid_features'] or '–'}"
+        + (f", against the {ref.get('images')} images of {ref.get('folder')}" if ref else "") + ".",
+        f"- PCKh@{s['pckh_alpha']}: head = {s['pckh_head']}; keypoints of generated images from {s['pose_model']}.",
+    ]
+    for name, reason in result["skipped"].items():
+        notes.append(f"- {name} skipped: {reason}")
+    if result["bad"]["count"]:
+        notes.append(f"- {result['bad']['count']} pairs not scored (see `eval.json` → bad), e.g. "
+                     f"{result['bad']['items'][0]['reason']}")
+    if result["unmatched"]["count"]:
+        notes.append(f"- {result['unmatched']['count']} files in the folder match no pair")
+    return "\n".join(lines + notes) + "\n"
+
+
+def _write_outputs(out: Path, result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for record in records:
+        columns += [c for c in record if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    with atomic_write(out / "pairs.csv") as f:
+        f.write(buffer.getvalue().encode())
+    with atomic_write(out / "eval.json") as f:
+        f.write((json.dumps(result, indent=2, allow_nan=False, default=_json_default) + "\n").encode())
+    with atomic_write(out / "eval.md") as f:
+        f.write(markdown(result).encode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# ---------------------------------------------------------------------------------------------------- compare
+
+
+def _load_result(path: Path, split: str) -> tuple[dict[str, Any], Path]:
+    candidates = [path] if path.is_file() else [path / "eval.json", path / "eval" / split / "eval.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text()), candidate
+            except (OSError, json.JSONDecodeError) as exc:
+                raise TrainError(f"{candidate}: cannot read ({exc})") from None
+    raise TrainError(f"{path}: no eval.json (looked at {', '.join(str(c) for c in candidates)}); run "
+                     f"`pgpig eval --run {path}` first")
+
+
+def compare(paths: list[Path], split: str = "test", out: Path | None = None) -> str:
+    """One Markdown table of several evaluations (run folders, eval folders or ``eval.json`` files), each model's
+    row labelled by its run folder; one copy-source row per distinct shard set and pair count."""
+    if not paths:
+        raise TrainError("--compare needs at least one run folder or eval.json")
+    entries, baselines, ssim_names = [], {}, set()
+    for path in paths:
+        result, where = _load_result(Path(path), split)
+        ssim_names.add(result["settings"]["ssim"])
+        label = Path(result.get("run") or result.get("generated") or where.parent).name
+        if result.get("generator"):
+            label += f" ({result['generator']['model']}, step {result['generator']['step']})"
+        entries.append((label, result["rows"]["model"], result["pairs"]))
+        if "copy-source" in result["rows"]:
+            baselines.setdefault((result["shards"], result["pairs"]),
+                                 (f"copy-source ({result['shards']})", result["rows"]["copy-source"], result["pairs"]))
+    if len(ssim_names) > 1:
+        raise TrainError(f"the evaluations report different SSIM settings ({', '.join(sorted(ssim_names))}); "
+                         "re-run them with one --ssim")
+    text = table(entries + list(baselines.values()), ssim_names.pop()) + "\n"
+    if out is not None:
+        with atomic_write(out) as f:
+            f.write(text.encode())
+    return text
+

@@ -1,0 +1,552 @@
+"""The metrics of the PGPIG papers as batched tensor functions: SSIM (three settings), mask-SSIM, L1, LPIPS, FID
+statistics and distance, PCKh.
+
+- SSIM: Wang et al., "Image Quality Assessment: From Error Visibility to Structural Similarity", IEEE TIP 2004.
+- LPIPS: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", CVPR 2018.
+- FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium",
+  NeurIPS 2017.
+- PCKh and mask-SSIM as PATN (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation",
+  CVPR 2019, arXiv:1904.03349) computes them.
+
+Facts taken from the official scripts (read for these facts only):
+
+- PATN ``tool/getMetrics_market.py`` and ``tool/getMetrics_fashion.py``: SSIM is
+  ``compare_ssim(target, generated, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+  multichannel=True, data_range=generated.max() - generated.min())`` on the uint8 images (``SSIM_SETTINGS["patn"]``);
+  L1 is the mean of ``|2 (t / 255 - 0.5) - 2 (g / 255 - 0.5)|``; Market's masked SSIM multiplies both images by
+  the mask of the *target's* keypoints and uses the same SSIM. The DeepFashion script pads the 176-wide images
+  back to 256 with 40 white columns on each side before scoring (``addBounding``; done in ``pgpig.evaluate``).
+- PATN ``tool/pose_utils.py`` ``produce_ma_mask``: the mask is the union of rectangles 8 px wide (``point_radius``
+  4 on each side of the segment) along 23 joint pairs (``MASK_LIMBS``: the skeleton's limbs with neck-to-ear
+  instead of shoulder-to-ear, plus the torso's sides and diagonals (hips to shoulders, hip to hip) and ear to ear),
+  discs of radius 4 (strictly inside) around the visible joints, then a 5x5 dilation followed by a 5x5 erosion. GFLA's
+  ``script/metrics.py`` copies the same function for its masked LPIPS on Market-1501.
+- PATN ``tool/calPCKH_market.py`` / ``calPCKH_fashion.py``: head joints ``PARTS_SEL = [0, 1, 14, 15, 16, 17]``
+  (nose, neck, eyes, ears); a target needs at least two of them visible, else the pair is left out; head size is
+  the width and the height of their bounding box, separately; a predicted joint is correct when
+  ``|px - tx| < 0.5 w`` and ``|py - ty| < 0.5 h`` (strict, per axis), a missing prediction is wrong; the
+  denominator is the number of visible target joints over the pairs kept.
+- GFLA ``script/metrics.py``: its ``ssim`` is ``compare_ssim(gt / 255, pred / 255, data_range=1, win_size=51,
+  multichannel=True)``, a uniform 51x51 window with the sample covariance (``SSIM_SETTINGS["gfla"]``); it also
+  prints ``ssim_256``, which is PATN's setting. LPIPS is the ``net-lin`` AlexNet model of the PerceptualSimilarity
+  code on images in [-1, 1]. FID uses pool3 (2048-D) Inception features of images in [0, 1], the mean and
+  ``np.cov`` (sample covariance) and ``scipy.linalg.sqrtm``; its Inception is torchvision's ImageNet model, not the
+  TensorFlow FID graph, and the real statistics are computed over the whole training set.
+- PG2 ``score.py`` / ``score_mask.py``: ``compare_ssim(G, x, multichannel=True)`` with skimage's defaults, a
+  uniform 7x7 window, sample covariance, data range 255 of uint8 (``SSIM_SETTINGS["pg2"]``).
+
+Decisions:
+
+- SSIM is our own torch code (batched, float64, on the images' device) with scikit-image's algorithm: per channel
+  the five filtered maps ``mu_x, mu_y, E[x^2], E[y^2], E[xy]``, ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2``, the
+  SSIM map cropped by ``(win - 1) // 2`` on each side and averaged, then the mean over channels. Because only
+  the interior is averaged, a "valid" convolution computes exactly those pixels and no padding mode matters.
+  The Gaussian window is scipy's: radius ``int(3.5 sigma + 0.5)`` = 5 taps each side for sigma 1.5.
+- The default SSIM is PATN's: PATN, XingGAN, PG2-derived comparisons and DPTN all report numbers from PATN's
+  scripts (GFLA's tables report FID and LPIPS; its own ``ssim`` is a different number). All three are computed.
+- mask-SSIM always uses PATN's SSIM setting with PATN's mask (``pose_mask``); ``pgpig.data.render_limb_masks``
+  is PG2's loss mask (19 limbs, no discs, no closing) and is not the same mask.
+- LPIPS is implemented here (a backbone returning five ReLU feature maps, unit-normalised over channels with
+  ``eps = 1e-10`` as the LPIPS code does, squared differences weighted by the linear layers, spatial mean, sum):
+  the backbone is injectable (tests pass a tiny one); the default is AlexNet with the v0.1 linear weights that
+  torchmetrics ships (``lpips_models/alex.pth``, read with ``weights_only=True``) and torchvision's ImageNet
+  AlexNet (``alexnet-owt-7be5be79.pth``) from ``--weights-dir``, torch hub's cache, or a hash-checked download.
+- FID statistics are accumulated in float64 (sum and sum of outer products, sample covariance ``ddof = 1`` like
+  ``np.cov``); the distance uses ``tr sqrt(S1 S2) = sum sqrt(eig(A S2 A))`` with ``A = S1^(1/2)`` from two
+  symmetric eigendecompositions (float64, eigenvalues clamped at 0), which equals ``trace(sqrtm(S1 @ S2))`` for
+  covariance matrices and never goes complex. The default extractor is the TensorFlow FID Inception
+  (2015-12-05 graph, 2048-D pool3) as ported by torch-fidelity, the extractor behind torchmetrics' FID; its
+  weights come from ``--weights-dir`` or torch hub's cache and are read with ``weights_only=True``.
+- Missing weights raise ``WeightsUnavailable`` (a ``TrainError``), one line naming the file and where to put it;
+  the evaluation job decides whether that skips the metric or stops.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgpig.errors import TrainError
+from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
+
+__all__ = [
+    "FeatureExtractor",
+    "FeatureStats",
+    "HEAD_JOINTS",
+    "LPIPS",
+    "MASK_LIMBS",
+    "PCKhCounts",
+    "SSIM_SETTINGS",
+    "SSIMSettings",
+    "WeightsUnavailable",
+    "frechet_distance",
+    "head_size",
+    "inception_extractor",
+    "l1_distance",
+    "lpips_network",
+    "pckh_counts",
+    "pose_mask",
+    "ssim",
+]
+
+
+class WeightsUnavailable(TrainError):
+    """The weights a metric needs are not on this machine and cannot be downloaded."""
+
+
+# ---------------------------------------------------------------------------------------------------- SSIM
+
+
+@dataclass(frozen=True)
+class SSIMSettings:
+    """One way of calling ``skimage.metrics.structural_similarity`` on ``(H, W, 3)`` images, channel-averaged."""
+
+    win_size: int
+    """Window side; for a Gaussian window, ``2 * int(3.5 * sigma + 0.5) + 1``."""
+    gaussian: bool
+    sigma: float = 1.5
+    sample_covariance: bool = True
+    data_range: float | None = None
+    """Fixed data range ``R`` (255 for uint8), or ``None`` for ``generated.max() - generated.min()`` (PATN)."""
+
+
+SSIM_SETTINGS: dict[str, SSIMSettings] = {
+    "patn": SSIMSettings(win_size=11, gaussian=True, sigma=1.5, sample_covariance=False, data_range=None),
+    "gfla": SSIMSettings(win_size=51, gaussian=False, sample_covariance=True, data_range=255.0),
+    "pg2": SSIMSettings(win_size=7, gaussian=False, sample_covariance=True, data_range=255.0),
+}
+
+
+def _window(settings: SSIMSettings, device: torch.device) -> torch.Tensor:
+    """The 1-D filter, float64: scipy's ``gaussian_filter`` taps (truncate 3.5) or ``uniform_filter``'s."""
+    if settings.gaussian:
+        radius = int(3.5 * settings.sigma + 0.5)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+        w = torch.exp(-0.5 * (x / settings.sigma) ** 2)
+        if 2 * radius + 1 != settings.win_size:
+            raise ValueError(f"a Gaussian window of sigma {settings.sigma} has {2 * radius + 1} taps, not "
+                             f"{settings.win_size}")
+    else:
+        w = torch.ones(settings.win_size, dtype=torch.float64, device=device)
+    return w / w.sum()
+
+
+def ssim(generated: torch.Tensor, target: torch.Tensor, settings: str | SSIMSettings = "patn") -> torch.Tensor:
+    """SSIM of each image pair, as ``structural_similarity(target, generated, channel_axis=-1, ...)`` computes it.
+
+    Args:
+        generated: ``(B, C, H, W)`` in 0..255 (uint8 or float).
+        target: same shape and scale.
+        settings: a name in ``SSIM_SETTINGS`` or an ``SSIMSettings``.
+
+    Returns:
+        ``(B,)`` float64 on the inputs' device. ``H`` and ``W`` must be at least the window size.
+    """
+    s = SSIM_SETTINGS[settings] if isinstance(settings, str) else settings
+    if generated.shape != target.shape or generated.ndim != 4:
+        raise ValueError(f"expected two (B, C, H, W) batches of one shape, got {tuple(generated.shape)} and "
+                         f"{tuple(target.shape)}")
+    b, c, h, w = generated.shape
+    if min(h, w) < s.win_size:
+        raise ValueError(f"images of {h}x{w} are smaller than the {s.win_size}x{s.win_size} SSIM window")
+    x = generated.to(torch.float64)
+    y = target.to(torch.float64)
+    if s.data_range is None:
+        data_range = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(b, 1, 1, 1)
+    else:
+        data_range = torch.full((b, 1, 1, 1), float(s.data_range), dtype=torch.float64, device=x.device)
+    k = _window(s, x.device)
+    # five maps per channel as the channels of one grouped, separable, unpadded convolution
+    maps = torch.stack([x, y, x * x, y * y, x * y], dim=2).reshape(b * c, 5, h, w)
+    maps = F.conv2d(maps, k.view(1, 1, -1, 1).expand(5, 1, -1, 1), groups=5)
+    maps = F.conv2d(maps, k.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
+    mx, my, mxx, myy, mxy = maps.reshape(b, c, 5, *maps.shape[-2:]).unbind(dim=2)
+    n = s.win_size ** 2
+    cov_norm = n / (n - 1) if s.sample_covariance else 1.0
+    vx, vy, vxy = cov_norm * (mxx - mx * mx), cov_norm * (myy - my * my), cov_norm * (mxy - mx * my)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s_map = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s_map.mean(dim=(1, 2, 3))
+
+
+def l1_distance(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PATN's L1: mean ``|g - t|`` of images in 0..255 mapped to [-1, 1]; ``(B,)`` float64."""
+    return ((generated.to(torch.float64) - target.to(torch.float64)).abs() / 127.5).mean(dim=(1, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------- mask
+
+
+MASK_LIMBS: tuple[tuple[int, int], ...] = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (1, 16), (1, 17), (8, 11), (11, 5), (8, 2), (16, 17),
+)
+"""PATN ``produce_ma_mask``'s 23 joint pairs (its 1-based list minus one), OpenPose-18 indices."""
+
+_MASK_RADIUS = 4.0
+_MASK_CLOSING = 5
+
+
+def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PATN's Market-1501 body mask of each keypoint set (``produce_ma_mask``), on the keypoints' device.
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)`` at pixel centres; ``(-1, -1)`` invisible.
+        size: ``(H, W)``.
+
+    Returns:
+        ``(B, 1, H, W)`` bool: pixel centres within 4 px of a limb segment (the closed 8-px-wide rectangle along
+        each of ``MASK_LIMBS`` whose two joints are visible) or strictly within 4 px of a visible joint, then
+        closed with a 5x5 square (dilation, then erosion; pixels outside the image are ignored, which equals
+        scikit-image's reflected border for a max or min over a symmetric window).
+    """
+    h, w = int(size[0]), int(size[1])
+    kp = keypoints.to(torch.float64)
+    visible = ~(kp == MISSING).all(dim=-1)  # (B, 18)
+    xs = torch.arange(w, dtype=torch.float64, device=kp.device).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=torch.float64, device=kp.device).view(1, 1, h, 1)
+    ia, ib = [a for a, _ in MASK_LIMBS], [b for _, b in MASK_LIMBS]
+    a, b = kp[:, ia], kp[:, ib]  # (B, L, 2)
+    d = b - a
+    length = d.norm(dim=-1)  # (B, L)
+    usable = visible[:, ia] & visible[:, ib] & (length > 0)  # PATN's zero-length limb is a NaN polygon: nothing
+    unit = d / length.clamp_min(1e-12)[..., None]
+    rx, ry = xs - a[..., 0, None, None], ys - a[..., 1, None, None]  # (B, L, H, W) after broadcasting
+    along = rx * unit[..., 0, None, None] + ry * unit[..., 1, None, None]
+    across = -rx * unit[..., 1, None, None] + ry * unit[..., 0, None, None]
+    inside = (along >= 0) & (along <= length[..., None, None]) & (across.abs() <= _MASK_RADIUS)
+    mask = (inside & usable[..., None, None]).any(dim=1)
+    dist2 = (xs - kp[..., 0, None, None]) ** 2 + (ys - kp[..., 1, None, None]) ** 2  # (B, 18, H, W)
+    mask |= ((dist2 < _MASK_RADIUS ** 2) & visible[..., None, None]).any(dim=1)
+    m = mask[:, None].to(torch.float32)
+    pad = _MASK_CLOSING // 2
+    m = F.max_pool2d(m, _MASK_CLOSING, stride=1, padding=pad)
+    m = -F.max_pool2d(-m, _MASK_CLOSING, stride=1, padding=pad)
+    return m > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+
+def _read_tensors(path: Path, what: str, help_text: str) -> dict[str, torch.Tensor]:
+    """A ``.pth`` (``weights_only=True``) or ``.safetensors`` state dict of tensors, or a one-line ``TrainError``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refusals, corrupt files and format errors alike
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainError(f"cannot read {what} weights {path} as a state dict of tensors ({reason}): {help_text}") \
+            from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise TrainError(f"{what} weights {path} are not a state dict of tensors: {help_text}")
+    return state
+
+
+def _find_weights(url: str, weights_dir: str | Path | None, what: str) -> dict[str, torch.Tensor]:
+    """The state dict named by ``url``'s file: ``weights_dir/<file>`` (or ``.safetensors``), torch hub's cache, or
+    downloaded into the cache (hash-checked); ``WeightsUnavailable`` naming the file and where to put it."""
+    name = os.path.basename(urlparse(url).path)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / name
+    help_text = f"put {name} ({url}) in --weights-dir DIR or at {cache}"
+    if weights_dir is not None:
+        for candidate in (Path(weights_dir) / name, (Path(weights_dir) / name).with_suffix(".safetensors")):
+            if candidate.is_file():
+                return _read_tensors(candidate, what, help_text)
+    if cache.is_file():
+        return _read_tensors(cache, what, help_text)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                  weights_only=True)
+    except Exception as error:  # offline (URLError), proxy, hash mismatch: all mean "no weights"
+        where = f"not in {weights_dir}, " if weights_dir is not None else ""
+        raise WeightsUnavailable(f"{what} weights {name} unavailable ({where}no download: "
+                                 f"{type(error).__name__}): {help_text}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- LPIPS
+
+
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+_LPIPS_NETS = {
+    # torchvision features indices after which the five compared ReLU outputs come, and their channels
+    "alex": ((2, 5, 8, 10, 12), (64, 192, 384, 256, 256)),
+    "vgg": ((4, 9, 16, 23, 30), (64, 128, 256, 512, 512)),
+}
+
+
+class _Slices(nn.Module):
+    """A torchvision ``features`` stack cut into consecutive slices; ``forward`` returns each slice's output."""
+
+    def __init__(self, features: nn.Sequential, ends: tuple[int, ...]):
+        super().__init__()
+        starts = (0, *ends[:-1])
+        self.slices = nn.ModuleList(nn.Sequential(*features[s:e]) for s, e in zip(starts, ends, strict=True))
+        for module in self.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for part in self.slices:
+            x = part(x)
+            out.append(x)
+        return out
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance (Zhang et al. 2018) with any backbone that returns a list of feature maps.
+
+    Args:
+        backbone: ``(B, 3, H, W)`` scaled input → list of ``L`` maps ``(B, C_l, H_l, W_l)``.
+        lin_weights: ``L`` tensors of ``C_l`` non-negative weights (the "lin" layers, 1x1 convolutions without
+            bias).
+
+    ``forward(x, y)``: images ``(B, 3, H, W)`` in [-1, 1] → ``(B,)`` float32 distances. Frozen, eval mode.
+    """
+
+    def __init__(self, backbone: nn.Module, lin_weights: list[torch.Tensor]):
+        super().__init__()
+        self.backbone = backbone
+        self.lins = nn.ParameterList(nn.Parameter(w.detach().reshape(-1).float().clone(), requires_grad=False)
+                                     for w in lin_weights)
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LPIPS:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx = self.backbone((x.float() - self.shift) / self.scale)
+        fy = self.backbone((y.float() - self.shift) / self.scale)
+        if len(fx) != len(self.lins):
+            raise ValueError(f"the backbone returned {len(fx)} feature maps for {len(self.lins)} lin layers")
+        total = torch.zeros(x.shape[0], device=x.device)
+        for a, b, lin in zip(fx, fy, self.lins, strict=True):
+            a = a / (a.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            b = b / (b.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            total = total + ((a - b) ** 2 * lin.view(1, -1, 1, 1)).sum(dim=1).mean(dim=(1, 2))
+        return total
+
+
+def _lpips_lin_weights(net: str) -> list[torch.Tensor]:
+    """LPIPS v0.1 linear layers as shipped in torchmetrics (``lin{k}.model.1.weight``, shape ``(1, C, 1, 1)``)."""
+    resource = importlib.resources.files("torchmetrics.functional.image") / "lpips_models" / f"{net}.pth"
+    with importlib.resources.as_file(resource) as path:
+        state = _read_tensors(Path(path), f"LPIPS {net} linear-layer",
+                              "reinstall torchmetrics, which ships them (torchmetrics/functional/image/lpips_models)")
+    return [state[f"lin{k}.model.1.weight"] for k in range(len(_LPIPS_NETS[net][1]))]
+
+
+def lpips_network(net: str = "alex", weights_dir: str | Path | None = None) -> LPIPS:
+    """LPIPS with torchvision's ImageNet ``alexnet`` (default, the papers' choice) or ``vgg16`` backbone.
+
+    ``WeightsUnavailable`` when the backbone's weights are neither in ``weights_dir``, nor in torch hub's cache, nor
+    downloadable.
+    """
+    from torchvision.models import AlexNet_Weights, VGG16_Weights, alexnet, vgg16
+
+    if net not in _LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS network {net!r}; use one of {', '.join(_LPIPS_NETS)}")
+    ends, _ = _LPIPS_NETS[net]
+    model, url = (alexnet(), AlexNet_Weights.IMAGENET1K_V1.url) if net == "alex" else \
+        (vgg16(), VGG16_Weights.IMAGENET1K_V1.url)
+    state = _find_weights(url, weights_dir, f"LPIPS {net} backbone")
+    features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    try:
+        model.features.load_state_dict(features)
+    except RuntimeError as exc:
+        raise TrainError(f"LPIPS {net} backbone weights do not fit torchvision's {net} "
+                         f"({str(exc).splitlines()[-1].strip()})") from None
+    return LPIPS(_Slices(model.features, ends), _lpips_lin_weights(net))
+
+
+# ---------------------------------------------------------------------------------------------------- FID
+
+
+class FeatureExtractor(Protocol):
+    """Images → features for FID: ``(B, 3, H, W)`` uint8 RGB on the extractor's device → ``(B, D)`` float."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+
+
+class _Inception(nn.Module):
+    name = "inception-v3-compat pool3 (TF FID graph 2015-12-05, torch-fidelity)"
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        # torch-fidelity unpickles a path with weights_only=False; it gets a buffer we serialised from plain tensors
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        try:
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=buffer)
+        except RuntimeError as exc:
+            raise TrainError(f"FID Inception weights do not fit torch-fidelity's InceptionV3 "
+                             f"({str(exc).splitlines()[-1].strip()})") from None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)[0]
+
+
+def inception_extractor(weights_dir: str | Path | None = None) -> FeatureExtractor:
+    """The standard FID feature extractor (2048-D pool3 of the TensorFlow FID Inception), on the CPU.
+
+    ``WeightsUnavailable`` when ``weights-inception-2015-12-05-6726825d.pth`` is not in ``weights_dir`` or torch
+    hub's cache and cannot be downloaded; also when torch-fidelity is not installed."""
+    try:
+        import torch_fidelity  # noqa: F401
+    except ModuleNotFoundError:
+        raise WeightsUnavailable("FID needs the torch-fidelity package (its InceptionV3 port): "
+                                 "pip install torch-fidelity") from None
+    return _Inception(_find_weights(INCEPTION_URL, weights_dir, "FID Inception"))
+
+
+class FeatureStats:
+    """Running mean and sample covariance of feature vectors, in float64 (``update`` batch by batch)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: torch.Tensor | None = None
+        self.outer: torch.Tensor | None = None
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add ``(B, D)`` features (any device; accumulated in float64 on it)."""
+        f = features.detach().to(torch.float64).reshape(features.shape[0], -1)
+        if self.total is None:
+            self.total = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
+            self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
+        self.n += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu (D,), sigma (D, D))`` as ``np.mean(f, 0)`` and ``np.cov(f, rowvar=False)`` would give."""
+        if self.n < 2:
+            raise ValueError(f"FID needs at least 2 images, got {self.n}")
+        mu = self.total / self.n
+        cov = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu.cpu().numpy(), cov.cpu().numpy()
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`` in float64 (Heusel et al. 2017)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"statistics of different sizes: {mu1.shape} {s1.shape} vs {mu2.shape} {s2.shape}")
+    a = _psd_sqrt(s1)
+    eig = np.linalg.eigvalsh((a @ s2 @ a + (a @ s2 @ a).T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+# ---------------------------------------------------------------------------------------------------- PCKh
+
+
+HEAD_JOINTS: tuple[int, ...] = (0, 1, 14, 15, 16, 17)
+"""Nose, neck, both eyes, both ears: the joints whose bounding box is the head (PATN's ``PARTS_SEL``)."""
+
+
+def head_size(keypoints: np.ndarray) -> np.ndarray:
+    """``(N, 18, 2)`` → ``(N, 2)`` head width and height: the extent in x and in y of the visible ``HEAD_JOINTS``;
+    ``(-1, -1)`` where fewer than two are visible."""
+    kp = np.asarray(keypoints, np.float64)[:, list(HEAD_JOINTS)]
+    visible = ~(kp == MISSING).all(axis=-1)
+    lo = np.where(visible[..., None], kp, np.inf).min(axis=1)
+    hi = np.where(visible[..., None], kp, -np.inf).max(axis=1)
+    size = hi - lo
+    size[visible.sum(axis=1) < 2] = -1.0
+    return size
+
+
+@dataclass
+class PCKhCounts:
+    """PCKh tallies over pairs: ``correct[j]`` / ``valid[j]`` per joint; ``pairs`` counted, ``no_head`` left out."""
+
+    correct: np.ndarray
+    valid: np.ndarray
+    pairs: int
+    no_head: int
+
+    @classmethod
+    def zero(cls) -> PCKhCounts:
+        return cls(np.zeros(NUM_KEYPOINTS, np.int64), np.zeros(NUM_KEYPOINTS, np.int64), 0, 0)
+
+    def __add__(self, other: PCKhCounts) -> PCKhCounts:
+        return PCKhCounts(self.correct + other.correct, self.valid + other.valid, self.pairs + other.pairs,
+                          self.no_head + other.no_head)
+
+    @property
+    def overall(self) -> float:
+        """Correct joints over visible target joints (``nan`` when there are none)."""
+        total = int(self.valid.sum())
+        return float(self.correct.sum()) / total if total else math.nan
+
+    def per_joint(self) -> dict[str, float | None]:
+        return {name: (float(c) / v if v else None)
+                for name, c, v in zip(KEYPOINT_NAMES, self.correct, self.valid, strict=True)}
+
+
+def pckh_counts(predicted: np.ndarray, target: np.ndarray, alpha: float = 0.5) -> tuple[PCKhCounts, np.ndarray]:
+    """PATN's PCKh tallies of predicted against target keypoints.
+
+    Args:
+        predicted: ``(N, 18, 2)`` keypoints found in the generated images; ``(-1, -1)`` not found.
+        target: ``(N, 18, 2)`` keypoints of the target images, same frame.
+        alpha: threshold as a fraction of the head size.
+
+    Returns:
+        ``(counts, correct (N, 18) bool)``. A pair whose target has fewer than two visible head joints is left
+        out (``no_head``); a joint counts when visible in the target and correct when also predicted with
+        ``|dx| < alpha * head_width`` and ``|dy| < alpha * head_height``.
+    """
+    pred = np.asarray(predicted, np.float64)
+    tgt = np.asarray(target, np.float64)
+    if pred.shape != tgt.shape or pred.shape[1:] != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"expected two (N, 18, 2) arrays, got {pred.shape} and {tgt.shape}")
+    head = head_size(tgt)
+    kept = (head >= 0).all(axis=1)
+    t_vis = ~(tgt == MISSING).any(axis=-1) & kept[:, None]
+    p_vis = ~(pred == MISSING).any(axis=-1)
+    close = (np.abs(pred - tgt) < alpha * head[:, None, :]).all(axis=-1)
+    correct = t_vis & p_vis & close
+    counts = PCKhCounts(correct.sum(0).astype(np.int64), t_vis.sum(0).astype(np.int64), int(kept.sum()),
+                        int((~kept).sum()))
+    return counts, correct
+
