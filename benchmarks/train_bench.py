@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pgpig.cli import parse_set  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
 from pgpig.train import StepBatch, build, compile_parts, load_config, pose_maps, resolve_device, train_step  # noqa: E402
 
@@ -96,8 +97,10 @@ def bench_loader(cfg, shards: Path, batches: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", type=Path, default=ROOT / "workflows" / "market1501" / "patn.yaml")
-    parser.add_argument("--size", default=None, help="HxW of the training images [default: from the recipe: "
-                        "256x176 with crop_margin 40, else 128x64]")
+    parser.add_argument("--size", default=None, help="HxW of the training images [default: the recipe's data set's "
+                        "stored size (a deepfashion/ recipe 256x256, else 128x64) less 2 x crop_margin columns]")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set use_gan=false (repeatable)")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the recipe's]")
     parser.add_argument("--amp", default="none,bf16", help="comma-separated AMP modes; the first is the baseline")
     parser.add_argument("--steps", type=int, default=30)
@@ -113,18 +116,21 @@ def main() -> None:
                  "compile": args.compile, "progress": False}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    overrides.update(parse_set(tuple(args.settings)))
     cfg = load_config(args.recipe, overrides)
     device = resolve_device(args.device)
     if args.size:
         size = tuple(int(v) for v in args.size.lower().split("x"))
     else:
-        size = (256, 176) if cfg.crop_margin == 40 else (128, 64)
+        # the stored size of the recipe's data set (DeepFashion 256x256, Market-1501 128x64), less the crop
+        stored = (256, 256) if "deepfashion" in str(args.recipe) else (128, 64)
+        size = (stored[0], stored[1] - 2 * cfg.crop_margin)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     common = {"bench": "train", "model": cfg.model, "recipe": str(args.recipe.relative_to(ROOT)
                                                                    if args.recipe.is_relative_to(ROOT)
                                                                    else args.recipe),
               "image_size": list(size), "batch_size": cfg.batch_size, "channels_last": cfg.channels_last,
-              "compile": cfg.compile, "device": machine, "torch": torch.__version__,
+              "compile": cfg.compile, "settings": args.settings, "device": machine, "torch": torch.__version__,
               "python": platform.python_version()}
     base = None
     best_pairs = 0.0

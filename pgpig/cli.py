@@ -1,4 +1,4 @@
-"""``pgpig``: the trainer's command line: ``train``, ``generate`` (``eval`` lands with its issue)."""
+"""``pgpig``: the trainer's command line: ``train``, ``generate``, ``eval``."""
 
 from __future__ import annotations
 
@@ -61,19 +61,37 @@ def main(debug: bool) -> None:
     Typical use, after `pgpig-data extract` and `pgpig-data pair`:
       pgpig train --shards ./shards --recipe workflows/market1501/patn.yaml --run runs/patn
       pgpig generate --run runs/patn --source person.jpg --target-pose pose.jpg
+      pgpig eval --run runs/patn --shards ./shards --split test
     """
+
+
+@main.command()
+def recipes() -> None:
+    """List the recipes shipped with pgpig (pass a name to `pgpig train --recipe`)."""
+    from pgpig.train import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
+                     "")
+        click.echo(f"{name:24s} {first}")
 
 
 @main.command()
 @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Shard-set root holding train/ (and test/) [default: the recipe's, else ./shards].")
-@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Recipe YAML (workflows/...): config fields only.")
+@click.option("--recipe", default=None, metavar="PATH|NAME",
+              help="Recipe YAML of config fields: a path, or a recipe shipped with pgpig by name "
+                   "(market1501/patn, deepfashion/patn, demo, ...; `pgpig recipes` lists them).")
 @click.option("--model", default=None, help="Generator name in the registry [default: the recipe's, else patn].")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder [default: runs/<model>-<timestamp>].")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder with its saved config (other options override it).")
+@click.option("--stage", type=click.IntRange(1), default=None,
+              help="Stage of a multi-stage generator (PG2: 1 = G1, 2 = G2 + discriminator with G1 fixed).")
+@click.option("--init-weights", type=click.Path(exists=True, path_type=Path), default=None, metavar="RUN|FILE",
+              help="Start from another run's generator: its folder or a generator.safetensors (PG2's stage 2 "
+                   "starts from its stage-1 run).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total steps of the run.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Pairs per step.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
@@ -87,8 +105,8 @@ def main(debug: bool) -> None:
               help="Set any config field (YAML value), e.g. --set lambda_gan=0; repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
-def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device, gpus, amp, workers, vgg_weights,
-          settings, quiet) -> None:
+def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps, batch_size, device, gpus, amp,
+          workers, vgg_weights, settings, quiet) -> None:
     """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder.
 
     \b
@@ -96,11 +114,17 @@ def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device,
       torchrun --nproc-per-node 4 -m pgpig.cli train ...
     --batch-size is the global batch, split over the processes.
     """
-    from pgpig.train import load_config
+    from pgpig.train import load_config, recipe_path
     from pgpig.train import train as run_train
 
-    options = {"shards": shards, "model": model, "run_dir": run_dir, "steps": steps, "batch_size": batch_size,
-               "device": device, "amp": amp, "num_workers": workers, "vgg_weights": vgg_weights}
+    if init_weights is not None and init_weights.is_dir():  # a run folder: its newest generator
+        init_weights = init_weights / "generator.safetensors"
+        if not init_weights.is_file():
+            raise TrainError(f"--init-weights {init_weights.parent}: no generator.safetensors; not a run folder "
+                             "with a checkpoint")
+    options = {"shards": shards, "model": model, "run_dir": run_dir, "stage": stage, "init_weights": init_weights,
+               "steps": steps, "batch_size": batch_size, "device": device, "amp": amp, "num_workers": workers,
+               "vgg_weights": vgg_weights}
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides.update(parse_set(settings))
     if quiet:
@@ -112,6 +136,8 @@ def train(shards, recipe, model, run_dir, resume_dir, steps, batch_size, device,
             raise TrainError(f"{resume_dir}: no config.yaml, not a run folder to resume")
         overrides.update({"run_dir": resume_dir, "resume": True})
         recipe = resume_dir / "config.yaml"
+    elif recipe is not None:
+        recipe = recipe_path(recipe)
     cfg = load_config(recipe, overrides)
     if gpus is not None and gpus > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(launch_torchrun(cfg, recipe, overrides, gpus))
@@ -160,6 +186,75 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
     click.echo(str(result["out"]))
     if result["grid"] is not None:
         click.echo(str(result["grid"]))
+
+
+@main.command("eval")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder of `pgpig train`: generate every pair into RUN/eval/<split>/images/, then score.")
+@click.option("--generated", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Score images made elsewhere: a folder named by the pairs (PATN <src>___<tgt>_vis.png|jpg, "
+              "panels too, or GFLA <src>_2_<tgt>_vis).")
+@click.option("--compare", "compare_runs", is_flag=True,
+              help="Put the eval.json of the given run folders (arguments) side by side in one table.")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
+              help="Shard-set root; the pairs are SHARDS/<split>.")
+@click.option("--split", default="test", help="Split to evaluate.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: RUN/eval/<split>, or <generated>-eval]; with --compare, a .md file.")
+@click.option("--metrics", default=None, metavar="LIST",
+              help="Comma-separated subset of ssim,mask_ssim,l1,lpips,mask_lpips,fid,pckh; naming one whose "
+              "weights are missing is an error [default: all, skipping those without weights].")
+@click.option("--ssim", "ssim_setting", type=click.Choice(["patn", "gfla", "pg2"]), default="patn",
+              help="SSIM setting reported as SSIM (all three are in eval.json): PATN's Gaussian window, GFLA's "
+              "51x51 window, PG2's 7x7 window.")
+@click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train",
+              help="Real images of FID: the train split's stored images (GFLA's protocol) or the test split's.")
+@click.option("--no-baseline", is_flag=True, help="Leave out the copy-source row.")
+@click.option("--max-pairs", type=click.IntRange(1), default=None, help="Only the first N pairs (a quick look).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, help="Pairs per batch.")
+@click.option("--workers", type=click.IntRange(0), default=0, help="DataLoader worker processes.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with weights-inception-2015-12-05-6726825d.pth (FID) and alexnet-owt-7be5be79.pth "
+              "(LPIPS) [default: torch hub's cache, downloaded when online].")
+@click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YOLO-pose weights for PCKh [default: the embedded yolo11n-pose.pt].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@report_errors
+def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, metrics, ssim_setting, fid_reference,
+                 no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model, quiet) -> None:
+    """Score a generator on a split with the papers' metrics; writes eval.json, eval.md and pairs.csv.
+
+    \b
+    Metrics: SSIM, mask-SSIM, L1, LPIPS, mask-LPIPS, FID, PCKh (+ detection
+    rate), for the model and for a copy-the-source baseline. Definitions,
+    sources and how to get the weights offline: docs/eval.md.
+    \b
+      pgpig eval --run runs/patn --shards ./shards --split test
+      pgpig eval --generated results/market_PATN/test_latest/images --shards ./shards
+      pgpig eval --compare runs/patn runs/pg2 runs/gfla
+    """
+    from pgpig.evaluate import EvalConfig, compare, evaluate
+
+    if compare_runs:
+        if run_dir is not None or generated is not None:
+            raise TrainError("--compare reads finished evaluations; leave out --run and --generated")
+        click.echo(compare(list(runs), split=split, out=out), nl=False)
+        return
+    if runs:
+        raise TrainError(f"unexpected argument {runs[0]}; run folders as arguments go with --compare")
+    names = None
+    if metrics is not None:
+        names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    cfg = EvalConfig(shards=shards, split=split, run_dir=run_dir, generated=generated, out=out, metrics=names,
+                     ssim=ssim_setting, fid_reference=fid_reference, baseline=not no_baseline, max_pairs=max_pairs,
+                     batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
+                     pose_model=pose_model, progress=not quiet)
+    result = evaluate(cfg, log=lambda line: click.echo(line, err=True))
+    out_dir = Path(result["out"])
+    click.echo((out_dir / "eval.md").read_text(), nl=False)
+    click.echo(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}, {out_dir / 'pairs.csv'}")
 
 
 def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: int) -> int:

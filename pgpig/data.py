@@ -7,6 +7,15 @@ CVPR 2019, arXiv:1904.03349): 18 channels per pose, one per OpenPose-18 joint, e
 sigma 6), all zero for a joint that is not visible. PG2 adds a body mask made of thick limbs, used to weight
 its L1 loss (``render_limb_masks``; the union of segments only, without PG2's morphological clean-up).
 
+PG2's official data conversion (charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and
+``convert_market.py``, read for these facts) renders neither of those: ``_getSparsePose(..., radius=4,
+mode='Solid')`` gives each visible joint a binary disk, the pixels at integer offsets ``(i, j)`` with
+``i^2 + j^2 <= r^2`` from the truncated joint position (``render_pose_disks``), and ``_getPoseMask(..., radius=4)``
+stamps such disks at both joints of each of its 23 limbs (``PG2_MASK_LIMBS``, not ``LIMBS``: it adds
+neck-ears, hip-hip, hip-shoulder and ear-ear) and at ``int(length / r) - 1`` evenly spaced points between
+them, then closes the union with a 5x5 square (skimage ``dilation`` then ``erosion``: a morphological closing,
+not a dilation alone) (``render_pg2_masks``).
+
 Decisions:
 
 - Pose maps are not stored and not rendered in the data set: the trainer renders them on the GPU from the
@@ -33,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pgpig.errors import TrainError
@@ -45,8 +55,11 @@ __all__ = [
     "PairDataset",
     "PairSampler",
     "crop_width",
+    "PG2_MASK_LIMBS",
     "make_loader",
     "render_limb_masks",
+    "render_pg2_masks",
+    "render_pose_disks",
     "render_pose_maps",
     "start_epoch",
 ]
@@ -132,6 +145,141 @@ def render_limb_masks(keypoints: torch.Tensor, size: tuple[int, int], width: flo
     dist2 = (rx - t * dx) ** 2 + (ry - t * dy) ** 2  # (B, L, H, W)
     inside = (dist2 <= (width / 2) ** 2) & usable[..., None, None]
     return inside.any(dim=1, keepdim=True).to(dtype)
+
+
+# PG2's ``limbSeq`` of ``_getPoseMask`` (1-based there) in 0-based OpenPose-18 indices
+PG2_MASK_LIMBS: tuple[tuple[int, int], ...] = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (1, 16), (1, 17), (8, 11), (11, 5), (8, 2), (16, 17),
+)
+
+
+def _disk_offsets(radius: int, device: torch.device) -> torch.Tensor:
+    """``(K, 2)`` integer ``(dy, dx)`` with ``dy^2 + dx^2 <= radius^2``: the official 'Solid' disk."""
+    r = torch.arange(-radius, radius + 1, device=device)
+    dy, dx = torch.meshgrid(r, r, indexing="ij")
+    keep = dy**2 + dx**2 <= radius**2
+    return torch.stack([dy[keep], dx[keep]], dim=-1)
+
+
+def _stamp_disks(points: torch.Tensor, valid: torch.Tensor, size: tuple[int, int], radius: int) -> torch.Tensor:
+    """Union of disks per row: ``points (N, P, 2)`` float64 ``(x, y)`` truncated to integers, ``valid (N, P)`` ->
+    ``(N, H * W)`` float32 of 0 and 1. A scatter of maxima: no data-dependent shapes, no host sync."""
+    h, w = size
+    offsets = _disk_offsets(radius, points.device)  # (K, 2)
+    centre = torch.trunc(points).long()  # Python's int(), as the official code
+    ys = centre[..., 1, None] + offsets[:, 0]  # (N, P, K)
+    xs = centre[..., 0, None] + offsets[:, 1]
+    inside = valid[..., None] & (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    index = torch.where(inside, ys * w + xs, 0).flatten(1)
+    out = torch.zeros(points.shape[0], h * w, device=points.device)
+    return out.scatter_reduce_(1, index, inside.flatten(1).float(), reduce="amax")
+
+
+def render_pose_disks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """PG2's sparse 'Solid' pose maps: one binary disk per visible joint, on the keypoints' device.
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
+        size: ``(H, W)`` of the maps.
+        radius: disk radius in pixels (PG2: 4 at 128x64 and 256x256).
+        dtype: output dtype.
+
+    Returns:
+        ``(B, 18, H, W)`` of 0 and 1: channel ``j`` is 1 at the pixels ``(trunc(y) + i, trunc(x) + k)`` with
+        ``i^2 + k^2 <= radius^2`` inside the image; all zero for an invisible joint.
+    """
+    _check_keypoints(keypoints)
+    h, w = int(size[0]), int(size[1])
+    b = keypoints.shape[0]
+    kp = keypoints.to(torch.float64).reshape(b * NUM_KEYPOINTS, 1, 2)
+    maps = _stamp_disks(kp, _visible(kp), (h, w), int(radius))
+    return maps.reshape(b, NUM_KEYPOINTS, h, w).to(dtype)
+
+
+def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, module docstring), on the keypoints' device.
+
+    Along each limb of ``PG2_MASK_LIMBS`` whose two joints are visible, disks of ``radius`` (as
+    ``render_pose_disks``) at both joints and at ``a + (b - a) * i / n`` for ``i = 1 .. n - 1``,
+    ``n = int(|b - a| / radius)`` (none when ``n <= 1``); then a 5x5 square dilation followed by a 5x5 square
+    erosion (pixels outside the image ignored, which is what the official reflect padding amounts to for a 5x5
+    square).
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
+        size: ``(H, W)``.
+        radius: disk radius in pixels (PG2: 4).
+
+    Returns:
+        ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
+    """
+    _check_keypoints(keypoints)
+    h, w = int(size[0]), int(size[1])
+    radius = int(radius)
+    kp = keypoints.to(torch.float64)
+    vis = _visible(kp)
+    limb_a = torch.tensor([a for a, _ in PG2_MASK_LIMBS], device=kp.device)
+    limb_b = torch.tensor([b for _, b in PG2_MASK_LIMBS], device=kp.device)
+    a, b = kp[:, limb_a], kp[:, limb_b]  # (B, L, 2)
+    usable = vis[:, limb_a] & vis[:, limb_b]  # (B, L)
+    n = torch.floor(torch.sqrt(((a - b) ** 2).sum(-1)) / radius).long()  # (B, L)
+    n = torch.where(usable, n, 0)
+    samples = max(int(n.max()) if n.numel() else 0, 2)  # one host sync: the longest limb's sample count
+    i = torch.arange(samples, device=kp.device, dtype=torch.float64)  # (S,)
+    # the official r0 + (r1 - r0) * i / n, in this order of operations (float64, as Python's floats)
+    between = a[:, :, None] + (b - a)[:, :, None] * i[:, None] / n.clamp_min(1)[..., None, None].double()
+    between_ok = usable[..., None] & (i >= 1) & (i < n[..., None]) & (n[..., None] > 1)  # (B, L, S)
+    points = torch.cat([a[:, :, None], b[:, :, None], between], dim=2).flatten(1, 2)  # (B, L * (S + 2), 2)
+    valid = torch.cat([usable[..., None], usable[..., None], between_ok], dim=2).flatten(1, 2)
+    dense = _stamp_disks(points, valid, (h, w), radius).reshape(-1, 1, h, w)
+    closed = F.max_pool2d(dense, 5, stride=1, padding=2)  # dilation; max-pool pads with -inf
+    closed = -F.max_pool2d(-closed, 5, stride=1, padding=2)  # erosion
+    return closed.to(dtype)
+
+
+def _reference_pose_disks(keypoints: np.ndarray, size: tuple[int, int], radius: int) -> np.ndarray:
+    """Slow, obvious ``render_pose_disks``: the official ``_getSparseKeypoint`` loops. ``(B, 18, H, W)`` float64."""
+    out = np.zeros((len(keypoints), NUM_KEYPOINTS, *size))
+    for i, person in enumerate(np.asarray(keypoints, np.float64)):
+        for j, (x, y) in enumerate(person):
+            if x == MISSING and y == MISSING:
+                continue
+            _reference_disk(out[i, j], y, x, radius)
+    return out
+
+
+def _reference_disk(plane: np.ndarray, r: float, c: float, radius: int) -> None:
+    r, c = int(r), int(c)
+    for i in range(-radius, radius + 1):
+        for j in range(-radius, radius + 1):
+            if math.sqrt(i * i + j * j) <= radius and 0 <= r + i < plane.shape[0] and 0 <= c + j < plane.shape[1]:
+                plane[r + i, c + j] = 1.0
+
+
+def _reference_pg2_masks(keypoints: np.ndarray, size: tuple[int, int], radius: int) -> np.ndarray:
+    """Slow, obvious ``render_pg2_masks``: the official ``_getPoseMask`` loops, then a closing by explicit 5x5
+    minima and maxima over the pixels inside the image. ``(B, 1, H, W)`` float64."""
+    h, w = size
+    out = np.zeros((len(keypoints), 1, h, w))
+    for k, person in enumerate(np.asarray(keypoints, np.float64)):
+        dense = np.zeros((h, w))
+        for ja, jb in PG2_MASK_LIMBS:
+            (c0, r0), (c1, r1) = person[ja], person[jb]
+            if (c0 == MISSING and r0 == MISSING) or (c1 == MISSING and r1 == MISSING):
+                continue
+            _reference_disk(dense, r0, c0, radius)
+            _reference_disk(dense, r1, c1, radius)
+            n = int(math.sqrt((r0 - r1) ** 2 + (c0 - c1) ** 2) / radius)
+            for i in range(1, n if n > 1 else 1):
+                _reference_disk(dense, r0 + (r1 - r0) * i / n, c0 + (c1 - c0) * i / n, radius)
+        for window in (np.max, np.min):  # dilation, then erosion
+            dense = np.array([[window(dense[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]) for x in range(w)]
+                              for y in range(h)])
+        out[k, 0] = dense
+    return out
 
 
 def _reference_pose_maps(keypoints: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:

@@ -68,7 +68,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from pgpig import models
-from pgpig.data import PairDataset, make_loader, render_pose_maps, start_epoch
+from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
 from pgpig.models.objective import Objective, StepBatch
@@ -93,6 +93,9 @@ class TrainConfig:
     """Continue the run in ``run_dir`` from its last checkpoint instead of starting fresh."""
     model: str = "patn"
     """Generator name in the ``pgpig.models`` registry."""
+    stage: int = 1
+    """Training stage of a multi-stage generator (PG2: 1 = G1 alone, 2 = G2 and its discriminator with G1 fixed,
+    started from stage 1's weights with ``init_weights``); single-stage generators have only stage 1."""
     init_weights: Path | None = None
     """Generator weights to start a new run from (a ``generator.safetensors`` of an earlier run, e.g. PG2's stage 1
     for its stage 2): every tensor in the file must exist in the generator with the same shape; generator tensors
@@ -111,6 +114,13 @@ class TrainConfig:
     """Columns cut from each side of the stored images: 40 turns DeepFashion 256x256 into PATN's 256x176."""
     sigma: float = 6.0
     """Standard deviation in pixels of the Gaussian pose maps (PATN: 6)."""
+    pose_encoding: str = "gaussian"
+    """Pose maps fed to the generator: ``gaussian`` (PATN's, ``sigma``) or ``disk`` (PG2's binary disks of
+    ``pose_radius``, the official ``_getSparsePose`` 'Solid' maps)."""
+    pose_radius: int = 4
+    """Radius in pixels of the ``disk`` pose maps (PG2: 4 on both data sets)."""
+    mask_radius: int = 4
+    """Radius in pixels of the disks along the limbs of PG2's pose mask, which weights its L1 (official: 4)."""
     flip: bool = False
     """Mirror pairs at random (PATN trains with ``--no_flip``, so off in the paper recipes)."""
     batch_size: int = 32
@@ -217,6 +227,27 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise TrainError(f"config field {name!r}: {value!r} is not a {getattr(hint, '__name__', hint)}")
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with pgpig (``pgpig/workflows/``, which the repository's ``workflows/`` links to) by
+    name: ``market1501/patn``, ``demo``, ..."""
+    import importlib.resources
+
+    root = Path(str(importlib.resources.files("pgpig") / "workflows"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe argument as a file: an existing path as it is, else the shipped recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = str(recipe).removesuffix(".yaml").removeprefix("workflows/")
+    if name in shipped:
+        return shipped[name]
+    raise TrainError(f"{recipe}: no such recipe file, nor a shipped recipe; shipped: {', '.join(shipped)}")
+
+
 def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A ``TrainConfig`` from a recipe YAML (optional) with ``overrides`` on top; unknown keys are a ``TrainError``."""
     values: dict[str, Any] = {}
@@ -245,12 +276,14 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
 def check_config(cfg: TrainConfig) -> None:
     """``TrainError`` for values outside their allowed sets or ranges."""
     choices = {"amp": ("none", "bf16", "fp16"), "gan_kind": ("lsgan", "vanilla", "hinge"),
-               "norm": ("instance", "batch"), "lr_policy": ("constant", "linear")}
+               "norm": ("instance", "batch"), "lr_policy": ("constant", "linear"),
+               "pose_encoding": ("gaussian", "disk")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise TrainError(f"config field {name!r} is {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}")
     for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "ngf",
-                 "n_blocks", "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs"):
+                 "n_blocks", "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs", "stage", "pose_radius",
+                 "mask_radius"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
     if cfg.pool_size < 0:
@@ -314,7 +347,10 @@ def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
 
 def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The pose maps ``(B, 18, H, W)`` a run of ``cfg`` feeds its generator, from ``(B, 18, 2)`` keypoints, on their
-    device (training, validation and ``pgpig generate`` all render them here)."""
+    device (training, validation and ``pgpig generate`` all render them here): Gaussians of ``sigma``, or PG2's
+    binary disks of ``pose_radius`` (``pose_encoding``), in ``[0, 1]``."""
+    if cfg.pose_encoding == "disk":
+        return render_pose_disks(keypoints, size, cfg.pose_radius)
     return render_pose_maps(keypoints, size, cfg.sigma)
 
 
@@ -589,6 +625,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     check_config(cfg)
     if cfg.resume and cfg.run_dir is None:
         raise TrainError("resume needs the run folder: pass --resume RUN_DIR")
+    if cfg.stage > 1 and cfg.init_weights is None and not cfg.resume:
+        raise TrainError(f"stage {cfg.stage} starts from the weights of stage {cfg.stage - 1}: pass --init-weights "
+                         f"RUN (the folder of the stage-{cfg.stage - 1} run, or its generator.safetensors)")
     rank, local_rank, world = _distributed()
     device = resolve_device(cfg.device)
     if world > 1:

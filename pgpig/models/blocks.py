@@ -1,7 +1,8 @@
-"""Blocks shared by several generators and discriminators: the normalisation factory and the ResNet-style
-encoder stem (7x7 convolution, then stride-2 convolutions) of the pix2pix/CycleGAN family.
+"""Blocks shared by several generators and discriminators: the normalisation factory, the ResNet-style encoder
+stem (7x7 convolution, then stride-2 convolutions) and its mirror decoder of the pix2pix/CycleGAN family, the
+two-conv block of the PAT and Xing blocks, and the official ``init_weights(init_type="normal")``.
 
-Both return plain modules or flat lists of them, so a model can put them in one ``nn.Sequential`` and keep the
+They return plain modules or flat lists of them, so a model can put them in one ``nn.Sequential`` and keep the
 official code's state-dict indices (``stream1_down.1.weight`` ...).
 """
 
@@ -13,7 +14,8 @@ from torch import nn
 
 from pgpig.errors import TrainError
 
-__all__ = ["NORMS", "encoder_layers", "norm_layer", "norm_uses_bias"]
+__all__ = ["NORMS", "conv_pair", "decoder_layers", "encoder_layers", "init_official_normal", "norm_layer",
+           "norm_uses_bias"]
 
 NORMS = ("instance", "batch")
 
@@ -79,3 +81,32 @@ def conv_pair(
     if final_norm:
         layers.append(make_norm(out_channels))
     return nn.Sequential(*layers)
+
+
+def decoder_layers(ngf: int, n_upsampling: int, norm: str, out_channels: int) -> list[nn.Module]:
+    """``n_upsampling`` stride-2 3x3 transposed convs halving the width, each followed by norm and ReLU, then
+    reflection-pad + 7x7 conv to ``out_channels`` and tanh: ``(B, ngf * 2**n, h, w) -> (B, out_channels, h * 2**n,
+    w * 2**n)`` in ``[-1, 1]``, the mirror of ``encoder_layers``.
+
+    A flat list: transposed convs at indices 0, 3, ..., norms at 1, 4, ..., the last conv at ``3 * n + 1``.
+    """
+    make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
+    layers: list[nn.Module] = []
+    for i in range(n_upsampling):
+        width = ngf * 2 ** (n_upsampling - i)
+        layers += [
+            nn.ConvTranspose2d(width, width // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+            make_norm(width // 2),
+            nn.ReLU(inplace=True),
+        ]
+    return layers + [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh()]
+
+
+def init_official_normal(module: nn.Module) -> None:
+    """The pix2pix code's ``init_weights(init_type="normal")`` for ``Module.apply``: conv and transposed-conv weights
+    ``N(0, 0.02)``, batch-norm weights ``N(1, 0.02)`` and biases 0; conv biases and other parameters keep theirs."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from pgpig.models import register
-from pgpig.models.blocks import conv_pair, encoder_layers, norm_layer, norm_uses_bias
+from pgpig.models.blocks import conv_pair, decoder_layers, encoder_layers, init_official_normal
 
 __all__ = ["PAPER_SETTINGS", "PATBlock", "PATN"]
 
@@ -94,18 +94,8 @@ class PATN(nn.Module):
     ) -> None:
         super().__init__()
         self.n_downsampling = n_downsampling
-        make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
         dim = ngf * 2**n_downsampling
-
-        up: list[nn.Module] = []
-        for i in range(n_downsampling):
-            width = dim // 2**i
-            up += [
-                nn.ConvTranspose2d(width, width // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                make_norm(width // 2),
-                nn.ReLU(inplace=True),
-            ]
-        up += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, image_channels, kernel_size=7), nn.Tanh()]
+        up = decoder_layers(ngf, n_downsampling, norm, image_channels)  # built first: conv biases draw in this order
 
         # A ModuleDict named ``model`` gives the official key names (``model.stream1_down.1.weight``, ...).
         self.model = nn.ModuleDict(
@@ -116,7 +106,7 @@ class PATN(nn.Module):
                 "stream1_up": nn.Sequential(*up),
             }
         )
-        self.apply(_init_official_normal)
+        self.apply(init_official_normal)
 
     def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)``, ``(B, 18, H, W)``, ``(B, 18, H, W)`` -> ``(B, 3, H, W)`` in ``[-1, 1]``."""
@@ -126,10 +116,3 @@ class PATN(nn.Module):
             x1, x2 = block(x1, x2)
         return self.model["stream1_up"](x1)
 
-
-def _init_official_normal(module: nn.Module) -> None:
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)

@@ -7,12 +7,18 @@ import pytest
 import torch
 
 from pgpig.data import (
+    PG2_MASK_LIMBS,
     PairDataset,
+    _reference_disk,
     _reference_limb_masks,
+    _reference_pg2_masks,
+    _reference_pose_disks,
     _reference_pose_maps,
     crop_width,
     make_loader,
     render_limb_masks,
+    render_pg2_masks,
+    render_pose_disks,
     render_pose_maps,
     start_epoch,
 )
@@ -78,6 +84,54 @@ def test_limb_masks_match_the_slow_reference_and_cover_limb_midpoints():
             mx, my = np.rint((xy[b, ja] + xy[b, jb]) / 2).astype(int)
             if 0 <= mx < size[1] and 0 <= my < size[0]:
                 assert mask[b, 0, my, mx] == 1, (b, ja, jb)
+
+
+def test_pg2_pose_disks_match_the_slow_reference():
+    """The official ``_getSparsePose(radius=4, mode='Solid')``: a binary disk per visible joint around ``int(x, y)``."""
+    rng = np.random.default_rng(2)
+    size = (26, 19)
+    xy = random_keypoints(rng, 3, size)
+    xy[0, J["nose"]] = (4, 7)
+    xy[1, J["neck"]] = (0.7, 25.9)  # truncated to (0, 25): the disk is cut by the image border
+    disks = render_pose_disks(torch.from_numpy(xy), size, radius=4)
+    assert disks.shape == (3, 18, 26, 19) and disks.dtype == torch.float32
+    np.testing.assert_array_equal(disks.numpy(), _reference_pose_disks(xy, size, 4))
+    assert disks[0, J["nose"]].sum() == 49  # the radius-4 'Solid' disk has 49 pixels
+    assert disks[0, J["nose"], 7, 4] == 1 and disks[0, J["nose"], 7, 8] == 1 and disks[0, J["nose"], 7, 9] == 0
+    assert disks[1, J["neck"], 25, 0] == 1
+    hidden = torch.from_numpy((xy == -1).all(-1))
+    assert hidden.any() and (disks[hidden] == 0).all()
+    assert render_pose_disks(torch.from_numpy(xy), size, 4, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_pg2_masks_match_the_slow_reference_and_skimage():
+    """The official ``_getPoseMask(radius=4)``: disks along 23 limbs, closed by skimage's 5x5 dilation + erosion."""
+    rng = np.random.default_rng(3)
+    size = (48, 33)
+    xy = random_keypoints(rng, 4, size, hidden=0.25)
+    xy[1] = np.round(xy[1])  # integer keypoints, as the official OpenPose peaks
+    xy[3] = -1  # nobody visible: an empty mask
+    mask = render_pg2_masks(torch.from_numpy(xy), size, radius=4)
+    assert mask.shape == (4, 1, 48, 33)
+    reference = _reference_pg2_masks(xy, size, 4)
+    np.testing.assert_array_equal(mask.numpy(), reference)
+    assert mask[3].sum() == 0 and all(mask[b].sum() > 0 for b in range(3))
+    # the reference's closing is skimage's, the library the official conversion calls
+    morphology = pytest.importorskip("skimage.morphology")
+    square = np.ones((5, 5), bool)
+    for b in range(3):
+        dense = np.zeros(size)
+        for ja, jb in PG2_MASK_LIMBS:
+            (c0, r0), (c1, r1) = xy[b, ja].astype(np.float64), xy[b, jb].astype(np.float64)
+            if (xy[b, ja] == -1).all() or (xy[b, jb] == -1).all():
+                continue
+            n = int(np.sqrt((r0 - r1) ** 2 + (c0 - c1) ** 2) / 4)
+            for r, c in [(r0, c0), (r1, c1)] + [(r0 + (r1 - r0) * i / n, c0 + (c1 - c0) * i / n) for i in range(1, n)]:
+                _reference_disk(dense, r, c, 4)
+        closed = morphology.erosion(morphology.dilation(dense, square), square)
+        np.testing.assert_array_equal(mask[b, 0].numpy(), closed)
+    # not the thick-segment mask: PG2's limb list and closing differ from render_limb_masks
+    assert not torch.equal(mask, render_limb_masks(torch.from_numpy(xy), size, width=9.0))
 
 
 # ---------------------------------------------------------------------------------------------------- crop
