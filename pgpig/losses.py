@@ -51,6 +51,7 @@ from torch import nn
 from torchvision.models.vgg import VGG19_Weights, cfgs, make_layers
 
 from pgpig.errors import TrainError
+from pgpig.weights import read_state_dict
 
 __all__ = [
     "GFLA_PERCEPTUAL_LAYERS",
@@ -107,21 +108,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pth`` or ``.safetensors`` file, refusing anything but tensors."""
     if not path.is_file():
         raise TrainError(f"VGG-19 weights {path} not found: {_WEIGHTS_HELP}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refusals, corrupt files and format errors alike
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(f"cannot read VGG-19 weights {path} as a state dict of tensors ({reason}): "
-                         f"{_WEIGHTS_HELP}") from error
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise TrainError(f"VGG-19 weights {path} are not a state dict of tensors: {_WEIGHTS_HELP}")
-    return state
+    return read_state_dict(path, "VGG-19", _WEIGHTS_HELP)
 
 
 def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:

@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgpig.errors import TrainError
+from pgpig.weights import read_state_dict
 from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
 
 __all__ = [
@@ -239,25 +240,6 @@ def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- weights
 
 
-def _read_tensors(path: Path, what: str, help_text: str) -> dict[str, torch.Tensor]:
-    """A ``.pth`` (``weights_only=True``) or ``.safetensors`` state dict of tensors, or a one-line ``TrainError``."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refusals, corrupt files and format errors alike
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(f"cannot read {what} weights {path} as a state dict of tensors ({reason}): {help_text}") \
-            from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise TrainError(f"{what} weights {path} are not a state dict of tensors: {help_text}")
-    return state
-
-
 def _find_weights(url: str, weights_dir: str | Path | None, what: str) -> dict[str, torch.Tensor]:
     """The state dict named by ``url``'s file: ``weights_dir/<file>`` (or ``.safetensors``), torch hub's cache, or
     downloaded into the cache (hash-checked); ``WeightsUnavailable`` naming the file and where to put it."""
@@ -267,9 +249,9 @@ def _find_weights(url: str, weights_dir: str | Path | None, what: str) -> dict[s
     if weights_dir is not None:
         for candidate in (Path(weights_dir) / name, (Path(weights_dir) / name).with_suffix(".safetensors")):
             if candidate.is_file():
-                return _read_tensors(candidate, what, help_text)
+                return read_state_dict(candidate, what, help_text)
     if cache.is_file():
-        return _read_tensors(cache, what, help_text)
+        return read_state_dict(cache, what, help_text)
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
                                                   weights_only=True)
@@ -352,7 +334,7 @@ def _lpips_lin_weights(net: str) -> list[torch.Tensor]:
     """LPIPS v0.1 linear layers as shipped in torchmetrics (``lin{k}.model.1.weight``, shape ``(1, C, 1, 1)``)."""
     resource = importlib.resources.files("torchmetrics.functional.image") / "lpips_models" / f"{net}.pth"
     with importlib.resources.as_file(resource) as path:
-        state = _read_tensors(Path(path), f"LPIPS {net} linear-layer",
+        state = read_state_dict(Path(path), f"LPIPS {net} linear-layer",
                               "reinstall torchmetrics, which ships them (torchmetrics/functional/image/lpips_models)")
     return [state[f"lin{k}.model.1.weight"] for k in range(len(_LPIPS_NETS[net][1]))]
 
