@@ -146,7 +146,11 @@ def _library_versions() -> dict:
 
 
 def _worker_device(device: str) -> str:
-    """Pin each local-cluster worker to its own GPU: worker ``k`` of a LocalCluster gets ``cuda:k % n``."""
+    """Pin each Dask worker to its own GPU: a worker whose name ends in ``k`` gets ``cuda:k % n``.
+
+    LocalCluster names its workers 0, 1, ...; dask-jobqueue with several processes per job names them
+    ``<job>-<k>``; a worker started by hand under ``CUDA_VISIBLE_DEVICES=i`` sees one GPU, so any name maps it to
+    that GPU (``workflows/cluster/``). A name without a trailing number, or no worker at all, gets ``cuda:0``."""
     if device != "auto":
         return device
     import torch
@@ -156,8 +160,8 @@ def _worker_device(device: str) -> str:
     try:
         from distributed import get_worker
 
-        name = get_worker().name
-        index = int(name) if isinstance(name, int) or str(name).isdigit() else 0
+        match = re.search(r"(\d+)$", str(get_worker().name))
+        index = int(match.group(1)) if match else 0
     except (ImportError, ValueError):
         index = 0
     return f"cuda:{index % torch.cuda.device_count()}"

@@ -1,0 +1,258 @@
+"""``pgpig-data demo``: the whole product on what ships with the installed packages, in a few CPU minutes.
+
+Steps, each one the command a user would type (printed, then run as a subprocess of this Python, timed):
+
+1. ``photos``: the real photos that ``ultralytics`` ships (``assets/bus.jpg``, ``assets/zidane.jpg``) become a
+   small Market-1501-style tree: every person the embedded YOLO-pose model finds is cut out (its box with a
+   margin), and each cut-out is written four ways — as is, mirrored, zoomed in and zoomed out — at 128x64 as
+   one identity with four "camera" images (``bounding_box_train/PPPP_cCs1_000001_00.jpg``).
+2. ``pgpig-data synth``: a mannequin set in the Market-1501 layout with exact keypoints (the data the trainer
+   learns from: the real photos are too few).
+3. ``pgpig-data extract`` on the photos with the embedded model; keypoint overlays of every photo image
+   (``overlays/*.png``, drawn from the keypoints table, the way a user checks an extraction).
+4. ``pgpig-data extract --annotations`` on the mannequins (their exact keypoints, no model run).
+5. ``pgpig-data pair`` for train and test → ``shards/``.
+6. ``pgpig train`` of PATN with ``workflows/demo.yaml`` (installed with the package) on the CPU, or
+   the GPU when there is one.
+7. ``pgpig generate``: a test mannequin in the pose of another of its test images, with a grid.
+8. ``pgpig eval`` of the first 100 test pairs, its table printed (LPIPS and FID are skipped offline: their
+   ImageNet weights cannot be downloaded).
+
+Decisions:
+
+- Offline first: nothing is downloaded. The demo recipe trains without the VGG-19 perceptual loss
+  (``lambda_perceptual: 0``), because ImageNet weights cannot be fetched offline; the paper recipes need them
+  (``--set vgg_weights=PATH``).
+- Subprocesses, not in-process calls: what runs is exactly what the printed command line does, and a failure
+  shows the command's own one-line error. The console scripts may not be on ``PATH`` (``python -m pip install
+  --user``), so the commands run as ``python -m pipeline.cli`` / ``python -m pgpig.cli``.
+- ``DIR`` must be new or empty unless ``--overwrite``; everything the demo writes is under it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+__all__ = ["DemoConfig", "photo_tree", "run_demo"]
+
+PHOTOS = ("bus.jpg", "zidane.jpg")
+"""The real photos of ``ultralytics/assets`` the demo builds its photo tree from."""
+
+_PROGRESS = re.compile(r"\d+%\|")
+"""A tqdm progress-bar frame."""
+
+EVAL_PAIRS = 100
+"""Test pairs the demo scores (PCKh runs the pose model on every generated and baseline image: ~5 pairs/s on
+2 CPU cores)."""
+
+CUT_SIZE = (128, 64)
+"""Market-1501's image size, ``(H, W)``, which every cut-out is stretched to."""
+
+
+@dataclass
+class DemoConfig:
+    out: Path
+    """Folder the demo writes everything into."""
+    steps: int = 300
+    """Training steps of the PATN run."""
+    identities: int = 40
+    """Mannequin identities (half train, half test)."""
+    device: str = "auto"
+    """Device of extraction and training: ``auto``, ``cpu``, ``cuda``."""
+    overwrite: bool = False
+    """Replace the contents of an existing, non-empty ``out``."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step, filled by ``run_demo``."""
+
+
+def ultralytics_assets() -> Path:
+    """The folder of photos the installed ``ultralytics`` ships."""
+    try:
+        folder = Path(str(importlib.resources.files("ultralytics") / "assets"))
+    except ModuleNotFoundError:
+        raise PipelineError("the ultralytics package is not installed; `python -m pip install .` installs it") \
+            from None
+    missing = [name for name in PHOTOS if not (folder / name).is_file()]
+    if missing:
+        raise PipelineError(f"{folder}: the photos {', '.join(missing)} are missing from the ultralytics install")
+    return folder
+
+
+def _cut(image: np.ndarray, box: np.ndarray, zoom: float) -> np.ndarray:
+    """The person's box widened to Market's 1:2 aspect, scaled by ``1 / zoom`` about its centre (``zoom`` > 1 cuts
+    closer), padded with grey where it leaves the photo, stretched to ``CUT_SIZE``."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h = max(y2 - y1, 2 * (x2 - x1)) * 1.1 / zoom  # a 10% margin around the person
+    w = h / 2
+    left, top = round(cx - w / 2), round(cy - h / 2)
+    right, bottom = left + max(2, round(w)), top + max(2, round(h))
+    pad = max(0, -left, -top, right - image.shape[1], bottom - image.shape[0])
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(114, 114, 114)) if pad \
+        else image
+    crop = padded[top + pad:bottom + pad, left + pad:right + pad]
+    return cv2.resize(crop, (CUT_SIZE[1], CUT_SIZE[0]), interpolation=cv2.INTER_AREA)
+
+
+def photo_tree(out: Path, device: str = "auto", log: Callable[[str], None] = print) -> dict[str, int]:
+    """Write the Market-1501-style tree of the shipped photos' persons into ``out``; returns counts.
+
+    Persons are found with the embedded YOLO-pose model at 640 px (the photos are full frames); boxes under 64 px
+    tall are left out (too small to become a 128x64 image)."""
+    from pipeline.pose.reference import UltralyticsBackend
+
+    assets = ultralytics_assets()
+    backend = UltralyticsBackend(imgsz=640, device=device, batch_size=1)
+    folder = out / "bounding_box_train"
+    folder.mkdir(parents=True, exist_ok=True)
+    variants = {1: lambda im, b: _cut(im, b, 1.0), 2: lambda im, b: _cut(im, b, 1.0)[:, ::-1],
+                3: lambda im, b: _cut(im, b, 1.25), 4: lambda im, b: _cut(im, b, 0.8)}
+    person = 0
+    for name in PHOTOS:
+        image = cv2.imread(str(assets / name))
+        if image is None:
+            raise PipelineError(f"{assets / name}: cannot decode the shipped photo")
+        found = backend.predict([image])[0]
+        for box in found.boxes:
+            if box[3] - box[1] < 64:
+                continue
+            person += 1
+            for camera, make in variants.items():
+                cv2.imwrite(str(folder / f"{person:04d}_c{camera}s1_000001_00.jpg"), make(image, box),
+                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+        log(f"  {name}: {len(found)} persons found")
+    if person == 0:
+        raise PipelineError(f"no person found in the shipped photos of {assets}")
+    return {"persons": person, "images": 4 * person}
+
+
+def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[Path]:
+    """One PNG per ``ok`` row of a keypoints table: the image beside itself with the skeleton drawn (``scale``x)."""
+    from pipeline.extract import read_keypoints
+    from pipeline.overlay import draw_skeleton
+    from schemas.files import atomic_path, safe_join
+    from schemas.tables import keypoints_to_numpy
+
+    table = read_keypoints(keypoints_dir, ["image", "status", "keypoints"])
+    xy_all = keypoints_to_numpy(table["keypoints"])
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for relpath, status, xy in zip(table["image"].to_pylist(), table["status"].to_pylist(), xy_all, strict=True):
+        if status != "ok":
+            continue
+        image = cv2.imread(str(safe_join(raw, relpath, "image")))
+        big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        scaled = np.where(xy >= 0, xy * scale + (scale - 1) / 2, -1)  # pixel centres move with the scale
+        tile = np.concatenate([big, np.full((big.shape[0], 4, 3), 255, np.uint8), draw_skeleton(big, scaled)], 1)
+        path = out / f"{Path(relpath).stem}.png"
+        with atomic_path(path) as tmp:
+            cv2.imwrite(str(tmp.with_suffix(".png")), tile)
+            tmp.with_suffix(".png").replace(tmp)
+        written.append(path)
+    return written
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Run every step of the demo into ``cfg.out``; returns the paths worth looking at."""
+    out = cfg.out
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise PipelineError(f"{out} is not empty; pass --overwrite to replace it, or another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    data, trainer = [py, "-m", "pipeline.cli"], [py, "-m", "pgpig.cli"]
+    shown = {tuple(data): "pgpig-data", tuple(trainer): "pgpig"}
+    steps: list[tuple[str, Callable[[], None]]] = []
+
+    def command(title: str, args: list[str] | Callable[[], list[str]], tool: list[str]) -> None:
+        """Queue ``tool args`` (``args`` may be computed when the step runs, from earlier steps' files)."""
+
+        def run() -> None:
+            argv = args() if callable(args) else args
+            log(f"$ {shown[tuple(tool)]} {shlex.join(argv)}")
+            done = subprocess.run([*tool, *argv], cwd=out, text=True, capture_output=True)
+            # the command's summary, without progress-bar frames and blank lines
+            lines = [line for line in (done.stdout + done.stderr).splitlines()
+                     if line.strip() and not _PROGRESS.search(line)]
+            for line in lines[-4:]:
+                log(f"  {line}")
+            if done.returncode:
+                raise PipelineError(f"demo step '{title}' failed (exit {done.returncode}); the command above "
+                                    f"shows why; rerun it by hand in {out} to see all of its output")
+
+        steps.append((title, run))
+
+    def photos() -> None:
+        counts = photo_tree(out / "photos", cfg.device, log)
+        log(f"  photos/: {counts['images']} images of {counts['persons']} persons (as is, mirrored, zoomed in, "
+            "zoomed out)")
+
+    steps.append(("photos", photos))
+    command("extract photos", ["extract", "photos", "--out", "photos-keypoints", "--run-file",
+                               "photos-extract.json", "--device", cfg.device, "--quiet"], data)
+
+    def draw() -> None:
+        written = overlays(out / "photos", out / "photos-keypoints", out / "overlays")
+        log(f"  overlays/: {len(written)} keypoint overlays of the photos")
+
+    steps.append(("overlays", draw))
+    command("synth mannequins", ["synth", "mannequins", "--identities", str(cfg.identities),
+                                 "--poses-per-identity", "6", "--quiet"], data)
+    command("extract mannequins", ["extract", "mannequins", "--annotations",
+                                   "mannequins/market-annotation-train.csv", "--annotations",
+                                   "mannequins/market-annotation-test.csv", "--quiet"], data)
+    command("pair train", ["pair", "--split", "train"], data)
+    command("pair test", ["pair", "--split", "test"], data)
+    command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
+                           "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], trainer)
+
+    def pick_test_pair() -> list[str]:
+        """Two test images of one mannequin: the source, and the target whose pose (and look) the grid shows."""
+        files = sorted((out / "mannequins" / "bounding_box_test").glob("*.jpg"))
+        by_identity: dict[str, list[Path]] = {}
+        for f in files:
+            by_identity.setdefault(f.name[:4], []).append(f)
+        same = next((v for v in by_identity.values() if len(v) > 1), None)
+        if same is None:
+            raise PipelineError(f"{out / 'mannequins'}: no test identity with two images")
+        return ["--source", str(same[0].relative_to(out)), "--target-pose", str(same[1].relative_to(out))]
+
+    command("generate", lambda: ["generate", "--run", "run", *pick_test_pair(), "--out", "generated.png", "--grid",
+                                 "--device", cfg.device], trainer)
+    command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--max-pairs",
+                     str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], trainer)
+
+    def table() -> None:
+        for line in (out / "run" / "eval" / "test" / "eval.md").read_text().splitlines():
+            if line.startswith("|"):
+                log(f"  {line}")
+
+    steps.append(("eval table", table))
+
+    start = time.perf_counter()
+    for i, (title, run) in enumerate(steps, 1):
+        log(f"[{i}/{len(steps)}] {title}")
+        t0 = time.perf_counter()
+        run()
+        cfg.timings[title] = time.perf_counter() - t0
+        log(f"  ({cfg.timings[title]:.1f} s)")
+    cfg.timings["total"] = time.perf_counter() - start
+    samples = sorted((out / "run" / "samples").glob("step-*.png"))
+    return {"overlays": out / "overlays", "manifest": out / "shards" / "train" / "manifest.json",
+            "samples": samples[-1] if samples else out / "run" / "samples", "generated": out / "generated.png",
+            "grid": out / "generated-grid.png", "run": out / "run"}
