@@ -126,9 +126,8 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
                "steps": steps, "batch_size": batch_size, "device": device, "amp": amp, "num_workers": workers,
                "vgg_weights": vgg_weights}
     overrides = {k: v for k, v in options.items() if v is not None}
+    overrides["progress"] = not quiet  # a display choice of this invocation, not inherited by --resume
     overrides.update(parse_set(settings))
-    if quiet:
-        overrides["progress"] = False
     if resume_dir is not None:
         if recipe is not None:
             raise TrainError(f"--resume uses {resume_dir / 'config.yaml'}; leave out --recipe")

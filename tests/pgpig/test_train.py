@@ -96,6 +96,12 @@ def test_resume_continues_exactly(shards, tmp_path):
         assert all(torch.equal(sa["pools"][name][k], sb["pools"][name][k]) for k in sa["pools"][name])
     # step 6 is in schedule epoch 4 of 4, which the official rule runs at lr 0
     assert sa["opt_g"]["param_groups"][0]["lr"] == 0.0
+    # --quiet is this invocation's: a resume without it shows the progress bar again
+    assert yaml.safe_load((split / "config.yaml").read_text())["progress"] is False
+    again = runner.invoke(main, ["train", "--resume", str(split), "--steps", "8",
+                                 *[a for a in common[2:] if a != "--quiet"]])
+    assert again.exit_code == 0, again.output
+    assert yaml.safe_load((split / "config.yaml").read_text())["progress"] is True
 
 
 def test_linear_schedule_is_the_official_lambda_rule():
