@@ -139,6 +139,19 @@ def _init_slim(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _encode(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The encoder both U-Nets share in form: ``net.stem``, then each of ``net.encoder``'s levels, with a stride-2
+    ``net.down`` conv between levels; returns the deepest features and every level's output (the skips)."""
+    x = net.stem(x)
+    skips = []
+    for i, block in enumerate(net.encoder):
+        x = block(x)
+        skips.append(x)
+        if i < len(net.down):
+            x = net.down[i](x)
+    return x, skips
+
+
 class PG2Stage1(nn.Module):
     """G1: ``(B, 3 + 18, H, W)`` (source, target pose in {-1, 1}) -> coarse ``(B, 3, H, W)``, unbounded."""
 
@@ -162,13 +175,7 @@ class PG2Stage1(nn.Module):
         self.apply(_init_slim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x)
-            skips.append(x)
-            if i < len(self.down):
-                x = self.down[i](x)
+        x, skips = _encode(self, x)
         x = self.fc_out(self.fc_in(x.flatten(1)))
         x = x.view(-1, self.ngf, *self.bottom)
         for i, block in enumerate(self.decoder):
@@ -210,13 +217,7 @@ class PG2Stage2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = len(self.encoder)
-        x = self.stem(x)
-        skips = []
-        for i, block in enumerate(self.encoder):
-            x = block(x)
-            skips.append(x)
-            if i < len(self.down):
-                x = self.down[i](x)
+        x, skips = _encode(self, x)
         for i, block in enumerate(self.decoder):
             if self._skips(i, levels):
                 x = torch.cat((x, skips[levels - 1 - i]), dim=1)

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from generators import assert_forward_backward
 
 from pgpig.errors import TrainError
 from pgpig.models import available, create, register
@@ -68,14 +69,7 @@ def test_official_weights_reproduce_the_official_outputs(shared_reference):
 def test_generator_forward_backward_shapes_and_gradients(norm, size):
     torch.manual_seed(0)
     model = create("patn", ngf=4, n_blocks=2, norm=norm).train()
-    image = torch.rand(2, 3, *size) * 2 - 1
-    source_pose, target_pose = torch.rand(2, 18, *size), torch.rand(2, 18, *size)
-    out = model(image, source_pose, target_pose)
-    assert out.shape == (2, 3, *size)
-    assert out.abs().max() <= 1
-    out.square().mean().backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_forward_backward(model, size)
 
 
 def test_dropout_zero_keeps_the_official_key_names():

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from generators import assert_forward_backward
 from learning import learn, learning_shards
 from PIL import Image
 from safetensors.torch import load_file
@@ -134,14 +135,7 @@ def test_generator_forward_backward_shapes_and_gradients(norm, size):
     torch.manual_seed(0)
     model = create("xinggan", ngf=4, n_blocks=2, norm=norm).train()
     _open_gates(model)
-    image = torch.rand(2, 3, *size) * 2 - 1
-    source_pose, target_pose = torch.rand(2, 18, *size), torch.rand(2, 18, *size)
-    out = model(image, source_pose, target_pose)
-    assert out.shape == (2, 3, *size)
-    assert out.abs().max() <= 1
-    out.square().mean().backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_forward_backward(model, size)
 
 
 def test_fusion_weighs_the_20_intermediate_images_and_the_source():
