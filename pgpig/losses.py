@@ -51,7 +51,7 @@ from torch import nn
 from torchvision.models.vgg import VGG19_Weights, cfgs, make_layers
 
 from pgpig.errors import TrainError
-from pgpig.weights import read_state_dict
+from pgpig.weights import download_state_dict, read_state_dict
 
 __all__ = [
     "GFLA_PERCEPTUAL_LAYERS",
@@ -116,8 +116,7 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     if path.is_file():
         return _read_state_dict(path), path
     try:
-        state = torch.hub.load_state_dict_from_url(VGG19_Weights.IMAGENET1K_V1.url, map_location="cpu",
-                                                   progress=False, check_hash=True, weights_only=True)
+        state = download_state_dict(VGG19_Weights.IMAGENET1K_V1.url)
     except Exception as error:  # offline (URLError), proxy, hash mismatch: all mean "no weights"
         raise TrainError(f"ImageNet VGG-19 weights unavailable ({type(error).__name__}): {_WEIGHTS_HELP}, or put "
                          f"torchvision's vgg19-dcbb9e9d.pth at {path}") from error

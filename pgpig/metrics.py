@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgpig.errors import TrainError
-from pgpig.weights import read_state_dict
+from pgpig.weights import download_state_dict, read_state_dict
 from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
 
 __all__ = [
@@ -253,8 +253,7 @@ def _find_weights(url: str, weights_dir: str | Path | None, what: str) -> dict[s
     if cache.is_file():
         return read_state_dict(cache, what, help_text)
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
-                                                  weights_only=True)
+        return download_state_dict(url)
     except Exception as error:  # offline (URLError), proxy, hash mismatch: all mean "no weights"
         where = f"not in {weights_dir}, " if weights_dir is not None else ""
         raise WeightsUnavailable(f"{what} weights {name} unavailable ({where}no download: "

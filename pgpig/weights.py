@@ -3,13 +3,16 @@ safetensors), one-line errors naming the file, the reason and where the right fi
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 
 import torch
 
 from pgpig.errors import TrainError
 
-__all__ = ["read_state_dict"]
+__all__ = ["download_state_dict", "read_state_dict"]
 
 
 def read_state_dict(path: Path, what: str, help_text: str) -> dict[str, torch.Tensor]:
@@ -32,4 +35,18 @@ def read_state_dict(path: Path, what: str, help_text: str) -> dict[str, torch.Te
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise TrainError(f"{what} weights {path} are not a state dict of tensors: {help_text}")
+    return state
+
+
+def download_state_dict(url: str) -> dict[str, torch.Tensor]:
+    """``torch.hub.load_state_dict_from_url`` into torch hub's cache (hash-checked, ``weights_only=True``).
+
+    torch hub prints "Downloading: URL" on standard output before it tries; that line goes to standard error when the
+    download works and is dropped when it fails (offline), where the caller's one-line error says what to do
+    instead; standard output stays the command's own. Exceptions propagate."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                   weights_only=True)
+    sys.stderr.write(captured.getvalue())
     return state

@@ -306,3 +306,24 @@ def test_pckh_counts_known_offsets(photo_keypoints):
     assert dropped.valid.sum() == visible[1:].sum()
     per_joint = counts.per_joint()
     assert set(per_joint) >= {"nose", "neck", "r_ankle"}
+
+
+def test_torch_hubs_downloading_line_never_reaches_stdout(monkeypatch, capsys):
+    """torch hub prints "Downloading: ..." on stdout before it tries: dropped when it fails, on stderr when it works."""
+    import urllib.error
+
+    from pgpig.weights import download_state_dict
+
+    def hub(url, **_kwargs):
+        print(f'Downloading: "{url}" to cache')
+        if "fail" in url:
+            raise urllib.error.URLError("offline")
+        return {"w": torch.zeros(1)}
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", hub)
+    with pytest.raises(urllib.error.URLError):
+        download_state_dict("https://example.invalid/fail.pth")
+    assert capsys.readouterr() == ("", "")
+    assert set(download_state_dict("https://example.invalid/ok.pth")) == {"w"}
+    out, err = capsys.readouterr()
+    assert out == "" and "Downloading" in err
