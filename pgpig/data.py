@@ -56,6 +56,7 @@ __all__ = [
     "PairSampler",
     "crop_width",
     "PG2_MASK_LIMBS",
+    "close_square",
     "make_loader",
     "render_limb_masks",
     "render_pg2_masks",
@@ -235,9 +236,16 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
     points = torch.cat([a[:, :, None], b[:, :, None], between], dim=2).flatten(1, 2)  # (B, L * (S + 2), 2)
     valid = torch.cat([usable[..., None], usable[..., None], between_ok], dim=2).flatten(1, 2)
     dense = _stamp_disks(points, valid, (h, w), radius).reshape(-1, 1, h, w)
-    closed = F.max_pool2d(dense, 5, stride=1, padding=2)  # dilation; max-pool pads with -inf
-    closed = -F.max_pool2d(-closed, 5, stride=1, padding=2)  # erosion
-    return closed.to(dtype)
+    return close_square(dense, 5).to(dtype)
+
+
+def close_square(mask: torch.Tensor, side: int) -> torch.Tensor:
+    """Morphological closing of ``(B, C, H, W)`` 0/1 masks with a ``side`` x ``side`` square (odd ``side``): dilation,
+    then erosion, pixels outside the image ignored (max-pooling pads with -inf), which equals scikit-image's
+    reflected border for a max or min over a symmetric window. The PG2 and PATN body masks both end with it."""
+    pad = side // 2
+    dilated = F.max_pool2d(mask, side, stride=1, padding=pad)
+    return -F.max_pool2d(-dilated, side, stride=1, padding=pad)
 
 
 def _reference_pose_disks(keypoints: np.ndarray, size: tuple[int, int], radius: int) -> np.ndarray:

@@ -69,6 +69,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pgpig.errors import TrainError
+from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
     SSIM_SETTINGS,
     FeatureExtractor,
@@ -85,7 +86,7 @@ from pgpig.metrics import (
 )
 from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
-from schemas.keypoints import KEYPOINT_NAMES, MISSING
+from schemas.keypoints import MISSING
 
 __all__ = ["ALL_METRICS", "EvalConfig", "compare", "evaluate", "pair_file_name", "read_names"]
 
@@ -304,40 +305,6 @@ def _to_batch(arrays: Iterable[np.ndarray], device: torch.device) -> torch.Tenso
     return torch.from_numpy(np.stack(list(arrays))).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-# ---------------------------------------------------------------------------------------------------- pose
-
-
-class _BatchPoseDetector:
-    """The extractor's keypoints for batches of RGB images (``ExtractConfig`` defaults, same calls as
-    ``pipeline.extract``); the YOLO model loads on first use."""
-
-    def __init__(self, device: torch.device, model: Path | None, batch_size: int):
-        from pipeline.extract import ExtractConfig
-
-        defaults = ExtractConfig(raw=Path("."))
-        self.options = {"model": model, "imgsz": defaults.imgsz, "conf": defaults.conf,
-                        "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
-                        "batch_size": batch_size}
-        self.threshold = defaults.kpt_threshold
-
-    def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(keypoints (N, 18, 2), detected (N,) bool)`` of the dominant person of each RGB image."""
-        from pipeline.pose import cached_backend, to_openpose
-
-        try:
-            backend = cached_backend("ultralytics", **self.options)
-            detections = backend.predict([np.ascontiguousarray(im[..., ::-1]) for im in images])
-        except PipelineError as exc:
-            raise TrainError(f"pose model: {exc}") from None
-        out = np.full((len(images), len(KEYPOINT_NAMES), 2), MISSING, np.float32)
-        found = np.zeros(len(images), bool)
-        for i, det in enumerate(detections):
-            chosen, _, xy, _ = to_openpose(det, self.threshold)
-            found[i] = chosen >= 0
-            out[i] = xy
-        return out, found
-
-
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
@@ -387,7 +354,7 @@ def _networks(cfg: EvalConfig, wanted: tuple[str, ...], explicit: bool, device: 
 
 
 def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalConfig, wanted: set[str],
-                 device: torch.device, lpips_module, extractor, detector: _BatchPoseDetector | None,
+                 device: torch.device, lpips_module, extractor, detector: PoseDetector | None,
                  records: list[dict[str, Any]], names: list[str], pairs: np.ndarray) -> None:
     target = _to_batch((it["target"] for it in items), device)
     size = tuple(target.shape[-2:])
@@ -417,7 +384,7 @@ def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalCo
             row.features.update(extractor(images))
         correct = found = None
         if detector is not None:
-            predicted, found = detector([it[key] for it in items])
+            predicted, found = detector.batch([np.ascontiguousarray(it[key][..., ::-1]) for it in items])  # RGB → BGR
             counts, correct = pckh_counts(predicted, target_kp.numpy(), cfg.alpha)
             row.pckh = row.pckh + counts
             row.detected += int(found.sum())
@@ -498,8 +465,6 @@ def _generate(cfg: EvalConfig, out: Path, files: list[Path], pair_indices: list[
     import cv2
 
     from pgpig.data import PairDataset, make_loader
-    from pgpig.generate import load_generator
-
     run = load_generator(cfg.run_dir, cfg.device)
     weights = Path(cfg.run_dir) / "generator.safetensors"
     stamp = {"generator_sha256": _sha256(weights), "step": run.step, "size": list(run.size),
@@ -608,7 +573,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
     lpips_module, extractor, skipped = _networks(cfg, wanted_order, explicit, device, log)
     wanted = {m for m in wanted_order if m not in skipped}
-    detector = _BatchPoseDetector(device, cfg.pose_model, cfg.batch_size) if "pckh" in wanted else None
+    detector = PoseDetector(device, cfg.pose_model, cfg.batch_size) if "pckh" in wanted else None
 
     rows = {"model": _Row()}
     if cfg.baseline:

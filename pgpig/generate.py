@@ -49,6 +49,7 @@ from safetensors.torch import load_file
 
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
+from pgpig.models.objective import generated_image
 from pgpig.train import (
     TrainConfig,
     build_generator,
@@ -63,7 +64,7 @@ from pipeline.decode import Decoded, decode_image
 from pipeline.errors import PipelineError
 from schemas.keypoints import MISSING, NUM_KEYPOINTS
 
-__all__ = ["GeneratorRun", "generate", "load_generator", "read_pose_json"]
+__all__ = ["GeneratorRun", "PoseDetector", "generate", "load_generator", "read_pose_json"]
 
 
 @dataclass
@@ -89,10 +90,8 @@ class GeneratorRun:
     @torch.no_grad()
     def __call__(self, source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
         """Generated images ``(B, 3, H, W)`` in [-1, 1] for a batch prepared as training prepares it."""
-        generated = self.generator(source.to(self.device), self.pose_maps(source_kp), self.pose_maps(target_kp))
-        if isinstance(generated, (tuple, list)):  # generators that also return auxiliary images put the target first
-            generated = generated[0]
-        return generated
+        return generated_image(self.generator(source.to(self.device), self.pose_maps(source_kp),
+                                              self.pose_maps(target_kp)))
 
 
 def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
@@ -183,30 +182,44 @@ def read_pose_json(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None
     return xy, image_size
 
 
-class _PoseDetector:
-    """The extractor's keypoints for single images; the YOLO model is loaded on first use only."""
+class PoseDetector:
+    """The extractor's keypoints for images (``ExtractConfig`` defaults, the same calls as ``extract_partition``:
+    ``UltralyticsBackend.predict``, then ``to_openpose``); the YOLO model loads on first use only. ``pgpig generate``
+    asks for one image, ``pgpig eval`` for batches."""
 
-    def __init__(self, device: torch.device, model: str | Path | None = None):
+    def __init__(self, device: torch.device, model: str | Path | None = None, batch_size: int = 1):
         from pipeline.extract import ExtractConfig
 
         defaults = ExtractConfig(raw=Path("."))
         self.options = {"model": model, "imgsz": defaults.imgsz, "conf": defaults.conf,
-                        "device": str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
-                        "batch_size": 1}
+                        "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
+                        "batch_size": batch_size}
         self.threshold = defaults.kpt_threshold
-        self.backend = None
+
+    def _detect(self, images: list[np.ndarray]) -> list:
+        from pipeline.pose import cached_backend
+
+        try:
+            return cached_backend("ultralytics", **self.options).predict(images)
+        except PipelineError as exc:
+            raise TrainError(f"pose model: {exc}") from None
+
+    def batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(keypoints (N, 18, 2), detected (N,) bool)`` of the dominant person of each BGR image."""
+        from pipeline.pose import to_openpose
+
+        out = np.full((len(images), NUM_KEYPOINTS, 2), MISSING, np.float32)
+        found = np.zeros(len(images), bool)
+        for i, det in enumerate(self._detect(images)):
+            chosen, _, out[i], _ = to_openpose(det, self.threshold)
+            found[i] = chosen >= 0
+        return out, found
 
     def __call__(self, image: np.ndarray, scale: float, path: Path) -> np.ndarray:
         """OpenPose-18 ``(18, 2)`` of the dominant person of a decoded image, in full-resolution pixels."""
-        from pipeline.pose import cached_backend, to_openpose
+        from pipeline.pose import to_openpose
 
-        try:
-            if self.backend is None:
-                self.backend = cached_backend("ultralytics", **self.options)
-            detections = self.backend.predict([image])[0].scaled(scale)
-        except PipelineError as exc:
-            raise TrainError(f"pose model: {exc}") from None
-        chosen, _, xy, _ = to_openpose(detections, self.threshold)
+        chosen, _, xy, _ = to_openpose(self._detect([image])[0].scaled(scale), self.threshold)
         if chosen < 0:
             raise TrainError(f"{path}: no person detected; use an image with one person in view, or give the "
                              "keypoints as a JSON file")
@@ -269,7 +282,7 @@ def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *
     """
     source, target_pose = Path(source), Path(target_pose)
     run = load_generator(run_dir, device)
-    detect = _PoseDetector(run.device, pose_model)
+    detect = PoseDetector(run.device, pose_model)
 
     decoded = _read_image(source)
     frame = (decoded.height, decoded.width)

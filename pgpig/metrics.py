@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgpig.data import PG2_MASK_LIMBS, close_square
 from pgpig.errors import TrainError
 from pgpig.weights import download_state_dict, read_state_dict
 from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
@@ -189,11 +190,9 @@ def l1_distance(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- mask
 
 
-MASK_LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (1, 16), (1, 17), (8, 11), (11, 5), (8, 2), (16, 17),
-)
-"""PATN ``produce_ma_mask``'s 23 joint pairs (its 1-based list minus one), OpenPose-18 indices."""
+MASK_LIMBS: tuple[tuple[int, int], ...] = PG2_MASK_LIMBS
+"""PATN ``produce_ma_mask``'s 23 joint pairs (its 1-based list minus one), OpenPose-18 indices: PG2's
+``_getPoseMask`` pairs, which PATN's ``pose_utils.py`` took over."""
 
 _MASK_RADIUS = 4.0
 _MASK_CLOSING = 5
@@ -230,11 +229,7 @@ def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     mask = (inside & usable[..., None, None]).any(dim=1)
     dist2 = (xs - kp[..., 0, None, None]) ** 2 + (ys - kp[..., 1, None, None]) ** 2  # (B, 18, H, W)
     mask |= ((dist2 < _MASK_RADIUS ** 2) & visible[..., None, None]).any(dim=1)
-    m = mask[:, None].to(torch.float32)
-    pad = _MASK_CLOSING // 2
-    m = F.max_pool2d(m, _MASK_CLOSING, stride=1, padding=pad)
-    m = -F.max_pool2d(-m, _MASK_CLOSING, stride=1, padding=pad)
-    return m > 0.5
+    return close_square(mask[:, None].to(torch.float32), _MASK_CLOSING) > 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- weights

@@ -71,7 +71,7 @@ from pgpig import models
 from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
-from pgpig.models.objective import Objective, StepBatch
+from pgpig.models.objective import Objective, StepBatch, generated_image
 from schemas.files import atomic_path, fsync_dir
 
 __all__ = ["HistoryPool", "Parts", "StepBatch", "TrainConfig", "build", "build_generator", "compile_parts",
@@ -815,9 +815,7 @@ def _validate(generator: torch.nn.Module, batch: StepBatch, cfg: TrainConfig, wr
     """L1 and a sample grid of the fixed validation pairs, in eval mode (rank 0, the plain module)."""
     generator.eval()
     with torch.no_grad(), _autocast(cfg, batch.source.device):
-        generated = generator(batch.source, batch.source_pose, batch.target_pose)
-        if isinstance(generated, (tuple, list)):  # auxiliary outputs come after the target image
-            generated = generated[0]
+        generated = generated_image(generator(batch.source, batch.source_pose, batch.target_pose))
         writer.add_scalar("val/l1", l1_loss(generated, batch.target).item(), step)
     writer.add_image("val/samples", pair_grid(batch.source, batch.source_pose, batch.target_pose, generated,
                                               batch.target), step)

@@ -52,6 +52,9 @@ __all__ = ["DemoConfig", "photo_tree", "run_demo"]
 PHOTOS = ("bus.jpg", "zidane.jpg")
 """The real photos of ``ultralytics/assets`` the demo builds its photo tree from."""
 
+COMMANDS = {"pgpig-data": "pipeline.cli", "pgpig": "pgpig.cli"}
+"""The console scripts the demo shows, and the modules it runs them as (module docstring)."""
+
 _PROGRESS = re.compile(r"\d+%\|")
 """A tqdm progress-bar frame."""
 
@@ -144,7 +147,7 @@ def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[
     """One PNG per ``ok`` row of a keypoints table: the image beside itself with the skeleton drawn (``scale``x)."""
     from pipeline.extract import read_keypoints
     from pipeline.overlay import draw_skeleton
-    from schemas.files import atomic_path, safe_join
+    from schemas.files import atomic_write, safe_join
     from schemas.tables import keypoints_to_numpy
 
     table = read_keypoints(keypoints_dir, ["image", "status", "keypoints"])
@@ -159,9 +162,8 @@ def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[
         scaled = np.where(xy >= 0, xy * scale + (scale - 1) / 2, -1)  # pixel centres move with the scale
         tile = np.concatenate([big, np.full((big.shape[0], 4, 3), 255, np.uint8), draw_skeleton(big, scaled)], 1)
         path = out / f"{Path(relpath).stem}.png"
-        with atomic_path(path) as tmp:
-            cv2.imwrite(str(tmp.with_suffix(".png")), tile)
-            tmp.with_suffix(".png").replace(tmp)
+        with atomic_write(path) as f:
+            f.write(cv2.imencode(".png", tile)[1].tobytes())
         written.append(path)
     return written
 
@@ -174,18 +176,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
             raise PipelineError(f"{out} is not empty; pass --overwrite to replace it, or another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
-    data, trainer = [py, "-m", "pipeline.cli"], [py, "-m", "pgpig.cli"]
-    shown = {tuple(data): "pgpig-data", tuple(trainer): "pgpig"}
     steps: list[tuple[str, Callable[[], None]]] = []
 
-    def command(title: str, args: list[str] | Callable[[], list[str]], tool: list[str]) -> None:
+    def command(title: str, args: list[str] | Callable[[], list[str]], tool: str) -> None:
         """Queue ``tool args`` (``args`` may be computed when the step runs, from earlier steps' files)."""
 
         def run() -> None:
             argv = args() if callable(args) else args
-            log(f"$ {shown[tuple(tool)]} {shlex.join(argv)}")
-            done = subprocess.run([*tool, *argv], cwd=out, text=True, capture_output=True)
+            log(f"$ {tool} {shlex.join(argv)}")
+            done = subprocess.run([sys.executable, "-m", COMMANDS[tool], *argv], cwd=out, text=True,
+                                  capture_output=True)
             # the command's summary, without progress-bar frames and blank lines
             lines = [line for line in (done.stdout + done.stderr).splitlines()
                      if line.strip() and not _PROGRESS.search(line)]
@@ -204,7 +204,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
 
     steps.append(("photos", photos))
     command("extract photos", ["extract", "photos", "--out", "photos-keypoints", "--run-file",
-                               "photos-extract.json", "--device", cfg.device, "--quiet"], data)
+                               "photos-extract.json", "--device", cfg.device, "--quiet"], "pgpig-data")
 
     def draw() -> None:
         written = overlays(out / "photos", out / "photos-keypoints", out / "overlays")
@@ -212,14 +212,14 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
 
     steps.append(("overlays", draw))
     command("synth mannequins", ["synth", "mannequins", "--identities", str(cfg.identities),
-                                 "--poses-per-identity", "6", "--quiet"], data)
+                                 "--poses-per-identity", "6", "--quiet"], "pgpig-data")
     command("extract mannequins", ["extract", "mannequins", "--annotations",
                                    "mannequins/market-annotation-train.csv", "--annotations",
-                                   "mannequins/market-annotation-test.csv", "--quiet"], data)
-    command("pair train", ["pair", "--split", "train"], data)
-    command("pair test", ["pair", "--split", "test"], data)
+                                   "mannequins/market-annotation-test.csv", "--quiet"], "pgpig-data")
+    command("pair train", ["pair", "--split", "train"], "pgpig-data")
+    command("pair test", ["pair", "--split", "test"], "pgpig-data")
     command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
-                           "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], trainer)
+                           "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], "pgpig")
 
     def pick_test_pair() -> list[str]:
         """Two test images of one mannequin: the source, and the target whose pose (and look) the grid shows."""
@@ -233,9 +233,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
         return ["--source", str(same[0].relative_to(out)), "--target-pose", str(same[1].relative_to(out))]
 
     command("generate", lambda: ["generate", "--run", "run", *pick_test_pair(), "--out", "generated.png", "--grid",
-                                 "--device", cfg.device], trainer)
+                                 "--device", cfg.device], "pgpig")
     command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--max-pairs",
-                     str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], trainer)
+                     str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], "pgpig")
 
     def table() -> None:
         for line in (out / "run" / "eval" / "test" / "eval.md").read_text().splitlines():

@@ -31,7 +31,12 @@ from torch import nn
 
 from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
 
-__all__ = ["Objective", "PairGANObjective", "StepBatch"]
+__all__ = ["Objective", "PairGANObjective", "StepBatch", "generated_image"]
+
+
+def generated_image(output: torch.Tensor | tuple | list) -> torch.Tensor:
+    """The generated target image of a generator's forward output (a tensor, or a tuple whose first item it is)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 @dataclass

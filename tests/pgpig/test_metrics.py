@@ -257,13 +257,14 @@ def test_inception_extractor_loads_the_weights_file_and_gives_2048_features(tmp_
 @pytest.fixture(scope="module")
 def photo_keypoints() -> np.ndarray:
     """OpenPose-18 keypoints of the dominant person of the two shipped photos, from the real pose model."""
-    from pgpig.evaluate import _BatchPoseDetector
+    from pgpig.generate import PoseDetector
 
-    detect = _BatchPoseDetector(torch.device("cpu"), None, batch_size=2)
-    images = [photo("bus.jpg", (540, 405)), photo("zidane.jpg", (360, 640))]
-    keypoints, found = detect(images)
+    detect = PoseDetector(torch.device("cpu"), None, batch_size=2)
+    images = [np.ascontiguousarray(photo(name, size)[..., ::-1])  # RGB → the BGR the pose model reads
+              for name, size in (("bus.jpg", (540, 405)), ("zidane.jpg", (360, 640)))]
+    keypoints, found = detect.batch(images)
     assert found.all()
-    again, _ = detect(images)
+    again, _ = detect.batch(images)
     assert np.array_equal(keypoints, again)
     return keypoints
 
