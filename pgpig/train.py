@@ -129,6 +129,10 @@ class TrainConfig:
     """Initial Adam learning rate of the generator and the discriminators (PATN: 2e-4)."""
     betas: tuple[float, float] = (0.5, 0.999)
     """Adam betas (PATN ``--beta1 0.5``)."""
+    d_lr_ratio: float = 1.0
+    """The discriminators' learning rate is ``lr * d_lr_ratio`` (PATN: 1; GFLA and DPTN ``--ratio_g2d 0.1``)."""
+    d_betas: tuple[float, float] | None = None
+    """Adam betas of the discriminators; null: ``betas`` (GFLA and DPTN: ``(0.0, 0.999)``)."""
     lr_policy: str = "constant"
     """``constant``, or ``linear``: PATN's rule, constant, then linearly to 0 (``lr_factor``; module docstring)."""
     schedule_epoch_pairs: int | None = None
@@ -286,6 +290,8 @@ def check_config(cfg: TrainConfig) -> None:
                  "mask_radius"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.d_lr_ratio <= 0:
+        raise TrainError(f"config field 'd_lr_ratio' must be positive, got {cfg.d_lr_ratio}")
     if cfg.pool_size < 0:
         raise TrainError(f"config field 'pool_size' must be 0 or more, got {cfg.pool_size}")
     if cfg.steps is None and cfg.lr_policy != "linear":
@@ -556,8 +562,8 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
     opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
     # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
-    opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()], lr=cfg.lr,
-                             betas=cfg.betas) if discriminators else None
+    opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()],
+                             lr=cfg.lr * cfg.d_lr_ratio, betas=cfg.d_betas or cfg.betas) if discriminators else None
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}
@@ -764,9 +770,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                     break
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
                 lr = cfg.lr * lr_factor(cfg, step, len(train_set))
-                for opt in (parts.opt_g, parts.opt_d):
+                for opt, ratio in ((parts.opt_g, 1.0), (parts.opt_d, cfg.d_lr_ratio)):
                     for group in opt.param_groups if opt is not None else ():
-                        group["lr"] = lr
+                        group["lr"] = lr * ratio
 
                 inputs = prepare(batch)
                 generated, step_losses = train_step(parts, cfg, inputs)

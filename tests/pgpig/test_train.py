@@ -209,3 +209,18 @@ def test_missing_shards_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--shards", str(tmp_path / "nowhere"), *TINY])
     assert result.exit_code == 1
     assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_discriminator_learning_rate_ratio_and_betas():
+    """GFLA and DPTN train their discriminator at ``lr * ratio_g2d`` (0.1) with Adam betas (0, 0.999)."""
+    from pgpig.train import build
+
+    cfg = load_config(None, {"ngf": 8, "n_blocks": 1, "d_blocks": 1, "lr": 1e-4, "d_lr_ratio": 0.1,
+                             "d_betas": [0.0, 0.999], "vgg_weights": None, "allow_random_vgg": True,
+                             "lambda_perceptual": 0.0})
+    parts = build(cfg, torch.device("cpu"), (32, 16))
+    assert parts.opt_g.param_groups[0]["lr"] == 1e-4 and parts.opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+    assert parts.opt_d.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert parts.opt_d.param_groups[0]["betas"] == (0.0, 0.999)
+    with pytest.raises(TrainError, match="d_lr_ratio"):
+        load_config(None, {"d_lr_ratio": 0.0})
