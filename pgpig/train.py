@@ -150,6 +150,12 @@ class TrainConfig:
     """Weight of the VGG-19 perceptual loss (PATN ``--lambda_B``)."""
     lambda_gan: float = 5.0
     """Weight of the generator's adversarial loss (PATN ``--lambda_GAN``)."""
+    lambda_style: float = 0.0
+    """Weight of the VGG-19 style (Gram matrix) loss (GFLA and DPTN ``--lambda_style 500``; PATN has none)."""
+    lambda_correctness: float = 0.0
+    """Weight of GFLA's sampling-correctness loss on the warped VGG features (``--lambda_correct 5``)."""
+    lambda_regularization: float = 0.0
+    """Weight of GFLA's flow regularisation (local affine) loss (``--lambda_regularization 0.0025``)."""
     gan_kind: str = "lsgan"
     """Adversarial loss: ``lsgan`` (PATN DeepFashion), ``vanilla`` (PATN Market-1501, ``--no_lsgan``) or ``hinge``."""
     use_gan: bool = True
