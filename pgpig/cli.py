@@ -1,4 +1,4 @@
-"""``pgpig``: the trainer's command line: ``train``, ``generate``, ``eval``."""
+"""``pgpig``: the trainer's command line: ``train``, ``generate``, ``eval``, ``import-official``."""
 
 from __future__ import annotations
 
@@ -254,6 +254,45 @@ def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, met
     out_dir = Path(result["out"])
     click.echo((out_dir / "eval.md").read_text(), nl=False)
     click.echo(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.md'}, {out_dir / 'pairs.csv'}")
+
+
+@main.command("import-official")
+@click.option("--model", required=True, help="Generator: patn, xinggan, gfla or dptn.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The official generator file (a plain state dict: .pth/.pt or .safetensors).")
+@click.option("--dataset", type=click.Choice(["deepfashion", "market1501"]), default=None,
+              help="Data set the model was trained on [default: read from the weights' shapes].")
+@click.option("--constructor", default=None, metavar="JSON",
+              help="The official constructor's arguments by their official names, for a model not built at the "
+              "paper's settings [default: read from the weights' shapes].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder to write (config.yaml, generator.safetensors).")
+@report_errors
+def import_official(model, checkpoint, dataset, constructor, out) -> None:
+    """Turn an official pretrained generator into a run folder for `pgpig generate` and `pgpig eval`.
+
+    \b
+    The checkpoint is read with torch.load(weights_only=True) or safetensors
+    (nothing is unpickled); keys that do not fit are listed by name. The run's
+    config is the shipped paper recipe of the data set with the checkpoint's
+    widths, so `pgpig train --init-weights RUN` fine-tunes it.
+    \b
+      pgpig import-official --model patn --checkpoint latest_net_netG.pth --out runs/patn-official
+      pgpig generate --run runs/patn-official --source person.jpg --target-pose pose.jpg
+    """
+    from pgpig.models.official import import_checkpoint
+
+    arguments = None
+    if constructor is not None:
+        try:
+            arguments = json.loads(constructor)
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(f"not JSON ({error})", param_hint="--constructor") from None
+        if not isinstance(arguments, dict):
+            raise click.BadParameter("give a JSON object of argument: value", param_hint="--constructor")
+    summary = import_checkpoint(model, checkpoint, out, dataset=dataset, constructor=arguments)
+    click.echo(f"{summary['model']} ({summary['dataset']}, {summary['size'][0]}x{summary['size'][1]}, "
+               f"{summary['parameters']:,} parameters) from {checkpoint} -> {summary['run']}")
 
 
 def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: int) -> int:
