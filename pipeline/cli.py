@@ -308,5 +308,51 @@ def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -
     click.echo(f"  run folder (tensorboard --logdir)     {paths['run']}")
 
 
+@main.command()
+@click.option("--keypoints", "keypoints_dir", default=Path("keypoints"),
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of keypoint parts (left out when the default is absent).")
+@click.option("--shards", "shards_dir", default=Path("shards"), type=click.Path(file_okay=False, path_type=Path),
+              help="Shard root (SHARDS/<split>/) or one shard set (left out when the default is absent).")
+@click.option("--out", default=Path("report.html"), type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML page; the same numbers go beside it as OUT with .json.")
+@click.option("--samples", default=48, type=click.IntRange(0), help="Images in the sampled grid.")
+@click.option("--seed", default=0, type=int, help="Seed of the sample.")
+@click.option("--raw", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Raw root to read images from [default: the one extract.json or the manifest records].")
+@click.option("--run-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The extract run record [default: extract.json beside the keypoints folder, or here].")
+@click.option("--verify", "verify_mode", default="full", type=click.Choice(["full", "files", "none"]),
+              help="Shard check: full = `pgpig-data verify` (decodes every image); files = sizes and sha256; none.")
+@report_errors
+def report(keypoints_dir: Path, shards_dir: Path, out: Path, samples: int, seed: int, raw, run_file,
+           verify_mode: str) -> None:
+    """Write one self-contained HTML page of the keypoints and shards made so far, and its numbers as JSON.
+
+    Counts by status with the commonest reasons and example files, per data set and split; per-joint
+    visibility and confidence; person size, position and count; skeletons drawn on a seeded sample of the
+    raw images and on the worst cases; per shard set the manifest, verify result, filter funnel and pairs
+    per identity. Images are inlined: the page needs no other file, no network and no script.
+    """
+    from click.core import ParameterSource
+
+    from pipeline.report import ReportConfig, json_path, run_report
+
+    ctx = click.get_current_context()
+
+    def given(name: str, path: Path) -> Path | None:
+        # a default folder that is not there means "no such input"; one passed by name must exist
+        absent = not path.exists() and ctx.get_parameter_source(name) is ParameterSource.DEFAULT
+        return None if absent else path
+
+    cfg = ReportConfig(keypoints=given("keypoints_dir", keypoints_dir), shards=given("shards_dir", shards_dir),
+                       out=out, samples=samples, seed=seed, raw=raw, run_file=run_file, verify=verify_mode)
+    record = run_report(cfg, log=lambda line: click.echo(line, err=line.startswith("warning:")))
+    problems = [s["folder"] for s in record["shards"] or [] if s["verify"]["ok"] is False]
+    if problems:
+        click.echo(f"warning: shard set(s) {', '.join(problems)} failed verify; see {out}", err=True)
+    click.echo(f"open {out} in a browser; numbers in {json_path(out)}")
+
+
 if __name__ == "__main__":
     main()
