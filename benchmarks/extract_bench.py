@@ -1,11 +1,15 @@
-"""Extraction speed: `pgpig-data extract` vs a plain `YOLO.predict` loop on the same files, weights, device.
+"""Extraction speed: `pgpig-data extract` (``--backend fast`` or ``ultralytics``) vs a plain `YOLO.predict` loop
+on the same files, weights, device.
 
-    python benchmarks/extract_bench.py [--images 2000] [--size 256x176] [--device auto] [--workers N]
+    python benchmarks/extract_bench.py [--backend fast] [--images 2000] [--size 256x176] [--device auto]
+        [--workers N] [--batch-size 32] [--partition-size N]
 
 The files are crops, flips and rescales of the photos that ship with ultralytics (real people), written
 as JPEGs at ``--size`` in a ``<identity>/<image>`` folder. Both sides read those JPEG files from disk.
-Prints one JSON line: images/s of each, their ratio, and the keypoint difference (px) between the
-pipeline's table and ``predict``'s chosen person on the images where both found one.
+Prints one JSON line: images/s of each, their ratio, the person-count agreement per image (the table's
+``n_persons`` against ``predict``'s boxes), and the keypoint difference (px) between the pipeline's table and
+``predict``'s chosen person on the images where both found one: per image the mean over the joints visible in
+both, then the mean, percentiles and max of those over the images.
 """
 
 from __future__ import annotations
@@ -60,28 +64,33 @@ def predict_loop(paths: list[Path], device: str, imgsz: int, conf: float, batch:
     device = resolve_device(device)
     model = YOLO(str(default_model_path()), task="pose")
     model.predict([str(paths[0])], imgsz=imgsz, device=device, verbose=False)  # warm-up, as the pipeline's
-    out = {}
+    out, persons = {}, {}
     start = time.perf_counter()
     for i in range(0, len(paths), batch):
         chunk = paths[i:i + batch]
         results = model.predict([str(p) for p in chunk], imgsz=imgsz, conf=conf, device=device,
                                 verbose=False, batch=len(chunk), **precision_options(device.startswith("cuda")))
         for path, r in zip(chunk, results, strict=True):
+            persons[path] = 0 if r.boxes is None else len(r.boxes)
             if r.boxes is None or len(r.boxes) == 0:
                 continue
             boxes = np.concatenate([r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()[:, None]], axis=1)
             kp = r.keypoints.data.cpu().numpy()[choose_person(boxes)]
             out[path] = coco17_to_openpose18(kp[:, :2], kp[:, 2], threshold)[0]
-    return out, time.perf_counter() - start
+    return out, persons, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["fast", "ultralytics"], default="fast",
+                        help="the pipeline's pose backend (the baseline is always a plain YOLO.predict loop)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", default="256x176")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--partition-size", type=int, default=None,
+                        help="images per extraction task [default: max(batch size, 256)]")
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--label", default="", help="free text naming the machine (e.g. the GPU card)")
     args = parser.parse_args()
@@ -101,14 +110,17 @@ def main() -> None:
         paths = make_images(root, args.images, (h, w))
         cfg = ExtractConfig(raw=root, out=Path(tmp) / "keypoints", run_file=Path(tmp) / "extract.json",
                             dataset="folder", device=args.device, workers=args.workers, imgsz=args.imgsz,
-                            batch_size=args.batch_size, partition_size=max(args.batch_size, 256))
+                            batch_size=args.batch_size, pose_backend=args.backend,
+                            partition_size=args.partition_size or max(args.batch_size, 256))
         t0 = time.perf_counter()
         record = run_extract(cfg, log=lambda *a, **k: None)
         pipeline_seconds = time.perf_counter() - t0  # listing, cluster start and model load included
-        baseline, predict_seconds = predict_loop(paths, args.device, args.imgsz, cfg.conf, args.batch_size,
-                                                 cfg.kpt_threshold)
+        baseline, persons, predict_seconds = predict_loop(paths, args.device, args.imgsz, cfg.conf,
+                                                          args.batch_size, cfg.kpt_threshold)
         table = read_keypoints(cfg.out)
         xy = keypoints_to_numpy(table["keypoints"])
+        counts_equal = sum(persons.get(root / rel) == n for rel, n in
+                           zip(table["image"].to_pylist(), table["n_persons"].to_pylist(), strict=True))
         diffs, person_mismatch = [], 0
         for rel, status, kp in zip(table["image"].to_pylist(), table["status"].to_pylist(), xy, strict=True):
             ref = baseline.get(root / rel)
@@ -122,17 +134,26 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    diffs = np.asarray(diffs)
+    percentiles = None
+    if len(diffs):
+        percentiles = {f"p{q}": round(float(np.percentile(diffs, q)), 4) for q in (50, 90, 95, 99, 99.9)}
     print(json.dumps({
-        "bench": "extract", "images": args.images, "size": [h, w], "imgsz": args.imgsz,
-        "batch_size": args.batch_size, "device": args.device, "gpu": gpu, "gpus": torch.cuda.device_count(),
+        "bench": "extract", "backend": record["settings"]["backend"], "images": args.images, "size": [h, w],
+        "imgsz": args.imgsz, "batch_size": args.batch_size, "partition_size": cfg.partition_size,
+        "device": args.device, "gpu": gpu, "gpus": torch.cuda.device_count(),
         "workers": record["workers"],
         "pipeline_images_per_s": round(args.images / pipeline_seconds, 1),
         # the tasks' own time, per worker: what a long run approaches once start-up is paid
         "pipeline_images_per_s_in_tasks": round(args.images * max(1, record["workers"]) / record["task_seconds"], 1),
         "predict_images_per_s": round(args.images / predict_seconds, 1),
         "ratio_pipeline_to_predict": round(predict_seconds / pipeline_seconds, 3),
-        "keypoint_mean_abs_diff_px": round(float(np.mean(diffs)), 4) if diffs else None,
-        "keypoint_max_image_diff_px": round(float(np.max(diffs)), 4) if diffs else None,
+        "ratio_in_tasks_to_predict": round(predict_seconds * max(1, record["workers"]) / record["task_seconds"], 3),
+        "keypoint_mean_abs_diff_px": round(float(np.mean(diffs)), 4) if len(diffs) else None,
+        "keypoint_max_image_diff_px": round(float(np.max(diffs)), 4) if len(diffs) else None,
+        "keypoint_image_diff_percentiles_px": percentiles, "keypoint_images_compared": len(diffs),
+        "person_count_agreement": round(counts_equal / args.images, 5),
+        "person_count_mismatch": args.images - counts_equal,
         "person_found_mismatch": person_mismatch, "statuses": record["statuses"],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "label": args.label,
         "python": sys.version.split()[0], "torch": torch.__version__,

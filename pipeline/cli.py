@@ -117,6 +117,9 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
               help="YOLO-pose weights [default: the embedded yolo11n-pose.pt].")
 @click.option("--annotations", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PATN annotation CSV (repeatable): take keypoints from it instead of running a model.")
+@click.option("--backend", "pose_backend", type=click.Choice(["auto", "fast", "ultralytics"]), default="auto",
+              show_default=True, help="Pose backend: fast (GPU decode and batched post-processing), ultralytics "
+              "(YOLO.predict, the reference); auto = fast when a GPU is visible.")
 @click.option("--imgsz", default=256, type=click.IntRange(32), help="Model input size.")
 @click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Person detection threshold.")
 @click.option("--kpt-threshold", default=0.5, type=click.FloatRange(0, 1), help="Keypoint visibility threshold.")
@@ -131,7 +134,7 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
-            annotations, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size: int,
+            annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size: int,
             partition_size: int, workers, threads: int, scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
@@ -142,7 +145,7 @@ def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres:
 
     cfg = ExtractConfig(raw=raw, out=out, run_file=run_file, dataset=dataset,
                         split_lists=tuple(split_lists) if split_lists else None, highres=highres, seed=seed,
-                        model=model, annotations=tuple(annotations), imgsz=imgsz, conf=conf,
+                        model=model, annotations=tuple(annotations), pose_backend=pose_backend, imgsz=imgsz, conf=conf,
                         kpt_threshold=kpt_threshold, device=device, batch_size=batch_size,
                         partition_size=partition_size, workers=workers, threads=threads, scheduler=scheduler,
                         overwrite=overwrite)

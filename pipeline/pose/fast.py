@@ -1,0 +1,591 @@
+"""The ``fast`` pose backend: YOLO-pose with decode, letterbox, NMS and keypoint scaling batched on the device.
+
+It runs the same network and weights as the reference (``pipeline.pose.reference``, ``YOLO.predict``; Jocher, Qiu
+and Chaurasia, "Ultralytics YOLO11", 2024) and must give the same persons and keypoints, within 1 px; what it
+removes is the per-image CPU work around the network (letterbox, post-processing, Results objects) and, for
+JPEG files, the CPU decode.
+
+Two entries:
+
+- ``predict(images)``: BGR uint8 arrays ``(H, W, 3)`` → one ``Detections`` per image (the ``PoseBackend``
+  protocol; used for images decoded elsewhere, and by the tests).
+- ``predict_files(paths)``: the hot loop of ``pgpig-data extract``. Yields ``(Decoded, Detections | None)`` per
+  path, in order, where ``Decoded`` carries ``width``, ``height``, ``scale``, ``content_hash``, ``status`` and
+  ``reason`` exactly as ``pipeline.decode.decode_image`` would (its ``image`` is None) and the detections are in
+  the pixels of the decoded image (divide by ``scale`` for full-resolution pixels, as for the reference).
+
+The file path, one batch of ``batch_size`` files at a time:
+
+1. A thread pool reads the bytes (``os.open`` non-blocking + ``fstat``: a FIFO or device is never read here) and
+   hashes them (sha256, the table's ``content_hash``).
+2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call; the bytes copied into one
+   pinned host buffer first) only when ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's
+   colour handling is the same as libjpeg's: frame header parses (``pipeline.decode._jpeg_header``), ends with an
+   end-of-image marker (``_jpeg_complete``), baseline or extended Huffman (SOF0/SOF1; progressive, lossless and
+   arithmetic go to the CPU), 8-bit, three components, no Adobe APP14 segment (RGB- or YCCK-coded files), no
+   EXIF orientation other than 1, at most ``max_pixels`` and 4096 px a side (``decode_image``'s limits, above
+   which it decodes reduced). Everything else, a file that cannot be read here, and every file of a batch whose
+   torch decode raises (nvJPEG fails a whole batch, never one image) goes through ``pipeline.decode`` on the CPU
+   threads, which keeps its statuses and one-line reasons: a bad file gets exactly the row it gets today.
+3. Images of one shape are stacked, letterboxed on the device (OpenCV's resize reproduced exactly) and run through
+   the network together; NMS, keypoint scaling back to the image and the copy to the host are batched too.
+4. A producer thread prepares batch ``k + 1`` (steps 1-2, on its own CUDA stream) while the caller's thread runs
+   batch ``k`` (step 3): reading and decoding overlap the network.
+
+Facts taken from ultralytics 8.4 (read in its source, re-written here):
+
+- Letterbox (``data/augment.py`` ``LetterBox``, as built by ``engine/predictor.py`` ``pre_transform``):
+  ``r = min(imgsz / h, imgsz / w)`` (scaling up allowed); resized size ``max(round(w * r), 1)`` by
+  ``max(round(h * r), 1)``; ``YOLO.predict`` passes ``rect=True`` (``engine/model.py``) so a batch of equal
+  shapes, and any single image, gets the minimal padding: ``(imgsz - new) mod stride`` with ``stride = 32`` (the
+  model's largest), split ``round(d / 2 - 0.1)`` before and ``round(d / 2 + 0.1)`` after, value 114; resize by
+  ``cv2.INTER_LINEAR`` (half-pixel centres, no antialiasing) into uint8, skipped when the size is unchanged.
+  A batch of mixed shapes would be padded to a square instead; the reference backend batches per shape, so
+  every image has its own minimal padding, as here.
+- Input (``engine/predictor.py`` ``preprocess``): BGR → RGB, ``/ 255``, fp16 when the model is fp16.
+- Network output (``nn/modules/head.py`` ``Pose``): in eval mode the first output is ``(B, 4 + 1 + 17 * 3, A)``
+  over the ``A`` anchors of the three strides: box centre x, y, width, height in input pixels, the person score
+  (sigmoid applied), then per keypoint x, y (already decoded to input pixels) and a visibility score (sigmoid
+  applied). Nothing is activated here.
+- NMS (``utils/nms.py`` ``non_max_suppression``, called by ``models/yolo/detect/predict.py``): candidates with
+  score ``> conf`` (strict), boxes ``xywh → xyxy`` as ``centre ∓ size / 2``, ``torchvision.ops.nms`` at IoU 0.7
+  (``cfg/default.yaml`` ``iou``), then the first ``max_det`` (300) by score. Its ``max_nms`` cap (30,000
+  candidates above ``conf`` per image) cannot be reached at ``imgsz`` 256 (1,344 anchors) and is not reproduced.
+- Back to image pixels (``utils/ops.py`` ``scale_boxes``, ``scale_coords``, ``clip_boxes``, ``clip_coords``): the
+  gain is recomputed from the padded and original shapes, ``g = min(h1 / h0, w1 / w0)``, sides rounded,
+  ``gain_x = round(w0 * g) / w0`` (same for y), padding ``round((w1 - new_w) / 2 - 0.1)``; ``x = (x - pad_x) /
+  gain_x``; boxes clipped to ``[0, w] × [0, h]``, keypoints the same.
+- Weights: ``nn/tasks.py`` ``torch_safe_load(path, safe_only=True)`` loads the checkpoint with
+  ``torch.load(weights_only=True)`` and an allow-list of the ultralytics classes; the module is ``ema`` or
+  ``model`` of the checkpoint, made fp32, BatchNorm fused into the convs (``fuse``), eval, fp16 on CUDA.
+
+Decisions:
+
+- Batched NMS: one ``torchvision.ops.nms`` call over the whole batch, each image's boxes offset by more than the
+  span of all boxes so that no two images interact (``nms_per_image``), in float64 so that offsetting 256 images
+  by ~300 px each costs no precision; kept boxes are re-sorted by image (stable, so by score inside an image) and
+  cut at ``max_det``.
+- The post-processing runs in fp32 whatever the network's precision. On a GPU the reference runs NMS and the
+  scaling on the fp16 output, so the two can differ in the last fp16 digit of a coordinate (hundredths of a
+  pixel) and, very rarely, on a box whose IoU or score sits at a threshold; on the CPU both are fp32.
+- nvJPEG (hardware path) may write its outputs before work already queued on the stream has run, so a block the
+  caching allocator has just recycled can be overwritten under a pending kernel (torchcodec pull request #1634,
+  torchvision pull request #9606): the producer drains its own stream before every decode call, and tensors
+  made there are marked (``record_stream``) for the stream that uses them.
+- The letterbox resize reproduces OpenCV's fixed-point ``INTER_LINEAR`` in int32 torch ops (``resize_linear``):
+  a float bilinear differs by one level on ~10% of the pixels, and that alone moved the keypoints of one person
+  of bus.jpg by up to 10 px (an uncertain person: the network is that sensitive there). With it, the CPU-decoded
+  path gives the reference's network input exactly. nvJPEG and libjpeg still differ by a level or two (chroma
+  upsampling, colour conversion), which the GPU tests measure against the 1 px target.
+- ``torch.compile`` is optional (``compile=True``): a first call per input shape costs compile time.
+- Made for one ``predict_files`` at a time per backend (a Dask worker runs one task at a time with the default
+  ``--threads 1``; more threads share the model and the side stream and gain nothing on one GPU). The
+  JPEG checks reuse ``pipeline.decode``'s private header walkers rather than a second copy of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.decode import Decoded, decode_bytes, decode_image
+from pipeline.errors import PipelineError
+from pipeline.pose import Detections, default_model_path
+from schemas.files import sha256_bytes
+
+PAD_VALUE = 114
+STRIDE = 32
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the image
+KEYPOINTS = 17
+
+Groups = list[tuple[list[int], torch.Tensor]]
+"""Images by shape: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device)."""
+Launched = list[tuple[list[int], torch.Tensor, torch.Tensor]]
+"""Queued network calls: (indices, raw output ``(B, 56, A)``, frames ``(B, 6)`` for ``to_image_pixels``)."""
+
+
+# ---------------------------------------------------------------- letterbox geometry (pure)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an ``height × width`` image lands in the network input: resized to ``new_h × new_w`` at
+    ``(top, left)`` in an ``out_h × out_w`` input padded with 114."""
+
+    height: int
+    width: int
+    new_h: int
+    new_w: int
+    top: int
+    left: int
+    out_h: int
+    out_w: int
+
+
+def letterbox_geometry(height: int, width: int, imgsz: int, stride: int = STRIDE) -> Letterbox:
+    """The minimal-padding letterbox of ``YOLO.predict`` (see the module docstring for the rounding)."""
+    r = min(imgsz / height, imgsz / width)
+    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+    dw, dh = (imgsz - new_w) % stride / 2, (imgsz - new_h) % stride / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    return Letterbox(height, width, new_h, new_w, top, left, new_h + top + bottom, new_w + left + right)
+
+
+def inverse_letterbox(padded: tuple[int, int], original: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``(gain_x, gain_y, pad_x, pad_y)`` mapping input pixels back to the image: ``x = (x - pad_x) / gain_x``.
+
+    Recomputed from the shapes alone, as ``scale_boxes`` does (not from ``Letterbox``: the two can differ in the
+    last digit, and the reference's numbers are the target)."""
+    h1, w1 = padded
+    h0, w0 = original
+    gain = min(h1 / h0, w1 / w0)
+    new_h, new_w = max(round(h0 * gain), 1), max(round(w0 * gain), 1)
+    return new_w / w0, new_h / h0, round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1)
+
+
+@functools.lru_cache(maxsize=512)
+def _linear_taps(src: int, dst: int, device: torch.device, edge_weights: bool) -> tuple[torch.Tensor, ...]:
+    """OpenCV's ``INTER_LINEAR`` taps along one axis: source indices ``i0``, ``i1`` and 11-bit weights ``w0``, ``w1``.
+
+    Half-pixel centres, the position computed in float32 from a float64 scale, weights ``round(w * 2048)``. Past
+    a border OpenCV treats the axes differently: along x the weight moves onto the edge pixel (``edge_weights``),
+    along y the weights stay and only the row indices are clamped (which rounds differently in fixed point).
+    Cached per size and device: a data set has few sizes, and a copy to a GPU waits for the work queued there."""
+    scale = 1.0 / (dst / src)
+    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(pos).astype(np.int64)
+    frac = pos - i0.astype(np.float32)
+    if edge_weights:
+        frac[(i0 < 0) | (i0 >= src - 1)] = 0
+    i1 = np.clip(i0 + 1, 0, src - 1)
+    i0 = np.clip(i0, 0, src - 1)
+    w1 = np.round(frac * 2048).astype(np.int32)
+    w0 = np.round((np.float32(1) - frac) * 2048).astype(np.int32)
+    return tuple(torch.from_numpy(v).to(device) for v in (i0, i1, w0, w1))
+
+
+def resize_linear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 → ``(N, C, height, width)`` uint8, the same bytes as ``cv2.resize(INTER_LINEAR)``.
+
+    OpenCV resizes 8-bit images in fixed point: a horizontal pass with 11-bit weights into int32, then a vertical
+    pass whose vectorised form (the one x86 builds run) computes ``((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16)``
+    and rounds by ``(v + 2) >> 2`` (``imgproc/src/resize.cpp``, ``VResizeLinearVec_32s8u``). A float bilinear
+    differs by one level on ~10% of the pixels, which moved keypoints of an uncertain person by up to 10 px on
+    bus.jpg; this integer form matched ``cv2.resize`` bit for bit on every size tried, down and up, 1×1 to 1280 px
+    (an exact 2× downscale, which OpenCV runs as INTER_AREA, gives the same 2×2 mean). A build whose resize runs
+    another kernel (no SIMD, a HAL) could differ by one level; the tests would show it."""
+    n, c, h, w = images.shape
+    x0, x1, a0, a1 = _linear_taps(w, width, images.device, edge_weights=True)
+    y0, y1, b0, b1 = _linear_taps(h, height, images.device, edge_weights=False)
+    src = images.to(torch.int32)
+    rows = src.index_select(3, x0) * a0 + src.index_select(3, x1) * a1  # (N, C, H, width), scaled by 2048
+    top = (rows.index_select(2, y0) >> 4) * b0[:, None] >> 16
+    bottom = (rows.index_select(2, y1) >> 4) * b1[:, None] >> 16
+    return ((top + bottom + 2) >> 2).clamp_(0, 255).to(torch.uint8)
+
+
+def letterbox(images: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 RGB → ``(N, 3, out_h, out_w)`` float32 in ``[0, 1]``, on their device."""
+    if (box.new_h, box.new_w) != (box.height, box.width):
+        images = resize_linear(images, box.new_h, box.new_w)
+    out = torch.full((images.shape[0], 3, box.out_h, box.out_w), float(PAD_VALUE), device=images.device)
+    out[:, :, box.top:box.top + box.new_h, box.left:box.left + box.new_w] = images
+    return out.div_(255)
+
+
+# ---------------------------------------------------------------- post-processing (batched, on the device)
+
+
+def postprocess(pred: torch.Tensor, conf: float, iou: float, max_det: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pose-head output ``(B, 56, A)`` → kept detections ``(K, 56)`` (x1, y1, x2, y2, score, 17 × (x, y, v))
+    in input pixels, and their image index ``(K,)``, grouped by image and by falling score inside an image."""
+    p = pred.float().transpose(1, 2)  # (B, A, 56)
+    image, anchor = (p[..., 4] > conf).nonzero(as_tuple=True)
+    x = p[image, anchor]
+    boxes = torch.cat([x[:, :2] - x[:, 2:4] / 2, x[:, :2] + x[:, 2:4] / 2], dim=1)
+    keep = nms_per_image(boxes, x[:, 4], image, iou)  # by falling score
+    keep = keep[torch.sort(image[keep], stable=True).indices]
+    kept_image = image[keep]
+    counts = torch.bincount(kept_image, minlength=pred.shape[0])
+    rank = torch.arange(len(keep), device=keep.device) - (counts.cumsum(0) - counts)[kept_image]
+    keep, kept_image = keep[rank < max_det], kept_image[rank < max_det]
+    return torch.cat([boxes[keep], x[keep, 4:]], dim=1), kept_image
+
+
+def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, image: torch.Tensor, iou: float) -> torch.Tensor:
+    """``torchvision.ops.nms`` for all images in one call: each image's boxes moved apart along x and y by more
+    than the span of all boxes, so boxes of two images never overlap. Indices kept, by falling score.
+
+    (``torchvision.ops.batched_nms`` does the same but falls back to one call per image above 20,000 box
+    coordinates on a GPU, and offsets by ``max + 1`` only, which lets boxes with negative corners overlap.)"""
+    from torchvision.ops import nms
+
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    b = boxes.double()
+    low, span = b.min(), b.max() - b.min() + 1
+    return nms(b - low + (image.double() * span)[:, None], scores.double(), iou)
+
+
+def to_image_pixels(det: torch.Tensor, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Detections in input pixels → image pixels, clipped to the image.
+
+    ``frames`` ``(B, 6)`` per image: gain_x, gain_y, pad_x, pad_y, width, height (``inverse_letterbox`` and the
+    image's size); ``index`` ``(K,)`` the image of each row of ``det`` ``(K, 56)``."""
+    f = frames[index]
+    gain, pad, size = f[:, None, 0:2], f[:, None, 2:4], f[:, None, 4:6]  # (K, 1, 2) each, x then y
+    out = det.clone()
+    corners = out[:, :4].unflatten(1, (2, 2))  # views into out
+    corners.copy_(torch.minimum(((corners - pad) / gain).clamp(min=0), size))
+    xy = out[:, 5:].unflatten(1, (KEYPOINTS, 3))[..., :2]
+    xy.copy_(torch.minimum(((xy - pad) / gain).clamp(min=0), size))
+    return out
+
+
+def split_detections(det: np.ndarray, index: np.ndarray, n: int) -> list[Detections]:
+    """Host rows ``(K, 56)`` with image indices ``(K,)`` (grouped by image) → one ``Detections`` per image."""
+    counts = np.bincount(index, minlength=n)
+    out = []
+    for rows in np.split(det, np.cumsum(counts)[:-1]):
+        if len(rows) == 0:
+            out.append(Detections.empty())
+            continue
+        kp = rows[:, 5:].reshape(-1, KEYPOINTS, 3)
+        out.append(Detections(np.ascontiguousarray(rows[:, :5]), np.ascontiguousarray(kp[..., :2]),
+                              np.ascontiguousarray(kp[..., 2])))
+    return out
+
+
+# ---------------------------------------------------------------- files: read, sort, decode
+
+
+@dataclass
+class _File:
+    """One file of a batch while it is being prepared."""
+
+    path: Path
+    data: bytes | None = None  # None: could not be read here; decode_image will say why
+    size: tuple[int, int] | None = None  # (height, width) when the torch decoder takes it
+    digest: str | None = None
+    image: torch.Tensor | None = None  # (3, H, W) uint8 RGB from the torch decoder
+    decoded: Decoded | None = None  # the CPU decode, when it went there
+
+
+def read_file(path: Path) -> bytes | None:
+    """The bytes of a regular file, or None when anything is odd (``decode_image`` then reads it and says why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> tuple[int, int] | None:
+    """``(height, width)`` when ``torchvision``'s decoder gives what ``pipeline.decode`` would, else None.
+
+    The conditions are listed in the module docstring; anything unusual is left to the CPU decoder."""
+    from pipeline.decode import _exif_orientation, _jpeg_complete, _jpeg_header
+
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    try:
+        header = _jpeg_header(data)
+    except Exception:  # noqa: BLE001 - a bad header is the CPU decoder's to name
+        return None
+    frame = header.frame
+    marker, precision, components = data[frame + 1], data[frame + 4], data[frame + 9:frame + 10]
+    if marker not in (0xC0, 0xC1) or precision != 8 or components != b"\x03":
+        return None
+    if header.width * header.height > max_pixels or max(header.width, header.height) > max_side:
+        return None
+    if b"Adobe" in data[:frame]:
+        return None
+    if header.exif is not None and _exif_orientation(data[header.exif[0]:header.exif[1]]) != 1:
+        return None
+    if not _jpeg_complete(data, frame):
+        return None
+    return header.height, header.width
+
+
+# ---------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Batch:
+    """A batch ready for the network: per file its decode record, and the images stacked by shape on the device."""
+
+    decoded: list[Decoded]
+    groups: Groups
+    event: object = None  # CUDA event recorded after the producer's last kernel of this batch
+
+
+class FastBackend:
+    """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (see the module docstring)."""
+
+    name = "fast"
+
+    def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
+                 iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
+                 half: bool | None = None, compile: bool = False, read_threads: int = 8,
+                 torch_decode: bool | None = None, pin_memory: bool | None = None):
+        import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
+
+        from pipeline.pose.reference import resolve_device
+
+        self.model_path = Path(model) if model else default_model_path()
+        self.device = torch.device(resolve_device(device))
+        cuda = self.device.type == "cuda"
+        self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
+        self.batch_size = batch_size
+        self.half = cuda if half is None else half
+        self.read_threads = max(1, read_threads)
+        self.torch_decode = cuda if torch_decode is None else torch_decode
+        self.pin_memory = cuda if pin_memory is None else pin_memory
+        net = load_pose_model(self.model_path)
+        net = net.to(self.device).half() if self.half else net.to(self.device)
+        self.net = torch.compile(net) if compile else net
+        self.dtype = torch.float16 if self.half else torch.float32
+        self._side_stream = torch.cuda.Stream(self.device) if cuda else None
+
+    # -- images already decoded
+
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order, in that image's pixels."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        groups = []
+        for indices in by_shape.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                groups.append((chunk, bgr_to_tensor([images[i] for i in chunk], self.device)))
+        return self._detect(groups, len(images))
+
+    def _detect(self, groups: Groups, n: int) -> list[Detections]:
+        """Detections for ``n`` images given as shape groups ``(indices, (N, 3, H, W) uint8 RGB)``."""
+        return self._collect(self._launch(groups), n)
+
+    @torch.inference_mode()
+    def _launch(self, groups: Groups) -> Launched:
+        """Letterbox each shape group and queue the network per input shape, ``batch_size`` at a time; returns
+        ``(indices, raw output (B, 56, A), frames (B, 6))`` per call without waiting for the device."""
+        by_input: dict[tuple[int, int], list[tuple[list[int], torch.Tensor, Letterbox]]] = {}
+        for indices, images in groups:
+            box = letterbox_geometry(images.shape[2], images.shape[3], self.imgsz)
+            by_input.setdefault((box.out_h, box.out_w), []).append((indices, images, box))
+        launched = []
+        for shape, items in by_input.items():
+            indices = [i for item in items for i in item[0]]
+            frames = torch.tensor([[*inverse_letterbox(shape, (box.height, box.width)), box.width, box.height]
+                                   for idx, _, box in items for _ in idx], dtype=torch.float32)
+            if self.device.type == "cuda":  # a pageable copy would wait for the queued network calls
+                frames = frames.pin_memory()
+            frames = frames.to(self.device, non_blocking=True)
+            x = torch.cat([letterbox(images, box) for _, images, box in items]).to(self.dtype)
+            for start in range(0, len(indices), self.batch_size):
+                stop = start + self.batch_size
+                pred = self.net(x[start:stop])
+                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+                launched.append((indices[start:stop], pred, frames[start:stop]))
+        return launched
+
+    @torch.inference_mode()
+    def _collect(self, launched: Launched, n: int) -> list[Detections]:
+        """Post-process launched network calls (this waits for them): one ``Detections`` per index below ``n``."""
+        out: list[Detections] = [Detections.empty()] * n
+        for indices, pred, frames in launched:
+            det, index = postprocess(pred, self.conf, self.iou, self.max_det)
+            det = to_image_pixels(det, index, frames)
+            results = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(indices))
+            for i, r in zip(indices, results, strict=True):
+                out[i] = r
+        return out
+
+    # -- files: the hot loop of extraction
+
+    def predict_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000
+                      ) -> Iterator[tuple[Decoded, Detections | None]]:
+        """``(Decoded, Detections)`` per path, in order; ``Detections`` is None when the file is not ``ok``.
+
+        ``Decoded.image`` is always None; detections are in the decoded image's pixels (``Decoded.scale``)."""
+        paths = [Path(p) for p in paths]
+        batches = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        if not batches:
+            return
+        ready: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                with ThreadPoolExecutor(self.read_threads, thread_name_prefix="fast-read") as pool:
+                    for batch in batches:
+                        if stop.is_set():
+                            return
+                        ready.put(self._prepare(batch, pool, max_pixels))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                ready.put(exc)
+
+        producer = threading.Thread(target=produce, name="fast-prefetch", daemon=True)
+        producer.start()
+        try:
+            # the caller's work on batch k's results (and the producer's on batch k + 2) overlaps the network on
+            # batch k + 1: launch k + 1, then hand out k, then wait for k + 1
+            previous: list[tuple[Decoded, Detections | None]] = []
+            for _ in batches:
+                item = ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                launched = self._launch(self._receive(item))
+                yield from previous
+                results = self._collect(launched, len(item.decoded))
+                previous = [(d, det if d.ok else None) for d, det in zip(item.decoded, results, strict=True)]
+            yield from previous
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            producer.join()
+
+    def _prepare(self, paths: list[Path], pool: ThreadPoolExecutor, max_pixels: int) -> _Batch:
+        """Read, sort and decode one batch (runs in the producer thread, on the side stream when on CUDA)."""
+
+        def read(path: Path) -> _File:
+            f = _File(path, read_file(path))
+            if f.data is not None and self.torch_decode:
+                f.size = torch_decodable(f.data, max_pixels)
+                if f.size is not None:
+                    f.digest = sha256_bytes(f.data)
+            return f
+
+        def cpu_decode(f: _File) -> None:
+            if f.data is None:
+                f.decoded = decode_image(f.path, max_pixels=max_pixels)
+            else:
+                f.decoded = decode_bytes(f.data, f.path.name, max_pixels=max_pixels)
+
+        files = list(pool.map(read, paths))
+        stream = self._side_stream
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            torch_files = [f for f in files if f.size is not None]
+            if torch_files:
+                try:
+                    images = self._torch_decode([f.data for f in torch_files])
+                except RuntimeError:  # nvJPEG fails the whole batch for one file: the CPU decoder names it
+                    images = [None] * len(torch_files)
+                for f, image in zip(torch_files, images, strict=True):
+                    if image is None or tuple(image.shape) != (3, *f.size):
+                        f.size = None  # the CPU decoder takes it
+                    else:
+                        f.image = image
+            list(pool.map(cpu_decode, [f for f in files if f.size is None]))
+            by_shape: dict[tuple, list[int]] = {}
+            for i, f in enumerate(files):
+                if f.size is not None:
+                    by_shape.setdefault(("torch", *f.size), []).append(i)
+                elif f.decoded.ok:
+                    by_shape.setdefault(("cpu", *f.decoded.image.shape), []).append(i)
+            groups = []
+            for key, indices in by_shape.items():
+                if key[0] == "torch":
+                    images = torch.stack([files[i].image for i in indices])
+                else:
+                    images = bgr_to_tensor([files[i].decoded.image for i in indices], self.device)
+                groups.append((indices, images))
+            event = None
+            if stream is not None:
+                event = torch.cuda.Event()
+                event.record(stream)
+        decoded = []
+        for f in files:
+            if f.size is not None:
+                h, w = f.size
+                decoded.append(Decoded(None, w, h, 1.0, f.digest, "ok", None))
+            else:
+                d = f.decoded
+                decoded.append(Decoded(None, d.width, d.height, d.scale, d.content_hash, d.status, d.reason))
+        return _Batch(decoded, groups, event)
+
+    def _torch_decode(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        """Batched ``decode_jpeg`` on the device: ``(3, H, W)`` uint8 RGB tensors."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        sizes = [len(b) for b in blobs]
+        host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=self.pin_memory)
+        view = host.numpy()
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for blob, start in zip(blobs, offsets[:-1], strict=True):
+            view[start:start + len(blob)] = np.frombuffer(blob, np.uint8)
+        inputs = [host[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        if self._side_stream is not None:  # the current stream here: nvJPEG may write before queued work has run
+            self._side_stream.synchronize()
+        images = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=self.device)
+        return list(images) if isinstance(images, (list, tuple)) else [images]
+
+    def _receive(self, batch: _Batch) -> Groups:
+        """A prepared batch's image groups, usable on the caller's stream once the producer's work is done."""
+        if batch.event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(batch.event)
+            for _, images in batch.groups:
+                images.record_stream(current)  # made on the producer's stream, used and freed on this one
+        return batch.groups
+
+
+def bgr_to_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Equal-shape BGR uint8 ``(H, W, 3)`` arrays → ``(N, 3, H, W)`` uint8 RGB on ``device``."""
+    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=False)
+    return batch.permute(0, 3, 1, 2).flip(1).contiguous()
+
+
+def load_pose_model(path: str | os.PathLike) -> torch.nn.Module:
+    """The YOLO-pose ``nn.Module`` of an ultralytics ``.pt``: fp32, fused, eval (``torch.load(weights_only=True)``)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: pose model weights not found (--model)")
+    try:
+        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except Exception as exc:  # ultralytics raises many types for a bad file
+        raise PipelineError(f"{path}: cannot load as YOLO-pose weights ({exc})") from exc
+    net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(net, torch.nn.Module):
+        raise PipelineError(f"{path}: no model in this checkpoint; pass YOLO-pose weights (--model)")
+    if getattr(net, "task", "pose") != "pose" or tuple(getattr(net, "kpt_shape", ())) != (KEYPOINTS, 3):
+        raise PipelineError(f"{path}: not a COCO-17 YOLO-pose model (task {getattr(net, 'task', '?')})")
+    if int(max(net.stride)) != STRIDE:
+        raise PipelineError(f"{path}: model stride {int(max(net.stride))}, this backend assumes {STRIDE}")
+    net = net.float()
+    net = net.fuse(verbose=False) if hasattr(net, "fuse") else net
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
