@@ -103,10 +103,12 @@ def recipes() -> None:
               help="VGG-19 weights of the perceptual loss: a torchvision vgg19 state dict, or imagenet.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Set any config field (YAML value), e.g. --set lambda_gan=0; repeatable.")
+@click.option("--skip-verify", is_flag=True,
+              help="Start without checking the shard files against their manifest (sizes and sha256).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps, batch_size, device, gpus, amp,
-          workers, vgg_weights, settings, quiet) -> None:
+          workers, vgg_weights, settings, skip_verify, quiet) -> None:
     """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder.
 
     \b
@@ -127,6 +129,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
                "vgg_weights": vgg_weights}
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides["progress"] = not quiet  # a display choice of this invocation, not inherited by --resume
+    overrides["skip_verify"] = skip_verify  # so is skipping the check: a resumed run verifies unless told again
     overrides.update(parse_set(settings))
     if resume_dir is not None:
         if recipe is not None:

@@ -373,15 +373,18 @@ class PairDataset(Dataset):
         flip: mirror each pair with probability 0.5, decided by ``(seed, epoch, k)``.
         crop_margin: columns cut from each side (40 for the DeepFashion recipe), 0 for none.
         seed: seed of the flips.
+        verify: check every file the manifest lists against its size and sha256 first (``ShardSet(verify=True)``;
+            no image is decoded) and refuse a damaged set; only when ``shards`` is a folder.
     """
 
     def __init__(self, shards: str | os.PathLike | ShardSet, flip: bool = False, crop_margin: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, verify: bool = False):
         if not isinstance(shards, ShardSet):
             try:
-                shards = ShardSet(shards)
+                shards = ShardSet(shards, verify=verify)
             except PipelineError as exc:
-                raise TrainError(f"{exc}") from None
+                hint = " (or pass --skip-verify to train on it as it is)" if verify else ""
+                raise TrainError(f"{exc}{hint}") from None
         self.shards = shards
         self.pairs = shards.pairs
         if len(self.pairs) == 0:

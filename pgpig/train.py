@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -156,6 +157,9 @@ class TrainConfig:
     """Weight of GFLA's sampling-correctness loss on the warped VGG features (``--lambda_correct 5``)."""
     lambda_regularization: float = 0.0
     """Weight of GFLA's flow regularisation (local affine) loss (``--lambda_regularization 0.0025``)."""
+    t_s_ratio: float = 0.5
+    """DPTN's weight of the source-to-target branch's losses; the source-to-source branch's get ``1 - t_s_ratio``
+    (official ``--t_s_ratio``, ``models/DPTN_model.py``: default 0.5, DeepFashion; ``train_market.sh`` 0.8)."""
     gan_kind: str = "lsgan"
     """Adversarial loss: ``lsgan`` (PATN DeepFashion), ``vanilla`` (PATN Market-1501, ``--no_lsgan``) or ``hinge``."""
     use_gan: bool = True
@@ -180,6 +184,9 @@ class TrainConfig:
     (PATN Market, 2 H100s: 237 vs 825 pairs/s, ``benchmarks/results/train-ddp-h100x2.jsonl``)."""
     seed: int = 0
     """Seed of weights, data order, flips and dropout."""
+    skip_verify: bool = False
+    """Train without checking the shard sets first. Off: before step 0 every file the manifests list is checked
+    against its size and sha256 (``ShardSet(verify=True)``, no image decoded), and a damaged set is refused."""
     num_workers: int = 4
     """DataLoader worker processes (0: load in the main process)."""
     log_every: int = 10
@@ -490,8 +497,12 @@ def _load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: 
             tensors = load_file(str(path), device=str(device))
             for prefix, module in parts.items():
                 module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    except (OSError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise TrainError(f"{folder}: cannot read the checkpoint ({exc}); it is damaged or from another recipe; "
+    except (OSError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, pickle.UnpicklingError):  # torch's own text suggests weights_only=False: never do that
+            reason = "not plain tensors: weights-only loading refused to unpickle it"
+        else:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainError(f"{folder}: cannot read the checkpoint ({reason}); it is damaged or from another recipe; "
                          "remove it to resume from the one before") from None
     return state
 
@@ -677,7 +688,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     torch.manual_seed(cfg.seed)
 
     # -- data: pairs of shards/train (this rank's share of each global batch); a few of shards/test for validation
-    train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed)
+    train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed,
+                            verify=not cfg.skip_verify)
     size = train_set.size
 
     # -- models, losses, optimizers (before the loader starts: a missing VGG-19 is reported at once)
@@ -696,7 +708,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     steps = total_steps(cfg, len(train_set))
     val_batch = None
     if main_process and (cfg.shards / "test").is_dir():
-        val_set = PairDataset(cfg.shards / "test", crop_margin=cfg.crop_margin)
+        val_set = PairDataset(cfg.shards / "test", crop_margin=cfg.crop_margin, verify=not cfg.skip_verify)
         val_batch = default_collate([val_set[k] for k in range(min(cfg.val_pairs, len(val_set)))])
 
     # -- resumed from the run folder's checkpoint

@@ -179,12 +179,26 @@ def _encode(bgr: np.ndarray, encoding: str, where: str) -> bytes:
     return buf.tobytes()
 
 
+def _raw_file(raw_root: Path, relpath: str) -> Path:
+    """The raw file of a keypoints-table path, refusing one outside the data set (``..``, absolute, a link out).
+
+    Inside means inside the raw root, or inside its top-level layout folder when that folder is itself a link
+    (``raw/query -> /store/market/query``): the listing (``pipeline.datasets.listing.walk``) lists the same."""
+    try:
+        return safe_join(raw_root, relpath, "image")
+    except SchemaError as exc:
+        first, _, rest = relpath.partition("/")
+        if rest and (Path(raw_root) / first).is_symlink():
+            try:
+                return safe_join(Path(raw_root) / first, rest, "image")
+            except SchemaError:
+                pass
+        raise PipelineError(str(exc)) from None
+
+
 def _prepare(item: ShardImage, raw_root: Path, size: tuple[int, int], fmt: str) -> _Stored:
     """Read, check, decode and resize one raw image (runs in a worker thread; cv2 releases the GIL)."""
-    try:
-        path = safe_join(raw_root, item.image, "image")
-    except SchemaError as exc:
-        raise PipelineError(str(exc)) from None
+    path = _raw_file(raw_root, item.image)
     try:
         data = path.read_bytes()
     except OSError as exc:

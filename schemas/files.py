@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -12,6 +13,8 @@ from pathlib import Path, PurePosixPath
 from schemas.errors import SchemaError
 
 _HASH_BLOCK = 1 << 20
+# write failures that are a property of the storage, not of the program: reported as one line naming the file
+_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 
 def _current_umask() -> int:
@@ -38,10 +41,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """``atomic_write`` for libraries that open the file themselves (h5py): yields a temporary path beside
-    ``path``; on success the file is fsynced and renamed over ``path``, on failure removed."""
+    ``path``; on success the file is fsynced and renamed over ``path``, on failure removed.
+
+    A full disk, an exceeded quota, a read-only file system or an I/O error while writing (``ENOSPC``, ``EDQUOT``,
+    ``EROFS``, ``EIO``, ``EFBIG``) becomes a ``SchemaError`` naming ``path``: the stages report it in one line, and
+    the files written before are untouched, so the same command can be run again once there is room. So does any
+    other library's error raised while the file system has under 1 MiB free (safetensors and ``torch.save`` do not
+    raise ``OSError`` for a full disk); errors of pgpig's own packages and other ``OSError``s pass unchanged."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        _raise_storage_error(exc, path)
+        raise
     os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
@@ -52,11 +65,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # writers that are not Python files (safetensors, torch.save) report a full disk as their own error type
+        # (SafetensorError, RuntimeError "unexpected pos"): judged by the free space before the temporary goes
+        # (our own errors, raised by the code writing the file, say what they mean and are left alone)
+        ours = type(exc).__module__.partition(".")[0] in ("schemas", "pipeline", "pgpig")
+        full = isinstance(exc, Exception) and not ours and _out_of_space(path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_storage_error(exc, path)
+        if full:
+            _raise_storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
         raise
     fsync_dir(path.parent)
+
+
+def _out_of_space(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left for us: under 1 MiB."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _raise_storage_error(exc: OSError, path: Path) -> None:
+    """Raise ``SchemaError`` for an ``OSError`` of the storage (``_STORAGE_ERRORS``); return for any other."""
+    if exc.errno in _STORAGE_ERRORS:
+        what = os.strerror(exc.errno)  # not the library's text: HDF5's runs over several lines
+        raise SchemaError(f"{path}: cannot write ({what}); nothing was replaced and files written before are kept: "
+                          "make room (or fix the file system) and run the same command again") from exc
 
 
 def fsync_dir(directory: Path) -> None:

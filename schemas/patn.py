@@ -109,6 +109,15 @@ def _parse_int_list(text: str, where: str, what: str) -> list[int]:
     return values
 
 
+def _check_name(name: str, where: str) -> str:
+    """A PATN name is a flat file name, a key matched against the images found, never a path to open: one with
+    a separator, a NUL or a ``..`` (``../x.jpg``, ``/etc/passwd``, ``C:\\x``) is refused, naming file and line."""
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise SchemaError(f"{where}: {name!r} is a path, not a PATN image name (a flat file name such as "
+                          "0001_c1s1_001051_00.jpg or fashionWOMENDressesid0000041606_7additional.jpg)")
+    return name
+
+
 def _read_lines(path: Path, what: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
@@ -137,6 +146,7 @@ def read_annotations(path: str | os.PathLike) -> Annotations:
         name = parts[0].strip()
         if not name:
             raise SchemaError(f"{where}: empty image name")
+        _check_name(name, where)
         if name in seen:
             raise SchemaError(f"{where}: {name!r} already annotated on line {seen[name]}")
         seen[name] = lineno
@@ -191,7 +201,7 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
         fields = [v.strip() for v in line.split(",")]
         if len(fields) != width or not fields[-1] or not fields[-2]:
             raise SchemaError(f"{path}:{lineno}: expected {width} comma-separated fields, got {line[:80]!r}")
-        pairs.append((fields[-2], fields[-1]))
+        pairs.append((_check_name(fields[-2], f"{path}:{lineno}"), _check_name(fields[-1], f"{path}:{lineno}")))
     return pairs
 
 

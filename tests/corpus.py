@@ -124,3 +124,34 @@ def mannequin_shards(work: Path, layout: str, identities: int, poses: int, split
         run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
                                out=work / "shards", size=size), log=quiet)
     return work / "shards"
+
+
+def animated_gif(photo: np.ndarray, frames: int = 3) -> bytes:
+    """An animated GIF whose first frame is ``photo`` (BGR) and whose later frames are dark: decode takes the first."""
+    first = Image.fromarray(photo[..., ::-1].copy())
+    rest = [Image.fromarray((photo[..., ::-1] // 4).copy()) for _ in range(frames - 1)]
+    return pil_bytes(first, "GIF", save_all=True, append_images=rest, duration=100, loop=0)
+
+
+def more_bad_files(root: Path, photo: np.ndarray) -> dict[str, str]:
+    """What ``bad_file_tree`` lacks, added to the same folder-layout tree: ``{relative path: expected status}``.
+
+    An animated GIF, names with spaces, a newline and non-ASCII letters, a symbolic-link loop and a file whose
+    permissions forbid reading it (mode 000: "unreadable" for a normal user; root reads it anyway, so a test run
+    as root has to simulate the refusal). The folder ``odd/folder.jpg`` of ``bad_file_tree`` is the directory
+    named like an image; it is not a file and gets no row.
+    """
+    jpeg = cv2_bytes(photo, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 92)
+    files = {
+        "person/animated.gif": (animated_gif(photo), "ok"),
+        "person/a name with  spaces .jpg": (jpeg, "ok"),
+        "person/new\nline.jpg": (jpeg, "ok"),
+        "person/日本語 – ñandú.jpg": (jpeg, "ok"),
+        "odd/locked.jpg": (jpeg, "unreadable"),
+    }
+    for rel, (data, _) in files.items():
+        write(root / rel, data)
+    (root / "odd" / "locked.jpg").chmod(0)
+    loop = root / "odd" / "loop.jpg"
+    loop.symlink_to("loop.jpg")  # a link to itself: ELOOP when followed
+    return {**{rel: status for rel, (_, status) in files.items()}, "odd/loop.jpg": "skipped"}

@@ -95,7 +95,12 @@ def walk(top: str, prefix: str) -> Iterator[tuple[str, str | None]]:
     hidden, inside a hidden folder, not a regular file, a path that is not UTF-8, or a subfolder that
     cannot be read (one row for the folder). Our own ``.*.tmp`` temporaries are left out. Folders are not
     yielded; links to folders are yielded with a reason and not followed. ``top`` itself may be a link.
+    A link to a file is followed only when its target lies inside the raw root or inside ``top`` (both resolved):
+    a link out of the data set (``photo.jpg -> /home/me/.ssh/id_rsa``) gets a reason, as the shard writer,
+    which opens files through ``schemas.files.safe_join``, would refuse it.
     """
+    root = top[: -len(prefix)].rstrip("/\\") if prefix and top.endswith(prefix) else os.path.dirname(top)
+    inside: tuple[str, ...] = ()  # the resolved roots a file link may point into; resolved at the first link
     stack = [(top, prefix, None)]  # (folder on disk, its path relative to the root, inherited reason)
     while stack:
         folder, rel, inherited = stack.pop()
@@ -126,11 +131,21 @@ def walk(top: str, prefix: str) -> Iterator[tuple[str, str | None]]:
                 stack.append((entry.path, path, reason))
                 continue
             reason = entry_problem(entry) or inherited or ("hidden file" if hidden else None)
+            if reason is None and entry.is_symlink():
+                if not inside:
+                    inside = tuple({os.path.realpath(root or "."), os.path.realpath(top)})
+                if not _points_inside(entry.path, inside):
+                    reason = "symbolic link to a file outside the raw data folder, not followed"
             if not path.isascii():
                 path, mangled = printable_path(path)
                 if mangled and reason is None:
                     reason = "file name is not valid UTF-8 (shown escaped); rename it to read it"
             yield path, reason
+
+
+def _points_inside(link: str, roots: tuple[str, ...]) -> bool:
+    target = os.path.realpath(link)
+    return any(os.path.commonpath([root, target]) == root for root in roots)
 
 
 def check_test_fraction(test_fraction: float) -> float:
