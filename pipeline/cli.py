@@ -306,6 +306,7 @@ def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -
     click.echo(f"\ndemo done in {cfg.timings['total']:.0f} s; look at:")
     click.echo(f"  keypoint overlays of the real photos  {paths['overlays']}/")
     click.echo(f"  shard manifest                        {paths['manifest']}")
+    click.echo(f"  the data at a glance (a browser)      {paths['report']}")
     click.echo(f"  training samples                      {paths['samples']}")
     click.echo(f"  generated image and its grid          {paths['grid']}")
     click.echo(f"  run folder (tensorboard --logdir)     {paths['run']}")

@@ -11,7 +11,8 @@ Steps, each one the command a user would type (printed, then run as a subprocess
 3. ``pgpig-data extract`` on the photos with the embedded model; keypoint overlays of every photo image
    (``overlays/*.png``, drawn from the keypoints table, the way a user checks an extraction).
 4. ``pgpig-data extract --annotations`` on the mannequins (their exact keypoints, no model run).
-5. ``pgpig-data pair`` for train and test → ``shards/``.
+5. ``pgpig-data pair`` for train and test → ``shards/``; ``pgpig-data report`` → ``report.html`` (the data at a
+   glance: statuses, joints, skeletons on a sample, the shard sets).
 6. ``pgpig train`` of PATN with ``workflows/demo.yaml`` (installed with the package) on the CPU, or
    the GPU when there is one.
 7. ``pgpig generate``: a test mannequin in the pose of another of its test images, with a grid.
@@ -218,6 +219,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
                                    "mannequins/market-annotation-test.csv", "--quiet"], "pgpig-data")
     command("pair train", ["pair", "--split", "train"], "pgpig-data")
     command("pair test", ["pair", "--split", "test"], "pgpig-data")
+    command("report", ["report"], "pgpig-data")
     command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
                            "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], "pgpig")
 
@@ -255,4 +257,4 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, P
     samples = sorted((out / "run" / "samples").glob("step-*.png"))
     return {"overlays": out / "overlays", "manifest": out / "shards" / "train" / "manifest.json",
             "samples": samples[-1] if samples else out / "run" / "samples", "generated": out / "generated.png",
-            "grid": out / "generated-grid.png", "run": out / "run"}
+            "grid": out / "generated-grid.png", "run": out / "run", "report": out / "report.html"}

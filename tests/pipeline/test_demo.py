@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end_and_refuses_a_used_folder(tmp_path):
     # each step printed with the command a user would type, and timed
     for command in ("$ pgpig-data extract photos", "$ pgpig-data synth mannequins", "$ pgpig-data pair --split test",
                     "$ pgpig train --shards shards --recipe demo", "$ pgpig generate --run run",
-                    "$ pgpig eval --run run --shards shards --split test"):
+                    "$ pgpig eval --run run --shards shards --split test", "$ pgpig-data report"):
         assert command in text
     assert "| copy-source (baseline) |" in text  # the eval table, printed
     assert "demo done in" in text
@@ -48,6 +48,9 @@ def test_demo_runs_end_to_end_and_refuses_a_used_folder(tmp_path):
     assert (out / "run" / "generator.safetensors").is_file()
     assert cv2.imread(str(out / "generated-grid.png")).shape == (128, 4 * 64, 3)  # source | pose | generated | target
     assert json.loads((out / "run" / "eval" / "test" / "eval.json").read_text())
+    report = json.loads((out / "report.json").read_text())  # the report of the mannequins' keypoints and shards
+    assert report["keypoints"]["statuses"]["rows"] > 0 and len(report["shards"]) == 2
+    assert "<h2>" in (out / "report.html").read_text()
 
     again = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", str(out)], capture_output=True, text=True)
     assert again.returncode == 1 and "not empty; pass --overwrite" in again.stderr
