@@ -94,6 +94,9 @@ class TrainConfig:
     """Continue the run in ``run_dir`` from its last checkpoint instead of starting fresh."""
     model: str = "patn"
     """Generator name in the ``pgpig.models`` registry."""
+    generator_options: dict[str, Any] | None = None
+    """More constructor arguments of the generator, by the official names, on top of those the fields here give
+    (GFLA and DPTN): what ``pgpig import-official`` records for a checkpoint not at the paper's widths."""
     stage: int = 1
     """Training stage of a multi-stage generator (PG2: 1 = G1 alone, 2 = G2 and its discriminator with G1 fixed,
     started from stage 1's weights with ``init_weights``); single-stage generators have only stage 1."""
@@ -133,7 +136,7 @@ class TrainConfig:
     d_lr_ratio: float = 1.0
     """The discriminators' learning rate is ``lr * d_lr_ratio`` (PATN: 1; GFLA and DPTN ``--ratio_g2d 0.1``)."""
     d_betas: tuple[float, float] | None = None
-    """Adam betas of the discriminators; null: ``betas`` (GFLA and DPTN: ``(0.0, 0.999)``)."""
+    """Adam betas of the discriminators; null: ``betas`` (GFLA: ``(0.0, 0.999)``; DPTN: null, its ``(0.5, 0.999)``)."""
     lr_policy: str = "constant"
     """``constant``, or ``linear``: PATN's rule, constant, then linearly to 0 (``lr_factor``; module docstring)."""
     schedule_epoch_pairs: int | None = None
@@ -237,6 +240,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return float(value)
         if hint is str:
             return str(value)
+        if origin is dict:
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError
+            return dict(value)
     except ValueError:
         pass
     else:
@@ -386,11 +393,12 @@ def sample_grid(columns: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pair_grid(source: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor, generated: torch.Tensor,
-              target: torch.Tensor, rows: int = 4) -> torch.Tensor:
-    """The sample grid of the first ``rows`` pairs: source | source pose | target pose | generated | target."""
+              target: torch.Tensor, rows: int = 4, extra: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
+    """The sample grid of the first ``rows`` pairs: source | source pose | target pose | generated | ``extra``
+    columns (the family's own, e.g. GFLA's warped source) | target."""
     n = min(rows, source.shape[0])
     return sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]), generated[:n],
-                        target[:n]])
+                        *(column[:n] for column in extra), target[:n]])
 
 
 def save_png(path: Path, grid: torch.Tensor) -> None:
@@ -814,11 +822,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
 
                 # -- samples and validation
                 if writer is not None and step % cfg.sample_every == 0:
-                    grid = pair_grid(inputs.source, inputs.source_pose, inputs.target_pose, generated, inputs.target)
+                    extra = parts.objective.sample_columns(generator, inputs)
+                    grid = pair_grid(inputs.source, inputs.source_pose, inputs.target_pose, generated, inputs.target,
+                                     extra=extra)
                     save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)
                     writer.add_image("train/samples", grid, step)
                     if val_batch is not None:
-                        _validate(generator, prepare(val_batch), cfg, writer, step)
+                        _validate(generator, parts.objective, prepare(val_batch), cfg, writer, step)
 
                 # -- checkpoint
                 if step % cfg.checkpoint_every == 0:
@@ -835,12 +845,14 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     return {"run_dir": run_dir, "step": step, "epoch": epoch, "losses": losses}
 
 
-def _validate(generator: torch.nn.Module, batch: StepBatch, cfg: TrainConfig, writer, step: int) -> None:
+def _validate(generator: torch.nn.Module, objective: Objective, batch: StepBatch, cfg: TrainConfig, writer,
+              step: int) -> None:
     """L1 and a sample grid of the fixed validation pairs, in eval mode (rank 0, the plain module)."""
     generator.eval()
     with torch.no_grad(), _autocast(cfg, batch.source.device):
         generated = generated_image(generator(batch.source, batch.source_pose, batch.target_pose))
         writer.add_scalar("val/l1", l1_loss(generated, batch.target).item(), step)
+        extra = objective.sample_columns(generator, batch)
     writer.add_image("val/samples", pair_grid(batch.source, batch.source_pose, batch.target_pose, generated,
-                                              batch.target), step)
+                                              batch.target, extra=extra), step)
     generator.train()

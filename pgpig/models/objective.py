@@ -85,6 +85,11 @@ class Objective:
         """The discriminators' loss on real pairs and the (detached, pooled) generated ones."""
         raise NotImplementedError
 
+    def sample_columns(self, generator: nn.Module, batch: StepBatch) -> list[torch.Tensor]:
+        """More ``(B, 3, H, W)`` images in ``[-1, 1]`` for the sample grids, shown between the generated image and the
+        target (GFLA: the source warped by its flow); ``generator`` is the plain module. None by default."""
+        return []
+
 
 class PairGANObjective(Objective):
     """PATN's training (module docstring of ``pgpig.train`` for the sources): ``lambda_l1 * L1 + lambda_perceptual *

@@ -9,7 +9,7 @@ the model is built with the checkpoint's own widths. This module knows, per mode
 - how the official constructor's arguments (by their official names, as ``shared/reference/official/*_public.pt``
   records them) map onto pgpig's constructor;
 - how to read those arguments back from a state dict's shapes (``infer_constructor``), and which paper setting
-  (DeepFashion or Market-1501) a state dict is (``paper_setting``);
+  (DeepFashion or Market-1501) a state dict is (``paper_settings``);
 - the official forward's inputs and outputs, in the official order (``forward``).
 
 ``pgpig import-official`` (``import_checkpoint``) turns a checkpoint into a run folder that ``pgpig generate`` and
@@ -36,7 +36,7 @@ from torch import nn
 
 from pgpig.errors import TrainError
 
-__all__ = ["MODELS", "OfficialModel", "forward", "import_checkpoint", "infer_constructor", "load", "paper_setting",
+__all__ = ["MODELS", "OfficialModel", "forward", "import_checkpoint", "infer_constructor", "load", "paper_settings",
            "read_checkpoint"]
 
 StateDict = Mapping[str, torch.Tensor]
@@ -52,8 +52,9 @@ class OfficialModel:
     """A state dict -> the official constructor arguments that give its shapes."""
     forward: Callable[[nn.Module, Sequence[torch.Tensor]], list[torch.Tensor]]
     """The official forward: official inputs in, official outputs out, both in the official order."""
-    config: Callable[[dict[str, Any]], dict[str, Any]]
-    """Official constructor arguments -> the ``TrainConfig`` fields that rebuild the same generator."""
+    config: Callable[[dict[str, Any], str], dict[str, Any]]
+    """Official constructor arguments and the data set -> the ``TrainConfig`` fields that rebuild the same
+    generator."""
     paper: Mapping[str, dict[str, Any]]
     """The official constructor arguments of the paper's model per data set."""
     note: str = ""
@@ -61,7 +62,7 @@ class OfficialModel:
 
 
 def _block_count(state: StateDict, prefix: str) -> int:
-    """``1 + max N`` over keys ``{prefix}N.…`` (0 when there are none)."""
+    """``1 + max N`` over keys ``{prefix}N.…`` (0 when there are none): how many numbered blocks a module has."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = [int(m.group(1)) for key in state if (m := pattern.match(key))]
     return max(found) + 1 if found else 0
@@ -109,7 +110,7 @@ def _two_stream_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> lis
     return [model(image, poses[:, :half], poses[:, half:])]
 
 
-def _two_stream_config(c: dict[str, Any]) -> dict[str, Any]:
+def _two_stream_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
     kwargs = _two_stream_kwargs(c)
     if kwargs["image_channels"] != 3 or kwargs["pose_channels"] != 18 or kwargs["n_downsampling"] != 2:
         raise TrainError("pgpig trains and generates with 3-channel images, 18 pose maps and 2 downsamplings; "
@@ -130,7 +131,127 @@ def _two_stream(model_name: str) -> OfficialModel:
     return OfficialModel(build, _two_stream_infer, _two_stream_forward, _two_stream_config, paper)
 
 
-MODELS: dict[str, OfficialModel] = {"patn": _two_stream("patn"), "xinggan": _two_stream("xinggan")}
+# ---------------------------------------------------------------------------------------------------- DPTN
+
+
+def _weight(state: StateDict, module: str) -> torch.Tensor:
+    """A conv's weight, under spectral norm ``weight_orig``."""
+    return state[f"{module}.weight_orig"] if f"{module}.weight_orig" in state else _need(state, f"{module}.weight")
+
+
+def _img_f(ngf: int, layers: int, widest: int) -> int:
+    """``img_f`` (the width cap of GFLA's and DPTN's encoders, ``ngf * min(2**k, img_f / ngf)``) read from the widest
+    encoder width: that width where it caps, else the papers' ``8 ngf`` (any value at least as wide builds the
+    same model)."""
+    return widest if widest < ngf * 2 ** (layers - 1) else max(widest, 8 * ngf)
+
+
+def _dptn_infer(state: StateDict) -> dict[str, Any]:
+    """``DPTNGenerator`` arguments from a state dict. ``nhead`` and ``activation`` leave no trace in the shapes: the
+    paper's 2 and LeakyReLU are assumed; ``img_f`` only matters where it caps the widths (else the paper's 8 ngf)."""
+    first, source = _weight(state, "block0.model.0"), _weight(state, "source_encoder.block0.model.0")
+    ngf, image_nc = first.shape[0], source.shape[1]
+    layers = 1 + _block_count(state, "source_encoder.encoder")
+    dim = _need(state, "PTM.decoder.norm.weight").shape[0] if "PTM.decoder.norm.weight" in state else \
+        _need(state, "PTM.encoder.layers.0.linear1.weight").shape[0]
+    return {"image_nc": image_nc, "pose_nc": (first.shape[1] - image_nc) // 2, "ngf": ngf,
+            "img_f": _img_f(ngf, layers, dim), "encoder_layer": layers,
+            "norm": "batch" if any(key.endswith(".running_mean") for key in state) else "instance",
+            "activation": "LeakyReLU", "use_spect": any(key.endswith(".weight_orig") for key in state),
+            "use_coord": False, "output_nc": _weight(state, "outconv.conv1").shape[0],
+            "num_blocks": _block_count(state, "mblock"), "affine": "PTM.decoder.norm.weight" in state, "nhead": 2,
+            "num_CABs": _block_count(state, "PTM.encoder.layers."),
+            "num_TTBs": _block_count(state, "PTM.decoder.layers.")}
+
+
+def _dptn_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The official forward with ``is_train=True``: ``image, source pose, target pose`` -> ``[target image, source
+    reconstruction]``."""
+    image, source_pose, target_pose = inputs
+    return list(model(image, source_pose, target_pose, is_train=True))
+
+
+def _dptn_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
+    from pgpig.models.dptn import PAPER_SETTINGS
+
+    if c.get("image_nc", 3) != 3 or c.get("pose_nc", 18) != 18 or c.get("output_nc", 3) != 3:
+        raise TrainError("pgpig trains and generates with 3-channel images and 18 pose maps; this checkpoint has "
+                         f"{c.get('image_nc')}, {c.get('pose_nc')} and {c.get('output_nc')}")
+    fields = {"ngf": c["ngf"], "n_blocks": c["num_blocks"], "norm": c["norm"]}
+    paper = PAPER_SETTINGS["deepfashion"]
+    extra = {k: v for k, v in c.items() if k not in ("ngf", "num_blocks", "norm") and v != paper.get(k)}
+    if c["img_f"] != 8 * c["ngf"]:
+        extra["img_f"] = c["img_f"]
+    return {**fields, "generator_options": extra or None}
+
+
+def _dptn() -> OfficialModel:
+    def build(c: dict[str, Any]) -> nn.Module:
+        from pgpig import models
+
+        return models.create("dptn", **c)
+
+    from pgpig.models.dptn import PAPER_SETTINGS
+
+    return OfficialModel(build, _dptn_infer, _dptn_forward, _dptn_config, PAPER_SETTINGS)
+
+
+# ---------------------------------------------------------------------------------------------------- GFLA
+
+
+def _gfla_infer(state: StateDict) -> dict[str, Any]:
+    """``PoseGenerator`` arguments from a state dict (the flow estimator's widths are fixed by the official code).
+    Attention block ``attn{i}`` of the target net sits at level ``layers - i``; its first conv's kernel is that
+    level's ``extractor_kz``; ``activation`` leaves no trace in the shapes (the paper's LeakyReLU is assumed)."""
+    first, source = _weight(state, "target.block0.model.2"), _weight(state, "source.block0.model.2")
+    layers = 1 + _block_count(state, "target.encoder")
+    widest = _weight(state, f"target.encoder{layers - 2}.model.2").shape[0] if layers > 1 else first.shape[0]
+    levels = {layers - i: _weight(state, f"target.attn{i}.fully_connect_layer.0").shape[-1]
+              for i in range(layers) if any(k.startswith(f"target.attn{i}.") for k in state)}
+    # decoder{i} is [a stack of num_blocks - 1 residual blocks,] then the upsampling block
+    stacked = any(k.startswith("target.decoder0.1.") for k in state)
+    return {"image_nc": source.shape[1], "structure_nc": first.shape[1],
+            "output_nc": _weight(state, "target.outconv.conv1").shape[0], "ngf": first.shape[0],
+            "img_f": _img_f(first.shape[0], layers, widest), "layers": layers,
+            "num_blocks": 1 + (_block_count(state, "target.decoder0.0.model.") if stacked else 0),
+            "norm": "batch" if any(key.endswith(".running_mean") for key in state) else "instance",
+            "activation": "LeakyReLU", "attn_layer": sorted(levels),
+            "extractor_kz": {str(level): levels[level] for level in sorted(levels)},
+            "use_spect": any(key.endswith(".weight_orig") for key in state), "use_coord": False}
+
+
+def _gfla_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``image, source pose, target pose`` -> ``[image, *flow fields, *occlusion masks]``."""
+    image, flows, masks = model(*inputs)
+    return [image, *flows, *masks]
+
+
+def _gfla_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
+    from pgpig.models.gfla import PAPER_SETTINGS
+
+    if c.get("image_nc", 3) != 3 or c.get("structure_nc", 18) != 18 or c.get("output_nc", 3) != 3:
+        raise TrainError("pgpig trains and generates with 3-channel images and 18 pose maps; this checkpoint has "
+                         f"{c.get('image_nc')}, {c.get('structure_nc')} and {c.get('output_nc')}")
+    paper = PAPER_SETTINGS[dataset]
+    extra = {k: v for k, v in c.items() if k not in ("ngf", "num_blocks", "norm") and v != paper.get(k)}
+    return {"ngf": c["ngf"], "n_blocks": c["num_blocks"], "norm": c["norm"], "stage": 2,
+            "generator_options": extra or None}
+
+
+def _gfla() -> OfficialModel:
+    def build(c: dict[str, Any]) -> nn.Module:
+        from pgpig import models
+
+        c = {k: v for k, v in c.items() if k != "flow_net"}  # the reference files note the fixed flow-net widths
+        return models.create("gfla", **c)
+
+    from pgpig.models.gfla import PAPER_SETTINGS
+
+    return OfficialModel(build, _gfla_infer, _gfla_forward, _gfla_config, PAPER_SETTINGS)
+
+
+MODELS: dict[str, OfficialModel] = {"patn": _two_stream("patn"), "xinggan": _two_stream("xinggan"), "dptn": _dptn(),
+                                    "gfla": _gfla()}
 """The importable generators by pgpig model name."""
 
 
@@ -174,13 +295,18 @@ def infer_constructor(name: str, state_dict: StateDict) -> dict[str, Any]:
     return _spec(name).infer(_strip_wrapper(state_dict))
 
 
-def paper_setting(name: str, state_dict: StateDict) -> str | None:
-    """The data set (``deepfashion``, ``market1501``) whose paper model ``state_dict`` is, or ``None``."""
+def _meta_shapes(spec: OfficialModel, constructor: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of ``spec``'s generator built with ``constructor``, without allocating it."""
+    with torch.device("meta"):
+        return _shapes(spec.build(dict(constructor)))
+
+
+def paper_settings(name: str, state_dict: StateDict) -> list[str]:
+    """The data sets (``deepfashion``, ``market1501``) whose paper model has exactly ``state_dict``'s keys and shapes
+    (both, for a generator the papers build alike on the two)."""
     spec, state = _spec(name), _strip_wrapper(state_dict)
-    for dataset, constructor in spec.paper.items():
-        if constructor == spec.infer(state):
-            return dataset
-    return None
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    return [dataset for dataset, constructor in spec.paper.items() if _meta_shapes(spec, constructor) == shapes]
 
 
 def load(name: str, state_dict: StateDict, constructor: dict[str, Any] | None = None) -> nn.Module:
@@ -191,13 +317,18 @@ def load(name: str, state_dict: StateDict, constructor: dict[str, Any] | None = 
     spec, state = _spec(name), _strip_wrapper(state_dict)
     if constructor is None:
         constructor = spec.infer(state)
-    model = spec.build(dict(constructor))
-    expected = _shapes(model)
-    problems = _mismatch(expected, state)
+    # built without memory or initialisation (DPTN's orthogonal init alone takes seconds), then given the weights
+    with torch.device("meta"):
+        model = spec.build(dict(constructor))
+    problems = _mismatch(_shapes(model), state)
     if problems:
         raise TrainError(f"the checkpoint does not fit the official {name} generator built with {constructor}: "
                          f"{problems}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True,
+                          assign=True)
+    left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
+    if left:  # a tensor the state dict does not hold (none of the official generators has one)
+        raise TrainError(f"the official {name} generator has tensors no checkpoint sets: {', '.join(left)}")
     return model.eval()
 
 
@@ -219,8 +350,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------- run folders
 
-# (height, width) of the images each data set's models see (DeepFashion in PATN's 256x176 crop, Market at 128x64)
-IMAGE_SIZES = {"deepfashion": (256, 176), "market1501": (128, 64)}
+# (height, width) of each data set's stored images (pgpig-data pair's defaults); a recipe's crop_margin narrows them
+# to what its model sees (PATN and XingGAN on DeepFashion: 256x176)
+STORED_SIZES = {"deepfashion": (256, 256), "market1501": (128, 64)}
 
 
 def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | None = None,
@@ -239,12 +371,14 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
     state = _strip_wrapper(read_checkpoint(checkpoint))
     spec = _spec(name)
     if dataset is None:
-        dataset = paper_setting(name, state)
-        if dataset is None:
-            raise TrainError(f"{checkpoint}: its shapes are not a paper model of {name} "
-                             f"({infer_constructor(name, state)}); say which data set with --dataset")
-    if dataset not in IMAGE_SIZES:
-        raise TrainError(f"unknown data set {dataset!r}; choose one of: {', '.join(IMAGE_SIZES)}")
+        candidates = paper_settings(name, state)
+        if len(candidates) != 1:
+            which = (f"the paper builds the same {name} for {' and '.join(candidates)}" if candidates else
+                     f"its shapes are not a paper model of {name} ({infer_constructor(name, state)})")
+            raise TrainError(f"{checkpoint}: {which}; say which data set with --dataset")
+        dataset = candidates[0]
+    if dataset not in STORED_SIZES:
+        raise TrainError(f"unknown data set {dataset!r}; choose one of: {', '.join(STORED_SIZES)}")
     constructor = dict(constructor) if constructor is not None else spec.infer(state)
     try:
         model = load(name, state, constructor)
@@ -254,9 +388,10 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
         raise TrainError(f"{out} already holds a run; choose another --out")
 
     recipe = f"{dataset}/{name}"
-    overrides = {"model": name, "run_dir": out, **spec.config(constructor)}
+    overrides = {"model": name, "run_dir": out, **spec.config(constructor, dataset)}
     cfg = load_config(recipe_path(recipe) if recipe in shipped_recipes() else None, overrides)
-    size = IMAGE_SIZES[dataset]
+    stored = STORED_SIZES[dataset]
+    size = (stored[0], stored[1] - 2 * cfg.crop_margin)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     meta = {"step": "0", "height": str(size[0]), "width": str(size[1]), "imported_from": checkpoint.name,
             "sha256": digest, "official_constructor": json.dumps(constructor, sort_keys=True)}
