@@ -46,6 +46,16 @@ class UltralyticsBackend:
         self.model_path = Path(model) if model else default_model_path()
         if not self.model_path.is_file():
             raise PipelineError(f"{self.model_path}: pose model weights not found (--model)")
+        # ultralytics' own loader unpickles the file as it is; the weights-only loader (ultralytics' classes
+        # allowed, nothing else) reads it first, so a file that would run other code is refused before
+        try:
+            from ultralytics.nn.tasks import torch_safe_load
+
+            torch_safe_load(str(self.model_path), safe_only=True)
+        except Exception as exc:  # noqa: BLE001 - ultralytics raises many types for a bad or unsafe file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"{self.model_path}: cannot load as YOLO-pose weights with weights-only loading "
+                                f"({reason})") from None
         try:
             self.model = YOLO(str(self.model_path), task="pose")
         except Exception as exc:  # ultralytics raises many types for a bad file

@@ -205,3 +205,19 @@ def test_every_torch_load_in_the_packages_passes_weights_only_true():
     assert calls, "no torch.load found: the scan is broken"
     assert [where for where, safe in calls if not safe] == []
     assert any(where.startswith("pgpig/train.py") for where, _ in calls)  # the checkpoint loader is among them
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("backend", ["ultralytics", "fast"])
+def test_pose_weights_that_would_run_code_are_refused_by_both_backends(tmp_path, backend):
+    """``--model FILE``: ultralytics' own loader unpickles a ``.pt`` as it is; both backends read it with
+    weights-only loading first (ultralytics' classes allowed, nothing else), so the payload never runs."""
+    from pipeline.errors import PipelineError
+    from pipeline.pose import create_backend
+
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "yolo-pose.pt"
+    weights.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    with pytest.raises(PipelineError, match="yolo-pose.pt"):
+        create_backend(backend, model=str(weights), device="cpu")
+    assert not marker.exists()
