@@ -124,8 +124,10 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 @click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Person detection threshold.")
 @click.option("--kpt-threshold", default=0.5, type=click.FloatRange(0, 1), help="Keypoint visibility threshold.")
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (auto pins one worker per GPU).")
-@click.option("--batch-size", default=32, type=click.IntRange(1), help="Images per model call.")
-@click.option("--partition-size", default=512, type=click.IntRange(1), help="Images per task and part file.")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Images per model call [default: 256 with the fast backend, 32 with ultralytics].")
+@click.option("--partition-size", default=None, type=click.IntRange(1),
+              help="Images per task and part file [default: 4096 with the fast backend, 512 with ultralytics].")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Local worker processes [default: one per GPU, else CPU workers]; 0 runs in this process.")
 @click.option("--threads", default=1, type=click.IntRange(1), help="Threads per worker.")
@@ -134,8 +136,8 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
-            annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size: int,
-            partition_size: int, workers, threads: int, scheduler, overwrite: bool, quiet: bool) -> None:
+            annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size,
+            partition_size, workers, threads: int, scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
     Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second

@@ -53,7 +53,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from pipeline.errors import PipelineError
 from schemas.files import sha256_bytes
 
-__all__ = ["Decoded", "decode_bytes", "decode_image"]
+__all__ = ["Decoded", "JpegHeader", "decode_bytes", "decode_image", "exif_orientation", "jpeg_complete", "jpeg_header"]
 
 OK = "ok"
 UNREADABLE = "unreadable"
@@ -169,14 +169,14 @@ def decode_bytes(data: bytes, name: str = "", max_pixels: int = 40_000_000, max_
 
 
 @dataclass(frozen=True)
-class _JpegHeader:
+class JpegHeader:
     width: int  # as stored, before EXIF orientation
     height: int
     frame: int  # offset of the frame (SOF) marker: the completeness walk starts there
     exif: tuple[int, int] | None  # (start, end) of the TIFF data of an EXIF APP1 before the frame header
 
 
-def _jpeg_header(data: bytes) -> _JpegHeader:
+def jpeg_header(data: bytes) -> JpegHeader:
     """Walk the marker segments up to the frame header (SOF): its size, and where the EXIF block is.
 
     Stops at the frame header rather than the first scan: the Huffman tables in between are of no use here.
@@ -203,7 +203,7 @@ def _jpeg_header(data: bytes) -> _JpegHeader:
             height, width = struct.unpack_from(">HH", data, pos + 5)
             if width == 0 or height == 0:
                 raise _Unreadable(f"corrupt or unsupported JPEG (frame header says {width}×{height})")
-            return _JpegHeader(width, height, pos, exif)
+            return JpegHeader(width, height, pos, exif)
         if marker == 0xDA:
             raise _Unreadable("truncated or corrupt JPEG (no frame header)")
         if marker == 0xE1 and exif is None and data[pos + 4:pos + 10] == b"Exif\x00\x00":
@@ -211,7 +211,7 @@ def _jpeg_header(data: bytes) -> _JpegHeader:
         pos += 2 + seglen
 
 
-def _jpeg_complete(data: bytes, start: int) -> bool:
+def jpeg_complete(data: bytes, start: int) -> bool:
     """True when an end-of-image marker follows the scans; ``start`` is a marker segment before the first scan.
 
     Inside entropy-coded data every 0xFF is followed by 0x00 (stuffing) or a restart marker, so the first
@@ -239,7 +239,7 @@ def _jpeg_complete(data: bytes, start: int) -> bool:
             return True
 
 
-def _exif_orientation(tiff: bytes) -> int:
+def exif_orientation(tiff: bytes) -> int:
     """EXIF orientation (1..8) from the TIFF block of an APP1 segment; 1 when absent or malformed."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
@@ -270,9 +270,9 @@ def _jpeg_reduction(width: int, height: int, max_pixels: int, max_side: int) -> 
 
 
 def _decode_jpeg(data: bytes, max_pixels: int, max_side: int) -> tuple[np.ndarray, int, int]:
-    header = _jpeg_header(data)
+    header = jpeg_header(data)
     k = _jpeg_reduction(header.width, header.height, max_pixels, max_side)
-    if not _jpeg_complete(data, header.frame):
+    if not jpeg_complete(data, header.frame):
         raise _Unreadable("truncated or corrupt JPEG (no end-of-image marker)")
     image = _cv2_decode(data, JPEG_REDUCED[k])
     if image is None:
@@ -287,11 +287,11 @@ def _decode_jpeg(data: bytes, max_pixels: int, max_side: int) -> tuple[np.ndarra
     elif got == straight[::-1] and got != straight:
         swapped = True
     else:  # square after reduction: the shape can't tell, the EXIF tag can
-        swapped = header.exif is not None and _exif_orientation(data[header.exif[0]:header.exif[1]]) >= 5
+        swapped = header.exif is not None and exif_orientation(data[header.exif[0]:header.exif[1]]) >= 5
     return image, (header.height if swapped else header.width), (header.width if swapped else header.height)
 
 
-def _pil_jpeg(data: bytes, header: _JpegHeader, k: int) -> np.ndarray:
+def _pil_jpeg(data: bytes, header: JpegHeader, k: int) -> np.ndarray:
     """Pillow's decode when OpenCV refuses a JPEG whose structure looked whole (rare: odd subsampling, 12-bit)."""
     try:
         # The plugin class directly: Image.open's bomb check would refuse what we decode reduced anyway.

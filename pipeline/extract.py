@@ -79,9 +79,17 @@ class ExtractConfig:
     kpt_threshold: float = 0.5
     """A keypoint is visible when its score is at least this."""
     device: str = "auto"
-    batch_size: int = 32
-    partition_size: int = 512
-    """Images per task and per part file."""
+    batch_size: int | None = None
+    """Images per model call; None → 256 with the ``fast`` backend (batched decode and post-processing want large
+    batches), 32 with ``ultralytics``."""
+    partition_size: int | None = None
+    """Images per task and per part file; None → 4096 with ``fast`` (its reading and the model overlap within a
+    task), 512 otherwise."""
+
+    def sizes(self) -> tuple[int, int]:
+        """``(batch_size, partition_size)`` with the backend's defaults filled in."""
+        fast = self.backend == "fast"
+        return (self.batch_size or (256 if fast else 32), self.partition_size or (4096 if fast else 512))
     workers: int | None = None
     """Worker processes of the local cluster; None → one per GPU, or CPU workers; 0 → in this process."""
     threads: int = 1
@@ -118,15 +126,16 @@ class PartitionTask:
 def run_settings(cfg: ExtractConfig, dataset: str) -> dict:
     """The settings recorded in extract.json, including the fingerprints that resume compares."""
     backend = cfg.backend
+    batch_size, partition_size = cfg.sizes()
     settings = {
         "backend": backend,
         "dataset": dataset,
         "imgsz": cfg.imgsz,
         "conf": cfg.conf,
         "kpt_threshold": cfg.kpt_threshold,
-        "batch_size": cfg.batch_size,
+        "batch_size": batch_size,
         "device": cfg.device,
-        "partition_size": cfg.partition_size,
+        "partition_size": partition_size,
         "max_pixels": cfg.max_pixels,
         "model": None,
         "model_sha256": None,
@@ -441,7 +450,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     raw = Path(cfg.raw).resolve()
     if not raw.is_dir():
         raise PipelineError(f"{cfg.raw}: raw data folder not found")
-    if cfg.partition_size < 1 or cfg.batch_size < 1:
+    batch_size, partition_size = cfg.sizes()
+    if partition_size < 1 or batch_size < 1:
         raise PipelineError("--partition-size and --batch-size must be at least 1")
     listed = list_images(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres)
     dataset = listed[0].dataset if listed else (cfg.dataset or "folder")
@@ -476,8 +486,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     settings = {**settings, "torch_threads": torch_threads, "decode_threads": decode_threads}
     first = max(parts, default=-1) + 1
     tasks = [
-        PartitionTask(first + k, [asdict(r) for r in todo[i:i + cfg.partition_size]], str(raw), settings)
-        for k, i in enumerate(range(0, len(todo), cfg.partition_size))
+        PartitionTask(first + k, [asdict(r) for r in todo[i:i + partition_size]], str(raw), settings)
+        for k, i in enumerate(range(0, len(todo), partition_size))
     ]
     summaries = _execute(tasks, cfg, workers, progress, log) if tasks else []
     seconds = time.perf_counter() - started

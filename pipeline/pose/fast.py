@@ -20,8 +20,8 @@ The file path, one batch of ``batch_size`` files at a time:
    hashes them (sha256, the table's ``content_hash``).
 2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call; the bytes copied into one
    pinned host buffer first) only when ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's
-   colour handling is the same as libjpeg's: frame header parses (``pipeline.decode._jpeg_header``), ends with an
-   end-of-image marker (``_jpeg_complete``), baseline or extended Huffman (SOF0/SOF1; progressive, lossless and
+   colour handling is the same as libjpeg's: frame header parses (``pipeline.decode.jpeg_header``), ends with an
+   end-of-image marker (``jpeg_complete``), baseline or extended Huffman (SOF0/SOF1; progressive, lossless and
    arithmetic go to the CPU), 8-bit, three components, no Adobe APP14 segment (RGB- or YCCK-coded files), no
    EXIF orientation other than 1, at most ``max_pixels`` and 4096 px a side (``decode_image``'s limits, above
    which it decodes reduced). Everything else, a file that cannot be read here, and every file of a batch whose
@@ -308,12 +308,12 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
     """``(height, width)`` when ``torchvision``'s decoder gives what ``pipeline.decode`` would, else None.
 
     The conditions are listed in the module docstring; anything unusual is left to the CPU decoder."""
-    from pipeline.decode import _exif_orientation, _jpeg_complete, _jpeg_header
+    from pipeline.decode import exif_orientation, jpeg_complete, jpeg_header
 
     if not data.startswith(JPEG_MAGIC):
         return None
     try:
-        header = _jpeg_header(data)
+        header = jpeg_header(data)
     except Exception:  # noqa: BLE001 - a bad header is the CPU decoder's to name
         return None
     frame = header.frame
@@ -324,9 +324,9 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
         return None
     if b"Adobe" in data[:frame]:
         return None
-    if header.exif is not None and _exif_orientation(data[header.exif[0]:header.exif[1]]) != 1:
+    if header.exif is not None and exif_orientation(data[header.exif[0]:header.exif[1]]) != 1:
         return None
-    if not _jpeg_complete(data, frame):
+    if not jpeg_complete(data, frame):
         return None
     return header.height, header.width
 
