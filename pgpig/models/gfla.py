@@ -512,7 +512,8 @@ class GFLAObjective(Objective):
                     target_features: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``lambda_correctness * correctness + lambda_regularization * regularisation`` and both terms."""
         cfg = self.cfg
-        setting = PAPER_SETTINGS[paper_setting_for(tuple(batch.source.shape[-2:]))]
+        setting = {**PAPER_SETTINGS[paper_setting_for(tuple(batch.source.shape[-2:]))],
+                   **(cfg.generator_options or {})}  # the generator's own levels and kernels
         levels = sorted(setting["attn_layer"], reverse=True)
         kernels = {int(k): v for k, v in setting["extractor_kz"].items()}
         zero = torch.zeros((), device=batch.source.device)

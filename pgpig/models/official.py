@@ -57,8 +57,9 @@ class OfficialModel:
     generator."""
     paper: Mapping[str, dict[str, Any]]
     """The official constructor arguments of the paper's model per data set."""
-    note: str = ""
-    """What the user should know (e.g. outputs not reproducible from a reference)."""
+    recipe: str = ""
+    """The shipped recipe (under the data set's folder) an imported run's config starts from; empty: the model's
+    name. GFLA's is its end-to-end stage, ``gfla-stage2``."""
 
 
 def _block_count(state: StateDict, prefix: str) -> int:
@@ -247,7 +248,7 @@ def _gfla() -> OfficialModel:
 
     from pgpig.models.gfla import PAPER_SETTINGS
 
-    return OfficialModel(build, _gfla_infer, _gfla_forward, _gfla_config, PAPER_SETTINGS)
+    return OfficialModel(build, _gfla_infer, _gfla_forward, _gfla_config, PAPER_SETTINGS, recipe="gfla-stage2")
 
 
 MODELS: dict[str, OfficialModel] = {"patn": _two_stream("patn"), "xinggan": _two_stream("xinggan"), "dptn": _dptn(),
@@ -387,7 +388,7 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
     if (out / "config.yaml").exists() or (out / "generator.safetensors").exists():
         raise TrainError(f"{out} already holds a run; choose another --out")
 
-    recipe = f"{dataset}/{name}"
+    recipe = f"{dataset}/{spec.recipe or name}"
     overrides = {"model": name, "run_dir": out, **spec.config(constructor, dataset)}
     cfg = load_config(recipe_path(recipe) if recipe in shipped_recipes() else None, overrides)
     stored = STORED_SIZES[dataset]

@@ -139,6 +139,8 @@ def test_a_reduced_width_flow_or_transformer_checkpoint_imports_and_generates(sh
     assert result.exit_code == 0, result.output
     run = load_generator(tmp_path / "run", "cpu")
     assert run.config.model == name and run.size == (128, 64)
+    # the paper recipe of the whole model (GFLA's end-to-end stage), so `--recipe RUN/config.yaml` fine-tunes it
+    assert run.config.stage == (2 if name == "gfla" else 1) and run.config.lambda_l1 > 0 and run.config.use_gan
     inputs = [x.float() for x in public["inputs"]]
     with torch.no_grad():
         ours = run.generator(*inputs)
