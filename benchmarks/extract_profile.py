@@ -50,12 +50,12 @@ def main() -> None:
     args = parser.parse_args()
     from extract_bench import make_images
 
+    from pipeline.decode import read_image_bytes
     from pipeline.pose.fast import (
         FastBackend,
         letterbox,
         letterbox_geometry,
         postprocess,
-        read_file,
         split_detections,
         to_image_pixels,
         torch_decodable,
@@ -70,7 +70,7 @@ def main() -> None:
         paths = make_images(Path(tmp) / "raw", n, (h, w))
         backend = FastBackend(device=str(device), batch_size=bs, read_threads=args.threads)
         pool = ThreadPoolExecutor(args.threads)
-        blobs, t = timed(lambda: list(pool.map(read_file, paths)), device)
+        blobs, t = timed(lambda: list(pool.map(read_image_bytes, paths)), device)
         us["read"] = t
         _, t = timed(lambda: [torch_decodable(b, 40_000_000) for b in blobs], device)
         us["header_walk"] = t

@@ -16,8 +16,8 @@ Two entries:
 
 The file path, one batch of ``batch_size`` files at a time:
 
-1. A thread pool reads the bytes (``os.open`` non-blocking + ``fstat``: a FIFO or device is never read here) and
-   hashes them (sha256, the table's ``content_hash``).
+1. A thread pool reads the bytes with ``pipeline.decode.read_image_bytes`` (a FIFO or device is never read; a file
+   that cannot be read keeps the record that says why) and hashes them (sha256, the table's ``content_hash``).
 2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call; the bytes copied into one
    pinned host buffer first) only when ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's
    colour handling is the same as libjpeg's: frame header parses (``pipeline.decode.jpeg_header``), ends with an
@@ -89,7 +89,6 @@ import contextlib
 import functools
 import os
 import queue
-import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -99,7 +98,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import Decoded, decode_bytes, decode_image
+from pipeline.decode import Decoded, decode_bytes, read_image_bytes
 from pipeline.errors import PipelineError
 from pipeline.pose import Detections, default_model_path
 from schemas.files import sha256_bytes
@@ -277,31 +276,11 @@ class _File:
     """One file of a batch while it is being prepared."""
 
     path: Path
-    data: bytes | None = None  # None: could not be read here; decode_image will say why
+    data: bytes | None = None  # None: could not be read (``decoded`` then says why)
     size: tuple[int, int] | None = None  # (height, width) when the torch decoder takes it
     digest: str | None = None
     image: torch.Tensor | None = None  # (3, H, W) uint8 RGB from the torch decoder
     decoded: Decoded | None = None  # the CPU decode, when it went there
-
-
-def read_file(path: Path) -> bytes | None:
-    """The bytes of a regular file, or None when anything is odd (``decode_image`` then reads it and says why)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except (OSError, ValueError):
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        chunks = []
-        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> tuple[int, int] | None:
@@ -477,17 +456,18 @@ class FastBackend:
         """Read, sort and decode one batch (runs in the producer thread, on the side stream when on CUDA)."""
 
         def read(path: Path) -> _File:
-            f = _File(path, read_file(path))
-            if f.data is not None and self.torch_decode:
+            data = read_image_bytes(path)
+            if isinstance(data, Decoded):  # unreadable: the record says why
+                return _File(path, decoded=data)
+            f = _File(path, data)
+            if self.torch_decode:
                 f.size = torch_decodable(f.data, max_pixels)
                 if f.size is not None:
                     f.digest = sha256_bytes(f.data)
             return f
 
         def cpu_decode(f: _File) -> None:
-            if f.data is None:
-                f.decoded = decode_image(f.path, max_pixels=max_pixels)
-            else:
+            if f.decoded is None:
                 f.decoded = decode_bytes(f.data, f.path.name, max_pixels=max_pixels)
 
         files = list(pool.map(read, paths))
