@@ -134,7 +134,7 @@ from pgpig.models.objective import Objective, StepBatch
 from pgpig.models.ops import block_extractor, local_attn_reshape, resample2d
 
 __all__ = ["FLOW_NET", "GFLA", "PAPER_SETTINGS", "GFLADiscriminator", "GFLAObjective", "affine_regularization",
-           "init_orthogonal", "paper_setting_for", "sampling_correctness", "warp_image"]
+           "generator_settings", "init_orthogonal", "paper_setting_for", "sampling_correctness", "warp_image"]
 
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "deepfashion": {"image_nc": 3, "structure_nc": 18, "output_nc": 3, "ngf": 64, "img_f": 512, "layers": 3,
@@ -166,6 +166,13 @@ def paper_setting_for(size: tuple[int, int]) -> str:
     """Which data set's settings a run at ``(H, W)`` uses: ``deepfashion`` from 256 px height, else
     ``market1501``."""
     return "deepfashion" if size[0] >= 256 else "market1501"
+
+
+def generator_settings(cfg: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The generator's constructor arguments for a ``TrainConfig`` at ``(H, W)`` images: the paper setting of that
+    size, the config's ``ngf``, ``n_blocks`` and ``norm``, and its ``generator_options`` on top."""
+    return {**PAPER_SETTINGS[paper_setting_for(size)], "ngf": cfg.ngf, "num_blocks": cfg.n_blocks, "norm": cfg.norm,
+            **(cfg.generator_options or {})}
 
 
 def correctness_layer(level: int) -> str:
@@ -487,9 +494,7 @@ class GFLAObjective(Objective):
         if cfg.stage not in (1, 2):
             raise TrainError(f"GFLA has stages 1 (flow estimator) and 2 (end to end); stage is {cfg.stage}")
         _check_size(*size)
-        settings = {**PAPER_SETTINGS[paper_setting_for(size)], "ngf": cfg.ngf, "num_blocks": cfg.n_blocks,
-                    "norm": cfg.norm, **(cfg.generator_options or {})}
-        return models.create(cfg.model, stage=cfg.stage, **settings)
+        return models.create(cfg.model, stage=cfg.stage, **generator_settings(cfg, size))
 
     def build_discriminators(self, size: tuple[int, int]) -> dict[str, nn.Module]:
         if self.cfg.stage < 2 or not self.cfg.use_gan:
@@ -512,8 +517,7 @@ class GFLAObjective(Objective):
                     target_features: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``lambda_correctness * correctness + lambda_regularization * regularisation`` and both terms."""
         cfg = self.cfg
-        setting = {**PAPER_SETTINGS[paper_setting_for(tuple(batch.source.shape[-2:]))],
-                   **(cfg.generator_options or {})}  # the generator's own levels and kernels
+        setting = generator_settings(cfg, tuple(batch.source.shape[-2:]))  # the generator's levels and kernels
         levels = sorted(setting["attn_layer"], reverse=True)
         kernels = {int(k): v for k, v in setting["extractor_kz"].items()}
         zero = torch.zeros((), device=batch.source.device)

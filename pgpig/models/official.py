@@ -132,7 +132,25 @@ def _two_stream(model_name: str) -> OfficialModel:
     return OfficialModel(build, _two_stream_infer, _two_stream_forward, _two_stream_config, paper)
 
 
-# ---------------------------------------------------------------------------------------------------- DPTN
+# ---------------------------------------------------------------------------------------------------- DPTN, GFLA
+
+
+def _options_config(c: dict[str, Any], dataset: str, pose_key: str,
+                    derive: Callable[[Any, tuple[int, int]], dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """``TrainConfig`` fields of a generator built from ``ngf``, ``n_blocks``, ``norm`` and ``generator_options``
+    (GFLA, DPTN): the options are exactly the arguments that differ from what the family's own ``derive(cfg,
+    size)`` builds from the fields alone."""
+    from types import SimpleNamespace
+
+    if c.get("image_nc", 3) != 3 or c.get(pose_key, 18) != 18 or c.get("output_nc", 3) != 3:
+        raise TrainError("pgpig trains and generates with 3-channel images and 18 pose maps; this checkpoint has "
+                         f"{c.get('image_nc')}, {c.get(pose_key)} and {c.get('output_nc')}")
+    fields = {"ngf": c["ngf"], "n_blocks": c["num_blocks"], "norm": c["norm"], **fields}
+    derived = derive(SimpleNamespace(**fields, generator_options=None), STORED_SIZES[dataset])
+    extra = {key: value for key, value in c.items() if key not in derived or derived[key] != value}
+    return {**fields, "generator_options": extra or None}
+
+
 
 
 def _weight(state: StateDict, module: str) -> torch.Tensor:
@@ -173,17 +191,10 @@ def _dptn_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torc
 
 
 def _dptn_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
-    from pgpig.models.dptn import PAPER_SETTINGS
+    from pgpig.models.dptn import PAPER_SETTINGS, generator_kwargs
 
-    if c.get("image_nc", 3) != 3 or c.get("pose_nc", 18) != 18 or c.get("output_nc", 3) != 3:
-        raise TrainError("pgpig trains and generates with 3-channel images and 18 pose maps; this checkpoint has "
-                         f"{c.get('image_nc')}, {c.get('pose_nc')} and {c.get('output_nc')}")
-    fields = {"ngf": c["ngf"], "n_blocks": c["num_blocks"], "norm": c["norm"]}
-    paper = PAPER_SETTINGS["deepfashion"]
-    extra = {k: v for k, v in c.items() if k not in ("ngf", "num_blocks", "norm") and v != paper.get(k)}
-    if c["img_f"] != 8 * c["ngf"]:
-        extra["img_f"] = c["img_f"]
-    return {**fields, "generator_options": extra or None}
+    return _options_config(c, dataset, "pose_nc",
+                           lambda cfg, size: {**PAPER_SETTINGS[dataset], **generator_kwargs(cfg)})
 
 
 def _dptn() -> OfficialModel:
@@ -228,15 +239,9 @@ def _gfla_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torc
 
 
 def _gfla_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
-    from pgpig.models.gfla import PAPER_SETTINGS
+    from pgpig.models.gfla import generator_settings
 
-    if c.get("image_nc", 3) != 3 or c.get("structure_nc", 18) != 18 or c.get("output_nc", 3) != 3:
-        raise TrainError("pgpig trains and generates with 3-channel images and 18 pose maps; this checkpoint has "
-                         f"{c.get('image_nc')}, {c.get('structure_nc')} and {c.get('output_nc')}")
-    paper = PAPER_SETTINGS[dataset]
-    extra = {k: v for k, v in c.items() if k not in ("ngf", "num_blocks", "norm") and v != paper.get(k)}
-    return {"ngf": c["ngf"], "n_blocks": c["num_blocks"], "norm": c["norm"], "stage": 2,
-            "generator_options": extra or None}
+    return _options_config(c, dataset, "structure_nc", generator_settings, stage=2)
 
 
 def _gfla() -> OfficialModel:
