@@ -3,18 +3,20 @@
     python benchmarks/extract_profile.py [--images 4096] [--batch-size 256] [--size 256x176] [--device cuda:0]
 
 Stages, each over the same JPEG files (made as ``extract_bench.py`` makes them), synchronised before and after so
-the figure is that stage's alone: reading the bytes (thread pool), the header walk + sha256 that decide the GPU
-path, ``decode_jpeg`` on the device, letterbox + the network in fp16, post-processing + the copy back and the
-per-image split; then ``predict_files`` end to end (the stages overlapped as extraction runs them) and one
-``extract_partition`` task (rows, table, Parquet write). Prints one JSON line of microseconds per image per stage
-and images/s; the end-to-end figure against the sum of the stages shows how much the overlap wins, and the largest
-stage is what bounds it.
+the figure is that stage's alone: reading the batches (``pipeline.pose.reading``: bytes, sha256, the header walk)
+on threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
+letterbox; the network eager; the exact post-processing with its copy back; the network + person choice as CUDA
+graphs with the copy back (what ``extract_files`` runs); then ``predict_files`` and ``extract_files`` end to end
+(the stages overlapped as extraction runs them) and one ``extract_partition`` task without Dask, first with the
+model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds per image per stage and
+images/s; the largest stage of the hot path bounds the end-to-end figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +41,58 @@ def timed(fn, device: torch.device, repeat: int = 1):
     return out, (time.perf_counter() - start) / repeat
 
 
+def variants(args, backend, blobs: list[bytes], box, device: torch.device) -> dict[str, float]:
+    """Seconds (for all ``len(blobs)`` images) of the alternatives to the stages above."""
+    import cv2
+    import numpy as np
+
+    from pipeline.pose.fast import letterbox
+
+    n = len(blobs)
+    out = {}
+    for threads in sorted({args.threads, os.cpu_count() or 1}):
+        with ThreadPoolExecutor(threads) as pool:
+            decode = lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)  # noqa: E731
+            list(pool.map(decode, blobs[:64]))
+            _, out[f"decode_cv2_{threads}_threads"] = timed(lambda d=decode, p=pool: list(p.map(d, blobs)), device)
+    if device.type != "cuda":
+        return out
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    for bs in (64, 1024):
+        batches = [tensors[i:i + bs] for i in range(0, n, bs)]
+        backend._torch_decode(batches[0])
+        _, out[f"decode_jpeg_batch_{bs}"] = timed(lambda bb=batches: [backend._torch_decode(b) for b in bb], device)
+    image = torch.stack(backend._torch_decode(tensors[:args.batch_size]))
+    with torch.inference_mode():
+        x = letterbox(image, box).to(backend.dtype)
+        for bs in (128, 512):
+            xb = x.repeat((bs + len(x) - 1) // len(x), 1, 1, 1)[:bs]
+            backend.net(xb)
+            _, t = timed(lambda v=xb, k=n // bs: [backend.net(v) for _ in range(k)], device)
+            out[f"network_batch_{bs}"] = t * n / (n // bs * bs)
+        reps = n // len(x)
+        net_cl = backend.net.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        net_cl(xc)
+        _, t = timed(lambda: [net_cl(xc) for _ in range(reps)], device)
+        out["network_channels_last"] = t * n / (reps * len(x))
+        backend.net.to(memory_format=torch.contiguous_format)
+        static = x.clone()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                backend.net(static)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            backend.net(static)
+        graph.replay()
+        _, t = timed(lambda: [graph.replay() for _ in range(reps)], device)
+        out["network_cuda_graph"] = t * n / (reps * len(x))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4096)
@@ -46,84 +100,99 @@ def main() -> None:
     parser.add_argument("--size", default="256x176")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--processes", default="4,8", help="reader process counts to time (comma-separated); "
+                        "the last one is used end to end")
     parser.add_argument("--label", default="")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time alternatives: a threaded cv2 decode, other decode and network batch sizes, "
+                             "channels-last, a CUDA graph of the network")
     args = parser.parse_args()
     from extract_bench import make_images
 
-    from pipeline.decode import read_image_bytes
-    from pipeline.pose.fast import (
-        FastBackend,
-        letterbox,
-        letterbox_geometry,
-        postprocess,
-        split_detections,
-        to_image_pixels,
-        torch_decodable,
-    )
+    from pipeline.pose.fast import FastBackend, letterbox, letterbox_geometry, postprocess, to_image_pixels
+    from pipeline.pose.reading import BatchReader
     from schemas.files import sha256_bytes
 
     device = torch.device(args.device)
     h, w = (int(v) for v in args.size.split("x"))
     n, bs = args.images, args.batch_size
+    processes = [int(v) for v in args.processes.split(",") if v]
     us = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp) / "raw", n, (h, w))
-        backend = FastBackend(device=str(device), batch_size=bs, read_threads=args.threads)
-        pool = ThreadPoolExecutor(args.threads)
-        blobs, t = timed(lambda: list(pool.map(read_image_bytes, paths)), device)
-        us["read"] = t
-        _, t = timed(lambda: [torch_decodable(b, 40_000_000) for b in blobs], device)
-        us["header_walk"] = t
+        path_batches = [paths[i:i + bs] for i in range(0, n, bs)]
+        backend = FastBackend(device=str(device), batch_size=bs, read_threads=args.threads, torch_decode=True,
+                              read_processes=processes[-1] if processes else 0)
+        decodable = backend.reader.decodable
+        reads, t = timed(lambda: list(BatchReader(decodable, 0, args.threads).read(path_batches, 40_000_000)), device)
+        us[f"read_{args.threads}_threads"] = t
+        for p in processes:
+            reader = BatchReader(decodable, p, args.threads, pin_memory=device.type == "cuda")
+            list(reader.read(path_batches[:p], 40_000_000))  # the workers start
+            _, t = timed(lambda r=reader: list(r.read(path_batches, 40_000_000)), device)
+            us[f"read_{p}_processes_{args.threads}_threads"] = t
+            reader.close()
+        blobs = [bytes(b.numpy()) for r in reads for b in r.jpeg_blobs()]
+        assert len(blobs) == n, "every bench file takes the GPU route"
+        _, t = timed(lambda: [decodable(b, 40_000_000) for b in blobs], device)
+        us["header_walk_1_thread"] = t
         _, t = timed(lambda: [sha256_bytes(b) for b in blobs], device)
-        us["sha256"] = t
-        batches = [blobs[i:i + bs] for i in range(0, n, bs)]
+        us["sha256_1_thread"] = t
         if device.type == "cuda":
-            backend._torch_decode(batches[0])  # nvJPEG handles
-            images, t = timed(lambda: [torch.stack(backend._torch_decode(b)) for b in batches], device)
+            backend._torch_decode(reads[0].jpeg_blobs())  # nvJPEG handles
+            images, t = timed(lambda: [torch.stack(backend._torch_decode(r.jpeg_blobs())) for r in reads], device)
         else:
             from torchvision.io import decode_jpeg
 
-            images, t = timed(lambda: [torch.stack([decode_jpeg(torch.frombuffer(x, dtype=torch.uint8))
-                                                    for x in b]) for b in batches], device)
+            images, t = timed(lambda: [torch.stack([decode_jpeg(x) for x in r.jpeg_blobs()]) for r in reads], device)
         us["decode_jpeg"] = t
         box = letterbox_geometry(h, w, backend.imgsz)
-        x = [letterbox(im, box).to(backend.dtype) for im in images[:1]]
+        frames = torch.tensor([[1.0, 1.0, 0.0, 0.0, w, h, 1.0]] * bs, device=device)
         with torch.inference_mode():
-            backend.net(x[0])
+            backend.net(letterbox(images[0], box).to(backend.dtype))
             xs, t = timed(lambda: [letterbox(im, box).to(backend.dtype) for im in images], device)
             us["letterbox"] = t
             preds, t = timed(lambda: [backend.net(v) for v in xs], device)
             preds = [p[0] if isinstance(p, (list, tuple)) else p for p in preds]
-            us["network"] = t
-            frames = torch.tensor([[1.0, 1.0, 0.0, 0.0, w, h]] * bs, device=device)
+            us["network_eager"] = t
 
             def post():
                 out = []
                 for p in preds:
                     det, index = postprocess(p, backend.conf, backend.iou, backend.max_det)
-                    det = to_image_pixels(det, index, frames[:len(p)])
+                    det = to_image_pixels(det, index, frames[:len(p), :6])
                     out.append((det.cpu().numpy(), index.cpu().numpy(), len(p)))
                 return out
 
-            host, t = timed(post, device)
-            us["postprocess_and_copy"] = t
-            _, t = timed(lambda: [split_detections(*item) for item in host], device)
-            us["split"] = t
+            _, t = timed(post, device)
+            us["exact_postprocess_and_copy"] = t
+            backend.graphs.run(xs[0], frames[:len(xs[0])])  # capture
+            backend.graphs.run(xs[-1], frames[:len(xs[-1])])
+            _, t = timed(lambda: [backend.graphs.run(v, frames[:len(v)])[0].cpu() for v in xs], device)
+            us["graph_network_and_choice_and_copy"] = t
+        if args.variants:
+            us.update(variants(args, backend, blobs, box, device))
         _, t = timed(lambda: list(backend.predict_files(paths)), device)
         us["predict_files_end_to_end"] = t
+        list(backend.extract_files(paths[:bs]))
+        _, t = timed(lambda: list(backend.extract_files(paths)), device)
+        us["extract_files_end_to_end"] = t
 
         from pipeline.extract import ExtractConfig, run_extract
 
         cfg = ExtractConfig(raw=Path(tmp) / "raw", out=Path(tmp) / "kp", run_file=Path(tmp) / "x.json",
                             dataset="folder", pose_backend="fast", device=str(device), batch_size=bs,
-                            partition_size=n, workers=0)
+                            partition_size=n, workers=0, read_processes=processes[-1] if processes else 0,
+                            overwrite=True)
         _, t = timed(lambda: run_extract(cfg, progress=False, log=lambda *a: None), device)
-        us["run_extract_one_task_no_dask"] = t
+        us["run_extract_one_task_no_dask_first"] = t
+        _, t = timed(lambda: run_extract(cfg, progress=False, log=lambda *a: None), device)
+        us["run_extract_one_task_no_dask_again"] = t
     stages = {k: round(v / n * 1e6, 2) for k, v in us.items()}
-    summed = sum(v for k, v in stages.items() if k not in ("predict_files_end_to_end", "run_extract_one_task_no_dask"))
     print(json.dumps({"bench": "extract_profile", "images": n, "batch_size": bs, "size": [h, w],
                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                      "threads": args.threads, "us_per_image": stages, "sum_of_stages_us": round(summed, 2),
+                      "threads": args.threads, "processes": processes,
+                      "us_per_image": stages,
                       "images_per_s": {k: round(1e6 / v, 1) for k, v in stages.items() if v > 0},
                       "label": args.label, "torch": torch.__version__}))
 

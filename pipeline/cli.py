@@ -131,13 +131,16 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Local worker processes [default: one per GPU, else CPU workers]; 0 runs in this process.")
 @click.option("--threads", default=1, type=click.IntRange(1), help="Threads per worker.")
+@click.option("--read-processes", default=None, type=click.IntRange(0),
+              help="Fast backend: file-reading processes per worker [default: with a GPU, the worker's cores "
+              "less 2, at most 8; else 0, reading on threads].")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
 @click.option("--overwrite", is_flag=True, help="Discard earlier parts and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
             annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size,
-            partition_size, workers, threads: int, scheduler, overwrite: bool, quiet: bool) -> None:
+            partition_size, workers, threads: int, read_processes, scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
     Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second
@@ -149,8 +152,8 @@ def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres:
                         split_lists=tuple(split_lists) if split_lists else None, highres=highres, seed=seed,
                         model=model, annotations=tuple(annotations), pose_backend=pose_backend, imgsz=imgsz, conf=conf,
                         kpt_threshold=kpt_threshold, device=device, batch_size=batch_size,
-                        partition_size=partition_size, workers=workers, threads=threads, scheduler=scheduler,
-                        overwrite=overwrite)
+                        partition_size=partition_size, workers=workers, threads=threads, read_processes=read_processes,
+                        scheduler=scheduler, overwrite=overwrite)
     record = run_extract(cfg, progress=not quiet, log=click.echo)
     counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
     click.echo(f"{record['rows']} rows in {out}/ ({counts}); {record['processed']} processed this run in "

@@ -94,6 +94,9 @@ class ExtractConfig:
     """Worker processes of the local cluster; None → one per GPU, or CPU workers; 0 → in this process."""
     threads: int = 1
     """Threads per worker (Dask threads; torch gets the CPU cores divided between workers)."""
+    read_processes: int | None = None
+    """Fast backend: processes reading and hashing the files of each worker (``pipeline.pose.reading``); None →
+    with a GPU the worker's cores less 2 (the GPU feeding threads), at most 8; without one 0 (threads)."""
     scheduler: str | None = None
     overwrite: bool = False
     max_pixels: int = 40_000_000
@@ -231,6 +234,7 @@ def _decode_ahead(rows: list[dict], raw: str, max_pixels: int, threads: int, win
 def extract_partition(task: PartitionTask, out: str) -> dict:
     """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds"}``."""
     from pipeline.pose import cached_backend, to_openpose
+    from schemas.keypoints import coco17_to_openpose18
     from pipeline.pose.annotations import annotation_row
 
     start = time.perf_counter()
@@ -241,7 +245,7 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
     width: list[int | None] = [None] * n
     height: list[int | None] = [None] * n
     digest: list[str | None] = [None] * n
-    persons = [0] * n
+    persons = np.zeros(n, np.int16)
     keypoints, scores = empty_keypoints(n)
     boxes = np.full((n, 5), np.nan, np.float32)
     annotations = None
@@ -272,20 +276,31 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         pending.clear()
 
     if s["backend"] == "fast":
-        # the backend reads, decodes and batches the files itself (GPU decode, reading overlapped with the model)
+        # the backend reads, decodes and batches the files itself (reader processes, GPU decode, the network and the
+        # person choice as CUDA graphs) and hands back whole batches: no per-image Python work on the model's side
         _set_torch_threads(s.get("torch_threads"))
         backend = cached_backend("fast", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
                                  device=_worker_device(s["device"]), batch_size=s["batch_size"],
-                                 read_threads=s.get("decode_threads", 4))
-        todo = [i for i, row in enumerate(task.rows) if row["skip_reason"] is None]
-        files = backend.predict_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"])
-        for i, (decoded, det) in zip(todo, files, strict=True):
-            width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
-            if decoded.status != "ok":
-                status[i], reason[i] = "unreadable", decoded.reason
-            else:
-                status[i], reason[i] = "ok", None  # until the model finds nobody
-                record(i, det, decoded.scale)
+                                 read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
+        todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
+        start = 0
+        for batch in backend.extract_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"]):
+            r = batch.read
+            rows = todo[start:start + len(r)]
+            start += len(r)
+            for j, i in enumerate(rows.tolist()):
+                width[i], height[i], digest[i] = r.width[j], r.height[j], r.digest[j]
+                status[i], reason[i] = ("ok", None) if r.status[j] == "ok" else ("unreadable", r.reason[j])
+            ok = np.asarray(r.status) == "ok"
+            found = ok & (batch.persons > 0)
+            persons[rows[ok]] = batch.persons[ok]
+            for i in rows[ok & ~found].tolist():
+                status[i], reason[i] = "no_person", "no person detected"
+            keypoints[rows[found]], scores[rows[found]] = coco17_to_openpose18(
+                batch.keypoints[found], batch.scores[found], s["kpt_threshold"])
+            boxes[rows[found]] = batch.boxes[found]
+        if start != len(todo):
+            raise PipelineError(f"the fast backend returned {start} of {len(todo)} files")
     else:
         decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
                                      window=2 * s["batch_size"])
@@ -442,6 +457,12 @@ def default_workers() -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
+def _gpu_visible(cfg: ExtractConfig) -> bool:
+    import torch
+
+    return cfg.device != "cpu" and torch.cuda.is_available()
+
+
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     """Run (or resume) an extraction; returns the record written to ``extract.json``."""
     from pipeline.datasets import list_images
@@ -482,8 +503,13 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         workers = cfg.workers
         torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     # decoding threads per worker: the cores left to each worker, at least 2 so reading overlaps the model
-    decode_threads = max(2, min(8, (os.cpu_count() or 1) // max(1, workers)))
-    settings = {**settings, "torch_threads": torch_threads, "decode_threads": decode_threads}
+    cores = (os.cpu_count() or 1) // max(1, workers)
+    decode_threads = max(2, min(8, cores))
+    read_processes = cfg.read_processes
+    if read_processes is None:
+        read_processes = min(8, max(0, cores - 2)) if settings["backend"] == "fast" and _gpu_visible(cfg) else 0
+    settings = {**settings, "torch_threads": torch_threads, "decode_threads": decode_threads,
+                "read_processes": read_processes}
     first = max(parts, default=-1) + 1
     tasks = [
         PartitionTask(first + k, [asdict(r) for r in todo[i:i + partition_size]], str(raw), settings)
@@ -505,6 +531,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         task_seconds=round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
         images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
         workers=workers if cfg.scheduler is None else None,
+        read_processes=read_processes if settings["backend"] == "fast" else None,
         scheduler=cfg.scheduler,
     )
     if cfg.annotations:
@@ -531,7 +558,8 @@ def _local_cluster(workers: int, threads_per_worker: int, torch_threads: int):
     # halved CPU inference in a worker. Give each worker its share of the cores and glibc's default trimming.
     threads = str(torch_threads)
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+    # non-daemonic workers, so that the fast backend's reader processes (pipeline.pose.reading) can start
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.daemon": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                             dashboard_address=":0", env=env)
 

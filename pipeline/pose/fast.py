@@ -90,18 +90,18 @@ import functools
 import os
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.decode import Decoded, decode_bytes, read_image_bytes
+from pipeline.decode import Decoded, decode_bytes
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, default_model_path
-from schemas.files import sha256_bytes
+from pipeline.pose import Detections, choose_person, default_model_path
+from pipeline.pose.reading import BatchReader, ReadBatch
 
 PAD_VALUE = 114
 STRIDE = 32
@@ -268,19 +268,62 @@ def split_detections(det: np.ndarray, index: np.ndarray, n: int) -> list[Detecti
     return out
 
 
-# ---------------------------------------------------------------- files: read, sort, decode
+def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: float, k: int,
+                   iterations: int) -> torch.Tensor:
+    """The person count and the chosen person of every image, in fixed shapes (no host sync: CUDA-graph safe).
+
+    ``pred`` ``(B, 56, A)`` raw pose-head output, ``frames`` ``(B, 7)``: gain_x, gain_y, pad_x, pad_y, width,
+    height, scale (``to_image_pixels``'s six, then the decode's ``scale``). Returns ``(B, 2 + 56)`` float32 per image:
+    ``usable`` (1 or 0), the number of persons, then the chosen person's row (x1, y1, x2, y2, score, 17 × (x, y, v))
+    in full-resolution pixels (divided by ``scale``, as ``Detections.scaled``), the person ``choose_person`` picks
+    (largest clipped box area × score, the first of equals in score order).
+
+    The same persons as ``postprocess``: the ``k`` best anchors by score (``topk``, by falling score as NMS visits
+    them), the boxes and IoU as ``torchvision.ops.nms`` computes them (``inter / (area_i + area_j - inter)``,
+    suppressed when ``> iou``), and greedy NMS solved as a fixed point: ``keep = valid & ~any(keep_i & i
+    suppresses j, i before j)``, iterated ``iterations`` times from ``keep = valid``. Greedy NMS is the only fixed
+    point of that map (by induction along the score order), so an image whose ``keep`` no longer changes has
+    exactly the greedy result. ``usable`` is 0 for an image with more than ``k`` candidates above ``conf`` or whose
+    iteration had not settled; the caller post-processes those exactly (``postprocess``)."""
+    p = pred.float()
+    b, c, a = p.shape
+    k = min(k, a)
+    score = p[:, 4]
+    candidates = (score > conf).sum(1)
+    top, order = score.topk(k, dim=1)  # (B, k), by falling score
+    valid = top > conf
+    x = p.gather(2, order[:, None, :].expand(b, c, k)).transpose(1, 2)  # (B, k, 56)
+    boxes = torch.cat([x[..., :2] - x[..., 2:4] / 2, x[..., :2] + x[..., 2:4] / 2], dim=-1)  # (B, k, 4)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    lo = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    hi = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (hi - lo).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    overlap = inter / (area[:, :, None] + area[:, None, :] - inter) > iou  # (B, i, j)
+    suppresses = overlap & torch.ones(k, k, dtype=torch.bool, device=p.device).triu(1) & valid[:, :, None]
+    keep = valid
+    for _ in range(iterations):
+        keep = valid & ~(keep[:, :, None] & suppresses).any(1)
+    settled = ((valid & ~(keep[:, :, None] & suppresses).any(1)) == keep).all(1)
+    usable = settled & (candidates <= k)
+
+    f = frames[:, None, :]  # (B, 1, 7)
+    gain, pad, size, scale = f[..., 0:2], f[..., 2:4], f[..., 4:6], f[..., 6:7]
+    corners = torch.minimum(((boxes.unflatten(-1, (2, 2)) - pad[..., None, :]) / gain[..., None, :]).clamp(min=0),
+                            size[..., None, :]) / scale[..., None, :]
+    kpts = x[..., 5:].unflatten(-1, (KEYPOINTS, 3))
+    xy = torch.minimum(((kpts[..., :2] - pad[..., None, :]) / gain[..., None, :]).clamp(min=0),
+                       size[..., None, :]) / scale[..., None, :]
+    corners = corners.flatten(-2)  # (B, k, 4) x1, y1, x2, y2 in image pixels
+    area = (corners[..., 2] - corners[..., 0]).clamp(min=0) * (corners[..., 3] - corners[..., 1]).clamp(min=0)
+    merit = torch.where(keep, area * x[..., 4], torch.full_like(area, -torch.inf))
+    chosen = merit.argmax(1)  # the first of equal maxima, as np.argmax
+    rows = torch.cat([corners, x[..., 4:5], torch.cat([xy, kpts[..., 2:]], dim=-1).flatten(-2)], dim=-1)
+    row = rows.gather(1, chosen[:, None, None].expand(b, 1, rows.shape[-1]))[:, 0]
+    return torch.cat([usable[:, None].float(), keep.sum(1, keepdim=True).float(), row], dim=1)
 
 
-@dataclass
-class _File:
-    """One file of a batch while it is being prepared."""
-
-    path: Path
-    data: bytes | None = None  # None: could not be read (``decoded`` then says why)
-    size: tuple[int, int] | None = None  # (height, width) when the torch decoder takes it
-    digest: str | None = None
-    image: torch.Tensor | None = None  # (3, H, W) uint8 RGB from the torch decoder
-    decoded: Decoded | None = None  # the CPU decode, when it went there
+# ---------------------------------------------------------------- files: which JPEGs the torch decoder takes
 
 
 def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> tuple[int, int] | None:
@@ -310,16 +353,108 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
     return header.height, header.width
 
 
+# ---------------------------------------------------------------- the network and the person choice as CUDA graphs
+
+
+class PersonGraphs:
+    """``run(x, frames)``: the network and ``select_persons`` on a letterboxed batch, replayed from CUDA graphs.
+
+    One graph per (batch bucket, input height, width): a batch of ``n`` runs in the smallest power of two from 8
+    up that holds it (at most ``batch_size``), the rows past ``n`` left as they are and their results ignored. A
+    graph is captured on first use after two eager warm-up calls; the head's anchors of that input shape (module
+    attributes the graph reads) are kept alive with it. At most ``max_graphs`` are kept, least recently used first
+    out. Returns fresh tensors (cloned on the stream), so a later replay cannot overwrite results still to be read.
+    Eager (``enabled=False``, or on the CPU): the same calls without graphs."""
+
+    def __init__(self, backend: FastBackend, enabled: bool, max_graphs: int = 8):
+        self.backend, self.enabled, self.max_graphs = backend, enabled, max_graphs
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.backend
+        pred = b.net(x)
+        pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+        return select_persons(pred, frames, b.conf, b.iou, b.select_k, b.nms_iterations), pred
+
+    def _bucket(self, n: int) -> int:
+        size = 8
+        while size < n:
+            size *= 2
+        return min(size, max(n, self.backend.batch_size))
+
+    def _capture(self, key: tuple) -> tuple:
+        bucket, height, width = key
+        b = self.backend
+        x = torch.zeros(bucket, 3, height, width, dtype=b.dtype, device=b.device)
+        frames = torch.tensor([[1, 1, 0, 0, width, height, 1]] * bucket, dtype=torch.float32, device=b.device)
+        current = torch.cuda.current_stream(b.device)
+        side = torch.cuda.Stream(b.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(x, frames)
+        current.wait_stream(side)
+        head = b.net.model[-1] if hasattr(b.net, "model") else None
+        anchors = (getattr(head, "anchors", None), getattr(head, "strides", None))
+        graph = torch.cuda.CUDAGraph()
+        # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            packed, pred = self._forward(x, frames)
+        if len(self._graphs) >= self.max_graphs:
+            torch.cuda.synchronize(b.device)  # nothing of the evicted graph may still be running
+            self._graphs.popitem(last=False)
+        entry = (graph, x, frames, packed, pred, anchors)
+        self._graphs[key] = entry
+        return entry
+
+    def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
+        if not self.enabled:
+            return self._forward(x, frames)
+        n = x.shape[0]
+        key = (self._bucket(n), x.shape[2], x.shape[3])
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key)
+        self._graphs.move_to_end(key)
+        graph, static_x, static_frames, packed, pred, _ = entry
+        static_x[:n].copy_(x)
+        static_frames[:n].copy_(frames)
+        graph.replay()
+        return packed[:n].clone(), pred[:n].clone()
+
+
 # ---------------------------------------------------------------- the backend
 
 
 @dataclass
 class _Batch:
-    """A batch ready for the network: per file its decode record, and the images stacked by shape on the device."""
+    """A batch ready for the network: its files as read, and the images stacked by shape on the device."""
 
-    decoded: list[Decoded]
+    read: ReadBatch
     groups: Groups
     event: object = None  # CUDA event recorded after the producer's last kernel of this batch
+
+
+@dataclass
+class PersonBatch:
+    """``extract_files``' result for one batch of files: the read records, and per file the number of persons and
+    the chosen person (``choose_person``'s) in full-resolution pixels; ``persons`` is 0 where the file is not ok."""
+
+    read: ReadBatch
+    persons: np.ndarray  # (n,) int
+    boxes: np.ndarray  # (n, 5) float32 x1, y1, x2, y2, score; NaN without a person
+    keypoints: np.ndarray  # (n, 17, 2) float32 COCO-17
+    scores: np.ndarray  # (n, 17) float32
+
+
+@dataclass
+class _Pending:
+    """A batch whose network calls are queued: per call its file positions, results and host copy."""
+
+    read: ReadBatch
+    calls: list  # (positions, packed on the device, raw output, host copy of packed)
+    event: object = None
 
 
 class FastBackend:
@@ -329,8 +464,9 @@ class FastBackend:
 
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
-                 half: bool | None = None, compile: bool = False, read_threads: int = 8,
-                 torch_decode: bool | None = None, pin_memory: bool | None = None):
+                 half: bool | None = None, compile: bool = False, read_threads: int = 8, read_processes: int = 0,
+                 torch_decode: bool | None = None, pin_memory: bool | None = None, cuda_graphs: bool | None = None,
+                 select_k: int = 64, nms_iterations: int = 8):
         import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
 
         from pipeline.pose.reference import resolve_device
@@ -341,14 +477,25 @@ class FastBackend:
         self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
         self.batch_size = batch_size
         self.half = cuda if half is None else half
-        self.read_threads = max(1, read_threads)
+        self.read_threads, self.read_processes = max(1, read_threads), max(0, read_processes)
         self.torch_decode = cuda if torch_decode is None else torch_decode
         self.pin_memory = cuda if pin_memory is None else pin_memory
+        self.select_k, self.nms_iterations = min(select_k, max_det), nms_iterations
         net = load_pose_model(self.model_path)
         net = net.to(self.device).half() if self.half else net.to(self.device)
         self.net = torch.compile(net) if compile else net
         self.dtype = torch.float16 if self.half else torch.float32
         self._side_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
+        self._reader: BatchReader | None = None
+
+    @property
+    def reader(self) -> BatchReader:
+        """The file reader (its worker processes start on first use and live as long as the backend)."""
+        if self._reader is None:
+            self._reader = BatchReader(torch_decodable if self.torch_decode else None, self.read_processes,
+                                       self.read_threads, pin_memory=self.pin_memory)
+        return self._reader
 
     # -- images already decoded
 
@@ -361,35 +508,46 @@ class FastBackend:
         for indices in by_shape.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                groups.append((chunk, bgr_to_tensor([images[i] for i in chunk], self.device)))
+                groups.append((chunk, bgr_to_tensor(np.stack([images[i] for i in chunk]), self.device)))
         return self._detect(groups, len(images))
 
     def _detect(self, groups: Groups, n: int) -> list[Detections]:
         """Detections for ``n`` images given as shape groups ``(indices, (N, 3, H, W) uint8 RGB)``."""
         return self._collect(self._launch(groups), n)
 
-    @torch.inference_mode()
-    def _launch(self, groups: Groups) -> Launched:
-        """Letterbox each shape group and queue the network per input shape, ``batch_size`` at a time; returns
-        ``(indices, raw output (B, 56, A), frames (B, 6))`` per call without waiting for the device."""
+    def _inputs(self, groups: Groups, scales: list[float] | None = None
+                ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """The network inputs, ``batch_size`` images at a time: (indices, letterboxed ``(B, 3, h, w)`` in the model's
+        dtype, frames ``(B, 7)`` on the device: ``to_image_pixels``' six and the decode scale of each image)."""
         by_input: dict[tuple[int, int], list[tuple[list[int], torch.Tensor, Letterbox]]] = {}
         for indices, images in groups:
             box = letterbox_geometry(images.shape[2], images.shape[3], self.imgsz)
             by_input.setdefault((box.out_h, box.out_w), []).append((indices, images, box))
-        launched = []
+        out = []
         for shape, items in by_input.items():
             indices = [i for item in items for i in item[0]]
-            frames = torch.tensor([[*inverse_letterbox(shape, (box.height, box.width)), box.width, box.height]
-                                   for idx, _, box in items for _ in idx], dtype=torch.float32)
+            frames = np.concatenate([np.tile([*inverse_letterbox(shape, (box.height, box.width)), box.width,
+                                              box.height, 1.0], (len(idx), 1)) for idx, _, box in items])
+            if scales is not None:
+                frames[:, 6] = [scales[i] for i in indices]
+            frames = torch.from_numpy(frames.astype(np.float32))
             if self.device.type == "cuda":  # a pageable copy would wait for the queued network calls
                 frames = frames.pin_memory()
             frames = frames.to(self.device, non_blocking=True)
             x = torch.cat([letterbox(images, box) for _, images, box in items]).to(self.dtype)
             for start in range(0, len(indices), self.batch_size):
                 stop = start + self.batch_size
-                pred = self.net(x[start:stop])
-                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
-                launched.append((indices[start:stop], pred, frames[start:stop]))
+                out.append((indices[start:stop], x[start:stop], frames[start:stop]))
+        return out
+
+    @torch.inference_mode()
+    def _launch(self, groups: Groups) -> Launched:
+        """Letterbox each shape group and queue the network per input shape, ``batch_size`` at a time; returns
+        ``(indices, raw output (B, 56, A), frames (B, 7))`` per call without waiting for the device."""
+        launched = []
+        for indices, x, frames in self._inputs(groups):
+            pred = self.net(x)
+            launched.append((indices, pred[0] if isinstance(pred, (list, tuple)) else pred, frames))
         return launched
 
     @torch.inference_mode()
@@ -398,7 +556,7 @@ class FastBackend:
         out: list[Detections] = [Detections.empty()] * n
         for indices, pred, frames in launched:
             det, index = postprocess(pred, self.conf, self.iou, self.max_det)
-            det = to_image_pixels(det, index, frames)
+            det = to_image_pixels(det, index, frames[:, :6])
             results = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(indices))
             for i, r in zip(indices, results, strict=True):
                 out[i] = r
@@ -408,10 +566,81 @@ class FastBackend:
 
     def predict_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000
                       ) -> Iterator[tuple[Decoded, Detections | None]]:
-        """``(Decoded, Detections)`` per path, in order; ``Detections`` is None when the file is not ``ok``.
+        """``(Decoded, Detections)`` per path, in order, with every person; ``Detections`` is None when the file is
+        not ``ok``. ``Decoded.image`` is always None; detections are in the decoded image's pixels (``Decoded.scale``).
 
-        ``Decoded.image`` is always None; detections are in the decoded image's pixels (``Decoded.scale``)."""
-        paths = [Path(p) for p in paths]
+        For extraction, ``extract_files`` gives the chosen person of every file much faster."""
+        previous: list[tuple[Decoded, Detections | None]] = []
+        for item in self._prepared(paths, max_pixels):
+            launched = self._launch(self._receive(item))
+            yield from previous
+            results = self._collect(launched, len(item.read))
+            r = item.read
+            previous = [(Decoded(None, r.width[i], r.height[i], r.scale[i], r.digest[i], r.status[i], r.reason[i]),
+                         det if r.status[i] == "ok" else None) for i, det in enumerate(results)]
+        yield from previous
+
+    def extract_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000) -> Iterator[PersonBatch]:
+        """One ``PersonBatch`` per ``batch_size`` paths, in order: what ``pgpig-data extract`` needs of each file.
+
+        The network, NMS and the person choice run as one CUDA graph per batch (``PersonGraphs``); only the count
+        and the chosen person come back to the host. Images the fixed-shape choice cannot settle (``select_persons``)
+        are post-processed exactly instead; the result is the same either way."""
+        pending: _Pending | None = None
+        for item in self._prepared(paths, max_pixels):
+            launched = self._launch_persons(item)
+            if pending is not None:
+                yield self._finish_persons(pending)
+            pending = launched
+        if pending is not None:
+            yield self._finish_persons(pending)
+
+    @torch.inference_mode()
+    def _launch_persons(self, item: _Batch) -> _Pending:
+        calls = []
+        for indices, x, frames in self._inputs(self._receive(item), item.read.scale):
+            packed, pred = self.graphs.run(x, frames)
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.device.type == "cuda")
+            host.copy_(packed, non_blocking=True)
+            calls.append((indices, frames, pred, host))
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        return _Pending(item.read, calls, event)
+
+    @torch.inference_mode()
+    def _finish_persons(self, pending: _Pending) -> PersonBatch:
+        if pending.event is not None:
+            pending.event.synchronize()
+        n = len(pending.read)
+        persons = np.zeros(n, np.int64)
+        rows = np.full((n, 5 + 3 * KEYPOINTS), np.nan, np.float32)
+        for indices, frames, pred, host in pending.calls:
+            packed = host.numpy()
+            idx = np.asarray(indices)
+            usable = packed[:, 0] > 0
+            persons[idx] = packed[:, 1].astype(np.int64)
+            found = usable & (packed[:, 1] > 0)
+            rows[idx[found]] = packed[found, 2:]
+            redo = np.flatnonzero(~usable)
+            if len(redo):  # exactly, as predict_files does
+                det, index = postprocess(pred[redo], self.conf, self.iou, self.max_det)
+                det = to_image_pixels(det, index, frames[redo, :6])
+                split = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(redo))
+                for j, d in zip(redo, split, strict=True):
+                    d = d.scaled(float(frames[j, 6]))
+                    persons[idx[j]] = len(d)
+                    chosen = choose_person(d.boxes)
+                    if chosen >= 0:
+                        rows[idx[j]] = np.concatenate([d.boxes[chosen], np.concatenate(
+                            [d.keypoints[chosen], d.scores[chosen][:, None]], axis=1).ravel()])
+        kp = rows[:, 5:].reshape(n, KEYPOINTS, 3)
+        return PersonBatch(pending.read, persons, rows[:, :5].copy(), kp[..., :2].copy(), kp[..., 2].copy())
+
+    def _prepared(self, paths: list[str | os.PathLike], max_pixels: int) -> Iterator[_Batch]:
+        """The batches of ``paths`` read (``self.reader``) and decoded on the device by a producer thread (on its own
+        CUDA stream), two batches ahead of the consumer."""
         batches = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         if not batches:
             return
@@ -420,29 +649,21 @@ class FastBackend:
 
         def produce() -> None:
             try:
-                with ThreadPoolExecutor(self.read_threads, thread_name_prefix="fast-read") as pool:
-                    for batch in batches:
-                        if stop.is_set():
-                            return
-                        ready.put(self._prepare(batch, pool, max_pixels))
+                for read in self.reader.read(batches, max_pixels):
+                    if stop.is_set():
+                        return
+                    ready.put(self._prepare(read))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 ready.put(exc)
 
         producer = threading.Thread(target=produce, name="fast-prefetch", daemon=True)
         producer.start()
         try:
-            # the caller's work on batch k's results (and the producer's on batch k + 2) overlaps the network on
-            # batch k + 1: launch k + 1, then hand out k, then wait for k + 1
-            previous: list[tuple[Decoded, Detections | None]] = []
             for _ in batches:
                 item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
-                launched = self._launch(self._receive(item))
-                yield from previous
-                results = self._collect(launched, len(item.decoded))
-                previous = [(d, det if d.ok else None) for d, det in zip(item.decoded, results, strict=True)]
-            yield from previous
+                yield item
         finally:
             stop.set()
             while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -452,80 +673,54 @@ class FastBackend:
                     pass
             producer.join()
 
-    def _prepare(self, paths: list[Path], pool: ThreadPoolExecutor, max_pixels: int) -> _Batch:
-        """Read, sort and decode one batch (runs in the producer thread, on the side stream when on CUDA)."""
-
-        def read(path: Path) -> _File:
-            data = read_image_bytes(path)
-            if isinstance(data, Decoded):  # unreadable: the record says why
-                return _File(path, decoded=data)
-            f = _File(path, data)
-            if self.torch_decode:
-                f.size = torch_decodable(f.data, max_pixels)
-                if f.size is not None:
-                    f.digest = sha256_bytes(f.data)
-            return f
-
-        def cpu_decode(f: _File) -> None:
-            if f.decoded is None:
-                f.decoded = decode_bytes(f.data, f.path.name, max_pixels=max_pixels)
-
-        files = list(pool.map(read, paths))
+    def _prepare(self, read: ReadBatch) -> _Batch:
+        """Decode one batch's GPU-route JPEGs and move its CPU-decoded images to the device (the producer thread,
+        on the side stream when on CUDA). A batch the torch decoder refuses, or an image it returns in another
+        shape, goes through ``pipeline.decode`` instead, whose record then replaces the read one."""
         stream = self._side_stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            torch_files = [f for f in files if f.size is not None]
-            if torch_files:
+            torch_images: dict[int, torch.Tensor] = {}
+            cpu_images: dict[int, np.ndarray] = {}
+            blobs = read.jpeg_blobs()
+            if blobs:
                 try:
-                    images = self._torch_decode([f.data for f in torch_files])
+                    images = self._torch_decode(blobs)
                 except RuntimeError:  # nvJPEG fails the whole batch for one file: the CPU decoder names it
-                    images = [None] * len(torch_files)
-                for f, image in zip(torch_files, images, strict=True):
-                    if image is None or tuple(image.shape) != (3, *f.size):
-                        f.size = None  # the CPU decoder takes it
-                    else:
-                        f.image = image
-            list(pool.map(cpu_decode, [f for f in files if f.size is None]))
+                    images = [None] * len(blobs)
+                for i, blob, image in zip(read.jpeg_index, blobs, images, strict=True):
+                    if image is not None and tuple(image.shape) == (3, read.height[i], read.width[i]):
+                        torch_images[i] = image
+                        continue
+                    d = decode_bytes(bytes(blob.numpy()), os.path.basename(read.paths[i]), max_pixels=read.max_pixels)
+                    read.status[i], read.reason[i], read.scale[i] = d.status, d.reason, d.scale
+                    read.width[i], read.height[i] = d.width, d.height
+                    if d.ok:
+                        cpu_images[i] = d.image
+            groups: Groups = []
             by_shape: dict[tuple, list[int]] = {}
-            for i, f in enumerate(files):
-                if f.size is not None:
-                    by_shape.setdefault(("torch", *f.size), []).append(i)
-                elif f.decoded.ok:
-                    by_shape.setdefault(("cpu", *f.decoded.image.shape), []).append(i)
-            groups = []
-            for key, indices in by_shape.items():
-                if key[0] == "torch":
-                    images = torch.stack([files[i].image for i in indices])
-                else:
-                    images = bgr_to_tensor([files[i].decoded.image for i in indices], self.device)
-                groups.append((indices, images))
+            for i, image in torch_images.items():
+                by_shape.setdefault(tuple(image.shape), []).append(i)
+            groups += [(idx, torch.stack([torch_images[i] for i in idx])) for idx in by_shape.values()]
+            for idx, images in read.cpu_groups:
+                groups.append((idx, bgr_to_tensor(images, self.device)))
+            by_shape = {}
+            for i, image in cpu_images.items():
+                by_shape.setdefault(image.shape, []).append(i)
+            groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device))
+                       for idx in by_shape.values()]
             event = None
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
-        decoded = []
-        for f in files:
-            if f.size is not None:
-                h, w = f.size
-                decoded.append(Decoded(None, w, h, 1.0, f.digest, "ok", None))
-            else:
-                d = f.decoded
-                decoded.append(Decoded(None, d.width, d.height, d.scale, d.content_hash, d.status, d.reason))
-        return _Batch(decoded, groups, event)
+        return _Batch(read, groups, event)
 
-    def _torch_decode(self, blobs: list[bytes]) -> list[torch.Tensor]:
+    def _torch_decode(self, blobs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Batched ``decode_jpeg`` on the device: ``(3, H, W)`` uint8 RGB tensors."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        sizes = [len(b) for b in blobs]
-        host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=self.pin_memory)
-        view = host.numpy()
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        for blob, start in zip(blobs, offsets[:-1], strict=True):
-            view[start:start + len(blob)] = np.frombuffer(blob, np.uint8)
-        inputs = [host[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         if self._side_stream is not None:  # the current stream here: nvJPEG may write before queued work has run
             self._side_stream.synchronize()
-        images = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=self.device)
+        images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
         return list(images) if isinstance(images, (list, tuple)) else [images]
 
     def _receive(self, batch: _Batch) -> Groups:
@@ -537,10 +732,18 @@ class FastBackend:
                 images.record_stream(current)  # made on the producer's stream, used and freed on this one
         return batch.groups
 
+    def close(self) -> None:
+        """Stop the reader's worker processes."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-def bgr_to_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Equal-shape BGR uint8 ``(H, W, 3)`` arrays → ``(N, 3, H, W)`` uint8 RGB on ``device``."""
-    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=False)
+
+def bgr_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """BGR uint8 ``(N, H, W, 3)`` (an array, or a tensor, pinned for an asynchronous copy) → ``(N, 3, H, W)`` uint8
+    RGB on ``device``."""
+    batch = torch.as_tensor(images)
+    batch = batch.to(device, non_blocking=batch.is_pinned())
     return batch.permute(0, 3, 1, 2).flip(1).contiguous()
 
 

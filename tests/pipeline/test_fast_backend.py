@@ -39,16 +39,21 @@ from pipeline.cli import main as data_main
 from pipeline.decode import decode_image
 from pipeline.errors import PipelineError
 from pipeline.extract import ExtractConfig, read_keypoints
-from pipeline.pose import create_backend
+from pipeline.pose import choose_person, create_backend
 from pipeline.pose.fast import (
     FastBackend,
+    bgr_to_tensor,
     inverse_letterbox,
     letterbox,
     letterbox_geometry,
+    postprocess,
     resize_linear,
+    select_persons,
+    split_detections,
     to_image_pixels,
     torch_decodable,
 )
+from pipeline.pose.reading import BatchReader
 from schemas.tables import keypoints_to_numpy
 
 CUDA = torch.cuda.is_available()
@@ -266,6 +271,109 @@ def test_bad_weights_are_a_pipeline_error(tmp_path):
         FastBackend(model=bad, device="cpu")
 
 
+# ---------------------------------------------------------------- the fixed-shape person choice (extract_files)
+
+
+def chosen(det, scale: float = 1.0) -> tuple[int, np.ndarray | None]:
+    """(persons, the chosen person's row x1, y1, x2, y2, score, 17 x (x, y, v)) as extraction picks it."""
+    det = det.scaled(scale)
+    i = choose_person(det.boxes)
+    if i < 0:
+        return len(det), None
+    return len(det), np.concatenate([det.boxes[i], np.concatenate([det.keypoints[i], det.scores[i][:, None]], 1).ravel()])
+
+
+@torch.inference_mode()
+def test_select_persons_is_postprocess_then_choose_person(photos, fast):
+    """select_persons (topk, IoU as torchvision's, NMS as a fixed point) against postprocess + choose_person, on
+    every shape group of the photos; k = 1 and 0 iterations mark the images they cannot settle as unusable."""
+    for image in photos[:7]:
+        x = bgr_to_tensor(image[None], fast.device)
+        box = letterbox_geometry(*image.shape[:2], fast.imgsz)
+        pred = fast.net(letterbox(x, box))[0]
+        frames = torch.tensor([[*inverse_letterbox((box.out_h, box.out_w), image.shape[:2]), image.shape[1],
+                                image.shape[0], 2.0]])
+        det, index = postprocess(pred, fast.conf, fast.iou, fast.max_det)
+        want = chosen(split_detections(to_image_pixels(det, index, frames[:, :6]).numpy(), index.numpy(), 1)[0], 2.0)
+        candidates = int((pred[0, 4] > fast.conf).sum())
+        for k, iterations in ((64, 8), (1, 8), (64, 0)):
+            got = select_persons(pred, frames, fast.conf, fast.iou, k, iterations)[0].numpy()
+            suppressed = want[0] < candidates  # NMS removed something: 0 iterations cannot be settled
+            usable = candidates <= k and not (iterations == 0 and suppressed)
+            assert bool(got[0]) == usable, (image.shape, k, iterations, candidates, want[0])
+            if usable:
+                assert got[1] == want[0]
+                if want[1] is not None:
+                    np.testing.assert_array_equal(got[2:], want[1])  # the same float32 operations: equal bits
+
+
+def files_and_choices(backend: FastBackend, paths: list[Path]) -> list[tuple]:
+    """Per path (status, reason, width, height, hash, persons, chosen row or None) by ``extract_files``."""
+    got = []
+    for batch in backend.extract_files(paths):
+        r = batch.read
+        for j in range(len(r)):
+            row = None
+            if batch.persons[j]:
+                row = np.concatenate([batch.boxes[j], np.concatenate([batch.keypoints[j], batch.scores[j][:, None]],
+                                                                     1).ravel()])
+            got.append((r.status[j], r.reason[j], r.width[j], r.height[j], r.digest[j], int(batch.persons[j]), row))
+    return got
+
+
+def predicted_choices(backend: FastBackend, paths: list[Path]) -> list[tuple]:
+    """The same by ``predict_files`` (every person, exact post-processing) and ``choose_person``."""
+    return [(d.status, d.reason, d.width, d.height, d.content_hash, *(chosen(det, d.scale) if det else (0, None)))
+            for d, det in backend.predict_files(paths)]
+
+
+def assert_same_choices(got: list[tuple], want: list[tuple], paths: list[Path], atol: float) -> None:
+    assert len(got) == len(want) == len(paths)
+    for path, g, w in zip(paths, got, want, strict=True):
+        assert g[:6] == w[:6], path
+        if w[6] is None:
+            assert g[6] is None, path
+        else:
+            np.testing.assert_allclose(g[6], w[6], atol=atol, err_msg=str(path))
+
+
+def test_extract_files_gives_predict_files_chosen_person(odd_tree, tmp_path):
+    """The batched hot path, with the fixed-shape choice and with its exact fallback forced on every image."""
+    root, _, _ = odd_tree
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    paths += load_bench().make_images(tmp_path / "bench", 24, (256, 176))
+    fallback = FastBackend(device="cpu", batch_size=8, read_threads=2, torch_decode=True, select_k=1)
+    exact = FastBackend(device="cpu", batch_size=8, read_threads=2, torch_decode=True)
+    want = predicted_choices(exact, paths)
+    for backend in (exact, fallback):
+        assert_same_choices(files_and_choices(backend, paths), want, paths, atol=1e-4)
+    assert sum(w[5] > 1 for w in want) >= 5  # images where the choice had something to choose among
+
+
+def test_reader_processes_read_what_threads_read(odd_tree):
+    root, _, _ = odd_tree
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    batches = [paths[i:i + 5] for i in range(0, len(paths), 5)]
+    threads = list(BatchReader(torch_decodable, processes=0, threads=2).read(batches, 40_000_000))
+    reader = BatchReader(torch_decodable, processes=2, threads=2)
+    try:
+        for _ in range(2):  # the worker processes persist between calls
+            procs = list(reader.read(batches, 40_000_000))
+            assert len(procs) == len(threads)
+            for a, b in zip(threads, procs, strict=True):
+                for key in ("paths", "status", "reason", "width", "height", "scale", "digest", "jpeg_index",
+                            "jpeg_sizes"):
+                    assert getattr(a, key) == getattr(b, key), key
+                assert torch.equal(a.jpeg_bytes, b.jpeg_bytes)
+                assert [i for i, _ in a.cpu_groups] == [i for i, _ in b.cpu_groups]
+                for (_, x), (_, y) in zip(a.cpu_groups, b.cpu_groups, strict=True):
+                    assert torch.equal(x, y)
+        assert sum(len(b.jpeg_index) for b in threads) >= 2 and sum(len(b.cpu_groups) for b in threads) >= 5
+        assert list(reader.read(batches[:1], 40_000_000))[0].paths == [str(p) for p in batches[0]]
+    finally:
+        reader.close()
+
+
 # ---------------------------------------------------------------- extraction with --backend fast
 
 
@@ -398,3 +506,23 @@ def test_gpu_extract_gives_the_statuses_of_the_cpu_run(odd_tree, tmp_path):
     rows = rows_by_image(tmp_path / "kp")
     for rel, want in statuses.items():
         assert rows[rel]["status"] == want, (rel, rows[rel]["reason"])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_path):
+    """CUDA graphs (full batches and a padded last one, mixed shapes, CPU-decoded files, reader processes) give
+    the persons that eager fp16 with the exact post-processing gives on the same GPU."""
+    root, _, _ = odd_tree
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) + load_bench().make_images(tmp_path, 300, (256, 176))
+    graphs = FastBackend(device="cuda:0", batch_size=64, read_processes=2)
+    assert graphs.graphs.enabled
+    eager = FastBackend(device="cuda:0", batch_size=64, cuda_graphs=False)
+    want = predicted_choices(eager, paths)
+    # same kernels, same fp16 network output: equal to float rounding of the post-processing
+    assert_same_choices(files_and_choices(eager, paths), want, paths, atol=1e-3)
+    # cuDNN may pick other kernels for the padded batch sizes of the graphs: fp16 noise, far under 1 px
+    got = files_and_choices(graphs, paths)
+    assert_same_choices(got, want, paths, atol=0.05)
+    assert len(graphs.graphs._graphs) >= 2 and graphs.reader.processes == 2
+    graphs.close()

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Where the fast extraction backend's time goes on the `device` machine (issue #10):
+#   bash benchmarks/gpu_session_fast.sh OUT_DIR [PARTS]
+# PARTS (default "tests profile spy bench"):
+#   tests    pytest -m gpu on the fast backend
+#   profile  extract_profile.py --variants: each stage alone, and the alternatives (threaded cv2 decode, other batch
+#            sizes, channels-last, a CUDA graph of the network)
+#   spy      py-spy (when installed) sampling every thread of one in-process extraction of 20,000 JPEGs, as raw
+#            collapsed stacks (spy.txt), to see which Python lines hold the host
+#   bench    extract_bench.py --backend fast on 20,000 JPEGs against a YOLO.predict loop
+set -uo pipefail
+out=${1:?output folder}
+parts=${2:-tests profile spy bench}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+has() { [[ " $parts " == *" $1 "* ]]; }
+stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpus.txt"
+card=$(head -1 "$out/gpus.txt" | cut -d, -f1)
+if has tests; then
+    stamp tests
+    $py -m pytest -q -m gpu -p no:cacheprovider -s -rs tests/pipeline/test_fast_backend.py > "$out/gpu-tests.log" 2>&1
+    tail -3 "$out/gpu-tests.log" | tee -a "$out/session.log"
+fi
+if has profile; then
+    stamp profile
+    $py benchmarks/extract_profile.py --images 8192 --threads 4 --processes 4,8,12 --variants --label "$card" 2> "$out/profile.err" \
+        | tee -a "$out/profile.jsonl"
+fi
+if has spy && command -v py-spy > /dev/null; then
+    stamp spy
+    work=$(mktemp -d)
+    $py -c "import sys; sys.path[:0] = ['benchmarks', '.']; from extract_bench import make_images; from pathlib import Path
+make_images(Path('$work/raw'), 20000, (256, 176))"
+    py-spy record --threads --idle --nonblocking --rate 200 --format raw -o "$out/spy.txt" -- \
+        $py -m pipeline.cli extract "$work/raw" --dataset folder --workers 0 --out "$work/kp" \
+        --run-file "$work/x.json" --quiet > "$out/spy.log" 2>&1
+    tail -3 "$out/spy.log"; $py -c "import json; r = json.load(open('$work/x.json')); print('spy run', r['images_per_second'], 'img/s', r['task_seconds'], 's in tasks')" | tee -a "$out/session.log"
+fi
+if has bench; then
+    stamp bench
+    $py benchmarks/extract_bench.py --backend fast --images 20000 --batch-size 256 --partition-size 5000 \
+        --label "$card, 1 GPU" 2> "$out/bench.err" | tee -a "$out/extract.jsonl"
+fi
+stamp done

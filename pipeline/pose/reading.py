@@ -1,0 +1,178 @@
+"""Reading image files for the ``fast`` pose backend: bytes, hash, decode route and record of every file, by batch.
+
+A batch of paths becomes one ``ReadBatch``: per file the record ``pipeline.decode`` would give (status, reason,
+width, height, scale, content hash), the bytes of the JPEGs that the GPU decoder will take (one concatenated
+``uint8`` tensor), and every other readable image already decoded on the CPU, stacked by shape. The per-file work
+(open and read, sha256, the JPEG header walk, CPU decodes) is all here, so that the process driving the GPU spends
+no interpreter time on single files.
+
+Where: ``BatchReader(processes=N)`` runs ``read_batch`` in ``N`` worker processes through a persistent
+``torch.utils.data.DataLoader`` (each worker with its own small thread pool, which hides the file system's latency,
+the batches coming back in order through shared memory and pinned by the loader's pinning thread);
+``processes=0`` runs it on a thread pool in this process. A worker process is forked (it only reads files: it
+never touches CUDA), so it starts in milliseconds. A daemonic process (a Dask worker of a cluster started with
+``distributed.worker.daemon: true``) cannot have children; the reader then uses threads and says so in
+``BatchReader.processes``.
+
+The decode route: ``torch_decodable`` (in ``pipeline.pose.fast``) says whether torchvision's decoder gives what
+``pipeline.decode`` would for that file; when ``torch_decode`` is off, or for any other file, the CPU decode of
+``pipeline.decode`` makes the record and the image.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.decode import decode_bytes, read_image_bytes
+from schemas.files import sha256_bytes
+
+
+@dataclass
+class ReadBatch:
+    """One batch of files as read: records per file, JPEG bytes for the GPU decoder, CPU-decoded images."""
+
+    paths: list[str]
+    max_pixels: int
+    status: list[str]
+    reason: list[str | None]
+    width: list[int | None]
+    height: list[int | None]
+    scale: list[float]
+    digest: list[str | None]
+    jpeg_index: list[int] = field(default_factory=list)
+    """Files (positions in the batch) for the GPU decoder, in order; their records say ``ok`` until it fails."""
+    jpeg_sizes: list[int] = field(default_factory=list)
+    jpeg_bytes: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    """The bytes of those files, concatenated (``jpeg_sizes`` cut them)."""
+    cpu_groups: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
+    """Files decoded on the CPU and ``ok``, by shape: (positions, ``(N, H, W, 3)`` uint8 BGR)."""
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def jpeg_blobs(self) -> list[torch.Tensor]:
+        """One 1-D ``uint8`` view per GPU-route file (of ``jpeg_bytes``)."""
+        return list(torch.split(self.jpeg_bytes, self.jpeg_sizes)) if self.jpeg_sizes else []
+
+    def pin_memory(self) -> ReadBatch:
+        """The DataLoader's pinning thread calls this: the tensors in page-locked memory, for asynchronous copies."""
+        self.jpeg_bytes = self.jpeg_bytes.pin_memory()
+        self.cpu_groups = [(idx, images.pin_memory()) for idx, images in self.cpu_groups]
+        return self
+
+
+def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, int], tuple | None] | None,
+               pool: ThreadPoolExecutor | None = None) -> ReadBatch:
+    """Read ``paths``: JPEGs ``decodable`` accepts go to the GPU route (bytes kept), the rest is decoded here."""
+
+    def one(path: str):
+        data = read_image_bytes(path)
+        if not isinstance(data, bytes):  # unreadable: the record says why
+            return data, None
+        if decodable is not None:
+            size = decodable(data, max_pixels)
+            if size is not None:
+                return (size, sha256_bytes(data)), data
+        return decode_bytes(data, os.path.basename(path), max_pixels=max_pixels), None
+
+    results = list(pool.map(one, paths)) if pool is not None else [one(p) for p in paths]
+    n = len(paths)
+    batch = ReadBatch(list(paths), max_pixels, ["ok"] * n, [None] * n, [None] * n, [None] * n, [1.0] * n, [None] * n)
+    blobs: list[bytes] = []
+    by_shape: dict[tuple, list[int]] = {}
+    images: dict[int, np.ndarray] = {}
+    for i, (record, data) in enumerate(results):
+        if data is not None:  # GPU route: ((height, width), digest)
+            (batch.height[i], batch.width[i]), batch.digest[i] = record
+            batch.jpeg_index.append(i)
+            blobs.append(data)
+            continue
+        batch.status[i], batch.reason[i] = record.status, record.reason
+        batch.width[i], batch.height[i], batch.scale[i], batch.digest[i] = (record.width, record.height,
+                                                                            record.scale, record.content_hash)
+        if record.ok:
+            by_shape.setdefault(record.image.shape, []).append(i)
+            images[i] = record.image
+    if blobs:
+        batch.jpeg_sizes = [len(b) for b in blobs]
+        batch.jpeg_bytes = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+    batch.cpu_groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx]))) for idx in by_shape.values()]
+    return batch
+
+
+class _Reads(torch.utils.data.Dataset):
+    """The DataLoader's dataset: an index is ``(max_pixels, paths)``, an item is that batch read."""
+
+    def __init__(self, decodable, threads: int):
+        self.decodable, self.threads = decodable, threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getitem__(self, index: tuple[int, tuple[str, ...]]) -> ReadBatch:
+        if self._pool is None and self.threads > 1:  # made in the worker process, after the fork
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="read")
+        max_pixels, paths = index
+        return read_batch(list(paths), max_pixels, self.decodable, self._pool)
+
+    def __len__(self) -> int:  # the sampler decides; DataLoader only asks when no sampler is given
+        raise TypeError("_Reads has no length")
+
+
+class _Feed(torch.utils.data.Sampler):
+    """Yields the batches of the current ``BatchReader.read`` call (set before each iteration)."""
+
+    def __init__(self):
+        self.items: list[tuple[int, tuple[str, ...]]] = []
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class BatchReader:
+    """``read(batches, max_pixels)`` → one ``ReadBatch`` per list of paths, in order (see the module docstring)."""
+
+    def __init__(self, decodable, processes: int = 0, threads: int = 4, pin_memory: bool = False,
+                 prefetch: int = 2):
+        if processes > 0 and multiprocessing.current_process().daemon:
+            processes = 0  # a daemonic process may not have children: read on threads instead
+        self.processes, self.threads, self.pin_memory = processes, max(1, threads), pin_memory
+        self.decodable = decodable
+        self._loader = None
+        self._feed = _Feed()
+        if processes > 0:
+            context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            self._loader = torch.utils.data.DataLoader(
+                _Reads(decodable, self.threads), batch_size=None, sampler=self._feed, num_workers=processes,
+                pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,
+                multiprocessing_context=context)
+
+    def read(self, batches: Iterable[list], max_pixels: int) -> Iterator[ReadBatch]:
+        """The batches read, in order; reading runs ahead of the consumer by ``prefetch`` batches per process."""
+        items = [(max_pixels, tuple(os.fspath(p) for p in b)) for b in batches]
+        if self._loader is None:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="read") as pool:
+                for _, paths in items:
+                    batch = read_batch(list(paths), max_pixels, self.decodable, pool)
+                    yield batch.pin_memory() if self.pin_memory else batch
+            return
+        if not items:
+            return
+        self._feed.items = items
+        yield from self._loader
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop on their own when this process ends)."""
+        if self._loader is not None:
+            iterator = getattr(self._loader, "_iterator", None)
+            if iterator is not None:
+                iterator._shutdown_workers()
+            self._loader = None
