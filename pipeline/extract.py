@@ -234,8 +234,8 @@ def _decode_ahead(rows: list[dict], raw: str, max_pixels: int, threads: int, win
 def extract_partition(task: PartitionTask, out: str) -> dict:
     """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds"}``."""
     from pipeline.pose import cached_backend, to_openpose
-    from schemas.keypoints import coco17_to_openpose18
     from pipeline.pose.annotations import annotation_row
+    from schemas.keypoints import coco17_to_openpose18
 
     start = time.perf_counter()
     s = task.settings
@@ -283,11 +283,11 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
                                  device=_worker_device(s["device"]), batch_size=s["batch_size"],
                                  read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
         todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
-        start = 0
+        given = 0
         for batch in backend.extract_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"]):
             r = batch.read
-            rows = todo[start:start + len(r)]
-            start += len(r)
+            rows = todo[given:given + len(r)]
+            given += len(r)
             for j, i in enumerate(rows.tolist()):
                 width[i], height[i], digest[i] = r.width[j], r.height[j], r.digest[j]
                 status[i], reason[i] = ("ok", None) if r.status[j] == "ok" else ("unreadable", r.reason[j])
@@ -299,8 +299,8 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
             keypoints[rows[found]], scores[rows[found]] = coco17_to_openpose18(
                 batch.keypoints[found], batch.scores[found], s["kpt_threshold"])
             boxes[rows[found]] = batch.boxes[found]
-        if start != len(todo):
-            raise PipelineError(f"the fast backend returned {start} of {len(todo)} files")
+        if given != len(todo):
+            raise PipelineError(f"the fast backend returned {given} of {len(todo)} files")
     else:
         decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
                                      window=2 * s["batch_size"])
@@ -529,6 +529,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         statuses=statuses,
         seconds=round(seconds, 3),
         task_seconds=round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
+        # [rows, seconds] of every task, in completion order: a worker's first task also loads the model
+        tasks=[[s["rows"], round(s["seconds"], 3)] for s in summaries],
         images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
         workers=workers if cfg.scheduler is None else None,
         read_processes=read_processes if settings["backend"] == "fast" else None,

