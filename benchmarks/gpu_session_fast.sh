@@ -7,6 +7,8 @@
 #            sizes, channels-last, a CUDA graph of the network)
 #   spy      py-spy (when installed) sampling every thread of one in-process extraction of 20,000 JPEGs, as raw
 #            collapsed stacks (spy.txt), to see which Python lines hold the host
+#   cli      `pgpig-data extract` of 20,000 JPEGs in one process (--workers 0), timed from the shell: start-up and
+#            exit included (the reader processes must stop at once)
 #   bench    extract_bench.py --backend fast on 20,000 JPEGs against a YOLO.predict loop
 set -uo pipefail
 out=${1:?output folder}
@@ -15,8 +17,8 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 has() { [[ " $parts " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpus.txt"
-card=$(head -1 "$out/gpus.txt" | cut -d, -f1)
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/session.log"
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 if has tests; then
     stamp tests
     $py -m pytest -q -m gpu -p no:cacheprovider -s -rs tests/pipeline/test_fast_backend.py > "$out/gpu-tests.log" 2>&1
@@ -34,12 +36,23 @@ if has spy && command -v py-spy > /dev/null; then
 make_images(Path('$work/raw'), 20000, (256, 176))"
     py-spy record --threads --idle --nonblocking --rate 200 --format raw -o "$out/spy.txt" -- \
         $py -m pipeline.cli extract "$work/raw" --dataset folder --workers 0 --out "$work/kp" \
-        --run-file "$work/x.json" --quiet > "$out/spy.log" 2>&1
-    tail -3 "$out/spy.log"; $py -c "import json; r = json.load(open('$work/x.json')); print('spy run', r['images_per_second'], 'img/s', r['task_seconds'], 's in tasks')" | tee -a "$out/session.log"
+        --run-file "$work/x.json" --quiet >> "$out/session.log" 2>&1
+    $py -c "import json; r = json.load(open('$work/x.json')); print('spy run', r['images_per_second'], 'img/s', r['task_seconds'], 's in tasks')" | tee -a "$out/session.log"
+fi
+if has cli; then
+    stamp cli
+    work=$(mktemp -d)
+    $py -c "import sys; sys.path[:0] = ['benchmarks', '.']; from extract_bench import make_images; from pathlib import Path
+make_images(Path('$work/raw'), 20000, (256, 176))"
+    start=$(date +%s.%N)
+    $py -m pipeline.cli extract "$work/raw" --dataset folder --workers 0 --out "$work/kp" --run-file "$work/x.json" \
+        --quiet 2>&1 | tail -1 | tee -a "$out/session.log"
+    end=$(date +%s.%N)
+    $py -c "import json; r = json.load(open('$work/x.json')); print('cli', round($end - $start, 1), 's wall;', r['seconds'], 's in run_extract;', r['task_seconds'], 's in tasks', r['tasks'])" | tee -a "$out/session.log"
 fi
 if has bench; then
     stamp bench
-    $py benchmarks/extract_bench.py --backend fast --images 20000 --batch-size 256 --partition-size 5000 \
+    $py benchmarks/extract_bench.py --backend fast --images 100000 --baseline-images 20000 --batch-size 256 --partition-size 16384 \
         --label "$card, 1 GPU" 2> "$out/bench.err" | tee -a "$out/extract.jsonl"
 fi
 stamp done
