@@ -168,14 +168,17 @@ def test_generated_folder_with_patn_and_gfla_names_panels_and_bad_files(evaluate
     assert reasons[key[4]] == f"no generated image for {key[4][0]} -> {key[4][1]}"
     assert result["unmatched"] == {"count": 1, "names": ["notes.txt"]}
     assert result["rows"]["model"]["scored"] == PAIRS - 3
-    # the three good images score exactly as they did in the run's own evaluation
+    # the three good images score as they did in the run's own evaluation: the per-image metrics exactly, LPIPS (a
+    # network run on the batch) to float32 rounding, since a batch of 3 pairs instead of 6 may take other CPU
+    # convolution kernels (on the development machine, 2026-12: 1.8584427 against 1.8584428)
     scored = {(r["source"], r["target"]): r for r in records}
     again = [r for r in _read_csv(Path(result["out"]) / "pairs.csv") if r["row"] == "model"]
     assert len(again) == PAIRS - 3
     for record in again:
         before = scored[(record["source"], record["target"])]
-        for key in ("ssim_patn", "ssim_gfla", "mask_ssim", "l1", "lpips"):
-            assert float(record[key]) == pytest.approx(float(before[key]), abs=1e-12)
+        for key in ("ssim_patn", "ssim_gfla", "mask_ssim", "l1"):
+            assert float(record[key]) == pytest.approx(float(before[key]), abs=1e-12), key
+        assert float(record["lpips"]) == pytest.approx(float(before["lpips"]), rel=1e-6)
     assert (Path(result["out"]) / "eval.md").read_text().count("3 pairs not scored") == 1
 
 
