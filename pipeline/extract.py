@@ -111,9 +111,15 @@ class ExtractConfig:
             raise PipelineError(f"unknown pose backend {self.pose_backend!r}; choose one of: {', '.join(BACKENDS)}")
         if self.pose_backend != "auto":
             return self.pose_backend
-        import torch
+        return "fast" if _gpu_visible(self) else "ultralytics"
 
-        return "fast" if self.device != "cpu" and torch.cuda.is_available() else "ultralytics"
+
+def _gpu_visible(cfg: ExtractConfig) -> bool:
+    """A GPU is visible and ``--device`` does not rule it out: ``auto`` picks the fast backend, which reads on
+    processes."""
+    import torch
+
+    return cfg.device != "cpu" and torch.cuda.is_available()
 
 
 @dataclass
@@ -455,12 +461,6 @@ def default_workers() -> tuple[int, int]:
     if workers <= 1:
         return 0, cores
     return workers, max(1, cores // workers)
-
-
-def _gpu_visible(cfg: ExtractConfig) -> bool:
-    import torch
-
-    return cfg.device != "cpu" and torch.cuda.is_available()
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:

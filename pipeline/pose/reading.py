@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.decode import decode_bytes, read_image_bytes
+from pipeline.pose import shape_groups
 from schemas.files import sha256_bytes
 
 
@@ -87,7 +88,6 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
     n = len(paths)
     batch = ReadBatch(list(paths), max_pixels, ["ok"] * n, [None] * n, [None] * n, [None] * n, [1.0] * n, [None] * n)
     blobs: list[bytes] = []
-    by_shape: dict[tuple, list[int]] = {}
     images: dict[int, np.ndarray] = {}
     for i, (record, data) in enumerate(results):
         if data is not None:  # GPU route: ((height, width), digest)
@@ -99,12 +99,12 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
         batch.width[i], batch.height[i], batch.scale[i], batch.digest[i] = (record.width, record.height,
                                                                             record.scale, record.content_hash)
         if record.ok:
-            by_shape.setdefault(record.image.shape, []).append(i)
             images[i] = record.image
     if blobs:
         batch.jpeg_sizes = [len(b) for b in blobs]
-        batch.jpeg_bytes = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
-    batch.cpu_groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx]))) for idx in by_shape.values()]
+        batch.jpeg_bytes = torch.frombuffer(bytearray().join(blobs), dtype=torch.uint8)  # one copy, writable
+    batch.cpu_groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx])))
+                        for idx in shape_groups(images.items())]
     return batch
 
 

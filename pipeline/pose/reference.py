@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, default_model_path
+from pipeline.pose import Detections, default_model_path, shape_groups
 
 
 def resolve_device(device: str) -> str:
@@ -72,11 +72,8 @@ class UltralyticsBackend:
         # ultralytics letterboxes a batch of equal shapes with minimal padding, like a single image, but pads a
         # mixed batch to a square, which moves keypoints by pixels; batching per shape keeps every image's
         # result independent of its batch neighbours (and of the partitioning).
-        by_shape: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            by_shape.setdefault(image.shape, []).append(i)
         out: list[Detections | None] = [None] * len(images)
-        for indices in by_shape.values():
+        for indices in shape_groups(enumerate(images)):
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 results = self.model.predict([images[i] for i in chunk], imgsz=self.imgsz, conf=self.conf,
