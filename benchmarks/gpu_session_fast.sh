@@ -9,7 +9,8 @@
 #            collapsed stacks (spy.txt), to see which Python lines hold the host
 #   cli      `pgpig-data extract` of 20,000 JPEGs in one process (--workers 0), timed from the shell: start-up and
 #            exit included (the reader processes must stop at once)
-#   bench    extract_bench.py --backend fast on 20,000 JPEGs against a YOLO.predict loop
+#   startup  extract_startup.py in fresh processes, with and without CUDA graphs: what a worker's first batch costs
+#   bench    extract_bench.py --backend fast on 100,000 JPEGs against a YOLO.predict loop on the first 20,000
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -46,9 +47,27 @@ if has cli; then
 make_images(Path('$work/raw'), 20000, (256, 176))"
     start=$(date +%s.%N)
     $py -m pipeline.cli extract "$work/raw" --dataset folder --workers 0 --out "$work/kp" --run-file "$work/x.json" \
-        --quiet 2>&1 | tail -1 | tee -a "$out/session.log"
+        --quiet > "$out/cli.txt" 2>&1 &
+    pid=$!
+    # the run record says complete just before the command prints its summary and exits: time what follows, and
+    # where py-spy is installed, dump every thread of a process still there 3 s later
+    while kill -0 $pid 2> /dev/null && ! grep -q '"complete": true' "$work/x.json" 2> /dev/null; do sleep 0.1; done
+    complete=$(date +%s.%N)
+    sleep 3
+    if kill -0 $pid 2> /dev/null && command -v py-spy > /dev/null; then
+        py-spy dump --pid $pid > "$out/exit-dump.txt" 2>&1
+    fi
+    wait $pid
     end=$(date +%s.%N)
-    $py -c "import json; r = json.load(open('$work/x.json')); print('cli', round($end - $start, 1), 's wall;', r['seconds'], 's in run_extract;', r['task_seconds'], 's in tasks', r['tasks'])" | tee -a "$out/session.log"
+    tail -1 "$out/cli.txt" | tee -a "$out/session.log"
+    $py -c "import json; r = json.load(open('$work/x.json')); print('cli', round($end - $start, 1), 's wall;', r['seconds'], 's in run_extract;', r['task_seconds'], 's in tasks', r['tasks'], '; exit', round($end - $complete, 2), 's after the record said complete')" | tee -a "$out/session.log"
+fi
+if has startup; then
+    stamp startup
+    for flags in "" "--no-graphs"; do
+        $py benchmarks/extract_startup.py --images 4096 --processes 8 $flags --label "$card" 2>> "$out/startup.err" \
+            | tee -a "$out/startup.jsonl"
+    done
 fi
 if has bench; then
     stamp bench

@@ -1,15 +1,27 @@
-"""Trainer speed: optimizer steps/s and peak GPU memory of a generator at a recipe's batch size, per AMP mode.
+"""Trainer speed: optimizer steps/s and peak GPU memory of generators at their recipes' batch sizes, per speed mode.
 
-    python benchmarks/train_bench.py [--recipe workflows/market1501/patn.yaml] [--amp none,bf16,fp16]
-                                     [--steps 30] [--warmup 5] [--device auto] [--channels-last] [--compile]
-                                     [--shards DIR]
+    python benchmarks/train_bench.py [--recipe workflows/market1501/patn.yaml ...] [--modes none,bf16,bf16+cl]
+                                     [--steps 30] [--warmup 5] [--device auto] [--shards DIR]
 
-Each measured step is ``pgpig.train.train_step`` (generator forward, L1 + perceptual + adversarial losses,
-generator and discriminator updates, the history pool), the same function ``pgpig train`` calls, on one fixed
-batch already on the device (random images in ``[-1, 1]``, random keypoints rendered to pose maps each step), so the
-figure is the model's and the optimizer's alone. The VGG-19 of the perceptual loss is randomly initialised
-(ImageNet weights cannot be downloaded on the benchmark machine; the cost is the same). The baseline is the first
-AMP mode of the list (``none``: float32) in the same run: every line carries its speed ratio to it.
+A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches)
+and ``+compile`` (``torch.compile`` of the generator and discriminators); ``--channels-last`` and ``--compile``
+add those to every mode. ``--recipe`` may be repeated: one process measures them all.
+
+Each measured step is ``pgpig.train.train_step`` (generator forward, the recipe's losses, generator and
+discriminator updates, the history pool), the same function ``pgpig train`` calls, on one fixed batch already on the
+device, so the figure is the model's and the optimizer's alone. The batch is smooth random images in ``[-1, 1]``
+(noise at 1/16 of the size, upsampled) and random keypoints rendered to pose maps each step. The VGG-19 of the
+perceptual loss is randomly initialised (ImageNet weights cannot be downloaded on the benchmark machine; the cost
+is the same). The baseline is the first mode of the list in the same run: every line carries its speed ratio to it.
+
+Correctness of a mode: every mode starts from the same weights, batch and random draws, so its first step must
+compute the baseline's up to rounding: each line carries the cosine of its generator gradient to the baseline's
+(``grad_cosine_vs_baseline``) and the largest relative difference of a first-step loss term, and whether every
+loss stayed finite. After a recipe's modes, a ``train_pick`` line names the fastest mode that stayed finite with a
+cosine of at least ``--min-cosine`` (0.99). The L1 of the generated image to the target at the first and the last
+measured step (``l1_first``, ``l1_last``) shows the generator fitting the fixed batch (an adversarial recipe's L1
+need not fall in so few steps). ``--steps`` is the least number of measured steps; more run until
+``--min-seconds`` have passed. ``warmup_seconds`` is the time of the warm-up steps (a compile is paid there).
 
 ``--shards DIR`` adds a line for the data loader alone (``pgpig.data.make_loader`` with the recipe's batch size
 and workers over ``DIR/train``, pinned memory): pairs/s, and its ratio to the fastest training mode's pairs/s. A
@@ -33,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
-from pgpig.train import StepBatch, build, compile_parts, load_config, pose_maps, resolve_device, train_step  # noqa: E402
+from pgpig.models.objective import generated_image  # noqa: E402
+from pgpig.train import AMP_DTYPES, StepBatch, build, compile_parts, load_config, pose_maps, resolve_device, train_step  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -41,36 +54,81 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int) -> dict:
-    """Steps/s and peak memory of ``train_step`` under ``cfg`` on a fixed random batch."""
+def smooth_images(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """``(b, 3, h, w)`` in ``[-1, 1]``: uniform noise at 1/16 of the size, upsampled (a batch a generator can fit)."""
+    coarse = torch.rand(b, 3, max(1, h // 16), max(1, w // 16), device=device) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int,
+                min_seconds: float = 0.0) -> tuple[dict, dict]:
+    """Steps/s, peak memory and the fixed batch's L1 of ``train_step`` under ``cfg``, and the first step's losses
+    and generator gradient (to compare with the baseline's: same weights, same batch, same dropout draws)."""
     torch.manual_seed(0)
     parts = build(cfg, device, size)
     if cfg.compile:
         compile_parts(parts)
     b, (h, w) = cfg.batch_size, size
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    source = (torch.rand(b, 3, h, w, device=device) * 2 - 1).contiguous(memory_format=memory_format)
-    target = (torch.rand(b, 3, h, w, device=device) * 2 - 1).contiguous(memory_format=memory_format)
+    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
+    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    first: dict = {}
+    plain = getattr(parts.generator, "_orig_mod", parts.generator)  # inside torch.compile's wrapper
 
-    def step() -> None:
+    def step() -> torch.Tensor:
+        nonlocal finite
         source_pose = pose_maps(cfg, keypoints[0], size).contiguous(memory_format=memory_format)
         target_pose = pose_maps(cfg, keypoints[1], size).contiguous(memory_format=memory_format)
-        train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1]))
+        generated, losses = train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose,
+                                                             keypoints[0], keypoints[1]))
+        for value in losses.values():
+            finite = finite & torch.isfinite(value.detach()).all()
+        if not first:
+            first["losses"] = {k: float(v) for k, v in losses.items()}
+            first["grad"] = torch.cat([p.grad.detach().flatten().float() for p in plain.parameters()
+                                       if p.grad is not None])
+        return (generated_image(generated).detach().float() - target).abs().mean()
 
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for _ in range(max(1, warmup)):
         step()
     _sync(device)
+    warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    l1 = []
+    while len(l1) < steps or time.perf_counter() - start < min_seconds:
+        l1.append(step())
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"steps_per_s": round(steps / seconds, 3), "pairs_per_s": round(steps * b / seconds, 1),
-            "peak_gpu_mem_gib": None if peak is None else round(peak, 2)}
+    return {"steps_per_s": round(len(l1) / seconds, 3), "pairs_per_s": round(len(l1) * b / seconds, 1),
+            "measured_steps": len(l1), "peak_gpu_mem_gib": None if peak is None else round(peak, 2),
+            "warmup_seconds": round(warmup_seconds, 2), "finite": bool(finite),
+            "l1_first": round(float(l1[0]), 5), "l1_last": round(float(l1[-1]), 5)}, first
+
+
+def agreement(first: dict, base: dict) -> dict:
+    """How closely a mode's first step computed the baseline's: the cosine of the two generator gradients and the
+    largest relative difference of a loss term."""
+    grad, ref = first["grad"], base["grad"]
+    cosine = (float(torch.nn.functional.cosine_similarity(grad.double(), ref.double(), dim=0))
+              if grad.shape == ref.shape else None)
+    rel = max((abs(v - base["losses"][k]) / max(abs(base["losses"][k]), 1e-3) for k, v in first["losses"].items()
+               if k in base["losses"]), default=None)
+    return {"grad_cosine_vs_baseline": None if cosine is None else round(cosine, 5),
+            "first_loss_max_rel_diff": None if rel is None else round(rel, 5)}
+
+
+def parse_mode(mode: str, channels_last: bool, compile: bool) -> dict:
+    """``bf16+cl+compile`` → the config fields it sets (``TrainError``-free: a bad mode exits with its name)."""
+    amp, *flags = mode.split("+")
+    if amp not in AMP_DTYPES and amp != "none" or set(flags) - {"cl", "compile"}:
+        raise SystemExit(f"mode {mode!r}: an AMP setting (none, bf16, fp16) with optional +cl and +compile")
+    return {"amp": amp, "channels_last": channels_last or "cl" in flags, "compile": compile or "compile" in flags}
 
 
 def bench_loader(cfg, shards: Path, batches: int) -> dict:
@@ -94,58 +152,89 @@ def bench_loader(cfg, shards: Path, batches: int) -> dict:
             "image_size": list(dataset.size)}
 
 
+def bench_recipe(recipe: Path, args, device: torch.device) -> float:
+    """Every mode of one recipe, a JSON line each, then the ``train_pick`` line; returns the best pairs/s."""
+    overrides = {"vgg_weights": None, "allow_random_vgg": True, "progress": False}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    overrides.update(parse_set(tuple(args.settings)))
+    cfg = load_config(recipe, overrides)
+    if args.size:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+    else:
+        # the stored size of the recipe's data set (DeepFashion 256x256, Market-1501 128x64), less the crop
+        stored = (256, 256) if "deepfashion" in str(recipe) else (128, 64)
+        size = (stored[0], stored[1] - 2 * cfg.crop_margin)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    name = str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe)
+    common = {"bench": "train", "model": cfg.model, "recipe": name, "image_size": list(size),
+              "batch_size": cfg.batch_size, "settings": args.settings, "steps": args.steps, "device": machine,
+              "torch": torch.__version__, "python": platform.python_version()}
+    modes = args.modes.split(",")
+    base, base_first = None, None
+    results = {}
+    for mode in modes:
+        fields = parse_mode(mode, args.channels_last, args.compile)
+        try:
+            result, first = bench_steps(dataclasses.replace(cfg, **fields), device, size, args.steps, args.warmup,
+                                        args.min_seconds)
+        except Exception as exc:  # a mode that cannot run here (e.g. compile without a compiler) is a result too
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            result, first = {"error": f"{type(exc).__name__}: {message}"[:300]}, None
+        if base is None and first is not None:
+            base, base_first = result, first
+        if first is not None:
+            result["speedup_vs_baseline"] = round(result["steps_per_s"] / base["steps_per_s"], 3)
+            result.update(agreement(first, base_first))
+        results[mode] = result
+        print(json.dumps({**common, "mode": mode, **fields, **result, "baseline_mode": modes[0]}), flush=True)
+        del first
+        if fields["compile"]:
+            torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    good = {m: r for m, r in results.items() if "error" not in r and r["finite"]
+            and (r["grad_cosine_vs_baseline"] or 0) >= args.min_cosine}
+    fastest = max(good, key=lambda m: good[m]["steps_per_s"], default=None)
+    print(json.dumps({**common, "bench": "train_pick", "fastest_correct_mode": fastest,
+                      "speedup_vs_baseline": good[fastest]["speedup_vs_baseline"] if fastest else None,
+                      "min_grad_cosine": args.min_cosine, "rejected": sorted(set(results) - set(good)),
+                      "baseline_mode": modes[0]}), flush=True)
+    if args.shards is not None:
+        best_pairs = max((r["pairs_per_s"] for r in good.values()), default=0.0)
+        result = bench_loader(cfg, args.shards, args.loader_batches)
+        print(json.dumps({**common, "bench": "train_loader", **result, "train_pairs_per_s": best_pairs,
+                          "loader_vs_train": round(result["loader_pairs_per_s"] / best_pairs, 2)
+                          if best_pairs else None}), flush=True)
+    return max((r["pairs_per_s"] for r in good.values()), default=0.0)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "workflows" / "market1501" / "patn.yaml")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, action="append", default=None,
+                        help="a recipe file (repeatable) [default: workflows/market1501/patn.yaml]")
     parser.add_argument("--size", default=None, help="HxW of the training images [default: the recipe's data set's "
                         "stored size (a deepfashion/ recipe 256x256, else 128x64) less 2 x crop_margin columns]")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set use_gan=false (repeatable)")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the recipe's]")
-    parser.add_argument("--amp", default="none,bf16", help="comma-separated AMP modes; the first is the baseline")
+    parser.add_argument("--modes", "--amp", dest="modes", default="none,bf16",
+                        help="comma-separated modes (AMP[+cl][+compile]); the first is the baseline")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="measure at least this long (more steps)")
+    parser.add_argument("--min-cosine", type=float, default=0.99,
+                        help="train_pick: the first step's generator gradient must have at least this cosine to the "
+                             "baseline's")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="add +cl to every mode")
+    parser.add_argument("--compile", action="store_true", help="add +compile to every mode")
     parser.add_argument("--shards", type=Path, default=None, help="also time the data loader over DIR/train")
     parser.add_argument("--loader-batches", type=int, default=50)
     args = parser.parse_args()
-
-    overrides = {"vgg_weights": None, "allow_random_vgg": True, "channels_last": args.channels_last,
-                 "compile": args.compile, "progress": False}
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    overrides.update(parse_set(tuple(args.settings)))
-    cfg = load_config(args.recipe, overrides)
     device = resolve_device(args.device)
-    if args.size:
-        size = tuple(int(v) for v in args.size.lower().split("x"))
-    else:
-        # the stored size of the recipe's data set (DeepFashion 256x256, Market-1501 128x64), less the crop
-        stored = (256, 256) if "deepfashion" in str(args.recipe) else (128, 64)
-        size = (stored[0], stored[1] - 2 * cfg.crop_margin)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    common = {"bench": "train", "model": cfg.model, "recipe": str(args.recipe.relative_to(ROOT)
-                                                                   if args.recipe.is_relative_to(ROOT)
-                                                                   else args.recipe),
-              "image_size": list(size), "batch_size": cfg.batch_size, "channels_last": cfg.channels_last,
-              "compile": cfg.compile, "settings": args.settings, "device": machine, "torch": torch.__version__,
-              "python": platform.python_version()}
-    base = None
-    best_pairs = 0.0
-    for amp in args.amp.split(","):
-        result = bench_steps(dataclasses.replace(cfg, amp=amp), device, size, args.steps, args.warmup)
-        base = base or result["steps_per_s"]
-        best_pairs = max(best_pairs, result["pairs_per_s"])
-        print(json.dumps({**common, "amp": amp, **result, "baseline_amp": args.amp.split(",")[0],
-                          "speedup_vs_baseline": round(result["steps_per_s"] / base, 3)}), flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if args.shards is not None:
-        result = bench_loader(cfg, args.shards, args.loader_batches)
-        print(json.dumps({**common, "bench": "train_loader", **result, "train_pairs_per_s": best_pairs,
-                          "loader_vs_train": round(result["loader_pairs_per_s"] / best_pairs, 2)}), flush=True)
+    for recipe in args.recipe or [ROOT / "workflows" / "market1501" / "patn.yaml"]:
+        bench_recipe(recipe, args, device)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def recipes() -> None:
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
 @click.option("--gpus", type=click.IntRange(1), default=None,
               help="Data-parallel over N GPUs of this machine: launches torchrun, one DDP process per GPU.")
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=None, help="Mixed precision.")
+@click.option("--amp", type=click.Choice(["auto", "none", "bf16", "fp16"]), default=None,
+              help="Mixed precision [default: the recipe's; auto: bf16 on a CUDA GPU that has it, else float32].")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
 @click.option("--vgg-weights", default=None, metavar="PATH|imagenet",
               help="VGG-19 weights of the perceptual loss: a torchvision vgg19 state dict, or imagenet.")
@@ -145,8 +146,12 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
         sys.exit(launch_torchrun(cfg, recipe, overrides, gpus))
     result = run_train(cfg)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result["losses"].items())
+    speed = result["speed"]
+    on = [speed["amp"] if speed["amp"] != "none" else "float32"] + [
+        name for name in ("channels_last", "compile") if speed[name]]
     click.echo(f"{result['run_dir']}: step {result['step']}, epoch {result['epoch']}" + (f"; {losses}" if losses
-                                                                                          else ""))
+                                                                                          else "")
+               + f" ({speed['device']}: {', '.join(on)})")
 
 
 @main.command()

@@ -76,7 +76,8 @@ from pgpig.models.objective import Objective, StepBatch, generated_image
 from schemas.files import atomic_path, fsync_dir
 
 __all__ = ["HistoryPool", "Parts", "StepBatch", "TrainConfig", "build", "build_generator", "compile_parts",
-           "load_config", "lr_factor", "pair_grid", "pose_image", "pose_maps", "resolve_device", "sample_grid",
+           "load_config", "lr_factor", "pair_grid", "pose_image", "pose_maps", "resolve_device", "resolve_speed",
+           "sample_grid",
            "save_png", "step_folders", "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,14 +174,17 @@ class TrainConfig:
     """VGG-19 weights for the perceptual loss: ``imagenet`` (torch hub cache), a state-dict path, or null."""
     allow_random_vgg: bool = False
     """Permit ``vgg_weights: null`` (random VGG): for tests only, the perceptual loss then means little."""
-    amp: str = "none"
-    """Mixed precision: ``none``, ``bf16`` (autocast) or ``fp16`` (autocast + gradient scaling)."""
+    amp: str = "auto"
+    """Mixed precision: ``none``, ``bf16`` (autocast), ``fp16`` (autocast + gradient scaling), or ``auto``: bf16 on
+    a CUDA device that has it, float32 elsewhere (on the CPU float32 is the fast path for convolutions)."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: each rank's GPU)."""
-    channels_last: bool = False
-    """Models and batches in channels-last memory format (faster convolutions with AMP on recent GPUs)."""
-    compile: bool = False
-    """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs)."""
+    channels_last: bool | str = False
+    """Models and batches in channels-last memory format (faster convolutions with AMP for some models on recent
+    GPUs); ``auto``: on a CUDA device only."""
+    compile: bool | str = False
+    """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
+    device only."""
     sync_batchnorm: bool = False
     """Under DDP on CUDA, batch statistics over all GPUs (``SyncBatchNorm``). Off: each GPU normalises its own share,
     which at the recipe's per-GPU batch is the paper's one-GPU regime; SyncBatchNorm measured 3.5x slower
@@ -230,6 +234,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
+        if set(args) == {bool, str}:  # a switch that may also be "auto" (decided per device: resolve_speed)
+            if not isinstance(value, bool) and value != "auto":
+                raise ValueError
+            return value
         if hint is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError
@@ -248,7 +256,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         pass
     else:
         return value
-    raise TrainError(f"config field {name!r}: {value!r} is not a {getattr(hint, '__name__', hint)}")
+    what = "true, false or auto" if set(args) == {bool, str} else f"a {getattr(hint, '__name__', hint)}"
+    raise TrainError(f"config field {name!r}: {value!r} is not {what}")
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -299,7 +308,7 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
 
 def check_config(cfg: TrainConfig) -> None:
     """``TrainError`` for values outside their allowed sets or ranges."""
-    choices = {"amp": ("none", "bf16", "fp16"), "gan_kind": ("lsgan", "vanilla", "hinge"),
+    choices = {"amp": ("none", "bf16", "fp16", "auto"), "gan_kind": ("lsgan", "vanilla", "hinge"),
                "norm": ("instance", "batch"), "lr_policy": ("constant", "linear"),
                "pose_encoding": ("gaussian", "disk")}
     for name, allowed in choices.items():
@@ -320,6 +329,23 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.vgg_weights is None and not cfg.allow_random_vgg:
         raise TrainError("vgg_weights is null: give a VGG-19 state dict path or 'imagenet' "
                          "(random VGG only with allow_random_vgg: true, for tests)")
+
+
+def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with its ``auto`` speed settings decided for ``device``: on CUDA, bf16 autocast (where the GPU has
+    bf16), and channels-last and ``torch.compile`` where the recipe says ``auto``; on the CPU, float32 and neither.
+    The recipes' choices are the fastest correct settings measured per generator
+    (``benchmarks/results/train-defaults-*.jsonl``)."""
+    cuda = device.type == "cuda"
+    return dataclasses.replace(cfg, amp=_amp(cfg.amp, device),
+                               channels_last=cuda if cfg.channels_last == "auto" else cfg.channels_last,
+                               compile=cuda if cfg.compile == "auto" else cfg.compile)
+
+
+def _amp(amp: str, device: torch.device) -> str:
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -577,6 +603,7 @@ def build_generator(cfg: TrainConfig, size: tuple[int, int]) -> torch.nn.Module:
 
 def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Parts:
     """Generator, discriminators, objective, optimizers and pools of ``cfg`` for ``(H, W)`` images on ``device``."""
+    cfg = resolve_speed(cfg, device)
     objective = models.objective_class(cfg.model)(cfg, device)
     generator = objective.build_generator(cfg, size).to(device)
     discriminators = {name: d.to(device) for name, d in objective.build_discriminators(size).items()}
@@ -602,8 +629,9 @@ def compile_parts(parts: Parts) -> None:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``)."""
-    return torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32), enabled=cfg.amp != "none")
+    """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``, and for ``auto`` off CUDA)."""
+    amp = _amp(cfg.amp, device)
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "none")
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -686,7 +714,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         shared = [run_dir]
         dist.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
-    cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    given = cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    cfg = resolve_speed(cfg, device)  # config.yaml keeps the recipe's auto: a resume on other hardware decides anew
     if not cfg.resume and step_folders(run_dir):
         raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
 
@@ -754,7 +783,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False))
+            tmp.write_text(yaml.safe_dump(_config_dict(given), sort_keys=False))
         (run_dir / "samples").mkdir(exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -842,7 +871,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         bar.close()
         if writer is not None:
             writer.close()
-    return {"run_dir": run_dir, "step": step, "epoch": epoch, "losses": losses}
+    return {"run_dir": run_dir, "step": step, "epoch": epoch, "losses": losses,
+            "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
+                      "compile": cfg.compile}}
 
 
 def _validate(generator: torch.nn.Module, objective: Objective, batch: StepBatch, cfg: TrainConfig, writer,

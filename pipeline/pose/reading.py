@@ -21,6 +21,7 @@ The decode route: ``torch_decodable`` (in ``pipeline.pose.fast``) says whether t
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import weakref
@@ -155,8 +156,9 @@ class BatchReader:
                 _Reads(decodable, self.threads), batch_size=None, sampler=self._feed, num_workers=processes,
                 pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,
                 multiprocessing_context=context)
-            # stopped by close(), or at exit before the interpreter's own exit handlers run (see _stop_loader)
+            # stopped by close(), by garbage collection, or at exit (see read() and _stop_loader)
             self._finalizer = weakref.finalize(self, _stop_loader, self._loader)
+            self._exit_hook = False
 
     def read(self, batches: Iterable[list], max_pixels: int) -> Iterator[ReadBatch]:
         """The batches read, in order; reading runs ahead of the consumer by ``prefetch`` batches per process."""
@@ -170,12 +172,20 @@ class BatchReader:
         if not items:
             return
         self._feed.items = items
-        yield from self._loader
+        iterator = iter(self._loader)  # persistent: the first call starts the workers, later ones reuse them
+        if not self._exit_hook:
+            # torch registered its own exit hooks as the workers started (with pinned memory, one that waits up to
+            # 5 s for each worker to leave by itself); atexit runs last in, first out, so this one, registered
+            # after them, ends the workers first
+            atexit.register(self._finalizer)
+            self._exit_hook = True
+        yield from iterator
 
     def close(self) -> None:
         """Stop the worker processes (done at exit too)."""
         if self._loader is not None:
             self._finalizer()
+            atexit.unregister(self._finalizer)
             self._loader = None
 
 
@@ -183,9 +193,10 @@ def _stop_loader(loader: torch.utils.data.DataLoader) -> None:
     """End the reader processes at once, then let the loader close its queues and pinning thread where it can.
 
     The loader's own shutdown asks each worker to stop through its index queue and waits up to 5 s for each
-    before killing it. At interpreter exit (Python 3.12) a queue that never carried anything cannot start the
-    thread that would send the request, so every idle worker cost those 5 s: 42 s after an 8-process extraction
-    on the GPU machine. A reader holds nothing that could be lost (it only reads files): it is terminated first."""
+    before killing it; at interpreter exit torch's exit hook for pinned persistent workers (torch 2.11) joins each
+    worker with that 5 s limit while they still wait for work: 42 s after an 8-process extraction on the GPU
+    machine (py-spy showed the main thread in ``_clean_up_worker``). A reader holds nothing that could be lost (it
+    only reads files): it is terminated first."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is None:
         return

@@ -12,7 +12,16 @@ from safetensors.torch import load_file
 
 from pgpig.cli import main
 from pgpig.errors import TrainError
-from pgpig.train import HistoryPool, TrainConfig, load_config, lr_factor, step_folders, total_steps, train
+from pgpig.train import (
+    HistoryPool,
+    TrainConfig,
+    load_config,
+    lr_factor,
+    resolve_speed,
+    step_folders,
+    total_steps,
+    train,
+)
 
 # tiny and fast: a random VGG (ImageNet weights cannot be downloaded in tests), 1 PAT block at width 8
 TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set", "vgg_weights=null",
@@ -191,6 +200,32 @@ def test_unknown_recipe_key_is_an_error_naming_it(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and "learning_rate" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(shards, tmp_path):
+    """``amp``/``channels_last``/``compile: auto`` (the GPU recipes' defaults) are float32, contiguous and eager on
+    the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other
+    hardware decides again; the summary line names what ran."""
+    small = {"shards": shards, "steps": 2, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1,
+             "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False, "device": "cpu"}
+    auto = load_config(None, {**small, "run_dir": tmp_path / "auto", "amp": "auto", "channels_last": "auto",
+                              "compile": "auto"})
+    assert TrainConfig().amp == "auto"  # the field's default too
+    resolved = resolve_speed(auto, torch.device("cpu"))
+    assert (resolved.amp, resolved.channels_last, resolved.compile) == ("none", False, False)
+    plain = load_config(None, {**small, "run_dir": tmp_path / "plain", "amp": "none"})
+    result = train(auto)
+    assert result["losses"] == train(plain)["losses"]
+    assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False}
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert (saved["amp"], saved["channels_last"], saved["compile"]) == ("auto", "auto", "auto")
+    with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
+        load_config(None, {"channels_last": "yes"})
+    with pytest.raises(TrainError, match="'compile': 1 is not true, false or auto"):
+        load_config(None, {"compile": 1})
+    output = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "cli"),
+                                       "--steps", "1", "--batch-size", "2", "--device", "cpu", *TINY]).output
+    assert output.strip().endswith("(cpu: float32)"), output
 
 
 def test_random_vgg_needs_allow_random_vgg():

@@ -79,3 +79,13 @@ def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _finite(run / "generator.safetensors")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def test_auto_speed_settings_on_the_gpu(shards, tmp_path):
+    """The recipes' ``auto`` settings decide for CUDA: bf16 autocast (where the GPU has it), channels-last."""
+    cfg = load_config(None, {**SMALL, "amp": "auto", "channels_last": "auto", "shards": shards,
+                             "run_dir": tmp_path / "run", "steps": 2})
+    speed = train(cfg)["speed"]
+    assert speed["amp"] == ("bf16" if torch.cuda.is_bf16_supported() else "none")
+    assert speed["channels_last"] is True and speed["compile"] is False
+    assert _finite(tmp_path / "run" / "generator.safetensors")

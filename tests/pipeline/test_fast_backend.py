@@ -375,8 +375,12 @@ def test_reader_processes_read_what_threads_read(odd_tree):
         reader.close()
 
 
-def test_a_process_with_reader_processes_exits_at_once(odd_tree):
-    """Left open, the reader's worker processes are ended at exit without the loader's 5 s wait per worker."""
+@pytest.mark.parametrize("pin", [False, pytest.param(True, marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")])],
+    ids=["unpinned", "pinned"])
+def test_a_process_with_reader_processes_exits_at_once(odd_tree, pin):
+    """Left open, the reader's worker processes are ended at exit without the loader's 5 s wait per worker (with
+    pinned memory torch adds an exit hook of its own that waits so: 42 s for 8 workers on the GPU machine)."""
     import subprocess
     import sys
 
@@ -387,12 +391,13 @@ def test_a_process_with_reader_processes_exits_at_once(odd_tree):
         "from pipeline.pose.fast import torch_decodable\n"
         "from pipeline.pose.reading import BatchReader\n"
         "paths = sorted(p for p in Path(sys.argv[1]).rglob('*') if p.is_file())\n"
-        "reader = BatchReader(torch_decodable, processes=4, threads=2)\n"
+        "reader = BatchReader(torch_decodable, processes=4, threads=2, pin_memory=sys.argv[2] == 'pin')\n"
         "assert len(list(reader.read([paths[:4], paths[4:8]], 40_000_000))) == 2\n"
         "print(time.time(), flush=True)\n"
     )
     repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script, str(root)], capture_output=True, text=True, cwd=repo,
+    done = subprocess.run([sys.executable, "-c", script, str(root), "pin" if pin else "-"], capture_output=True,
+                          text=True, cwd=repo,
                           timeout=120)
     exited = time.time()
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The trainer's speed settings per generator on the `device` machine (issue #10, part 3), from which the recipes'
+# GPU defaults (amp/channels_last/compile: auto) were chosen:
+#   bash benchmarks/gpu_train_defaults.sh OUT_DIR [PARTS] [SHARDS_ROOT]
+# PARTS (default "eager compile loader"):
+#   eager    train_bench.py over every shipped recipe at its paper batch size: float32, bf16, bf16 + channels-last,
+#            float32 + channels-last (the first is the baseline; each recipe ends with its train_pick line)
+#   compile  the same with torch.compile, per recipe: COMPILE_MODES (default "bf16,bf16+compile"), each recipe in
+#            its own process under a time limit (a compile that does not finish is a result too)
+#   loader   the data loader against the recipe's default training mode (train_bench --shards) on Market-1501 and
+#            DeepFashion mannequin shard sets (SHARDS_ROOT/mk-shards, SHARDS_ROOT/df-shards, made with
+#            pipeline.cli synth/extract --annotations/pair), and `pgpig train` itself on the Market set for 60 and
+#            360 steps: the difference of the two wall times is the real loop's steps/s, with the GPU's utilisation
+#            sampled by nvidia-smi during the long run
+set -uo pipefail
+out=${1:?output folder}
+parts=${2:-eager compile loader}
+shards=${3:-.bench-data}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+has() { [[ " $parts " == *" $1 "* ]]; }
+stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/session.log"
+recipes=${RECIPES:-"market1501/pg2 market1501/pg2-stage2 market1501/patn market1501/xinggan market1501/gfla
+    market1501/gfla-stage2 market1501/dptn deepfashion/pg2 deepfashion/pg2-stage2 deepfashion/patn
+    deepfashion/xinggan deepfashion/gfla deepfashion/gfla-stage2 deepfashion/dptn"}
+if has eager; then
+    stamp eager
+    args=()
+    for r in $recipes; do args+=(--recipe "workflows/$r.yaml"); done
+    $py benchmarks/train_bench.py "${args[@]}" --modes none,bf16,bf16+cl,none+cl --steps "${STEPS:-15}" \
+        --warmup 3 --min-seconds "${MIN_SECONDS:-3}" 2>> "$out/eager.err" | tee -a "$out/train.jsonl"
+fi
+if has compile; then
+    stamp compile
+    for r in $recipes; do
+        timeout "${COMPILE_LIMIT:-240}" $py benchmarks/train_bench.py --recipe "workflows/$r.yaml" \
+            --modes "${COMPILE_MODES:-bf16,bf16+compile}" --steps "${STEPS:-15}" --warmup 3 \
+            2>> "$out/compile.err" | tee -a "$out/train.jsonl" || stamp "compile $r: exit $?"
+    done
+fi
+if has loader; then
+    stamp loader
+    # each at its recipe's GPU default (the eager part's pick)
+    $py benchmarks/train_bench.py --recipe workflows/market1501/pg2.yaml --modes bf16+cl \
+        --shards "$shards/mk-shards" 2>> "$out/loader.err" | tee -a "$out/train.jsonl"
+    $py benchmarks/train_bench.py --recipe workflows/deepfashion/patn.yaml --modes bf16 \
+        --shards "$shards/df-shards" 2>> "$out/loader.err" | tee -a "$out/train.jsonl"
+    for steps in 60 360; do
+        [[ $steps == 360 ]] && { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 \
+            > "$out/util.txt" & smi=$!; }
+        start=$(date +%s.%N)
+        $py -m pgpig.cli train --shards "$shards/mk-shards" --recipe market1501/pg2 --run "$(mktemp -d)/run" \
+            --steps $steps --set vgg_weights=null --set allow_random_vgg=true --set sample_every=100000 \
+            --set checkpoint_every=100000 --quiet 2>&1 | tail -1 | tee -a "$out/session.log"
+        end=$(date +%s.%N)
+        echo "$steps $start $end" >> "$out/loop.txt"
+        [[ $steps == 360 ]] && kill $smi
+    done
+    $py - "$out" <<'PY' | tee -a "$out/train.jsonl"
+import json, sys
+out = sys.argv[1]
+(s1, a1, b1), (s2, a2, b2) = [line.split() for line in open(f"{out}/loop.txt")][-2:]
+util = [float(v) for v in open(f"{out}/util.txt").read().split() if v.replace(".", "").isdigit()]
+steps, seconds = int(s2) - int(s1), (float(b2) - float(a2)) - (float(b1) - float(a1))
+print(json.dumps({"bench": "train_loop", "recipe": "workflows/market1501/pg2.yaml", "shards": "mannequin market",
+                  "steps_per_s": round(steps / seconds, 2), "pairs_per_s": round(16 * steps / seconds, 1),
+                  "wall_seconds": [round(float(b1) - float(a1), 1), round(float(b2) - float(a2), 1)],
+                  "gpu_util_mean": round(sum(util) / len(util), 1) if util else None,
+                  "gpu_util_samples": len(util), "method": "pgpig train --steps 360 minus --steps 60, wall clock"}))
+PY
+fi
+stamp done
