@@ -88,7 +88,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         for value in losses.values():
             finite = finite & torch.isfinite(value.detach()).all()
         if not first:
-            first["losses"] = {k: float(v) for k, v in losses.items()}
+            first["losses"] = {k: float(v.detach()) for k, v in losses.items()}
             first["grad"] = torch.cat([p.grad.detach().flatten().float() for p in plain.parameters()
                                        if p.grad is not None])
         return (generated_image(generated).detach().float() - target).abs().mean()

@@ -228,6 +228,23 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(sha
     assert output.strip().endswith("(cpu: float32)"), output
 
 
+def test_every_shipped_recipe_trains_float32_on_the_cpu():
+    """Recipes turn bf16 and channels-last on for CUDA only (``auto``), never for the CPU, where float32 is the fast
+    path and the tests' numbers come from."""
+    from pgpig.train import shipped_recipes
+
+    gpu_speed = {}
+    for name, path in shipped_recipes().items():
+        cfg = load_config(path, {"vgg_weights": None, "allow_random_vgg": True})
+        assert cfg.amp in ("auto", "none") and cfg.channels_last in ("auto", False) and cfg.compile is False, name
+        cpu = resolve_speed(cfg, torch.device("cpu"))
+        assert (cpu.amp, cpu.channels_last, cpu.compile) == ("none", False, False), name
+        gpu_speed[name] = (cfg.amp, cfg.channels_last)
+    # the measured GPU defaults (pgpig/workflows/README.md)
+    assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", False)
+    assert gpu_speed["deepfashion/gfla"] == ("none", False)
+
+
 def test_random_vgg_needs_allow_random_vgg():
     with pytest.raises(TrainError, match="allow_random_vgg"):
         load_config(None, {"vgg_weights": None})
