@@ -16,8 +16,9 @@ is the same). The baseline is the first mode of the list in the same run: every 
 
 Correctness of a mode: every mode starts from the same weights, batch and random draws, so its first step must
 compute the baseline's up to rounding: each line carries the cosine of its generator gradient to the baseline's
-(``grad_cosine_vs_baseline``) and the largest relative difference of a first-step loss term, and whether every
-loss stayed finite. After a recipe's modes, a ``train_pick`` line names the fastest mode that stayed finite with a
+(``grad_cosine_vs_baseline``; ``grad_worst_tensors`` names the three parameter tensors whose gradients differ most,
+to see where a low cosine comes from) and the largest relative difference of a first-step loss term, and whether
+every loss stayed finite. After a recipe's modes, a ``train_pick`` line names the fastest mode that stayed finite with a
 cosine of at least ``--min-cosine`` (0.99). The L1 of the generated image to the target at the first and the last
 measured step (``l1_first``, ``l1_last``) shows the generator fitting the fixed batch (an adversarial recipe's L1
 need not fall in so few steps). ``--steps`` is the least number of measured steps; more run until
@@ -89,8 +90,8 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
             finite = finite & torch.isfinite(value.detach()).all()
         if not first:
             first["losses"] = {k: float(v.detach()) for k, v in losses.items()}
-            first["grad"] = torch.cat([p.grad.detach().flatten().float() for p in plain.parameters()
-                                       if p.grad is not None])
+            first["grads"] = {name: p.grad.detach().flatten().float() for name, p in plain.named_parameters()
+                              if p.grad is not None}
         return (generated_image(generated).detach().float() - target).abs().mean()
 
     start = time.perf_counter()
@@ -112,15 +113,27 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
 
 
 def agreement(first: dict, base: dict) -> dict:
-    """How closely a mode's first step computed the baseline's: the cosine of the two generator gradients and the
-    largest relative difference of a loss term."""
-    grad, ref = first["grad"], base["grad"]
-    cosine = (float(torch.nn.functional.cosine_similarity(grad.double(), ref.double(), dim=0))
-              if grad.shape == ref.shape else None)
+    """How closely a mode's first step computed the baseline's: the cosine of the two generator gradients, the
+    largest relative difference of a loss term, and the three parameter tensors whose gradients differ most (with
+    their cosine and their share of the baseline's gradient norm), to see where a low cosine comes from."""
+    names = [n for n in base["grads"] if n in first["grads"] and first["grads"][n].shape == base["grads"][n].shape]
+    cosine, worst = None, []
+    if names and len(names) == len(base["grads"]):
+        grad = torch.cat([first["grads"][n] for n in names]).double()
+        ref = torch.cat([base["grads"][n] for n in names]).double()
+        cosine = round(float(torch.nn.functional.cosine_similarity(grad, ref, dim=0)), 5)
+        total = float(ref.norm()) or 1.0
+        diffs = sorted(((float((first["grads"][n].double() - base["grads"][n].double()).norm()), n) for n in names),
+                       reverse=True)[:3]
+        for diff, n in diffs:
+            a, b = first["grads"][n].double(), base["grads"][n].double()
+            worst.append({"tensor": n, "diff_share": round(diff / total, 4),
+                          "norm_share": round(float(b.norm()) / total, 4),
+                          "cosine": round(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), 4)})
     rel = max((abs(v - base["losses"][k]) / max(abs(base["losses"][k]), 1e-3) for k, v in first["losses"].items()
                if k in base["losses"]), default=None)
-    return {"grad_cosine_vs_baseline": None if cosine is None else round(cosine, 5),
-            "first_loss_max_rel_diff": None if rel is None else round(rel, 5)}
+    return {"grad_cosine_vs_baseline": cosine, "first_loss_max_rel_diff": None if rel is None else round(rel, 5),
+            "grad_worst_tensors": worst}
 
 
 def parse_mode(mode: str, channels_last: bool, compile: bool) -> dict:
