@@ -4,12 +4,12 @@
                                          [--no-graphs] [--label TEXT]
 
 Run in a fresh interpreter (the imports are part of what it measures). Times, in order: ``import torch``; CUDA's
-initialisation (the first allocation on the device); importing ``pipeline.pose.fast`` (ultralytics, torchvision);
-``FastBackend(...)`` (the weights loaded, fused and moved to the device); then each batch of ``extract_files`` over
-``--images`` JPEGs (made as ``extract_bench.py`` makes them), the first of which also starts the reader processes and
-captures the CUDA graph of its input shape, and ``close()`` (the reader processes stopped). The baseline is the
-steady batch: the median of the batches after the second, in the same run; ``first_batch_over_steady`` says how
-many steady batches the start-up costs. Prints one JSON line.
+initialisation (the first allocation on the device); importing ``pipeline.pose.fast``; ``FastBackend(...)``
+(importing ultralytics and torchvision's ops, the weights loaded, fused and moved to the device); then each batch
+of ``extract_files`` over ``--images`` JPEGs (made as ``extract_bench.py`` makes them), the first of which also
+starts the reader processes and captures the CUDA graph of its input shape, and ``close()`` (the reader processes
+stopped). The baseline is the steady batch: the median of the batches after the second, in the same run;
+``first_batch_over_steady`` says how many steady batches the start-up costs. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
         torch.zeros(1, device=device)
         torch.cuda.synchronize(device)
     lap("cuda_init")
-    from extract_bench import make_images  # noqa: F401 - imports ultralytics too, as the backend does
+    from extract_bench import make_images  # it does not import ultralytics: the backend's load below does
 
     from pipeline.pose.fast import FastBackend
 

@@ -165,8 +165,9 @@ def bench_loader(cfg, shards: Path, batches: int) -> dict:
             "image_size": list(dataset.size)}
 
 
-def bench_recipe(recipe: Path, args, device: torch.device) -> float:
-    """Every mode of one recipe, a JSON line each, then the ``train_pick`` line; returns the best pairs/s."""
+def bench_recipe(recipe: Path, args, device: torch.device) -> None:
+    """Every mode of one recipe, a JSON line each, then the ``train_pick`` line (and with ``--shards`` the
+    loader's)."""
     overrides = {"vgg_weights": None, "allow_random_vgg": True, "progress": False}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
@@ -201,7 +202,7 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> float:
             result.update(agreement(first, base_first))
         results[mode] = result
         print(json.dumps({**common, "mode": mode, **fields, **result, "baseline_mode": modes[0]}), flush=True)
-        del first
+        del first  # the gradients of this mode, before the next one builds its models
         if fields["compile"]:
             torch._dynamo.reset()
         if device.type == "cuda":
@@ -219,7 +220,6 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> float:
         print(json.dumps({**common, "bench": "train_loader", **result, "train_pairs_per_s": best_pairs,
                           "loader_vs_train": round(result["loader_pairs_per_s"] / best_pairs, 2)
                           if best_pairs else None}), flush=True)
-    return max((r["pairs_per_s"] for r in good.values()), default=0.0)
 
 
 def main() -> None:
