@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# The installed packages first: with tests/ on sys.path, an editable install (`pip install -e .`, whose finder
+# comes after sys.path's) would take tests/pgpig and tests/pipeline for namespace packages of those names, and
+# pgpig's shipped recipes (importlib.resources) would not be found.
+import pgpig  # noqa: E402, F401
+import pipeline  # noqa: E402, F401
+
 # test data builders shared by several test files (tests/corpus.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
