@@ -44,7 +44,7 @@ if has loader; then
     # each at its recipe's GPU default (the eager part's pick)
     $py benchmarks/train_bench.py --recipe workflows/market1501/pg2.yaml --modes bf16+cl \
         --shards "$shards/mk-shards" 2>> "$out/loader.err" | tee -a "$out/train.jsonl"
-    $py benchmarks/train_bench.py --recipe workflows/deepfashion/patn.yaml --modes bf16 \
+    $py benchmarks/train_bench.py --recipe workflows/deepfashion/patn.yaml --modes none \
         --shards "$shards/df-shards" 2>> "$out/loader.err" | tee -a "$out/train.jsonl"
     for steps in 60 360; do
         [[ $steps == 360 ]] && { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 \

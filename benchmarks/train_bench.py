@@ -5,7 +5,11 @@
 
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches)
 and ``+compile`` (``torch.compile`` of the generator and discriminators); ``--channels-last`` and ``--compile``
-add those to every mode. ``--recipe`` may be repeated: one process measures them all.
+add those to every mode. ``none`` is PyTorch's default float32, whose cuDNN convolutions use TF32 (a 10-bit
+mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for convolutions and matmuls, and ``fp64`` the
+model and batch in float64: references to judge the other modes' rounding by (``--modes fp64,fp32,none,bf16``:
+``none``'s cosine to it is the rounding the default already has). ``--recipe`` may be repeated: one process
+measures them all.
 
 Each measured step is ``pgpig.train.train_step`` (generator forward, the recipe's losses, generator and
 discriminator updates, the history pool), the same function ``pgpig train`` calls, on one fixed batch already on the
@@ -14,7 +18,8 @@ device, so the figure is the model's and the optimizer's alone. The batch is smo
 perceptual loss is randomly initialised (ImageNet weights cannot be downloaded on the benchmark machine; the cost
 is the same). The baseline is the first mode of the list in the same run: every line carries its speed ratio to it.
 
-Correctness of a mode: every mode starts from the same weights, batch and random draws, so its first step must
+Correctness of a mode: every mode starts from the same weights, batch and random draws, and its first step runs
+with dropout off (bf16's and inductor's dropout kernels draw other masks from the same seed), so that step must
 compute the baseline's up to rounding: each line carries the cosine of its generator gradient to the baseline's
 (``grad_cosine_vs_baseline``; ``grad_worst_tensors`` names the three parameter tensors whose gradients differ most,
 to see where a low cosine comes from) and the largest relative difference of a first-step loss term, and whether
@@ -32,6 +37,7 @@ ratio above 1 means the loader keeps up with training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -62,28 +68,44 @@ def smooth_images(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int,
-                min_seconds: float = 0.0) -> tuple[dict, dict]:
+                min_seconds: float = 0.0, float64: bool = False) -> tuple[dict, dict]:
     """Steps/s, peak memory and the fixed batch's L1 of ``train_step`` under ``cfg``, and the first step's losses
-    and generator gradient (to compare with the baseline's: same weights, same batch, same dropout draws)."""
+    and generator gradient (to compare with the baseline's: same weights, same batch, same dropout draws).
+    ``float64``: the same weights and batch, drawn in float32, then the networks and the batch made float64 and
+    the steps run with float64 as the default dtype."""
     torch.manual_seed(0)
     parts = build(cfg, device, size)
-    if cfg.compile:
-        compile_parts(parts)
     b, (h, w) = cfg.batch_size, size
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    if float64:
+        modules = [parts.generator, *parts.discriminators.values(),
+                   *(v for v in vars(parts.objective).values() if isinstance(v, torch.nn.Module))]
+        for module in modules:
+            module.double()  # in place: the optimizers keep their parameters
+        source, target, keypoints = source.double(), target.double(), keypoints.double()
+    if cfg.compile:
+        compile_parts(parts)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)
     first: dict = {}
     plain = getattr(parts.generator, "_orig_mod", parts.generator)  # inside torch.compile's wrapper
 
+    # The first step, the one compared with the baseline's, runs with dropout off: bf16's and inductor's dropout
+    # kernels draw other masks from the same seed than float32's eager one, which alone moved PATN's and XingGAN's
+    # first gradients to a cosine of 0.01-0.93 (their image encoders' most) while every loss agreed to 0.1%.
+    dropouts = [m for net in (plain, *parts.discriminators.values()) for m in net.modules()
+                if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+
     def step() -> torch.Tensor:
         nonlocal finite
-        source_pose = pose_maps(cfg, keypoints[0], size).contiguous(memory_format=memory_format)
-        target_pose = pose_maps(cfg, keypoints[1], size).contiguous(memory_format=memory_format)
+        for m in dropouts:
+            m.train(bool(first))
+        source_pose = pose_maps(cfg, keypoints[0], size).to(source.dtype).contiguous(memory_format=memory_format)
+        target_pose = pose_maps(cfg, keypoints[1], size).to(source.dtype).contiguous(memory_format=memory_format)
         generated, losses = train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose,
                                                              keypoints[0], keypoints[1]))
         for value in losses.values():
@@ -94,17 +116,22 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
                               if p.grad is not None}
         return (generated_image(generated).detach().float() - target).abs().mean()
 
-    start = time.perf_counter()
-    for _ in range(max(1, warmup)):
-        step()
-    _sync(device)
-    warmup_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    l1 = []
-    while len(l1) < steps or time.perf_counter() - start < min_seconds:
-        l1.append(step())
-    _sync(device)
-    seconds = time.perf_counter() - start
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if float64 else default)  # tensors the losses make follow the models
+    try:
+        start = time.perf_counter()
+        for _ in range(max(1, warmup)):
+            step()
+        _sync(device)
+        warmup_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        l1 = []
+        while len(l1) < steps or time.perf_counter() - start < min_seconds:
+            l1.append(step())
+        _sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_default_dtype(default)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"steps_per_s": round(len(l1) / seconds, 3), "pairs_per_s": round(len(l1) * b / seconds, 1),
             "measured_steps": len(l1), "peak_gpu_mem_gib": None if peak is None else round(peak, 2),
@@ -136,12 +163,30 @@ def agreement(first: dict, base: dict) -> dict:
             "grad_worst_tensors": worst}
 
 
-def parse_mode(mode: str, channels_last: bool, compile: bool) -> dict:
-    """``bf16+cl+compile`` → the config fields it sets (``TrainError``-free: a bad mode exits with its name)."""
+def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str]:
+    """``bf16+cl+compile`` → the config fields it sets, and the float32 arithmetic around it: ``default``
+    (PyTorch's TF32 switches as they are), ``fp32`` (TF32 off) or ``fp64`` (float64 tensors). A bad mode exits
+    with its name."""
     amp, *flags = mode.split("+")
-    if amp not in AMP_DTYPES and amp != "none" or set(flags) - {"cl", "compile"}:
-        raise SystemExit(f"mode {mode!r}: an AMP setting (none, bf16, fp16) with optional +cl and +compile")
-    return {"amp": amp, "channels_last": channels_last or "cl" in flags, "compile": compile or "compile" in flags}
+    if amp not in AMP_DTYPES and amp not in ("none", "fp32", "fp64") or set(flags) - {"cl", "compile"}:
+        raise SystemExit(f"mode {mode!r}: an AMP setting (fp64, fp32, none, bf16, fp16) with optional +cl and "
+                         "+compile")
+    fields = {"amp": "none" if amp in ("fp32", "fp64") else amp, "channels_last": channels_last or "cl" in flags,
+              "compile": compile or "compile" in flags}
+    return fields, amp if amp in ("fp32", "fp64") else "default"
+
+
+@contextlib.contextmanager
+def arithmetic(kind: str):
+    """``default`` leaves PyTorch's TF32 switches as they are; ``fp32`` and ``fp64`` turn TF32 off for
+    convolutions and matmuls (``bench_steps`` makes the float64 itself)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if kind != "default":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def bench_loader(cfg, shards: Path, batches: int) -> dict:
@@ -188,10 +233,11 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> None:
     base, base_first = None, None
     results = {}
     for mode in modes:
-        fields = parse_mode(mode, args.channels_last, args.compile)
+        fields, kind = parse_mode(mode, args.channels_last, args.compile)
         try:
-            result, first = bench_steps(dataclasses.replace(cfg, **fields), device, size, args.steps, args.warmup,
-                                        args.min_seconds)
+            with arithmetic(kind):
+                result, first = bench_steps(dataclasses.replace(cfg, **fields), device, size, args.steps,
+                                            args.warmup, args.min_seconds, float64=kind == "fp64")
         except Exception as exc:  # a mode that cannot run here (e.g. compile without a compiler) is a result too
             message = str(exc).splitlines()[0] if str(exc) else ""
             result, first = {"error": f"{type(exc).__name__}: {message}"[:300]}, None
@@ -201,7 +247,8 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> None:
             result["speedup_vs_baseline"] = round(result["steps_per_s"] / base["steps_per_s"], 3)
             result.update(agreement(first, base_first))
         results[mode] = result
-        print(json.dumps({**common, "mode": mode, **fields, **result, "baseline_mode": modes[0]}), flush=True)
+        print(json.dumps({**common, "mode": mode, **fields, "arithmetic": kind, **result,
+                          "baseline_mode": modes[0]}), flush=True)
         del first  # the gradients of this mode, before the next one builds its models
         if fields["compile"]:
             torch._dynamo.reset()

@@ -242,6 +242,7 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
         gpu_speed[name] = (cfg.amp, cfg.channels_last)
     # the measured GPU defaults (pgpig/workflows/README.md)
     assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", False)
+    assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("none", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False)
 
 
