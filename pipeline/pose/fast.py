@@ -120,7 +120,7 @@ import torch
 
 from pipeline.decode import Decoded, decode_bytes
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, choose_person, default_model_path, shape_groups
+from pipeline.pose import Detections, choose_person, default_model_path, quiet_ultralytics, shape_groups
 from pipeline.pose.reading import BatchReader, ReadBatch
 
 PAD_VALUE = 114
@@ -754,8 +754,7 @@ def bgr_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> to
 
 def load_pose_model(path: str | os.PathLike) -> torch.nn.Module:
     """The YOLO-pose ``nn.Module`` of an ultralytics ``.pt``: fp32, fused, eval (``torch.load(weights_only=True)``)."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
+    quiet_ultralytics()
     from ultralytics.nn.tasks import torch_safe_load
 
     path = Path(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, default_model_path, shape_groups
+from pipeline.pose import Detections, default_model_path, quiet_ultralytics, shape_groups
 
 
 def resolve_device(device: str) -> str:
@@ -39,8 +39,7 @@ class UltralyticsBackend:
 
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
                  device: str = "auto", batch_size: int = 32, half: bool | None = None):
-        os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network to fetch weights
-        os.environ.setdefault("YOLO_VERBOSE", "False")
+        quiet_ultralytics()
         from ultralytics import YOLO
 
         self.model_path = Path(model) if model else default_model_path()

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -559,3 +562,19 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
     assert len(diffs) >= 250 and np.mean(diffs) < 0.05, np.mean(diffs)
     assert len(graphs.graphs._graphs) == 1 and graphs.reader.processes == 2  # one full-batch shape: 256x192
     graphs.close()
+
+
+@pytest.mark.parametrize("backend", ["fast", "ultralytics"])
+def test_loading_a_backend_prints_nothing_on_stdout_on_a_first_run(backend, tmp_path):
+    """A machine's first run creates ultralytics' settings file, whose notice its logger writes to stdout (where
+    pgpig-data's and the benchmarks' output goes); importing the embedded model's package imported ultralytics
+    before the backends asked it for errors only, so the notice came out."""
+    make = {"fast": "from pipeline.pose.fast import FastBackend as B",
+            "ultralytics": "from pipeline.pose.reference import UltralyticsBackend as B"}[backend]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "fresh")  # no settings file yet
+    result = subprocess.run([sys.executable, "-c", f"{make}; B(device='cpu'); print('loaded')"], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "loaded\n"
+    assert list((tmp_path / "fresh").rglob("settings.json"))  # the first run did happen
