@@ -623,7 +623,20 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
 
 
 def compile_parts(parts: Parts) -> None:
-    """``torch.compile`` the generator and the discriminators in place (after any DDP wrapping)."""
+    """``torch.compile`` the generator and the discriminators in place (after any DDP wrapping).
+
+    A discriminator's spectral-norm hooks (DPTN's) stay eager: each forward's power iteration updates the ``u``
+    vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
+    differentiates through a copy of ``u``, but the compiled graph kept the buffer itself, whose second update
+    then failed the first backward ("modified by an inplace operation"). The cost is a graph break at each of
+    those convolutions."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    for d in parts.discriminators.values():
+        for module in d.modules():
+            for key, hook in list(module._forward_pre_hooks.items()):
+                if isinstance(hook, SpectralNorm):
+                    module._forward_pre_hooks[key] = torch._dynamo.disable(hook)
     parts.generator = torch.compile(parts.generator)
     parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
 

@@ -65,7 +65,7 @@ from pgpig.losses import GFLA_PERCEPTUAL_LAYERS, GFLA_STYLE_LAYERS, PerceptualLo
 from pgpig.models import available, create, objective_class
 from pgpig.models.dptn import DPTN, PAPER_SETTINGS, DPTNDiscriminator, DPTNObjective, generator_kwargs
 from pgpig.models.objective import StepBatch
-from pgpig.train import HistoryPool, build, load_config, step_folders, total_steps
+from pgpig.train import HistoryPool, build, compile_parts, load_config, step_folders, total_steps, train_step
 
 OFFICIAL_PARAMS = 9_794_371
 # the official ResBlock's and Output's second names for their convs (models/base_function.py)
@@ -297,6 +297,40 @@ def test_objective_is_the_official_weighted_sum_of_both_branches():
         real, fake = twin(batch.target), twin(target)
     expected_d = 0.5 * (adversarial_loss(real, True, "lsgan") + adversarial_loss(fake, False, "lsgan"))
     torch.testing.assert_close(d_loss.detach(), expected_d, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # about 70 s on 2 CPU cores, the compiles of the generator and the discriminator
+def test_a_compiled_training_step_computes_the_eager_one():
+    """``torch.compile`` (``--set compile=true``) trains DPTN as eager does. Its discriminator runs on real and fake
+    images before one backward, and each forward's spectral-norm power iteration updates ``u`` in place: compiled
+    whole, the first backward failed ("modified by an inplace operation"); ``compile_parts`` keeps those hooks
+    eager. Same seed, same batch: the same losses, generator gradients and power-iteration vectors."""
+    cfg = load_config(None, {"model": "dptn", "ngf": 4, "n_blocks": 1, "d_blocks": 2, "lambda_perceptual": 0.0,
+                             "vgg_weights": None, "allow_random_vgg": True})
+    size = (32, 24)
+    batch = _objective_batch(size)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        parts = build(cfg, torch.device("cpu"), size)
+        if compiled:
+            compile_parts(parts)
+        plain = getattr(parts.generator, "_orig_mod", parts.generator)
+        torch.manual_seed(1)
+        _, losses = train_step(parts, cfg, batch)
+        d = getattr(parts.discriminators["d"], "_orig_mod", parts.discriminators["d"])
+        results.append(({k: float(v.detach()) for k, v in losses.items()},
+                        {n: p.grad.clone() for n, p in plain.named_parameters()},
+                        {n: b.clone() for n, b in d.named_buffers() if n.endswith("weight_u")}))
+    (eager_losses, eager_grads, eager_u), (losses, grads, u) = results
+    assert losses.keys() == eager_losses.keys() and eager_losses["d"] > 0
+    for name, value in eager_losses.items():
+        assert losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5)
+    assert u.keys() == eager_u.keys() and u
+    for name, vector in eager_u.items():
+        torch.testing.assert_close(u[name], vector)
 
 
 def test_objective_settings_from_the_config():
