@@ -12,6 +12,8 @@
 #            pipeline.cli synth/extract --annotations/pair), and `pgpig train` itself on the Market set for 60 and
 #            360 steps: the difference of the two wall times is the real loop's steps/s, with the GPU's utilisation
 #            sampled by nvidia-smi during the long run
+#   profile  loop_profile.py (needs py-spy): where `pgpig train`'s main thread spends 600 steps of that recipe
+#            (the step itself, the batch's preparation, waiting for the loader, logging), not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager compile loader}
@@ -69,5 +71,12 @@ print(json.dumps({"bench": "train_loop", "recipe": "workflows/market1501/pg2.yam
                   "gpu_util_mean": round(sum(util) / len(util), 1) if util else None,
                   "gpu_util_samples": len(util), "method": "pgpig train --steps 360 minus --steps 60, wall clock"}))
 PY
+fi
+if has profile; then
+    stamp profile
+    $py benchmarks/loop_profile.py --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" -- \
+        --shards "$shards/mk-shards" --recipe market1501/pg2 --run "$(mktemp -d)/run" --steps 600 \
+        --set vgg_weights=null --set allow_random_vgg=true --set sample_every=100000 --set checkpoint_every=100000 \
+        --quiet 2>> "$out/profile.err" | tee -a "$out/train.jsonl"
 fi
 stamp done
