@@ -11,6 +11,8 @@
 #            exit included (the reader processes must stop at once)
 #   startup  extract_startup.py in fresh processes, with and without CUDA graphs: what a worker's first batch costs
 #   bench    extract_bench.py --backend fast on 100,000 JPEGs against a YOLO.predict loop on the first 20,000
+#   scale    extract_scaling.py on a machine with several GPUs: 200,000 JPEGs with 1 and 2 workers (a GPU each), not
+#            in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -73,5 +75,10 @@ if has bench; then
     stamp bench
     $py benchmarks/extract_bench.py --backend fast --images 100000 --baseline-images 20000 --batch-size 256 --partition-size 16384 \
         --label "$card, 1 GPU" 2> "$out/bench.err" | tee -a "$out/extract.jsonl"
+fi
+if has scale; then
+    stamp scale
+    $py benchmarks/extract_scaling.py --workers "${SCALE_WORKERS:-1,2}" --images "${SCALE_IMAGES:-200000}" \
+        --label "$card, $(nvidia-smi -L | wc -l) GPUs visible" 2> "$out/scale.err" | tee -a "$out/extract.jsonl"
 fi
 stamp done
