@@ -92,13 +92,20 @@ def predict_loop(paths: list[Path], device: str, imgsz: int, conf: float, batch:
     return out, persons, time.perf_counter() - start
 
 
+def rate_after_first_tasks(record: dict) -> float | None:
+    """Images/s of a run's tasks after each worker's first (the one that pays its start-up): the tasks but the
+    first ``workers`` to finish, their rows over their seconds shared by the workers; None when none is left."""
+    workers = max(1, record.get("workers") or 1)
+    later = (record.get("tasks") or [])[workers:]
+    rows, seconds = sum(t[0] for t in later), sum(t[1] for t in later)
+    return round(rows * workers / seconds, 1) if seconds > 0 else None
+
+
 def steady_rate(record: dict) -> float | None:
     """Images/s of a one-worker run's tasks after its first one; None with several workers or one task."""
-    tasks = record.get("tasks") or []
-    if (record.get("workers") or 0) > 1 or len(tasks) < 2:
+    if (record.get("workers") or 0) > 1:
         return None
-    rows, seconds = sum(t[0] for t in tasks[1:]), sum(t[1] for t in tasks[1:])
-    return round(rows / seconds, 1) if seconds > 0 else None
+    return rate_after_first_tasks(record)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ first count's (the baseline, measured in the same run), and whether the tables a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -26,15 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def steady_rate(record: dict) -> float | None:
-    """Images/s of the tasks after each worker's first: the run's tasks but the first ``workers`` to finish,
-    their rows over the span their workers spent on them (task seconds / workers)."""
-    workers = max(1, record["workers"] or 1)
-    later = record["tasks"][workers:]
-    rows, seconds = sum(t[0] for t in later), sum(t[1] for t in later)
-    return round(rows * workers / seconds, 1) if seconds > 0 else None
 
 
 def main() -> None:
@@ -49,10 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(v) for v in args.workers.split(",")]
     h, w = (int(v) for v in args.size.split("x"))
-    with contextlib.redirect_stdout(sys.stderr):  # ultralytics' first-run notice; stdout is for the JSON lines
-        import ultralytics  # noqa: F401
     import torch
-    from extract_bench import make_images
+    from extract_bench import make_images, rate_after_first_tasks
 
     from pipeline.extract import ExtractConfig, read_keypoints, run_extract
 
@@ -78,7 +66,7 @@ def main() -> None:
             result = {"workers": n, "seconds": round(seconds, 2),
                       "images_per_s": round(args.images / seconds, 1),
                       "images_per_s_in_tasks": round(args.images * n / record["task_seconds"], 1),
-                      "images_per_s_after_first_tasks": steady_rate(record), "tasks": len(record["tasks"]),
+                      "images_per_s_after_first_tasks": rate_after_first_tasks(record), "tasks": len(record["tasks"]),
                       "statuses": record["statuses"]}
             results[n] = result
             print(json.dumps({"bench": "extract_workers", **common, **result}), flush=True)

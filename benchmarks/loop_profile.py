@@ -28,11 +28,17 @@ import time
 from pathlib import Path
 
 LOOP_FRAME = re.compile(r"^_train \(.*pgpig/train\.py:\d+\)$")
-# what _train calls per step (the rest is start-up and one-offs: models built, data sets opened, imports, the
-# final checkpoint); tqdm's calls show up as ``update`` and ``set_postfix``
-PER_STEP = {"train_step", "prepare", "_BaseDataLoaderIter.__next__", "_step_seed", "lr_factor", "_train itself",
-            "<listcomp>", "SummaryWriter.add_scalar", "update", "set_postfix", "start_epoch", "pair_grid",
-            "save_png", "_validate", "sample_columns"}
+# what _train calls per step, by the function's own name (py-spy names methods with their class: tqdm.update,
+# PATNObjective.sample_columns); the rest is start-up and one-offs: models built, data sets opened, imports, the
+# final checkpoint
+PER_STEP = {"train_step", "prepare", "__next__", "_step_seed", "lr_factor", "_train itself", "<listcomp>",
+            "add_scalar", "update", "set_postfix", "start_epoch", "pair_grid", "save_png", "_validate",
+            "sample_columns"}
+
+
+def per_step(part: str) -> bool:
+    """Whether a part of ``parts_of`` is work of every step (``tqdm.update``: ``update``)."""
+    return part.rsplit(".", 1)[-1] in PER_STEP
 
 
 def _function(frame: str) -> str:
@@ -88,15 +94,15 @@ def main() -> None:
         parts, total = parts_of(raw)
     seconds_per_sample = wall / total if total else 0.0
     seconds = {name: round(n * seconds_per_sample, 3) for name, n in parts.most_common()}
-    per_step = {name: round(1000 * value / steps, 3) for name, value in seconds.items() if name in PER_STEP}
-    step_ms = per_step.get("train_step", 0.0)
-    overhead = round(sum(v for k, v in per_step.items() if k != "train_step"), 3)
+    loop_ms = {name: round(1000 * value / steps, 3) for name, value in seconds.items() if per_step(name)}
+    step_ms = loop_ms.get("train_step", 0.0)
+    overhead = round(sum(v for k, v in loop_ms.items() if k != "train_step"), 3)
     print(json.dumps({
         "bench": "train_loop_profile", "steps": steps, "wall_seconds": round(wall, 2), "main_thread_samples": total,
-        "seconds": seconds, "loop_ms_per_step": per_step, "train_step_ms": step_ms,
+        "seconds": seconds, "loop_ms_per_step": loop_ms, "train_step_ms": step_ms,
         "loop_overhead_ms_per_step": overhead,
         "loop_overhead_vs_train_step": round(overhead / step_ms, 4) if step_ms else None,
-        "start_up_and_one_off_seconds": round(sum(v for k, v in seconds.items() if k not in PER_STEP), 2),
+        "start_up_and_one_off_seconds": round(sum(v for k, v in seconds.items() if not per_step(k)), 2),
         "train_args": train_args, "label": args.label, "python": sys.version.split()[0]}))
 
 

@@ -163,17 +163,21 @@ def agreement(first: dict, base: dict) -> dict:
             "grad_worst_tensors": worst}
 
 
+REFERENCES = ("fp32", "fp64")
+"""Float32 without TF32 and float64: the modes that only set the arithmetic (no autocast)."""
+
+
 def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str]:
     """``bf16+cl+compile`` → the config fields it sets, and the float32 arithmetic around it: ``default``
     (PyTorch's TF32 switches as they are), ``fp32`` (TF32 off) or ``fp64`` (float64 tensors). A bad mode exits
     with its name."""
     amp, *flags = mode.split("+")
-    if amp not in AMP_DTYPES and amp not in ("none", "fp32", "fp64") or set(flags) - {"cl", "compile"}:
+    if amp not in AMP_DTYPES and amp not in ("none", *REFERENCES) or set(flags) - {"cl", "compile"}:
         raise SystemExit(f"mode {mode!r}: an AMP setting (fp64, fp32, none, bf16, fp16) with optional +cl and "
                          "+compile")
-    fields = {"amp": "none" if amp in ("fp32", "fp64") else amp, "channels_last": channels_last or "cl" in flags,
+    fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
               "compile": compile or "compile" in flags}
-    return fields, amp if amp in ("fp32", "fp64") else "default"
+    return fields, amp if amp in REFERENCES else "default"
 
 
 @contextlib.contextmanager
@@ -279,7 +283,8 @@ def main() -> None:
                         help="override a config field, e.g. --set use_gan=false (repeatable)")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the recipe's]")
     parser.add_argument("--modes", "--amp", dest="modes", default="none,bf16",
-                        help="comma-separated modes (AMP[+cl][+compile]); the first is the baseline")
+                        help="comma-separated modes (fp64, fp32, none, bf16 or fp16, then optional +cl and "
+                             "+compile); the first is the baseline")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=3.0, help="measure at least this long (more steps)")

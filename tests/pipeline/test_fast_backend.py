@@ -384,9 +384,6 @@ def test_reader_processes_read_what_threads_read(odd_tree):
 def test_a_process_with_reader_processes_exits_at_once(odd_tree, pin):
     """Left open, the reader's worker processes are ended at exit without the loader's 5 s wait per worker (with
     pinned memory torch adds an exit hook of its own that waits so: 42 s for 8 workers on the GPU machine)."""
-    import subprocess
-    import sys
-
     root, _, _ = odd_tree
     script = (
         "import sys, time\n"
