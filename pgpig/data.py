@@ -35,6 +35,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -155,23 +156,25 @@ PG2_MASK_LIMBS: tuple[tuple[int, int], ...] = (
 )
 
 
-def _disk_offsets(radius: int, device: torch.device) -> torch.Tensor:
-    """``(K, 2)`` integer ``(dy, dx)`` with ``dy^2 + dx^2 <= radius^2``: the official 'Solid' disk."""
+@functools.lru_cache(maxsize=16)
+def _disk_offsets(radius: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, 2)`` integer ``(dy, dx)`` of the ``(2 radius + 1)^2`` square, and ``(K,)`` bool: inside the official
+    'Solid' disk, ``dy^2 + dx^2 <= radius^2`` (a mask, not a selection: selecting makes the host wait for the GPU),
+    made once per radius and device."""
     r = torch.arange(-radius, radius + 1, device=device)
     dy, dx = torch.meshgrid(r, r, indexing="ij")
-    keep = dy**2 + dx**2 <= radius**2
-    return torch.stack([dy[keep], dx[keep]], dim=-1)
+    return torch.stack([dy.flatten(), dx.flatten()], dim=-1), (dy**2 + dx**2 <= radius**2).flatten()
 
 
 def _stamp_disks(points: torch.Tensor, valid: torch.Tensor, size: tuple[int, int], radius: int) -> torch.Tensor:
     """Union of disks per row: ``points (N, P, 2)`` float64 ``(x, y)`` truncated to integers, ``valid (N, P)`` ->
     ``(N, H * W)`` float32 of 0 and 1. A scatter of maxima: no data-dependent shapes, no host sync."""
     h, w = size
-    offsets = _disk_offsets(radius, points.device)  # (K, 2)
+    offsets, in_disk = _disk_offsets(radius, points.device)  # (K, 2), (K,)
     centre = torch.trunc(points).long()  # Python's int(), as the official code
     ys = centre[..., 1, None] + offsets[:, 0]  # (N, P, K)
     xs = centre[..., 0, None] + offsets[:, 1]
-    inside = valid[..., None] & (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    inside = valid[..., None] & in_disk & (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     index = torch.where(inside, ys * w + xs, 0).flatten(1)
     out = torch.zeros(points.shape[0], h * w, device=points.device)
     return out.scatter_reduce_(1, index, inside.flatten(1).float(), reduce="amax")
@@ -199,6 +202,41 @@ def render_pose_disks(keypoints: torch.Tensor, size: tuple[int, int], radius: in
     return maps.reshape(b, NUM_KEYPOINTS, h, w).to(dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _pg2_limb_joints(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and second joints of ``PG2_MASK_LIMBS`` as index tensors on ``device``, copied there once (a copy
+    from a Python list waits for the GPU)."""
+    return (torch.tensor([a for a, _ in PG2_MASK_LIMBS], device=device),
+            torch.tensor([b for _, b in PG2_MASK_LIMBS], device=device))
+
+
+def _limb_sample_window(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, size: tuple[int, int],
+                        radius: int) -> tuple[torch.Tensor, int]:
+    """Which samples ``i`` of the limbs ``a -> b`` (``(B, L, 2)`` float64, ``n (B, L)`` samples each) can stamp a
+    pixel of the image: ``(first (B, L) float64, count)``, the samples ``first .. first + count - 1``.
+
+    A sample's disk reaches the image only when the sample lies in the image grown by ``radius + 1`` on every side,
+    a box the segment crosses in one piece (slab clipping gives ``t`` of entry and exit). That piece is at most the
+    box's diagonal long and samples are at least ``radius`` apart, so ``count`` (the diagonal over ``radius``, plus
+    slack for rounding at both ends) is fixed by the image: sizing by the longest limb, ``int(n.max())``, would
+    make the host wait for the GPU. Samples in the window but outside the box stamp nothing."""
+    h, w = size
+    d = b - a
+    enter = torch.zeros_like(n, dtype=torch.float64)
+    leave = torch.ones_like(enter)
+    for axis, (lo, hi) in enumerate(((-radius - 1, w + radius), (-radius - 1, h + radius))):
+        p, dp = a[..., axis], d[..., axis]
+        flat = dp == 0
+        t1, t2 = (lo - p) / torch.where(flat, 1.0, dp), (hi - p) / torch.where(flat, 1.0, dp)
+        inside = (p >= lo) & (p <= hi)  # what decides a segment parallel to this axis
+        enter = torch.where(flat, torch.where(inside, enter, math.inf), torch.maximum(enter, torch.minimum(t1, t2)))
+        leave = torch.where(flat, torch.where(inside, leave, -math.inf), torch.minimum(leave, torch.maximum(t1, t2)))
+    crosses = enter <= leave
+    first = torch.where(crosses, torch.floor(torch.where(crosses, enter, 0.0) * n) - 1, 0.0).clamp_min(0)
+    count = math.ceil(math.hypot(h + 2 * radius + 2, w + 2 * radius + 2) / radius) + 4
+    return first, count
+
+
 def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, module docstring), on the keypoints' device.
@@ -207,12 +245,14 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
     ``render_pose_disks``) at both joints and at ``a + (b - a) * i / n`` for ``i = 1 .. n - 1``,
     ``n = int(|b - a| / radius)`` (none when ``n <= 1``); then a 5x5 square dilation followed by a 5x5 square
     erosion (pixels outside the image ignored, which is what the official reflect padding amounts to for a 5x5
-    square).
+    square). Without a host sync: each limb's samples are a window of a fixed length (``_limb_sample_window``)
+    that holds every sample whose disk can reach the image, however far outside it the joints lie.
 
     Args:
         keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
         size: ``(H, W)``.
         radius: disk radius in pixels (PG2: 4).
+        dtype: output dtype.
 
     Returns:
         ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
@@ -222,16 +262,15 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
     radius = int(radius)
     kp = keypoints.to(torch.float64)
     vis = _visible(kp)
-    limb_a = torch.tensor([a for a, _ in PG2_MASK_LIMBS], device=kp.device)
-    limb_b = torch.tensor([b for _, b in PG2_MASK_LIMBS], device=kp.device)
+    limb_a, limb_b = _pg2_limb_joints(kp.device)
     a, b = kp[:, limb_a], kp[:, limb_b]  # (B, L, 2)
     usable = vis[:, limb_a] & vis[:, limb_b]  # (B, L)
     n = torch.floor(torch.sqrt(((a - b) ** 2).sum(-1)) / radius).long()  # (B, L)
     n = torch.where(usable, n, 0)
-    samples = max(int(n.max()) if n.numel() else 0, 2)  # one host sync: the longest limb's sample count
-    i = torch.arange(samples, device=kp.device, dtype=torch.float64)  # (S,)
+    first, samples = _limb_sample_window(a, b, n, (h, w), radius)
+    i = first[..., None] + torch.arange(samples, device=kp.device, dtype=torch.float64)  # (B, L, S)
     # the official r0 + (r1 - r0) * i / n, in this order of operations (float64, as Python's floats)
-    between = a[:, :, None] + (b - a)[:, :, None] * i[:, None] / n.clamp_min(1)[..., None, None].double()
+    between = a[:, :, None] + (b - a)[:, :, None] * i[..., None] / n.clamp_min(1)[..., None, None].double()
     between_ok = usable[..., None] & (i >= 1) & (i < n[..., None]) & (n[..., None] > 1)  # (B, L, S)
     points = torch.cat([a[:, :, None], b[:, :, None], between], dim=2).flatten(1, 2)  # (B, L * (S + 2), 2)
     valid = torch.cat([usable[..., None], usable[..., None], between_ok], dim=2).flatten(1, 2)

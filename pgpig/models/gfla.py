@@ -112,6 +112,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -456,12 +457,14 @@ def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     the ops read them). The official stage-1 ``visi`` warps the source shrunk to the flow's size instead."""
     b, _, h, w = image.shape
     with torch.autocast(image.device.type, enabled=False):
-        scale = torch.tensor([w / flow.shape[3], h / flow.shape[2]], device=flow.device).view(1, 2, 1, 1)
-        flow = F.interpolate(flow.float(), size=(h, w), mode="bilinear", align_corners=False) * scale
+        # the flow's pixels scaled to full resolution by Python numbers (a tensor of them would be a copy to
+        # the device, which waits for the GPU)
+        scale_x, scale_y = w / flow.shape[3], h / flow.shape[2]
+        flow = F.interpolate(flow.float(), size=(h, w), mode="bilinear", align_corners=False)
         ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=torch.float32),
                                 torch.arange(w, device=flow.device, dtype=torch.float32), indexing="ij")
-        x = (xs + flow[:, 0]) * (2 / max(w - 1, 1)) - 1
-        y = (ys + flow[:, 1]) * (2 / max(h - 1, 1)) - 1
+        x = (xs + flow[:, 0] * scale_x) * (2 / max(w - 1, 1)) - 1
+        y = (ys + flow[:, 1] * scale_y) * (2 / max(h - 1, 1)) - 1
         warped = F.grid_sample(image.float(), torch.stack((x, y), dim=3), mode="bilinear", padding_mode="border",
                                align_corners=True)
     return warped.to(image.dtype)
@@ -702,9 +705,14 @@ def sampling_correctness(target: torch.Tensor, source: torch.Tensor, flow: torch
         return torch.exp(-cosine / (best + _EPS)).mean() - math.exp(-1)
 
 
-def _affine_residual(kernel_size: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _affine_residual(kernel_size: int, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``I - A (A^T A)^-1 A^T`` ``(k*k, k*k)``: what is left of a ``k x k`` patch (row-major) after the least-squares
-    fit of ``a + b row + c column``."""
+    fit of ``a + b row + c column``; solved in float64 on the CPU once per ``(k, device, dtype)`` (each copy to a
+    GPU makes the host wait for it)."""
+    if (device, dtype) != (None, torch.float64):
+        return _affine_residual(kernel_size).to(device, dtype)
     k = kernel_size
     rows, cols = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64),
                                 indexing="ij")
@@ -720,5 +728,5 @@ def affine_regularization(flow: torch.Tensor, kernel_size: int) -> torch.Tensor:
     k = kernel_size
     with torch.autocast(flow.device.type, enabled=False):
         patches = F.unfold(flow.float(), k).view(b, 2, k * k, -1)  # (B, 2, k*k, patches)
-        residual = torch.einsum("ij,bcjp->bcip", _affine_residual(k).to(patches), patches)
+        residual = torch.einsum("ij,bcjp->bcip", _affine_residual(k, patches.device, patches.dtype), patches)
         return residual.square().sum(dim=2).mean(dim=(0, 2)).sum()

@@ -134,6 +134,26 @@ def test_pg2_masks_match_the_slow_reference_and_skimage():
     assert not torch.equal(mask, render_limb_masks(torch.from_numpy(xy), size, width=9.0))
 
 
+def test_pg2_masks_sample_a_fixed_window_exactly_for_joints_anywhere():
+    """The samples along each limb are a window sized by the image, not by the longest limb (which the host would
+    have to read back from the device): the mask still equals the official loops for limbs corner to corner, limbs
+    with a joint far outside the image, limbs along an edge, and at radius 1 (the most samples)."""
+    rng = np.random.default_rng(5)
+    size = (48, 33)
+    xy = random_keypoints(rng, 8, size, hidden=0.2)
+    neck, right_hip, right_knee, right_ankle = J["neck"], J["r_hip"], J["r_knee"], J["r_ankle"]
+    xy[0, neck], xy[0, right_hip] = (0, 0), (size[1] - 0.01, size[0] - 0.01)  # a PG2 limb across the diagonal
+    xy[1, neck], xy[1, right_hip] = (-900.5, -1300.25), (20.0, 30.0)  # one joint far out, the limb ends inside
+    xy[2, neck], xy[2, right_hip] = (-400.0, 24.0), (500.0, 24.0)  # crosses the whole image, both joints outside
+    xy[3, right_hip], xy[3, right_knee] = (0.0, -50.0), (0.0, 100.0)  # vertical, on the left edge
+    xy[4, right_knee], xy[4, right_ankle] = (-4.5, -300.0), (-4.5, 300.0)  # vertical, just left of the image
+    xy[5:] = rng.uniform(-3, 4, xy[5:].shape) * np.array([size[1], size[0]])  # joints scattered far and wide
+    for radius in (4, 1):
+        mask = render_pg2_masks(torch.from_numpy(xy), size, radius=radius)
+        np.testing.assert_array_equal(mask.numpy(), _reference_pg2_masks(xy, size, radius))
+    assert all(mask[b].sum() > 0 for b in range(4))
+
+
 # ---------------------------------------------------------------------------------------------------- crop
 
 
