@@ -14,6 +14,8 @@
 #            sampled by nvidia-smi during the long run
 #   profile  loop_profile.py (needs py-spy): where `pgpig train`'s main thread spends 600 steps of that recipe
 #            (the step itself, the batch's preparation, waiting for the loader, logging), not in the default parts
+#   sync     sync_points.py: where `pgpig train` makes the host wait for the GPU, for the Market-1501 recipes of
+#            stage 1 (SYNC_RECIPES) on SHARDS_ROOT/mk-shards, not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager compile loader}
@@ -78,5 +80,15 @@ if has profile; then
         --shards "$shards/mk-shards" --recipe market1501/pg2 --run "$(mktemp -d)/run" --steps 600 \
         --set vgg_weights=null --set allow_random_vgg=true --set sample_every=100000 --set checkpoint_every=100000 \
         --quiet 2>> "$out/profile.err" | tee -a "$out/train.jsonl"
+fi
+if has sync; then
+    stamp sync
+    args=()
+    for r in ${SYNC_RECIPES:-market1501/pg2 market1501/patn market1501/xinggan market1501/gfla market1501/dptn}; do
+        args+=(--recipe "$r")
+    done
+    $py benchmarks/sync_points.py --shards "$shards/mk-shards" "${args[@]}" --steps "${SYNC_STEPS:-30}" \
+        --set vgg_weights=null --set allow_random_vgg=true --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+        2>> "$out/sync.err" | tee -a "$out/train.jsonl"
 fi
 stamp done
