@@ -229,21 +229,25 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(sha
 
 
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
-    """Recipes turn bf16 and channels-last on for CUDA only (``auto``), never for the CPU, where float32 is the fast
-    path and the tests' numbers come from."""
+    """Recipes turn bf16, channels-last and ``torch.compile`` on for CUDA only (``auto``), never for the CPU, where
+    float32 is the fast path and the tests' numbers come from."""
     from pgpig.train import shipped_recipes
 
-    gpu_speed = {}
+    gpu_speed, compiled = {}, {}
     for name, path in shipped_recipes().items():
         cfg = load_config(path, {"vgg_weights": None, "allow_random_vgg": True})
-        assert cfg.amp in ("auto", "none") and cfg.channels_last in ("auto", False) and cfg.compile is False, name
+        assert cfg.amp in ("auto", "none") and cfg.channels_last in ("auto", False), name
+        assert cfg.compile in ("auto", False), name
         cpu = resolve_speed(cfg, torch.device("cpu"))
         assert (cpu.amp, cpu.channels_last, cpu.compile) == ("none", False, False), name
         gpu_speed[name] = (cfg.amp, cfg.channels_last)
+        compiled[name] = cfg.compile == "auto"
     # the measured GPU defaults (pgpig/workflows/README.md)
     assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", False)
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("none", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False)
+    assert {name for name, on in compiled.items() if on} == {"deepfashion/patn", "deepfashion/dptn",
+                                                              "market1501/xinggan"}
 
 
 def test_random_vgg_needs_allow_random_vgg():
