@@ -414,7 +414,7 @@ def test_stage_two_starts_from_stage_one(stage1_run, stage2_run):
     assert "d.conv.weight_orig" in d and "d.encoder1.model.3.weight_orig" in d and "d.encoder2.model.3.bias" not in d
     with Image.open(run / "samples" / "step-000001.png") as png:  # + the source warped by the flow, before target
         assert png.size == (6 * 32, 2 * 64)
-        grid = torch.from_numpy(np.asarray(png.convert("RGB"))).permute(2, 0, 1)
+        grid = torch.from_numpy(np.array(png.convert("RGB"))).permute(2, 0, 1)  # a writable copy
     columns = grid.unflatten(2, (6, 32))[:, :64]  # first row: (3, 64, 6, 32)
     assert not torch.equal(columns[:, :, 4], columns[:, :, 3]) and not torch.equal(columns[:, :, 4], columns[:, :, 5])
     from pgpig.generate import load_generator

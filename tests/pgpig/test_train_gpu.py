@@ -60,6 +60,35 @@ def test_generate_on_the_gpu(shards, tmp_path):
     assert result["out"].is_file() and result["size"] == (128, 64)
 
 
+def test_the_step_helpers_that_used_to_wait_for_the_gpu_no_longer_do():
+    """PG2's pose mask and GFLA's warp and affine regulariser made the host wait for the GPU at every step
+    (``benchmarks/sync_points.py`` found them: a boolean-mask index, small tensors copied from Python lists, the
+    longest limb read back). After a first call, which copies their constant tensors to the device once, CUDA's
+    sync debug mode set to "error" raises at any synchronising call; the results are those of the first call."""
+    from pgpig.data import render_pg2_masks
+    from pgpig.models.gfla import affine_regularization, warp_image
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    keypoints = torch.rand(4, 18, 2, device="cuda", generator=generator) * 200 - 50  # some joints outside the image
+    keypoints[0, 3] = -1  # an invisible joint
+    image = torch.rand(4, 3, 128, 64, device="cuda", generator=generator)
+    flow = torch.randn(4, 2, 32, 16, device="cuda", generator=generator) * 3
+
+    def helpers() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return render_pg2_masks(keypoints, (128, 64), 4), warp_image(image, flow), affine_regularization(flow, 3)
+
+    first = helpers()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = helpers()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(again[0], first[0]) and first[0].sum() > 0
+    torch.testing.assert_close(again[1], first[1], rtol=0, atol=0)
+    torch.testing.assert_close(again[2], first[2], rtol=1e-6, atol=0)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("sync", [True, False])
 def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
