@@ -27,7 +27,9 @@ every loss stayed finite. After a recipe's modes, a ``train_pick`` line names th
 cosine of at least ``--min-cosine`` (0.99). The L1 of the generated image to the target at the first and the last
 measured step (``l1_first``, ``l1_last``) shows the generator fitting the fixed batch (an adversarial recipe's L1
 need not fall in so few steps). ``--steps`` is the least number of measured steps; more run until
-``--min-seconds`` have passed. ``warmup_seconds`` is the time of the warm-up steps (a compile is paid there).
+``--min-seconds`` have passed. ``warmup_seconds`` is the time of the warm-up steps (a compile is paid there; with
+dropout in the networks twice, since switching dropout back on after the first step makes dynamo compile again:
+give ``+compile`` modes of PATN and XingGAN 2-3 minutes on an H200).
 
 ``--shards DIR`` adds a line for the data loader alone (``pgpig.data.make_loader`` with the recipe's batch size
 and workers over ``DIR/train``, pinned memory): pairs/s, and its ratio to the fastest training mode's pairs/s. A
