@@ -6,7 +6,8 @@
 #   eager    train_bench.py over every shipped recipe at its paper batch size: float32, bf16, bf16 + channels-last,
 #            float32 + channels-last (the first is the baseline; each recipe ends with its train_pick line)
 #   compile  the same with torch.compile, per recipe: COMPILE_MODES (default "bf16,bf16+compile"), each recipe in
-#            its own process under a time limit (a compile that does not finish is a result too)
+#            its own process under a time limit, COMPILE_LIMIT seconds (default 330: XingGAN DeepFashion's two
+#            compiles took 163 s on an H200; a compile that does not finish is a result too)
 #   loader   the data loader against the recipe's default training mode (train_bench --shards) on Market-1501 and
 #            DeepFashion mannequin shard sets (SHARDS_ROOT/mk-shards, SHARDS_ROOT/df-shards, made with
 #            pipeline.cli synth/extract --annotations/pair), and `pgpig train` itself on the Market set for 60 and
@@ -38,7 +39,7 @@ fi
 if has compile; then
     stamp compile
     for r in $recipes; do
-        timeout "${COMPILE_LIMIT:-240}" $py benchmarks/train_bench.py --recipe "workflows/$r.yaml" \
+        timeout "${COMPILE_LIMIT:-330}" $py benchmarks/train_bench.py --recipe "workflows/$r.yaml" \
             --modes "${COMPILE_MODES:-bf16,bf16+compile}" --steps "${STEPS:-15}" --warmup 3 \
             2>> "$out/compile.err" | tee -a "$out/train.jsonl" || stamp "compile $r: exit $?"
     done
