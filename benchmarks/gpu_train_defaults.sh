@@ -10,16 +10,15 @@
 #            compiles took 163 s on an H200; a compile that does not finish is a result too)
 #   loader   the data loader against the recipe's default training mode (train_bench --shards) on Market-1501 and
 #            DeepFashion mannequin shard sets (SHARDS_ROOT/mk-shards, SHARDS_ROOT/df-shards), and `pgpig train`
-#            itself on the Market set for 60 and
-#            360 steps: the difference of the two wall times is the real loop's steps/s, with the GPU's utilisation
-#            sampled by nvidia-smi during the long run
+#            itself on the Market set for 60 and 360 steps: the difference of the two wall times is the real
+#            loop's steps/s, with the GPU's utilisation sampled by nvidia-smi during the long run
 #   profile  loop_profile.py (needs py-spy): where `pgpig train`'s main thread spends 600 steps of that recipe
 #            (the step itself, the batch's preparation, waiting for the loader, logging), not in the default parts
 #   sync     sync_points.py: where `pgpig train` makes the host wait for the GPU, for the Market-1501 recipes of
 #            stage 1 (SYNC_RECIPES) on SHARDS_ROOT/mk-shards, not in the default parts
 # SHARDS_ROOT (default .bench-data) gets mk-shards (160 Market mannequin images) and df-shards (48 DeepFashion ones,
-# 256x256) made on the CPU in seconds (synth -> extract --annotations -> pair) where they are missing; made here, they
-# can travel to the device machine in `carry`.
+# 256x256) where they are missing, made on the CPU in seconds by tests/corpus.py's mannequin_shards (synth, extract
+# from the annotations, pair); made here, they can travel to the device machine in `carry`.
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager compile loader}
@@ -27,22 +26,25 @@ shards=${3:-.bench-data}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 has() { [[ " $parts " == *" $1 "* ]]; }
-make_shards() {  # NAME LAYOUT ANNOTATION-PREFIX [synth options]: SHARDS_ROOT/NAME-shards from mannequins
-    local name=$1 layout=$2 prefix=$3 raw="$shards/$1-raw"
-    shift 3
-    [[ -f "$shards/$name-shards/train/manifest.json" ]] && return
-    $py -m pipeline.cli synth "$raw" --layout "$layout" "$@" > /dev/null 2>&1 &&
-    $py -m pipeline.cli extract "$raw" --annotations "$raw/$prefix-annotation-train.csv" \
-        --annotations "$raw/$prefix-annotation-test.csv" --out "$shards/$name-kp" --run-file "$shards/$name.json" \
-        --quiet > /dev/null 2>&1 &&
-    for split in train test; do
-        $py -m pipeline.cli pair --split $split --keypoints "$shards/$name-kp" --run-file "$shards/$name.json" \
-            --out "$shards/$name-shards" > /dev/null 2>&1 || return
-    done || { echo "could not make $shards/$name-shards" >&2; exit 1; }
-    rm -rf "$raw" "$shards/$name-kp"  # the shards hold the images
+make_shards() {  # NAME LAYOUT IDENTITIES POSES: SHARDS_ROOT/NAME-shards (train, test), unless it is there
+    local work="$shards/$1-work"
+    [[ -f "$shards/$1-shards/train/manifest.json" ]] && return
+    if ! $py - "$work" "$2" "$3" "$4" <<'PY'
+import sys
+from pathlib import Path
+sys.path[:0] = ["tests", "."]
+from corpus import mannequin_shards
+work, layout, identities, poses = sys.argv[1:]
+mannequin_shards(Path(work), layout, int(identities), int(poses), splits=("train", "test"), seed=0)
+PY
+    then
+        echo "could not make $shards/$1-shards" >&2
+        exit 1
+    fi
+    rm -rf "$shards/$1-shards" && mv "$work/shards" "$shards/$1-shards" && rm -rf "$work"
 }
-make_shards mk market market
-make_shards df deepfashion fashion --identities 8 --poses-per-identity 6
+make_shards mk market 20 8
+make_shards df deepfashion 8 6
 stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/session.log"
 recipes=${RECIPES:-"market1501/pg2 market1501/pg2-stage2 market1501/patn market1501/xinggan market1501/gfla
