@@ -227,12 +227,13 @@ def _limb_sample_window(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, size:
     for axis, (lo, hi) in enumerate(((-radius - 1, w + radius), (-radius - 1, h + radius))):
         p, dp = a[..., axis], d[..., axis]
         flat = dp == 0
-        t1, t2 = (lo - p) / torch.where(flat, 1.0, dp), (hi - p) / torch.where(flat, 1.0, dp)
+        step = torch.where(flat, 1.0, dp)
+        t1, t2 = (lo - p) / step, (hi - p) / step
         inside = (p >= lo) & (p <= hi)  # what decides a segment parallel to this axis
         enter = torch.where(flat, torch.where(inside, enter, math.inf), torch.maximum(enter, torch.minimum(t1, t2)))
         leave = torch.where(flat, torch.where(inside, leave, -math.inf), torch.minimum(leave, torch.maximum(t1, t2)))
-    crosses = enter <= leave
-    first = torch.where(crosses, torch.floor(torch.where(crosses, enter, 0.0) * n) - 1, 0.0).clamp_min(0)
+    # a limb that misses the box starts at 0 (its samples stamp nothing); one sample of slack before the entry
+    first = (torch.floor(torch.where(enter <= leave, enter, 0.0) * n) - 1).clamp_min(0)
     count = math.ceil(math.hypot(h + 2 * radius + 2, w + 2 * radius + 2) / radius) + 4
     return first, count
 
