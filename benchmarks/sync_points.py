@@ -61,8 +61,10 @@ def count_syncs(train_args: list[str]) -> collections.Counter:
         while stack and stack[-1].filename.endswith("warnings.py"):
             stack.pop()
         loop = next((i for i, f in enumerate(stack) if f.name == "_train" and f.filename.startswith(OURS[0])), None)
-        part = "outside _train" if loop is None else stack[loop + 1].name if loop + 1 < len(stack) else \
-            "_train itself"
+        if loop is None:
+            part = "outside _train"
+        else:
+            part = stack[loop + 1].name if loop + 1 < len(stack) else "_train itself"
         ours = next((f for f in reversed(stack) if f.filename.startswith(OURS)), None)
         sites[(part, _where(ours) if ours else "outside pgpig", _where(stack[-1]) if stack else "?",
                threading.current_thread().name)] += 1
@@ -106,12 +108,12 @@ def main() -> None:
         listed = [{"part": part, "site": ours, "innermost": inner, "thread": thread, "count": n}
                   for (part, ours, inner, thread), n in sites.most_common()]
         in_loop = [s for s in listed if s["part"] != "outside _train" and per_step(s["part"])]
+        one_off = [s for s in listed if s not in in_loop]
         print(json.dumps({
             "bench": "train_sync_points", "recipe": recipe, "steps": args.steps,
             "syncs_per_step": round(sum(s["count"] for s in in_loop) / args.steps, 2),
             "loop_sites": [{**s, "per_step": round(s["count"] / args.steps, 2)} for s in in_loop],
-            "one_off_syncs": sum(s["count"] for s in listed if s not in in_loop),
-            "one_off_sites": [s for s in listed if s not in in_loop], "error": error,
+            "one_off_syncs": sum(s["count"] for s in one_off), "one_off_sites": one_off, "error": error,
             "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "label": args.label}), flush=True)
 
 
