@@ -629,8 +629,18 @@ def compile_parts(parts: Parts) -> None:
     vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
     differentiates through a copy of ``u``, but the compiled graph kept the buffer itself, whose second update
     then failed the first backward ("modified by an inplace operation"). The cost is a graph break at each of
-    those convolutions."""
+    those convolutions.
+
+    Inductor's advice to use TF32 matrix multiplications (a UserWarning at the first float32 compile in torch 2.11, a
+    log record in later versions) is silenced: the recipes chose compile with PyTorch's default arithmetic (TF32
+    convolutions, full-precision matmuls), which is what their gradient checks measured
+    (``pgpig/workflows/README.md``)."""
+    import warnings
+
     from torch.nn.utils.spectral_norm import SpectralNorm
+
+    warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication",
+                            category=UserWarning)
 
     for d in parts.discriminators.values():
         for module in d.modules():
