@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -237,9 +238,46 @@ def _decode_ahead(rows: list[dict], raw: str, max_pixels: int, threads: int, win
             yield result
 
 
+def _task_backend(s: dict):
+    """This process's pose backend for the settings ``s`` of a task, loaded on first use (``cached_backend``): the
+    tasks and the warm-up get the same one."""
+    from pipeline.pose import cached_backend
+
+    # ultralytics sets torch's threads to cores - 1 when it picks the CPU (at its first predict): each caller sets
+    # this worker's share again after such a call
+    _set_torch_threads(s.get("torch_threads"))
+    if s["backend"] == "fast":
+        backend = cached_backend("fast", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
+                                 device=_worker_device(s["device"]), batch_size=s["batch_size"],
+                                 read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
+    else:
+        backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
+                                 device=_worker_device(s["device"]), batch_size=s["batch_size"])
+    return backend
+
+
+def warm_worker(settings: dict) -> dict:
+    """Load this process's backend for ``settings`` and make its first calls (``PoseBackend.warm_up``), so that the
+    first partition does not wait for them: run on every worker while the driver lists the files.
+
+    Returns ``{"seconds", "error"}`` and never raises: a backend that cannot load fails the first task that needs
+    it, which names its part (the run's error), and a warm-up that fails otherwise costs only its time."""
+    start = time.perf_counter()
+    error = None
+    if settings["backend"] in ("fast", "ultralytics"):
+        try:
+            _task_backend(settings).warm_up()
+            _set_torch_threads(settings.get("torch_threads"))
+        except Exception as exc:  # noqa: BLE001 - reported in the run record; the tasks raise what matters
+            error = f"{type(exc).__name__}: {exc}"
+    return {"seconds": round(time.perf_counter() - start, 3), "error": error}
+
+
 def extract_partition(task: PartitionTask, out: str) -> dict:
-    """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds"}``."""
-    from pipeline.pose import cached_backend, to_openpose
+    """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds",
+    "backend_seconds", "write_seconds"}`` (the last two: getting the backend, which loads the model unless a
+    warm-up or an earlier task did, and building and writing the part file)."""
+    from pipeline.pose import to_openpose
     from pipeline.pose.annotations import annotation_row
     from schemas.keypoints import coco17_to_openpose18
 
@@ -256,6 +294,7 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
     boxes = np.full((n, 5), np.nan, np.float32)
     annotations = None
     backend = None
+    backend_seconds = 0.0
     if s["backend"] == "annotations":
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
     pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
@@ -269,14 +308,18 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         else:
             boxes[i] = box
 
-    def run_model() -> None:
-        nonlocal backend
+    def get_backend():
+        nonlocal backend, backend_seconds
         if backend is None:
-            backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
-                                     device=_worker_device(s["device"]), batch_size=s["batch_size"])
-        # ultralytics sets torch's threads to cores - 1 when it picks the CPU; restore this worker's share
-        _set_torch_threads(s.get("torch_threads"))
-        detections = backend.predict([image for _, image, _ in pending])
+            mark = time.perf_counter()
+            backend = _task_backend(s)
+            backend_seconds = time.perf_counter() - mark
+        return backend
+
+    def run_model() -> None:
+        model = get_backend()
+        _set_torch_threads(s.get("torch_threads"))  # see _task_backend
+        detections = model.predict([image for _, image, _ in pending])
         for (i, _, scale), det in zip(pending, detections, strict=True):
             record(i, det, scale)
         pending.clear()
@@ -284,13 +327,10 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
     if s["backend"] == "fast":
         # the backend reads, decodes and batches the files itself (reader processes, GPU decode, the network and the
         # person choice as CUDA graphs) and hands back whole batches: no per-image Python work on the model's side
-        _set_torch_threads(s.get("torch_threads"))
-        backend = cached_backend("fast", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
-                                 device=_worker_device(s["device"]), batch_size=s["batch_size"],
-                                 read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
+        fast = get_backend()
         todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
         given = 0
-        for batch in backend.extract_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"]):
+        for batch in fast.extract_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"]):
             r = batch.read
             rows = todo[given:given + len(r)]
             given += len(r)
@@ -336,6 +376,7 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         if pending:
             run_model()
 
+    written = time.perf_counter()
     vis = (keypoints != -1).any(axis=-1)
     table = table_from_pydict("keypoints", {
         "image": [r["image"] for r in task.rows],
@@ -358,7 +399,9 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         "source": ["annotations" if annotations is not None else "yolo"] * n,
     })
     write_table(table, Path(out) / f"part-{task.part:05d}.parquet", "keypoints")
-    return {"part": task.part, "rows": n, "statuses": dict(Counter(status)), "seconds": time.perf_counter() - start}
+    end = time.perf_counter()
+    return {"part": task.part, "rows": n, "statuses": dict(Counter(status)), "seconds": end - start,
+            "backend_seconds": backend_seconds, "write_seconds": end - written}
 
 
 _ANNOTATIONS: dict[tuple, object] = {}
@@ -412,7 +455,8 @@ def read_keypoints(out: str | os.PathLike, columns: list[str] | None = None) -> 
     return pa.concat_tables([read_table(p, "keypoints", columns=columns) for p in paths])
 
 
-def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path) -> None:
+def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path, unknown: tuple[str, ...] = ()) -> None:
+    """Refuse to continue a run made with other settings (the ``_RESULT_SETTINGS`` but ``unknown`` ones)."""
     if not cfg.run_file.is_file():
         return
     try:
@@ -423,7 +467,7 @@ def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path) -> None:
         raise PipelineError(f"{cfg.out} holds keypoints of {previous['raw']}, not {raw}; "
                             "pass --overwrite or another --out")
     old = previous.get("settings", {})
-    changed = [k for k in _RESULT_SETTINGS if k in old and old[k] != settings[k]]
+    changed = [k for k in _RESULT_SETTINGS if k in old and k not in unknown and old[k] != settings[k]]
     if changed:
         hint = f" (it was made with --backend {old['backend']})" if changed == ["backend"] else ""
         raise PipelineError(f"{cfg.out} was extracted with other settings ({', '.join(changed)}){hint}; "
@@ -464,7 +508,11 @@ def default_workers() -> tuple[int, int]:
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
-    """Run (or resume) an extraction; returns the record written to ``extract.json``."""
+    """Run (or resume) an extraction; returns the record written to ``extract.json``.
+
+    The workers start, and each loads its model and warms it up (``warm_worker``), on a thread while this one
+    lists the files and plans the partitions: a worker's start-up (seconds: torch, the model, the device's first
+    calls) no longer comes after the listing."""
     from pipeline.datasets import list_images
 
     started = time.perf_counter()
@@ -474,30 +522,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     batch_size, partition_size = cfg.sizes()
     if partition_size < 1 or batch_size < 1:
         raise PipelineError("--partition-size and --batch-size must be at least 1")
-    listed = list_images(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres)
-    dataset = listed[0].dataset if listed else (cfg.dataset or "folder")
-    settings = run_settings(cfg, dataset)
-    if cfg.overwrite:
-        _clear(cfg)
-    else:
-        _check_resume(cfg, settings, raw)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    parts, done = finished_parts(cfg.out)
-    todo = [r for r in listed if r.image not in done]
-    record = {
-        "version": RUN_FILE_VERSION,
-        "schema_version": SCHEMA_VERSION,
-        "raw": str(raw),
-        "out": str(Path(cfg.out).resolve()),
-        "settings": settings,
-        "versions": _library_versions(),
-        "listed": len(listed),
-        "already_done": len(listed) - len(todo),
-        "complete": False,
-    }
-    _write_run(cfg, record)
-    log(f"{raw}: {len(listed)} files ({dataset}); {record['already_done']} already extracted, {len(todo)} to do")
-
+    settings = run_settings(cfg, cfg.dataset)  # a detected dataset's name is filled in after the listing
+    if not cfg.overwrite:  # before anything starts: a resume with other settings fails at once
+        _check_resume(cfg, settings, raw, unknown=() if cfg.dataset else ("dataset",))
     workers, torch_threads = default_workers()
     if cfg.workers is not None:
         workers = cfg.workers
@@ -508,14 +535,48 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     read_processes = cfg.read_processes
     if read_processes is None:
         read_processes = min(8, max(0, cores - 2)) if settings["backend"] == "fast" and _gpu_visible(cfg) else 0
-    settings = {**settings, "torch_threads": torch_threads, "decode_threads": decode_threads,
-                "read_processes": read_processes}
-    first = max(parts, default=-1) + 1
-    tasks = [
-        PartitionTask(first + k, [asdict(r) for r in todo[i:i + partition_size]], str(raw), settings)
-        for k, i in enumerate(range(0, len(todo), partition_size))
-    ]
-    summaries = _execute(tasks, cfg, workers, progress, log) if tasks else []
+    worker_settings = {"torch_threads": torch_threads, "decode_threads": decode_threads,
+                       "read_processes": read_processes}
+    pool = _Workers(cfg, workers, {**settings, **worker_settings})
+    try:
+        listed = list_images(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres)
+        dataset = listed[0].dataset if listed else (cfg.dataset or "folder")
+        settings["dataset"] = dataset
+        if cfg.overwrite:
+            _clear(cfg)
+        else:
+            _check_resume(cfg, settings, raw)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        parts, done = finished_parts(cfg.out)
+        todo = [r for r in listed if r.image not in done]
+        record = {
+            "version": RUN_FILE_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "raw": str(raw),
+            "out": str(Path(cfg.out).resolve()),
+            "settings": settings,
+            "versions": _library_versions(),
+            "listed": len(listed),
+            "already_done": len(listed) - len(todo),
+            "complete": False,
+        }
+        _write_run(cfg, record)
+        log(f"{raw}: {len(listed)} files ({dataset}); {record['already_done']} already extracted, "
+            f"{len(todo)} to do")
+        task_settings = {**settings, **worker_settings}
+        first = max(parts, default=-1) + 1
+        tasks = [
+            PartitionTask(first + k, [asdict(r) for r in todo[i:i + partition_size]], str(raw), task_settings)
+            for k, i in enumerate(range(0, len(todo), partition_size))
+        ]
+        listing_seconds = time.perf_counter() - started
+        summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
+        warm_ups = pool.warm_ups()
+        for warm in warm_ups:
+            if warm["error"]:
+                log(f"warning: a worker's warm-up failed ({warm['error']}); its first task loaded the model instead")
+    finally:
+        pool.close()
     seconds = time.perf_counter() - started
     processed = sum(s["rows"] for s in summaries)
     # one read of the finished table, two small columns, for the counts and the unmatched annotations
@@ -528,9 +589,16 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         rows=rows,
         statuses=statuses,
         seconds=round(seconds, 3),
+        # listing the files, checking the finished parts and planning the tasks (the workers start meanwhile)
+        listing_seconds=round(listing_seconds, 3),
         task_seconds=round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
-        # [rows, seconds] of every task, in completion order: a worker's first task also loads the model
+        # [rows, seconds] of every task, in completion order: a worker's first task also loads the model unless
+        # its warm-up had
         tasks=[[s["rows"], round(s["seconds"], 3)] for s in summaries],
+        # of task_seconds: getting the backend (a model load when not warmed up) and writing the part files
+        task_backend_seconds=round(sum(s.get("backend_seconds", 0.0) for s in summaries), 3),
+        task_write_seconds=round(sum(s.get("write_seconds", 0.0) for s in summaries), 3),
+        warm_ups=warm_ups,
         images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
         workers=workers if cfg.scheduler is None else None,
         read_processes=read_processes if settings["backend"] == "fast" else None,
@@ -566,52 +634,83 @@ def _local_cluster(workers: int, threads_per_worker: int, torch_threads: int):
                             dashboard_address=":0", env=env)
 
 
-def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progress: bool, log) -> list[dict]:
-    out = str(Path(cfg.out).resolve())
-    summaries: list[dict] = []
-    counts: Counter = Counter()
-    bar = None
+class _Workers:
+    """Where the tasks run: this process (``workers=0``, no ``scheduler``) or a Dask cluster (a LocalCluster of
+    ``workers`` processes, or the one at ``scheduler``).
 
-    def start_bar() -> None:
-        nonlocal bar
+    Made before the listing: a thread starts the cluster and queues one ``warm_worker`` on each of its workers
+    (this process: runs it), so that the listing, the model loads and the devices' first calls overlap. ``run``
+    waits for that thread, then runs the tasks; a task queued behind a worker's warm-up starts when it ends."""
+
+    def __init__(self, cfg: ExtractConfig, workers: int, settings: dict):
+        self.cfg, self.workers, self.settings = cfg, workers, settings
+        self.local = cfg.scheduler is None and workers == 0
+        self.cluster = self.client = None
+        self._warm: list = []  # results in this process, futures on a cluster
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="extract-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            if self.local:
+                self._warm = [warm_worker(self.settings)]
+                return
+            from distributed import Client
+
+            if self.cfg.scheduler is None:
+                self.cluster = _local_cluster(self.workers, self.cfg.threads, self.settings["torch_threads"])
+            self.client = Client(self.cfg.scheduler or self.cluster)
+            self._warm = [self.client.submit(warm_worker, self.settings, workers=[address], allow_other_workers=False,
+                                             pure=False)
+                          for address in self.client.scheduler_info()["workers"]]
+        except BaseException as exc:  # noqa: BLE001 - raised by run(), in the caller's thread
+            self._error = exc
+
+    def _ready(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def run(self, tasks: list[PartitionTask], out: str, progress: bool, log) -> list[dict]:
+        """The tasks' summaries, in completion order; a failed task raises a ``PipelineError`` naming its part."""
+        summaries: list[dict] = []
+        counts: Counter = Counter()
+        bar = None
+
+        def done(summary: dict) -> None:
+            summaries.append(summary)
+            counts.update(summary["statuses"])
+            if bar is not None:
+                bar.update(summary["rows"])
+                bar.set_postfix(counts, refresh=False)
+
+        def failed(task: PartitionTask, exc: BaseException) -> PipelineError:
+            # finished parts stay valid: the next run resumes after fixing the cause
+            first = task.rows[0]["image"] if task.rows else "?"
+            return PipelineError(f"part {task.part} (from {first}) failed: {type(exc).__name__}: {exc}; "
+                                 "parts written so far are kept, run again to resume")
+
+        self._ready()
+        if self.client is not None:
+            log(f"dask: {len(self.client.scheduler_info()['workers'])} workers, dashboard {self.client.dashboard_link}")
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=sum(len(t.rows) for t in tasks), unit="img", desc="extract", dynamic_ncols=True)
-
-    def done(summary: dict) -> None:
-        summaries.append(summary)
-        counts.update(summary["statuses"])
-        if bar is not None:
-            bar.update(summary["rows"])
-            bar.set_postfix(counts, refresh=False)
-
-    def failed(task: PartitionTask, exc: BaseException) -> PipelineError:
-        # finished parts stay valid: the next run resumes after fixing the cause
-        first = task.rows[0]["image"] if task.rows else "?"
-        return PipelineError(f"part {task.part} (from {first}) failed: {type(exc).__name__}: {exc}; "
-                             "parts written so far are kept, run again to resume")
-
-    try:
-        # one partition, or --workers 0: a cluster would only add its start-up
-        if cfg.scheduler is None and (workers == 0 or len(tasks) == 1):
-            start_bar()
-            for task in tasks:
-                try:
-                    done(extract_partition(task, out))
-                except (PipelineError, SchemaError):
-                    raise
-                except Exception as exc:
-                    raise failed(task, exc) from exc
-            return summaries
-        from distributed import Client, as_completed
-
-        cluster = None if cfg.scheduler else _local_cluster(workers, cfg.threads, tasks[0].settings["torch_threads"])
-        client = Client(cfg.scheduler or cluster)
         try:
-            log(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {client.dashboard_link}")
-            start_bar()
-            futures = client.map(extract_partition, tasks, out=out, pure=False)
+            if self.client is None:
+                for task in tasks:
+                    try:
+                        done(extract_partition(task, out))
+                    except (PipelineError, SchemaError):
+                        raise
+                    except Exception as exc:
+                        raise failed(task, exc) from exc
+                return summaries
+            from distributed import as_completed
+
+            futures = self.client.map(extract_partition, tasks, out=out, pure=False)
             task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
             for future in as_completed(futures):
                 try:
@@ -619,13 +718,32 @@ def _execute(tasks: list[PartitionTask], cfg: ExtractConfig, workers: int, progr
                 except Exception as exc:
                     raise failed(task_of[future.key], exc) from exc
         finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-    finally:
-        if bar is not None:
-            bar.close()
-    return summaries
+            if bar is not None:
+                bar.close()
+        return summaries
+
+    def warm_ups(self) -> list[dict]:
+        """Each worker's ``warm_worker`` result (seconds, error): those that have finished."""
+        self._ready()
+        if self.client is None:
+            return list(self._warm)
+        return [f.result() for f in self._warm if f.done() and f.status == "finished"]
+
+    def close(self) -> None:
+        """Stop the cluster this run started; an outside scheduler stays. Waits for the start and the warm-ups
+        first, as in this process (a run that stopped early, at a listing error, would otherwise leave each
+        warming worker logging its cancelled task)."""
+        self._thread.join()
+        if self.client is not None:
+            from distributed import wait
+
+            try:
+                wait(self._warm, timeout=120)
+            except TimeoutError:
+                pass  # closing cancels it
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def export_annotations(keypoints_dir: str | os.PathLike, out_csv: str | os.PathLike, split: str | None = None,

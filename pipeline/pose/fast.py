@@ -109,6 +109,7 @@ import contextlib
 import functools
 import os
 import queue
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -511,6 +512,27 @@ class FastBackend:
             self._reader = BatchReader(torch_decodable if self.torch_decode else None, self.read_processes,
                                        self.read_threads, pin_memory=self.pin_memory)
         return self._reader
+
+    def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
+        """Run the file path once, on one full batch of a generated ``size`` (height, width) JPEG, and wait for it.
+
+        A process's first batch pays for starting the reader processes and for the device's first calls (nvJPEG's
+        and cuDNN's set-up, the kernels loaded, the CUDA graph of that input shape captured): seconds, against
+        milliseconds for every later batch (``benchmarks/extract_startup.py``). ``pgpig-data extract`` calls this
+        on each worker while it lists the files, so that the first partition does not wait for it. Images of
+        another size still capture their own graph at their first full batch."""
+        import cv2
+
+        with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
+            path = Path(tmp) / "warm-up.jpg"
+            ok, data = cv2.imencode(".jpg", np.full((*size, 3), 114, np.uint8))
+            if not ok:
+                raise PipelineError("could not encode the warm-up image")
+            path.write_bytes(data.tobytes())
+            for _ in self.extract_files([path] * self.batch_size):
+                pass
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # -- images already decoded
 

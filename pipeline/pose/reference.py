@@ -67,6 +67,11 @@ class UltralyticsBackend:
         self.half = self.device.startswith("cuda") if half is None else half
         self.batch_size = batch_size
 
+    def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
+        """One prediction on a blank ``size`` (height, width) image: the predictor is set up and the device's first
+        calls are made before the first partition (``FastBackend.warm_up``)."""
+        self.predict([np.full((*size, 3), 114, np.uint8)])
+
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         # ultralytics letterboxes a batch of equal shapes with minimal padding, like a single image, but pads a
         # mixed batch to a square, which moves keypoints by pixels; batching per shape keeps every image's

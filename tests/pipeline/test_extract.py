@@ -64,6 +64,10 @@ def test_every_photo_gets_a_row_and_the_run_is_recorded(photo_run, photo_market_
     on_disk = json.loads(cfg.run_file.read_text())
     assert on_disk["settings"]["model_sha256"] == sha256_file(default_model_path())
     assert on_disk["statuses"] == record["statuses"] and on_disk["versions"]["ultralytics"]
+    # the model was loaded and run once by the warm-up, while the files were listed: the tasks found it ready
+    (warm,) = record["warm_ups"]
+    assert warm["error"] is None and record["task_backend_seconds"] < warm["seconds"]
+    assert 0 < record["listing_seconds"] < record["seconds"]
 
 
 def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_market_tree):
@@ -211,6 +215,8 @@ def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree
                             batch_size=2)
         record = run_extract(cfg, log=quiet)
         assert record["workers"] == workers
+        # each worker's warm-up ran before its first partition (one may still run when the other did them all)
+        assert record["warm_ups"] and all(w["error"] is None for w in record["warm_ups"])
         tables[workers] = by_image(read_keypoints(cfg.out))
     for rows in tables.values():
         assert sorted(rows) == sorted(reference)
@@ -234,6 +240,20 @@ def test_cli_extract_with_annotations_then_export(market_tree, tmp_path, monkeyp
     assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
     result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
     assert result.exit_code == 1 and result.output.startswith("error: ")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_weights_that_do_not_load_stop_the_run_with_one_line_naming_them(photo_market_tree, tmp_path, workers):
+    """The warm-up meets the bad file first and keeps quiet; the first task meets it again and says what it is."""
+    bad = tmp_path / "broken-pose.pt"
+    bad.write_bytes(b"not a checkpoint" * 64)
+    result = CliRunner().invoke(data_main, ["extract", str(photo_market_tree), "--model", str(bad), "--backend",
+                                            "ultralytics", "--device", "cpu", "--workers", workers, "--out",
+                                            str(tmp_path / "kp"), "--run-file", str(tmp_path / "x.json"), "--quiet"])
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error: ")]
+    assert "broken-pose.pt: cannot load as YOLO-pose weights" in line
+    assert not list((tmp_path / "kp").glob("part-*.parquet"))
 
 
 def test_bad_files_each_get_one_row_and_never_stop_the_run(tmp_path):

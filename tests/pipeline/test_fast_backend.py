@@ -354,6 +354,19 @@ def test_extract_files_gives_predict_files_chosen_person(odd_tree, tmp_path):
     assert sum(w[5] > 1 for w in want) >= 5  # images where the choice had something to choose among
 
 
+def test_a_warmed_up_backend_gives_what_a_fresh_one_gives(odd_tree, tmp_path):
+    """``warm_up`` (a full batch of a generated JPEG through the reader processes) leaves nothing behind that
+    changes a later extraction: the same records and persons as a backend that never warmed up."""
+    root, _, _ = odd_tree
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) + load_bench().make_images(tmp_path, 20, (256, 176))
+    warmed = FastBackend(device="cpu", batch_size=8, read_processes=2, read_threads=2, torch_decode=True)
+    warmed.warm_up()
+    fresh = FastBackend(device="cpu", batch_size=8, read_processes=2, read_threads=2, torch_decode=True)
+    assert_same_choices(files_and_choices(warmed, paths), files_and_choices(fresh, paths), paths, atol=0)
+    warmed.close()
+    fresh.close()
+
+
 def test_reader_processes_read_what_threads_read(odd_tree):
     root, _, _ = odd_tree
     paths = sorted(p for p in root.rglob("*") if p.is_file())
@@ -559,6 +572,18 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
     assert len(diffs) >= 250 and np.mean(diffs) < 0.05, np.mean(diffs)
     assert len(graphs.graphs._graphs) == 1 and graphs.reader.processes == 2  # one full-batch shape: 256x192
     graphs.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_warm_up_captures_the_graph_that_files_of_its_size_use(tmp_path):
+    backend = FastBackend(device="cuda:0", batch_size=64, read_processes=2)
+    backend.warm_up((256, 176))
+    assert list(backend.graphs._graphs) == [(64, 256, 192)]
+    paths = load_bench().make_images(tmp_path, 128, (256, 176))
+    assert sum(int(b.persons.astype(bool).sum()) for b in backend.extract_files(paths)) > 100
+    assert list(backend.graphs._graphs) == [(64, 256, 192)]  # replayed, not captured again
+    backend.close()
 
 
 @pytest.mark.parametrize("backend", ["fast", "ultralytics"])
