@@ -1,0 +1,112 @@
+"""`pgpig-data extract` end to end, in fresh processes, timed from the shell: trees and worker counts compared on the
+same files in one run (issue #10: ≥10,000 images/s end to end).
+
+    python benchmarks/extract_cli.py [--images 200000] [--size 256x176] [--runs new:1,new:0]
+                                     [--tree NAME=PATH ...] [--repeat 1] [--label TEXT]
+
+The files are made once, as ``extract_bench.py`` makes them (JPEGs at ``--size``, in the page cache for every run
+alike). A run ``TREE:WORKERS`` runs ``python -m pipeline.cli extract --dataset folder --workers WORKERS`` with the
+package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this checkout; ``--tree old=PATH`` names another, e.g. a
+``git archive`` of an older commit) and the default backend (``fast`` on a GPU machine). The runs go in the order
+given, all of them ``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the
+process's start to its exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the
+rates from the start and after each worker's first task; then an ``extract_cli_compare`` line with each run's
+median wall rate over the first run's (the baseline, measured in the same session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> dict:
+    """One ``pgpig-data extract`` of ``raw`` by the package in ``tree``: the wall time and its run record."""
+    from extract_bench import rate_after_first_tasks
+
+    out, run_file = work / "kp", work / "extract.json"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "pipeline.cli", "extract", str(raw), "--dataset", "folder", "--workers",
+               str(workers), "--out", str(out), "--run-file", str(run_file), "--overwrite", "--quiet"]
+    # an editable install's import hook would win over PYTHONPATH: check which package the process gets
+    where = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(tree):
+        raise SystemExit(f"PYTHONPATH={tree} imports pipeline from {where}: uninstall the editable pgpig first")
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    record = json.loads(run_file.read_text())
+    if record["processed"] != images:
+        raise SystemExit(f"{tree}: processed {record['processed']} of {images} files")
+    tasks = record["tasks"]
+    return {"wall_seconds": round(wall, 2), "images_per_s": round(images / wall, 1),
+            "run_seconds": record["seconds"], "listing_seconds": record.get("listing_seconds"),
+            "task_seconds": record["task_seconds"], "first_task_seconds": tasks[0][1] if tasks else None,
+            "tasks": len(tasks), "task_write_seconds": record.get("task_write_seconds"),
+            "task_backend_seconds": record.get("task_backend_seconds"),
+            "warm_up_seconds": [w["seconds"] for w in record.get("warm_ups", [])] or None,
+            "images_per_s_after_first_tasks": rate_after_first_tasks(record),
+            "exit_seconds": round(wall - record["seconds"], 2), "statuses": record["statuses"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200_000)
+    parser.add_argument("--size", default="256x176")
+    parser.add_argument("--runs", default="new:1,new:0", help="TREE:WORKERS, comma-separated; the first is the baseline")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="another package tree")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--label", default="", help="free text naming the machine")
+    args = parser.parse_args()
+    trees = {"new": ROOT, **{name: Path(path).resolve() for name, path in (t.split("=", 1) for t in args.tree)}}
+    runs = [(name, int(workers)) for name, workers in (r.split(":") for r in args.runs.split(","))]
+    unknown = sorted({name for name, _ in runs} - set(trees))
+    if unknown:
+        raise SystemExit(f"no --tree for {', '.join(unknown)}")
+    import torch
+
+    from extract_bench import make_images
+
+    h, w = (int(v) for v in args.size.split("x"))
+    common = {"images": args.images, "size": [h, w], "gpu": torch.cuda.get_device_name(0)
+              if torch.cuda.is_available() else None, "gpus_visible": torch.cuda.device_count(),
+              "machine": f"{platform.machine()} {os.cpu_count()} cpu", "label": args.label,
+              "python": sys.version.split()[0], "torch": torch.__version__}
+    rates: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        made = time.perf_counter()
+        make_images(raw, args.images, (h, w))
+        print(f"{args.images} files made in {time.perf_counter() - made:.0f} s", file=sys.stderr)
+        for repeat in range(args.repeat):
+            for name, workers in runs:
+                result = run_once(trees[name], raw, Path(tmp), workers, args.images)
+                rates.setdefault(f"{name}:{workers}", []).append(result["images_per_s"])
+                print(json.dumps({"bench": "extract_cli", **common, "tree": name, "workers": workers,
+                                  "repeat": repeat, **result}), flush=True)
+    base = statistics.median(rates[f"{runs[0][0]}:{runs[0][1]}"])
+    print(json.dumps({"bench": "extract_cli_compare", **common, "baseline": f"{runs[0][0]}:{runs[0][1]}",
+                      "images_per_s_median": {k: statistics.median(v) for k, v in rates.items()},
+                      "ratio_to_baseline": {k: round(statistics.median(v) / base, 3) for k, v in rates.items()},
+                      "runs": {k: v for k, v in rates.items()}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
