@@ -42,13 +42,14 @@ def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> di
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "pipeline.cli", "extract", str(raw), "--dataset", "folder", "--workers",
                str(workers), "--out", str(out), "--run-file", str(run_file), "--overwrite", "--quiet"]
-    # an editable install's import hook would win over PYTHONPATH: check which package the process gets
-    where = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env,
+    # run from the work folder: `python -m`/`-c` put the current folder first on sys.path, before PYTHONPATH; and
+    # an editable install's import hook would win over PYTHONPATH too: check which package the process gets
+    where = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env, cwd=work,
                            capture_output=True, text=True, check=True).stdout.strip()
     if not Path(where).resolve().is_relative_to(tree):
         raise SystemExit(f"PYTHONPATH={tree} imports pipeline from {where}: uninstall the editable pgpig first")
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
