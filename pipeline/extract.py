@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,40 +274,99 @@ def warm_worker(settings: dict) -> dict:
     return {"seconds": round(time.perf_counter() - start, 3), "error": error}
 
 
+class _Part:
+    """The rows of one part as they are filled: every listed file of its task, a skipped one already final."""
+
+    def __init__(self, task: PartitionTask):
+        self.task, n = task, len(task.rows)
+        self.status = ["skipped"] * n
+        self.reason = [row["skip_reason"] for row in task.rows]
+        self.width: list[int | None] = [None] * n
+        self.height: list[int | None] = [None] * n
+        self.digest: list[str | None] = [None] * n
+        self.persons = np.zeros(n, np.int16)
+        self.keypoints, self.scores = empty_keypoints(n)
+        self.boxes = np.full((n, 5), np.nan, np.float32)
+        self.source = "yolo"
+        self.todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
+        """The rows a model reads, in order."""
+
+    def paths(self) -> list[Path]:
+        return [Path(self.task.raw) / self.task.rows[i]["image"] for i in self.todo]
+
+    def take(self, batch, lo: int, hi: int, rows: np.ndarray) -> None:
+        """Files ``lo:hi`` of a fast backend's ``PersonBatch`` are this part's ``rows``."""
+        from schemas.keypoints import coco17_to_openpose18
+
+        r = batch.read
+        for j, i in zip(range(lo, hi), rows.tolist(), strict=True):
+            self.width[i], self.height[i], self.digest[i] = r.width[j], r.height[j], r.digest[j]
+            self.status[i], self.reason[i] = ("ok", None) if r.status[j] == "ok" else ("unreadable", r.reason[j])
+        ok = np.asarray(r.status[lo:hi]) == "ok"
+        persons = batch.persons[lo:hi]
+        found = ok & (persons > 0)
+        self.persons[rows[ok]] = persons[ok]
+        for i in rows[ok & ~found].tolist():
+            self.status[i], self.reason[i] = "no_person", "no person detected"
+        self.keypoints[rows[found]], self.scores[rows[found]] = coco17_to_openpose18(
+            batch.keypoints[lo:hi][found], batch.scores[lo:hi][found], self.task.settings["kpt_threshold"])
+        self.boxes[rows[found]] = batch.boxes[lo:hi][found]
+
+    def write(self, out: str) -> tuple[dict, float]:
+        """Write the part file atomically; returns its statuses and the seconds the table and the write took."""
+        start = time.perf_counter()
+        rows, n = self.task.rows, len(self.task.rows)
+        vis = (self.keypoints != -1).any(axis=-1)
+        table = table_from_pydict("keypoints", {
+            "image": [r["image"] for r in rows],
+            "patn_name": [r["patn_name"] for r in rows],
+            "dataset": [r["dataset"] for r in rows],
+            "split": [r["split"] for r in rows],
+            "identity": [r["identity"] for r in rows],
+            "camera": [r["camera"] for r in rows],
+            "view": [r["view"] for r in rows],
+            "width": self.width,
+            "height": self.height,
+            "content_hash": self.digest,
+            "status": self.status,
+            "reason": self.reason,
+            "n_persons": self.persons,
+            "box": self.boxes,
+            "keypoints": self.keypoints,
+            "scores": self.scores,
+            "n_visible": vis.sum(axis=1).astype(np.int8),
+            "source": [self.source] * n,
+        })
+        write_table(table, Path(out) / f"part-{self.task.part:05d}.parquet", "keypoints")
+        return dict(Counter(self.status)), time.perf_counter() - start
+
+
 def extract_partition(task: PartitionTask, out: str) -> dict:
     """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds",
     "backend_seconds", "write_seconds"}`` (the last two: getting the backend, which loads the model unless a
     warm-up or an earlier task did, and building and writing the part file)."""
     from pipeline.pose import to_openpose
     from pipeline.pose.annotations import annotation_row
-    from schemas.keypoints import coco17_to_openpose18
 
     start = time.perf_counter()
     s = task.settings
-    n = len(task.rows)
-    status = ["skipped"] * n
-    reason = [row["skip_reason"] for row in task.rows]
-    width: list[int | None] = [None] * n
-    height: list[int | None] = [None] * n
-    digest: list[str | None] = [None] * n
-    persons = np.zeros(n, np.int16)
-    keypoints, scores = empty_keypoints(n)
-    boxes = np.full((n, 5), np.nan, np.float32)
+    part = _Part(task)
     annotations = None
     backend = None
     backend_seconds = 0.0
     if s["backend"] == "annotations":
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
+        part.source = "annotations"
     pending: list[tuple[int, np.ndarray, float]] = []  # (row, image, scale) waiting for the model
 
     def record(i: int, det, scale: float) -> None:
         det = det.scaled(scale)
-        chosen, box, keypoints[i], scores[i] = to_openpose(det, s["kpt_threshold"])
-        persons[i] = len(det)
+        chosen, box, part.keypoints[i], part.scores[i] = to_openpose(det, s["kpt_threshold"])
+        part.persons[i] = len(det)
         if chosen < 0:
-            status[i], reason[i] = "no_person", "no person detected"
+            part.status[i], part.reason[i] = "no_person", "no person detected"
         else:
-            boxes[i] = box
+            part.boxes[i] = box
 
     def get_backend():
         nonlocal backend, backend_seconds
@@ -327,81 +387,84 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
     if s["backend"] == "fast":
         # the backend reads, decodes and batches the files itself (reader processes, GPU decode, the network and the
         # person choice as CUDA graphs) and hands back whole batches: no per-image Python work on the model's side
-        fast = get_backend()
-        todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
         given = 0
-        for batch in fast.extract_files([Path(task.raw) / task.rows[i]["image"] for i in todo], s["max_pixels"]):
-            r = batch.read
-            rows = todo[given:given + len(r)]
-            given += len(r)
-            for j, i in enumerate(rows.tolist()):
-                width[i], height[i], digest[i] = r.width[j], r.height[j], r.digest[j]
-                status[i], reason[i] = ("ok", None) if r.status[j] == "ok" else ("unreadable", r.reason[j])
-            ok = np.asarray(r.status) == "ok"
-            found = ok & (batch.persons > 0)
-            persons[rows[ok]] = batch.persons[ok]
-            for i in rows[ok & ~found].tolist():
-                status[i], reason[i] = "no_person", "no person detected"
-            keypoints[rows[found]], scores[rows[found]] = coco17_to_openpose18(
-                batch.keypoints[found], batch.scores[found], s["kpt_threshold"])
-            boxes[rows[found]] = batch.boxes[found]
-        if given != len(todo):
-            raise PipelineError(f"the fast backend returned {given} of {len(todo)} files")
+        for batch in get_backend().extract_files(part.paths(), s["max_pixels"]):
+            n = len(batch.read)
+            part.take(batch, 0, n, part.todo[given:given + n])
+            given += n
+        if given != len(part.todo):
+            raise PipelineError(f"the fast backend returned {given} of {len(part.todo)} files")
     else:
         decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
                                      window=2 * s["batch_size"])
         for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
             if decoded is None:
                 continue  # skipped by the listing, reason already set
-            width[i], height[i], digest[i] = decoded.width, decoded.height, decoded.content_hash
+            part.width[i], part.height[i], part.digest[i] = decoded.width, decoded.height, decoded.content_hash
             if decoded.status != "ok":
-                status[i], reason[i] = "unreadable", decoded.reason
+                part.status[i], part.reason[i] = "unreadable", decoded.reason
             elif annotations is not None:
                 xy = annotations.lookup(row["patn_name"], decoded.width)
                 if xy is None:
-                    reason[i] = "not in the annotation CSV(s)"
+                    part.reason[i] = "not in the annotation CSV(s)"
                     continue
-                box, keypoints[i], scores[i] = annotation_row(xy, decoded.width, decoded.height)
-                persons[i] = int(box is not None)
+                box, part.keypoints[i], part.scores[i] = annotation_row(xy, decoded.width, decoded.height)
+                part.persons[i] = int(box is not None)
                 if box is None:
-                    status[i], reason[i] = "no_person", "annotation has no visible keypoint"
+                    part.status[i], part.reason[i] = "no_person", "annotation has no visible keypoint"
                 else:
-                    status[i], reason[i] = "ok", None
-                    boxes[i] = box
+                    part.status[i], part.reason[i] = "ok", None
+                    part.boxes[i] = box
             else:
-                status[i], reason[i] = "ok", None  # until the model finds nobody
+                part.status[i], part.reason[i] = "ok", None  # until the model finds nobody
                 pending.append((i, decoded.image, decoded.scale))
                 if len(pending) >= s["batch_size"]:
                     run_model()
         if pending:
             run_model()
+    statuses, write_seconds = part.write(out)
+    return {"part": task.part, "rows": len(task.rows), "statuses": statuses, "seconds": time.perf_counter() - start,
+            "backend_seconds": backend_seconds, "write_seconds": write_seconds}
 
-    written = time.perf_counter()
-    vis = (keypoints != -1).any(axis=-1)
-    table = table_from_pydict("keypoints", {
-        "image": [r["image"] for r in task.rows],
-        "patn_name": [r["patn_name"] for r in task.rows],
-        "dataset": [r["dataset"] for r in task.rows],
-        "split": [r["split"] for r in task.rows],
-        "identity": [r["identity"] for r in task.rows],
-        "camera": [r["camera"] for r in task.rows],
-        "view": [r["view"] for r in task.rows],
-        "width": width,
-        "height": height,
-        "content_hash": digest,
-        "status": status,
-        "reason": reason,
-        "n_persons": persons,
-        "box": boxes,
-        "keypoints": keypoints,
-        "scores": scores,
-        "n_visible": vis.sum(axis=1).astype(np.int8),
-        "source": ["annotations" if annotations is not None else "yolo"] * n,
-    })
-    write_table(table, Path(out) / f"part-{task.part:05d}.parquet", "keypoints")
-    end = time.perf_counter()
-    return {"part": task.part, "rows": n, "statuses": dict(Counter(status)), "seconds": end - start,
-            "backend_seconds": backend_seconds, "write_seconds": end - written}
+
+def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
+    """The fast backend's partitions in this process as one stream: a single ``extract_files`` over the files of
+    every task, each part written as soon as its last file is back; yields ``extract_partition``'s summaries, in
+    order (a part's seconds: from the previous part's end to its own). Reading and decoding run on from one part
+    into the next, where separate ``extract_partition`` calls empty and refill the backend's pipeline at every
+    part. The files and rows are the same; only the batches differ where a part's size is no multiple of the batch
+    size, which with CUDA graphs moves keypoints by fp16 noise (``PersonGraphs``)."""
+    parts = [_Part(task) for task in tasks]
+    start = time.perf_counter()
+    backend = _task_backend(tasks[0].settings)
+    backend_seconds = time.perf_counter() - start
+    ends = np.cumsum([len(p.todo) for p in parts])  # files read when each part is complete
+    rows = np.concatenate([p.todo for p in parts])
+    done = read = 0  # parts written, files handed back
+
+    def finish_complete() -> Iterator[dict]:
+        nonlocal done, start
+        while done < len(parts) and read >= ends[done]:
+            statuses, write_seconds = parts[done].write(out)
+            now = time.perf_counter()
+            yield {"part": parts[done].task.part, "rows": len(parts[done].task.rows), "statuses": statuses,
+                   "seconds": now - start, "backend_seconds": backend_seconds if done == 0 else 0.0,
+                   "write_seconds": write_seconds}
+            done, start = done + 1, now
+
+    yield from finish_complete()  # leading parts with no file to read
+    paths = [path for p in parts for path in p.paths()]
+    for batch in backend.extract_files(paths, tasks[0].settings["max_pixels"]):
+        n, lo = len(batch.read), 0
+        while lo < n:  # this batch's files, part by part
+            k = int(np.searchsorted(ends, read + lo, side="right"))
+            hi = min(n, int(ends[k]) - read)
+            parts[k].take(batch, lo, hi, rows[read + lo:read + hi])
+            lo = hi
+        read += n
+        yield from finish_complete()
+    if read != len(rows):
+        raise PipelineError(f"the fast backend returned {read} of {len(rows)} files")
 
 
 _ANNOTATIONS: dict[tuple, object] = {}
@@ -700,13 +763,18 @@ class _Workers:
             bar = tqdm(total=sum(len(t.rows) for t in tasks), unit="img", desc="extract", dynamic_ncols=True)
         try:
             if self.client is None:
-                for task in tasks:
-                    try:
-                        done(extract_partition(task, out))
-                    except (PipelineError, SchemaError):
-                        raise
-                    except Exception as exc:
-                        raise failed(task, exc) from exc
+                # in this process the fast backend's parts are one stream; the others run one task at a time
+                if tasks[0].settings["backend"] == "fast":
+                    stream = extract_stream(tasks, out)
+                else:
+                    stream = (extract_partition(task, out) for task in tasks)
+                try:
+                    for summary in stream:
+                        done(summary)
+                except (PipelineError, SchemaError):
+                    raise
+                except Exception as exc:  # in the first part not written yet
+                    raise failed(tasks[len(summaries)], exc) from exc
                 return summaries
             from distributed import as_completed
 

@@ -57,7 +57,7 @@ from pipeline.pose.fast import (
     torch_decodable,
 )
 from pipeline.pose.reading import BatchReader
-from schemas.tables import keypoints_to_numpy
+from schemas.tables import keypoints_to_numpy, read_table
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -461,6 +461,56 @@ def test_extract_with_the_fast_backend_writes_the_reference_table(odd_tree, tmp_
                                             "--run-file", str(tmp_path / "fast" / "extract.json"), "--workers", "0",
                                             "--backend", "ultralytics", "--quiet"])
     assert result.exit_code == 1 and "other settings (backend) (it was made with --backend fast)" in result.output
+
+
+def parts_of(out: Path) -> dict[str, list[dict]]:
+    return {f.name: read_table(f, "keypoints").to_pylist() for f in sorted(out.glob("part-*.parquet"))}
+
+
+def test_in_process_parts_are_one_stream_with_the_table_of_separate_tasks(odd_tree, tmp_path):
+    """``--workers 0`` runs the fast backend's parts as one stream (``extract_stream``), a Dask worker one task at a
+    time (``extract_partition``): the same part files row for row, with batches (3 files) straddling parts (4)."""
+    root, statuses, _ = odd_tree
+    sizes = ("--batch-size", "3", "--partition-size", "4", "--device", "cpu")
+    records = {w: extract_cli(root / "corpus", tmp_path / w, "fast", "--workers", w, *sizes) for w in ("0", "1")}
+    assert records["0"]["workers"] == 0 and records["1"]["workers"] == 1
+    streamed, separate = parts_of(tmp_path / "0" / "kp"), parts_of(tmp_path / "1" / "kp")
+    assert list(streamed) == list(separate) and len(streamed) == -(-len(statuses) // 4) >= 3
+    for name, rows in streamed.items():
+        assert len(rows) == len(separate[name])
+        for got, want in zip(rows, separate[name], strict=True):
+            for key in ("image", "status", "reason", "width", "height", "content_hash", "n_persons", "n_visible"):
+                assert got[key] == want[key], (name, got["image"], key)
+            np.testing.assert_allclose(np.asarray(got["keypoints"], float), np.asarray(want["keypoints"], float),
+                                       atol=1e-3, err_msg=got["image"])
+    assert [t[0] for t in records["0"]["tasks"]] == [len(rows) for rows in streamed.values()]
+
+
+def test_a_failure_inside_the_stream_names_its_part_and_keeps_the_parts_before(odd_tree, tmp_path, monkeypatch):
+    root, statuses, _ = odd_tree
+    real = FastBackend.extract_files
+
+    def fails_at_the_fourth_batch(self, paths, max_pixels=40_000_000):
+        for k, batch in enumerate(real(self, paths, max_pixels)):
+            if k == 3:
+                raise OSError("the disk went away")
+            yield batch
+
+    monkeypatch.setattr(FastBackend, "extract_files", fails_at_the_fourth_batch)
+    args = ["extract", str(root / "corpus"), "--out", str(tmp_path / "kp"), "--run-file", str(tmp_path / "x.json"),
+            "--workers", "0", "--backend", "fast", "--device", "cpu", "--batch-size", "3", "--partition-size", "4",
+            "--quiet"]
+    result = CliRunner().invoke(data_main, args)
+    assert result.exit_code == 1
+    # 9 files came back: parts 0 (files 0-3) and 1 (4-7) are written, part 2 failed
+    assert sorted(parts_of(tmp_path / "kp")) == ["part-00000.parquet", "part-00001.parquet"]
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: part 2 (from ") and "OSError: the disk went away" in line
+    monkeypatch.setattr(FastBackend, "extract_files", real)
+    result = CliRunner().invoke(data_main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["already_done"] == 8 and record["rows"] == len(statuses)
 
 
 def test_auto_backend_is_fast_only_with_a_gpu(tmp_path):
