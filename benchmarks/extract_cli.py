@@ -59,7 +59,8 @@ def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> di
     tasks = record["tasks"]
     return {"wall_seconds": round(wall, 2), "images_per_s": round(images / wall, 1),
             "run_seconds": record["seconds"], "listing_seconds": record.get("listing_seconds"),
-            "task_seconds": record["task_seconds"], "first_task_seconds": tasks[0][1] if tasks else None,
+            "task_seconds": record["task_seconds"], "first_tasks_seconds": [t[1] for t in tasks[:3]],
+            "first_batch_seconds": record.get("first_batch_seconds"),
             "tasks": len(tasks), "task_write_seconds": record.get("task_write_seconds"),
             "task_backend_seconds": record.get("task_backend_seconds"),
             "warm_up_seconds": [w["seconds"] for w in record.get("warm_ups", [])] or None,

@@ -11,13 +11,16 @@ Every listed file gets exactly one row with a status and, when not ``ok``, a rea
 
 By default a ``distributed.LocalCluster`` runs one single-threaded worker process per visible GPU, each
 pinned to its GPU, or CPU workers when there is none; ``scheduler=ADDRESS`` uses an existing cluster;
-``workers=0`` runs the same tasks in this process (debugging, tiny sets). ``extract.json`` records the
-run: it is written at the start (``complete: false``, so a resume can check it continues the same
-settings) and again at the end with counts and speed.
+``workers=0`` runs the same tasks in this process, where the fast backend's parts are one stream
+(``extract_stream``: its reading runs on from part to part). The workers start, load their model and warm it
+up (``warm_worker``) on a thread while this process lists the files. ``extract.json`` records the run: it is
+written at the start (``complete: false``, so a resume can check it continues the same settings) and again at
+the end with counts and speed, and with where the time went (listing, warm-ups, tasks, part writes).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -26,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -291,8 +294,10 @@ class _Part:
         self.todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
         """The rows a model reads, in order."""
 
-    def paths(self) -> list[Path]:
-        return [Path(self.task.raw) / self.task.rows[i]["image"] for i in self.todo]
+    def paths(self) -> list[str]:
+        """The files of ``todo``: plain strings, which are all the reader needs (a ``Path`` each costs 10x more)."""
+        raw, rows = self.task.raw, self.task.rows
+        return [os.path.join(raw, rows[i]["image"]) for i in self.todo.tolist()]
 
     def take(self, batch, lo: int, hi: int, rows: np.ndarray) -> None:
         """Files ``lo:hi`` of a fast backend's ``PersonBatch`` are this part's ``rows``."""
@@ -354,6 +359,7 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
     annotations = None
     backend = None
     backend_seconds = 0.0
+    first_batch = None  # seconds until the fast backend's first batch came back
     if s["backend"] == "annotations":
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
         part.source = "annotations"
@@ -389,6 +395,8 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
         # person choice as CUDA graphs) and hands back whole batches: no per-image Python work on the model's side
         given = 0
         for batch in get_backend().extract_files(part.paths(), s["max_pixels"]):
+            if not given:
+                first_batch = time.perf_counter() - start
             n = len(batch.read)
             part.take(batch, 0, n, part.todo[given:given + n])
             given += n
@@ -424,7 +432,7 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
             run_model()
     statuses, write_seconds = part.write(out)
     return {"part": task.part, "rows": len(task.rows), "statuses": statuses, "seconds": time.perf_counter() - start,
-            "backend_seconds": backend_seconds, "write_seconds": write_seconds}
+            "backend_seconds": backend_seconds, "write_seconds": write_seconds, "first_batch_seconds": first_batch}
 
 
 def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
@@ -441,6 +449,7 @@ def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
     ends = np.cumsum([len(p.todo) for p in parts])  # files read when each part is complete
     rows = np.concatenate([p.todo for p in parts])
     done = read = 0  # parts written, files handed back
+    first_batch = None
 
     def finish_complete() -> Iterator[dict]:
         nonlocal done, start
@@ -449,12 +458,14 @@ def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
             now = time.perf_counter()
             yield {"part": parts[done].task.part, "rows": len(parts[done].task.rows), "statuses": statuses,
                    "seconds": now - start, "backend_seconds": backend_seconds if done == 0 else 0.0,
-                   "write_seconds": write_seconds}
+                   "write_seconds": write_seconds, "first_batch_seconds": first_batch if done == 0 else None}
             done, start = done + 1, now
 
     yield from finish_complete()  # leading parts with no file to read
     paths = [path for p in parts for path in p.paths()]
     for batch in backend.extract_files(paths, tasks[0].settings["max_pixels"]):
+        if first_batch is None:
+            first_batch = time.perf_counter() - start
         n, lo = len(batch.read), 0
         while lo < n:  # this batch's files, part by part
             k = int(np.searchsorted(ends, read + lo, side="right"))
@@ -552,18 +563,32 @@ def _write_run(cfg: ExtractConfig, record: dict) -> None:
         f.write("\n")
 
 
-def default_workers() -> tuple[int, int]:
-    """(workers, torch threads per worker): one per GPU, else one CPU worker per 4 cores.
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
-    Below 8 cores the work runs in this process (0 workers): a single worker process only adds its start-up
-    and, on 2 cores, ran at half the in-process speed (benchmarks/results/extract-cpu-2core.jsonl).
+
+def _row_dict(row) -> dict:
+    """A listed ``RawImage`` as a task's row: its fields, shallow (``dataclasses.asdict`` deep-copies every value:
+    seconds of the driver's time for 200,000 files)."""
+    return {name: getattr(row, name) for name in _field_names(type(row))}
+
+
+def default_workers() -> tuple[int, int]:
+    """(workers, torch threads per worker): one per GPU when there are several, else one CPU worker per 4 cores.
+
+    With one GPU, or below 8 cores without one, the work runs in this process (0 workers): a single worker
+    process only adds its start-up and the hand-over of every task. On one H200 this process ran 200,000 JPEGs
+    1.3x faster end to end than one worker (``benchmarks/results/extract-h200.jsonl``, extract_cli lines), its
+    parts streaming at 13-15k img/s against 8-10k; on 2 CPU cores one worker ran at half the in-process speed
+    (``extract-cpu-2core.jsonl``).
     """
     import torch
 
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        return gpus, max(1, cores // gpus)
+        return (gpus if gpus > 1 else 0), max(1, cores // gpus)
     workers = cores // 4
     if workers <= 1:
         return 0, cores
@@ -629,7 +654,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         task_settings = {**settings, **worker_settings}
         first = max(parts, default=-1) + 1
         tasks = [
-            PartitionTask(first + k, [asdict(r) for r in todo[i:i + partition_size]], str(raw), task_settings)
+            PartitionTask(first + k, [_row_dict(r) for r in todo[i:i + partition_size]], str(raw), task_settings)
             for k, i in enumerate(range(0, len(todo), partition_size))
         ]
         listing_seconds = time.perf_counter() - started
@@ -661,6 +686,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         # of task_seconds: getting the backend (a model load when not warmed up) and writing the part files
         task_backend_seconds=round(sum(s.get("backend_seconds", 0.0) for s in summaries), 3),
         task_write_seconds=round(sum(s.get("write_seconds", 0.0) for s in summaries), 3),
+        # the fast backend: from the first task's start to its first batch back (reader and device pipeline filled)
+        first_batch_seconds=summaries[0].get("first_batch_seconds") if summaries else None,
         warm_ups=warm_ups,
         images_per_second=round(processed / seconds, 2) if seconds > 0 else None,
         workers=workers if cfg.scheduler is None else None,
