@@ -13,6 +13,9 @@
 #   bench    extract_bench.py --backend fast on 100,000 JPEGs against a YOLO.predict loop on the first 20,000
 #   scale    extract_scaling.py on a machine with several GPUs: 200,000 JPEGs with 1 and 2 workers (a GPU each), not
 #            in the default parts
+#   e2e      extract_cli.py: `pgpig-data extract` of E2E_IMAGES (200,000) JPEGs in fresh processes, E2E_RUNS (default
+#            old:1,new:0) twice over, where "old" is .bench-old/ (make it with `git archive COMMIT pipeline schemas
+#            pgpig | tar -x -C .bench-old`, and carry it); not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -80,5 +83,11 @@ if has scale; then
     stamp scale
     $py benchmarks/extract_scaling.py --workers "${SCALE_WORKERS:-1,2}" --images "${SCALE_IMAGES:-200000}" \
         --label "$card, $(nvidia-smi -L | wc -l) GPUs visible" 2> "$out/scale.err" | tee -a "$out/extract.jsonl"
+fi
+if has e2e; then
+    stamp e2e
+    $py benchmarks/extract_cli.py --images "${E2E_IMAGES:-200000}" --runs "${E2E_RUNS:-old:1,new:0}" \
+        --tree old=.bench-old --repeat 2 --label "$card, $(nvidia-smi -L | wc -l) GPUs visible" 2> "$out/e2e.err" \
+        | tee -a "$out/extract.jsonl"
 fi
 stamp done
