@@ -12,7 +12,8 @@ Every listed file gets exactly one row with a status and, when not ``ok``, a rea
 By default a ``distributed.LocalCluster`` runs one single-threaded worker process per visible GPU, each
 pinned to its GPU, or CPU workers when there is none; ``scheduler=ADDRESS`` uses an existing cluster;
 ``workers=0`` runs the same tasks in this process, where the fast backend's parts are one stream
-(``extract_stream``: its reading runs on from part to part). The workers start, load their model and warm it
+(``extract_stream``: its reading runs on from part to part); on a cluster each Dask task streams a group of up to
+8 of them (``task_groups``, ``extract_parts``). The workers start, load their model and warm it
 up (``warm_worker``) on a thread while this process lists the files. ``extract.json`` records the run: it is
 written at the start (``complete: false``, so a resume can check it continues the same settings) and again at
 the end with counts and speed, and with where the time went (listing, warm-ups, tasks, part writes).
@@ -478,6 +479,47 @@ def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
         raise PipelineError(f"the fast backend returned {read} of {len(rows)} files")
 
 
+def _part_failed(task: PartitionTask, exc: BaseException) -> PipelineError:
+    # finished parts stay valid: the next run resumes after fixing the cause
+    first = task.rows[0]["image"] if task.rows else "?"
+    return PipelineError(f"part {task.part} (from {first}) failed: {type(exc).__name__}: {exc}; "
+                         "parts written so far are kept, run again to resume")
+
+
+def _run_parts(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
+    """The summaries of ``tasks`` run in this process, in order: the fast backend's parts as one stream
+    (``extract_stream``), the others one ``extract_partition`` at a time. A failure raises a ``PipelineError`` that
+    names the first part not written."""
+    if tasks[0].settings["backend"] == "fast":
+        stream = extract_stream(tasks, out)
+    else:
+        stream = (extract_partition(task, out) for task in tasks)
+    written = 0
+    try:
+        for summary in stream:
+            written += 1
+            yield summary
+    except (PipelineError, SchemaError):
+        raise
+    except Exception as exc:
+        raise _part_failed(tasks[written], exc) from exc
+
+
+def extract_parts(tasks: list[PartitionTask], out: str) -> list[dict]:
+    """Several partitions as one Dask task: with the fast backend a worker streams a group of parts, as this process
+    does with all of them (``_run_parts``), instead of refilling its pipeline at every part."""
+    return list(_run_parts(tasks, out))
+
+
+def task_groups(tasks: list[PartitionTask], workers: int) -> list[list[PartitionTask]]:
+    """The Dask tasks of a run: the fast backend's parts in groups of up to 8, at least 4 groups per worker where
+    there are enough parts (so that the last ones still spread over the workers); other backends' one by one."""
+    if not tasks or tasks[0].settings["backend"] != "fast":
+        return [[task] for task in tasks]
+    size = max(1, min(8, len(tasks) // (4 * max(1, workers))))
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
+
+
 _ANNOTATIONS: dict[tuple, object] = {}
 
 
@@ -775,12 +817,6 @@ class _Workers:
                 bar.update(summary["rows"])
                 bar.set_postfix(counts, refresh=False)
 
-        def failed(task: PartitionTask, exc: BaseException) -> PipelineError:
-            # finished parts stay valid: the next run resumes after fixing the cause
-            first = task.rows[0]["image"] if task.rows else "?"
-            return PipelineError(f"part {task.part} (from {first}) failed: {type(exc).__name__}: {exc}; "
-                                 "parts written so far are kept, run again to resume")
-
         self._ready()
         if self.client is not None:
             log(f"dask: {len(self.client.scheduler_info()['workers'])} workers, dashboard {self.client.dashboard_link}")
@@ -790,28 +826,23 @@ class _Workers:
             bar = tqdm(total=sum(len(t.rows) for t in tasks), unit="img", desc="extract", dynamic_ncols=True)
         try:
             if self.client is None:
-                # in this process the fast backend's parts are one stream; the others run one task at a time
-                if tasks[0].settings["backend"] == "fast":
-                    stream = extract_stream(tasks, out)
-                else:
-                    stream = (extract_partition(task, out) for task in tasks)
-                try:
-                    for summary in stream:
-                        done(summary)
-                except (PipelineError, SchemaError):
-                    raise
-                except Exception as exc:  # in the first part not written yet
-                    raise failed(tasks[len(summaries)], exc) from exc
+                for summary in _run_parts(tasks, out):
+                    done(summary)
                 return summaries
             from distributed import as_completed
 
-            futures = self.client.map(extract_partition, tasks, out=out, pure=False)
-            task_of = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+            groups = task_groups(tasks, len(self.client.scheduler_info()["workers"]))
+            futures = self.client.map(extract_parts, groups, out=out, pure=False)
+            group_of = {f.key: g for f, g in zip(futures, groups, strict=True)}
             for future in as_completed(futures):
                 try:
-                    done(future.result())
-                except Exception as exc:
-                    raise failed(task_of[future.key], exc) from exc
+                    results = future.result()
+                except (PipelineError, SchemaError):
+                    raise  # named by the worker
+                except Exception as exc:  # the worker was lost, or could not run it
+                    raise _part_failed(group_of[future.key][0], exc) from exc
+                for summary in results:
+                    done(summary)
         finally:
             if bar is not None:
                 bar.close()

@@ -467,23 +467,50 @@ def parts_of(out: Path) -> dict[str, list[dict]]:
     return {f.name: read_table(f, "keypoints").to_pylist() for f in sorted(out.glob("part-*.parquet"))}
 
 
-def test_in_process_parts_are_one_stream_with_the_table_of_separate_tasks(odd_tree, tmp_path):
-    """``--workers 0`` runs the fast backend's parts as one stream (``extract_stream``), a Dask worker one task at a
-    time (``extract_partition``): the same part files row for row, with batches (3 files) straddling parts (4)."""
+def assert_same_parts(got: dict[str, list[dict]], want: dict[str, list[dict]]) -> None:
+    assert list(got) == list(want)
+    for name, rows in got.items():
+        assert len(rows) == len(want[name])
+        for g, w in zip(rows, want[name], strict=True):
+            for key in ("image", "status", "reason", "width", "height", "content_hash", "n_persons", "n_visible"):
+                assert g[key] == w[key], (name, g["image"], key)
+            np.testing.assert_allclose(np.asarray(g["keypoints"], float), np.asarray(w["keypoints"], float),
+                                       atol=1e-3, err_msg=g["image"])
+
+
+@pytest.mark.parametrize("partition", [4, 1])
+def test_in_process_parts_are_one_stream_with_the_table_of_a_dask_worker(odd_tree, tmp_path, partition):
+    """``--workers 0`` runs the fast backend's parts as one stream (``extract_stream``); a Dask worker gets them one
+    task at a time (4 files a part: 4 parts, groups of 1) or streams groups of them (1 file a part: 13 parts,
+    groups of 3, ``task_groups``): the same part files row for row, batches (3 files) straddling the parts."""
     root, statuses, _ = odd_tree
-    sizes = ("--batch-size", "3", "--partition-size", "4", "--device", "cpu")
+    sizes = ("--batch-size", "3", "--partition-size", str(partition), "--device", "cpu")
     records = {w: extract_cli(root / "corpus", tmp_path / w, "fast", "--workers", w, *sizes) for w in ("0", "1")}
     assert records["0"]["workers"] == 0 and records["1"]["workers"] == 1
-    streamed, separate = parts_of(tmp_path / "0" / "kp"), parts_of(tmp_path / "1" / "kp")
-    assert list(streamed) == list(separate) and len(streamed) == -(-len(statuses) // 4) >= 3
-    for name, rows in streamed.items():
-        assert len(rows) == len(separate[name])
-        for got, want in zip(rows, separate[name], strict=True):
-            for key in ("image", "status", "reason", "width", "height", "content_hash", "n_persons", "n_visible"):
-                assert got[key] == want[key], (name, got["image"], key)
-            np.testing.assert_allclose(np.asarray(got["keypoints"], float), np.asarray(want["keypoints"], float),
-                                       atol=1e-3, err_msg=got["image"])
-    assert [t[0] for t in records["0"]["tasks"]] == [len(rows) for rows in streamed.values()]
+    streamed = parts_of(tmp_path / "0" / "kp")
+    assert len(streamed) == -(-len(statuses) // partition) >= 4
+    assert_same_parts(parts_of(tmp_path / "1" / "kp"), streamed)
+    for record in records.values():
+        assert sorted(t[0] for t in record["tasks"]) == sorted(len(rows) for rows in streamed.values())
+    assert records["0"]["first_batch_seconds"] > 0
+
+
+def test_task_groups_stream_up_to_8_parts_and_keep_4_groups_per_worker():
+    from pipeline.extract import PartitionTask, task_groups
+
+    def tasks(n: int, backend: str = "fast") -> list[PartitionTask]:
+        return [PartitionTask(k, [], "/raw", {"backend": backend}) for k in range(n)]
+
+    def sizes(n: int, workers: int, backend: str = "fast") -> list[int]:
+        groups = task_groups(tasks(n, backend), workers)
+        assert [t.part for g in groups for t in g] == list(range(n))  # every part once, in order
+        return [len(g) for g in groups]
+
+    assert sizes(49, 2) == [6] * 8 + [1]
+    assert sizes(49, 1) == [8] * 6 + [1]
+    assert sizes(1000, 8) == [8] * 125
+    assert sizes(7, 2) == [1] * 7 and sizes(0, 2) == []
+    assert sizes(49, 2, "ultralytics") == [1] * 49
 
 
 def test_a_failure_inside_the_stream_names_its_part_and_keeps_the_parts_before(odd_tree, tmp_path, monkeypatch):
