@@ -778,7 +778,10 @@ class _Workers:
         self.cfg, self.workers, self.settings = cfg, workers, settings
         self.local = cfg.scheduler is None and workers == 0
         self.cluster = self.client = None
-        self._warm: list = []  # results in this process, futures on a cluster
+        self._warmed: list[dict] = []  # the warm-ups' results (in this process)
+        self._warming: set = set()  # the warm-ups' futures still running on the cluster
+        self._finished: list = []  # and those that finished
+        self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._start, name="extract-start", daemon=True)
         self._thread.start()
@@ -786,18 +789,26 @@ class _Workers:
     def _start(self) -> None:
         try:
             if self.local:
-                self._warm = [warm_worker(self.settings)]
+                self._warmed.append(warm_worker(self.settings))
                 return
             from distributed import Client
 
             if self.cfg.scheduler is None:
                 self.cluster = _local_cluster(self.workers, self.cfg.threads, self.settings["torch_threads"])
             self.client = Client(self.cfg.scheduler or self.cluster)
-            self._warm = [self.client.submit(warm_worker, self.settings, workers=[address], allow_other_workers=False,
-                                             pure=False)
-                          for address in self.client.scheduler_info()["workers"]]
+            for address in self.client.scheduler_info()["workers"]:
+                future = self.client.submit(warm_worker, self.settings, workers=[address], allow_other_workers=False,
+                                            pure=False)
+                with self._lock:
+                    self._warming.add(future)
+                future.add_done_callback(self._warm_done)
         except BaseException as exc:  # noqa: BLE001 - raised by run(), in the caller's thread
             self._error = exc
+
+    def _warm_done(self, future) -> None:
+        with self._lock:
+            self._warming.discard(future)
+            self._finished.append(future)
 
     def _ready(self) -> None:
         self._thread.join()
@@ -849,22 +860,34 @@ class _Workers:
         return summaries
 
     def warm_ups(self) -> list[dict]:
-        """Each worker's ``warm_worker`` result (seconds, error): those that have finished."""
+        """Each worker's ``warm_worker`` result (seconds, error): those that have finished, and whose worker still
+        holds it. Their futures are released: a result that the client holds is computed again when its worker is
+        lost, and a warm-up pinned to a lost worker would wait for it forever (and ``close`` with it)."""
         self._ready()
-        if self.client is None:
-            return list(self._warm)
-        return [f.result() for f in self._warm if f.done() and f.status == "finished"]
+        with self._lock:
+            finished, self._finished = self._finished, []
+        results = list(self._warmed)
+        for future in finished:
+            if future.status == "finished":
+                try:
+                    results.append(future.result(timeout=10))
+                except Exception:  # noqa: BLE001 - its worker went away meanwhile: the record goes without it
+                    pass
+            future.release()
+        return results
 
     def close(self) -> None:
-        """Stop the cluster this run started; an outside scheduler stays. Waits for the start and the warm-ups
-        first, as in this process (a run that stopped early, at a listing error, would otherwise leave each
-        warming worker logging its cancelled task)."""
+        """Stop the cluster this run started; an outside scheduler stays. Waits for the start and for warm-ups still
+        running, as in this process (a run that stopped early, at a listing error, would otherwise leave each
+        warming worker logging its cancelled task), at most a minute."""
         self._thread.join()
         if self.client is not None:
             from distributed import wait
 
+            with self._lock:
+                running = list(self._warming)
             try:
-                wait(self._warm, timeout=120)
+                wait(running, timeout=60)
             except TimeoutError:
                 pass  # closing cancels it
             self.client.close()
