@@ -251,14 +251,11 @@ def _task_backend(s: dict):
     # ultralytics sets torch's threads to cores - 1 when it picks the CPU (at its first predict): each caller sets
     # this worker's share again after such a call
     _set_torch_threads(s.get("torch_threads"))
+    options = {"model": s["model"], "imgsz": s["imgsz"], "conf": s["conf"], "device": _worker_device(s["device"]),
+               "batch_size": s["batch_size"]}
     if s["backend"] == "fast":
-        backend = cached_backend("fast", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
-                                 device=_worker_device(s["device"]), batch_size=s["batch_size"],
-                                 read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
-    else:
-        backend = cached_backend("ultralytics", model=s["model"], imgsz=s["imgsz"], conf=s["conf"],
-                                 device=_worker_device(s["device"]), batch_size=s["batch_size"])
-    return backend
+        options.update(read_threads=s.get("decode_threads", 4), read_processes=s.get("read_processes", 0))
+    return cached_backend(s["backend"], **options)
 
 
 def warm_worker(settings: dict) -> dict:
@@ -350,17 +347,20 @@ class _Part:
 def extract_partition(task: PartitionTask, out: str) -> dict:
     """Process one partition and write its part file; returns ``{"part", "rows", "statuses", "seconds",
     "backend_seconds", "write_seconds"}`` (the last two: getting the backend, which loads the model unless a
-    warm-up or an earlier task did, and building and writing the part file)."""
+    warm-up or an earlier task did, and building and writing the part file). The fast backend's partition is a
+    stream of one (``extract_stream``)."""
     from pipeline.pose import to_openpose
     from pipeline.pose.annotations import annotation_row
 
+    if task.settings["backend"] == "fast":
+        (summary,) = extract_stream([task], out)
+        return summary
     start = time.perf_counter()
     s = task.settings
     part = _Part(task)
     annotations = None
     backend = None
     backend_seconds = 0.0
-    first_batch = None  # seconds until the fast backend's first batch came back
     if s["backend"] == "annotations":
         annotations = _cached_annotations(tuple(s["annotations"]), s["dataset"])
         part.source = "annotations"
@@ -391,58 +391,47 @@ def extract_partition(task: PartitionTask, out: str) -> dict:
             record(i, det, scale)
         pending.clear()
 
-    if s["backend"] == "fast":
-        # the backend reads, decodes and batches the files itself (reader processes, GPU decode, the network and the
-        # person choice as CUDA graphs) and hands back whole batches: no per-image Python work on the model's side
-        given = 0
-        for batch in get_backend().extract_files(part.paths(), s["max_pixels"]):
-            if not given:
-                first_batch = time.perf_counter() - start
-            n = len(batch.read)
-            part.take(batch, 0, n, part.todo[given:given + n])
-            given += n
-        if given != len(part.todo):
-            raise PipelineError(f"the fast backend returned {given} of {len(part.todo)} files")
-    else:
-        decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
-                                     window=2 * s["batch_size"])
-        for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
-            if decoded is None:
-                continue  # skipped by the listing, reason already set
-            part.width[i], part.height[i], part.digest[i] = decoded.width, decoded.height, decoded.content_hash
-            if decoded.status != "ok":
-                part.status[i], part.reason[i] = "unreadable", decoded.reason
-            elif annotations is not None:
-                xy = annotations.lookup(row["patn_name"], decoded.width)
-                if xy is None:
-                    part.reason[i] = "not in the annotation CSV(s)"
-                    continue
-                box, part.keypoints[i], part.scores[i] = annotation_row(xy, decoded.width, decoded.height)
-                part.persons[i] = int(box is not None)
-                if box is None:
-                    part.status[i], part.reason[i] = "no_person", "annotation has no visible keypoint"
-                else:
-                    part.status[i], part.reason[i] = "ok", None
-                    part.boxes[i] = box
+    decoded_rows = _decode_ahead(task.rows, task.raw, s["max_pixels"], s.get("decode_threads", 4),
+                                 window=2 * s["batch_size"])
+    for i, (row, decoded) in enumerate(zip(task.rows, decoded_rows, strict=True)):
+        if decoded is None:
+            continue  # skipped by the listing, reason already set
+        part.width[i], part.height[i], part.digest[i] = decoded.width, decoded.height, decoded.content_hash
+        if decoded.status != "ok":
+            part.status[i], part.reason[i] = "unreadable", decoded.reason
+        elif annotations is not None:
+            xy = annotations.lookup(row["patn_name"], decoded.width)
+            if xy is None:
+                part.reason[i] = "not in the annotation CSV(s)"
+                continue
+            box, part.keypoints[i], part.scores[i] = annotation_row(xy, decoded.width, decoded.height)
+            part.persons[i] = int(box is not None)
+            if box is None:
+                part.status[i], part.reason[i] = "no_person", "annotation has no visible keypoint"
             else:
-                part.status[i], part.reason[i] = "ok", None  # until the model finds nobody
-                pending.append((i, decoded.image, decoded.scale))
-                if len(pending) >= s["batch_size"]:
-                    run_model()
-        if pending:
-            run_model()
+                part.status[i], part.reason[i] = "ok", None
+                part.boxes[i] = box
+        else:
+            part.status[i], part.reason[i] = "ok", None  # until the model finds nobody
+            pending.append((i, decoded.image, decoded.scale))
+            if len(pending) >= s["batch_size"]:
+                run_model()
+    if pending:
+        run_model()
     statuses, write_seconds = part.write(out)
     return {"part": task.part, "rows": len(task.rows), "statuses": statuses, "seconds": time.perf_counter() - start,
-            "backend_seconds": backend_seconds, "write_seconds": write_seconds, "first_batch_seconds": first_batch}
+            "backend_seconds": backend_seconds, "write_seconds": write_seconds}
 
 
 def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
     """The fast backend's partitions in this process as one stream: a single ``extract_files`` over the files of
     every task, each part written as soon as its last file is back; yields ``extract_partition``'s summaries, in
-    order (a part's seconds: from the previous part's end to its own). Reading and decoding run on from one part
-    into the next, where separate ``extract_partition`` calls empty and refill the backend's pipeline at every
-    part. The files and rows are the same; only the batches differ where a part's size is no multiple of the batch
-    size, which with CUDA graphs moves keypoints by fp16 noise (``PersonGraphs``)."""
+    order (a part's seconds: from the previous part's end to its own; the first part's also has
+    ``first_batch_seconds``). The backend reads, decodes and batches the files itself (reader processes, GPU decode,
+    the network and the person choice as CUDA graphs) and hands back whole batches, and its reading runs on from one
+    part into the next, where a call per part would empty and refill that pipeline at every part. However the parts
+    are grouped into streams, the files and rows are the same; only the batches differ where a part's size is no
+    multiple of the batch size, which with CUDA graphs moves keypoints by fp16 noise (``PersonGraphs``)."""
     parts = [_Part(task) for task in tasks]
     start = time.perf_counter()
     backend = _task_backend(tasks[0].settings)
