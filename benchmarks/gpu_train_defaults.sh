@@ -17,8 +17,8 @@
 #   sync     sync_points.py: where `pgpig train` makes the host wait for the GPU, for the Market-1501 recipes of
 #            stage 1 (SYNC_RECIPES) on SHARDS_ROOT/mk-shards, not in the default parts
 # SHARDS_ROOT (default .bench-data) gets mk-shards (160 Market mannequin images) and df-shards (48 DeepFashion ones,
-# 256x256) where they are missing, made on the CPU in seconds by tests/corpus.py's mannequin_shards (synth, extract
-# from the annotations, pair); made here, they can travel to the device machine in `carry`.
+# 256x256) where they are missing, made on the CPU in seconds by benchmarks/mannequin_shards.py (tests/corpus.py's
+# helper: synth, extract from the annotations, pair); made here, they can travel to the device machine in `carry`.
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager compile loader}
@@ -29,15 +29,7 @@ has() { [[ " $parts " == *" $1 "* ]]; }
 make_shards() {  # NAME LAYOUT IDENTITIES POSES: SHARDS_ROOT/NAME-shards (train, test), unless it is there
     local work="$shards/$1-work"
     [[ -f "$shards/$1-shards/train/manifest.json" ]] && return
-    if ! $py - "$work" "$2" "$3" "$4" <<'PY'
-import sys
-from pathlib import Path
-sys.path[:0] = ["tests", "."]
-from corpus import mannequin_shards
-work, layout, identities, poses = sys.argv[1:]
-mannequin_shards(Path(work), layout, int(identities), int(poses), splits=("train", "test"), seed=0)
-PY
-    then
+    if ! $py benchmarks/mannequin_shards.py "$work" "$2" "$3" "$4" > /dev/null; then
         echo "could not make $shards/$1-shards" >&2
         exit 1
     fi

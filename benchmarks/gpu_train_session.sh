@@ -3,8 +3,8 @@
 #   bash benchmarks/gpu_train_session.sh OUT_DIR
 # 1. train_bench.py at both PATN paper recipes (Market-1501 128x64 batch 32, DeepFashion 256x176 batch 7), AMP off/bf16/fp16,
 #    and bf16 with channels-last;
-# 2. the DeepFashion-recipe data loader on a 256x256 mannequin shard set (tests/corpus.py's mannequin_shards:
-#    synth -> extract --annotations -> pair, the helper the tests use);
+# 2. the DeepFashion-recipe data loader on a 256x256 mannequin shard set (benchmarks/mannequin_shards.py:
+#    synth -> extract --annotations -> pair, by the helper the tests use);
 # 3. `pgpig train` end to end on the GPU (Market mannequins, demo sizes, bf16) and `pgpig generate` from its run.
 set -euo pipefail
 out=${1:?output folder}
@@ -16,23 +16,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.t
 $py benchmarks/train_bench.py --recipe workflows/market1501/patn.yaml --amp none,bf16,fp16 --steps 40 | tee -a "$out/train.jsonl"
 $py benchmarks/train_bench.py --recipe workflows/market1501/patn.yaml --amp none,bf16 --channels-last --steps 40 | tee -a "$out/train.jsonl"
 
-mannequin_shards() {  # WORK LAYOUT IDENTITIES POSES: synth -> extract --annotations -> pair (train, test) into WORK
-    $py - "$@" <<'PY'
-import sys
-from pathlib import Path
-sys.path[:0] = ["tests", "."]
-from corpus import mannequin_shards
-work, layout, identities, poses = sys.argv[1:]
-mannequin_shards(Path(work), layout, int(identities), int(poses), splits=("train", "test"), seed=0)
-PY
-}
-mannequin_shards "$work/df" deepfashion 150 8
+$py benchmarks/mannequin_shards.py "$work/df" deepfashion 150 8 > /dev/null
 $py benchmarks/train_bench.py --recipe workflows/deepfashion/patn.yaml --amp none,bf16,fp16 --steps 40 \
     --shards "$work/df/shards" | tee -a "$out/train.jsonl"
 $py benchmarks/train_bench.py --recipe workflows/deepfashion/patn.yaml --amp none,bf16 --channels-last --steps 40 | tee -a "$out/train.jsonl"
 
 # end to end on the GPU
-mannequin_shards "$work/mk" market 20 8
+$py benchmarks/mannequin_shards.py "$work/mk" market 20 8 > /dev/null
 $py -m pgpig.cli train --shards "$work/mk/shards" --recipe workflows/demo.yaml --run "$work/run" --amp bf16 \
     --set vgg_weights=null --set allow_random_vgg=true --set steps=300 --quiet 2>&1 | tail -2 | tee "$out/e2e.txt"
 src=$(find "$work/mk/raw" -name '*.jpg' | sort | sed -n 1p)

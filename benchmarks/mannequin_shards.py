@@ -1,0 +1,26 @@
+"""A mannequin shard set for the GPU session scripts: ``tests/corpus.py``'s ``mannequin_shards`` (synth, extract from
+the annotations, pair train and test), the helper the tests use, from the shell.
+
+    python benchmarks/mannequin_shards.py WORK LAYOUT IDENTITIES POSES     # -> WORK/raw, WORK/shards
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+from corpus import mannequin_shards  # noqa: E402
+
+
+def main() -> None:
+    if len(sys.argv) != 5:
+        raise SystemExit(__doc__)
+    work, layout, identities, poses = sys.argv[1:]
+    print(mannequin_shards(Path(work), layout, int(identities), int(poses), splits=("train", "test"), seed=0))
+
+
+if __name__ == "__main__":
+    main()
