@@ -72,7 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--size", default="256x176")
-    parser.add_argument("--runs", default="new:1,new:0", help="TREE:WORKERS, comma-separated; the first is the baseline")
+    parser.add_argument("--runs", default="new:1,new:0",
+                        help="TREE:WORKERS, comma-separated; the first is the baseline")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="another package tree")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--label", default="", help="free text naming the machine")
@@ -83,7 +84,6 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"no --tree for {', '.join(unknown)}")
     import torch
-
     from extract_bench import make_images
 
     h, w = (int(v) for v in args.size.split("x"))
