@@ -69,11 +69,12 @@ def predict_loop(paths: list[Path], device: str, imgsz: int, conf: float, batch:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
+    from pipeline.devices import resolve_device
     from pipeline.pose import choose_person, default_model_path
-    from pipeline.pose.reference import precision_options, resolve_device
+    from pipeline.pose.reference import precision_options
     from schemas.keypoints import coco17_to_openpose18
 
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     model = YOLO(str(default_model_path()), task="pose")
     model.predict([str(paths[0])], imgsz=imgsz, device=device, verbose=False)  # warm-up, as the pipeline's
     out, persons = {}, {}

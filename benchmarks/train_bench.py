@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
 from pgpig.models.objective import generated_image  # noqa: E402
-from pgpig.train import AMP_DTYPES, StepBatch, build, compile_parts, load_config, pose_maps, resolve_device, train_step  # noqa: E402
+from pgpig.train import AMP_DTYPES, StepBatch, build, compile_parts, load_config, pose_maps, train_step  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -14,27 +13,8 @@ import click
 import yaml
 
 from pgpig.errors import TrainError
-from pipeline.cli import package_version
-from pipeline.errors import PipelineError
-from schemas.errors import SchemaError
-
-
-def report_errors(fn):
-    """Print trainer, pipeline and contract errors as one line and exit 1; ``--debug`` shows the traceback.
-
-    ``pipeline.cli.report_errors`` with ``TrainError`` added."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (TrainError, PipelineError, SchemaError) as exc:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+from pipeline.errors import report_errors
+from pipeline.versions import package_version
 
 
 def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
@@ -52,7 +32,7 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(package_version(), "--version", prog_name="pgpig")
+@click.version_option(package_version() or "0+unknown", "--version", prog_name="pgpig")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """pgpig: train and evaluate pose-guided person image generators on pgpig shards.
@@ -107,7 +87,7 @@ def recipes() -> None:
 @click.option("--skip-verify", is_flag=True,
               help="Start without checking the shard files against their manifest (sizes and sha256).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@report_errors
+@report_errors(TrainError)
 def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps, batch_size, device, gpus, amp,
           workers, vgg_weights, settings, skip_verify, quiet) -> None:
     """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder.
@@ -171,7 +151,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for detection [default: the embedded yolo11n-pose.pt].")
-@report_errors
+@report_errors(TrainError)
 def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_model) -> None:
     """Draw the person of --source in the pose of --target-pose with a trained generator; prints the PNG's path.
 
@@ -228,7 +208,7 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for PCKh [default: the embedded yolo11n-pose.pt].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@report_errors
+@report_errors(TrainError)
 def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, metrics, ssim_setting, fid_reference,
                  no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model, quiet) -> None:
     """Score a generator on a split with the papers' metrics; writes eval.json, eval.md and pairs.csv.
@@ -275,7 +255,7 @@ def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, met
               "paper's settings [default: read from the weights' shapes].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder to write (config.yaml, generator.safetensors).")
-@report_errors
+@report_errors(TrainError)
 def import_official(model, checkpoint, dataset, constructor, out) -> None:
     """Turn an official pretrained generator into a run folder for `pgpig generate` and `pgpig eval`.
 

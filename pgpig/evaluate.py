@@ -527,9 +527,9 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     pair and row). Returns the ``eval.json`` content. ``TrainError`` for a bad shard set, run folder or option;
     bad generated images are recorded, not raised.
     """
-    from pgpig.train import resolve_device
-    from pipeline.cli import package_version
+    from pipeline.devices import resolve_device
     from pipeline.shards import ShardSet
+    from pipeline.versions import package_version
 
     log = log or (lambda _line: None)
     _check(cfg)

@@ -56,11 +56,11 @@ from pgpig.train import (
     load_config,
     pose_image,
     pose_maps,
-    resolve_device,
     sample_grid,
     save_png,
 )
 from pipeline.decode import Decoded, decode_image
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from schemas.keypoints import MISSING, NUM_KEYPOINTS
 

@@ -73,10 +73,11 @@ from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
 from pgpig.models.objective import Objective, StepBatch, generated_image
+from pipeline.devices import resolve_device
 from schemas.files import atomic_path, fsync_dir
 
 __all__ = ["HistoryPool", "Parts", "StepBatch", "TrainConfig", "build", "build_generator", "compile_parts",
-           "load_config", "lr_factor", "pair_grid", "pose_image", "pose_maps", "resolve_device", "resolve_speed",
+           "load_config", "lr_factor", "pair_grid", "pose_image", "pose_maps", "resolve_speed",
            "sample_grid",
            "save_png", "step_folders", "train", "train_step"]
 
@@ -355,18 +356,6 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
         v = getattr(cfg, f.name)
         out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    return device
 
 
 def _step_seed(seed: int, step: int, rank: int = 0) -> int:

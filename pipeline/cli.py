@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
-from schemas.errors import SchemaError
-
-
-def package_version() -> str:
-    try:
-        return version("pgpig")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
-
-
-def report_errors(fn):
-    """Print pipeline and contract errors as one line and exit 1; ``--debug`` shows the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (PipelineError, SchemaError) as exc:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+from pipeline.errors import report_errors
+from pipeline.versions import package_version
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
@@ -50,7 +25,7 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(package_version(), "--version", prog_name="pgpig-data")
+@click.version_option(package_version() or "0+unknown", "--version", prog_name="pgpig-data")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """pgpig's data pipeline: raw person images → keypoints → training pairs in shards.
@@ -77,7 +52,7 @@ def main(debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier synth run in OUT.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Drawing processes [default: CPU count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@report_errors
+@report_errors()
 def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size: str | None, seed: int,
           distractors: int, overwrite: bool, workers: int | None, quiet: bool) -> None:
     """Write the mannequin data set: procedural people with exact keypoints, in a real raw layout.
@@ -137,7 +112,7 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
 @click.option("--overwrite", is_flag=True, help="Discard earlier parts and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@report_errors
+@report_errors()
 def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
             annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size,
             partition_size, workers, threads: int, read_processes, scheduler, overwrite: bool, quiet: bool) -> None:
@@ -170,7 +145,7 @@ def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres:
               type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of keypoint parts.")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Only this split.")
 @click.option("--patn-crop", is_flag=True, help="DeepFashion: write in PATN's 256x176 crop frame.")
-@report_errors
+@report_errors()
 def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool) -> None:
     """Write the ok rows of a keypoints table as a PATN annotation CSV (name:keypoints_y:keypoints_x)."""
     from pipeline.extract import export_annotations
@@ -219,7 +194,7 @@ def _no_cap(value: int | None) -> int | None:
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Write shard files on an existing Dask cluster.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing shard set of this split.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@report_errors
+@report_errors()
 def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, size: str | None,
          images_per_shard: int, seed: int, min_visible, required_joints, max_persons, min_height, max_pairs,
          max_pairs_per_identity, pairs_csv, compression, dask_workers: int, scheduler, overwrite: bool,
@@ -260,7 +235,7 @@ def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, s
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@report_errors
+@report_errors()
 def verify(folder: Path) -> None:
     """Check a shard set: every file listed, unchanged, readable, with the listed rows; exit 1 on problems."""
     from pipeline.shards import verify_shard_set
@@ -280,7 +255,7 @@ def verify(folder: Path) -> None:
 @main.command("export-pairs")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_csv", type=click.Path(dir_okay=False, path_type=Path))
-@report_errors
+@report_errors()
 def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
     """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none)."""
     from pipeline.pair import export_pairs
@@ -295,7 +270,7 @@ def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
 @click.option("--identities", type=click.IntRange(4), default=40, help="Mannequin identities (half train, half test).")
 @click.option("--device", default="auto", help="auto, cpu or cuda for extraction and training.")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
-@report_errors
+@report_errors()
 def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -> None:
     """Run the whole product on what ships with the installed packages, into OUT (a few CPU minutes).
 
@@ -333,7 +308,7 @@ def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -
               help="The extract run record [default: extract.json beside the keypoints folder, or here].")
 @click.option("--verify", "verify_mode", default="full", type=click.Choice(["full", "files", "none"]),
               help="Shard check: full = `pgpig-data verify` (decodes every image); files = sizes and sha256; none.")
-@report_errors
+@report_errors()
 def report(keypoints_dir: Path, shards_dir: Path, out: Path, samples: int, seed: int, raw, run_file,
            verify_mode: str) -> None:
     """Write one self-contained HTML page of the keypoints and shards made so far, and its numbers as JSON.

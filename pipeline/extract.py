@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import re
 import threading
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
+from pipeline.versions import library_versions
 from schemas.errors import SchemaError
 from schemas.files import atomic_write, sha256_file
 from schemas.tables import (
@@ -168,18 +168,6 @@ def run_settings(cfg: ExtractConfig, dataset: str) -> dict:
     else:
         settings.update(imgsz=None, conf=None, kpt_threshold=None)
     return settings
-
-
-def _library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("pgpig", "torch", "ultralytics", "dask", "distributed", "numpy", "opencv-python", "pyarrow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 # ---------------------------------------------------------------- the task (runs on a worker)
@@ -674,7 +662,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             "raw": str(raw),
             "out": str(Path(cfg.out).resolve()),
             "settings": settings,
-            "versions": _library_versions(),
+            "versions": library_versions(),
             "listed": len(listed),
             "already_done": len(listed) - len(todo),
             "complete": False,

@@ -37,7 +37,6 @@ Decisions:
 from __future__ import annotations
 
 import bisect
-import importlib.metadata
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +52,7 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import PNG_MAGIC, decode_bytes
 from pipeline.errors import PipelineError
+from pipeline.versions import package_version
 from schemas.errors import SchemaError
 from schemas.files import atomic_path, atomic_write, fsync_dir, safe_join
 from schemas.keypoints import MISSING, NUM_KEYPOINTS, visible_mask
@@ -476,20 +476,13 @@ def write_shard_set(folder: str | os.PathLike, *, split: str, dataset: str | Non
         extract=dict(extract or {}),
         dataset=dataset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        pgpig_version=_pgpig_version(),
+        pgpig_version=package_version(),
     )
     try:
         manifest.write(folder)
     except SchemaError as exc:
         raise PipelineError(str(exc)) from None
     return manifest
-
-
-def _pgpig_version() -> str | None:
-    try:
-        return importlib.metadata.version("pgpig")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------- reader

@@ -485,10 +485,10 @@ class FastBackend:
                  select_k: int = 64, nms_iterations: int = 8):
         import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
 
-        from pipeline.pose.reference import resolve_device
+        from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
-        self.device = torch.device(resolve_device(device))
+        self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
         self.batch_size = batch_size

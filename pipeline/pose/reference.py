@@ -12,17 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.pose import Detections, default_model_path, quiet_ultralytics, shape_groups
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda:0`` when a GPU is visible, else ``cpu``; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def precision_options(half: bool) -> dict:
@@ -63,7 +55,7 @@ class UltralyticsBackend:
             raise PipelineError(f"{self.model_path}: a YOLO {self.model.task} model, not a pose model")
         self.imgsz = imgsz
         self.conf = conf
-        self.device = resolve_device(device)
+        self.device = str(resolve_device(device))
         self.half = self.device.startswith("cuda") if half is None else half
         self.batch_size = batch_size
 
