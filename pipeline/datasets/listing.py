@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 DATASETS = ("market1501", "deepfashion", "folder")
@@ -44,10 +44,6 @@ def extension(name: str) -> str:
     """Lower-cased extension with its dot (``"x.JPG"`` → ``".jpg"``), ``""`` without one."""
     stem, dot, ext = name.rpartition(".")
     return f".{ext.lower()}" if dot and stem else ""
-
-
-def is_image_name(name: str) -> bool:
-    return extension(name) in IMAGE_EXTENSIONS
 
 
 def is_own_temporary(name: str) -> bool:
@@ -166,8 +162,3 @@ def identity_in_test(identity: str, seed: int, test_fraction: float) -> bool:
     """
     digest = hashlib.sha256(f"{seed}\0{identity}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < test_fraction
-
-
-def seeded_split(identities: Iterable[str], seed: int, test_fraction: float) -> dict[str, str]:
-    """``{identity: "train" | "test"}`` for each distinct identity (see ``identity_in_test``)."""
-    return {i: "test" if identity_in_test(i, seed, test_fraction) else "train" for i in set(identities)}

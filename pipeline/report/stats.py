@@ -57,10 +57,6 @@ def _first_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return unique, counts, take, inverse[take]
 
 
-def _group_key(dataset: str | None, split: str | None) -> str:
-    return f"{dataset or 'unknown'}/{split or 'no split'}"
-
-
 def status_stats(table: pa.Table) -> dict[str, Any]:
     """Counts by status, overall and per (data set, split), with the most common reasons and example files.
 
