@@ -1,25 +1,14 @@
 """``pgpig-data pair``: filter the keypoints table and make ordered (source, target) pairs, then write shards.
 
 The protocol is PATN's (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation",
-CVPR 2019, arXiv 1904.03349), whose pair lists come from the Deformable GAN scripts it reuses
-(``create_pairs_dataset.py``): an image is kept when both shoulders and both hips are visible and, on
-Market-1501, its id is not ``-1`` (junk) or ``0000`` (distractor); the pairs of a split are all ordered
-permutations of two different images of one identity, and Market-1501's test set samples 12,000 of them.
-That gives PATN's published counts (DeepFashion 101,966 train / 8,570 test; Market-1501 263,632 / 12,000)
-from the published annotations; ``pairs_csv`` imports a published list as it is.
+CVPR 2019, arXiv 1904.03349), whose pair lists come from the Deformable GAN script ``create_pairs_dataset.py``:
+an image is kept when both shoulders and both hips are visible, and the pairs of a split are all ordered
+permutations of two different images of one identity. ``docs/pairing.md`` gives the rules, the published
+counts they reproduce, and what the manifest records.
 
-Three pure, vectorised steps (numpy/pyarrow, no Python loop over rows or pairs), then one writer:
-
-- ``select_images``: the filters in a fixed order, each with its removal count; duplicates (same file
-  bytes) collapsed to the first image path;
-- ``make_pairs``: every ordered pair within an identity, an optional seeded cap per identity, then an
-  optional seeded cap in total, sorted;
-- ``pairs_from_lists``: a PATN pair CSV matched through ``patn_name``, unmatched names reported;
-- ``run_pair``: table → filter → pairs → ``pipeline.shards.write_shard_set`` into ``out/<split>``, with
-  the resolved filter and pairing settings, removal counts and the extract run recorded in the manifest.
-
-Every kept image of the split is stored, also one in no pair (an identity with a single image): the
-shard set is then the whole filtered split, so it can be re-paired without going back to the raw files.
+``select_images`` (the filters, in ``FILTER_ORDER``), ``make_pairs`` (every ordered pair within an identity,
+with optional seeded caps) and ``pairs_from_lists`` (a published PATN pair CSV) are pure and vectorised;
+``run_pair`` chains them and writes ``out/<split>`` with ``pipeline.shards.write_shard_set``.
 """
 
 from __future__ import annotations
@@ -39,6 +28,7 @@ import pyarrow.compute as pc
 from pipeline.errors import PipelineError
 from schemas.files import sha256_file
 from schemas.keypoints import KEYPOINT_NAMES, MISSING
+from schemas.manifest import MANIFEST_NAME
 from schemas.tables import fixed_list_to_numpy, keypoints_to_numpy
 
 FILTER_ORDER = ("status", "exclude_ids", "split", "persons", "min_visible", "required_joints", "min_height",
@@ -422,14 +412,84 @@ def _dataset_of(table: pa.Table, where: Path) -> str:
     return datasets[0]
 
 
+def _settings(cfg: PairRunConfig, dataset: str) -> tuple[FilterConfig, PairConfig]:
+    """The data set's default filter and pairing with ``cfg``'s overrides, the pairing seed from ``cfg.seed``."""
+    filt, pairing = defaults_for(dataset, cfg.split)
+    filt = apply_overrides(filt, cfg.filter, "filter")
+    if "seed" in cfg.pairing:
+        raise PipelineError("set the pairing seed with PairRunConfig.seed (--seed), not in pairing")
+    pairing = apply_overrides(pairing, {**cfg.pairing, "seed": cfg.seed}, "pairing")
+    return filt, pairing
+
+
+def _listed_pairs(cfg: PairRunConfig, images: list[str], patn_names: list[str | None], codes: np.ndarray,
+                  pairing_record: dict[str, Any], log) -> np.ndarray:
+    """``(P, 2)`` pairs of the kept images listed in ``cfg.pairs_csv``; what was left out goes to the record."""
+    # a published list names images by their PATN name; the file name stands in where there is none
+    basenames = [Path(p).name for p in images]
+    names = [n if n is not None else b for n, b in zip(patn_names, basenames, strict=True)]
+    pairs, report = pairs_from_lists(names, cfg.pairs_csv)
+    cross = codes[pairs[:, 0]] != codes[pairs[:, 1]]
+    report["cross_identity"] = int(cross.sum())
+    pairs = pairs[~cross]
+    pairing_record.update(source="csv", pairs_csv=str(Path(cfg.pairs_csv).resolve()),
+                          pairs_csv_sha256=sha256_file(cfg.pairs_csv), unmatched=report)
+    if report["unmatched_pairs"] or report["cross_identity"]:
+        log(f"warning: {report['unmatched_pairs']} of {report['rows']} listed pairs name "
+            f"{report['unmatched_names']} images that are not among the kept {cfg.split} images, e.g. "
+            f"{', '.join(report['examples'][:3])}; {report['cross_identity']} pairs cross identities; "
+            "all left out and counted in the manifest's pairing.unmatched")
+    return pairs
+
+
+def _shard_images(table: pa.Table, rows: np.ndarray, codes: np.ndarray, identities: list[str],
+                  images: list[str], patn_names: list[str | None]) -> list:
+    """A ``ShardImage`` per kept row: its keys, identity, size and keypoints, in ``rows`` order."""
+    from pipeline.shards import ShardImage
+
+    take = pa.array(rows)
+    xy = keypoints_to_numpy(table["keypoints"].take(take))
+    scores = fixed_list_to_numpy(table["scores"].take(take), fill=0.0)
+    hashes = table["content_hash"].take(take).to_pylist()
+    widths = table["width"].take(take).to_pylist()
+    heights = table["height"].take(take).to_pylist()
+    return [
+        ShardImage(image=images[i], patn_name=patn_names[i], identity=identities[codes[i]],
+                   content_hash=hashes[i], width=int(widths[i]), height=int(heights[i]), keypoints=xy[i],
+                   scores=scores[i])
+        for i in range(len(rows))
+    ]
+
+
+def _extract_summary(run_file: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest records of the extract run: its record file, raw root and model."""
+    settings = record.get("settings", {})
+    return {
+        "path": str(run_file.resolve()),
+        "sha256": sha256_file(run_file),
+        "raw": record.get("raw"),
+        "backend": settings.get("backend"),
+        "model": settings.get("model"),
+        "model_sha256": settings.get("model_sha256"),
+        "kpt_threshold": settings.get("kpt_threshold"),
+    }
+
+
+def _filter_record(filt: FilterConfig, removed: dict[str, int], kept: int) -> dict[str, Any]:
+    """The manifest's ``filter``: the settings as used (tuples as lists), the removal counts, the images kept."""
+    record = {**dataclasses.asdict(filt), "removed": removed, "kept": kept}
+    for key in ("statuses", "required_joints", "exclude_ids"):
+        if record[key] is not None:
+            record[key] = list(record[key])
+    return record
+
+
 def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
     """Filter, pair and write ``cfg.out/cfg.split``; returns the written ``Manifest``."""
     from pipeline.extract import read_keypoints
-    from pipeline.shards import ShardImage, write_shard_set
+    from pipeline.shards import write_shard_set
 
     started = time.perf_counter()
-    from schemas.manifest import MANIFEST_NAME
-
     target = Path(cfg.out) / cfg.split
     if (target / MANIFEST_NAME).is_file() and not cfg.overwrite:
         # said before any work is done; write_shard_set would refuse too, but only after filtering and pairing
@@ -438,11 +498,7 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
     record = _extract_record(run_file)
     table = read_keypoints(cfg.keypoints_dir)
     dataset = _dataset_of(table, Path(cfg.keypoints_dir))
-    filt, pairing = defaults_for(dataset, cfg.split)
-    filt = apply_overrides(filt, cfg.filter, "filter")
-    if "seed" in cfg.pairing:
-        raise PipelineError("set the pairing seed with PairRunConfig.seed (--seed), not in pairing")
-    pairing = apply_overrides(pairing, {**cfg.pairing, "seed": cfg.seed}, "pairing")
+    filt, pairing = _settings(cfg, dataset)
 
     rows, removed = select_images(table, cfg.split, filt)
     log(f"{cfg.keypoints_dir}: {table.num_rows} rows ({dataset}); {cfg.split}: kept {len(rows)} images")
@@ -454,66 +510,28 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
                             "check --split and the filter options")
 
     codes, identities = identity_codes(table, rows)
-    patn = table["patn_name"].take(pa.array(rows))
     images = table["image"].take(pa.array(rows)).to_pylist()
+    patn_names = table["patn_name"].take(pa.array(rows)).to_pylist()
     pairing_record: dict[str, Any] = {**dataclasses.asdict(pairing), "candidates": count_pairs(np.bincount(codes))}
     if cfg.pairs_csv is not None:
-        # a published list names images by their PATN name; the file name stands in where there is none
-        basenames = [Path(p).name for p in images]
-        names = [n if n is not None else b for n, b in zip(patn.to_pylist(), basenames, strict=True)]
-        pairs, report = pairs_from_lists(names, cfg.pairs_csv)
-        cross = codes[pairs[:, 0]] != codes[pairs[:, 1]]
-        report["cross_identity"] = int(cross.sum())
-        pairs = pairs[~cross]
-        pairing_record.update(source="csv", pairs_csv=str(Path(cfg.pairs_csv).resolve()),
-                              pairs_csv_sha256=sha256_file(cfg.pairs_csv), unmatched=report)
-        if report["unmatched_pairs"] or report["cross_identity"]:
-            log(f"warning: {report['unmatched_pairs']} of {report['rows']} listed pairs name "
-                f"{report['unmatched_names']} images that are not among the kept {cfg.split} images, e.g. "
-                f"{', '.join(report['examples'][:3])}; {report['cross_identity']} pairs cross identities; "
-                "all left out and counted in the manifest's pairing.unmatched")
+        pairs = _listed_pairs(cfg, images, patn_names, codes, pairing_record, log)
     else:
         pairs = make_pairs(codes, pairing)
         pairing_record.update(source="generated")
     log(f"  {len(pairs)} pairs over {len(identities)} identities (all ordered pairs: "
         f"{pairing_record['candidates']})")
 
-    xy = keypoints_to_numpy(table["keypoints"].take(pa.array(rows)))
-    scores = fixed_list_to_numpy(table["scores"].take(pa.array(rows)), fill=0.0)
-    hashes = table["content_hash"].take(pa.array(rows)).to_pylist()
-    widths = table["width"].take(pa.array(rows)).to_pylist()
-    heights = table["height"].take(pa.array(rows)).to_pylist()
-    patn_names = patn.to_pylist()
-    shard_images = [
-        ShardImage(image=images[i], patn_name=patn_names[i], identity=identities[codes[i]],
-                   content_hash=hashes[i], width=int(widths[i]), height=int(heights[i]), keypoints=xy[i],
-                   scores=scores[i])
-        for i in range(len(rows))
-    ]
+    shard_images = _shard_images(table, rows, codes, identities, images, patn_names)
     pair_identities = [identities[c] for c in codes[pairs[:, 0]]] if len(pairs) else []
-    settings = record.get("settings", {})
-    extract = {
-        "path": str(run_file.resolve()),
-        "sha256": sha256_file(run_file),
-        "raw": record.get("raw"),
-        "backend": settings.get("backend"),
-        "model": settings.get("model"),
-        "model_sha256": settings.get("model_sha256"),
-        "kpt_threshold": settings.get("kpt_threshold"),
-    }
     size = tuple(cfg.size) if cfg.size is not None else DEFAULT_SIZES[dataset]
-    filter_record = {**dataclasses.asdict(filt), "removed": removed, "kept": len(rows)}
-    for key in ("statuses", "required_joints", "exclude_ids"):
-        if filter_record[key] is not None:
-            filter_record[key] = list(filter_record[key])
     manifest = write_shard_set(
-        Path(cfg.out) / cfg.split, split=cfg.split, dataset=dataset, raw_root=record["raw"], images=shard_images,
+        target, split=cfg.split, dataset=dataset, raw_root=record["raw"], images=shard_images,
         pairs=pairs, pair_identities=pair_identities, format=cfg.format, size=size,
-        images_per_shard=cfg.images_per_shard, seed=cfg.seed, filter=filter_record, pairing=pairing_record,
-        extract=extract, compression=cfg.compression, progress=progress, overwrite=cfg.overwrite,
-        dask_workers=cfg.dask_workers, scheduler=cfg.scheduler,
+        images_per_shard=cfg.images_per_shard, seed=cfg.seed, filter=_filter_record(filt, removed, len(rows)),
+        pairing=pairing_record, extract=_extract_summary(run_file, record), compression=cfg.compression,
+        progress=progress, overwrite=cfg.overwrite, dask_workers=cfg.dask_workers, scheduler=cfg.scheduler,
     )
-    log(f"wrote {Path(cfg.out) / cfg.split}: {len(shard_images)} images, {len(pairs)} pairs, "
+    log(f"wrote {target}: {len(shard_images)} images, {len(pairs)} pairs, "
         f"{size[0]}x{size[1]} {cfg.format} in {time.perf_counter() - started:.1f} s")
     return manifest
 
