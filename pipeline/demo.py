@@ -1,33 +1,10 @@
 """``pgpig-data demo``: the whole product on what ships with the installed packages, in a few CPU minutes.
 
-Steps, each one the command a user would type (printed, then run as a subprocess of this Python, timed):
-
-1. ``photos``: the real photos that ``ultralytics`` ships (``assets/bus.jpg``, ``assets/zidane.jpg``) become a
-   small Market-1501-style tree: every person the embedded YOLO-pose model finds is cut out (its box with a
-   margin), and each cut-out is written four ways — as is, mirrored, zoomed in and zoomed out — at 128x64 as
-   one identity with four "camera" images (``bounding_box_train/PPPP_cCs1_000001_00.jpg``).
-2. ``pgpig-data synth``: a mannequin set in the Market-1501 layout with exact keypoints (the data the trainer
-   learns from: the real photos are too few).
-3. ``pgpig-data extract`` on the photos with the embedded model; keypoint overlays of every photo image
-   (``overlays/*.png``, drawn from the keypoints table, the way a user checks an extraction).
-4. ``pgpig-data extract --annotations`` on the mannequins (their exact keypoints, no model run).
-5. ``pgpig-data pair`` for train and test → ``shards/``; ``pgpig-data report`` → ``report.html`` (the data at a
-   glance: statuses, joints, skeletons on a sample, the shard sets).
-6. ``pgpig train`` of PATN with ``workflows/demo.yaml`` (installed with the package) on the CPU, or
-   the GPU when there is one.
-7. ``pgpig generate``: a test mannequin in the pose of another of its test images, with a grid.
-8. ``pgpig eval`` of the first 100 test pairs, its table printed (LPIPS and FID are skipped offline: their
-   ImageNet weights cannot be downloaded).
-
-Decisions:
-
-- Offline first: nothing is downloaded. The demo recipe trains without the VGG-19 perceptual loss
-  (``lambda_perceptual: 0``), because ImageNet weights cannot be fetched offline; the paper recipes need them
-  (``--set vgg_weights=PATH``).
-- Subprocesses, not in-process calls: what runs is exactly what the printed command line does, and a failure
-  shows the command's own one-line error. The console scripts may not be on ``PATH`` (``python -m pip install
-  --user``), so the commands run as ``python -m pipeline.cli`` / ``python -m pgpig.cli``.
-- ``DIR`` must be new or empty unless ``--overwrite``; everything the demo writes is under it.
+The real photos ``ultralytics`` ships become a small Market-1501-style tree (``photo_tree``), a mannequin set is
+synthesised, and both go through extract, pair, report, train (PATN, ``workflows/demo.yaml``), generate and
+eval. Each step is the command a user would type, printed, then run as a subprocess of this Python
+(``python -m pipeline.cli`` / ``python -m pgpig.cli``, as the console scripts may not be on ``PATH``) and timed.
+Nothing is downloaded; everything is written under ``DIR``. ``docs/demo.md`` lists the steps and why they are so.
 """
 
 from __future__ import annotations
@@ -69,9 +46,11 @@ CUT_SIZE = (128, 64)
 
 @dataclass
 class DemoConfig:
+    """Everything ``pgpig-data demo`` can be told; defaults are the CLI's."""
+
     out: Path
     """Folder the demo writes everything into."""
-    steps: int = 300
+    steps: int = 200
     """Training steps of the PATN run."""
     identities: int = 40
     """Mannequin identities (half train, half test)."""
@@ -169,83 +148,98 @@ def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[
     return written
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Run every step of the demo into ``cfg.out``; returns the paths worth looking at."""
-    out = cfg.out
+def _clear(out: Path, overwrite: bool) -> None:
+    """Make ``out`` an empty folder; a non-empty one is refused unless ``overwrite``."""
     if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
+        if not overwrite:
             raise PipelineError(f"{out} is not empty; pass --overwrite to replace it, or another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps: list[tuple[str, Callable[[], None]]] = []
 
-    def command(title: str, args: list[str] | Callable[[], list[str]], tool: str) -> None:
-        """Queue ``tool args`` (``args`` may be computed when the step runs, from earlier steps' files)."""
 
-        def run() -> None:
-            argv = args() if callable(args) else args
-            log(f"$ {tool} {shlex.join(argv)}")
-            done = subprocess.run([sys.executable, "-m", COMMANDS[tool], *argv], cwd=out, text=True,
-                                  capture_output=True)
-            # the command's summary, without progress-bar frames and blank lines
-            lines = [line for line in (done.stdout + done.stderr).splitlines()
-                     if line.strip() and not _PROGRESS.search(line)]
-            for line in lines[-4:]:
-                log(f"  {line}")
-            if done.returncode:
-                raise PipelineError(f"demo step '{title}' failed (exit {done.returncode}); the command above "
-                                    f"shows why; rerun it by hand in {out} to see all of its output")
+def _command(out: Path, title: str, tool: str, args: list[str] | Callable[[], list[str]],
+             log: Callable[[str], None]) -> Callable[[], None]:
+    """The step that runs ``tool args`` in ``out`` (``args`` may be computed when the step runs, from earlier
+    steps' files) and logs the command and the last lines it printed."""
 
-        steps.append((title, run))
+    def run() -> None:
+        argv = args() if callable(args) else args
+        log(f"$ {tool} {shlex.join(argv)}")
+        done = subprocess.run([sys.executable, "-m", COMMANDS[tool], *argv], cwd=out, text=True,
+                              capture_output=True)
+        # the command's summary, without progress-bar frames and blank lines
+        lines = [line for line in (done.stdout + done.stderr).splitlines()
+                 if line.strip() and not _PROGRESS.search(line)]
+        for line in lines[-4:]:
+            log(f"  {line}")
+        if done.returncode:
+            raise PipelineError(f"demo step '{title}' failed (exit {done.returncode}); the command above "
+                                f"shows why; rerun it by hand in {out} to see all of its output")
+
+    return run
+
+
+def _test_pair(out: Path) -> list[str]:
+    """Two test images of one mannequin: the source, and the target whose pose (and look) the grid shows."""
+    files = sorted((out / "mannequins" / "bounding_box_test").glob("*.jpg"))
+    by_identity: dict[str, list[Path]] = {}
+    for f in files:
+        by_identity.setdefault(f.name[:4], []).append(f)
+    same = next((v for v in by_identity.values() if len(v) > 1), None)
+    if same is None:
+        raise PipelineError(f"{out / 'mannequins'}: no test identity with two images")
+    return ["--source", str(same[0].relative_to(out)), "--target-pose", str(same[1].relative_to(out))]
+
+
+def _steps(cfg: DemoConfig, log: Callable[[str], None]) -> list[tuple[str, Callable[[], None]]]:
+    """The demo's steps in order, each a title and the function that runs it."""
+    out = cfg.out
+
+    def command(title: str, args: list[str] | Callable[[], list[str]], tool: str) -> tuple[str, Callable[[], None]]:
+        return title, _command(out, title, tool, args, log)
 
     def photos() -> None:
         counts = photo_tree(out / "photos", cfg.device, log)
         log(f"  photos/: {counts['images']} images of {counts['persons']} persons (as is, mirrored, zoomed in, "
             "zoomed out)")
 
-    steps.append(("photos", photos))
-    command("extract photos", ["extract", "photos", "--out", "photos-keypoints", "--run-file",
-                               "photos-extract.json", "--device", cfg.device, "--quiet"], "pgpig-data")
-
     def draw() -> None:
         written = overlays(out / "photos", out / "photos-keypoints", out / "overlays")
         log(f"  overlays/: {len(written)} keypoint overlays of the photos")
-
-    steps.append(("overlays", draw))
-    command("synth mannequins", ["synth", "mannequins", "--identities", str(cfg.identities),
-                                 "--poses-per-identity", "6", "--quiet"], "pgpig-data")
-    command("extract mannequins", ["extract", "mannequins", "--annotations",
-                                   "mannequins/market-annotation-train.csv", "--annotations",
-                                   "mannequins/market-annotation-test.csv", "--quiet"], "pgpig-data")
-    command("pair train", ["pair", "--split", "train"], "pgpig-data")
-    command("pair test", ["pair", "--split", "test"], "pgpig-data")
-    command("report", ["report"], "pgpig-data")
-    command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
-                           "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], "pgpig")
-
-    def pick_test_pair() -> list[str]:
-        """Two test images of one mannequin: the source, and the target whose pose (and look) the grid shows."""
-        files = sorted((out / "mannequins" / "bounding_box_test").glob("*.jpg"))
-        by_identity: dict[str, list[Path]] = {}
-        for f in files:
-            by_identity.setdefault(f.name[:4], []).append(f)
-        same = next((v for v in by_identity.values() if len(v) > 1), None)
-        if same is None:
-            raise PipelineError(f"{out / 'mannequins'}: no test identity with two images")
-        return ["--source", str(same[0].relative_to(out)), "--target-pose", str(same[1].relative_to(out))]
-
-    command("generate", lambda: ["generate", "--run", "run", *pick_test_pair(), "--out", "generated.png", "--grid",
-                                 "--device", cfg.device], "pgpig")
-    command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--max-pairs",
-                     str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], "pgpig")
 
     def table() -> None:
         for line in (out / "run" / "eval" / "test" / "eval.md").read_text().splitlines():
             if line.startswith("|"):
                 log(f"  {line}")
 
-    steps.append(("eval table", table))
+    return [
+        ("photos", photos),
+        command("extract photos", ["extract", "photos", "--out", "photos-keypoints", "--run-file",
+                                   "photos-extract.json", "--device", cfg.device, "--quiet"], "pgpig-data"),
+        ("overlays", draw),
+        command("synth mannequins", ["synth", "mannequins", "--identities", str(cfg.identities),
+                                     "--poses-per-identity", "6", "--quiet"], "pgpig-data"),
+        command("extract mannequins", ["extract", "mannequins", "--annotations",
+                                       "mannequins/market-annotation-train.csv", "--annotations",
+                                       "mannequins/market-annotation-test.csv", "--quiet"], "pgpig-data"),
+        command("pair train", ["pair", "--split", "train"], "pgpig-data"),
+        command("pair test", ["pair", "--split", "test"], "pgpig-data"),
+        command("report", ["report"], "pgpig-data"),
+        command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
+                               "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], "pgpig"),
+        command("generate", lambda: ["generate", "--run", "run", *_test_pair(out), "--out", "generated.png",
+                                     "--grid", "--device", cfg.device], "pgpig"),
+        command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--max-pairs",
+                         str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], "pgpig"),
+        ("eval table", table),
+    ]
 
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Run every step of the demo into ``cfg.out``; returns the paths worth looking at."""
+    out = cfg.out
+    _clear(out, cfg.overwrite)
+    steps = _steps(cfg, log)
     start = time.perf_counter()
     for i, (title, run) in enumerate(steps, 1):
         log(f"[{i}/{len(steps)}] {title}")
