@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -324,84 +325,93 @@ _SHIFT = 4
 _S = 1 << _SHIFT
 
 
-def render_person(app: Appearance, pose: Pose, shape: tuple[int, int], height: float,
-                  neck: tuple[float, float], background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one person on ``background``.
+Part = tuple[float, str, Callable[[np.ndarray], object]]
+"""One piece of a drawn person: ``(depth, material, draw(mask))``; deeper parts are drawn later, over the others."""
 
-    Returns ``(image (H, W, 3) float32 BGR, keypoints (18, 2) float32 with face joints hidden by the
-    view set to (-1, -1), person mask (H, W) bool)``. Out-of-frame joints are not hidden here.
-    """
-    sk = skeleton(pose, app, height, neck)
-    xy = sk["xy"]
-    h = height
-    grid = _grid(shape)
-    textures = {
-        "top": _texture(app.top, shape, xy[NECK], h, grid),
-        "bottom": _texture(app.bottom, shape, sk["mid_hip"], h, grid),
-    }
-    flat = {"skin": app.skin, "hair": app.hair, "shoes": app.shoes, "eye": (30, 25, 25)}
-    build = app.build
-    parts: list[tuple[float, str, object]] = []  # (depth, material, draw(mask))
 
-    def segment(a: np.ndarray, b: np.ndarray, thick: float):
-        t = max(1, int(round(thick * h * build)))
-        return lambda m: cv2.line(m, _pt(a, _S), _pt(b, _S), 255, t, cv2.LINE_AA, _SHIFT)
+def _segment(a: np.ndarray, b: np.ndarray, width: float) -> Callable[[np.ndarray], object]:
+    """Draws a line from ``a`` to ``b`` about ``width`` pixels wide (at least 1)."""
+    t = max(1, int(round(width)))
+    return lambda m: cv2.line(m, _pt(a, _S), _pt(b, _S), 255, t, cv2.LINE_AA, _SHIFT)
 
-    def circle(c: np.ndarray, radius: float):
-        return lambda m: cv2.circle(m, _pt(c, _S), max(_S, int(round(radius * _S))), 255, -1, cv2.LINE_AA, _SHIFT)
 
-    def polygon(points: list[np.ndarray]):
-        pts = np.array([_pt(p, _S) for p in points], np.int32)
-        return lambda m: cv2.fillPoly(m, [pts], 255, cv2.LINE_AA, _SHIFT)
+def _circle(c: np.ndarray, radius: float) -> Callable[[np.ndarray], object]:
+    """Draws a filled disc of ``radius`` pixels (at least 1) centred on ``c``."""
+    return lambda m: cv2.circle(m, _pt(c, _S), max(_S, int(round(radius * _S))), 255, -1, cv2.LINE_AA, _SHIFT)
 
+
+def _polygon(points: list[np.ndarray]) -> Callable[[np.ndarray], object]:
+    """Draws the filled polygon through ``points``."""
+    pts = np.array([_pt(p, _S) for p in points], np.int32)
+    return lambda m: cv2.fillPoly(m, [pts], 255, cv2.LINE_AA, _SHIFT)
+
+
+def _limb_parts(app: Appearance, pose: Pose, sk: dict, h: float) -> list[Part]:
+    """Legs, shoes and arms of both sides; in a side view the far side's limbs go behind the body."""
+    xy, across, down = sk["xy"], sk["across"], sk["down"]
     side_view = pose.view in ("left", "right")
     near = ("l" if pose.view == "left" else "r") if side_view else None
-    across, down = sk["across"], sk["down"]
+    parts: list[Part] = []
     for side, sho, elb, wri, hip, kne, ank in (("r", RSHO, RELB, RWRI, RHIP, RKNE, RANK),
                                                ("l", LSHO, LELB, LWRI, LHIP, LKNE, LANK)):
         behind = side_view and side != near
         leg_depth = 1.0 if behind else 1.5
         arm_depth = 0.0 if behind else 4.0
-        parts.append((leg_depth, "bottom", segment(xy[hip], xy[kne], 0.085)))
+        parts.append((leg_depth, "bottom", _segment(xy[hip], xy[kne], 0.085 * h * app.build)))
         shin_mat = "bottom" if app.bottom_kind == "pants" else "skin"
-        parts.append((leg_depth, shin_mat, segment(xy[kne], xy[ank], 0.065)))
+        parts.append((leg_depth, shin_mat, _segment(xy[kne], xy[ank], 0.065 * h * app.build)))
         foot = xy[ank] + down * 0.02 * h + across * sk["forward"] * 0.035 * h
-        parts.append((leg_depth + 0.1, "shoes", segment(xy[ank], foot, 0.055)))
-        parts.append((arm_depth, "top", segment(xy[sho], xy[elb], 0.062)))
-        parts.append((arm_depth, "top" if app.long_sleeves else "skin", segment(xy[elb], xy[wri], 0.05)))
-        parts.append((arm_depth + 0.1, "skin", circle(xy[wri], 0.03 * h * build)))
+        parts.append((leg_depth + 0.1, "shoes", _segment(xy[ank], foot, 0.055 * h * app.build)))
+        parts.append((arm_depth, "top", _segment(xy[sho], xy[elb], 0.062 * h * app.build)))
+        parts.append((arm_depth, "top" if app.long_sleeves else "skin",
+                      _segment(xy[elb], xy[wri], 0.05 * h * app.build)))
+        parts.append((arm_depth + 0.1, "skin", _circle(xy[wri], 0.03 * h * app.build)))
+    return parts
 
-    mid_hip = sk["mid_hip"]
+
+def _trunk_parts(app: Appearance, sk: dict, h: float) -> list[Part]:
+    """Torso (top), hips (bottom) and, for a skirt, the skirt down towards the knees."""
+    xy, across, down, mid_hip = sk["xy"], sk["across"], sk["down"], sk["mid_hip"]
     ws = max(abs(xy[RSHO][0] - xy[LSHO][0]) / 2, 0.085 * h) * 1.05
     wh = max(abs(xy[RHIP][0] - xy[LHIP][0]) / 2 + 0.035 * h, 0.08 * h)
     waist = xy[NECK] + down * 0.25 * h
-    parts.append((3.0, "top", polygon([xy[NECK] - across * ws, xy[NECK] + across * ws,
-                                       waist + across * wh, waist - across * wh])))
-    parts.append((2.0, "bottom", polygon([waist - across * wh, waist + across * wh,
-                                          mid_hip + across * wh + down * 0.05 * h,
-                                          mid_hip - across * wh + down * 0.05 * h])))
+    parts: list[Part] = [
+        (3.0, "top", _polygon([xy[NECK] - across * ws, xy[NECK] + across * ws, waist + across * wh,
+                               waist - across * wh])),
+        (2.0, "bottom", _polygon([waist - across * wh, waist + across * wh, mid_hip + across * wh + down * 0.05 * h,
+                                  mid_hip - across * wh + down * 0.05 * h])),
+    ]
     if app.bottom_kind == "skirt":
         knee_y = (xy[RKNE] + xy[LKNE]) / 2
         hem = mid_hip + down * max(0.2 * h, float(np.dot(knee_y - mid_hip, down)) * 0.9)
-        parts.append((2.5, "bottom", polygon([mid_hip - across * wh, mid_hip + across * wh,
-                                              hem + across * wh * 1.7, hem - across * wh * 1.7])))
-    head, r = sk["head"], sk["radius"]
-    parts.append((5.0, "skin", segment(xy[NECK], head, 0.05)))
-    parts.append((6.0, "skin", circle(head, r)))
+        parts.append((2.5, "bottom", _polygon([mid_hip - across * wh, mid_hip + across * wh,
+                                               hem + across * wh * 1.7, hem - across * wh * 1.7])))
+    return parts
+
+
+def _head_parts(app: Appearance, pose: Pose, sk: dict, h: float) -> list[Part]:
+    """Neck, head, hair and the eyes the view shows."""
+    xy, down, head, r = sk["xy"], sk["down"], sk["head"], sk["radius"]
+    parts: list[Part] = [(5.0, "skin", _segment(xy[NECK], head, 0.05 * h * app.build)), (6.0, "skin", _circle(head, r))]
     hair_angle = math.degrees(math.atan2(down[1], down[0]))
     if pose.view == "back":
-        parts.append((6.1, "hair", circle(head, r * 1.02)))
+        parts.append((6.1, "hair", _circle(head, r * 1.02)))
     else:
         # a cap over the top of the head, towards the back in side views
         start = 180 + (sk["forward"] * 40)
         parts.append((6.1, "hair", lambda m: cv2.ellipse(
             m, _pt(head, _S), (int(r * 1.05 * _S), int(r * 1.05 * _S)), hair_angle - 90,
             start, start + 180, 255, -1, cv2.LINE_AA, _SHIFT)))
-    vis_face = sk["face_visible"]
     for eye in (REYE, LEYE):
-        if vis_face[eye]:
-            parts.append((6.2, "eye", circle(xy[eye], max(0.6, 0.012 * h))))
+        if sk["face_visible"][eye]:
+            parts.append((6.2, "eye", _circle(xy[eye], max(0.6, 0.012 * h))))
+    return parts
 
+
+def _composite(background: np.ndarray, parts: list[Part], colours: dict[str, np.ndarray],
+               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Blend ``parts`` onto a copy of ``background``, shallowest first; returns the image and the person's
+    coverage, ``(H, W, 3)`` and ``(H, W)`` float32."""
     image = background.copy()
     person = np.zeros(shape, np.float32)
     for _, material, draw in sorted(parts, key=lambda p: p[0]):
@@ -411,12 +421,34 @@ def render_person(app: Appearance, pose: Pose, shape: tuple[int, int], height: f
             continue
         box = (slice(y, y + bh), slice(x, x + bw))
         alpha = mask[box].astype(np.float32) * (1 / 255.0)
-        colour = textures[material][box] if material in textures else np.asarray(flat[material], np.float32)
+        colour = colours[material]
+        colour = colour[box] if colour.ndim == 3 else colour
         region = image[box]
         region += (colour - region) * alpha[..., None]
         np.maximum(person[box], alpha, out=person[box])
+    return image, person
+
+
+def render_person(app: Appearance, pose: Pose, shape: tuple[int, int], height: float,
+                  neck: tuple[float, float], background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one person on ``background``.
+
+    Returns ``(image (H, W, 3) float32 BGR, keypoints (18, 2) float32 with face joints hidden by the
+    view set to (-1, -1), person mask (H, W) bool)``. Out-of-frame joints are not hidden here.
+    """
+    sk = skeleton(pose, app, height, neck)
+    xy = sk["xy"]
+    grid = _grid(shape)
+    colours = {
+        "top": _texture(app.top, shape, xy[NECK], height, grid),
+        "bottom": _texture(app.bottom, shape, sk["mid_hip"], height, grid),
+        **{name: np.asarray(c, np.float32) for name, c in
+           (("skin", app.skin), ("hair", app.hair), ("shoes", app.shoes), ("eye", (30, 25, 25)))},
+    }
+    parts = _limb_parts(app, pose, sk, height) + _trunk_parts(app, sk, height) + _head_parts(app, pose, sk, height)
+    image, person = _composite(background, parts, colours, shape)
     keypoints = xy.astype(np.float32)
-    keypoints[[i for i in _FACE if not vis_face[i]]] = MISSING
+    keypoints[[i for i in _FACE if not sk["face_visible"][i]]] = MISSING
     return image, keypoints, person >= 0.5
 
 
