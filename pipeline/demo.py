@@ -40,6 +40,9 @@ EVAL_PAIRS = 100
 """Test pairs the demo scores (PCKh runs the pose model on every generated and baseline image: ~5 pairs/s on
 2 CPU cores)."""
 
+OVERLAY_SCALE = 3
+"""How many times the overlays enlarge the 128x64 photo cut-outs, so the skeleton can be seen."""
+
 CUT_SIZE = (128, 64)
 """Market-1501's image size, ``(H, W)``, which every cut-out is stretched to."""
 
@@ -123,8 +126,9 @@ def photo_tree(out: Path, device: str = "auto", log: Callable[[str], None] = pri
     return {"persons": person, "images": 4 * person}
 
 
-def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[Path]:
-    """One PNG per ``ok`` row of a keypoints table: the image beside itself with the skeleton drawn (``scale``x)."""
+def overlays(raw: Path, keypoints_dir: Path, out: Path) -> list[Path]:
+    """One PNG per ``ok`` row of a keypoints table: the image beside itself with the skeleton drawn, both
+    enlarged ``OVERLAY_SCALE`` times."""
     from pipeline.extract import read_keypoints
     from pipeline.overlay import draw_skeleton
     from schemas.files import atomic_write, safe_join
@@ -138,8 +142,9 @@ def overlays(raw: Path, keypoints_dir: Path, out: Path, scale: int = 3) -> list[
         if status != "ok":
             continue
         image = cv2.imread(str(safe_join(raw, relpath, "image")))
-        big = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-        scaled = np.where(xy >= 0, xy * scale + (scale - 1) / 2, -1)  # pixel centres move with the scale
+        big = cv2.resize(image, None, fx=OVERLAY_SCALE, fy=OVERLAY_SCALE, interpolation=cv2.INTER_NEAREST)
+        # pixel centres move with the scale
+        scaled = np.where(xy >= 0, xy * OVERLAY_SCALE + (OVERLAY_SCALE - 1) / 2, -1)
         tile = np.concatenate([big, np.full((big.shape[0], 4, 3), 255, np.uint8), draw_skeleton(big, scaled)], 1)
         path = out / f"{Path(relpath).stem}.png"
         with atomic_write(path) as f:

@@ -1,9 +1,9 @@
 """The numbers of a report: counts and histograms over a whole keypoints table or shard set, vectorised.
 
 Every function here is pure (tables and arrays in, plain JSON-ready dicts out) and runs over all rows with
-numpy/pyarrow: no Python loop over rows, so 100k rows take well under a second. Pictures and plots are made
-from these dicts elsewhere (``pipeline.report.pictures``, ``pipeline.report.plots``), never from the tables,
-so the HTML shows exactly the numbers of ``report.json``.
+numpy/pyarrow, with no Python loop over rows. Pictures and plots are made from these dicts elsewhere
+(``pipeline.report.pictures``, ``pipeline.report.plots``), never from the tables, so the HTML shows exactly
+the numbers of ``report.json``.
 """
 
 from __future__ import annotations
@@ -122,10 +122,10 @@ def status_stats(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def _histogram(values: np.ndarray, bins: int, top: float = 1.0) -> dict[str, list]:
-    """Counts of ``values`` in ``bins`` equal bins over [0, top]; values above ``top`` fall in the last bin."""
-    idx = np.clip((np.asarray(values, np.float64) / top * bins).astype(np.int64), 0, bins - 1)
-    return {"edges": np.linspace(0, top, bins + 1).round(6).tolist(),
+def _histogram(values: np.ndarray, bins: int) -> dict[str, list]:
+    """Counts of ``values`` in ``bins`` equal bins over [0, 1]; values above 1 fall in the last bin."""
+    idx = np.clip((np.asarray(values, np.float64) * bins).astype(np.int64), 0, bins - 1)
+    return {"edges": np.linspace(0, 1, bins + 1).round(6).tolist(),
             "counts": np.bincount(idx, minlength=bins).tolist()}
 
 
