@@ -233,37 +233,13 @@ def _sample_within(n: int, groups: int, cap: int, rng: np.random.Generator) -> n
     return out
 
 
-def make_pairs(identity_codes: np.ndarray, cfg: PairConfig) -> np.ndarray:
-    """Ordered ``(source, target)`` pairs of positions in ``identity_codes`` that share an identity.
+def _pair_numbers(sizes: np.ndarray, cfg: PairConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen pairs as ``(group, p)``: identity group and pair number ``p`` in ``0..k(k-1)-1`` within it.
 
-    Args:
-        identity_codes: ``(N,)`` integer identity of each image (any integers; equal means same identity).
-        cfg: caps and seed. Without caps the result is every ordered pair of two different images of one
-            identity (``count_pairs``); a per-identity cap samples that many of an identity's pairs, the
-            total cap then samples the rest, both with ``np.random.default_rng(cfg.seed)``.
-
-    Returns:
-        ``(P, 2)`` int64 pairs sorted by source then target; the same inputs and seed give the same pairs.
-
-    A pair is addressed as (identity group, number ``p`` in ``0..k(k-1)-1``), so sampling draws numbers and
-    only the chosen pairs are built: ``p`` decodes to source ``p // (k-1)`` and target ``p % (k-1)`` skipping
-    the source. No loop runs over pairs or images.
+    ``sizes`` holds the image count ``k`` of each identity group (all at least 2); the caps of ``cfg`` are
+    applied by sampling numbers with ``rng``, never by building the candidates they leave out.
     """
-    cfg.check()
-    codes = np.asarray(identity_codes)
-    if codes.ndim != 1:
-        raise PipelineError(f"identity codes must be one-dimensional, got shape {codes.shape}")
-    rng = np.random.default_rng(cfg.seed)
-    members = np.argsort(codes, kind="stable")  # images grouped by identity, in index order inside a group
-    if len(codes) == 0:
-        return np.zeros((0, 2), np.int64)
-    sorted_codes = codes[members]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    sizes = np.diff(np.r_[starts, len(codes)]).astype(np.int64)
-    paired = sizes >= 2
-    starts, sizes = starts[paired], sizes[paired]
     n = sizes * (sizes - 1)  # candidates per identity
-
     cap = cfg.max_pairs_per_identity
     if cap is None or not (n > cap).any():
         take = n
@@ -300,6 +276,39 @@ def make_pairs(identity_codes: np.ndarray, cfg: PairConfig) -> np.ndarray:
         if cfg.max_pairs is not None and len(p) > cfg.max_pairs:
             chosen = rng.choice(len(p), size=cfg.max_pairs, replace=False)
             group, p = group[chosen], p[chosen]
+    return group, p
+
+
+def make_pairs(identity_codes: np.ndarray, cfg: PairConfig) -> np.ndarray:
+    """Ordered ``(source, target)`` pairs of positions in ``identity_codes`` that share an identity.
+
+    Args:
+        identity_codes: ``(N,)`` integer identity of each image (any integers; equal means same identity).
+        cfg: caps and seed. Without caps the result is every ordered pair of two different images of one
+            identity (``count_pairs``); a per-identity cap samples that many of an identity's pairs, the
+            total cap then samples the rest, both with ``np.random.default_rng(cfg.seed)``.
+
+    Returns:
+        ``(P, 2)`` int64 pairs sorted by source then target; the same inputs and seed give the same pairs.
+
+    A pair is addressed as (identity group, number ``p`` in ``0..k(k-1)-1``), so sampling draws numbers and
+    only the chosen pairs are built: ``p`` decodes to source ``p // (k-1)`` and target ``p % (k-1)`` skipping
+    the source. No loop runs over pairs or images.
+    """
+    cfg.check()
+    codes = np.asarray(identity_codes)
+    if codes.ndim != 1:
+        raise PipelineError(f"identity codes must be one-dimensional, got shape {codes.shape}")
+    rng = np.random.default_rng(cfg.seed)
+    members = np.argsort(codes, kind="stable")  # images grouped by identity, in index order inside a group
+    if len(codes) == 0:
+        return np.zeros((0, 2), np.int64)
+    sorted_codes = codes[members]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(codes)]).astype(np.int64)
+    paired = sizes >= 2
+    starts, sizes = starts[paired], sizes[paired]
+    group, p = _pair_numbers(sizes, cfg, rng)
 
     k1 = sizes[group] - 1
     a = p // k1
