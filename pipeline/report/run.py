@@ -390,10 +390,10 @@ def run_report(cfg: ReportConfig, log=print) -> dict[str, Any]:
                                           for t in pictures["samples"]]
     with _timed(cfg.timings, "plots"):
         _plots(record, sections, pictures)
+    out = Path(cfg.out)
     with _timed(cfg.timings, "write"):
         cfg.timings["total"] = time.perf_counter() - started
         record["seconds"] = {key: round(v, 3) for key, v in cfg.timings.items()}
-        size = _write(Path(cfg.out), record, pictures)
-    out = Path(cfg.out)
+        size = _write(out, record, pictures)
     log(f"wrote {out} ({size / 1e6:.1f} MB) and {json_path(out)} in {time.perf_counter() - started:.1f} s")
     return record
