@@ -41,7 +41,7 @@ Decisions:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,13 +58,13 @@ __all__ = [
     "GFLA_STYLE_LAYERS",
     "PATN_PERCEPTUAL_LAYERS",
     "PerceptualLoss",
-    "StyleLoss",
     "VGG19Features",
     "VGG19_LAYERS",
     "adversarial_loss",
     "gram_matrix",
     "l1_loss",
     "masked_l1",
+    "vgg_content_style",
 ]
 
 PATN_PERCEPTUAL_LAYERS = ("relu1_2",)
@@ -266,50 +266,35 @@ class PerceptualLoss(nn.Module):
         if criterion not in ("l1", "mse"):
             raise ValueError(f"criterion must be 'l1' or 'mse', got {criterion!r}")
         self.criterion = criterion
-        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
+        self.vgg = vgg if vgg is not None else VGG19Features(self.layers, vgg_weights, allow_random)
+        missing = [name for name in self.layers if name not in self.vgg.layers]
+        if not self.layers or missing:
+            raise ValueError(f"the VGG19Features given does not return layers {missing or '(none given)'}")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features, target_features = _features(self.vgg, pred, target)
+        pred_features = self.vgg(pred)
+        with torch.no_grad():  # the target is a fixed reference: its features carry no gradient
+            target_features = self.vgg(target)
         distance = F.l1_loss if self.criterion == "l1" else F.mse_loss
         with torch.autocast(device_type=pred.device.type, enabled=False):
             return sum(w * distance(_float(pred_features[name]), _float(target_features[name]))
                        for name, w in zip(self.layers, self.layer_weights, strict=True))
 
 
-class StyleLoss(nn.Module):
-    """Sum over layers of the L1 between Gram matrices of VGG-19 features (GFLA's style loss).
+def vgg_content_style(generated: Mapping[str, torch.Tensor], real: Mapping[str, torch.Tensor],
+                      content_layers: Sequence[str] = GFLA_PERCEPTUAL_LAYERS,
+                      style_layers: Sequence[str] = GFLA_STYLE_LAYERS) -> tuple[torch.Tensor, torch.Tensor]:
+    """GFLA's ``VGGLoss`` (DPTN's too) on features already computed, as float32 scalars ``(content, style)``.
 
-    ``forward(pred, target)``: ``(B, 3, H, W)`` in ``[-1, 1]`` each → scalar; the target carries no gradient.
+    ``generated``, ``real``: ``{layer: (B, C, h, w)}`` from one ``VGG19Features``; ``real`` holds at least one layer.
+    ``content`` is the sum over ``content_layers`` of the L1 between the features, ``style`` the sum over
+    ``style_layers`` of the L1 between their Gram matrices; a term with no layers is 0. The objectives run VGG-19
+    once per batch and share its features between this and their other terms, hence features, not images.
     """
-
-    def __init__(self, layers: Sequence[str] = GFLA_STYLE_LAYERS, vgg: VGG19Features | None = None,
-                 vgg_weights: str | Path | None = "imagenet", allow_random: bool = False) -> None:
-        super().__init__()
-        self.layers = tuple(layers)
-        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features, target_features = _features(self.vgg, pred, target)
-        return sum(F.l1_loss(gram_matrix(pred_features[name]), gram_matrix(target_features[name]))
-                   for name in self.layers)
-
-
-def _feature_net(layers: tuple[str, ...], vgg: VGG19Features | None, vgg_weights: str | Path | None,
-                 allow_random: bool) -> VGG19Features:
-    """The given feature network, checked to return ``layers``, or a new one built for them."""
-    vgg = vgg if vgg is not None else VGG19Features(layers, vgg_weights, allow_random)
-    missing = [name for name in layers if name not in vgg.layers]
-    if not layers or missing:
-        raise ValueError(f"the VGG19Features given does not return layers {missing or '(none given)'}")
-    return vgg
-
-
-def _features(vgg: VGG19Features, pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, dict]:
-    # the target is a fixed reference: its features carry no gradient
-    pred_features = vgg(pred)
-    with torch.no_grad():
-        target_features = vgg(target)
-    return pred_features, target_features
+    zero = torch.zeros((), device=next(iter(real.values())).device)
+    content = sum((l1_loss(generated[name], real[name]) for name in content_layers), zero)
+    style = sum((l1_loss(gram_matrix(generated[name]), gram_matrix(real[name])) for name in style_layers), zero)
+    return content, style
 
 
 def adversarial_loss(logits: torch.Tensor, target_is_real: bool, kind: str = "vanilla",
