@@ -1,7 +1,7 @@
 """DPTN, the Dual-task Pose Transformer Network, and its training.
 
 Zhang, Yang, Lai, Xie, "Exploring Dual-task Correlation for Pose Guided Person Image Generation", CVPR 2022,
-arXiv:2203.02910. Facts read from the official code, PangzeCheung/Dual-task-Pose-Transformer-Network
+arXiv:2203.02910. Facts read from the official code, PangzeCheung/Dual-task-Pose-Transformer-Network@59a759030ff4
 (``models/networks.py``, ``models/PTM.py``, ``models/DPTN_model.py``, ``models/external_function.py``,
 ``options/*.py``, ``scripts/train_{fashion,market}.sh``). Its blocks, initialisation and discriminator are GFLA's,
 shared in ``pgpig.models.gfla_blocks``.

@@ -1,6 +1,6 @@
 """GFLA, the Global-Flow Local-Attention generator, and its two training stages.
 
-Ren, Yu, Xiao, Li, Liu, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
+Ren, Yu, Chen, Li, Li, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
 arXiv:2003.00696. Facts read from the official code, RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1
 (``model/networks/generator.py``, ``model/pose_model.py``, ``model/poseflownet_model.py``,
 ``model/networks/external_function.py``, ``options/*.py``, ``PERSON_IMAGE_GENERATION.md``). The blocks it shares with

@@ -1,10 +1,12 @@
 """GFLA's block library, which DPTN's official code reuses: norms, activations, convs, the encoder and decoder
 blocks, the output layer, the orthogonal initialisation and the ``ResDiscriminator``.
 
-Ren et al., "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020, arXiv:2003.00696; read from
-RenYurui/Global-Flow-Local-Attention (``model/networks/base_function.py``, ``model/networks/discriminator.py``,
-``model/networks/base_network.py``) and its reuse in PangzeCheung/Dual-task-Pose-Transformer-Network
-(``models/base_function.py``). Class and attribute names follow the official ones, so the state-dict keys match.
+Ren, Yu, Chen, Li, Li, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
+arXiv:2003.00696. Read from RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1 (``model/networks/base_function.py``,
+``model/networks/discriminator.py``, ``model/networks/base_network.py``) and its copy in
+PangzeCheung/Dual-task-Pose-Transformer-Network@59a759030ff4 (``models/base_function.py``). Class and attribute
+names follow the official ones, so the state-dict keys match. ``docs/models/gfla.md`` and ``docs/models/dptn.md``
+describe the blocks in their models.
 """
 
 from __future__ import annotations
