@@ -183,8 +183,8 @@ class FlowNet(Encoder):
     W/2**l)`` and one mask ``(B, 1, ...)`` per level ``l`` of ``attn_layer``, coarsest first."""
 
     def __init__(self, image_nc: int, structure_nc: int, attn_layer: Sequence[int], norm: str, activation: str,
-                 use_spect: bool, ngf: int = FLOW_NET["ngf"], img_f: int = FLOW_NET["img_f"],
-                 encoder_layer: int = FLOW_NET["encoder_layer"]) -> None:
+                 use_spect: bool) -> None:
+        ngf, img_f, encoder_layer = FLOW_NET["ngf"], FLOW_NET["img_f"], FLOW_NET["encoder_layer"]
         super().__init__(image_nc + 2 * structure_nc, ngf, img_f, encoder_layer, norm, activation, use_spect)
         self.encoder_layer, self.attn_layer = encoder_layer, tuple(attn_layer)
         self.decoder_layer = encoder_layer - min(attn_layer)
@@ -232,13 +232,11 @@ def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return warped.to(image.dtype)
 
 
-def _check_size(h: int, w: int, encoder_layer: int = FLOW_NET["encoder_layer"]) -> None:
-    factor = 2**encoder_layer
-    if h % factor or w % factor:
-        raise TrainError(f"GFLA needs image sizes that are multiples of {factor} (its flow estimator halves them "
-                         f"{encoder_layer} times), got {h}x{w}: 256x256 DeepFashion (crop_margin 0), 128x64 "
-                         "Market-1501")
-
+def _check_size(h: int, w: int) -> None:
+    halvings = FLOW_NET["encoder_layer"]
+    if h % 2**halvings or w % 2**halvings:
+        raise TrainError(f"GFLA needs image sizes that are multiples of {2**halvings} (its flow estimator halves them "
+                         f"{halvings} times), got {h}x{w}: 256x256 DeepFashion (crop_margin 0), 128x64 Market-1501")
 
 
 # ---------------------------------------------------------------------------------------------------- generator
