@@ -19,8 +19,8 @@ from torch import nn
 from pgpig.errors import TrainError
 
 __all__ = ["LEAKY_SLOPE", "ORTHOGONAL_GAIN", "ActivatedConv", "DecoderBlock", "Encoder", "EncoderBlock",
-           "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal", "norm_layer",
-           "two_convs", "up_conv", "widths"]
+           "ResBlockEncoder", "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal",
+           "norm_layer", "two_convs", "up_conv", "widths"]
 
 LEAKY_SLOPE = 0.1
 """Negative slope of the official ``LeakyReLU`` (``get_nonlinearity_layer``)."""
