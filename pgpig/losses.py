@@ -1,47 +1,18 @@
-"""The training losses of the PGPIG papers: pixel L1, PG2's pose-mask L1, perceptual and style losses on VGG-19
-features, and the adversarial losses.
+"""The training losses of the pose-guided generators: pixel L1, PG2's pose-mask L1, perceptual, content and style
+losses on VGG-19 features, and the adversarial losses.
 
-- PG2 (Ma et al., "Pose Guided Person Image Generation", NeurIPS 2017, arXiv:1705.09368), eq. 2: the stage-1
-  loss is ``||(G1(I_A, P_B) - I_B) * (1 + M_B)||_1``, an L1 whose body pixels (pose mask ``M_B``) count twice;
-  the official TensorFlow code writes it as ``mean(|G1 - x|) + mean(|G1 - x| * M)``, a mean over all pixels
-  and channels, which is ``masked_l1`` with ``weight_outside=1``.
-- PATN (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation", CVPR 2019,
-  arXiv:1904.03349): L1 plus a perceptual L1 on VGG-19 "conv1_2" plus an adversarial loss. The official
-  ``L1_plus_perceptualLoss`` keeps ``vgg19().features[:perceptual_layers + 1]`` with ``perceptual_layers=3``,
-  i.e. up to index 3, the ReLU after conv1_2 (in place), so the tensor it compares is ``relu1_2``; it maps
-  images from ``[-1, 1]`` to ``[0, 1]``, normalises with the ImageNet mean/std and detaches the target's
-  features. Both names are offered here; a PATN recipe that wants the official numbers uses ``relu1_2``.
-- GFLA (Ren et al., "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
-  arXiv:2003.00696), ``model/networks/external_function.py``: ``PerceptualLoss`` is the L1 between features at
-  relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (weights 1 each); ``StyleLoss`` is the L1 between Gram matrices
-  ``F F^T / (C H W)`` at relu2_2, relu3_4, relu4_4, relu5_2 (``GFLA_PERCEPTUAL_LAYERS``,
-  ``GFLA_STYLE_LAYERS``). GFLA feeds its VGG the ``[-1, 1]`` images without ImageNet normalisation; we always
-  normalise (the features the weights were trained on), which rescales its loss slightly.
-
-Layer names follow the VGG paper: ``convB_K`` is the K-th convolution of block B and ``reluB_K`` the ReLU after
-it; ``poolB`` ends block B. ``VGG19_LAYERS`` maps them to indices of torchvision's ``vgg19().features``, computed
-from torchvision's own configuration ``cfgs["E"]`` (64, 64, M, 128, 128, M, 256 x4, M, 512 x4, M, 512 x4, M;
-each number a conv followed by a ReLU, M a max-pool): conv1_1 0, relu1_1 1, conv1_2 2, relu1_2 3, pool1 4,
-relu2_1 6, relu2_2 8, pool2 9, relu3_1 11, relu3_4 17, pool3 18, relu4_1 20, relu4_4 26, pool4 27, relu5_1 29,
-relu5_2 31, relu5_4 35, pool5 36.
-
-Decisions:
-
-- ``VGG19Features`` keeps only ``features[:deepest + 1]`` and its ReLUs are not in place: torchvision's are, which
-  would overwrite a returned ``conv1_2`` with ``relu1_2`` (the reason PATN's "conv1_2" is in fact ``relu1_2``).
-- Weights are never unpickled as objects: a ``.pth`` goes through ``torch.load(weights_only=True)`` and a
-  ``.safetensors`` through safetensors; the ImageNet weights come from torch hub's cache, hash-checked when
-  downloaded. Without them the error names ``--vgg-weights`` and the cache path, since this may run offline.
-- Gram matrices and every loss are computed in float32 (autocast off inside): a ``C x C`` sum over ``H W``
-  products in bfloat16 loses most of its digits, and the losses are scalars, so this costs nothing.
-- Discriminators return logits; ``"vanilla"`` is BCE with logits, the same value as PATN's sigmoid + ``BCELoss``
-  without its overflow at saturated outputs.
+The papers' definitions (PG2, arXiv:1705.09368, eq. 2 and its official TensorFlow code; PATN, arXiv:1904.03349,
+``L1_plus_perceptualLoss``; GFLA, arXiv:2003.00696, ``model/networks/external_function.py``), the VGG-19 layer
+names and the decisions taken are in ``docs/losses.md``. In short: ``VGG19Features`` returns named layers
+(``relu1_2``, ``relu2_2``, ...; ``VGG19_LAYERS`` maps them to torchvision's ``vgg19().features`` indices) of a
+frozen VGG-19 with ImageNet normalisation inside and ReLUs not in place; weights are read as tensors only, never
+unpickled; Gram matrices and every loss are computed in float32 with autocast off; discriminators return logits.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -58,13 +29,13 @@ __all__ = [
     "GFLA_STYLE_LAYERS",
     "PATN_PERCEPTUAL_LAYERS",
     "PerceptualLoss",
-    "StyleLoss",
     "VGG19Features",
     "VGG19_LAYERS",
     "adversarial_loss",
     "gram_matrix",
     "l1_loss",
     "masked_l1",
+    "vgg_content_style",
 ]
 
 PATN_PERCEPTUAL_LAYERS = ("relu1_2",)
@@ -266,50 +237,35 @@ class PerceptualLoss(nn.Module):
         if criterion not in ("l1", "mse"):
             raise ValueError(f"criterion must be 'l1' or 'mse', got {criterion!r}")
         self.criterion = criterion
-        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
+        self.vgg = vgg if vgg is not None else VGG19Features(self.layers, vgg_weights, allow_random)
+        missing = [name for name in self.layers if name not in self.vgg.layers]
+        if not self.layers or missing:
+            raise ValueError(f"the VGG19Features given does not return layers {missing or '(none given)'}")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features, target_features = _features(self.vgg, pred, target)
+        pred_features = self.vgg(pred)
+        with torch.no_grad():  # the target is a fixed reference: its features carry no gradient
+            target_features = self.vgg(target)
         distance = F.l1_loss if self.criterion == "l1" else F.mse_loss
         with torch.autocast(device_type=pred.device.type, enabled=False):
             return sum(w * distance(_float(pred_features[name]), _float(target_features[name]))
                        for name, w in zip(self.layers, self.layer_weights, strict=True))
 
 
-class StyleLoss(nn.Module):
-    """Sum over layers of the L1 between Gram matrices of VGG-19 features (GFLA's style loss).
+def vgg_content_style(generated: Mapping[str, torch.Tensor], real: Mapping[str, torch.Tensor],
+                      content_layers: Sequence[str] = GFLA_PERCEPTUAL_LAYERS,
+                      style_layers: Sequence[str] = GFLA_STYLE_LAYERS) -> tuple[torch.Tensor, torch.Tensor]:
+    """GFLA's ``VGGLoss`` (DPTN's too) on features already computed, as float32 scalars ``(content, style)``.
 
-    ``forward(pred, target)``: ``(B, 3, H, W)`` in ``[-1, 1]`` each → scalar; the target carries no gradient.
+    ``generated``, ``real``: ``{layer: (B, C, h, w)}`` from one ``VGG19Features``; ``real`` holds at least one layer.
+    ``content`` is the sum over ``content_layers`` of the L1 between the features, ``style`` the sum over
+    ``style_layers`` of the L1 between their Gram matrices; a term with no layers is 0. The objectives run VGG-19
+    once per batch and share its features between this and their other terms, hence features, not images.
     """
-
-    def __init__(self, layers: Sequence[str] = GFLA_STYLE_LAYERS, vgg: VGG19Features | None = None,
-                 vgg_weights: str | Path | None = "imagenet", allow_random: bool = False) -> None:
-        super().__init__()
-        self.layers = tuple(layers)
-        self.vgg = _feature_net(self.layers, vgg, vgg_weights, allow_random)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features, target_features = _features(self.vgg, pred, target)
-        return sum(F.l1_loss(gram_matrix(pred_features[name]), gram_matrix(target_features[name]))
-                   for name in self.layers)
-
-
-def _feature_net(layers: tuple[str, ...], vgg: VGG19Features | None, vgg_weights: str | Path | None,
-                 allow_random: bool) -> VGG19Features:
-    """The given feature network, checked to return ``layers``, or a new one built for them."""
-    vgg = vgg if vgg is not None else VGG19Features(layers, vgg_weights, allow_random)
-    missing = [name for name in layers if name not in vgg.layers]
-    if not layers or missing:
-        raise ValueError(f"the VGG19Features given does not return layers {missing or '(none given)'}")
-    return vgg
-
-
-def _features(vgg: VGG19Features, pred: torch.Tensor, target: torch.Tensor) -> tuple[dict, dict]:
-    # the target is a fixed reference: its features carry no gradient
-    pred_features = vgg(pred)
-    with torch.no_grad():
-        target_features = vgg(target)
-    return pred_features, target_features
+    zero = torch.zeros((), device=next(iter(real.values())).device)
+    content = sum((l1_loss(generated[name], real[name]) for name in content_layers), zero)
+    style = sum((l1_loss(gram_matrix(generated[name]), gram_matrix(real[name])) for name in style_layers), zero)
+    return content, style
 
 
 def adversarial_loss(logits: torch.Tensor, target_is_real: bool, kind: str = "vanilla",

@@ -1,113 +1,17 @@
-"""GFLA, the Global-Flow Local-Attention generator, its discriminator and its two training stages.
+"""GFLA, the Global-Flow Local-Attention generator, and its two training stages.
 
-Ren, Yu, Xiao, Li, Liu, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
-arXiv:2003.00696; official code RenYurui/Global-Flow-Local-Attention (``model/networks/generator.py``,
-``model/networks/base_function.py``, ``model/networks/discriminator.py``, ``model/networks/external_function.py``,
-``model/networks/base_network.py``, ``model/pose_model.py``, ``model/poseflownet_model.py``, ``options/*.py``,
-``data/*_dataset.py``, ``util/pose_utils.py``, ``PERSON_IMAGE_GENERATION.md``; read for the facts below, file by
-file). The three CUDA ops of the official code are ``pgpig.models.ops``.
+Ren, Yu, Chen, Li, Li, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
+arXiv:2003.00696. Facts read from the official code, RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1
+(``model/networks/generator.py``, ``model/pose_model.py``, ``model/poseflownet_model.py``,
+``model/networks/external_function.py``, ``options/*.py``, ``PERSON_IMAGE_GENERATION.md``). The blocks it shares with
+DPTN are ``pgpig.models.gfla_blocks``, its three CUDA ops ``pgpig.models.ops``.
 
-Input: ``source_image`` ``(B, 3, H, W)`` in ``[-1, 1]``, ``source_pose`` and ``target_pose`` ``(B, 18, H, W)``
-Gaussian heatmaps, ``H`` and ``W`` multiples of 32 (the flow estimator halves them five times and adds skips):
-256x256 DeepFashion, 128x64 Market-1501. PATN's 256x176 crop does not fit (176 is not a multiple of 32), and GFLA
-trains DeepFashion at 256x256 (``data/fashion_dataset.py``: ``load_size=256``).
-Output: ``(image, flows, masks)``, the official order: the generated image ``(B, 3, H, W)`` (tanh), the flow fields
-``(B, 2, H / 2**l, W / 2**l)`` (pixels of their own grid, x first) and the occlusion masks ``(B, 1, H / 2**l, W /
-2**l)`` in ``(0, 1)``, one per attention level ``l`` of ``attn_layer``, coarsest first.
-
-Architecture (``generator.py`` ``PoseGenerator``; blocks of ``base_function.py``; ``act`` is LeakyReLU with slope
-0.1 (``activation='LeakyReLU'``), ``norm`` an affine instance norm, convs with bias):
-
-- ``flow_net`` (``PoseFlowNet``, hard-coded ``ngf=32, img_f=256, encoder_layer=5``): input ``cat(source, source
-  pose, target pose)`` (39 channels); a down block to 32 channels at ``H/2`` and four more to ``32 * min(2**k, 8)``
-  at ``H/32``; a down block is ``norm, act, 4x4 stride-2 conv, norm, act, 3x3 conv`` (``EncoderBlock``). Then
-  ``5 - min(attn_layer)`` up blocks (``ResBlockDecoder``: ``norm, act, 3x3 conv, norm, act, 3x3 stride-2
-  transposed conv`` plus a transposed-conv shortcut), each followed by ``+ jump(encoder output of that size)``
-  (``Jump``: ``act, reflection pad, 3x3 conv``); at each level ``l`` of ``attn_layer`` a 3x3 conv gives the flow
-  (2 channels) and a 3x3 conv + sigmoid the mask.
-- ``source`` (``PoseSourceNet``): the source image through ``layers`` down blocks (``ngf * min(2**k, img_f /
-  ngf)`` channels); it keeps every level's features.
-- ``target`` (``PoseTargetNet``): the target pose through ``layers`` down blocks; then for ``i = 0 .. layers-1``
-  (level ``l = layers - i``, resolution ``H / 2**l``): if ``l`` is in ``attn_layer``, the local attention
-  ``attn{i}`` (``ExtractorAttn``) reads the source features of that level around the flow's sampling points and
-  the result is blended in, ``x = x (1 - mask) + attn mask``; then ``decoder{i}``: ``num_blocks - 1`` residual
-  blocks (``norm, act, conv, norm, act, conv`` + identity) and an up block. ``outconv`` (``Output``): ``act,
-  reflection pad, 3x3 conv, tanh``.
-- Local attention (``ExtractorAttn``, kernel ``k = extractor_kz[l]``): ``block_extractor`` takes the ``k x k``
-  source patch at each flow target and the ``k x k`` target patch in place (zero flow); a ``k x k`` stride-``k``
-  conv to 128 channels over both, act, a 1x1 conv to ``k*k`` logits and a softmax over them weigh the source patch;
-  the output is ``avg_pool(weights * patch, k)``, i.e. the weighted sum divided by ``k*k`` (the official scale).
-
-Where each fact comes from:
-
-- Paper settings (``PAPER_SETTINGS``): ``model/pose_model.py`` builds the generator with ``ngf=64, img_f=512,
-  num_blocks=2, norm='instance', activation='LeakyReLU'``, ``--layers`` 3 (its default) and ``use_spect_g`` False
-  (``set_defaults``); ``PERSON_IMAGE_GENERATION.md`` trains DeepFashion with ``--attn_layer=2,3
-  --kernel_size=2=5,3=3`` and tests Market-1501 with ``--attn_layer=2 --kernel_size=2=3``.
-- Key names and shapes (so official weights load with ``load_state_dict(strict=True)``):
-  ``shared/reference/official/state_dict_shapes.json`` (``gfla/deepfashion``, ``gfla/market1501``); the official
-  ``Jump`` and ``Output`` register their conv twice (as ``conv1`` and inside ``model``), so their weights appear
-  under two keys; the state dict here holds both, as copies (safetensors refuses tensors that share memory).
-  Official parameter counts, each parameter once (``nn.Module.parameters()``, which the official
-  ``print_network`` sums): 14,047,395 (DeepFashion) and 12,926,471 (Market-1501); summed over the state-dict keys
-  14,823,718 and 13,702,794 (the aliased convs twice). The paper's Table 1 gives 14.04 M.
-- Outputs: ``shared/reference/official/gfla_public.pt`` holds the official generator's outputs at reduced width
-  (``ngf`` 16, ``img_f`` 64); ``tests/pgpig/test_gfla.py`` matches them to 1e-4 with its weights.
-- Initialisation (``base_network.py`` ``init_weights``, ``--init_type orthogonal`` in both models' options):
-  orthogonal conv and linear weights with gain 0.02, zero biases; instance norms keep scale 1 and shift 0 (the
-  init function only touches ``BatchNorm2d``, which it draws from ``N(1, 0.02)``).
-- Discriminator (``discriminator.py`` ``ResDiscriminator``, as ``pose_model.py`` builds it): ``ndf=32,
-  img_f=128``, ``layers`` 4 on DeepFashion and 3 on Market-1501, no norm, spectral norm on every conv
-  (``use_spect_d`` True), on the generated or real image alone (no condition). Blocks (``ResBlockEncoder``): ``act,
-  3x3 conv, act, 4x4 stride-2 conv`` plus ``avg_pool 2, 1x1 conv``; then ``act`` and a spectral-norm 1x1 conv to
-  one channel: a patch map of logits at ``H / 2**layers``.
-
-Training (``GFLAObjective``):
-
-- Stage 1 (``model/poseflownet_model.py``): the flow estimator alone, ``lambda_correct = 20`` x sampling
-  correctness + ``lambda_regularization = 0.01`` x affine regularisation; Adam ``lr`` 1e-4 (``train_options.py``),
-  betas ``(0, 0.999)``; batch 8 (``base_options.py``). Stage 2 (``model/pose_model.py``, ``--continue_train`` from
-  stage 1's flow net): ``lambda_rec = 5`` x L1 + ``lambda_correct = 5`` x correctness + ``lambda_g = 2`` x GAN +
-  ``lambda_regularization = 0.0025`` x regularisation + ``lambda_style = 500`` x style + ``lambda_content = 0.5``
-  x perceptual; D at ``lr * ratio_g2d`` (0.1), betas ``(0, 0.999)``, loss ``0.5 (real + fake)``; ``gan_mode``
-  ``lsgan`` (the default of ``train_options.py``; the README passes none). The learning rate is constant (``niter``
-  5,000,000).
-- Sampling correctness (``PerceptualCorrectness``): for the flow of level ``l``, VGG-19 features of target and
-  source at ``relu{l+1}_1`` (relu4_1 for level 3, relu3_1 for level 2: the flow's own resolution); the source
-  features resampled by the flow (``resample2d``, kernel 4, dilation 1, sigma 2); ``mean(exp(-cos(sampled,
-  target) / max_j cos(source_j, target))) - exp(-1)``, the max over every source position, summed over the levels.
-- Regularisation (``MultiAffineRegularizationLoss``): for each flow (with its level's kernel ``k``), every ``k x k``
-  patch of its x and y components is fitted by an affine function of the patch coordinates; the loss is the mean
-  over patches of the squared residual norm, x plus y, summed over the levels. The official builds it from
-  ``block_extractor`` and ``local_attn_reshape`` on ``flow + pixel grid``; the grid is affine, so its residual is 0
-  and the formula here (``affine_regularization``) uses ``F.unfold`` on the flow; the test checks it against the
-  official composition of the ops.
-- Perceptual and style (``VGGLoss``): L1 of VGG-19 ``GFLA_PERCEPTUAL_LAYERS`` features, weights 1, and L1 of Gram
-  matrices at ``GFLA_STYLE_LAYERS``, as ``pgpig.losses``. Difference: the official VGG sees ``[-1, 1]`` images
-  without ImageNet normalisation, ours normalises (``pgpig.losses.VGG19Features``); this changes the scale of the
-  content, style and correctness terms somewhat.
-- Pose maps (``util/pose_utils.py`` ``cords_to_map``): 18 Gaussian heatmaps of sigma 6 px, as PATN's.
-
-Decisions:
-
-- ``PAPER_SETTINGS`` is chosen by the image height in training (``GFLAObjective.build_generator``): 256 and above
-  is DeepFashion's (attention at levels 2 and 3), below Market-1501's (level 2 only); ``TrainConfig`` has no field
-  for the attention levels.
-- Stage 1's generator holds only ``flow_net`` (the official ``PoseFlowNetGenerator`` has the same keys), and its
-  forward returns ``(warped source, flows, masks)``: the source warped by the finest flow (``warp_image``), which is
-  what sample grids show. Stage 2 starts from its ``generator.safetensors`` with ``init_weights``.
-- Weights that never reach a loss are frozen (``requires_grad=False``: left out of the optimizer, and DDP does not
-  wait for their gradients): Market-1501's deepest source block ``source.encoder1`` (its attention reads level 2
-  only; the official builds and runs it, but its output is unused) and, in stage 1, the occlusion-mask convs (no
-  stage-1 loss sees the masks; official Adam skips them too, their gradient being None). Both keep their keys.
-- The official step updates D before G; pgpig's loop updates G first, then D on the same generated batch.
-- The flow and mask convs run in float32 under autocast (bfloat16 resolves 1/8 px at 16 px displacement), and the
-  correctness and regularisation losses are computed in float32.
-- One VGG-19 pass each on generated, target and source images serves the perceptual, style and correctness terms
-  (the official runs four passes).
-- Not reproduced: Market-1501's random affine augmentation of the pairs (``data/market_dataset.py``: angle +-5,
-  shift +-5 px, scale 0.95 to 1.05); the official DeepFashion 256x256 images are the high-resolution ones resized
-  anisotropically, pgpig's are the In-shop 256x256 images (``DESIGN.md``).
+``GFLA(source_image (B, 3, H, W), source_pose (B, 18, H, W), target_pose (B, 18, H, W))`` with ``H`` and ``W``
+multiples of 32 returns ``(image (B, 3, H, W), flows, masks)``: one flow field ``(B, 2, H / 2**l, W / 2**l)`` and
+one occlusion mask ``(B, 1, H / 2**l, W / 2**l)`` per attention level ``l``, coarsest first. ``stage=1`` builds the
+flow estimator alone. ``GFLAObjective`` trains stage 1 (sampling correctness and affine regularisation) and stage 2
+(adds L1, VGG content and style, GAN). Architecture, sources of each fact and the decisions taken:
+``docs/models/gfla.md``.
 """
 
 from __future__ import annotations
@@ -127,15 +31,25 @@ from pgpig.losses import (
     GFLA_STYLE_LAYERS,
     VGG19Features,
     adversarial_loss,
-    gram_matrix,
     l1_loss,
+    vgg_content_style,
 )
 from pgpig.models import register
+from pgpig.models.gfla_blocks import (
+    ActivatedConv,
+    DecoderBlock,
+    Encoder,
+    ResDiscriminator,
+    activation_layer,
+    conv,
+    init_orthogonal,
+    two_convs,
+)
 from pgpig.models.objective import Objective, StepBatch
 from pgpig.models.ops import block_extractor, local_attn_reshape, resample2d
 
-__all__ = ["FLOW_NET", "GFLA", "PAPER_SETTINGS", "GFLADiscriminator", "GFLAObjective", "affine_regularization",
-           "generator_settings", "init_orthogonal", "paper_setting_for", "sampling_correctness", "warp_image"]
+__all__ = ["DISCRIMINATOR", "FLOW_NET", "GFLA", "PAPER_SETTINGS", "GFLAObjective", "affine_regularization",
+           "generator_settings", "paper_setting_for", "sampling_correctness", "warp_image"]
 
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "deepfashion": {"image_nc": 3, "structure_nc": 18, "output_nc": 3, "ngf": 64, "img_f": 512, "layers": 3,
@@ -145,14 +59,14 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
                    "num_blocks": 2, "norm": "instance", "activation": "LeakyReLU", "attn_layer": [2],
                    "extractor_kz": {"2": 3}, "use_spect": False, "use_coord": False},
 }
-"""The official generator's constructor arguments per data set (module docstring)."""
+"""The official generator's constructor arguments per data set (``docs/models/gfla.md``)."""
 
 FLOW_NET = {"ngf": 32, "img_f": 256, "encoder_layer": 5}
 """The flow estimator's widths and depth, hard-coded inside the official ``PoseGenerator``."""
 
-DISCRIMINATOR = {"deepfashion": {"ndf": 32, "img_f": 128, "layers": 4}, "market1501": {"ndf": 32, "img_f": 128,
-                                                                                        "layers": 3}}
-"""``ResDiscriminator`` as ``model/pose_model.py`` builds it per data set (spectral norm on)."""
+DISCRIMINATOR = {dataset: {"ndf": 32, "img_f": 128, "layers": layers, "spectral_output": True}
+                 for dataset, layers in (("deepfashion", 4), ("market1501", 3))}
+"""``ResDiscriminator`` as ``model/pose_model.py`` builds it per data set (spectral norm on, GFLA's variant)."""
 
 ATTENTION_HIDDEN = 128
 """Hidden width of the local attention's conv (hard-coded in ``ExtractorAttn``)."""
@@ -163,86 +77,7 @@ CORRECTNESS_RESAMPLE = {"kernel_size": 4, "dilation": 1, "sigma": 2.0}
 _EPS = 1e-8  # PerceptualCorrectness's eps
 
 
-def paper_setting_for(size: tuple[int, int]) -> str:
-    """Which data set's settings a run at ``(H, W)`` uses: ``deepfashion`` from 256 px height, else
-    ``market1501``."""
-    return "deepfashion" if size[0] >= 256 else "market1501"
-
-
-def generator_settings(cfg: Any, size: tuple[int, int]) -> dict[str, Any]:
-    """The generator's constructor arguments for a ``TrainConfig`` at ``(H, W)`` images: the paper setting of that
-    size, the config's ``ngf``, ``n_blocks`` and ``norm``, and its ``generator_options`` on top."""
-    return {**PAPER_SETTINGS[paper_setting_for(size)], "ngf": cfg.ngf, "num_blocks": cfg.n_blocks, "norm": cfg.norm,
-            **(cfg.generator_options or {})}
-
-
-def correctness_layer(level: int) -> str:
-    """The VGG-19 layer the correctness loss compares for the flow of attention level ``level`` (the official
-    ``['rel1_1', 'relu2_1', 'relu3_1', 'relu4_1'][level]``; level 0 is a typo there and unused)."""
-    if not 1 <= level <= 3:
-        raise TrainError(f"GFLA's correctness loss has VGG layers for attention levels 1 to 3, not {level}")
-    return f"relu{level + 1}_1"
-
-
-# ---------------------------------------------------------------------------------------------------- layers
-
-
-def _norm(norm: str, channels: int) -> nn.Module | None:
-    """``get_norm_layer`` of ``base_function.py``: affine instance norm, batch norm, or none."""
-    if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if norm == "batch":
-        return nn.BatchNorm2d(channels, momentum=0.1, affine=True)
-    if norm == "none":
-        return None
-    raise TrainError(f"GFLA: unknown norm {norm!r}; choose one of instance, batch, none")
-
-
-def _activation(name: str) -> nn.Module:
-    """``get_nonlinearity_layer``: the official LeakyReLU has slope 0.1. PReLU is left out: the official shares one
-    instance (one learnt slope) across the whole network."""
-    if name == "LeakyReLU":
-        return nn.LeakyReLU(0.1)
-    if name == "ReLU":
-        return nn.ReLU()
-    if name == "SELU":
-        return nn.SELU()
-    raise TrainError(f"GFLA: unsupported activation {name!r}; choose one of LeakyReLU, ReLU, SELU")
-
-
-def _spectral(conv: nn.Module, use_spect: bool) -> nn.Module:
-    # torch.nn.utils.spectral_norm keeps the official key names (weight_orig, weight_u, weight_v)
-    return nn.utils.spectral_norm(conv) if use_spect else conv
-
-
-def _conv(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, use_spect: bool = False) -> nn.Module:
-    return _spectral(nn.Conv2d(cin, cout, kernel, stride, padding), use_spect)
-
-
-def _up_conv(cin: int, cout: int, use_spect: bool) -> nn.Module:
-    """3x3 stride-2 transposed conv that doubles the size exactly."""
-    return _spectral(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1), use_spect)
-
-
-def _two_convs(cin: int, mid: int, conv1: nn.Module, conv2: nn.Module, norm: str, activation: str) -> nn.Sequential:
-    """``norm, act, conv1, norm, act, conv2`` (convs at indices 2 and 5), or ``act, conv1, act, conv2`` (1 and 3)
-    without a norm: the body of every official block."""
-    n1, n2 = _norm(norm, cin), _norm(norm, mid)
-    if n1 is None:
-        return nn.Sequential(_activation(activation), conv1, _activation(activation), conv2)
-    return nn.Sequential(n1, _activation(activation), conv1, n2, _activation(activation), conv2)
-
-
-class DownBlock(nn.Module):
-    """``EncoderBlock``: ``(B, cin, H, W) -> (B, cout, H/2, W/2)``, a 4x4 stride-2 conv then a 3x3 conv."""
-
-    def __init__(self, cin: int, cout: int, norm: str, activation: str, use_spect: bool) -> None:
-        super().__init__()
-        self.model = _two_convs(cin, cout, _conv(cin, cout, 4, 2, 1, use_spect), _conv(cout, cout, 3, 1, 1, use_spect),
-                                norm, activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+# ---------------------------------------------------------------------------------------------------- blocks
 
 
 class ResidualBlock(nn.Module):
@@ -250,8 +85,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, norm: str, activation: str, use_spect: bool) -> None:
         super().__init__()
-        self.model = _two_convs(channels, channels, _conv(channels, channels, 3, 1, 1, use_spect),
-                                _conv(channels, channels, 3, 1, 1, use_spect), norm, activation)
+        self.model = two_convs(channels, channels, conv(channels, channels, 3, 1, 1, use_spect),
+                               conv(channels, channels, 3, 1, 1, use_spect), norm, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) + x
@@ -268,42 +103,6 @@ class ResidualStack(nn.Module):
         return self.model(x)
 
 
-class UpBlock(nn.Module):
-    """``ResBlockDecoder``: ``(B, cin, H, W) -> (B, cout, 2H, 2W)``, convs plus a transposed-conv shortcut."""
-
-    def __init__(self, cin: int, cout: int, hidden: int | None, norm: str, activation: str, use_spect: bool) -> None:
-        super().__init__()
-        hidden = cin if hidden is None else hidden
-        self.model = _two_convs(cin, hidden, _conv(cin, hidden, 3, 1, 1, use_spect), _up_conv(hidden, cout, use_spect),
-                                norm, activation)
-        self.shortcut = nn.Sequential(_up_conv(cin, cout, use_spect))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) + self.shortcut(x)
-
-
-def _clone_aliased_conv(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    # the conv sits under two keys (conv1.* and model.<i>.*) as in the official state dict; give the conv1 entries
-    # their own memory, which safetensors (checkpoints) requires; loading writes both into the one conv
-    for key in [k for k in state_dict if k.startswith(prefix + "conv1.")]:
-        state_dict[key] = state_dict[key].clone()
-
-
-class ActivatedConv(nn.Module):
-    """``Jump`` (``tanh=False``) and ``Output`` (``tanh=True``) without norm: ``act, reflection pad, conv[, tanh]``,
-    same size. The conv is registered twice, as ``conv1`` and inside ``model``, as the official."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, activation: str, use_spect: bool, tanh: bool) -> None:
-        super().__init__()
-        self.conv1 = _conv(cin, cout, kernel, use_spect=use_spect)
-        layers = [_activation(activation), nn.ReflectionPad2d(kernel // 2), self.conv1]
-        self.model = nn.Sequential(*layers, nn.Tanh()) if tanh else nn.Sequential(*layers)
-        self.register_state_dict_post_hook(_clone_aliased_conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
 class LocalAttention(nn.Module):
     """``ExtractorAttn``: ``source`` ``(B, C, h, w)`` features, ``target`` ``(B, C, h, w)`` features and ``flow``
     ``(B, 2, h, w)`` -> ``(B, C, h, w)``, the source patch at each flow target weighted by a softmax over its
@@ -314,7 +113,7 @@ class LocalAttention(nn.Module):
         k = self.kernel_size = kernel_size
         self.fully_connect_layer = nn.Sequential(
             nn.Conv2d(2 * channels, ATTENTION_HIDDEN, kernel_size=k, stride=k),
-            _activation(activation),
+            activation_layer(activation),
             nn.Conv2d(ATTENTION_HIDDEN, k * k, kernel_size=1),
             nn.Softmax(dim=1),
         )
@@ -325,30 +124,6 @@ class LocalAttention(nn.Module):
         target_patches = block_extractor(target, torch.zeros_like(flow), k)
         weights = local_attn_reshape(self.fully_connect_layer(torch.cat((target_patches, source_patches), 1)), k)
         return F.avg_pool2d(weights * source_patches, k, k)
-
-
-def _widths(ngf: int, img_f: int, n: int) -> list[int]:
-    """Channels after each of ``n`` down blocks: ``ngf * min(2**i, img_f // ngf)``."""
-    return [ngf * min(2**i, img_f // ngf) for i in range(n)]
-
-
-class Encoder(nn.Module):
-    """``block0`` and ``encoder0 ..`` down blocks: ``(B, cin, H, W)`` -> every level's output, finest first."""
-
-    def __init__(self, cin: int, ngf: int, img_f: int, n: int, norm: str, activation: str, use_spect: bool) -> None:
-        super().__init__()
-        self.n = n
-        widths = _widths(ngf, img_f, n)
-        self.block0 = DownBlock(cin, widths[0], norm, activation, use_spect)
-        for i in range(n - 1):
-            setattr(self, f"encoder{i}", DownBlock(widths[i], widths[i + 1], norm, activation, use_spect))
-
-    def levels(self, x: torch.Tensor, n: int | None = None) -> list[torch.Tensor]:
-        """The outputs of the first ``n`` blocks (default all), finest first."""
-        out = [self.block0(x)]
-        for i in range((self.n if n is None else n) - 1):
-            out.append(getattr(self, f"encoder{i}")(out[-1]))
-        return out
 
 
 class SourceNet(Encoder):
@@ -382,7 +157,7 @@ class TargetNet(Encoder):
         mult = min(2 ** (layers - 1), img_f // ngf)
         for i in range(layers):
             previous, mult = mult, min(2 ** (layers - i - 2), img_f // ngf) if i != layers - 1 else 1
-            up = UpBlock(ngf * previous, ngf * mult, None, norm, activation, use_spect)
+            up = DecoderBlock(ngf * previous, ngf * mult, None, norm, activation, use_spect)
             blocks = [ResidualStack(num_blocks - 1, ngf * previous, norm, activation, use_spect)] \
                 if num_blocks > 1 else []
             setattr(self, f"decoder{i}", nn.Sequential(*blocks, up))
@@ -408,8 +183,8 @@ class FlowNet(Encoder):
     W/2**l)`` and one mask ``(B, 1, ...)`` per level ``l`` of ``attn_layer``, coarsest first."""
 
     def __init__(self, image_nc: int, structure_nc: int, attn_layer: Sequence[int], norm: str, activation: str,
-                 use_spect: bool, ngf: int = FLOW_NET["ngf"], img_f: int = FLOW_NET["img_f"],
-                 encoder_layer: int = FLOW_NET["encoder_layer"]) -> None:
+                 use_spect: bool) -> None:
+        ngf, img_f, encoder_layer = FLOW_NET["ngf"], FLOW_NET["img_f"], FLOW_NET["encoder_layer"]
         super().__init__(image_nc + 2 * structure_nc, ngf, img_f, encoder_layer, norm, activation, use_spect)
         self.encoder_layer, self.attn_layer = encoder_layer, tuple(attn_layer)
         self.decoder_layer = encoder_layer - min(attn_layer)
@@ -417,7 +192,7 @@ class FlowNet(Encoder):
         for i in range(self.decoder_layer):
             previous, mult = mult, min(2 ** (encoder_layer - i - 2), img_f // ngf)
             width = ngf * mult
-            setattr(self, f"decoder{i}", UpBlock(ngf * previous, width, width, norm, activation, use_spect))
+            setattr(self, f"decoder{i}", DecoderBlock(ngf * previous, width, width, norm, activation, use_spect))
             setattr(self, f"jump{i}", ActivatedConv(width, width, 3, activation, use_spect, tanh=False))
             if encoder_layer - i - 1 in self.attn_layer:
                 setattr(self, f"output{i}", nn.Conv2d(width, 2, kernel_size=3, padding=1))
@@ -436,19 +211,6 @@ class FlowNet(Encoder):
                     flows.append(getattr(self, f"output{i}")(x.float()))
                     masks.append(getattr(self, f"mask{i}")(x.float()))
         return flows, masks
-
-
-def init_orthogonal(module: nn.Module) -> None:
-    """The official ``init_weights('orthogonal', gain=0.02)``: conv and linear weights orthogonal with gain 0.02,
-    biases 0; batch norm scales ``N(1, 0.02)``, shifts 0; instance norms untouched (scale 1, shift 0)."""
-    if isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight  # spectral norm's parameter
-        nn.init.orthogonal_(weight, gain=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -470,117 +232,16 @@ def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return warped.to(image.dtype)
 
 
+def _check_size(h: int, w: int) -> None:
+    halvings = FLOW_NET["encoder_layer"]
+    if h % 2**halvings or w % 2**halvings:
+        raise TrainError(f"GFLA needs image sizes that are multiples of {2**halvings} (its flow estimator halves them "
+                         f"{halvings} times), got {h}x{w}: 256x256 DeepFashion (crop_margin 0), 128x64 Market-1501")
+
+
 # ---------------------------------------------------------------------------------------------------- generator
 
 
-def _check_size(h: int, w: int, encoder_layer: int = FLOW_NET["encoder_layer"]) -> None:
-    factor = 2**encoder_layer
-    if h % factor or w % factor:
-        raise TrainError(f"GFLA needs image sizes that are multiples of {factor} (its flow estimator halves them "
-                         f"{encoder_layer} times), got {h}x{w}: 256x256 DeepFashion (crop_margin 0), 128x64 "
-                         "Market-1501")
-
-
-class GFLAObjective(Objective):
-    """GFLA's two stages (module docstring). Stage 1: ``lambda_correctness * correctness + lambda_regularization *
-    regularisation`` on the flow estimator. Stage 2: ``lambda_l1 * L1 + lambda_correctness * correctness +
-    lambda_regularization * regularisation + lambda_perceptual * content + lambda_style * style + lambda_gan *
-    GAN``; the discriminator ``0.5 (real + fake)`` on target and generated images."""
-
-    vgg: VGG19Features | None = None
-    """VGG-19 returning the layers the non-zero terms need; ``None`` when none does."""
-
-    @classmethod
-    def build_generator(cls, cfg: Any, size: tuple[int, int]) -> nn.Module:
-        from pgpig import models
-
-        if cfg.stage not in (1, 2):
-            raise TrainError(f"GFLA has stages 1 (flow estimator) and 2 (end to end); stage is {cfg.stage}")
-        _check_size(*size)
-        return models.create(cfg.model, stage=cfg.stage, **generator_settings(cfg, size))
-
-    def build_discriminators(self, size: tuple[int, int]) -> dict[str, nn.Module]:
-        if self.cfg.stage < 2 or not self.cfg.use_gan:
-            return {}
-        return {"d": GFLADiscriminator(**DISCRIMINATOR[paper_setting_for(size)])}
-
-    def build_losses(self) -> None:
-        cfg = self.cfg
-        layers: list[str] = []
-        if cfg.lambda_correctness:
-            layers += [correctness_layer(level) for level in (2, 3)]  # both data sets' levels; one VGG serves all
-        if cfg.stage == 2 and cfg.lambda_perceptual:
-            layers += GFLA_PERCEPTUAL_LAYERS
-        if cfg.stage == 2 and cfg.lambda_style:
-            layers += GFLA_STYLE_LAYERS
-        if layers:
-            self.vgg = VGG19Features(layers, cfg.vgg_weights, cfg.allow_random_vgg).to(self.device)
-
-    def flow_losses(self, flows: list[torch.Tensor], batch: StepBatch,
-                    target_features: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``lambda_correctness * correctness + lambda_regularization * regularisation`` and both terms."""
-        cfg = self.cfg
-        setting = generator_settings(cfg, tuple(batch.source.shape[-2:]))  # the generator's levels and kernels
-        levels = sorted(setting["attn_layer"], reverse=True)
-        kernels = {int(k): v for k, v in setting["extractor_kz"].items()}
-        zero = torch.zeros((), device=batch.source.device)
-        correctness = zero
-        if cfg.lambda_correctness:
-            with torch.no_grad():
-                source_features = self.vgg(batch.source)
-                if target_features is None:
-                    target_features = self.vgg(batch.target)
-            correctness = sum(sampling_correctness(target_features[correctness_layer(level)],
-                                                   source_features[correctness_layer(level)], flow)
-                              for flow, level in zip(flows, levels, strict=True))
-        regularization = sum(affine_regularization(flow, kernels[level]) for flow, level in
-                             zip(flows, levels, strict=True)) if cfg.lambda_regularization else zero
-        return (cfg.lambda_correctness * correctness + cfg.lambda_regularization * regularization,
-                {"correctness": correctness, "regularization": regularization})
-
-    def generator_loss(self, generator, discriminators, batch):
-        cfg = self.cfg
-        image, flows, _ = generator(batch.source, batch.source_pose, batch.target_pose)
-        if cfg.stage == 1:
-            loss, scalars = self.flow_losses(flows, batch, None)
-            return image, loss, scalars
-
-        zero = torch.zeros((), device=image.device)
-        generated_features = target_features = None
-        if cfg.lambda_perceptual or cfg.lambda_style or cfg.lambda_correctness:
-            with torch.no_grad():
-                target_features = self.vgg(batch.target)
-        if cfg.lambda_perceptual or cfg.lambda_style:
-            generated_features = self.vgg(image)
-        loss, scalars = self.flow_losses(flows, batch, target_features)
-        scalars["l1"] = l1_loss(image, batch.target)
-        scalars["perceptual"] = sum(l1_loss(generated_features[name], target_features[name])
-                                    for name in GFLA_PERCEPTUAL_LAYERS) if cfg.lambda_perceptual else zero
-        scalars["style"] = sum(l1_loss(gram_matrix(generated_features[name]), gram_matrix(target_features[name]))
-                               for name in GFLA_STYLE_LAYERS) if cfg.lambda_style else zero
-        loss = loss + (cfg.lambda_l1 * scalars["l1"] + cfg.lambda_perceptual * scalars["perceptual"]
-                       + cfg.lambda_style * scalars["style"])
-        if discriminators:
-            scalars["g_gan"] = adversarial_loss(discriminators["d"](image), True, cfg.gan_kind,
-                                                for_discriminator=False)
-            loss = loss + cfg.lambda_gan * scalars["g_gan"]
-        return image, loss, scalars
-
-    def discriminator_loss(self, discriminators, pools, batch, generated):
-        kind, d = self.cfg.gan_kind, discriminators["d"]
-        (fake,) = pools["d"].query(generated)
-        return 0.5 * (adversarial_loss(d(batch.target), True, kind) + adversarial_loss(d(fake), False, kind))
-
-    def sample_columns(self, generator: nn.Module, batch: StepBatch) -> list[torch.Tensor]:
-        """Extra sample-grid columns: the source warped by the finest flow ``(B, 3, H, W)`` at stage 2 (none at
-        stage 1, whose generated image already is that). ``generator`` is the plain module (no DDP wrapper)."""
-        if self.cfg.stage == 1:
-            return []
-        with torch.no_grad():
-            return [generator.warped_source(batch.source, batch.source_pose, batch.target_pose)]
-
-
-@register("gfla", objective=GFLAObjective)
 class GFLA(nn.Module):
     """The GFLA generator: ``forward(source_image, source_pose, target_pose) -> (image, flows, masks)``.
 
@@ -638,49 +299,6 @@ class GFLA(nn.Module):
         return warp_image(source_image, flows[-1])
 
 
-# ---------------------------------------------------------------------------------------------------- discriminator
-
-
-class DownResidualBlock(nn.Module):
-    """``ResBlockEncoder``: ``(B, cin, H, W) -> (B, cout, H/2, W/2)``, convs plus an avg-pool + 1x1 shortcut."""
-
-    def __init__(self, cin: int, cout: int, hidden: int, norm: str, activation: str, use_spect: bool) -> None:
-        super().__init__()
-        self.model = _two_convs(cin, hidden, _conv(cin, hidden, 3, 1, 1, use_spect),
-                                _conv(hidden, cout, 4, 2, 1, use_spect), norm, activation)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(kernel_size=2, stride=2), _conv(cin, cout, 1, use_spect=use_spect))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) + self.shortcut(x)
-
-
-class GFLADiscriminator(nn.Module):
-    """``ResDiscriminator``: ``(B, 3, H, W)`` -> a patch map of logits ``(B, 1, H / 2**layers, W / 2**layers)``.
-
-    Defaults are DeepFashion's (``layers=4``); Market-1501 uses ``layers=3``. Official key names
-    (``block0.model.1.weight_orig``, ``encoder0.shortcut.1.bias``, ``conv.weight_orig``, ...)."""
-
-    def __init__(self, input_nc: int = 3, ndf: int = 32, img_f: int = 128, layers: int = 4, norm: str = "none",
-                 activation: str = "LeakyReLU", use_spect: bool = True) -> None:
-        super().__init__()
-        self.layers = layers
-        self.block0 = DownResidualBlock(input_nc, ndf, ndf, norm, activation, use_spect)
-        mult = 1
-        for i in range(layers - 1):
-            previous, mult = mult, min(2 ** (i + 1), img_f // ndf)
-            setattr(self, f"encoder{i}", DownResidualBlock(ndf * previous, ndf * mult, ndf * previous, norm,
-                                                           activation, use_spect))
-        self.nonlinearity = _activation(activation)
-        self.conv = nn.utils.spectral_norm(nn.Conv2d(ndf * mult, 1, 1))  # spectral whatever use_spect (official)
-        self.apply(init_orthogonal)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.block0(image)
-        for i in range(self.layers - 1):
-            x = getattr(self, f"encoder{i}")(x)
-        return self.conv(self.nonlinearity(x))
-
-
 # ---------------------------------------------------------------------------------------------------- losses
 
 
@@ -723,10 +341,136 @@ def _affine_residual(kernel_size: int, device: torch.device | None = None,
 def affine_regularization(flow: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """GFLA's affine regularisation of one flow ``(B, 2, h, w)`` -> scalar: over every ``k x k`` patch (stride 1,
     no padding), the squared norm of the residual of the patch's x values after the best affine fit, plus the same
-    for y, averaged over patches and batch (``AffineRegularizationLoss``; module docstring). float32."""
+    for y, averaged over patches and batch (``AffineRegularizationLoss``; ``docs/models/gfla.md``). float32."""
     b = flow.shape[0]
     k = kernel_size
     with torch.autocast(flow.device.type, enabled=False):
         patches = F.unfold(flow.float(), k).view(b, 2, k * k, -1)  # (B, 2, k*k, patches)
         residual = torch.einsum("ij,bcjp->bcip", _affine_residual(k, patches.device, patches.dtype), patches)
         return residual.square().sum(dim=2).mean(dim=(0, 2)).sum()
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def paper_setting_for(size: tuple[int, int]) -> str:
+    """Which data set's settings a run at ``(H, W)`` uses: ``deepfashion`` from 256 px height, else
+    ``market1501``."""
+    return "deepfashion" if size[0] >= 256 else "market1501"
+
+
+def generator_settings(cfg: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The generator's constructor arguments for a ``TrainConfig`` at ``(H, W)`` images: the paper setting of that
+    size, the config's ``ngf``, ``n_blocks`` and ``norm``, and its ``generator_options`` on top."""
+    return {**PAPER_SETTINGS[paper_setting_for(size)], "ngf": cfg.ngf, "num_blocks": cfg.n_blocks, "norm": cfg.norm,
+            **(cfg.generator_options or {})}
+
+
+def correctness_layer(level: int) -> str:
+    """The VGG-19 layer the correctness loss compares for the flow of attention level ``level`` (the official
+    ``['rel1_1', 'relu2_1', 'relu3_1', 'relu4_1'][level]``; level 0 is a typo there and unused)."""
+    if not 1 <= level <= 3:
+        raise TrainError(f"GFLA's correctness loss has VGG layers for attention levels 1 to 3, not {level}")
+    return f"relu{level + 1}_1"
+
+
+class GFLAObjective(Objective):
+    """GFLA's two stages (``docs/models/gfla.md``). Stage 1: ``lambda_correctness * correctness +
+    lambda_regularization * regularisation`` on the flow estimator. Stage 2: ``lambda_l1 * L1 + lambda_correctness *
+    correctness + lambda_regularization * regularisation + lambda_perceptual * content + lambda_style * style +
+    lambda_gan * GAN``; the discriminator ``0.5 (real + fake)`` on target and generated images."""
+
+    vgg: VGG19Features | None = None
+    """VGG-19 returning the layers the non-zero terms need; ``None`` when none does."""
+
+    @classmethod
+    def build_generator(cls, cfg: Any, size: tuple[int, int]) -> nn.Module:
+        from pgpig import models
+
+        if cfg.stage not in (1, 2):
+            raise TrainError(f"GFLA has stages 1 (flow estimator) and 2 (end to end); stage is {cfg.stage}")
+        _check_size(*size)
+        return models.create(cfg.model, stage=cfg.stage, **generator_settings(cfg, size))
+
+    def build_discriminators(self, size: tuple[int, int]) -> dict[str, nn.Module]:
+        if self.cfg.stage < 2 or not self.cfg.use_gan:
+            return {}
+        return {"d": ResDiscriminator(**DISCRIMINATOR[paper_setting_for(size)])}
+
+    def build_losses(self) -> None:
+        cfg = self.cfg
+        layers: list[str] = []
+        if cfg.lambda_correctness:
+            layers += [correctness_layer(level) for level in (2, 3)]  # both data sets' levels; one VGG serves all
+        if cfg.stage == 2 and cfg.lambda_perceptual:
+            layers += GFLA_PERCEPTUAL_LAYERS
+        if cfg.stage == 2 and cfg.lambda_style:
+            layers += GFLA_STYLE_LAYERS
+        if layers:
+            self.vgg = VGG19Features(layers, cfg.vgg_weights, cfg.allow_random_vgg).to(self.device)
+
+    def flow_losses(self, flows: list[torch.Tensor], batch: StepBatch,
+                    target_features: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``lambda_correctness * correctness + lambda_regularization * regularisation`` and both terms."""
+        cfg = self.cfg
+        setting = generator_settings(cfg, tuple(batch.source.shape[-2:]))  # the generator's levels and kernels
+        levels = sorted(setting["attn_layer"], reverse=True)
+        kernels = {int(k): v for k, v in setting["extractor_kz"].items()}
+        zero = torch.zeros((), device=batch.source.device)
+        correctness = zero
+        if cfg.lambda_correctness:
+            with torch.no_grad():
+                source_features = self.vgg(batch.source)
+                if target_features is None:
+                    target_features = self.vgg(batch.target)
+            correctness = sum(sampling_correctness(target_features[correctness_layer(level)],
+                                                   source_features[correctness_layer(level)], flow)
+                              for flow, level in zip(flows, levels, strict=True))
+        regularization = sum(affine_regularization(flow, kernels[level]) for flow, level in
+                             zip(flows, levels, strict=True)) if cfg.lambda_regularization else zero
+        return (cfg.lambda_correctness * correctness + cfg.lambda_regularization * regularization,
+                {"correctness": correctness, "regularization": regularization})
+
+    def generator_loss(self, generator, discriminators, batch):
+        cfg = self.cfg
+        image, flows, _ = generator(batch.source, batch.source_pose, batch.target_pose)
+        if cfg.stage == 1:
+            loss, scalars = self.flow_losses(flows, batch, None)
+            return image, loss, scalars
+
+        generated_features = target_features = None
+        if cfg.lambda_perceptual or cfg.lambda_style or cfg.lambda_correctness:
+            with torch.no_grad():
+                target_features = self.vgg(batch.target)
+        if cfg.lambda_perceptual or cfg.lambda_style:
+            generated_features = self.vgg(image)
+        loss, scalars = self.flow_losses(flows, batch, target_features)
+        scalars["l1"] = l1_loss(image, batch.target)
+        scalars["perceptual"] = scalars["style"] = torch.zeros((), device=image.device)
+        if generated_features is not None:
+            scalars["perceptual"], scalars["style"] = vgg_content_style(
+                generated_features, target_features, GFLA_PERCEPTUAL_LAYERS if cfg.lambda_perceptual else (),
+                GFLA_STYLE_LAYERS if cfg.lambda_style else ())
+        loss = loss + (cfg.lambda_l1 * scalars["l1"] + cfg.lambda_perceptual * scalars["perceptual"]
+                       + cfg.lambda_style * scalars["style"])
+        if discriminators:
+            scalars["g_gan"] = adversarial_loss(discriminators["d"](image), True, cfg.gan_kind,
+                                                for_discriminator=False)
+            loss = loss + cfg.lambda_gan * scalars["g_gan"]
+        return image, loss, scalars
+
+    def discriminator_loss(self, discriminators, pools, batch, generated):
+        kind, d = self.cfg.gan_kind, discriminators["d"]
+        (fake,) = pools["d"].query(generated)
+        return 0.5 * (adversarial_loss(d(batch.target), True, kind) + adversarial_loss(d(fake), False, kind))
+
+    def sample_columns(self, generator: nn.Module, batch: StepBatch) -> list[torch.Tensor]:
+        """Extra sample-grid columns: the source warped by the finest flow ``(B, 3, H, W)`` at stage 2 (none at
+        stage 1, whose generated image already is that). ``generator`` is the plain module (no DDP wrapper)."""
+        if self.cfg.stage == 1:
+            return []
+        with torch.no_grad():
+            return [generator.warped_source(batch.source, batch.source_pose, batch.target_pose)]
+
+
+register("gfla", objective=GFLAObjective)(GFLA)

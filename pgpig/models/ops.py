@@ -1,72 +1,22 @@
 """GFLA's three custom CUDA ops, rebuilt from plain PyTorch tensor ops.
 
-Ren, Yu, Li, Liu, Li, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020, arXiv:2003.00696;
-official code RenYurui/Global-Flow-Local-Attention, whose ``model/networks/resample2d_package/``,
-``model/networks/block_extractor/`` and ``model/networks/local_attn_reshape/`` hold CUDA kernels that no longer build.
-The semantics below are read from those kernels (``*_kernel.cu``) and their Python wrappers; every fact names its file.
+Ren, Yu, Chen, Li, Li, "Deep Image Spatial Transformation for Person Image Generation", CVPR 2020,
+arXiv:2003.00696. The semantics are read from the official kernels and their Python wrappers,
+RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1 (``model/networks/resample2d_package/``,
+``model/networks/block_extractor/``, ``model/networks/local_attn_reshape/``), which no longer build on current
+PyTorch. The specification of each op,
+fact by fact, is ``docs/models/ops.md``.
 
-``resample2d(source, flow, kernel_size, dilation, sigma)``: ``(B, C, H, W)``, ``(B, 2, h, w)`` -> ``(B, C, h, w)``.
-  Used by the sampling-correctness loss (``external_function.py``, ``PerceptualCorrectness``: ``Resample2d(4, 1,
-  sigma=2)`` on VGG ``relu3_1`` 256 ch at 64x44 and ``relu4_1`` 512 ch at 32x22 for DeepFashion 256x176).
-  From ``resample2d_kernel.cu`` (``kernel_resample2d_update_output``):
+- ``resample2d(source (B, C, H, W), flow (B, 2, h, w), kernel_size, dilation, sigma) -> (B, C, h, w)``: the source
+  sampled at ``pixel + flow`` by a normalised Gaussian over a ``k x k`` tap grid (GFLA's correctness loss).
+- ``block_extractor(source (B, C, H, W), flow (B, 2, h, w), kernel_size) -> (B, C, h*k, w*k)``: the bilinear
+  ``k x k`` patch at each flow target, tiled side by side (GFLA's local attention).
+- ``local_attn_reshape(x (B, k*k, h, w), kernel_size) -> (B, 1, h*k, w*k)``: each pixel's ``k*k`` weights as its
+  ``k x k`` block, ``pixel_shuffle``.
 
-  - the flow is in source pixels, channel 0 is x (width), channel 1 is y; output pixel ``(y, x)`` samples the point
-    ``(yf, xf) = (y + flow_y, x + flow_x)`` of the source (no scaling between the grids: ``h, w`` may differ from
-    ``H, W``);
-  - the taps are a ``k x k`` grid (``k = kernel_size``; ``k // 2`` taps each side, so an odd ``k`` acts as
-    ``k - 1``): rows ``floor(yf) + o * dilation`` for ``o`` in ``-(k/2 - 1) .. k/2``, the same offsets for the
-    columns; a tap outside the source reads the nearest border pixel (row and column indices clamped to
-    ``[0, H-1]``, ``[0, W-1]``);
-  - each tap is weighted by a separable Gaussian of its distance to the sample point, measured before clamping:
-    ``exp(-(xf - x_tap)^2 / (2 sigma^2)) * exp(-(yf - y_tap)^2 / (2 sigma^2))``, and the weights are normalised to
-    sum to 1. So ``kernel_size=2`` is not bilinear: it tends to the nearest of its 4 taps as ``sigma -> 0``
-    and to their plain average as ``sigma -> inf``; a zero flow is not the identity (it blurs toward +x, +y);
-  - ``sigma`` is a constant third flow channel that the module appends (``resample2d.py``, ``Resample2d.forward``,
-    default 5; GFLA uses 2); its gradient is dropped by the module. A zero divisor is replaced by ``1e-8``
-    (``SAFE_DIV``), so ``sigma = 0`` or weights that all underflow give 0;
-  - gradients (``kernel_resample2d_backward_input2``): the flow gradient is the exact derivative of the forward,
-    floors treated as constants. The source gradient (``kernel_resample2d_backward_input1``) recomputes the weights
-    with ``xf - int(xf)`` (truncation toward zero) in place of ``xf - floor(xf)``: the same for ``xf >= 0``, but for
-    a sample point left of column 0 or above row 0 (non-integer) the source receives weights of the point shifted
-    by one pixel, not the derivative of the forward. We reproduce that, so training matches the official code; it
-    only concerns flows pointing outside the top or left edge.
-
-``block_extractor(source, flow, kernel_size)``: ``(B, C, H, W)``, ``(B, 2, h, w)`` -> ``(B, C, h*k, w*k)``.
-  Used by ``ExtractorAttn`` (``base_function.py``; DeepFashion: 256 ch at 32x22 with k 3 and 128 ch at 64x44 with
-  k 5, ``--kernel_size=2=5,3=3`` in the README, once with the flow and once with a zero flow on the target) and by
-  ``AffineRegularizationLoss`` (``external_function.py``). From ``block_extractor_kernel.cu``:
-
-  - output pixel ``(Y, X)`` belongs to block ``(i, j) = (Y // k, X // k)`` at position
-    ``(dy, dx) = (Y % k - k // 2, X % k - k // 2)`` inside it, and samples the source at
-    ``(i + flow_y[i, j] + dy, j + flow_x[i, j] + dx)`` in pixels: block ``(i, j)`` is the ``k x k`` patch centred
-    (for odd ``k``; one more row and column before the centre for even ``k``) on the flow's target point, laid out
-    in place, so the output is the ``h x w`` grid of patches tiled side by side;
-  - plain bilinear interpolation from the four neighbours ``floor`` and ``floor + 1``, indices clamped to the
-    source, weights not renormalised: outside the source it reads the nearest border value (like ``grid_sample``
-    with ``padding_mode="border"``, ``align_corners=True``);
-  - gradients are the exact derivatives of that (flow gradients summed over the ``k x k`` outputs of the block).
-
-``local_attn_reshape(x, kernel_size)``: ``(B, k*k, h, w)`` -> ``(B, 1, h*k, w*k)``. From
-  ``local_attn_reshape_kernel.cu``: channel ``a * k + b`` of pixel ``(i, j)`` goes to ``(i * k + a, j * k + b)``,
-  i.e. each pixel's ``k*k`` attention weights become its ``k x k`` block, matching ``block_extractor``'s layout.
-  That is exactly ``pixel_shuffle(x, k)``. The official module takes ``kernel_size`` at call time
-  (``local_attn_reshape.py``: ``LocalAttnReshape()(inputs, kernel_size)``).
-
-Implementation: ``resample2d`` gathers its ``k*k`` taps one at a time from the flattened source and accumulates
-``weight * tap`` into the output, in a small autograd ``Function`` whose backward recomputes the taps instead of
-storing them, so the memory is about one output plus one tap at a time (gathering all taps at once would hold
-``k*k`` outputs for the backward); the per-pixel weights (tiny next to the features) are plain autograd, which
-carries the flow gradient; it is not twice differentiable (GFLA needs no double backward). ``block_extractor`` is
-one ``grid_sample`` on the ``(h*k, w*k)`` grid of sample points (same sampling and borders; one fused pass, 3 to 5
-times faster on CPU than four gathers, memory about the output), ``local_attn_reshape`` one ``pixel_shuffle``; both
-fully autograd.
-
-Dtypes: coordinates, weights and sums are computed in float32 (float64 when an input is float64), whatever the
-input dtype and with autocast disabled inside, because half and bfloat16 cannot hold pixel coordinates (bfloat16
-steps by 0.25 px between 32 and 64 px); the result is cast back to the source's dtype. The cost is a float32 copy of
-the source and, for ``block_extractor``, a float32 output before the cast (on an H100 at GFLA's k 5 layer, batch 8:
-peak 445 MB under bf16 autocast against 296 MB in float32, for a 138 MB bf16 output). ``local_attn_reshape`` keeps
-its input's dtype (a pure permutation). The official kernels have no half or bfloat16 versions.
+Coordinates and sums are float32 (float64 for float64 inputs) with autocast off inside; results take the source's
+dtype. Each op has a slow per-pixel reference in ``tests/ops_reference.py``; the tests hold both to the official
+kernels' outputs and gradients.
 """
 
 from __future__ import annotations
@@ -89,7 +39,7 @@ class _TapSum(torch.autograd.Function):
     """``out[b, c, m] = sum_t weight[b, t, m] * source[b, c, index[b, t, m]]``, taps recomputed in backward.
 
     ``source_weight`` replaces ``weight`` in the gradient of ``source``: resample2d's official backward weights the
-    source gradient differently from its forward (module docstring).
+    source gradient differently from its forward (``docs/models/ops.md``).
     """
 
     @staticmethod
@@ -138,7 +88,7 @@ def resample2d(source: Tensor, flow: Tensor, kernel_size: int = 2, dilation: int
     """Gaussian-weighted resampling of ``source`` ``(B, C, H, W)`` at ``flow`` ``(B, 2, h, w)`` -> ``(B, C, h, w)``.
 
     Equals GFLA's ``Resample2d(kernel_size, dilation, sigma)(source, flow)`` in value and in both gradients (see
-    the module docstring for the exact kernel, its borders and its source-gradient quirk). ``flow`` is in source
+    ``docs/models/ops.md`` for the exact kernel, its borders and its source-gradient quirk). ``flow`` is in source
     pixels, x (width) first.
     """
     _check(source, flow, "resample2d")
@@ -188,7 +138,7 @@ def block_extractor(source: Tensor, flow: Tensor, kernel_size: int) -> Tensor:
 
     Equals GFLA's ``BlockExtractor(kernel_size)(source, flow)``: block ``(i, j)`` of the output holds the bilinear
     samples of ``source`` at ``(i + flow_y + dy, j + flow_x + dx)``, ``dy, dx`` in ``-(k // 2) .. k - 1 - k // 2``,
-    border values outside the source (module docstring). ``flow`` is in source pixels, x first.
+    border values outside the source (``docs/models/ops.md``). ``flow`` is in source pixels, x first.
     """
     _check(source, flow, "block_extractor")
     if kernel_size < 1:

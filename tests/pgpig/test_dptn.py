@@ -61,9 +61,10 @@ from safetensors.torch import load_file
 
 from pgpig.cli import main
 from pgpig.errors import TrainError
-from pgpig.losses import GFLA_PERCEPTUAL_LAYERS, GFLA_STYLE_LAYERS, PerceptualLoss, StyleLoss, adversarial_loss
+from pgpig.losses import GFLA_PERCEPTUAL_LAYERS, GFLA_STYLE_LAYERS, PerceptualLoss, adversarial_loss, vgg_content_style
 from pgpig.models import available, create, objective_class
-from pgpig.models.dptn import DPTN, PAPER_SETTINGS, DPTNDiscriminator, DPTNObjective, generator_kwargs
+from pgpig.models.dptn import DPTN, PAPER_SETTINGS, DPTNObjective, generator_kwargs
+from pgpig.models.gfla_blocks import ResDiscriminator
 from pgpig.models.objective import StepBatch
 from pgpig.train import HistoryPool, build, compile_parts, load_config, step_folders, total_steps, train_step
 
@@ -229,7 +230,7 @@ def test_registry_and_constructor_checks():
 
 def test_discriminator_is_the_official_res_discriminator():
     torch.manual_seed(0)
-    d = DPTNDiscriminator()  # DeepFashion's: ndf 32, img_f 128, 4 layers, spectral norm
+    d = ResDiscriminator(optimized_block0=True)  # DPTN's at DeepFashion's ndf 32, img_f 128, 4 layers, spectral norm
     state = d.state_dict()
     assert state["block0.model.0.weight_orig"].shape == (32, 3, 3, 3)
     assert state["block0.shortcut.1.weight_orig"].shape == (32, 3, 1, 1)
@@ -242,7 +243,9 @@ def test_discriminator_is_the_official_res_discriminator():
     # encoder1 (64 -> 128, hidden 64) 176,448; encoder2 (128 -> 128) 426,368; conv(128,1,1) 129
     assert sum(p.numel() for p in d.parameters()) == 664_577
     assert d(torch.rand(2, 3, 64, 48)).shape == (2, 1, 4, 3)
-    assert DPTNDiscriminator(layers=3)(torch.rand(2, 3, 128, 64)).shape == (2, 1, 16, 8)
+    assert ResDiscriminator(layers=3, optimized_block0=True)(torch.rand(2, 3, 128, 64)).shape == (2, 1, 16, 8)
+    # DPTN's output conv follows use_spect (GFLA's is spectral whatever it says)
+    assert "conv.weight" in ResDiscriminator(optimized_block0=True, use_spect=False).state_dict()
     # spectral norm in effect: after power iterations the effective weight's largest singular value is 1
     for _ in range(10):
         d(torch.rand(1, 3, 16, 16))
@@ -276,7 +279,9 @@ def test_objective_is_the_official_weighted_sum_of_both_branches():
 
     # the plain formula: pgpig.losses' per-pair losses on the same VGG, one branch at a time
     perceptual = PerceptualLoss(GFLA_PERCEPTUAL_LAYERS, vgg=objective.vgg)
-    style = StyleLoss(GFLA_STYLE_LAYERS, vgg=objective.vgg)
+
+    def style(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return vgg_content_style(objective.vgg(fake), objective.vgg(real), (), GFLA_STYLE_LAYERS)[1]
 
     def branch(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return 5.0 * (fake - real).abs().mean() + 0.5 * perceptual(fake, real) + 500.0 * style(fake, real)

@@ -33,16 +33,17 @@ from pgpig.cli import main
 from pgpig.errors import TrainError
 from pgpig.models import available, create, objective_class
 from pgpig.models.gfla import (
+    DISCRIMINATOR,
     FLOW_NET,
     GFLA,
     PAPER_SETTINGS,
-    GFLADiscriminator,
     GFLAObjective,
     LocalAttention,
     affine_regularization,
     sampling_correctness,
     warp_image,
 )
+from pgpig.models.gfla_blocks import ResDiscriminator
 from pgpig.models.objective import StepBatch
 from pgpig.models.ops import block_extractor, local_attn_reshape
 from pgpig.train import load_config, step_folders
@@ -298,13 +299,15 @@ def test_sampling_correctness_is_the_official_loss_and_prefers_the_true_flow():
 
 
 def test_discriminator_layout():
-    d = GFLADiscriminator()  # DeepFashion: 4 blocks
+    d = ResDiscriminator(**DISCRIMINATOR["deepfashion"])  # 4 blocks
     keys = set(d.state_dict())
     assert {"block0.model.1.weight_orig", "block0.model.1.weight_u", "block0.model.3.weight_v",
             "block0.shortcut.1.weight_orig", "encoder2.model.3.bias", "conv.weight_orig"} <= keys
     assert d.encoder2.model[3].weight_orig.shape == (128, 128, 4, 4)  # widths 32, 64, 128, 128 (img_f 128)
     assert d(torch.zeros(2, 3, 256, 256)).shape == (2, 1, 16, 16)
-    assert GFLADiscriminator(layers=3)(torch.zeros(2, 3, 128, 64)).shape == (2, 1, 16, 8)
+    assert ResDiscriminator(**DISCRIMINATOR["market1501"])(torch.zeros(2, 3, 128, 64)).shape == (2, 1, 16, 8)
+    # GFLA's output conv is spectrally normalised whatever use_spect says (the official SpectralNorm(Conv2d))
+    assert "conv.weight_orig" in ResDiscriminator(**DISCRIMINATOR["deepfashion"], use_spect=False).state_dict()
 
 
 def _batch(size: tuple[int, int], n: int = 2) -> StepBatch:
@@ -334,7 +337,7 @@ def test_objective_weighs_the_official_terms():
     two = GFLAObjective(load_config(None, {**base, "stage": 2}), torch.device("cpu"))
     generator = two.build_generator(two.cfg, size)
     discriminators = two.build_discriminators(size)
-    assert isinstance(discriminators["d"], GFLADiscriminator) and discriminators["d"].layers == 3
+    assert isinstance(discriminators["d"], ResDiscriminator) and discriminators["d"].layers == 3
     two.build_losses()
     image, loss, scalars = two.generator_loss(generator, discriminators, batch)
     weights = {"l1": 5.0, "correctness": 5.0, "regularization": 0.0025, "perceptual": 0.5, "style": 500.0,

@@ -1,5 +1,5 @@
 """``pgpig.losses``: the VGG-19 layer map against torchvision's architecture, weight loading (and its refusals),
-perceptual/style/Gram, PG2's masked L1 and the adversarial losses by hand."""
+perceptual, content/style and Gram, PG2's masked L1 and the adversarial losses by hand."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from pgpig.losses import (
     GFLA_STYLE_LAYERS,
     VGG19_LAYERS,
     PerceptualLoss,
-    StyleLoss,
     VGG19Features,
     adversarial_loss,
     gram_matrix,
     l1_loss,
     masked_l1,
+    vgg_content_style,
 )
 
 NAMED = ("conv1_2", "relu1_1", "relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_1")
@@ -207,14 +207,33 @@ def test_non_tensor_values_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------------- VGG losses
 
 
+def style(vgg: VGG19Features, layers: tuple[str, ...] = GFLA_STYLE_LAYERS):
+    """GFLA's style loss of two images: ``vgg_content_style``'s style term, the target's features without gradient."""
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target_features = vgg(target)
+        return vgg_content_style(vgg(pred), target_features, (), layers)[1]
+
+    return loss
+
+
 def test_perceptual_and_style_zero_on_identical_positive_on_different(vgg):
     perceptual = PerceptualLoss(GFLA_PERCEPTUAL_LAYERS, vgg=vgg)
     mse = PerceptualLoss(("conv1_2", "relu2_2"), layer_weights=(1.0, 0.5), criterion="mse", vgg=vgg)
-    style = StyleLoss(GFLA_STYLE_LAYERS, vgg=vgg)
     a, b = images(1), images(2)
-    for loss in (perceptual, mse, style):
+    for loss in (perceptual, mse, style(vgg)):
         assert loss(a, a).item() == 0
         assert loss(a, b).item() > 0
+
+
+def test_content_and_style_are_the_sums_over_their_layers(vgg):
+    fa, fb = vgg(images(4)), vgg(images(5))
+    content, style_term = vgg_content_style(fa, fb)  # GFLA's layers by default
+    torch.testing.assert_close(content, sum((fa[n] - fb[n]).abs().mean() for n in GFLA_PERCEPTUAL_LAYERS))
+    torch.testing.assert_close(style_term, sum((gram_matrix(fa[n]) - gram_matrix(fb[n])).abs().mean()
+                                               for n in GFLA_STYLE_LAYERS))
+    assert vgg_content_style(fa, fb, (), ()) == (0, 0)
 
 
 def test_perceptual_gradient_reaches_prediction_only(vgg):
@@ -235,7 +254,7 @@ def test_perceptual_matches_manual_sum(vgg):
 def test_loss_refuses_vgg_without_layer():
     small = VGG19Features(["relu1_1"], weights=None, allow_random=True)
     with pytest.raises(ValueError, match="relu2_2"):
-        StyleLoss(("relu2_2",), vgg=small)
+        PerceptualLoss(("relu2_2",), vgg=small)
 
 
 def test_gram_matrix_against_einsum():
@@ -260,21 +279,21 @@ def test_style_loss_invariant_to_pixel_permutation():
         pointwise.features[0].weight[:, :, 1, 1] = centre
     a = images(6, (1, 3, 8, 8))
     b = a.flatten(2)[:, :, torch.randperm(64)].reshape(1, 3, 8, 8)
-    assert StyleLoss(("relu1_1",), vgg=pointwise)(a, b).item() == pytest.approx(0, abs=1e-6)
+    assert style(pointwise, ("relu1_1",))(a, b).item() == pytest.approx(0, abs=1e-6)
     assert PerceptualLoss(("relu1_1",), vgg=pointwise)(a, b).item() > 1e-3
 
 
 def test_vgg_losses_under_bf16_autocast(vgg):
     a, b = images(1), images(2)
     perceptual = PerceptualLoss(("relu1_2", "relu2_2"), vgg=vgg)
-    style = StyleLoss(("relu2_2",), vgg=vgg)
+    style_loss = style(vgg, ("relu2_2",))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert vgg(a)["relu2_2"].dtype == torch.bfloat16
-        p, s = perceptual(a, b), style(a, b)
+        p, s = perceptual(a, b), style_loss(a, b)
         g = gram_matrix(vgg(a)["relu2_2"])
     assert p.dtype == s.dtype == g.dtype == torch.float32
     torch.testing.assert_close(p, perceptual(a, b), rtol=0.05, atol=0)
-    torch.testing.assert_close(s, style(a, b), rtol=0.1, atol=0)
+    torch.testing.assert_close(s, style_loss(a, b), rtol=0.1, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- pixel losses
