@@ -48,7 +48,7 @@ def main(debug: bool) -> None:
 @main.command()
 def recipes() -> None:
     """List the recipes shipped with pgpig (pass a name to `pgpig train --recipe`)."""
-    from pgpig.train import shipped_recipes
+    from pgpig.config import shipped_recipes
 
     for name, path in shipped_recipes().items():
         first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
@@ -97,7 +97,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
       torchrun --nproc-per-node 4 -m pgpig.cli train ...
     --batch-size is the global batch, split over the processes.
     """
-    from pgpig.train import load_config, recipe_path
+    from pgpig.config import load_config, recipe_path
     from pgpig.train import train as run_train
 
     if init_weights is not None and init_weights.is_dir():  # a run folder: its newest generator

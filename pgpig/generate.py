@@ -47,18 +47,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from pgpig.config import TrainConfig, load_config
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
 from pgpig.models.objective import generated_image
-from pgpig.train import (
-    TrainConfig,
-    build_generator,
-    load_config,
-    pose_image,
-    pose_maps,
-    sample_grid,
-    save_png,
-)
+from pgpig.samples import pose_image, sample_grid, save_png
+from pgpig.train import build_generator, pose_maps
 from pipeline.decode import Decoded, decode_image
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError

@@ -68,7 +68,8 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(shards, tmp_path_factory) -> Path:
-    from pgpig.train import load_config, train
+    from pgpig.config import load_config
+    from pgpig.train import train
 
     run_dir = tmp_path_factory.mktemp("eval-run") / "run"
     train(load_config(None, {"shards": shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,
