@@ -177,7 +177,7 @@ def _limb_sample_window(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, size:
 
 def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, module docstring), on the keypoints' device.
+    """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, ``docs/data.md``), on the keypoints' device.
 
     Along each limb of ``PG2_MASK_LIMBS`` whose two joints are visible, disks of ``radius`` (as
     ``render_pose_disks``) at both joints and at ``a + (b - a) * i / n`` for ``i = 1 .. n - 1``,
