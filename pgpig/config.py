@@ -1,25 +1,32 @@
-"""The configuration of a training run: ``TrainConfig``, its recipes (YAML files of its fields) and their checks.
+"""The options of the trainer's commands, each with its default and its meaning: ``TrainConfig`` (``pgpig train``),
+its recipes (YAML files of its fields) and their checks, and ``EvalConfig`` (``pgpig eval``).
 
 A recipe sets only fields that exist (unknown keys are an error); ``load_config`` turns each YAML value into its
 field's type (``Literal`` fields accept only their listed values) and ``check_config`` checks ranges. The shipped
-recipes live in ``pgpig/workflows/``. What the training fields mean for each model family: ``docs/training.md``.
+recipes live in ``pgpig/workflows/``. How training uses the fields: ``docs/training.md``. This module imports no
+torch, so the command line can read the defaults for its help cheaply.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 import yaml
 
 from pgpig.errors import TrainError
 
-__all__ = ["TrainConfig", "check_config", "config_dict", "load_config", "recipe_path", "resolve_amp",
-           "resolve_speed", "shipped_recipes"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_DEVICE", "EvalConfig", "TrainConfig", "check_config", "config_dict", "load_config", "recipe_path",
+           "resolve_amp", "resolve_speed", "shipped_recipes"]
+
+DEFAULT_DEVICE = "auto"
+"""The ``--device`` of every command: CUDA if available, else the CPU (``pipeline.devices.resolve_device``)."""
 
 
 @dataclass
@@ -116,7 +123,7 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16", "auto"] = "auto"
     """Mixed precision: ``none``, ``bf16`` (autocast), ``fp16`` (autocast + gradient scaling), or ``auto``: bf16 on
     a CUDA device that has it, float32 elsewhere (on the CPU float32 is the fast path for convolutions)."""
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: each rank's GPU)."""
     channels_last: bool | Literal["auto"] = False
     """Models and batches in channels-last memory format (faster convolutions with AMP for some models on recent
@@ -297,6 +304,8 @@ def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """``amp`` with ``auto`` decided for ``device``: ``bf16`` on a CUDA device that has it, else ``none``."""
+    import torch
+
     if amp != "auto":
         return amp
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
@@ -309,3 +318,44 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
         v = getattr(cfg, f.name)
         out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``pgpig eval`` (one field per command-line option)."""
+
+    shards: Path = Path("shards")
+    """Shard-set root; the pairs are ``shards/<split>``."""
+    split: str = "test"
+    run_dir: Path | None = None
+    """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
+    generated: Path | None = None
+    """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
+    out: Path | None = None
+    """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
+    metrics: tuple[str, ...] | None = None
+    """Metrics asked for explicitly (missing weights are then an error); ``None``: all, skipping unavailable ones."""
+    ssim: str = "patn"
+    """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
+    fid_reference: str = "train"
+    """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
+    lpips_net: str = "alex"
+    baseline: bool = True
+    """Also score the copy-the-source baseline."""
+    max_pairs: int | None = None
+    """Only the first N pairs (a quick look); recorded in the output."""
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = DEFAULT_DEVICE
+    weights_dir: Path | None = None
+    pose_model: Path | None = None
+    alpha: float = 0.5
+    """PCKh threshold as a fraction of the head size."""
+    progress: bool = True
+    feature_extractor: Any = field(default=None, repr=False)
+    """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""
+    lpips: Any = field(default=None, repr=False)
+    """An ``LPIPS`` module to use instead of the default one (tests)."""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
 from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
@@ -48,51 +49,13 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "EvalConfig", "compare", "evaluate", "pair_file_name", "read_names"]
+__all__ = ["ALL_METRICS", "compare", "evaluate", "pair_file_name", "read_names"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _WHITE = 255
-
-
-@dataclass
-class EvalConfig:
-    """Options of ``pgpig eval`` (one field per command-line option)."""
-
-    shards: Path = Path("shards")
-    """Shard-set root; the pairs are ``shards/<split>``."""
-    split: str = "test"
-    run_dir: Path | None = None
-    """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
-    generated: Path | None = None
-    """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
-    out: Path | None = None
-    """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
-    metrics: tuple[str, ...] | None = None
-    """Metrics asked for explicitly (missing weights are then an error); ``None``: all, skipping unavailable ones."""
-    ssim: str = "patn"
-    """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
-    fid_reference: str = "train"
-    """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
-    lpips_net: str = "alex"
-    baseline: bool = True
-    """Also score the copy-the-source baseline."""
-    max_pairs: int | None = None
-    """Only the first N pairs (a quick look); recorded in the output."""
-    batch_size: int = 32
-    num_workers: int = 0
-    device: str = "auto"
-    weights_dir: Path | None = None
-    pose_model: Path | None = None
-    alpha: float = 0.5
-    """PCKh threshold as a fraction of the head size."""
-    progress: bool = True
-    feature_extractor: Any = field(default=None, repr=False)
-    """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""
-    lpips: Any = field(default=None, repr=False)
-    """An ``LPIPS`` module to use instead of the default one (tests)."""
 
 
 # ---------------------------------------------------------------------------------------------------- names

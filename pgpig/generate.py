@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pgpig.config import TrainConfig, load_config
+from pgpig.config import DEFAULT_DEVICE, TrainConfig, load_config
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
 from pgpig.models.objective import generated_image
@@ -61,7 +61,7 @@ class GeneratorRun:
                                               self.pose_maps(target_kp)))
 
 
-def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
+def load_generator(run_dir: str | Path, device: str = DEFAULT_DEVICE) -> GeneratorRun:
     """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -229,7 +229,7 @@ def default_out(run_dir: str | Path, source: str | Path, target: str | Path) -> 
 
 
 def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *, source_pose: str | Path | None = None,
-             out: str | Path | None = None, grid: bool = False, device: str = "auto",
+             out: str | Path | None = None, grid: bool = False, device: str = DEFAULT_DEVICE,
              pose_model: str | Path | None = None) -> dict[str, Any]:
     """Generate the source person in the target pose with a run's generator and write it as a PNG.
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pgpig.cli import main
-from pgpig.evaluate import EvalConfig, compare, evaluate, pair_file_name
+from pgpig.config import EvalConfig
+from pgpig.evaluate import compare, evaluate, pair_file_name
 from pgpig.metrics import LPIPS
 
 MARGIN = 4  # a DeepFashion-like crop on Market's 128x64: the generator makes 128x56, scored padded to 128x64
