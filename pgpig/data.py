@@ -175,8 +175,7 @@ def _limb_sample_window(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, size:
     return first, count
 
 
-def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int) -> torch.Tensor:
     """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, ``docs/data.md``), on the keypoints' device.
 
     Along each limb of ``PG2_MASK_LIMBS`` whose two joints are visible, disks of ``radius`` (as
@@ -190,10 +189,9 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
         keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
         size: ``(H, W)``.
         radius: disk radius in pixels (PG2: 4).
-        dtype: output dtype.
 
     Returns:
-        ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
+        ``(B, 1, H, W)`` float32 of 0 and 1.
     """
     _check_keypoints(keypoints)
     h, w = int(size[0]), int(size[1])
@@ -213,7 +211,7 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
     points = torch.cat([a[:, :, None], b[:, :, None], between], dim=2).flatten(1, 2)  # (B, L * (S + 2), 2)
     valid = torch.cat([usable[..., None], usable[..., None], between_ok], dim=2).flatten(1, 2)
     dense = _stamp_disks(points, valid, (h, w), radius).reshape(-1, 1, h, w)
-    return close_square(dense, 5).to(dtype)
+    return close_square(dense, 5).to(torch.float32)
 
 
 def close_square(mask: torch.Tensor, side: int) -> torch.Tensor:
@@ -395,22 +393,18 @@ def _worker_init(_worker: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
-                pin_memory: bool | None = None, prefetch_factor: int = 2) -> DataLoader:
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader whose batches depend only on ``(seed, epoch)``, whatever ``num_workers``.
 
-    Call ``start_epoch(loader, epoch)`` before iterating each epoch. ``drop_last`` defaults to ``shuffle``
-    (training drops the ragged last batch; evaluation keeps it); ``pin_memory`` to CUDA being available;
-    workers persist across epochs.
+    Call ``start_epoch(loader, epoch)`` before iterating each epoch. A shuffled (training) loader drops the ragged
+    last batch, an evaluation one keeps it; memory is pinned when CUDA is available; workers persist across epochs.
     """
     sampler = PairSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+        extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _worker_init}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=shuffle if drop_last is None else drop_last, **extra)
+                      pin_memory=torch.cuda.is_available(), drop_last=shuffle, **extra)
 
 
 def start_epoch(loader: DataLoader, epoch: int) -> None:

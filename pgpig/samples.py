@@ -11,7 +11,10 @@ import torch
 
 from schemas.files import atomic_path
 
-__all__ = ["pair_grid", "pose_image", "sample_grid", "save_png"]
+__all__ = ["SAMPLE_ROWS", "pair_grid", "pose_image", "sample_grid", "save_png"]
+
+SAMPLE_ROWS = 4
+"""Pairs shown in a training or validation sample grid."""
 
 
 def pose_image(pose_maps: torch.Tensor) -> torch.Tensor:
@@ -27,10 +30,10 @@ def sample_grid(columns: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pair_grid(source: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor, generated: torch.Tensor,
-              target: torch.Tensor, rows: int = 4, extra: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
-    """The sample grid of the first ``rows`` pairs: source | source pose | target pose | generated | ``extra``
+              target: torch.Tensor, extra: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
+    """The sample grid of the first ``SAMPLE_ROWS`` pairs: source | source pose | target pose | generated | ``extra``
     columns (the family's own, e.g. GFLA's warped source) | target."""
-    n = min(rows, source.shape[0])
+    n = min(SAMPLE_ROWS, source.shape[0])
     return sample_grid([source[:n], pose_image(source_pose[:n]), pose_image(target_pose[:n]), generated[:n],
                         *(column[:n] for column in extra), target[:n]])
 

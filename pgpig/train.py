@@ -49,7 +49,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # ---------------------------------------------------------------------------------------------------- schedule
 
 
-def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+def _step_seed(seed: int, step: int, rank: int) -> int:
     """The global RNG seed of ``step`` on ``rank``: a function of these alone, so resume reproduces dropout."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
