@@ -5,7 +5,7 @@
 
 Runs ``python -m pgpig.cli train`` with the arguments after ``--`` under ``py-spy record`` (every thread, idle
 samples kept, the target never paused) and sorts the main thread's samples by the frame directly under
-``pgpig.train._train``: ``train_step`` (the model's forward, losses, backward and updates), ``prepare`` (the
+``pgpig.train._train``: ``train_step`` (the model's forward, losses, backward and updates), ``prepare_batch`` (the
 batch to the device, pose maps rendered), the DataLoader's ``__next__`` (waiting for a batch), logging, samples,
 and what ``_train`` does itself; the rest (samples outside ``_train``: imports, the command line; and under it:
 models built, data sets opened, the final checkpoint) is start-up and one-offs. Prints one JSON line: each
@@ -31,9 +31,8 @@ LOOP_FRAME = re.compile(r"^_train \(.*pgpig/train\.py:\d+\)$")
 # what _train calls per step, by the function's own name (py-spy names methods with their class: tqdm.update,
 # PATNObjective.sample_columns); the rest is start-up and one-offs: models built, data sets opened, imports, the
 # final checkpoint
-PER_STEP = {"train_step", "prepare", "__next__", "_step_seed", "lr_factor", "_train itself", "<listcomp>",
-            "add_scalar", "update", "set_postfix", "start_epoch", "pair_grid", "save_png", "_validate",
-            "sample_columns"}
+PER_STEP = {"train_step", "prepare_batch", "__next__", "_step_seed", "lr_factor", "_set_lr", "_train itself",
+            "<listcomp>", "_log", "update", "set_postfix", "start_epoch", "_samples"}
 
 
 def per_step(part: str) -> bool:
@@ -42,7 +41,7 @@ def per_step(part: str) -> bool:
 
 
 def _function(frame: str) -> str:
-    """``prepare (pgpig/train.py:812)`` → ``prepare``, ``_train.<locals>.prepare`` → ``prepare``."""
+    """``prepare_batch (pgpig/train.py:812)`` → ``prepare_batch``, ``f.<locals>.g`` → ``g``."""
     name = frame.split(" (", 1)[0]
     return name.rsplit("<locals>.", 1)[-1]
 

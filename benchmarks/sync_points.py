@@ -46,7 +46,7 @@ def _where(frame: traceback.FrameSummary) -> str:
 def count_syncs(train_args: list[str]) -> collections.Counter:
     """``pgpig train train_args`` in this process under the sync debug mode → warnings by (part of the loop, our
     site, innermost site, thread name). The part is the function ``pgpig.train._train`` called (``train_step``,
-    ``prepare``, ...; ``loop_profile.per_step`` says which run at every step), ``_train itself``, or ``outside
+    ``prepare_batch``, ...; ``loop_profile.per_step`` says which run at every step), ``_train itself``, or ``outside
     _train`` (models built, the final checkpoint)."""
     import torch
 

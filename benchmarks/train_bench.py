@@ -53,9 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pgpig.cli import parse_set  # noqa: E402
+from pgpig.config import load_config  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
-from pgpig.models.objective import generated_image  # noqa: E402
-from pgpig.train import AMP_DTYPES, StepBatch, build, compile_parts, load_config, pose_maps, train_step  # noqa: E402
+from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
+from pgpig.train import AMP_DTYPES, build, compile_parts, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import click
 import yaml
 
+from pgpig.config import DEFAULT_DEVICE, EvalConfig
 from pgpig.errors import TrainError
 from pipeline.errors import report_errors
 from pipeline.versions import package_version
@@ -31,6 +33,13 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def default_of(config: type, name: str) -> str:
+    """``[default: X]`` for an option's help, X the default of the field ``name`` of the dataclass ``config``: the
+    options default to ``None`` (not given), and the value's one home is the dataclass."""
+    (default,) = (f.default for f in dataclasses.fields(config) if f.name == name)
+    return f"[default: {default}]"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_version() or "0+unknown", "--version", prog_name="pgpig")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -48,7 +57,7 @@ def main(debug: bool) -> None:
 @main.command()
 def recipes() -> None:
     """List the recipes shipped with pgpig (pass a name to `pgpig train --recipe`)."""
-    from pgpig.train import shipped_recipes
+    from pgpig.config import shipped_recipes
 
     for name, path in shipped_recipes().items():
         first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
@@ -97,7 +106,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
       torchrun --nproc-per-node 4 -m pgpig.cli train ...
     --batch-size is the global batch, split over the processes.
     """
-    from pgpig.train import load_config, recipe_path
+    from pgpig.config import load_config, recipe_path
     from pgpig.train import train as run_train
 
     if init_weights is not None and init_weights.is_dir():  # a run folder: its newest generator
@@ -148,7 +157,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
               help="Output PNG [default: RUN/generated/<source>_to_<target>.png].")
 @click.option("--grid", is_flag=True, help="Also write <out>-grid.png: source | target pose | generated "
               "(| target image).")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N [default: {DEFAULT_DEVICE}].")
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for detection [default: the embedded yolo11n-pose.pt].")
 @report_errors(TrainError)
@@ -168,8 +177,8 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
     """
     from pgpig.generate import generate as run_generate
 
-    result = run_generate(run_dir, source, target_pose, source_pose=source_pose, out=out, grid=grid, device=device,
-                          pose_model=pose_model)
+    result = run_generate(run_dir, source, target_pose, source_pose=source_pose, out=out, grid=grid,
+                          device=device or DEFAULT_DEVICE, pose_model=pose_model)
     click.echo(str(result["out"]))
     if result["grid"] is not None:
         click.echo(str(result["grid"]))
@@ -184,24 +193,27 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
 @click.option("--compare", "compare_runs", is_flag=True,
               help="Put the eval.json of the given run folders (arguments) side by side in one table.")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"),
-              help="Shard-set root; the pairs are SHARDS/<split>.")
-@click.option("--split", default="test", help="Split to evaluate.")
+@click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Shard-set root; the pairs are SHARDS/<split> {default_of(EvalConfig, 'shards')}.")
+@click.option("--split", default=None, help=f"Split to evaluate {default_of(EvalConfig, 'split')}.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: RUN/eval/<split>, or <generated>-eval]; with --compare, a .md file.")
 @click.option("--metrics", default=None, metavar="LIST",
               help="Comma-separated subset of ssim,mask_ssim,l1,lpips,mask_lpips,fid,pckh; naming one whose "
               "weights are missing is an error [default: all, skipping those without weights].")
-@click.option("--ssim", "ssim_setting", type=click.Choice(["patn", "gfla", "pg2"]), default="patn",
+@click.option("--ssim", "ssim_setting", type=click.Choice(["patn", "gfla", "pg2"]), default=None,
               help="SSIM setting reported as SSIM (all three are in eval.json): PATN's Gaussian window, GFLA's "
-              "51x51 window, PG2's 7x7 window.")
-@click.option("--fid-reference", type=click.Choice(["train", "test"]), default="train",
-              help="Real images of FID: the train split's stored images (GFLA's protocol) or the test split's.")
+              f"51x51 window, PG2's 7x7 window {default_of(EvalConfig, 'ssim')}.")
+@click.option("--fid-reference", type=click.Choice(["train", "test"]), default=None,
+              help="Real images of FID: the train split's stored images (GFLA's protocol) or the test split's "
+              f"{default_of(EvalConfig, 'fid_reference')}.")
 @click.option("--no-baseline", is_flag=True, help="Leave out the copy-source row.")
 @click.option("--max-pairs", type=click.IntRange(1), default=None, help="Only the first N pairs (a quick look).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, help="Pairs per batch.")
-@click.option("--workers", type=click.IntRange(0), default=0, help="DataLoader worker processes.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help=f"Pairs per batch {default_of(EvalConfig, 'batch_size')}.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help=f"DataLoader worker processes {default_of(EvalConfig, 'num_workers')}.")
+@click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N {default_of(EvalConfig, 'device')}.")
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with weights-inception-2015-12-05-6726825d.pth (FID) and alexnet-owt-7be5be79.pth "
               "(LPIPS) [default: torch hub's cache, downloaded when online].")
@@ -222,22 +234,24 @@ def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, met
       pgpig eval --generated results/market_PATN/test_latest/images --shards ./shards
       pgpig eval --compare runs/patn runs/pg2 runs/gfla
     """
-    from pgpig.evaluate import EvalConfig, compare, evaluate
+    from pgpig.evaluate import compare, evaluate
 
-    if compare_runs:
-        if run_dir is not None or generated is not None:
-            raise TrainError("--compare reads finished evaluations; leave out --run and --generated")
-        click.echo(compare(list(runs), split=split, out=out), nl=False)
-        return
-    if runs:
-        raise TrainError(f"unexpected argument {runs[0]}; run folders as arguments go with --compare")
     names = None
     if metrics is not None:
         names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    cfg = EvalConfig(shards=shards, split=split, run_dir=run_dir, generated=generated, out=out, metrics=names,
-                     ssim=ssim_setting, fid_reference=fid_reference, baseline=not no_baseline, max_pairs=max_pairs,
-                     batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
-                     pose_model=pose_model, progress=not quiet)
+    given = {"shards": shards, "split": split, "run_dir": run_dir, "generated": generated, "out": out,
+             "metrics": names, "ssim": ssim_setting, "fid_reference": fid_reference, "max_pairs": max_pairs,
+             "batch_size": batch_size, "num_workers": workers, "device": device, "weights_dir": weights_dir,
+             "pose_model": pose_model}
+    cfg = EvalConfig(**{k: v for k, v in given.items() if v is not None}, baseline=not no_baseline,
+                     progress=not quiet)
+    if compare_runs:
+        if run_dir is not None or generated is not None:
+            raise TrainError("--compare reads finished evaluations; leave out --run and --generated")
+        click.echo(compare(list(runs), split=cfg.split, out=out), nl=False)
+        return
+    if runs:
+        raise TrainError(f"unexpected argument {runs[0]}; run folders as arguments go with --compare")
     result = evaluate(cfg, log=lambda line: click.echo(line, err=True))
     out_dir = Path(result["out"])
     click.echo((out_dir / "eval.md").read_text(), nl=False)

@@ -1,36 +1,12 @@
-"""Training data: pairs from a shard set as tensors, and the pose representation rendered from keypoints.
+"""Training data: pairs from a shard set as tensors, and the pose representations rendered from keypoints.
 
-The pose representation is the one of PG2 (Ma et al., "Pose Guided Person Image Generation", NeurIPS 2017,
-arXiv:1705.09368) and PATN (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation",
-CVPR 2019, arXiv:1904.03349): 18 channels per pose, one per OpenPose-18 joint, each a Gaussian
-``exp(-((x - kx)^2 + (y - ky)^2) / (2 sigma^2))`` around the joint (PATN's ``pose_utils.cords_to_map``,
-sigma 6), all zero for a joint that is not visible. PG2 adds a body mask made of thick limbs, used to weight
-its L1 loss (``render_limb_masks``; the union of segments only, without PG2's morphological clean-up).
-
-PG2's official data conversion (charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and
-``convert_market.py``, read for these facts) renders neither of those: ``_getSparsePose(..., radius=4,
-mode='Solid')`` gives each visible joint a binary disk, the pixels at integer offsets ``(i, j)`` with
-``i^2 + j^2 <= r^2`` from the truncated joint position (``render_pose_disks``), and ``_getPoseMask(..., radius=4)``
-stamps such disks at both joints of each of its 23 limbs (``PG2_MASK_LIMBS``, not ``LIMBS``: it adds
-neck-ears, hip-hip, hip-shoulder and ear-ear) and at ``int(length / r) - 1`` evenly spaced points between
-them, then closes the union with a 5x5 square (skimage ``dilation`` then ``erosion``: a morphological closing,
-not a dilation alone) (``render_pg2_masks``).
-
-Decisions:
-
-- Pose maps are not stored and not rendered in the data set: the trainer renders them on the GPU from the
-  ``(B, 18, 2)`` keypoints of a batch (``render_pose_maps``), which is cheaper than moving ``18 x H x W``
-  floats per image through workers and pinned memory.
-- Images are decoded in the data set (in DataLoader workers) and returned as float ``(3, H, W)`` in
-  ``[-1, 1]``, the range of the generators' tanh outputs.
-- Augmentation is reproducible and resumable: whether pair ``k`` is flipped in epoch ``e`` depends only on
-  ``(seed, e, k)``, and the sampler's order only on ``(seed, e)``, so restarting at epoch ``e`` gives the
-  same batches. The epoch lives in a shared-memory tensor so ``set_epoch`` reaches persistent workers.
-- A flip mirrors source and target together (both images and both keypoint sets, left and right joints
-  swapped by ``schemas.keypoints.flip_keypoints``), so a pair stays one person in two poses.
-- ``crop_margin`` is the DeepFashion recipe crop (256x256 stored → 256x176, 40 px each side) with the
-  keypoint rule of ``schemas.patn.to_patn_frame``: ``x -= margin``, and a joint outside ``[0, width - 1]``
-  of the crop becomes ``(-1, -1)``.
+``PairDataset`` decodes a shard set's pairs into ``[-1, 1]`` images with their ``(18, 2)`` keypoints (flips and the
+recipe crop reproducible from ``(seed, epoch)``), ``make_loader`` deals them out; the pose maps are rendered on the
+trainer's device from a batch's keypoints: PATN's Gaussians (``render_pose_maps``; Zhu et al., CVPR 2019,
+arXiv:1904.03349, ``pose_utils.cords_to_map``), PG2's binary disks (``render_pose_disks``) and PG2's body mask
+(``render_pg2_masks``; Ma et al., NeurIPS 2017, arXiv:1705.09368, from the official
+charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and ``convert_market.py``).
+Details and the reasons behind them: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -49,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pgpig.errors import TrainError
 from pipeline.errors import PipelineError
 from pipeline.shards import ShardSet
-from schemas.keypoints import LIMBS, MISSING, NUM_KEYPOINTS, flip_keypoints
+from schemas.keypoints import MISSING, NUM_KEYPOINTS, flip_keypoints
 from schemas.patn import to_patn_frame
 
 __all__ = [
@@ -59,16 +35,11 @@ __all__ = [
     "PG2_MASK_LIMBS",
     "close_square",
     "make_loader",
-    "render_limb_masks",
     "render_pg2_masks",
     "render_pose_disks",
     "render_pose_maps",
     "start_epoch",
 ]
-
-_LIMB_A = [a for a, _ in LIMBS]
-_LIMB_B = [b for _, b in LIMBS]
-
 
 # ---------------------------------------------------------------------------------------------------- pose maps
 
@@ -113,40 +84,6 @@ def render_pose_maps(keypoints: torch.Tensor, size: tuple[int, int], sigma: floa
     gy = torch.exp(-((ys - kp[..., 1:2]) ** 2) / (2 * sigma**2))
     gy = gy * _visible(kp)[..., None].to(work)
     return (gy[..., :, None] * gx[..., None, :]).to(dtype)
-
-
-def render_limb_masks(keypoints: torch.Tensor, size: tuple[int, int], width: float,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """PG2-style body mask: the union of thick segments along ``schemas.keypoints.LIMBS``.
-
-    A pixel centre is inside when its distance to a limb segment whose two joints are visible is at most
-    ``width / 2``. Memory is ``O(B * 19 * H * W)`` per temporary (about 100 MB at B=32, 256x176, float32).
-
-    Args:
-        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
-        size: ``(H, W)``.
-        width: limb thickness in pixels.
-
-    Returns:
-        ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
-    """
-    _check_keypoints(keypoints)
-    h, w = int(size[0]), int(size[1])
-    work = _work_dtype(dtype)
-    kp = keypoints.to(work)
-    vis = _visible(kp)
-    a, b = kp[:, _LIMB_A], kp[:, _LIMB_B]  # (B, L, 2)
-    usable = vis[:, _LIMB_A] & vis[:, _LIMB_B]  # (B, L)
-    d = b - a
-    len2 = (d**2).sum(-1)[..., None, None]  # (B, L, 1, 1)
-    dx, dy = d[..., 0, None, None], d[..., 1, None, None]
-    rx = torch.arange(w, device=kp.device, dtype=work).view(1, 1, 1, w) - a[..., 0, None, None]  # (B, L, 1, W)
-    ry = torch.arange(h, device=kp.device, dtype=work).view(1, 1, h, 1) - a[..., 1, None, None]  # (B, L, H, 1)
-    # projection of the pixel on the segment, clamped to its ends; a zero-length limb is a disc around its joint
-    t = torch.where(len2 > 0, (rx * dx + ry * dy) / len2.clamp_min(torch.finfo(work).tiny), 0.0).clamp(0.0, 1.0)
-    dist2 = (rx - t * dx) ** 2 + (ry - t * dy) ** 2  # (B, L, H, W)
-    inside = (dist2 <= (width / 2) ** 2) & usable[..., None, None]
-    return inside.any(dim=1, keepdim=True).to(dtype)
 
 
 # PG2's ``limbSeq`` of ``_getPoseMask`` (1-based there) in 0-based OpenPose-18 indices
@@ -238,9 +175,8 @@ def _limb_sample_window(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, size:
     return first, count
 
 
-def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, module docstring), on the keypoints' device.
+def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int) -> torch.Tensor:
+    """PG2's pose mask ``M`` of its masked L1 (official ``_getPoseMask``, ``docs/data.md``), on the keypoints' device.
 
     Along each limb of ``PG2_MASK_LIMBS`` whose two joints are visible, disks of ``radius`` (as
     ``render_pose_disks``) at both joints and at ``a + (b - a) * i / n`` for ``i = 1 .. n - 1``,
@@ -253,10 +189,9 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
         keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
         size: ``(H, W)``.
         radius: disk radius in pixels (PG2: 4).
-        dtype: output dtype.
 
     Returns:
-        ``(B, 1, H, W)`` of 0 and 1 in ``dtype``.
+        ``(B, 1, H, W)`` float32 of 0 and 1.
     """
     _check_keypoints(keypoints)
     h, w = int(size[0]), int(size[1])
@@ -276,7 +211,7 @@ def render_pg2_masks(keypoints: torch.Tensor, size: tuple[int, int], radius: int
     points = torch.cat([a[:, :, None], b[:, :, None], between], dim=2).flatten(1, 2)  # (B, L * (S + 2), 2)
     valid = torch.cat([usable[..., None], usable[..., None], between_ok], dim=2).flatten(1, 2)
     dense = _stamp_disks(points, valid, (h, w), radius).reshape(-1, 1, h, w)
-    return close_square(dense, 5).to(dtype)
+    return close_square(dense, 5).to(torch.float32)
 
 
 def close_square(mask: torch.Tensor, side: int) -> torch.Tensor:
@@ -286,82 +221,6 @@ def close_square(mask: torch.Tensor, side: int) -> torch.Tensor:
     pad = side // 2
     dilated = F.max_pool2d(mask, side, stride=1, padding=pad)
     return -F.max_pool2d(-dilated, side, stride=1, padding=pad)
-
-
-def _reference_pose_disks(keypoints: np.ndarray, size: tuple[int, int], radius: int) -> np.ndarray:
-    """Slow, obvious ``render_pose_disks``: the official ``_getSparseKeypoint`` loops. ``(B, 18, H, W)`` float64."""
-    out = np.zeros((len(keypoints), NUM_KEYPOINTS, *size))
-    for i, person in enumerate(np.asarray(keypoints, np.float64)):
-        for j, (x, y) in enumerate(person):
-            if x == MISSING and y == MISSING:
-                continue
-            _reference_disk(out[i, j], y, x, radius)
-    return out
-
-
-def _reference_disk(plane: np.ndarray, r: float, c: float, radius: int) -> None:
-    r, c = int(r), int(c)
-    for i in range(-radius, radius + 1):
-        for j in range(-radius, radius + 1):
-            if math.sqrt(i * i + j * j) <= radius and 0 <= r + i < plane.shape[0] and 0 <= c + j < plane.shape[1]:
-                plane[r + i, c + j] = 1.0
-
-
-def _reference_pg2_masks(keypoints: np.ndarray, size: tuple[int, int], radius: int) -> np.ndarray:
-    """Slow, obvious ``render_pg2_masks``: the official ``_getPoseMask`` loops, then a closing by explicit 5x5
-    minima and maxima over the pixels inside the image. ``(B, 1, H, W)`` float64."""
-    h, w = size
-    out = np.zeros((len(keypoints), 1, h, w))
-    for k, person in enumerate(np.asarray(keypoints, np.float64)):
-        dense = np.zeros((h, w))
-        for ja, jb in PG2_MASK_LIMBS:
-            (c0, r0), (c1, r1) = person[ja], person[jb]
-            if (c0 == MISSING and r0 == MISSING) or (c1 == MISSING and r1 == MISSING):
-                continue
-            _reference_disk(dense, r0, c0, radius)
-            _reference_disk(dense, r1, c1, radius)
-            n = int(math.sqrt((r0 - r1) ** 2 + (c0 - c1) ** 2) / radius)
-            for i in range(1, n if n > 1 else 1):
-                _reference_disk(dense, r0 + (r1 - r0) * i / n, c0 + (c1 - c0) * i / n, radius)
-        for window in (np.max, np.min):  # dilation, then erosion
-            dense = np.array([[window(dense[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]) for x in range(w)]
-                              for y in range(h)])
-        out[k, 0] = dense
-    return out
-
-
-def _reference_pose_maps(keypoints: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
-    """Slow, obvious ``render_pose_maps``: a loop over batch, joints and pixels. ``(B, 18, H, W)`` float64."""
-    h, w = size
-    out = np.zeros((len(keypoints), NUM_KEYPOINTS, h, w))
-    for i, person in enumerate(np.asarray(keypoints, np.float64)):
-        for j, (kx, ky) in enumerate(person):
-            if kx == MISSING and ky == MISSING:
-                continue
-            for y in range(h):
-                for x in range(w):
-                    out[i, j, y, x] = math.exp(-((x - kx) ** 2 + (y - ky) ** 2) / (2 * sigma**2))
-    return out
-
-
-def _reference_limb_masks(keypoints: np.ndarray, size: tuple[int, int], width: float) -> np.ndarray:
-    """Slow, obvious ``render_limb_masks``: a loop over batch, limbs and pixels. ``(B, 1, H, W)`` float64."""
-    h, w = size
-    out = np.zeros((len(keypoints), 1, h, w))
-    for i, person in enumerate(np.asarray(keypoints, np.float64)):
-        for ja, jb in LIMBS:
-            (ax, ay), (bx, by) = person[ja], person[jb]
-            if (ax == MISSING and ay == MISSING) or (bx == MISSING and by == MISSING):
-                continue
-            for y in range(h):
-                for x in range(w):
-                    seg2 = (bx - ax) ** 2 + (by - ay) ** 2
-                    t = 0.0 if seg2 == 0 else ((x - ax) * (bx - ax) + (y - ay) * (by - ay)) / seg2
-                    t = min(1.0, max(0.0, t))
-                    px, py = ax + t * (bx - ax), ay + t * (by - ay)
-                    if math.hypot(x - px, y - py) <= width / 2:
-                        out[i, 0, y, x] = 1.0
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- crop
@@ -534,22 +393,18 @@ def _worker_init(_worker: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
-                pin_memory: bool | None = None, prefetch_factor: int = 2) -> DataLoader:
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader whose batches depend only on ``(seed, epoch)``, whatever ``num_workers``.
 
-    Call ``start_epoch(loader, epoch)`` before iterating each epoch. ``drop_last`` defaults to ``shuffle``
-    (training drops the ragged last batch; evaluation keeps it); ``pin_memory`` to CUDA being available;
-    workers persist across epochs.
+    Call ``start_epoch(loader, epoch)`` before iterating each epoch. A shuffled (training) loader drops the ragged
+    last batch, an evaluation one keeps it; memory is pinned when CUDA is available; workers persist across epochs.
     """
     sampler = PairSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
+        extra = {"persistent_workers": True, "prefetch_factor": 2, "worker_init_fn": _worker_init}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=shuffle if drop_last is None else drop_last, **extra)
+                      pin_memory=torch.cuda.is_available(), drop_last=shuffle, **extra)
 
 
 def start_epoch(loader: DataLoader, epoch: int) -> None:

@@ -3,50 +3,10 @@
 ``evaluate(cfg)`` has two modes. With a run folder (``--run``) it generates every pair of ``shards/<split>`` with
 the run's generator into ``RUN/eval/<split>/images/`` (batched, on the GPU when there is one; images already
 written are kept, so a killed evaluation resumes), then scores those files. With ``--generated DIR`` it scores
-images produced elsewhere, e.g. by an official implementation, matched to the pairs by name. ``compare(paths)``
-puts the results of several runs in one table. Metric definitions and their sources: ``pgpig.metrics`` and
-``docs/eval.md``. Metrics as in PATN (Zhu et al., CVPR 2019, arXiv:1904.03349), LPIPS (Zhang et al., CVPR 2018),
-FID (Heusel et al., NeurIPS 2017), SSIM (Wang et al., IEEE TIP 2004).
-
-File names (facts from the official code, read for these facts only): PATN's ``test.py`` saves one panel per pair,
-``<source>___<target>_vis.jpg`` (``models/PATN.py`` ``image_paths`` joins the two flat names with ``___``;
-``util/visualizer.py`` appends ``_<label>.jpg``), five images wide: source | source pose | target | target pose
-| generated, and ``tool/getMetrics_*.py`` takes the fifth. GFLA's ``model/pose_model.py`` writes the generated
-image alone as ``<source stem>_2_<target stem>_vis.<ext>`` (``save_results``).
-
-Decisions:
-
-- Our images are ``RUN/eval/<split>/images/<source>___<target>_vis.png``: PATN's name (``patn_name`` of the shard
-  rows; rows without one use their raw path with ``/`` turned into ``_``), holding the generated image alone,
-  lossless. Each is written atomically, so a file under its final name is complete and a re-run skips it.
-  ``generation.json`` records the generator's sha256: when the run's weights change, every image is made again.
-- ``--generated DIR`` accepts PATN names (``___``, with ``_vis`` or not) and GFLA names (``_2_``), PNG or JPEG, a
-  single image or PATN's five-image panel (the fifth is taken when the width is five times a valid one). A pair
-  without an image, an unreadable file or a wrong size is recorded in ``eval.json`` (``bad``: count and names with
-  the reason) and left out of every metric; files that match no pair are counted (``unmatched``).
-- Frame: every metric is computed in the shard set's stored frame. A generated image narrower than the stored
-  width by ``2 m`` (PATN's 176-wide DeepFashion output in a 256x256 shard set) is padded with ``m`` white columns
-  on each side, and the target (and the source of the baseline, and the FID reference images) is cut to the same
-  framing and padded the same way, exactly what PATN's ``getMetrics_fashion.py`` ``addBounding`` does to both
-  images. Target keypoints leaving that framing count as invisible. ``m = 0`` for Market-1501 and 256x256 models.
-- Baseline: a ``copy-source`` row (the source image, framed like the generated one, offered as the answer) is always
-  computed next to the model's, with the same metrics; a generator that has learned anything beats it.
-  ``--no-baseline`` leaves it out.
-- SSIM: PATN's setting is the reported ``ssim`` (the setting most papers' numbers come from); GFLA's and PG2's are
-  in ``eval.json`` as ``ssim_gfla`` and ``ssim_pg2``; ``--ssim gfla|pg2`` makes one of them the reported ``ssim``.
-  ``mask_ssim`` / ``mask_lpips`` use PATN's Market-1501 body mask of the target's keypoints (computed for every
-  data set; the papers report them on Market-1501).
-- FID reference: the stored images of ``shards/train`` (GFLA's protocol: "the real data distributions are
-  calculated over the whole training set"), ``--fid-reference test`` for the test split's images; a missing train
-  split falls back to test with a note. The reference statistics are cached in ``<out>/fid-reference.npz``, keyed
-  by the reference's manifest checksums, the framing and the extractor.
-- PCKh: keypoints of each generated image from the pipeline's pose backend (``ultralytics``, the extractor's
-  defaults, the embedded YOLO11n-pose unless ``--pose-model``), against the target's stored keypoints; PATN's head
-  size and threshold (``pgpig.metrics.pckh_counts``); ``detection_rate`` is the share of generated images in
-  which a person was found.
-- Metrics whose weights are missing (LPIPS's AlexNet, FID's Inception) are skipped with the reason (one line on
-  stderr, ``skipped`` in ``eval.json``, a dash in the table) unless ``--metrics`` named them, which makes it an
-  error. Weights for these networks come from ``--weights-dir`` or torch hub's cache (``docs/eval.md``).
+images produced elsewhere, e.g. by an official implementation, matched to the pairs by name (PATN's
+``test.py`` and ``util/visualizer.py`` names, GFLA's ``model/pose_model.py`` ``save_results`` names).
+``compare(paths)`` puts the results of several runs in one table. The metrics are ``pgpig.metrics``; the
+protocol (file names, framing, baseline, SSIM settings, FID reference, PCKh) is described in ``docs/eval.md``.
 """
 
 from __future__ import annotations
@@ -68,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
 from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
@@ -88,51 +49,13 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "EvalConfig", "compare", "evaluate", "pair_file_name", "read_names"]
+__all__ = ["ALL_METRICS", "compare", "evaluate", "pair_file_name", "read_names"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _WHITE = 255
-
-
-@dataclass
-class EvalConfig:
-    """Options of ``pgpig eval`` (one field per command-line option)."""
-
-    shards: Path = Path("shards")
-    """Shard-set root; the pairs are ``shards/<split>``."""
-    split: str = "test"
-    run_dir: Path | None = None
-    """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
-    generated: Path | None = None
-    """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
-    out: Path | None = None
-    """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
-    metrics: tuple[str, ...] | None = None
-    """Metrics asked for explicitly (missing weights are then an error); ``None``: all, skipping unavailable ones."""
-    ssim: str = "patn"
-    """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
-    fid_reference: str = "train"
-    """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
-    lpips_net: str = "alex"
-    baseline: bool = True
-    """Also score the copy-the-source baseline."""
-    max_pairs: int | None = None
-    """Only the first N pairs (a quick look); recorded in the output."""
-    batch_size: int = 32
-    num_workers: int = 0
-    device: str = "auto"
-    weights_dir: Path | None = None
-    pose_model: Path | None = None
-    alpha: float = 0.5
-    """PCKh threshold as a fraction of the head size."""
-    progress: bool = True
-    feature_extractor: Any = field(default=None, repr=False)
-    """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""
-    lpips: Any = field(default=None, repr=False)
-    """An ``LPIPS`` module to use instead of the default one (tests)."""
 
 
 # ---------------------------------------------------------------------------------------------------- names
@@ -550,95 +473,130 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     result: dict[str, Any] = {"pgpig_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "shards": str(folder), "split": cfg.split, "pairs_in_split": int(len(all_pairs)),
                               "pairs": int(len(pairs))}
-    if cfg.run_dir is not None:
-        out = Path(cfg.out) if cfg.out is not None else Path(cfg.run_dir) / "eval" / cfg.split
-        images_dir = out / "images"
-        files: list[Path | None] = [images_dir / pair_file_name(s, t) for s, t in flat]
-        t0 = time.time()
-        result["run"] = str(cfg.run_dir)
-        result["generator"] = _generate(cfg, out, files, list(range(len(pairs))), log)
-        result["generate_seconds"] = round(time.time() - t0, 2)
-        label = f"{result['generator']['model']} (step {result['generator']['step']})"
-        unmatched: list[str] = []
-    else:
-        generated = Path(cfg.generated)
-        out = Path(cfg.out) if cfg.out is not None else generated.with_name(generated.name + "-eval")
-        files, unmatched = index_generated(generated, flat)
-        result["generated"] = str(generated)
-        label = generated.name
-        log(f"{generated}: {sum(p is not None for p in files)} of {len(pairs)} pairs have an image"
-            + (f"; {len(unmatched)} files match no pair" if unmatched else ""))
+    out, files, unmatched, label = _images(cfg, flat, result, log)
 
     explicit = cfg.metrics is not None
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
     lpips_module, extractor, skipped = _networks(cfg, wanted_order, explicit, device, log)
     wanted = {m for m in wanted_order if m not in skipped}
     detector = PoseDetector(device, cfg.pose_model, cfg.batch_size) if "pckh" in wanted else None
-
     rows = {"model": _Row()}
     if cfg.baseline:
         rows["copy-source"] = _Row()
-    bad: list[dict[str, str]] = []
-    records: list[dict[str, Any]] = []
-    margins: set[int] = set()
-    loader = DataLoader(_ScoreItems(shards, pairs, files, names), batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers, collate_fn=_collate)
     t0 = time.time()
-    bar = _bar(cfg, len(pairs), "score")
+    scored = _score_pairs(cfg, _ScoreItems(shards, pairs, files, names), flat, rows, wanted, device,
+                          (lpips_module, extractor, detector), names, pairs)
+    if scored.bad:
+        log(f"{len(scored.bad)} of {len(pairs)} pairs not scored: {scored.bad[0]['reason']}"
+            + (" (and more, see eval.json)" if len(scored.bad) > 1 else ""))
+    fid_info = _fid(cfg, out, rows, scored.margins, wanted, skipped, extractor, device, log)
+
+    result["label"] = label
+    result["rows"] = {name: _summary(row, wanted) for name, row in rows.items()}
+    result["skipped"] = skipped
+    result["bad"] = {"count": len(scored.bad), "items": scored.bad}
+    result["unmatched"] = {"count": len(unmatched), "names": unmatched[:100]}
+    result["settings"] = _settings(cfg, extractor, fid_info, shards.size, scored.margins)
+    result["score_seconds"] = round(time.time() - t0, 2)
+    result["seconds"] = round(time.time() - started, 2)
+    _write_outputs(out, result, scored.records)
+    result["out"] = str(out)
+    return result
+
+
+def _images(cfg: EvalConfig, flat: list[tuple[str, str]], result: dict[str, Any],
+            log: Callable[[str], None]) -> tuple[Path, list[Path | None], list[str], str]:
+    """The output folder, each pair's image file (generated now for a run), the files matching no pair, and the
+    table's label; records the image source in ``result``."""
+    if cfg.run_dir is not None:
+        out = Path(cfg.out) if cfg.out is not None else Path(cfg.run_dir) / "eval" / cfg.split
+        images_dir = out / "images"
+        files: list[Path | None] = [images_dir / pair_file_name(s, t) for s, t in flat]
+        t0 = time.time()
+        result["run"] = str(cfg.run_dir)
+        result["generator"] = _generate(cfg, out, files, list(range(len(flat))), log)
+        result["generate_seconds"] = round(time.time() - t0, 2)
+        return out, files, [], f"{result['generator']['model']} (step {result['generator']['step']})"
+    generated = Path(cfg.generated)
+    out = Path(cfg.out) if cfg.out is not None else generated.with_name(generated.name + "-eval")
+    files, unmatched = index_generated(generated, flat)
+    result["generated"] = str(generated)
+    log(f"{generated}: {sum(p is not None for p in files)} of {len(flat)} pairs have an image"
+        + (f"; {len(unmatched)} files match no pair" if unmatched else ""))
+    return out, files, unmatched, generated.name
+
+
+@dataclass
+class _Scored:
+    """What scoring every pair leaves besides the rows' totals."""
+
+    bad: list[dict[str, str]] = field(default_factory=list)
+    """The pairs not scored: ``{"source", "target", "reason"}``."""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """One ``pairs.csv`` line per pair and row."""
+    margins: set[int] = field(default_factory=set)
+    """The framings (white margins) of the generated images scored."""
+
+
+def _score_pairs(cfg: EvalConfig, items: _ScoreItems, flat: list[tuple[str, str]], rows: dict[str, _Row],
+                 wanted: set[str], device: torch.device, networks: tuple, names: list[str],
+                 pairs: np.ndarray) -> _Scored:
+    """Score every pair with an image into ``rows``; ``networks`` is ``(lpips_module, extractor, detector)``."""
+    scored = _Scored()
+    loader = DataLoader(items, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate)
+    bar = _bar(cfg, len(items), "score")
     with torch.no_grad():
-        for items in loader:
+        for batch in loader:
             good = []
-            for it in items:
+            for it in batch:
                 if it["error"] is not None:
                     s, t = flat[it["k"]]
-                    bad.append({"source": s, "target": t, "reason": it["error"]})
+                    scored.bad.append({"source": s, "target": t, "reason": it["error"]})
                 else:
                     good.append(it)
             # one framing per batch (in practice one per run); a stray other size is scored in its own group
             for m in sorted({it["margin"] for it in good}):
                 group = [it for it in good if it["margin"] == m]
-                margins.add(m)
-                _score_batch(rows, group, cfg, wanted, device, lpips_module, extractor, detector, records, names,
-                             pairs)
-            bar.update(len(items))
-            bar.set_postfix(bad=len(bad), refresh=False)
+                scored.margins.add(m)
+                _score_batch(rows, group, cfg, wanted, device, *networks, scored.records, names, pairs)
+            bar.update(len(batch))
+            bar.set_postfix(bad=len(scored.bad), refresh=False)
     bar.close()
-    if bad:
-        log(f"{len(bad)} of {len(pairs)} pairs not scored: {bad[0]['reason']}" + (" (and more, see eval.json)"
-                                                                                   if len(bad) > 1 else ""))
+    return scored
 
-    fid_info = None
-    if "fid" in wanted:
-        if len(margins) != 1 or rows["model"].features.n < 2:
-            skipped["fid"] = ("fewer than 2 scored images" if rows["model"].features.n < 2
-                              else f"generated images of several framings (margins {sorted(margins)})")
-            log(f"skipping fid: {skipped['fid']}")
-            wanted.discard("fid")
-        else:
-            mu_r, sigma_r, fid_info = _fid_reference(cfg, out, next(iter(margins)), extractor, device, log)
-            for row in rows.values():
-                mu, sigma = row.features.mean_cov()
-                row.sums["fid"] = frechet_distance(mu, sigma, mu_r, sigma_r)
 
-    result["label"] = label
-    result["rows"] = {name: _summary(row, wanted) for name, row in rows.items()}
-    result["skipped"] = skipped
-    result["bad"] = {"count": len(bad), "items": bad}
-    result["unmatched"] = {"count": len(unmatched), "names": unmatched[:100]}
-    result["settings"] = {
+def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], margins: set[int], wanted: set[str],
+         skipped: dict[str, str], extractor: FeatureExtractor | None, device: torch.device,
+         log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Each row's FID against the reference images (``None`` when not wanted); skipped, with the reason, when fewer
+    than 2 images were scored or they came in several framings."""
+    if "fid" not in wanted:
+        return None
+    if len(margins) != 1 or rows["model"].features.n < 2:
+        skipped["fid"] = ("fewer than 2 scored images" if rows["model"].features.n < 2
+                          else f"generated images of several framings (margins {sorted(margins)})")
+        log(f"skipping fid: {skipped['fid']}")
+        wanted.discard("fid")
+        return None
+    mu_r, sigma_r, fid_info = _fid_reference(cfg, out, next(iter(margins)), extractor, device, log)
+    for row in rows.values():
+        mu, sigma = row.features.mean_cov()
+        row.sums["fid"] = frechet_distance(mu, sigma, mu_r, sigma_r)
+    return fid_info
+
+
+def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dict[str, Any] | None,
+              stored_size: tuple[int, int], margins: set[int]) -> dict[str, Any]:
+    """How the metrics were computed (``eval.json``'s ``settings``)."""
+    return {
         "ssim": cfg.ssim, "ssim_settings": {k: asdict(v) for k, v in SSIM_SETTINGS.items()},
         "mask": "PATN produce_ma_mask of the target keypoints", "lpips_net": cfg.lpips_net,
         "fid_features": getattr(extractor, "name", None), "fid_reference": fid_info,
         "pckh_alpha": cfg.alpha, "pckh_head": "bounding box of the visible nose, neck, eyes, ears (>= 2)",
         "pose_model": str(cfg.pose_model) if cfg.pose_model else "embedded yolo11n-pose",
-        "frame": {"stored_size": list(shards.size), "margins": sorted(margins), "padding": "white"},
+        "frame": {"stored_size": list(stored_size), "margins": sorted(margins), "padding": "white"},
         "max_pairs": cfg.max_pairs,
     }
-    result["score_seconds"] = round(time.time() - t0, 2)
-    result["seconds"] = round(time.time() - started, 2)
-    _write_outputs(out, result, records)
-    result["out"] = str(out)
-    return result
 
 
 def _summary(row: _Row, wanted: set[str]) -> dict[str, Any]:

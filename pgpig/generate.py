@@ -1,37 +1,10 @@
 """``pgpig generate``: one image of the source person in a target pose, from a trained run folder.
 
 ``generate(run_dir, source, target)`` loads the run's generator (``config.yaml`` + ``generator.safetensors``),
-turns the source image and both poses into exactly the tensors training saw, runs the generator once (eval mode,
-no gradients) and writes the result as a PNG.
-
-Decisions:
-
-- Preprocessing is the training one, step by step: the image is decoded by ``pipeline.decode.decode_image``
-  (upright, 8-bit BGR, as extraction read it), stretched to the shard set's stored size with the shard writer's
-  own ``pipeline.shards.resize_image``, keypoints scaled with its ``scale_keypoints`` (pixel-centre convention),
-  then ``crop_margin`` columns are cut from each side with ``pgpig.data.crop_width`` (keypoints leaving the crop
-  become invisible), and the RGB image goes to ``[-1, 1]``. The stored size is not in the run folder as such: it
-  is the generator's trained size (``height``, ``width`` in the safetensors metadata, after the crop) with
-  ``2 * crop_margin`` columns added back. An input of another aspect ratio is stretched, as the shard writer
-  stretched every training image; cut it to the training framing first for best results.
-- Keypoints of an image (the source, and a target given as an image) come from the pipeline's extractor with
-  its defaults (``ExtractConfig``: the embedded YOLO11n-pose, ``imgsz`` 256, ``conf`` 0.25, keypoint threshold
-  0.5): ``UltralyticsBackend.predict`` on the decoded image, ``Detections.scaled`` back to full-resolution
-  pixels, then ``to_openpose`` (the dominant person, COCO-17 → OpenPose-18). Same calls as ``extract_partition``.
-- Keypoints JSON (``--target-pose pose.json``, ``--source-pose pose.json``)::
-
-      {"keypoints": [[x, y], ... 18 entries in the OpenPose-18 order ...], "image_size": [H, W]}
-
-  or a bare list of the 18 entries. ``x, y`` are pixels with integer coordinates at pixel centres; ``null`` or
-  ``[-1, -1]`` marks an invisible joint. ``image_size`` (optional) is the frame the coordinates are in; the
-  keypoints are scaled from it to the stored size like the pixels of an image of that size. Without it: a target
-  pose is in the run's stored size (before the crop; e.g. 256x256 for a DeepFashion run with margin 40, 128x64
-  for Market-1501), and a source pose is in the source image's own pixels (as the ``keypoints/`` table stores
-  them). Anything else (not JSON, not 18 entries, a non-number, a bad ``image_size``, unknown keys, no visible
-  joint) is a one-line ``TrainError`` naming the file.
-- The output is the generator's size (the trained, cropped size); ``--grid`` also writes
-  ``source | target pose | generated`` (``| target`` when the target is an image) beside it, like the training
-  samples.
+turns the source image and both poses into exactly the tensors training saw (the shard writer's resize and
+keypoint scaling, then the recipe crop), runs the generator once (eval mode, no gradients) and writes the result as
+a PNG. Keypoints of an image come from the pipeline's extractor with its defaults; a pose may also be given as a
+keypoints JSON file. The preprocessing step by step and the JSON format: ``docs/generate.md``.
 """
 
 from __future__ import annotations
@@ -47,18 +20,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from pgpig.config import DEFAULT_DEVICE, TrainConfig, load_config
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
 from pgpig.models.objective import generated_image
-from pgpig.train import (
-    TrainConfig,
-    build_generator,
-    load_config,
-    pose_image,
-    pose_maps,
-    sample_grid,
-    save_png,
-)
+from pgpig.samples import pose_image, sample_grid, save_png
+from pgpig.train import build_generator, pose_maps
 from pipeline.decode import Decoded, decode_image
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
@@ -94,7 +61,7 @@ class GeneratorRun:
                                               self.pose_maps(target_kp)))
 
 
-def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
+def load_generator(run_dir: str | Path, device: str = DEFAULT_DEVICE) -> GeneratorRun:
     """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -134,7 +101,7 @@ def load_generator(run_dir: str | Path, device: str = "auto") -> GeneratorRun:
 
 
 def read_pose_json(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """A keypoints JSON file (format in the module docstring) → ``(xy (18, 2) float32, image_size or None)``.
+    """A keypoints JSON file (format in ``docs/generate.md``) → ``(xy (18, 2) float32, image_size or None)``.
 
     Invisible joints are ``(-1, -1)``. ``TrainError`` naming the file for anything malformed.
     """
@@ -262,14 +229,14 @@ def default_out(run_dir: str | Path, source: str | Path, target: str | Path) -> 
 
 
 def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *, source_pose: str | Path | None = None,
-             out: str | Path | None = None, grid: bool = False, device: str = "auto",
+             out: str | Path | None = None, grid: bool = False, device: str = DEFAULT_DEVICE,
              pose_model: str | Path | None = None) -> dict[str, Any]:
     """Generate the source person in the target pose with a run's generator and write it as a PNG.
 
     Args:
         run_dir: a run folder of ``pgpig train`` (``config.yaml``, ``generator.safetensors``).
         source: the source image (any format ``pipeline.decode`` reads).
-        target_pose: a keypoints ``.json`` file (module docstring) or an image whose person's pose is taken.
+        target_pose: a keypoints ``.json`` file (``docs/generate.md``) or an image whose person's pose is taken.
         source_pose: keypoints JSON of the source (in the source image's pixels unless ``image_size``); default:
             detected by the extractor.
         out: output PNG; default ``<run>/generated/<source stem>_to_<target stem>.png``.

@@ -1,64 +1,15 @@
-"""The metrics of the PGPIG papers as batched tensor functions: SSIM (three settings), mask-SSIM, L1, LPIPS, FID
-statistics and distance, PCKh.
+"""The metrics of the pose-guided generation papers as batched tensor functions: SSIM (three settings),
+mask-SSIM, L1, LPIPS, FID statistics and distance, PCKh.
 
 - SSIM: Wang et al., "Image Quality Assessment: From Error Visibility to Structural Similarity", IEEE TIP 2004.
 - LPIPS: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", CVPR 2018.
 - FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium",
   NeurIPS 2017.
-- PCKh and mask-SSIM as PATN (Zhu et al., "Progressive Pose Attention Transfer for Person Image Generation",
-  CVPR 2019, arXiv:1904.03349) computes them.
+- PCKh and mask-SSIM as PATN (Zhu et al., CVPR 2019, arXiv:1904.03349) computes them.
 
-Facts taken from the official scripts (read for these facts only):
-
-- PATN ``tool/getMetrics_market.py`` and ``tool/getMetrics_fashion.py``: SSIM is
-  ``compare_ssim(target, generated, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-  multichannel=True, data_range=generated.max() - generated.min())`` on the uint8 images (``SSIM_SETTINGS["patn"]``);
-  L1 is the mean of ``|2 (t / 255 - 0.5) - 2 (g / 255 - 0.5)|``; Market's masked SSIM multiplies both images by
-  the mask of the *target's* keypoints and uses the same SSIM. The DeepFashion script pads the 176-wide images
-  back to 256 with 40 white columns on each side before scoring (``addBounding``; done in ``pgpig.evaluate``).
-- PATN ``tool/pose_utils.py`` ``produce_ma_mask``: the mask is the union of rectangles 8 px wide (``point_radius``
-  4 on each side of the segment) along 23 joint pairs (``MASK_LIMBS``: the skeleton's limbs with neck-to-ear
-  instead of shoulder-to-ear, plus the torso's sides and diagonals (hips to shoulders, hip to hip) and ear to ear),
-  discs of radius 4 (strictly inside) around the visible joints, then a 5x5 dilation followed by a 5x5 erosion. GFLA's
-  ``script/metrics.py`` copies the same function for its masked LPIPS on Market-1501.
-- PATN ``tool/calPCKH_market.py`` / ``calPCKH_fashion.py``: head joints ``PARTS_SEL = [0, 1, 14, 15, 16, 17]``
-  (nose, neck, eyes, ears); a target needs at least two of them visible, else the pair is left out; head size is
-  the width and the height of their bounding box, separately; a predicted joint is correct when
-  ``|px - tx| < 0.5 w`` and ``|py - ty| < 0.5 h`` (strict, per axis), a missing prediction is wrong; the
-  denominator is the number of visible target joints over the pairs kept.
-- GFLA ``script/metrics.py``: its ``ssim`` is ``compare_ssim(gt / 255, pred / 255, data_range=1, win_size=51,
-  multichannel=True)``, a uniform 51x51 window with the sample covariance (``SSIM_SETTINGS["gfla"]``); it also
-  prints ``ssim_256``, which is PATN's setting. LPIPS is the ``net-lin`` AlexNet model of the PerceptualSimilarity
-  code on images in [-1, 1]. FID uses pool3 (2048-D) Inception features of images in [0, 1], the mean and
-  ``np.cov`` (sample covariance) and ``scipy.linalg.sqrtm``; its Inception is torchvision's ImageNet model, not the
-  TensorFlow FID graph, and the real statistics are computed over the whole training set.
-- PG2 ``score.py`` / ``score_mask.py``: ``compare_ssim(G, x, multichannel=True)`` with skimage's defaults, a
-  uniform 7x7 window, sample covariance, data range 255 of uint8 (``SSIM_SETTINGS["pg2"]``).
-
-Decisions:
-
-- SSIM is our own torch code (batched, float64, on the images' device) with scikit-image's algorithm: per channel
-  the five filtered maps ``mu_x, mu_y, E[x^2], E[y^2], E[xy]``, ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2``, the
-  SSIM map cropped by ``(win - 1) // 2`` on each side and averaged, then the mean over channels. Because only
-  the interior is averaged, a "valid" convolution computes exactly those pixels and no padding mode matters.
-  The Gaussian window is scipy's: radius ``int(3.5 sigma + 0.5)`` = 5 taps each side for sigma 1.5.
-- The default SSIM is PATN's: PATN, XingGAN, PG2-derived comparisons and DPTN all report numbers from PATN's
-  scripts (GFLA's tables report FID and LPIPS; its own ``ssim`` is a different number). All three are computed.
-- mask-SSIM always uses PATN's SSIM setting with PATN's mask (``pose_mask``); ``pgpig.data.render_limb_masks``
-  is PG2's loss mask (19 limbs, no discs, no closing) and is not the same mask.
-- LPIPS is implemented here (a backbone returning five ReLU feature maps, unit-normalised over channels with
-  ``eps = 1e-10`` as the LPIPS code does, squared differences weighted by the linear layers, spatial mean, sum):
-  the backbone is injectable (tests pass a tiny one); the default is AlexNet with the v0.1 linear weights that
-  torchmetrics ships (``lpips_models/alex.pth``, read with ``weights_only=True``) and torchvision's ImageNet
-  AlexNet (``alexnet-owt-7be5be79.pth``) from ``--weights-dir``, torch hub's cache, or a hash-checked download.
-- FID statistics are accumulated in float64 (sum and sum of outer products, sample covariance ``ddof = 1`` like
-  ``np.cov``); the distance uses ``tr sqrt(S1 S2) = sum sqrt(eig(A S2 A))`` with ``A = S1^(1/2)`` from two
-  symmetric eigendecompositions (float64, eigenvalues clamped at 0), which equals ``trace(sqrtm(S1 @ S2))`` for
-  covariance matrices and never goes complex. The default extractor is the TensorFlow FID Inception
-  (2015-12-05 graph, 2048-D pool3) as ported by torch-fidelity, the extractor behind torchmetrics' FID; its
-  weights come from ``--weights-dir`` or torch hub's cache and are read with ``weights_only=True``.
-- Missing weights raise ``WeightsUnavailable`` (a ``TrainError``), one line naming the file and where to put it;
-  the evaluation job decides whether that skips the metric or stops.
+The settings follow the official scripts: PATN's ``tool/getMetrics_*.py``, ``tool/pose_utils.py`` and
+``tool/calPCKH_*.py``, GFLA's ``script/metrics.py``, PG2's ``score.py``. Which facts come from which script, and how
+this code computes each metric: ``docs/eval.md``. Missing weights raise ``WeightsUnavailable`` (a ``TrainError``).
 """
 
 from __future__ import annotations

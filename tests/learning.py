@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import default_collate
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from pgpig.config import load_config
 from pgpig.data import PairDataset
 from pgpig.generate import load_generator
-from pgpig.train import load_config, train
+from pgpig.train import train
 
 # the data and training settings every generator shares (test_learning.py says why); model overrides go on top
 BASE = {"norm": "instance", "dropout": 0.0, "crop_margin": 12, "sigma": 3.0, "flip": True, "batch_size": 8,

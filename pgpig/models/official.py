@@ -370,7 +370,7 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
     size, parameters, constructor, checkpoint SHA-256)."""
     from safetensors.torch import save_file
 
-    from pgpig.train import _config_dict, load_config, recipe_path, shipped_recipes
+    from pgpig.config import config_dict, load_config, recipe_path, shipped_recipes
     from schemas.files import atomic_path
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -406,6 +406,6 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
     with atomic_path(out / "generator.safetensors") as path:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
     with atomic_path(out / "config.yaml") as path:
-        path.write_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False))
+        path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
     return {"model": name, "dataset": dataset, "size": list(size), "run": str(out), "constructor": constructor,
             "parameters": sum(p.numel() for p in model.parameters()), "sha256": digest}

@@ -19,9 +19,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pgpig.checkpoint import load_checkpoint, step_folders
 from pgpig.cli import main as train_main
+from pgpig.config import load_config
 from pgpig.errors import TrainError
-from pgpig.train import _load_checkpoint, build, load_config, step_folders
+from pgpig.train import build
 from pipeline.cli import main as data_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +100,7 @@ def test_skip_verify_trains_on_a_set_whose_checksums_disagree(train_shards, tiny
 def test_skip_verify_is_a_config_field_after_seed():
     from dataclasses import fields
 
-    from pgpig.train import TrainConfig
+    from pgpig.config import TrainConfig
 
     names = [f.name for f in fields(TrainConfig)]
     assert names[names.index("seed") + 1] == "skip_verify"
@@ -170,7 +172,7 @@ def test_a_malicious_pickle_in_train_state_is_refused_without_running(trained_ru
     cfg = load_config(run / "config.yaml", {"run_dir": run})
     parts = build(cfg, torch.device("cpu"), (64, 32))
     with pytest.raises(Exception) as caught:  # noqa: PT011 - which type is the next test's concern
-        _load_checkpoint(run, parts.generator, parts.discriminators, torch.device("cpu"))
+        load_checkpoint(run, parts.generator, parts.discriminators, torch.device("cpu"))
     assert "Weights only load failed" in str(caught.value) or isinstance(caught.value, TrainError)
     assert not marker.exists()  # refused before anything ran
     result = resume(run)
@@ -204,7 +206,7 @@ def test_every_torch_load_in_the_packages_passes_weights_only_true():
                     calls.append((f"{path.relative_to(REPO)}:{node.lineno} (plain unpickling)", False))
     assert calls, "no torch.load found: the scan is broken"
     assert [where for where, safe in calls if not safe] == []
-    assert any(where.startswith("pgpig/train.py") for where, _ in calls)  # the checkpoint loader is among them
+    assert any(where.startswith("pgpig/checkpoint.py") for where, _ in calls)  # the checkpoint loader is among them
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

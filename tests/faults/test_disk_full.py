@@ -21,8 +21,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main as train_main
-from pgpig.train import step_folders
 from pipeline.cli import main as data_main
 from pipeline.errors import PipelineError
 from pipeline.extract import read_keypoints

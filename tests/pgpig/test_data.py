@@ -1,29 +1,24 @@
-"""``pgpig.data``: pose maps and limb masks against slow references, the recipe crop, and pairs from real shards."""
+"""``pgpig.data``: pose maps and PG2 masks against slow references, the recipe crop, and pairs from real shards."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from data_reference import disk_reference, pg2_masks_reference, pose_disks_reference, pose_maps_reference
 
 from pgpig.data import (
     PG2_MASK_LIMBS,
     PairDataset,
-    _reference_disk,
-    _reference_limb_masks,
-    _reference_pg2_masks,
-    _reference_pose_disks,
-    _reference_pose_maps,
     crop_width,
     make_loader,
-    render_limb_masks,
     render_pg2_masks,
     render_pose_disks,
     render_pose_maps,
     start_epoch,
 )
 from pgpig.errors import TrainError
-from schemas.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES, LIMBS
+from schemas.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES
 
 J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
@@ -55,7 +50,7 @@ def test_pose_maps_match_the_slow_reference_and_peak_at_integer_keypoints():
     xy[2, J["neck"]] = -1
     maps = render_pose_maps(torch.from_numpy(xy), size, sigma=2.5)
     assert maps.shape == (3, 18, 20, 13) and maps.dtype == torch.float32
-    np.testing.assert_allclose(maps.numpy(), _reference_pose_maps(xy, size, 2.5), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(maps.numpy(), pose_maps_reference(xy, size, 2.5), atol=1e-5, rtol=0)
     assert maps[0, J["nose"], 7, 4] == 1.0 and maps[0, J["nose"]].max() == 1.0
     assert maps[1, J["l_ankle"], 19, 12] == 1.0
     peak = maps[0, J["nose"]].flatten().argmax()
@@ -67,25 +62,6 @@ def test_pose_maps_match_the_slow_reference_and_peak_at_integer_keypoints():
     assert render_pose_maps(torch.from_numpy(xy), size, 2.5, dtype=torch.float16).dtype == torch.float16
 
 
-def test_limb_masks_match_the_slow_reference_and_cover_limb_midpoints():
-    rng = np.random.default_rng(1)
-    size = (24, 17)
-    xy = random_keypoints(rng, 3, size, hidden=0.2)
-    xy[2] = -1  # nobody visible: an empty mask
-    xy[0, J["r_elbow"]] = xy[0, J["r_shoulder"]] = (5.3, 6.1)  # a zero-length limb is a disc
-    mask = render_limb_masks(torch.from_numpy(xy), size, width=3.0)
-    assert mask.shape == (3, 1, 24, 17)
-    np.testing.assert_allclose(mask.numpy(), _reference_limb_masks(xy, size, 3.0), atol=1e-5, rtol=0)
-    assert mask[2].sum() == 0 and mask[0].sum() > 0
-    for b in range(2):
-        for ja, jb in LIMBS:
-            if (xy[b, ja] == -1).all() or (xy[b, jb] == -1).all():
-                continue
-            mx, my = np.rint((xy[b, ja] + xy[b, jb]) / 2).astype(int)
-            if 0 <= mx < size[1] and 0 <= my < size[0]:
-                assert mask[b, 0, my, mx] == 1, (b, ja, jb)
-
-
 def test_pg2_pose_disks_match_the_slow_reference():
     """The official ``_getSparsePose(radius=4, mode='Solid')``: a binary disk per visible joint around ``int(x, y)``."""
     rng = np.random.default_rng(2)
@@ -95,7 +71,7 @@ def test_pg2_pose_disks_match_the_slow_reference():
     xy[1, J["neck"]] = (0.7, 25.9)  # truncated to (0, 25): the disk is cut by the image border
     disks = render_pose_disks(torch.from_numpy(xy), size, radius=4)
     assert disks.shape == (3, 18, 26, 19) and disks.dtype == torch.float32
-    np.testing.assert_array_equal(disks.numpy(), _reference_pose_disks(xy, size, 4))
+    np.testing.assert_array_equal(disks.numpy(), pose_disks_reference(xy, size, 4))
     assert disks[0, J["nose"]].sum() == 49  # the radius-4 'Solid' disk has 49 pixels
     assert disks[0, J["nose"], 7, 4] == 1 and disks[0, J["nose"], 7, 8] == 1 and disks[0, J["nose"], 7, 9] == 0
     assert disks[1, J["neck"], 25, 0] == 1
@@ -113,7 +89,7 @@ def test_pg2_masks_match_the_slow_reference_and_skimage():
     xy[3] = -1  # nobody visible: an empty mask
     mask = render_pg2_masks(torch.from_numpy(xy), size, radius=4)
     assert mask.shape == (4, 1, 48, 33)
-    reference = _reference_pg2_masks(xy, size, 4)
+    reference = pg2_masks_reference(xy, size, 4)
     np.testing.assert_array_equal(mask.numpy(), reference)
     assert mask[3].sum() == 0 and all(mask[b].sum() > 0 for b in range(3))
     # the reference's closing is skimage's, the library the official conversion calls
@@ -127,11 +103,9 @@ def test_pg2_masks_match_the_slow_reference_and_skimage():
                 continue
             n = int(np.sqrt((r0 - r1) ** 2 + (c0 - c1) ** 2) / 4)
             for r, c in [(r0, c0), (r1, c1)] + [(r0 + (r1 - r0) * i / n, c0 + (c1 - c0) * i / n) for i in range(1, n)]:
-                _reference_disk(dense, r, c, 4)
+                disk_reference(dense, r, c, 4)
         closed = morphology.erosion(morphology.dilation(dense, square), square)
         np.testing.assert_array_equal(mask[b, 0].numpy(), closed)
-    # not the thick-segment mask: PG2's limb list and closing differ from render_limb_masks
-    assert not torch.equal(mask, render_limb_masks(torch.from_numpy(xy), size, width=9.0))
 
 
 def test_pg2_masks_sample_a_fixed_window_exactly_for_joints_anywhere():
@@ -150,7 +124,7 @@ def test_pg2_masks_sample_a_fixed_window_exactly_for_joints_anywhere():
     xy[5:] = rng.uniform(-3, 4, xy[5:].shape) * np.array([size[1], size[0]])  # joints scattered far and wide
     for radius in (4, 1):
         mask = render_pg2_masks(torch.from_numpy(xy), size, radius=radius)
-        np.testing.assert_array_equal(mask.numpy(), _reference_pg2_masks(xy, size, radius))
+        np.testing.assert_array_equal(mask.numpy(), pg2_masks_reference(xy, size, radius))
     assert all(mask[b].sum() > 0 for b in range(4))
 
 

@@ -59,14 +59,16 @@ from learning import learn, learning_shards
 from PIL import Image
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
+from pgpig.config import load_config
 from pgpig.errors import TrainError
 from pgpig.losses import GFLA_PERCEPTUAL_LAYERS, GFLA_STYLE_LAYERS, PerceptualLoss, adversarial_loss, vgg_content_style
 from pgpig.models import available, create, objective_class
 from pgpig.models.dptn import DPTN, PAPER_SETTINGS, DPTNObjective, generator_kwargs
 from pgpig.models.gfla_blocks import ResDiscriminator
 from pgpig.models.objective import StepBatch
-from pgpig.train import HistoryPool, build, compile_parts, load_config, step_folders, total_steps, train_step
+from pgpig.train import HistoryPool, build, compile_parts, total_steps, train_step
 
 OFFICIAL_PARAMS = 9_794_371
 # the official ResBlock's and Output's second names for their convs (models/base_function.py)

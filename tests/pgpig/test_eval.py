@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pgpig.cli import main
-from pgpig.evaluate import EvalConfig, compare, evaluate, pair_file_name
+from pgpig.config import EvalConfig
+from pgpig.evaluate import compare, evaluate, pair_file_name
 from pgpig.metrics import LPIPS
 
 MARGIN = 4  # a DeepFashion-like crop on Market's 128x64: the generator makes 128x56, scored padded to 128x64
@@ -68,7 +69,8 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(shards, tmp_path_factory) -> Path:
-    from pgpig.train import load_config, train
+    from pgpig.config import load_config
+    from pgpig.train import train
 
     run_dir = tmp_path_factory.mktemp("eval-run") / "run"
     train(load_config(None, {"shards": shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,

@@ -13,10 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pgpig.cli import main
+from pgpig.config import load_config
 from pgpig.data import PairDataset, render_pose_maps
 from pgpig.errors import TrainError
 from pgpig.generate import generate, load_generator, read_pose_json
-from pgpig.train import load_config, sample_grid, train
+from pgpig.samples import sample_grid
+from pgpig.train import train
 
 MARGIN = 8  # a crop like DeepFashion's 40 px, on Market's 128x64: the generator sees 128x48
 

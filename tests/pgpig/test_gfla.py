@@ -29,7 +29,9 @@ from generators import assert_forward_backward
 from PIL import Image
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
+from pgpig.config import load_config
 from pgpig.errors import TrainError
 from pgpig.models import available, create, objective_class
 from pgpig.models.gfla import (
@@ -46,7 +48,6 @@ from pgpig.models.gfla import (
 from pgpig.models.gfla_blocks import ResDiscriminator
 from pgpig.models.objective import StepBatch
 from pgpig.models.ops import block_extractor, local_attn_reshape
-from pgpig.train import load_config, step_folders
 
 # Sums over ../shared/reference/official/state_dict_shapes.json ("gfla/deepfashion", "gfla/market1501": the official
 # PoseGenerator at the paper settings), buffers excluded (there are none: instance norm, no spectral norm).

@@ -37,13 +37,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
+from pgpig.config import load_config
 from pgpig.data import render_pg2_masks
 from pgpig.errors import TrainError
 from pgpig.losses import masked_l1
 from pgpig.models import create, objective_class
 from pgpig.models.pg2 import PG2, PG2Discriminator, PG2Objective, pg2_depth
-from pgpig.train import load_config, step_folders
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 

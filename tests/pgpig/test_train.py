@@ -10,18 +10,11 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
+from pgpig.config import TrainConfig, load_config, resolve_speed
 from pgpig.errors import TrainError
-from pgpig.train import (
-    HistoryPool,
-    TrainConfig,
-    load_config,
-    lr_factor,
-    resolve_speed,
-    step_folders,
-    total_steps,
-    train,
-)
+from pgpig.train import HistoryPool, lr_factor, total_steps, train
 
 # tiny and fast: a random VGG (ImageNet weights cannot be downloaded in tests), 1 PAT block at width 8
 TINY = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set", "vgg_weights=null",
@@ -231,7 +224,7 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(sha
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
     """Recipes turn bf16, channels-last and ``torch.compile`` on for CUDA only (``auto``), never for the CPU, where
     float32 is the fast path and the tests' numbers come from."""
-    from pgpig.train import shipped_recipes
+    from pgpig.config import shipped_recipes
 
     gpu_speed, compiled = {}, {}
     for name, path in shipped_recipes().items():

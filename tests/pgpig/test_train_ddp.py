@@ -20,8 +20,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
-from pgpig.train import step_folders
 
 SETTINGS = ["--device", "cpu", "--workers", "0", "--quiet", "--batch-size", "4", "--steps", "1",
             "--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "--set", "vgg_weights=null",

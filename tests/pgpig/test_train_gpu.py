@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pgpig.train import load_config, step_folders, train
+from pgpig.checkpoint import step_folders
+from pgpig.config import load_config
+from pgpig.train import train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
-from pgpig.train import step_folders
 
 REPO = Path(__file__).resolve().parents[2]
 TOTAL = 16  # steps of every run: the killed process is still training when it is killed (at step 2 or 4)

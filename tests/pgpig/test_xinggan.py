@@ -40,12 +40,14 @@ from learning import learn, learning_shards
 from PIL import Image
 from safetensors.torch import load_file
 
+from pgpig.checkpoint import step_folders
 from pgpig.cli import main
+from pgpig.config import load_config
 from pgpig.errors import TrainError
 from pgpig.models import available, create, objective_class
 from pgpig.models.objective import PairGANObjective
 from pgpig.models.xinggan import IMAGES_PER_BRANCH, PAPER_SETTINGS, XingBlock, XingGAN, cross_attention
-from pgpig.train import load_config, step_folders, total_steps
+from pgpig.train import total_steps
 
 # Sum of numel over the official netG's state-dict keys less the buffers, from
 # ../shared/reference/official/state_dict_shapes.json (keys "xinggan/deepfashion" and "xinggan/market1501",

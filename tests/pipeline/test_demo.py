@@ -66,7 +66,7 @@ def test_demo_refuses_a_non_empty_folder_before_doing_anything(tmp_path):
 
 
 def test_recipes_ship_with_the_package():
-    from pgpig.train import load_config, recipe_path, shipped_recipes
+    from pgpig.config import load_config, recipe_path, shipped_recipes
 
     names = shipped_recipes()
     assert {"demo", "market1501/patn", "deepfashion/patn"} <= set(names)

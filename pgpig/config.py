@@ -1,0 +1,361 @@
+"""The options of the trainer's commands, each with its default and its meaning: ``TrainConfig`` (``pgpig train``),
+its recipes (YAML files of its fields) and their checks, and ``EvalConfig`` (``pgpig eval``).
+
+A recipe sets only fields that exist (unknown keys are an error); ``load_config`` turns each YAML value into its
+field's type (``Literal`` fields accept only their listed values) and ``check_config`` checks ranges. The shipped
+recipes live in ``pgpig/workflows/``. How training uses the fields: ``docs/training.md``. This module imports no
+torch, so the command line can read the defaults for its help cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from pgpig.errors import TrainError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_DEVICE", "EvalConfig", "TrainConfig", "check_config", "config_dict", "load_config", "recipe_path",
+           "resolve_amp", "resolve_speed", "shipped_recipes"]
+
+DEFAULT_DEVICE = "auto"
+"""The ``--device`` of every command: CUDA if available, else the CPU (``pipeline.devices.resolve_device``)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; a recipe YAML sets some of these fields and nothing else."""
+
+    shards: Path = Path("shards")
+    """Shard-set root with ``train/`` (and ``test/`` for validation, if present), from ``pgpig-data pair``."""
+    run_dir: Path | None = None
+    """Output folder (config, checkpoints, samples, TensorBoard); default ``runs/<model>-<YYYYmmdd-HHMMSS>``."""
+    resume: bool = False
+    """Continue the run in ``run_dir`` from its last checkpoint instead of starting fresh."""
+    model: str = "patn"
+    """Generator name in the ``pgpig.models`` registry."""
+    generator_options: dict[str, Any] | None = None
+    """More constructor arguments of the generator, by the official names, on top of those the fields here give
+    (GFLA and DPTN): what ``pgpig import-official`` records for a checkpoint not at the paper's widths."""
+    stage: int = 1
+    """Training stage of a multi-stage generator (PG2: 1 = G1 alone, 2 = G2 and its discriminator with G1 fixed,
+    started from stage 1's weights with ``init_weights``); single-stage generators have only stage 1."""
+    init_weights: Path | None = None
+    """Generator weights to start a new run from (a ``generator.safetensors`` of an earlier run, e.g. PG2's stage 1
+    for its stage 2): every tensor in the file must exist in the generator with the same shape; generator tensors
+    the file lacks keep their fresh initialisation. Ignored on resume (the checkpoint has everything)."""
+    ngf: int = 64
+    """Generator base width (PATN paper: 64)."""
+    n_blocks: int = 9
+    """Generator blocks (PATN paper: 9 PAT blocks on both data sets)."""
+    norm: Literal["instance", "batch"] = "instance"
+    """``instance`` (PATN DeepFashion) or ``batch`` (PATN Market-1501); the discriminators use the same."""
+    dropout: float = 0.5
+    """Dropout in generator and discriminator blocks (PATN official: 0.5)."""
+    d_blocks: int = 3
+    """Residual blocks per discriminator (PATN ``--n_layers_D 3``)."""
+    crop_margin: int = 0
+    """Columns cut from each side of the stored images: 40 turns DeepFashion 256x256 into PATN's 256x176."""
+    sigma: float = 6.0
+    """Standard deviation in pixels of the Gaussian pose maps (PATN: 6)."""
+    pose_encoding: Literal["gaussian", "disk"] = "gaussian"
+    """Pose maps fed to the generator: ``gaussian`` (PATN's, ``sigma``) or ``disk`` (PG2's binary disks of
+    ``pose_radius``, the official ``_getSparsePose`` 'Solid' maps)."""
+    pose_radius: int = 4
+    """Radius in pixels of the ``disk`` pose maps (PG2: 4 on both data sets)."""
+    mask_radius: int = 4
+    """Radius in pixels of the disks along the limbs of PG2's pose mask, which weights its L1 (official: 4)."""
+    flip: bool = False
+    """Mirror pairs at random (PATN trains with ``--no_flip``, so off in the paper recipes)."""
+    batch_size: int = 32
+    """Pairs per step (PATN Market-1501: 32; DeepFashion: 7)."""
+    lr: float = 2e-4
+    """Initial Adam learning rate of the generator and the discriminators (PATN: 2e-4)."""
+    betas: tuple[float, float] = (0.5, 0.999)
+    """Adam betas (PATN ``--beta1 0.5``)."""
+    d_lr_ratio: float = 1.0
+    """The discriminators' learning rate is ``lr * d_lr_ratio`` (PATN: 1; GFLA and DPTN ``--ratio_g2d 0.1``)."""
+    d_betas: tuple[float, float] | None = None
+    """Adam betas of the discriminators; null: ``betas`` (GFLA: ``(0.0, 0.999)``; DPTN: null, its ``(0.5, 0.999)``)."""
+    lr_policy: Literal["constant", "linear"] = "constant"
+    """``constant``, or ``linear``: PATN's rule, constant, then linearly to 0 (``pgpig.train.lr_factor``)."""
+    schedule_epoch_pairs: int | None = None
+    """Pairs in one epoch of the LR schedule (PATN: 4000); null: the train split's pair count."""
+    lr_constant_epochs: int = 500
+    """PATN ``--niter``: the decay starts in this schedule epoch (counted from 1; 500 in the paper)."""
+    lr_decay_epochs: int = 200
+    """Schedule epochs of linear decay to 0 (PATN ``--niter_decay 200``)."""
+    steps: int | None = 1000
+    """Total optimizer steps of the run (a resumed run continues up to this number); null: the whole linear
+    schedule, ``(lr_constant_epochs + lr_decay_epochs) * ceil(schedule_epoch_pairs / batch_size)``."""
+    lambda_l1: float = 10.0
+    """Weight of the L1 loss to the target (PATN ``--lambda_A``)."""
+    lambda_perceptual: float = 10.0
+    """Weight of the VGG-19 perceptual loss (PATN ``--lambda_B``)."""
+    lambda_gan: float = 5.0
+    """Weight of the generator's adversarial loss (PATN ``--lambda_GAN``)."""
+    lambda_style: float = 0.0
+    """Weight of the VGG-19 style (Gram matrix) loss (GFLA and DPTN ``--lambda_style 500``; PATN has none)."""
+    lambda_correctness: float = 0.0
+    """Weight of GFLA's sampling-correctness loss on the warped VGG features (``--lambda_correct 5``)."""
+    lambda_regularization: float = 0.0
+    """Weight of GFLA's flow regularisation (local affine) loss (``--lambda_regularization 0.0025``)."""
+    t_s_ratio: float = 0.5
+    """DPTN's weight of the source-to-target branch's losses; the source-to-source branch's get ``1 - t_s_ratio``
+    (official ``--t_s_ratio``, ``models/DPTN_model.py``: default 0.5, DeepFashion; ``train_market.sh`` 0.8)."""
+    gan_kind: Literal["lsgan", "vanilla", "hinge"] = "lsgan"
+    """Adversarial loss: ``lsgan`` (PATN DeepFashion), ``vanilla`` (PATN Market-1501, ``--no_lsgan``) or ``hinge``."""
+    use_gan: bool = True
+    """Train the appearance and shape discriminators and add the adversarial loss (PATN: yes)."""
+    pool_size: int = 0
+    """Past generated pairs each discriminator also trains on (PATN Market-1501: 50, DeepFashion: 0)."""
+    vgg_weights: str | None = "imagenet"
+    """VGG-19 weights for the perceptual loss: ``imagenet`` (torch hub cache), a state-dict path, or null."""
+    allow_random_vgg: bool = False
+    """Permit ``vgg_weights: null`` (random VGG): for tests only, the perceptual loss then means little."""
+    amp: Literal["none", "bf16", "fp16", "auto"] = "auto"
+    """Mixed precision: ``none``, ``bf16`` (autocast), ``fp16`` (autocast + gradient scaling), or ``auto``: bf16 on
+    a CUDA device that has it, float32 elsewhere (on the CPU float32 is the fast path for convolutions)."""
+    device: str = DEFAULT_DEVICE
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: each rank's GPU)."""
+    channels_last: bool | Literal["auto"] = False
+    """Models and batches in channels-last memory format (faster convolutions with AMP for some models on recent
+    GPUs); ``auto``: on a CUDA device only."""
+    compile: bool | Literal["auto"] = False
+    """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
+    device only."""
+    sync_batchnorm: bool = False
+    """Under DDP on CUDA, batch statistics over all GPUs (``SyncBatchNorm``). Off: each GPU normalises its own share,
+    which at the recipe's per-GPU batch is the paper's one-GPU regime; SyncBatchNorm measured 3.5x slower
+    (PATN Market, 2 H100s: 237 vs 825 pairs/s, ``benchmarks/results/train-ddp-h100x2.jsonl``)."""
+    seed: int = 0
+    """Seed of weights, data order, flips and dropout."""
+    skip_verify: bool = False
+    """Train without checking the shard sets first. Off: before step 0 every file the manifests list is checked
+    against its size and sha256 (``ShardSet(verify=True)``, no image decoded), and a damaged set is refused."""
+    num_workers: int = 4
+    """DataLoader worker processes (0: load in the main process)."""
+    log_every: int = 10
+    """Steps between TensorBoard scalars and progress-bar updates."""
+    sample_every: int = 500
+    """Steps between sample grids (PNG and TensorBoard) and the validation L1."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (one is always written at the end of the run)."""
+    keep_checkpoints: int = 2
+    """Checkpoint folders kept in ``RUN/checkpoints/`` (the newest ones)."""
+    val_pairs: int = 8
+    """Test pairs for the validation L1 and the validation grid (the first ones of ``shards/test``)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+
+
+AUTO_SWITCH = bool | Literal["auto"]
+"""The type of a switch that may also be ``auto`` (decided per device by ``resolve_speed``)."""
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` type hint; ``None`` for any other hint."""
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _check_choice(name: str, value: Any, hint: Any) -> None:
+    allowed = _choices(hint)
+    if allowed is not None and value not in allowed:
+        raise TrainError(f"config field {name!r} is {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML value into the field's type; ``TrainError`` when it cannot be."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise TrainError(f"config field {name!r} may not be null")
+    if args and type(None) in args:  # Optional[X]: coerce to the first non-None type
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if _choices(hint) is not None:
+        value = str(value)
+        _check_choice(name, value, hint)
+        return value
+    switch = hint == AUTO_SWITCH
+    try:
+        if hint is Path:
+            return Path(value)
+        if origin is tuple:
+            if not isinstance(value, (list, tuple)) or len(value) != len(args):
+                raise ValueError
+            return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if switch:
+            if not isinstance(value, bool) and value != "auto":
+                raise ValueError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is dict:
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError
+            return dict(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    what = "true, false or auto" if switch else f"a {getattr(hint, '__name__', hint)}"
+    raise TrainError(f"config field {name!r}: {value!r} is not {what}")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with pgpig (``pgpig/workflows/``, which the repository's ``workflows/`` links to) by
+    name: ``market1501/patn``, ``demo``, ..."""
+    import importlib.resources
+
+    root = Path(str(importlib.resources.files("pgpig") / "workflows"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe argument as a file: an existing path as it is, else the shipped recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = str(recipe).removesuffix(".yaml").removeprefix("workflows/")
+    if name in shipped:
+        return shipped[name]
+    raise TrainError(f"{recipe}: no such recipe file, nor a shipped recipe; shipped: {', '.join(shipped)}")
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from a recipe YAML (optional) with ``overrides`` on top; unknown keys are a ``TrainError``."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise TrainError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise TrainError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TrainError(f"{path}: a recipe is a mapping of config fields, got {type(loaded).__name__}")
+        values.update(loaded or {})
+    values.update(overrides or {})
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        where = f"{yaml_path}: " if yaml_path is not None else ""
+        raise TrainError(f"{where}unknown config keys {', '.join(unknown)}; known: {', '.join(hints)}")
+    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """``TrainError`` for values outside their allowed sets (the ``Literal`` fields) or ranges."""
+    for name, hint in typing.get_type_hints(TrainConfig).items():  # a config built in Python skips the coercion
+        _check_choice(name, getattr(cfg, name), hint)
+    for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "ngf",
+                 "n_blocks", "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs", "stage", "pose_radius",
+                 "mask_radius"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.d_lr_ratio <= 0:
+        raise TrainError(f"config field 'd_lr_ratio' must be positive, got {cfg.d_lr_ratio}")
+    if cfg.pool_size < 0:
+        raise TrainError(f"config field 'pool_size' must be 0 or more, got {cfg.pool_size}")
+    if cfg.steps is None and cfg.lr_policy != "linear":
+        raise TrainError("steps is null, which means 'the whole LR schedule', but lr_policy is constant; "
+                         "give steps or use lr_policy: linear")
+    if cfg.vgg_weights is None and not cfg.allow_random_vgg:
+        raise TrainError("vgg_weights is null: give a VGG-19 state dict path or 'imagenet' "
+                         "(random VGG only with allow_random_vgg: true, for tests)")
+
+
+def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with its ``auto`` speed settings decided for ``device``: on CUDA, bf16 autocast (where the GPU has
+    bf16), and channels-last and ``torch.compile`` where the recipe says ``auto``; on the CPU, float32 and neither.
+    The recipes' choices are the fastest correct settings measured per generator
+    (``benchmarks/results/train-defaults-*.jsonl``)."""
+    cuda = device.type == "cuda"
+    return dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device),
+                               channels_last=cuda if cfg.channels_last == "auto" else cfg.channels_last,
+                               compile=cuda if cfg.compile == "auto" else cfg.compile)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``amp`` with ``auto`` decided for ``device``: ``bf16`` on a CUDA device that has it, else ``none``."""
+    import torch
+
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as YAML-friendly values (paths as strings, tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``pgpig eval`` (one field per command-line option)."""
+
+    shards: Path = Path("shards")
+    """Shard-set root; the pairs are ``shards/<split>``."""
+    split: str = "test"
+    run_dir: Path | None = None
+    """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
+    generated: Path | None = None
+    """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
+    out: Path | None = None
+    """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
+    metrics: tuple[str, ...] | None = None
+    """Metrics asked for explicitly (missing weights are then an error); ``None``: all, skipping unavailable ones."""
+    ssim: str = "patn"
+    """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
+    fid_reference: str = "train"
+    """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
+    lpips_net: str = "alex"
+    baseline: bool = True
+    """Also score the copy-the-source baseline."""
+    max_pairs: int | None = None
+    """Only the first N pairs (a quick look); recorded in the output."""
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = DEFAULT_DEVICE
+    weights_dir: Path | None = None
+    pose_model: Path | None = None
+    alpha: float = 0.5
+    """PCKh threshold as a fraction of the head size."""
+    progress: bool = True
+    feature_extractor: Any = field(default=None, repr=False)
+    """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""
+    lpips: Any = field(default=None, repr=False)
+    """An ``LPIPS`` module to use instead of the default one (tests)."""
