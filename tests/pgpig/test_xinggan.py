@@ -43,7 +43,7 @@ from safetensors.torch import load_file
 from pgpig.cli import main
 from pgpig.errors import TrainError
 from pgpig.models import available, create, objective_class
-from pgpig.models.objective import PairGANObjective
+from pgpig.models.patn import PairGANObjective
 from pgpig.models.xinggan import IMAGES_PER_BRANCH, PAPER_SETTINGS, XingBlock, XingGAN, cross_attention
 from pgpig.train import load_config, step_folders, total_steps
 
