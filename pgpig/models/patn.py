@@ -64,6 +64,17 @@ def norm_uses_bias(norm: str) -> bool:
     return norm == "instance"
 
 
+def _padded_conv_layers(in_channels: int, out_channels: int, kernel_size: int, norm: str) -> list[nn.Module]:
+    """Reflection-pad by ``kernel_size // 2``, conv (size-preserving), norm, ReLU: ``(B, in_channels, h, w) -> (B,
+    out_channels, h, w)``, as a flat list (the conv at index 1, the norm at 2)."""
+    return [
+        nn.ReflectionPad2d(kernel_size // 2),
+        nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, bias=norm_uses_bias(norm)),
+        norm_layer(norm)(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
 def encoder_layers(in_channels: int, ngf: int, n_downsampling: int, norm: str) -> list[nn.Module]:
     """Reflection-pad + 7x7 conv to ``ngf``, then ``n_downsampling`` stride-2 3x3 convs doubling the width, each
     followed by norm and ReLU: ``(B, in_channels, H, W) -> (B, ngf * 2**n_downsampling, H / 2**n, W / 2**n)``.
@@ -71,12 +82,7 @@ def encoder_layers(in_channels: int, ngf: int, n_downsampling: int, norm: str) -
     A flat list: conv weights sit at indices 1, 4, 7, ... and norms at 2, 5, 8, ... once put in a Sequential.
     """
     make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
-    layers: list[nn.Module] = [
-        nn.ReflectionPad2d(3),
-        nn.Conv2d(in_channels, ngf, kernel_size=7, bias=bias),
-        make_norm(ngf),
-        nn.ReLU(inplace=True),
-    ]
+    layers = _padded_conv_layers(in_channels, ngf, 7, norm)
     for i in range(n_downsampling):
         width = ngf * 2**i
         layers += [
@@ -93,18 +99,13 @@ def conv_pair(
     """pad, conv3x3, norm, ReLU, dropout, pad, conv3x3[, norm]: the convs at indices 1 and 6, norms at 2 and 7.
 
     ``dropout=0`` puts an ``Identity`` in the dropout slot, so the second conv stays at index 6."""
-    make_norm, bias = norm_layer(norm), norm_uses_bias(norm)
-    layers: list[nn.Module] = [
-        nn.ReflectionPad2d(1),
-        nn.Conv2d(in_channels, mid_channels, kernel_size=3, bias=bias),
-        make_norm(mid_channels),
-        nn.ReLU(inplace=True),
+    layers = _padded_conv_layers(in_channels, mid_channels, 3, norm) + [
         nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
         nn.ReflectionPad2d(1),
-        nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=bias),
+        nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=norm_uses_bias(norm)),
     ]
     if final_norm:
-        layers.append(make_norm(out_channels))
+        layers.append(norm_layer(norm)(out_channels))
     return nn.Sequential(*layers)
 
 
