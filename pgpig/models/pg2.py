@@ -33,6 +33,9 @@ D_WIDTH = 64
 """Base width of the DCGAN discriminator (``WGAN_GP(DIM=64)`` in both trainers)."""
 
 
+# ------------------------------------------------------------------------------------------------ constructor pieces
+
+
 def pg2_depth(size: tuple[int, int]) -> int:
     """``R = log2(H) - 2``, G1's residual blocks (the official ``repeat_num``); ``TrainError`` for a size the
     official reshapes cannot take (``H`` not a power of two, ``H`` or ``W`` not a multiple of ``2**(R - 1)``)."""
