@@ -1,10 +1,16 @@
-"""The model registry: ``create("patn", **cfg)`` builds a generator by name; ``objective_class("patn")`` is how
-it trains.
+"""The model registry: ``create(name, **kwargs)`` builds the generator registered as ``name``, and
+``objective_class(name)`` is the ``pgpig.models.objective.Objective`` that trains it.
 
-Every generator takes the same keyword arguments where they apply (``image_channels=3``, ``pose_channels=18``,
-``ngf=64``, ``n_blocks``, ``norm="instance" | "batch"``, ``n_downsampling=2``); adding one is one file plus a
-``@register("name")`` on its class, with ``objective=`` naming its ``pgpig.models.objective.Objective`` subclass
-when it does not train like PATN.
+What every registered generator shares is its forward, ``forward(source_image (B, 3, H, W), source_pose
+(B, 18, H, W), target_pose (B, 18, H, W))`` returning the generated target image (or a tuple whose first item is
+it), and a base width ``ngf``. Its other constructor arguments are its own, with the paper's values as defaults:
+PATN and XingGAN take ``image_channels``, ``pose_channels``, ``n_blocks``, ``norm``, ``n_downsampling`` and
+``dropout``; PG2 the image ``size`` and the ``stage``; GFLA and DPTN the official constructors' argument names. The
+one uniform way to build any generator from a ``TrainConfig`` is ``objective_class(name).build_generator(cfg,
+size)``, which the trainer and ``pgpig generate`` call.
+
+Adding a generator is one file plus ``@register("name")`` on its class, with ``objective=`` naming its
+``Objective`` when it does not train like PATN (``pgpig.models.patn.PairGANObjective``, the default).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ M = TypeVar("M", bound=Callable[..., nn.Module])
 
 def register(name: str, objective: type | None = None) -> Callable[[M], M]:
     """Class decorator: make ``create(name, ...)`` build this model, trained by ``objective`` (default: PATN's
-    ``PairGANObjective``)."""
+    ``PairGANObjective``). Also callable as ``register(name, objective)(cls)`` after both are defined."""
 
     def decorate(factory: M) -> M:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
@@ -44,16 +50,16 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, **cfg: Any) -> nn.Module:
-    """Build the model registered as ``name`` with the keyword arguments ``cfg``."""
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` with its constructor's keyword arguments ``kwargs``."""
     if name not in _REGISTRY:
         raise TrainError(f"unknown model {name!r}; choose one of: {', '.join(available())}")
-    return _REGISTRY[name](**cfg)
+    return _REGISTRY[name](**kwargs)
 
 
 def objective_class(name: str) -> type:
     """The ``Objective`` class that trains the model registered as ``name``."""
-    from pgpig.models.objective import PairGANObjective
+    from pgpig.models.patn import PairGANObjective
 
     if name not in _REGISTRY:
         raise TrainError(f"unknown model {name!r}; choose one of: {', '.join(available())}")
@@ -61,4 +67,4 @@ def objective_class(name: str) -> type:
 
 
 # Importing the model modules registers them; they come last because they import ``register`` from here.
-from pgpig.models import discriminators, dptn, gfla, patn, pg2, xinggan  # noqa: E402, F401
+from pgpig.models import dptn, gfla, patn, pg2, xinggan  # noqa: E402, F401

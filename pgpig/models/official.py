@@ -1,23 +1,17 @@
-"""The official checkpoints of the bundled generators, loaded into pgpig's modules.
+"""The official checkpoints of PATN, XingGAN, GFLA and DPTN, loaded into pgpig's generators.
 
-The released ``.pth`` files of PATN (Zhu et al., CVPR 2019, tengteng95/Pose-Transfer), XingGAN (Tang et al., ECCV
-2020, Ha0Tang/XingGAN), GFLA (Ren et al., CVPR 2020, RenYurui/Global-Flow-Local-Attention) and DPTN (Zhang et al.,
-CVPR 2022, PangzeCheung/Dual-task-Pose-Transformer-Network) are plain ``torch.save(net.state_dict())`` files. pgpig's
+The released ``.pth`` files (tengteng95/Pose-Transfer, Ha0Tang/XingGAN, RenYurui/Global-Flow-Local-Attention,
+PangzeCheung/Dual-task-Pose-Transformer-Network) are plain ``torch.save(net.state_dict())`` files, and pgpig's
 generators keep the official parameter names and shapes, so loading one is ``load_state_dict(strict=True)`` once
-the model is built with the checkpoint's own widths. This module knows, per model:
+the model is built with the checkpoint's own widths. Per model (``MODELS``) this module knows how the official
+constructor's arguments, by their official names, map onto pgpig's constructor; how to read them back from a state
+dict's shapes (``infer_constructor``) and which paper setting a state dict is (``paper_settings``); and the official
+forward's inputs and outputs in the official order (``forward``).
 
-- how the official constructor's arguments (by their official names, as ``shared/reference/official/*_public.pt``
-  records them) map onto pgpig's constructor;
-- how to read those arguments back from a state dict's shapes (``infer_constructor``), and which paper setting
-  (DeepFashion or Market-1501) a state dict is (``paper_settings``);
-- the official forward's inputs and outputs, in the official order (``forward``).
-
-``pgpig import-official`` (``import_checkpoint``) turns a checkpoint into a run folder that ``pgpig generate`` and
-``pgpig eval`` read, and that ``pgpig train --init-weights`` fine-tunes from. Checkpoints are read with
-``torch.load(weights_only=True)`` or safetensors only; keys that do not fit are listed by name, never ignored.
-
-PG2's official checkpoints are TensorFlow files: no TensorFlow checkpoint reader is installable in this workplace,
-and its flatten order and padding differ from pgpig's (``pgpig.models.pg2``), so PG2 is not importable.
+``pgpig import-official`` (``import_checkpoint``) turns a checkpoint into a run folder that ``pgpig generate``,
+``pgpig eval`` and ``pgpig train --init-weights`` read. Checkpoints are read with ``torch.load(weights_only=True)``
+or safetensors only; keys that do not fit are listed by name, never ignored. PG2's official checkpoints are
+TensorFlow files, whose flatten order and padding differ from ``pgpig.models.pg2``'s, so PG2 is not importable.
 """
 
 from __future__ import annotations
@@ -149,8 +143,6 @@ def _options_config(c: dict[str, Any], dataset: str, pose_key: str,
     derived = derive(SimpleNamespace(**fields, generator_options=None), STORED_SIZES[dataset])
     extra = {key: value for key, value in c.items() if key not in derived or derived[key] != value}
     return {**fields, "generator_options": extra or None}
-
-
 
 
 def _weight(state: StateDict, module: str) -> torch.Tensor:
@@ -339,8 +331,7 @@ def load(name: str, state_dict: StateDict, constructor: dict[str, Any] | None = 
 
 
 def forward(name: str, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The official forward of ``name``: its inputs in the official order, its outputs in the official order
-    (``shared/reference/README.md``, ``official/``)."""
+    """The official forward of ``name``: its inputs in the official order, its outputs in the official order."""
     return _spec(name).forward(model, list(inputs))
 
 
@@ -361,6 +352,16 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 STORED_SIZES = {"deepfashion": (256, 256), "market1501": (128, 64)}
 
 
+def _paper_dataset(name: str, state: StateDict, checkpoint: Path) -> str:
+    """The one data set whose paper model ``state`` is; ``TrainError`` asking for ``--dataset`` otherwise."""
+    candidates = paper_settings(name, state)
+    if len(candidates) != 1:
+        which = (f"the paper builds the same {name} for {' and '.join(candidates)}" if candidates else
+                 f"its shapes are not a paper model of {name} ({infer_constructor(name, state)})")
+        raise TrainError(f"{checkpoint}: {which}; say which data set with --dataset")
+    return candidates[0]
+
+
 def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | None = None,
                       constructor: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the run folder ``out`` (``config.yaml`` + ``generator.safetensors``) holding the official checkpoint.
@@ -377,12 +378,7 @@ def import_checkpoint(name: str, checkpoint: Path, out: Path, dataset: str | Non
     state = _strip_wrapper(read_checkpoint(checkpoint))
     spec = _spec(name)
     if dataset is None:
-        candidates = paper_settings(name, state)
-        if len(candidates) != 1:
-            which = (f"the paper builds the same {name} for {' and '.join(candidates)}" if candidates else
-                     f"its shapes are not a paper model of {name} ({infer_constructor(name, state)})")
-            raise TrainError(f"{checkpoint}: {which}; say which data set with --dataset")
-        dataset = candidates[0]
+        dataset = _paper_dataset(name, state, checkpoint)
     if dataset not in STORED_SIZES:
         raise TrainError(f"unknown data set {dataset!r}; choose one of: {', '.join(STORED_SIZES)}")
     constructor = dict(constructor) if constructor is not None else spec.infer(state)

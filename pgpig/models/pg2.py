@@ -1,78 +1,15 @@
-"""PG2, the two-stage Pose Guided Person Generation Network.
+"""PG2, the two-stage Pose Guided Person Generation Network: G1, G2, the DCGAN discriminator and the objective.
 
-Ma, Jia, Sun, Schiele, Tuytelaars, Van Gool, "Pose Guided Person Image Generation", NeurIPS 2017, arXiv:1705.09368;
-official TensorFlow code charliememory/Pose-Guided-Person-Image-Generation (``models.py``, ``models256.py``,
-``trainer.py``, ``trainer256.py``, ``wgan_gp.py``, ``config.py``, ``main.py``, ``run_*_train.sh``,
-``datasets/convert_*.py``; read for the facts below, file by file).
+Ma, Jia, Sun, Schiele, Tuytelaars, Van Gool, "Pose Guided Person Image Generation", NeurIPS 2017, arXiv:1705.09368.
+Facts read from the official TensorFlow code charliememory/Pose-Guided-Person-Image-Generation (``models.py``,
+``models256.py``, ``trainer.py``, ``trainer256.py``, ``wgan_gp.py``, ``config.py``, ``run_*_train.sh``); the
+specification, parameter counts and training are ``docs/models/pg2.md``.
 
-Input: ``source_image`` ``(B, 3, H, W)`` in ``[-1, 1]``, ``source_pose`` (unused: G1 sees the target pose only)
-and ``target_pose`` ``(B, 18, H, W)`` in ``[0, 1]`` (PG2's binary disks, ``pose_encoding: disk``); ``H`` a power
-of two and ``H``, ``W`` multiples of ``2**(log2(H) - 3)`` (256x256 DeepFashion, 128x64 Market-1501, 64x40 in the
-tests). Output: ``(B, 3, H, W)``: stage 1 G1's coarse image, stage 2 ``coarse + G2(coarse, source)``.
-
-Architecture (``n`` = ``ngf``, 128 = ``--conv_hidden_num`` default in ``config.py``; ``R = log2(H) - 2``, the
-trainer's ``repeat_num``: 6 at 256, 5 at 128; every conv 3x3 with bias and ReLU unless said otherwise, since
-``build_model`` passes ``activation_fn=tf.nn.relu``):
-
-- **G1** (``GeneratorCNN_Pose_UAEAfterResidual`` in ``models.py``, ``..._256`` in ``models256.py``, identical but
-  for the bottleneck's shape): input ``cat(source, 2 * target_pose - 1)`` (21 channels; the loaders of
-  ``trainer.py`` map the stored {0, 1} maps to {-1, 1}); a conv to ``n``; ``R`` residual blocks ``x + conv(conv(x))``
-  at widths ``n, 2n, ..., Rn``, with a stride-2 conv to the next width between them; a fully-connected bottleneck
-  ``(H/2^(R-1)) (W/2^(R-1)) Rn -> z_num = 64`` (``--z_num=64``, no activation) ``-> (H/2^(R-1)) (W/2^(R-1)) n``;
-  ``R`` decoder residual blocks on ``cat(x, encoder skip)``, each but the last followed by a nearest 2x upscale and
-  a 1x1 conv to ``(R - 1 - i) n``; a conv to 3 channels, no activation.
-- **G2** (``UAE_noFC_AfterNoise`` for 256x256 via ``models256.py``; ``UAE_noFC_After2Noise`` for 128x64 via
-  ``models.py``; ``noise_dim=0`` in both ``build_model``): input ``cat(coarse, source)``; a conv to ``n``; ``R - 2``
-  levels of two convs to ``(i + 1) n`` with a stride-2 conv of the same width between levels; a decoder of two
-  convs to ``n`` per level on ``cat(x, encoder level)``, nearest 2x upscales between; a conv to 3, no activation.
-  The two variants differ in the skips: at 256 every level is a skip; at 128 the first level is not, and the
-  decoder's last level concatenates nothing. We take the 256 variant for ``H >= 256`` and the other below.
-- **D** (``DCGANDiscriminator`` / ``DCGANDiscriminator_256`` in ``wgan_gp.py``, ``DIM=64``): on single 3-channel
-  images, 5x5 stride-2 convs with bias to 64, 128, 256, 512 (and 512 more at 256), batch norm after all but the
-  first, LeakyReLU 0.2, then a linear layer from the final ``8 x (W / 2^k) x 512`` map to one logit.
-- Output: ``G2 = G1 + DiffMap`` with no tanh and no clip in the graph; only ``denorm_img`` clips when images are
-  written. So training sees the raw sum and eval mode (``pgpig generate``, evaluation) clamps to ``[-1, 1]``.
-- Padding is TensorFlow's ``SAME``: stride-1 convs pad evenly; stride-2 convs on even sizes pad one more row and
-  column at the bottom and right (3x3: 0 before, 1 after; 5x5: 1 before, 2 after), which is reproduced here.
-- Initialisation: slim's defaults for G1 and G2 (Xavier-uniform weights, zero biases); tflib's for D
-  (``set_weights_stdev(0.02)``: weights uniform with standard deviation 0.02, zero biases; batch norm scale 1,
-  offset 0).
-
-Official parameter counts (derived in ``tests/pgpig/test_pg2.py`` from the layer list above, trainable variables
-only): 256x256 G1 122,103,235, G2 12,696,067, D 10,896,257; 128x64 G1 70,795,075, G2 6,058,883, D 4,324,737.
-Ours are exactly these numbers (D's batch-norm moving averages are buffers here, non-trainable variables there).
-
-Training (``trainer.py`` ``PG2.train`` and ``build_model``, ``trainer256.py``, ``run_*_train.sh``):
-
-- Stage 1 (``step < 22000``): G1 alone, ``g_loss1 = mean|G1 - target| + mean(|G1 - target| * M)``, ``M`` the
-  target's pose mask (``pose_mask_r4``, radius 4: ``pgpig.data.render_pg2_masks``); that is ``masked_l1`` with
-  ``weight_outside=1``. Stage 2 (steps 22000 to ``--max_step``: 80,000 DeepFashion, 60,000 Market): G2 and D, G1's
-  variables outside every optimizer's ``var_list`` (G1 has no batch norm or dropout, so it is exactly fixed);
-  ``g_loss2 = gen_cost + lambda * (mean|G2 - target| + mean(|G2 - target| * M))`` with ``lambda`` 50 on DeepFashion
-  (``trainer256.py``) and 10 on Market (``trainer.py``).
-- The discriminator is not conditioned by concatenation: the real class is the target image and the fake class
-  the refined image *and the source image* (so D must tell the target from the condition). Its loss is
-  ``0.5 BCE(D(target), 1) + 0.25 BCE(D(source), 0) + 0.25 BCE(D(G2), 0)`` in both trainers (``trainer256.py``
-  writes it as the mean over ``[G2, source]`` plus the real term, halved). D runs once on the batch
-  concatenation of target, source and G2 (and G1 on Market), so its batch norm normalises them together.
-  ``gen_cost`` is ``BCE(D(G2), 1)`` on Market; on DeepFashion it is the mean over ``[D(G2), D(source)]``, whose
-  source half reaches G2 only through D's batch statistics, so it is ``0.5 BCE(D(G2), 1)`` to first order.
-- Optimisers (``_getOptimizer``, ``MODE='dcgan'``): Adam, lr 2e-5, beta1 0.5, beta2 0.999 (TF default) for each of
-  G1, G2 and D, constant: the ``g_lr``/``d_lr`` variables that ``--lr_update_step`` halves are never passed to the
-  optimisers. Batch size 1 on DeepFashion, 16 on Market (``run_DF_train.sh``, ``run_market_train.sh``).
-
-Decisions:
-
-- Stage 1 builds G1 only; stage 2 builds G1 and G2 and freezes G1 (``requires_grad=False``, run under
-  ``no_grad``), and must start from a stage-1 run's ``generator.safetensors`` (``init_weights``, checked by the
-  trainer). The stage-1 loss is the official unweighted masked L1 (``lambda_l1`` weighs it only in stage 2,
-  against the adversarial term).
-- D sees the batch ``[target, source, generated]`` in one forward, in both the generator's and the
-  discriminator's step, so its batch norm sees what the official one saw (Market's extra G1 images are left out;
-  they enter only its batch statistics). The generator's adversarial term is ``lambda_gan * BCE(D(G2), 1)``;
-  the DeepFashion recipe sets ``lambda_gan: 0.5`` for the official mean over G2 and source logits.
-- ``n_blocks``, ``norm`` and ``dropout`` of the config do not apply: the official code derives ``R`` from the
-  image height and has no normalisation or dropout in G1 and G2.
+``forward(source_image (B, 3, H, W), source_pose (unused), target_pose (B, 18, H, W) in [0, 1])`` -> ``(B, 3, H,
+W)``: stage 1 G1's coarse image, stage 2 ``coarse + G2(coarse, source)`` with G1 frozen; raw in training mode,
+clamped to ``[-1, 1]`` in eval mode. ``H`` is a power of two and ``H``, ``W`` multiples of ``2**(log2(H) - 3)``
+(256x256 DeepFashion, 128x64 Market-1501). Convs pad as TensorFlow's ``SAME`` does; initialisation is slim's
+(G1, G2) and tflib's (D).
 """
 
 from __future__ import annotations
@@ -94,6 +31,9 @@ Z_NUM = 64
 """Width of G1's fully-connected bottleneck (``--z_num=64`` in both train scripts)."""
 D_WIDTH = 64
 """Base width of the DCGAN discriminator (``WGAN_GP(DIM=64)`` in both trainers)."""
+
+
+# ------------------------------------------------------------------------------------------------ constructor pieces
 
 
 def pg2_depth(size: tuple[int, int]) -> int:
@@ -155,23 +95,22 @@ def _encode(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.T
 class PG2Stage1(nn.Module):
     """G1: ``(B, 3 + 18, H, W)`` (source, target pose in {-1, 1}) -> coarse ``(B, 3, H, W)``, unbounded."""
 
-    def __init__(self, size: tuple[int, int], in_channels: int = 21, out_channels: int = 3, ngf: int = 128,
-                 z_num: int = Z_NUM) -> None:
+    def __init__(self, size: tuple[int, int], ngf: int = 128) -> None:
         super().__init__()
         depth = pg2_depth(size)
         self.bottom = (size[0] // 2 ** (depth - 1), size[1] // 2 ** (depth - 1))
         self.ngf = ngf
-        self.stem = _conv(in_channels, ngf)
+        self.stem = _conv(3 + 18, ngf)
         self.encoder = nn.ModuleList(_Residual(ngf * (i + 1)) for i in range(depth))
         self.down = nn.ModuleList(_conv(ngf * (i + 1), ngf * (i + 2), stride=2) for i in range(depth - 1))
         cells = self.bottom[0] * self.bottom[1]
-        self.fc_in = nn.Linear(cells * ngf * depth, z_num)
-        self.fc_out = nn.Linear(z_num, cells * ngf)
+        self.fc_in = nn.Linear(cells * ngf * depth, Z_NUM)
+        self.fc_out = nn.Linear(Z_NUM, cells * ngf)
         # decoder block i reads cat(x, encoder[depth - 1 - i]): n + depth n at the bottom, then 2 (depth - i) n
         widths = [ngf + ngf * depth] + [2 * ngf * (depth - i) for i in range(1, depth)]
         self.decoder = nn.ModuleList(_Residual(c) for c in widths)
         self.up = nn.ModuleList(_conv(widths[i], ngf * (depth - 1 - i), kernel=1) for i in range(depth - 1))
-        self.out = _conv(widths[-1], out_channels, relu=False)
+        self.out = _conv(widths[-1], 3, relu=False)
         self.apply(_init_slim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,13 +130,12 @@ class PG2Stage2(nn.Module):
     ``skip_all``: the 256x256 variant (``UAE_noFC_AfterNoise``: a skip from every level); otherwise the 128x64 one
     (``UAE_noFC_After2Noise``: no skip from the top level)."""
 
-    def __init__(self, size: tuple[int, int], in_channels: int = 6, out_channels: int = 3, ngf: int = 128,
-                 skip_all: bool = True) -> None:
+    def __init__(self, size: tuple[int, int], ngf: int = 128, skip_all: bool = True) -> None:
         super().__init__()
         levels = pg2_depth(size) - 2
         self.skip_all = skip_all
         widths = [ngf * (i + 1) for i in range(levels)]
-        self.stem = _conv(in_channels, ngf)
+        self.stem = _conv(3 + 3, ngf)
         self.encoder = nn.ModuleList(
             nn.Sequential(_conv(widths[i - 1] if i else ngf, widths[i]), _conv(widths[i], widths[i]))
             for i in range(levels))
@@ -208,7 +146,7 @@ class PG2Stage2(nn.Module):
             cin = widths[-1] + skip if i == 0 else ngf + skip
             decoder.append(nn.Sequential(_conv(cin, ngf), _conv(ngf, ngf)))
         self.decoder = nn.ModuleList(decoder)
-        self.out = _conv(ngf, out_channels, relu=False)
+        self.out = _conv(ngf, 3, relu=False)
         self.apply(_init_slim)
 
     def _skips(self, i: int, levels: int) -> bool:
@@ -227,21 +165,56 @@ class PG2Stage2(nn.Module):
         return self.out(x)
 
 
+# ---------------------------------------------------------------------------------------------------- generator
+
+
+class PG2(nn.Module):
+    """The PG2 generator of one stage: ``forward(source_image, source_pose, target_pose) -> (B, 3, H, W)``.
+
+    Stage 1 holds ``g1``; stage 2 holds ``g1`` (frozen) and ``g2``. Training mode returns the raw output (the
+    official losses see it unclipped); eval mode clamps it to ``[-1, 1]``, as the official image writer does."""
+
+    def __init__(self, size: tuple[int, int] = (128, 64), stage: int = 1, ngf: int = 128) -> None:
+        super().__init__()
+        if stage not in (1, 2):
+            raise TrainError(f"PG2 has stages 1 and 2, not {stage}")
+        self.stage = stage
+        self.g1 = PG2Stage1(size, ngf)
+        self.g2: PG2Stage2 | None = None
+        if stage == 2:
+            self.g1.requires_grad_(False)
+            self.g2 = PG2Stage2(size, ngf, skip_all=size[0] >= 256)  # the official 256x256 and 128x64 variants
+
+    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)``, ``(B, 18, H, W)`` (unused), ``(B, 18, H, W)`` in ``[0, 1]`` -> ``(B, 3, H, W)``."""
+        g1_input = torch.cat((source_image, target_pose * 2 - 1), dim=1)
+        if self.g2 is None:
+            out = self.g1(g1_input)
+        else:
+            with torch.no_grad():
+                coarse = self.g1(g1_input)
+            out = coarse + self.g2(torch.cat((coarse, source_image), dim=1))
+        return out if self.training else out.clamp(-1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- discriminator
+
+
 class PG2Discriminator(nn.Module):
     """The DCGAN discriminator: ``(B, 3, H, W)`` -> one logit per image ``(B,)``.
 
-    ``log2(H) - 3`` stride-2 5x5 convs (4 at 128x64, 5 at 256x256) of widths ``ndf * 2**min(k, 3)``, batch norm
+    ``log2(H) - 3`` stride-2 5x5 convs (4 at 128x64, 5 at 256x256) of widths ``64 * 2**min(k, 3)``, batch norm
     after all but the first, LeakyReLU 0.2, then a linear layer from the ``8 x W / 2**k`` map."""
 
-    def __init__(self, size: tuple[int, int], in_channels: int = 3, ndf: int = D_WIDTH) -> None:
+    def __init__(self, size: tuple[int, int]) -> None:
         super().__init__()
         pg2_depth(size)
         h, w = size
         n = int(math.log2(h)) - 3
         layers: list[nn.Module] = []
-        cin = in_channels
+        cin = 3
         for k in range(n):
-            cout = ndf * 2 ** min(k, 3)
+            cout = D_WIDTH * 2 ** min(k, 3)
             layers += list(_conv(cin, cout, kernel=5, stride=2, relu=False))
             if k > 0:
                 layers.append(nn.BatchNorm2d(cout))  # tflib's fused batch norm, epsilon 1e-5, batch statistics
@@ -259,8 +232,11 @@ class PG2Discriminator(nn.Module):
         return self.output(self.features(image).flatten(1)).flatten()
 
 
+# ---------------------------------------------------------------------------------------------------- objective
+
+
 class PG2Objective(Objective):
-    """PG2's two stages (module docstring): stage 1 ``masked_l1(G1, target, M)``; stage 2 ``lambda_l1 *
+    """PG2's two stages (``docs/models/pg2.md``): stage 1 ``masked_l1(G1, target, M)``; stage 2 ``lambda_l1 *
     masked_l1(G1 + G2, target, M) + lambda_gan * GAN`` and D's ``0.5 real + 0.25 source + 0.25 generated``."""
 
     @classmethod
@@ -306,33 +282,4 @@ class PG2Objective(Objective):
                 + 0.25 * adversarial_loss(fake, False, kind))
 
 
-@register("pg2", objective=PG2Objective)
-class PG2(nn.Module):
-    """The PG2 generator of one stage: ``forward(source_image, source_pose, target_pose) -> (B, 3, H, W)``.
-
-    Stage 1 holds ``g1``; stage 2 holds ``g1`` (frozen) and ``g2``. Training mode returns the raw output (the
-    official losses see it unclipped); eval mode clamps it to ``[-1, 1]``, as the official image writer does."""
-
-    def __init__(self, size: tuple[int, int] = (128, 64), stage: int = 1, ngf: int = 128, image_channels: int = 3,
-                 pose_channels: int = 18, z_num: int = Z_NUM, skip_all: bool | None = None) -> None:
-        super().__init__()
-        if stage not in (1, 2):
-            raise TrainError(f"PG2 has stages 1 and 2, not {stage}")
-        self.stage = stage
-        self.g1 = PG2Stage1(size, image_channels + pose_channels, image_channels, ngf, z_num)
-        self.g2: PG2Stage2 | None = None
-        if stage == 2:
-            self.g1.requires_grad_(False)
-            self.g2 = PG2Stage2(size, 2 * image_channels, image_channels, ngf,
-                                skip_all=size[0] >= 256 if skip_all is None else skip_all)
-
-    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor, target_pose: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)``, ``(B, 18, H, W)`` (unused), ``(B, 18, H, W)`` in ``[0, 1]`` -> ``(B, 3, H, W)``."""
-        g1_input = torch.cat((source_image, target_pose * 2 - 1), dim=1)
-        if self.g2 is None:
-            out = self.g1(g1_input)
-        else:
-            with torch.no_grad():
-                coarse = self.g1(g1_input)
-            out = coarse + self.g2(torch.cat((coarse, source_image), dim=1))
-        return out if self.training else out.clamp(-1.0, 1.0)
+register("pg2", objective=PG2Objective)(PG2)

@@ -1,77 +1,15 @@
-"""XingGAN, the crossing-branch generator.
+"""XingGAN, the crossing-branch generator: two encoder branches, crossing attention blocks, co-attention fusion.
 
-Tang, Bai, Zhang, Torr, Sebe, "XingGAN for Person Image Generation", ECCV 2020, arXiv:2007.09278; official code
-Ha0Tang/XingGAN (``models/model_variants.py`` for the generator, ``models/networks.py`` for ``define_G`` and the
-initialisation, ``models/XingGAN.py`` and the ``train_*.sh`` scripts for the training).
+Tang, Bai, Zhang, Torr, Sebe, "XingGAN for Person Image Generation", ECCV 2020, arXiv:2007.09278. Facts read from
+the official code Ha0Tang/XingGAN (``models/model_variants.py``, ``models/networks.py``, ``models/XingGAN.py``, the
+``train_*.sh`` scripts) and its state-dict key list; the specification is ``docs/models/xinggan.md``.
 
-Input: ``source_image`` ``(B, 3, H, W)`` in ``[-1, 1]``, ``source_pose`` and ``target_pose`` ``(B, 18, H, W)``
-heatmaps, with ``H`` and ``W`` multiples of 4 (256x176 DeepFashion, 128x64 Market-1501).
-Output: the generated target image ``(B, 3, H, W)``, a convex combination of tanh images and the source, so in
-``[-1, 1]``.
-
-Architecture (Sec. 3 of the paper, as the official code builds it):
-
-- Two branches, each with the ResNet encoder stem to ``dim = ngf * 4`` channels at ``H/4 x W/4``:
-  ``stream1_down`` encodes the appearance (the source image), ``stream2_down`` the shape (both poses concatenated,
-  source first, 36 channels).
-- ``n_blocks`` Xing blocks. Each runs the appearance code through a residual-style pair of 3x3 convs (with a final
-  norm) and the shape code through a pair without final norm (``2 * dim`` input channels after the first block),
-  exactly the two conv stacks of PATN's PAT block. Then the two crossing updates, which share one set of 1x1
-  ``query_conv`` (``dim -> dim/8``), ``key_conv`` (``dim -> dim/8``), ``value_conv`` (``dim -> dim``) and one
-  scalar ``gamma`` (initialised to 0, so a fresh block starts as its convs alone):
-
-  - SA (shape-guided appearance): ``a' = a + gamma * softmax(q(a)^T k(s)) v(a)``: appearance positions attend
-    over shape positions, and gather appearance values there;
-  - AS (appearance-guided shape): ``s' = s + gamma * softmax(q(s)^T k(a)) v(s)``, and the shape code passed on is
-    ``cat(a', s')`` (``2 * dim`` channels, appearance first).
-
-  The softmax is over the key positions, with no ``1/sqrt(d)`` scale (the official ``bmm`` has none). Note that
-  the official block adds ``gamma * attention`` to the conv outputs, not to the block's input: there is no
-  identity skip around a Xing block (a PAT block has one).
-- Decoders: ``stream1_up`` turns the last appearance code into 10 intermediate tanh images (30 channels);
-  ``x2_con`` (a 1x1 transposed conv ``2 * dim -> dim``), ``x2_norm``, ReLU and ``stream2_up`` turn the last shape
-  code into 10 more.
-- Co-attention fusion: ``cat(a, s)`` (``3 * dim`` channels) goes through ``atte_con`` and ``atte_con1`` (stride-2
-  transposed convs to ``dim`` and ``dim / 2``, each with norm and ReLU) and ``atte_con2`` (1x1 transposed conv to
-  21 channels, no norm, with a bias only under instance norm), a softmax over those 21 channels, and the output
-  is ``sum_k softmax_k * image_k`` over the 20 intermediate images and the source image itself.
-
-Where each fact comes from:
-
-- Layer order, widths, kernel sizes, biases and norms, the shared query/key/value convs and ``gamma``, the fusion:
-  the official ``XingBlock`` and ``XingModel`` in ``models/model_variants.py``. The official code writes the
-  attention widths as literals (256, 32, 512, 768, 128) and the image counts as 30 and 21; those are ``dim``,
-  ``dim / 8``, ``2 * dim``, ``3 * dim``, ``dim / 2`` at ``ngf = 64`` and 10 images of 3 channels per branch, which
-  is how they are written here so that ``ngf`` can be reduced (tests).
-- State-dict key names (mirrored, so official weights load with ``load_state_dict``; the official ``XingNetwork``
-  wraps ``XingModel`` as ``self.model``, hence the ``model.`` prefix) and shapes:
-  ``shared/reference/official/state_dict_shapes.json`` (``xinggan/deepfashion``, ``xinggan/market1501``).
-  Official parameter counts (buffers excluded): 44,844,634 (DeepFashion, instance norm) and 44,853,189
-  (Market-1501, batch norm); ``tests/pgpig/test_xinggan.py`` checks ours equal them and every key and shape.
-- Paper settings: 9 Xing blocks on both data sets (``define_G`` in ``models/networks.py`` passes ``n_blocks=9``
-  whatever the options say; ``model.att.0`` ... ``model.att.8`` in both key lists); ``--norm instance`` for
-  DeepFashion and ``--norm batch`` for Market-1501 (``train_deepfashion.sh``, ``train_market.sh``); dropout 0.5
-  after the first conv of each conv pair (``use_dropout = not opt.no_dropout`` in ``models/XingGAN.py``, and
-  neither script passes ``--no_dropout``), which puts the second conv at index 6; ``G_n_downsampling`` 2 (the
-  option's default; the fusion's two stride-2 transposed convs assume it).
-- Initialisation: ``init_weights(init_type="normal")`` of ``models/networks.py``, as PATN's
-  (``blocks.init_official_normal``); ``gamma`` stays 0.
-- Training: the official ``models/XingGAN.py`` is PATN's ``models/PATN.py`` with the generator swapped (same
-  ``ResnetDiscriminator`` pair on ``(image, source image)`` and ``(image, target pose)``, same L1 + VGG-19
-  ``relu1_2`` perceptual + GAN losses, history pools and Adam), and ``options/*.py``, ``train.py``,
-  ``data/keypoint.py`` (4,000-pair epochs) and ``losses/L1_plus_perceptualLoss.py`` differ from PATN's only in
-  PyTorch-version details, so it registers with the default ``PairGANObjective``. What differs is in the train
-  scripts, hence in the recipes ``workflows/*/xinggan.yaml``: ``--lambda_A 50`` on both data sets (PATN 1 and
-  10), ``--lambda_B`` 1 (DeepFashion) and 50 (Market-1501), batch 32 on DeepFashion (PATN 7, spread over 4 GPUs
-  there), and DeepFashion's schedule ``--niter 200 --niter_decay 100`` (PATN 500 + 200).
-
-Decisions: the forward takes the three tensors separately (the official one takes ``[image, cat(source pose,
-target pose)]``). The two crossing attentions of a block run as one batched ``scaled_dot_product_attention`` call
-(the convs are shared, so stacking appearance and shape on the batch axis computes both at once); where PyTorch has
-a fused kernel for it (CUDA) that avoids storing the official ``(B, N, N)`` attention matrices (``N = H W / 16``:
-2,816 positions at 256x176, 2 GB per block at batch 32 in float32). On the CPU only the math path takes keys
-narrower than values, so a DeepFashion step at batch 32 needs more than 20 GB there. ``tests/pgpig/test_xinggan.py``
-checks the function against the plain ``bmm`` formula.
+``forward(source_image (B, 3, H, W), source_pose (B, 18, H, W), target_pose (B, 18, H, W))`` -> the target image
+``(B, 3, H, W)``, a convex combination of 20 tanh images and the source (so in ``[-1, 1]``); ``H`` and ``W``
+multiples of 4. The official code is PATN's with another generator: XingGAN builds from PATN's blocks
+(``pgpig.models.patn``) and trains with its ``PairGANObjective``. Key names mirror the official ones, so official
+weights load with ``load_state_dict``. The two crossing attentions of a block run as one
+``scaled_dot_product_attention`` call, checked against the official ``bmm`` formula in the tests.
 """
 
 from __future__ import annotations
@@ -82,7 +20,8 @@ from torch import nn
 
 from pgpig.errors import TrainError
 from pgpig.models import register
-from pgpig.models.blocks import (
+from pgpig.models.patn import (
+    PairGANObjective,
     conv_pair,
     decoder_layers,
     encoder_layers,
@@ -94,7 +33,7 @@ from pgpig.models.blocks import (
 __all__ = ["IMAGES_PER_BRANCH", "PAPER_SETTINGS", "XingBlock", "XingGAN", "cross_attention"]
 
 # The official training settings per data set (train_deepfashion.sh: --norm instance; train_market.sh: --norm
-# batch; define_G hard-codes 9 blocks, and both key lists of state_dict_shapes.json hold model.att.0..8).
+# batch; define_G hard-codes 9 blocks, and both official key lists hold model.att.0..8).
 PAPER_SETTINGS: dict[str, dict[str, object]] = {
     "deepfashion": {"ngf": 64, "n_blocks": 9, "norm": "instance", "n_downsampling": 2, "dropout": 0.5},
     "market1501": {"ngf": 64, "n_blocks": 9, "norm": "batch", "n_downsampling": 2, "dropout": 0.5},
@@ -126,6 +65,9 @@ class XingBlock(nn.Module):
 
     ``x1`` ``(B, dim, h, w)`` appearance codes, ``x2`` ``(B, dim or 2*dim, h, w)`` shape codes (``2*dim`` after the
     first block, ``cat_input=True``) -> updated ``x1`` ``(B, dim, h, w)`` and ``x2`` ``(B, 2*dim, h, w)``.
+
+    As in the official block, ``gamma * attention`` is added to the conv outputs, not to the block's input: a Xing
+    block has no identity skip (a PAT block has one).
     """
 
     def __init__(self, dim: int, norm: str, dropout: float, cat_input: bool) -> None:
@@ -148,7 +90,7 @@ class XingBlock(nn.Module):
         return appearance, torch.cat((appearance, shape), dim=1)
 
 
-@register("xinggan")
+@register("xinggan", objective=PairGANObjective)  # the official training code is PATN's
 class XingGAN(nn.Module):
     """The Xing generator: ``forward(source_image, source_pose, target_pose) -> (B, 3, H, W)`` in ``[-1, 1]``.
 

@@ -1,9 +1,10 @@
-"""``pgpig.models.patn`` and ``pgpig.models.discriminators``: PATN's generator at the paper settings against the
-official key list and parameter count, the official weights reproducing the official outputs, shapes and
-gradients at both data sets' sizes, the discriminators' 256-channel output, and the registry."""
+"""``pgpig.models.patn``: PATN's generator at the paper settings against the official key list and parameter count,
+the official weights reproducing the official outputs, shapes and gradients at both data sets' sizes, the
+discriminators' 256-channel output, and the registry."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -13,11 +14,10 @@ from generators import assert_forward_backward
 
 from pgpig.errors import TrainError
 from pgpig.models import available, create, register
-from pgpig.models.discriminators import patn_appearance_discriminator, patn_shape_discriminator
-from pgpig.models.patn import PAPER_SETTINGS, PATN
+from pgpig.models.patn import PAPER_SETTINGS, PATN, patn_appearance_discriminator, patn_shape_discriminator
 
 # Sum of numel over the official netG's state-dict keys less the buffers (running_mean, running_var,
-# num_batches_tracked), from ../shared/reference/official/state_dict_shapes.json (keys "patn/deepfashion" and
+# num_batches_tracked), from the reference data's official/state_dict_shapes.json (keys "patn/deepfashion" and
 # "patn/market1501", tengteng95/Pose-Transfer at the paper settings). Batch norm adds affine parameters and drops
 # the conv biases: the two counts differ by 7,744.
 OFFICIAL_PARAMS = {"deepfashion": 41_358_019, "market1501": 41_365_763}
@@ -124,3 +124,14 @@ def test_registry_creates_by_name_and_names_the_choices_for_an_unknown_one():
         create("patn", norm="group")
     with pytest.raises(TrainError, match="registered twice"):
         register("patn")(torch.nn.Identity)
+
+
+def test_every_registered_generator_keeps_the_registry_promise():
+    # pgpig.models' docstring: every generator builds with its paper defaults, takes a base width ``ngf`` and has the
+    # same forward inputs
+    for name in available():
+        with torch.device("meta"):
+            model = create(name)
+        assert "ngf" in inspect.signature(type(model)).parameters, name
+        assert list(inspect.signature(model.forward).parameters)[:3] == ["source_image", "source_pose",
+                                                                         "target_pose"], name

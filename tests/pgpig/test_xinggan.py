@@ -45,12 +45,12 @@ from pgpig.cli import main
 from pgpig.config import load_config
 from pgpig.errors import TrainError
 from pgpig.models import available, create, objective_class
-from pgpig.models.objective import PairGANObjective
+from pgpig.models.patn import PairGANObjective
 from pgpig.models.xinggan import IMAGES_PER_BRANCH, PAPER_SETTINGS, XingBlock, XingGAN, cross_attention
 from pgpig.train import total_steps
 
 # Sum of numel over the official netG's state-dict keys less the buffers, from
-# ../shared/reference/official/state_dict_shapes.json (keys "xinggan/deepfashion" and "xinggan/market1501",
+# the reference data's official/state_dict_shapes.json (keys "xinggan/deepfashion" and "xinggan/market1501",
 # Ha0Tang/XingGAN at the paper settings). Batch norm adds affine parameters and drops most conv biases.
 OFFICIAL_PARAMS = {"deepfashion": 44_844_634, "market1501": 44_853_189}
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
