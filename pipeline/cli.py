@@ -148,7 +148,7 @@ def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres:
 @report_errors()
 def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool) -> None:
     """Write the ok rows of a keypoints table as a PATN annotation CSV (name:keypoints_y:keypoints_x)."""
-    from pipeline.extract import export_annotations
+    from pipeline.export import export_annotations
 
     n = export_annotations(keypoints_dir, out_csv, split=split, patn_crop=patn_crop)
     click.echo(f"wrote {n} annotations to {out_csv}")
@@ -258,7 +258,7 @@ def verify(folder: Path) -> None:
 @report_errors()
 def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
     """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none)."""
-    from pipeline.pair import export_pairs
+    from pipeline.export import export_pairs
 
     n = export_pairs(folder, out_csv)
     click.echo(f"wrote {n} pairs to {out_csv}")

@@ -391,10 +391,11 @@ def write_images_shard(folder: Path, shard: int, first: int, chunk: list[ShardIm
 def _write_shards_on_dask(jobs: list, folder: Path, raw_root: Path, size: tuple[int, int], format: str,
                           compression: str | None, threads: int, dask_workers: int, scheduler: str | None,
                           bar) -> list[FileEntry]:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
-                                                 dashboard_address=":0")
+    from pipeline.local_cluster import local_cluster
+
+    cluster = None if scheduler else local_cluster(dask_workers)
     client = Client(scheduler or cluster)
     try:
         per_worker = max(1, threads // max(1, len(client.scheduler_info()["workers"])))
