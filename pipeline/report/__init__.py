@@ -160,7 +160,7 @@ def _keypoint_tiles(table, arrays, rows, raw: Path | None, caption_of) -> list:
 
 def _shard_tiles(folder: Path, samples: int, seed: int) -> tuple[list, str | None]:
     """Sampled tiles from a shard set (used when there is no keypoints table)."""
-    from pipeline.pair import shard_names
+    from pipeline.export import shard_names
     from pipeline.report.pictures import missing_names, shard_tile
     from pipeline.report.stats import sample_rows
     from pipeline.shards import ShardSet
@@ -244,7 +244,7 @@ def run_report(cfg: ReportConfig, log=print) -> dict[str, Any]:
     table = arrays = None
     raw = Path(cfg.raw) if cfg.raw is not None else None
     if cfg.keypoints is not None:
-        from pipeline.extract import read_keypoints
+        from pipeline.keypoints import read_keypoints
 
         table = read_keypoints(cfg.keypoints, ["image", "dataset", "split", "status", "reason", "width", "height",
                                                "n_persons", "box", "keypoints", "scores"])

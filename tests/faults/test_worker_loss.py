@@ -17,7 +17,8 @@ import sys
 
 import cloudpickle
 
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 
 
 def quiet(*_args, **_kwargs) -> None:
