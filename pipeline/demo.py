@@ -71,7 +71,7 @@ CUT_SIZE = (128, 64)
 class DemoConfig:
     out: Path
     """Folder the demo writes everything into."""
-    steps: int = 300
+    steps: int = 200
     """Training steps of the PATN run."""
     identities: int = 40
     """Mannequin identities (half train, half test)."""
