@@ -39,8 +39,9 @@ from schemas.tables import SCHEMA_VERSION, empty_keypoints, read_table, table_fr
 
 BACKENDS = ("auto", "fast", "ultralytics")
 # per source when not given: images per model call, images per part, parts one stream may run (None: any number).
-# The fast backend wants large batches and keeps its reading running across parts; the others count their batches
-# within a part, so a part is one stream and its rows do not depend on its neighbours.
+# The fast backend wants large batches, and its reader processes and device pipeline run on across parts; the others
+# read on a thread pool that fills in milliseconds, and ultralytics counts its batches in readable images of a part,
+# so one part per stream keeps each part's rows independent of its neighbours.
 SOURCE_SIZES = {"fast": (256, 4096, None), "ultralytics": (32, 512, 1), "annotations": (32, 512, 1)}
 RUN_FILE_VERSION = 1
 # settings that change the keypoints: a resume must not mix parts made with other values
@@ -303,12 +304,6 @@ class _Part:
         })
         write_table(table, Path(out) / part_name(self.task.part), "keypoints")
         return dict(Counter(self.status)), time.perf_counter() - start
-
-
-def extract_partition(task: PartitionTask, out: str) -> dict:
-    """Process one partition and write its part file: a stream of one part (``extract_stream``)."""
-    (summary,) = extract_stream([task], out)
-    return summary
 
 
 def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
