@@ -223,7 +223,7 @@ def to_openpose(det: Detections, threshold: float) -> tuple[int, np.ndarray | No
 
 
 _CACHE: dict[tuple, KeypointSource] = {}
-BACKENDS = ("annotations", "fast", "ultralytics")
+SOURCES = ("annotations", "fast", "ultralytics")
 
 
 def create_backend(name: str, **options) -> KeypointSource:
@@ -240,7 +240,7 @@ def create_backend(name: str, **options) -> KeypointSource:
         from pipeline.pose.annotations import AnnotationSource
 
         return AnnotationSource(**options)
-    raise PipelineError(f"unknown pose backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    raise PipelineError(f"unknown pose backend {name!r}; choose one of: {', '.join(SOURCES)}")
 
 
 def cached_backend(name: str, **options) -> KeypointSource:
