@@ -133,7 +133,8 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):
         import ultralytics  # noqa: F401
 
-    from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.keypoints import read_keypoints
     from schemas.keypoints import visible_mask
     from schemas.tables import keypoints_to_numpy
 

@@ -42,7 +42,8 @@ def main() -> None:
     import torch
     from extract_bench import make_images, rate_after_first_tasks
 
-    from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.keypoints import read_keypoints
 
     common = {"images": args.images, "size": [h, w], "backend": args.backend, "batch_size": args.batch_size,
               "partition_size": args.partition_size, "gpus_visible": torch.cuda.device_count(),

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.extract import read_keypoints  # noqa: E402
+from pipeline.keypoints import read_keypoints  # noqa: E402
 from pipeline.report import ReportConfig, run_report  # noqa: E402
 from pipeline.synthetic import SynthConfig, write_mannequins  # noqa: E402
 from schemas.tables import table_from_pydict, write_table  # noqa: E402

@@ -1,14 +1,41 @@
-"""``pgpig-data``: the data pipeline's command line. Each command parses options and calls one function."""
+"""``pgpig-data``: the data pipeline's command line. Each command parses options and calls one function.
+
+An option left out is left out of the command's config dataclass too (``ExtractConfig``, ``PairRunConfig``,
+``SynthConfig``, ``ReportConfig``, ``DemoConfig``), which holds every default; ``--help`` shows them from there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from pipeline.demo import DemoConfig
 from pipeline.errors import report_errors
+from pipeline.extract import SOURCE_SIZES, ExtractConfig
+from pipeline.pair import PairRunConfig
+from pipeline.report import ReportConfig
+from pipeline.synthetic import SynthConfig
 from pipeline.versions import package_version
+
+
+def default_of(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``."""
+    (f,) = [f for f in dataclasses.fields(config) if f.name == name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def with_default(text: str, config: type, name: str) -> str:
+    """An option's help: ``text`` and the default of ``config.name``, read from the dataclass so it cannot drift."""
+    return f"{text} [default: {default_of(config, name)}]"
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options that were given (not None): the config dataclass fills in the others."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
@@ -40,33 +67,36 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--identities", default=20, type=click.IntRange(1), help="People (Market) or items (DeepFashion).")
-@click.option("--poses-per-identity", default=8, type=click.IntRange(1), help="Images per identity.")
-@click.option("--layout", type=click.Choice(["market", "deepfashion"]), default="market",
-              help="Raw layout to write: Market-1501 folders or DeepFashion In-shop img/ tree.")
-@click.option("--size", default=None, metavar="HxW",
-              help="Image height x width [default: 128x64 market, 256x256 deepfashion].")
-@click.option("--seed", default=0, type=int, help="Same seed, same bytes.")
-@click.option("--distractors", default=0, type=click.IntRange(0),
-              help="Extra images with no usable person (Market 0000/-1 ids, DeepFashion 6_flat).")
+@click.option("--identities", type=click.IntRange(1),
+              help=with_default("People (Market) or items (DeepFashion).", SynthConfig, "identities"))
+@click.option("--poses-per-identity", type=click.IntRange(1),
+              help=with_default("Images per identity.", SynthConfig, "poses_per_identity"))
+@click.option("--layout", type=click.Choice(["market", "deepfashion"]),
+              help=with_default("Raw layout to write: Market-1501 folders or DeepFashion In-shop img/ tree.",
+                                SynthConfig, "layout"))
+@click.option("--size", metavar="HxW", help="Image height x width [default: 128x64 market, 256x256 deepfashion].")
+@click.option("--seed", type=int, help=with_default("Same seed, same bytes.", SynthConfig, "seed"))
+@click.option("--distractors", type=click.IntRange(0),
+              help=with_default("Extra images with no usable person (Market 0000/-1 ids, DeepFashion 6_flat).",
+                                SynthConfig, "distractors"))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier synth run in OUT.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Drawing processes [default: CPU count].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors()
-def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size: str | None, seed: int,
-          distractors: int, overwrite: bool, workers: int | None, quiet: bool) -> None:
+def synth(out: Path, identities: int | None, poses_per_identity: int | None, layout: str | None, size: str | None,
+          seed: int | None, distractors: int | None, overwrite: bool, workers: int | None, quiet: bool) -> None:
     """Write the mannequin data set: procedural people with exact keypoints, in a real raw layout.
 
     OUT gets Market-1501 or DeepFashion In-shop folders and file names, the PATN annotation CSVs with
     the exact keypoints, and mannequin.json describing the run.
     """
-    from pipeline.synthetic import SynthConfig, write_mannequins
+    from pipeline.synthetic import write_mannequins
 
-    cfg = SynthConfig(identities=identities, poses_per_identity=poses_per_identity, layout=layout,
-                      size=parse_size(size), seed=seed, distractors=distractors)
+    cfg = SynthConfig(**given(identities=identities, poses_per_identity=poses_per_identity, layout=layout,
+                              size=parse_size(size), seed=seed, distractors=distractors))
     summary = write_mannequins(out, cfg, overwrite=overwrite, progress=not quiet, workers=workers)
     h, w = summary["config"]["size"]
-    click.echo(f"wrote {summary['images']} {h}x{w} mannequin images of {identities} identities to {out} "
+    click.echo(f"wrote {summary['images']} {h}x{w} mannequin images of {cfg.identities} identities to {out} "
                f"in {summary['seconds']:.1f} s ({summary['images_per_second']} img/s)")
     for folder, n in summary["folders"].items():
         click.echo(f"  {out / folder}/  {n} images")
@@ -78,65 +108,71 @@ def synth(out: Path, identities: int, poses_per_identity: int, layout: str, size
 
 @main.command()
 @click.argument("raw", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", default=Path("keypoints"), type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of the keypoint parts.")
-@click.option("--run-file", default=Path("extract.json"), type=click.Path(dir_okay=False, path_type=Path),
-              help="Where the run record goes.")
-@click.option("--dataset", type=click.Choice(["market1501", "deepfashion", "folder"]), default=None,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help=with_default("Folder of the keypoint parts.", ExtractConfig, "out"))
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=with_default("Where the run record goes.", ExtractConfig, "run_file"))
+@click.option("--dataset", type=click.Choice(["market1501", "deepfashion", "folder"]),
               help="Raw layout [default: detected].")
-@click.option("--split-lists", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--split-lists", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               metavar="TRAIN.lst TEST.lst", help="PATN name lists that decide the DeepFashion split.")
 @click.option("--highres", is_flag=True, help="DeepFashion: use img_highres/ instead of img/.")
-@click.option("--seed", default=0, type=int, help="Seed of the identity split when the layout gives none.")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--seed", type=int,
+              help=with_default("Seed of the identity split when the layout gives none.", ExtractConfig, "seed"))
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YOLO-pose weights [default: the embedded yolo11n-pose.pt].")
 @click.option("--annotations", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PATN annotation CSV (repeatable): take keypoints from it instead of running a model.")
-@click.option("--backend", "pose_backend", type=click.Choice(["auto", "fast", "ultralytics"]), default="auto",
-              show_default=True, help="Pose backend: fast (GPU decode and batched post-processing), ultralytics "
-              "(YOLO.predict, the reference); auto = fast when a GPU is visible.")
-@click.option("--imgsz", default=256, type=click.IntRange(32), help="Model input size.")
-@click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Person detection threshold.")
-@click.option("--kpt-threshold", default=0.5, type=click.FloatRange(0, 1), help="Keypoint visibility threshold.")
-@click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N (auto pins one worker per GPU).")
-@click.option("--batch-size", default=None, type=click.IntRange(1),
-              help="Images per model call [default: 256 with the fast backend, 32 with ultralytics].")
-@click.option("--partition-size", default=None, type=click.IntRange(1),
-              help="Images per task and part file [default: 4096 with the fast backend, 512 with ultralytics].")
-@click.option("--workers", type=click.IntRange(0), default=None,
+@click.option("--backend", "pose_backend", type=click.Choice(["auto", "fast", "ultralytics"]),
+              help=with_default("Pose backend: fast (GPU decode and batched post-processing), ultralytics "
+                                "(YOLO.predict, the reference); auto = fast when a GPU is visible.",
+                                ExtractConfig, "pose_backend"))
+@click.option("--imgsz", type=click.IntRange(32), help=with_default("Model input size.", ExtractConfig, "imgsz"))
+@click.option("--conf", type=click.FloatRange(0, 1),
+              help=with_default("Person detection threshold.", ExtractConfig, "conf"))
+@click.option("--kpt-threshold", type=click.FloatRange(0, 1),
+              help=with_default("Keypoint visibility threshold.", ExtractConfig, "kpt_threshold"))
+@click.option("--device", help=with_default("auto, cpu, cuda, cuda:N (auto pins one worker per GPU).",
+                                            ExtractConfig, "device"))
+@click.option("--batch-size", type=click.IntRange(1),
+              help=f"Images per model call [default: {SOURCE_SIZES['fast'][0]} with the fast backend, "
+              f"{SOURCE_SIZES['ultralytics'][0]} otherwise].")
+@click.option("--partition-size", type=click.IntRange(1),
+              help=f"Images per task and part file [default: {SOURCE_SIZES['fast'][1]} with the fast backend, "
+              f"{SOURCE_SIZES['ultralytics'][1]} otherwise].")
+@click.option("--workers", type=click.IntRange(0),
               help="Local worker processes [default: one per GPU, else CPU workers]; 0 runs in this process.")
-@click.option("--threads", default=1, type=click.IntRange(1), help="Threads per worker.")
-@click.option("--read-processes", default=None, type=click.IntRange(0),
+@click.option("--threads", type=click.IntRange(1), help=with_default("Threads per worker.", ExtractConfig, "threads"))
+@click.option("--read-processes", type=click.IntRange(0),
               help="Fast backend: file-reading processes per worker [default: with a GPU, the worker's cores "
               "less 2, at most 8; else 0, reading on threads].")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
+@click.option("--scheduler", metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
 @click.option("--overwrite", is_flag=True, help="Discard earlier parts and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors()
-def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres: bool, seed: int, model,
-            annotations, pose_backend: str, imgsz: int, conf: float, kpt_threshold: float, device: str, batch_size,
-            partition_size, workers, threads: int, read_processes, scheduler, overwrite: bool, quiet: bool) -> None:
+def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed, model, annotations, pose_backend,
+            imgsz, conf, kpt_threshold, device, batch_size, partition_size, workers, threads, read_processes,
+            scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
     Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second
     run continues where the first stopped; --overwrite starts over.
     """
-    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.extract import run_extract
 
-    cfg = ExtractConfig(raw=raw, out=out, run_file=run_file, dataset=dataset,
-                        split_lists=tuple(split_lists) if split_lists else None, highres=highres, seed=seed,
-                        model=model, annotations=tuple(annotations), pose_backend=pose_backend, imgsz=imgsz, conf=conf,
-                        kpt_threshold=kpt_threshold, device=device, batch_size=batch_size,
-                        partition_size=partition_size, workers=workers, threads=threads, read_processes=read_processes,
-                        scheduler=scheduler, overwrite=overwrite)
+    cfg = ExtractConfig(raw=raw, highres=highres, annotations=tuple(annotations), overwrite=overwrite, **given(
+        out=out, run_file=run_file, dataset=dataset, split_lists=tuple(split_lists) if split_lists else None,
+        seed=seed, model=model, pose_backend=pose_backend, imgsz=imgsz, conf=conf, kpt_threshold=kpt_threshold,
+        device=device, batch_size=batch_size, partition_size=partition_size, workers=workers, threads=threads,
+        read_processes=read_processes, scheduler=scheduler))
     record = run_extract(cfg, progress=not quiet, log=click.echo)
     counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
-    click.echo(f"{record['rows']} rows in {out}/ ({counts}); {record['processed']} processed this run in "
-               f"{record['seconds']:.1f} s ({record['images_per_second']} img/s); run record {run_file}")
+    click.echo(f"{record['rows']} rows in {cfg.out}/ ({counts}); {record['processed']} processed this run in "
+               f"{record['seconds']:.1f} s ({record['images_per_second']} img/s); run record {cfg.run_file}")
     unmatched = record.get("unmatched_annotations")
     if unmatched and unmatched["count"]:
         click.echo(f"warning: {unmatched['count']} annotated names match no image, e.g. "
-                   f"{', '.join(unmatched['examples'][:3])} (all counted in {run_file})", err=True)
+                   f"{', '.join(unmatched['examples'][:3])} (all counted in {cfg.run_file})", err=True)
 
 
 @main.command("export-annotations")
@@ -148,7 +184,7 @@ def extract(raw: Path, out: Path, run_file: Path, dataset, split_lists, highres:
 @report_errors()
 def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool) -> None:
     """Write the ok rows of a keypoints table as a PATN annotation CSV (name:keypoints_y:keypoints_x)."""
-    from pipeline.extract import export_annotations
+    from pipeline.export import export_annotations
 
     n = export_annotations(keypoints_dir, out_csv, split=split, patn_crop=patn_crop)
     click.echo(f"wrote {n} annotations to {out_csv}")
@@ -162,18 +198,19 @@ def _no_cap(value: int | None) -> int | None:
 
 @main.command()
 @click.option("--split", required=True, type=click.Choice(["train", "test"]), help="Which split to pair.")
-@click.option("--keypoints", "keypoints_dir", default=Path("keypoints"),
-              type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of keypoint parts.")
-@click.option("--run-file", default=Path("extract.json"), type=click.Path(dir_okay=False, path_type=Path),
-              help="The extract run record.")
-@click.option("--out", default=Path("shards"), type=click.Path(file_okay=False, path_type=Path),
-              help="Shard root; the split goes to OUT/SPLIT.")
-@click.option("--format", "fmt", default="parquet", type=click.Choice(["parquet", "hdf5"]),
-              help="parquet: encoded image bytes; hdf5: decoded uint8 arrays.")
-@click.option("--size", default=None, metavar="HxW",
+@click.option("--keypoints", "keypoints_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=with_default("Folder of keypoint parts.", PairRunConfig, "keypoints_dir"))
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=with_default("The extract run record.", PairRunConfig, "run_file"))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help=with_default("Shard root; the split goes to OUT/SPLIT.", PairRunConfig, "out"))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "hdf5"]),
+              help=with_default("parquet: encoded image bytes; hdf5: decoded uint8 arrays.", PairRunConfig, "format"))
+@click.option("--size", metavar="HxW",
               help="Stored height x width [default: 128x64 market, 256x256 deepfashion and folder].")
-@click.option("--images-per-shard", default=10_000, type=click.IntRange(1), help="Images per shard file.")
-@click.option("--seed", default=0, type=int, help="Seed of the pair sampling.")
+@click.option("--images-per-shard", type=click.IntRange(1),
+              help=with_default("Images per shard file.", PairRunConfig, "images_per_shard"))
+@click.option("--seed", type=int, help=with_default("Seed of the pair sampling.", PairRunConfig, "seed"))
 @click.option("--min-visible", default=None, type=click.IntRange(0, 18),
               help="Minimum visible keypoints [default: none for market/deepfashion, 8 for folder].")
 @click.option("--required-joints", default=None, metavar="a,b,c",
@@ -188,24 +225,24 @@ def _no_cap(value: int | None) -> int | None:
               help="Pair cap per identity, seeded sample (0: none) [default: none].")
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this PATN pair CSV (from,to) instead of drawing pairs.")
-@click.option("--compression", default=None, type=click.Choice(["gzip", "lzf"]), help="HDF5 compression.")
-@click.option("--workers", "dask_workers", default=0, type=click.IntRange(0),
-              help="Local Dask worker processes writing shard files in parallel (0: threads in this process).")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Write shard files on an existing Dask cluster.")
+@click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="HDF5 compression.")
+@click.option("--workers", "dask_workers", type=click.IntRange(0),
+              help=with_default("Local Dask worker processes writing shard files in parallel (0: threads in this "
+                                "process).", PairRunConfig, "dask_workers"))
+@click.option("--scheduler", metavar="ADDRESS", help="Write shard files on an existing Dask cluster.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing shard set of this split.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors()
-def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, size: str | None,
-         images_per_shard: int, seed: int, min_visible, required_joints, max_persons, min_height, max_pairs,
-         max_pairs_per_identity, pairs_csv, compression, dask_workers: int, scheduler, overwrite: bool,
-         quiet: bool) -> None:
+def pair(split: str, keypoints_dir, run_file, out, fmt, size: str | None, images_per_shard, seed, min_visible,
+         required_joints, max_persons, min_height, max_pairs, max_pairs_per_identity, pairs_csv, compression,
+         dask_workers, scheduler, overwrite: bool, quiet: bool) -> None:
     """Filter the keypoints of one split, pair images of the same identity, write OUT/SPLIT shards.
 
     Defaults follow PATN (Zhu et al., CVPR 2019): both shoulders and hips visible, one person, all ordered
     pairs within an identity, 12,000 sampled pairs for the Market-1501 test split. Run where extract ran,
     only --split is needed.
     """
-    from pipeline.pair import PairRunConfig, run_pair
+    from pipeline.pair import run_pair
 
     filt: dict = {}
     if min_visible is not None:
@@ -222,10 +259,10 @@ def pair(split: str, keypoints_dir: Path, run_file: Path, out: Path, fmt: str, s
         pairing["max_pairs"] = _no_cap(max_pairs)
     if max_pairs_per_identity is not None:
         pairing["max_pairs_per_identity"] = _no_cap(max_pairs_per_identity)
-    cfg = PairRunConfig(split=split, keypoints_dir=keypoints_dir, run_file=run_file, out=out, format=fmt,
-                        size=parse_size(size), images_per_shard=images_per_shard, seed=seed, filter=filt,
-                        pairing=pairing, pairs_csv=pairs_csv, compression=compression, overwrite=overwrite,
-                        dask_workers=dask_workers, scheduler=scheduler)
+    cfg = PairRunConfig(split=split, filter=filt, pairing=pairing, overwrite=overwrite, **given(
+        keypoints_dir=keypoints_dir, run_file=run_file, out=out, format=fmt, size=parse_size(size),
+        images_per_shard=images_per_shard, seed=seed, pairs_csv=pairs_csv, compression=compression,
+        dask_workers=dask_workers, scheduler=scheduler))
 
     def log(line: str) -> None:
         click.echo(line, err=line.startswith("warning:"))
@@ -258,7 +295,7 @@ def verify(folder: Path) -> None:
 @report_errors()
 def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
     """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none)."""
-    from pipeline.pair import export_pairs
+    from pipeline.export import export_pairs
 
     n = export_pairs(folder, out_csv)
     click.echo(f"wrote {n} pairs to {out_csv}")
@@ -266,12 +303,14 @@ def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="pgpig-demo")
-@click.option("--steps", type=click.IntRange(1), default=200, help="Training steps of the PATN run.")
-@click.option("--identities", type=click.IntRange(4), default=40, help="Mannequin identities (half train, half test).")
-@click.option("--device", default="auto", help="auto, cpu or cuda for extraction and training.")
+@click.option("--steps", type=click.IntRange(1),
+              help=with_default("Training steps of the PATN run.", DemoConfig, "steps"))
+@click.option("--identities", type=click.IntRange(4),
+              help=with_default("Mannequin identities (half train, half test).", DemoConfig, "identities"))
+@click.option("--device", help=with_default("auto, cpu or cuda for extraction and training.", DemoConfig, "device"))
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
 @report_errors()
-def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -> None:
+def demo(out: Path, steps: int | None, identities: int | None, device: str | None, overwrite: bool) -> None:
     """Run the whole product on what ships with the installed packages, into OUT (a few CPU minutes).
 
     \b
@@ -279,9 +318,9 @@ def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -
     embedded YOLO-pose model → keypoint overlays; a mannequin set → extract (exact keypoints) → pair train and
     test → pgpig train (PATN, demo recipe) → pgpig generate (→ pgpig eval). Each command is printed as it runs.
     """
-    from pipeline.demo import DemoConfig, run_demo
+    from pipeline.demo import run_demo
 
-    cfg = DemoConfig(out=out, steps=steps, identities=identities, device=device, overwrite=overwrite)
+    cfg = DemoConfig(out=out, overwrite=overwrite, **given(steps=steps, identities=identities, device=device))
     paths = run_demo(cfg, log=click.echo)
     click.echo(f"\ndemo done in {cfg.timings['total']:.0f} s; look at:")
     click.echo(f"  keypoint overlays of the real photos  {paths['overlays']}/")
@@ -293,24 +332,27 @@ def demo(out: Path, steps: int, identities: int, device: str, overwrite: bool) -
 
 
 @main.command()
-@click.option("--keypoints", "keypoints_dir", default=Path("keypoints"),
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of keypoint parts (left out when the default is absent).")
-@click.option("--shards", "shards_dir", default=Path("shards"), type=click.Path(file_okay=False, path_type=Path),
-              help="Shard root (SHARDS/<split>/) or one shard set (left out when the default is absent).")
-@click.option("--out", default=Path("report.html"), type=click.Path(dir_okay=False, path_type=Path),
-              help="The HTML page; the same numbers go beside it as OUT with .json.")
-@click.option("--samples", default=48, type=click.IntRange(0), help="Images in the sampled grid.")
-@click.option("--seed", default=0, type=int, help="Seed of the sample.")
-@click.option("--raw", default=None, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--keypoints", "keypoints_dir", type=click.Path(file_okay=False, path_type=Path),
+              help=with_default("Folder of keypoint parts (left out when the default is absent).", ReportConfig,
+                                "keypoints"))
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, path_type=Path),
+              help=with_default("Shard root (SHARDS/<split>/) or one shard set (left out when the default is "
+                                "absent).", ReportConfig, "shards"))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help=with_default("The HTML page; the same numbers go beside it as OUT with .json.", ReportConfig,
+                                "out"))
+@click.option("--samples", type=click.IntRange(0),
+              help=with_default("Images in the sampled grid.", ReportConfig, "samples"))
+@click.option("--seed", type=int, help=with_default("Seed of the sample.", ReportConfig, "seed"))
+@click.option("--raw", type=click.Path(file_okay=False, path_type=Path),
               help="Raw root to read images from [default: the one extract.json or the manifest records].")
-@click.option("--run-file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The extract run record [default: extract.json beside the keypoints folder, or here].")
-@click.option("--verify", "verify_mode", default="full", type=click.Choice(["full", "files", "none"]),
-              help="Shard check: full = `pgpig-data verify` (decodes every image); files = sizes and sha256; none.")
+@click.option("--verify", "verify_mode", type=click.Choice(["full", "files", "none"]),
+              help=with_default("Shard check: full = `pgpig-data verify` (decodes every image); files = sizes and "
+                                "sha256; none.", ReportConfig, "verify"))
 @report_errors()
-def report(keypoints_dir: Path, shards_dir: Path, out: Path, samples: int, seed: int, raw, run_file,
-           verify_mode: str) -> None:
+def report(keypoints_dir, shards_dir, out, samples, seed, raw, run_file, verify_mode) -> None:
     """Write one self-contained HTML page of the keypoints and shards made so far, and its numbers as JSON.
 
     Counts by status with the commonest reasons and example files, per data set and split; per-joint
@@ -318,19 +360,18 @@ def report(keypoints_dir: Path, shards_dir: Path, out: Path, samples: int, seed:
     raw images and on the worst cases; per shard set the manifest, verify result, filter funnel and pairs
     per identity. Images are inlined: the page needs no other file, no network and no script.
     """
-    from click.core import ParameterSource
+    from pipeline.report import json_path, run_report
 
-    from pipeline.report import ReportConfig, json_path, run_report
-
-    ctx = click.get_current_context()
-
-    def given(name: str, path: Path) -> Path | None:
+    def present(path: Path | None, name: str) -> Path | None:
         # a default folder that is not there means "no such input"; one passed by name must exist
-        absent = not path.exists() and ctx.get_parameter_source(name) is ParameterSource.DEFAULT
-        return None if absent else path
+        if path is not None:
+            return path
+        default = default_of(ReportConfig, name)
+        return default if default is not None and default.exists() else None
 
-    cfg = ReportConfig(keypoints=given("keypoints_dir", keypoints_dir), shards=given("shards_dir", shards_dir),
-                       out=out, samples=samples, seed=seed, raw=raw, run_file=run_file, verify=verify_mode)
+    cfg = ReportConfig(keypoints=present(keypoints_dir, "keypoints"), shards=present(shards_dir, "shards"),
+                       **given(out=out, samples=samples, seed=seed, raw=raw, run_file=run_file, verify=verify_mode))
+    out = cfg.out
     record = run_report(cfg, log=lambda line: click.echo(line, err=line.startswith("warning:")))
     problems = [s["folder"] for s in record["shards"] or [] if s["verify"]["ok"] is False]
     if problems:

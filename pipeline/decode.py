@@ -2,38 +2,10 @@
 
 ``decode_image(path)`` and ``decode_bytes(data)`` never raise for a bad file: a missing, unreadable, empty,
 truncated, foreign or oversized file comes back as a ``Decoded`` with ``status="unreadable"`` and a one-line
-``reason``, so one file never stops an extraction run (design: "Stored sizes", unreadable files).
-
-Decisions:
-
-- The bytes are read once by Python (``os.open``/``os.read``; ``cv2.imread`` fails on non-ASCII paths on some
-  platforms), hashed (``content_hash``) and decoded from memory. The format is sniffed from the bytes, never
-  the extension. Directories, FIFOs and devices are refused before reading.
-- Fast path: JPEG, and PNG without transparency, go through one ``cv2.imdecode(IMREAD_COLOR)``. Their headers
-  are walked in Python (a few segments, no pixel work) only to learn the size before decoding.
-- EXIF orientation: this OpenCV build (5.0; 4.x does the same) applies it inside ``imdecode`` for JPEG and for
-  PNG ``eXIf``, including the ``IMREAD_REDUCED_*`` flags, so we never rotate those ourselves; the Pillow path
-  uses ``ImageOps.exif_transpose``. Either way it is applied exactly once, and ``width``/``height`` are the
-  upright size.
-- Transparency (alpha, ``tRNS``, GIF transparent index) is composited onto white: the colour under a
-  transparent pixel is undefined (often black), and white is what viewers and shops show.
-- 16-bit samples are scaled by ``>> 8`` (65535 → 255), never clipped (Pillow's own ``I;16`` → ``L`` clips,
-  so that mode is converted here). Greyscale, palette, CMYK/YCCK → three BGR channels. Animated images: the
-  first frame.
-- Truncated JPEG: no end-of-image marker after the last scan → unreadable ("truncated or corrupt JPEG").
-  OpenCV 4.x returns the partial image with only a warning on stderr and 5.0 returns nothing; we rely on
-  neither. Bytes after the end-of-image marker (camera trailers) are allowed.
-- Size: ``max_pixels`` bounds the pixels ever decoded at once (40 MP ≈ 120 MB of BGR). A JPEG above it is
-  decoded with libjpeg's DCT scaling (1/2, 1/4, 1/8; the full image is never built). Any other format above
-  it, or a JPEG still above it at 1/8, is unreadable "image too large", judged from the header before any
-  pixel is allocated: a PNG claiming 100000×100000 costs nothing.
-- ``max_side`` bounds the returned image: a larger decode is shrunk (``INTER_AREA``), and a JPEG more than
-  twice as large is DCT-scaled first (cheaper, same result). ``scale`` = returned pixels per original pixel.
-- Pillow's decompression-bomb limit is left alone (a global, shared by threads); JPEG and PNG sizes come from
-  our own header walk, and for other formats it only fires far above ``max_pixels``, as "image too large".
-  Pillow only opens formats with a magic number (no TGA guessing on random bytes).
-- ``content_hash`` is set for every file that could be read, corrupt or not (so unreadable files can still be
-  traced and deduplicated); it is ``None`` only when the file could not be read at all.
+``reason``, so one file never stops an extraction run. The bytes are read once (``read_image_bytes``), hashed
+(``content_hash``) and decoded from memory, the format sniffed from the bytes: JPEG and opaque PNG by OpenCV, the
+rest by Pillow; EXIF orientation applied exactly once, transparency composited onto white, 16-bit samples scaled,
+images above ``max_pixels`` decoded reduced or refused from their header. ``docs/decode.md`` gives each rule and why.
 """
 
 from __future__ import annotations
@@ -94,7 +66,7 @@ class _Unreadable(Exception):
 
 
 def decode_image(path: str | os.PathLike, max_pixels: int = 40_000_000, max_side: int = 4096) -> Decoded:
-    """Read and decode one file; see the module docstring. Never raises for a bad file."""
+    """Read and decode one file (the rules: ``docs/decode.md``). Never raises for a bad file."""
     data = read_image_bytes(path)
     if isinstance(data, Decoded):
         return data

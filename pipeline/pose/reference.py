@@ -2,19 +2,30 @@
 
 Jocher, Qiu and Chaurasia, "Ultralytics YOLO11" (2024), https://docs.ultralytics.com. The model runs
 offline (``YOLO_OFFLINE=1``); weights are the embedded ``yolo11n-pose.pt`` unless a path is given. This
-backend defines the keypoints every faster path must agree with.
+backend defines the keypoints every faster path must agree with. Its files are decoded by ``pipeline.decode``
+on threads, ahead of the model.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.pose import Detections, default_model_path, quiet_ultralytics, shape_groups
+from pipeline.pose import (
+    Detections,
+    PersonBatch,
+    choose_person,
+    decoded_files,
+    default_model_path,
+    person_batch,
+    quiet_ultralytics,
+    shape_groups,
+)
 
 
 def precision_options(half: bool) -> dict:
@@ -27,10 +38,15 @@ def precision_options(half: bool) -> dict:
 
 
 class UltralyticsBackend:
+    """``YOLO.predict`` in batches of one image shape; ``torch_threads`` is restored after every call (ultralytics
+    sets torch's threads to the cores less one at its first prediction on the CPU, which a worker shares)."""
+
     name = "ultralytics"
+    origin = "yolo"
 
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
-                 device: str = "auto", batch_size: int = 32, half: bool | None = None):
+                 device: str = "auto", batch_size: int = 32, half: bool | None = None, kpt_threshold: float = 0.5,
+                 read_threads: int = 4, torch_threads: int | None = None):
         quiet_ultralytics()
         from ultralytics import YOLO
 
@@ -58,6 +74,7 @@ class UltralyticsBackend:
         self.device = str(resolve_device(device))
         self.half = self.device.startswith("cuda") if half is None else half
         self.batch_size = batch_size
+        self.kpt_threshold, self.read_threads, self.torch_threads = kpt_threshold, read_threads, torch_threads
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
         """One prediction on a blank ``size`` (height, width) image: the predictor is set up and the device's first
@@ -77,7 +94,49 @@ class UltralyticsBackend:
                                              **precision_options(self.half))
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = detections_of(r)
+                self._restore_threads()
         return out
+
+    def _restore_threads(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            if torch.get_num_threads() != self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+
+    def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,
+                      names: list[str | None] | None = None) -> Iterator[PersonBatch]:
+        """The files decoded ahead on ``read_threads`` threads; one ``predict`` per ``batch_size`` readable images,
+        each yielding a batch of the files read since the previous one (``KeypointSource``)."""
+        files, images = [], []  # the decodes of this batch, and (position, image, scale) of the readable ones
+        for decoded in decoded_files(paths, max_pixels, self.read_threads, window=2 * self.batch_size):
+            if decoded.ok:
+                images.append((len(files), decoded.image, decoded.scale))
+            files.append(decoded)
+            if len(images) >= self.batch_size:
+                yield self._persons(files, images)
+                files, images = [], []
+        if files:
+            yield self._persons(files, images)
+
+    def _persons(self, files: list, images: list[tuple[int, np.ndarray, float]]) -> PersonBatch:
+        n = len(files)
+        persons = np.zeros(n, np.int64)
+        boxes = np.full((n, 5), np.nan, np.float32)
+        keypoints, scores = np.zeros((n, 17, 2), np.float32), np.zeros((n, 17), np.float32)
+        detections = self.predict([image for _, image, _ in images]) if images else []
+        for (i, _, scale), det in zip(images, detections, strict=True):
+            det = det.scaled(scale)
+            persons[i] = len(det)
+            chosen = choose_person(det.boxes)
+            if chosen >= 0:
+                boxes[i], keypoints[i], scores[i] = det.boxes[chosen], det.keypoints[chosen], det.scores[chosen]
+        return person_batch([d.status for d in files], [d.reason for d in files], [d.width for d in files],
+                            [d.height for d in files], [d.content_hash for d in files], persons, boxes, keypoints,
+                            scores, self.kpt_threshold)
+
+    def close(self) -> None:
+        """Nothing to stop: the decoding threads end with each ``extract_files``."""
 
 
 def detections_of(result) -> Detections:

@@ -169,7 +169,7 @@ def _keypoint_tiles(table, arrays, rows, raw: Path | None, caption_of) -> list:
 
 def _shard_tiles(folder: Path, samples: int, seed: int) -> tuple[list, str | None]:
     """Sampled tiles from a shard set (used when there is no keypoints table)."""
-    from pipeline.pair import shard_names
+    from pipeline.export import shard_names
     from pipeline.report.pictures import missing_names, shard_tile
     from pipeline.report.stats import sample_rows
     from pipeline.shards import ShardSet
@@ -249,7 +249,7 @@ def _keypoint_numbers(cfg: ReportConfig, record: dict[str, Any], log
     """The keypoints table, its arrays and the extract run record (each None without ``cfg.keypoints``)."""
     if cfg.keypoints is None:
         return None, None, None
-    from pipeline.extract import read_keypoints
+    from pipeline.keypoints import read_keypoints
 
     table = read_keypoints(cfg.keypoints, ["image", "dataset", "split", "status", "reason", "width", "height",
                                            "n_persons", "box", "keypoints", "scores"])

@@ -20,7 +20,8 @@ from corpus import bad_file_tree, more_bad_files
 
 import pipeline.decode as decode
 from pipeline.cli import main as data_main
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 
 
 def quiet(*_args, **_kwargs) -> None:

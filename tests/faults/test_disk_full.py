@@ -25,7 +25,7 @@ from pgpig.checkpoint import step_folders
 from pgpig.cli import main as train_main
 from pipeline.cli import main as data_main
 from pipeline.errors import PipelineError
-from pipeline.extract import read_keypoints
+from pipeline.keypoints import read_keypoints
 from pipeline.shards import ShardSet, verify_shard_set
 
 

@@ -26,7 +26,8 @@ from corpus import png_claiming, write
 
 from pipeline.datasets import list_images
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 from pipeline.pair import PairRunConfig, run_pair
 from pipeline.shards import ShardSet, verify_shard_set
 from schemas.files import sha256_file

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 from pipeline.pair import PairRunConfig, run_pair
 from pipeline.shards import ShardSet, verify_shard_set
 from schemas.manifest import Manifest

@@ -2,7 +2,7 @@
 every image exactly once.
 
 The run uses a local cluster of two single-threaded worker processes under nannies (``pipeline.extract`` reaches it
-through ``scheduler=``, the same ``_Workers.run`` path as its own ``_local_cluster``). One worker is told, through
+through ``scheduler=``, the same ``_Workers.run`` path as its own ``local_cluster``). One worker is told, through
 ``client.run``, to kill itself inside a task right after its part file is renamed into place and before the task
 returns: the hardest moment, since the scheduler sees the task lost although its output exists. The scheduler
 re-runs it on a worker that lives (or on the nanny's restarted one) and the part is written again under the same
@@ -17,7 +17,8 @@ import sys
 
 import cloudpickle
 
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 
 
 def quiet(*_args, **_kwargs) -> None:

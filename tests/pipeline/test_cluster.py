@@ -1,4 +1,4 @@
-"""The scale-out recipe of ``workflows/cluster/`` on loopback: ``dask scheduler``, two ``dask worker`` processes, and
+"""The scale-out recipe of ``pipeline/cluster/`` on loopback: ``dask scheduler``, two ``dask worker`` processes, and
 ``pgpig-data extract --scheduler`` / ``pgpig-data pair --scheduler`` against them, as a user runs it on real hosts."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.extract import read_keypoints
+from pipeline.keypoints import read_keypoints
 
 
 def _free_port() -> int:
@@ -86,3 +86,28 @@ def test_extract_and_pair_on_a_scheduler_with_two_workers(loopback_cluster, mark
     manifest = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert manifest["counts"]["pairs"] > 0 and len([f for f in manifest["files"] if f["kind"] == "images"]) > 1
     print(f"\nloopback cluster: extract + pair of {len(files)} files in {time.perf_counter() - start:.1f} s")
+
+
+def test_start_gpu_workers_starts_one_pinned_worker_per_gpu(tmp_path):
+    """The shipped launch script, with ``nvidia-smi`` and ``dask`` stood in for: one single-threaded worker per GPU
+    listed, each under its own ``CUDA_VISIBLE_DEVICES``, with the nanny's pre-spawn environment cleared."""
+    import importlib.resources
+
+    folder = importlib.resources.files("pipeline") / "cluster"
+    assert (folder / "slurm_dask.py").is_file() and (folder / "README.md").is_file()
+    bin_dir, log = tmp_path / "bin", tmp_path / "dask.log"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    record = f'echo "$CUDA_VISIBLE_DEVICES $DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON $*" >> {log}'
+    (bin_dir / "dask").write_text(f"#!/bin/sh\n{record}\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(folder / "start_gpu_workers.sh"), "tcp://head:8786", str(tmp_path / "w")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(log.read_text().splitlines())
+    assert len(lines) == 2
+    for gpu, line in enumerate(lines):
+        assert line.startswith(f"{gpu} {{}} worker tcp://head:8786 --nworkers 1 --nthreads 1 --name "), line
+        assert line.endswith(f"-gpu{gpu} --local-directory {tmp_path / 'w'}"), line

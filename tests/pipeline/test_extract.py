@@ -16,7 +16,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import main as data_main
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractConfig, export_annotations, read_keypoints, run_extract
+from pipeline.export import export_annotations
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 from pipeline.pose import choose_person, default_model_path
 from schemas.files import sha256_file
 from schemas.keypoints import coco17_to_openpose18, visible_mask

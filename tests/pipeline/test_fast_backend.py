@@ -41,7 +41,8 @@ from PIL import Image
 from pipeline.cli import main as data_main
 from pipeline.decode import decode_image
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractConfig, read_keypoints
+from pipeline.extract import ExtractConfig
+from pipeline.keypoints import read_keypoints
 from pipeline.pose import choose_person, create_backend
 from pipeline.pose.fast import (
     FastBackend,
@@ -274,7 +275,7 @@ def test_bad_weights_are_a_pipeline_error(tmp_path):
         FastBackend(model=bad, device="cpu")
 
 
-# ---------------------------------------------------------------- the fixed-shape person choice (extract_files)
+# ---------------------------------------------------------------- the fixed-shape person choice (choose_files)
 
 
 def chosen(det, scale: float = 1.0) -> tuple[int, np.ndarray | None]:
@@ -312,9 +313,9 @@ def test_select_persons_is_postprocess_then_choose_person(photos, fast):
 
 
 def files_and_choices(backend: FastBackend, paths: list[Path]) -> list[tuple]:
-    """Per path (status, reason, width, height, hash, persons, chosen row or None) by ``extract_files``."""
+    """Per path (status, reason, width, height, hash, persons, chosen row or None) by ``choose_files``."""
     got = []
-    for batch in backend.extract_files(paths):
+    for batch in backend.choose_files(paths):
         r = batch.read
         for j in range(len(r)):
             row = None
@@ -341,7 +342,7 @@ def assert_same_choices(got: list[tuple], want: list[tuple], paths: list[Path], 
             np.testing.assert_allclose(g[6], w[6], atol=atol, err_msg=str(path))
 
 
-def test_extract_files_gives_predict_files_chosen_person(odd_tree, tmp_path):
+def test_choose_files_gives_predict_files_chosen_person(odd_tree, tmp_path):
     """The batched hot path, with the fixed-shape choice and with its exact fallback forced on every image."""
     root, _, _ = odd_tree
     paths = sorted(p for p in root.rglob("*") if p.is_file())
@@ -496,10 +497,10 @@ def test_in_process_parts_are_one_stream_with_the_table_of_a_dask_worker(odd_tre
 
 
 def test_task_groups_stream_up_to_8_parts_and_keep_4_groups_per_worker():
-    from pipeline.extract import PartitionTask, task_groups
+    from pipeline.extract import SOURCE_SIZES, PartitionTask, task_groups
 
     def tasks(n: int, backend: str = "fast") -> list[PartitionTask]:
-        return [PartitionTask(k, [], "/raw", {"backend": backend}) for k in range(n)]
+        return [PartitionTask(k, [], "/raw", {"parts_per_stream": SOURCE_SIZES[backend][2]}) for k in range(n)]
 
     def sizes(n: int, workers: int, backend: str = "fast") -> list[int]:
         groups = task_groups(tasks(n, backend), workers)
@@ -517,8 +518,8 @@ def test_a_failure_inside_the_stream_names_its_part_and_keeps_the_parts_before(o
     root, statuses, _ = odd_tree
     real = FastBackend.extract_files
 
-    def fails_at_the_fourth_batch(self, paths, max_pixels=40_000_000):
-        for k, batch in enumerate(real(self, paths, max_pixels)):
+    def fails_at_the_fourth_batch(self, paths, max_pixels=40_000_000, names=None):
+        for k, batch in enumerate(real(self, paths, max_pixels, names)):
             if k == 3:
                 raise OSError("the disk went away")
             yield batch

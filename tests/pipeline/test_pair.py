@@ -274,8 +274,9 @@ def _on_the_mannequin(sample) -> float:
 
 @pytest.mark.parametrize("layout,fmt,size", [("market", "parquet", None), ("deepfashion", "hdf5", (128, 128))])
 def test_extract_then_pair_writes_shards_whose_pairs_are_the_patn_pairs(extracted, layout, fmt, size, tmp_path):
-    from pipeline.extract import read_keypoints
-    from pipeline.pair import PairRunConfig, export_pairs, run_pair
+    from pipeline.export import export_pairs
+    from pipeline.keypoints import read_keypoints
+    from pipeline.pair import PairRunConfig, run_pair
     from pipeline.shards import ShardSet, verify_shard_set
     from schemas.patn import read_pairs
 
@@ -304,7 +305,7 @@ def test_extract_then_pair_writes_shards_whose_pairs_are_the_patn_pairs(extracte
         assert (shards.pairs[:, 0] != shards.pairs[:, 1]).all()
         assert shards.pair_identities == ids[shards.pairs[:, 0]].tolist()
         # stored keypoints are the annotated ones (in the stored frame) and sit on the drawn mannequin
-        from pipeline.pair import shard_names
+        from pipeline.export import shard_names
         from pipeline.shards import scale_keypoints
         from schemas.patn import from_patn_frame, read_annotations
 

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from corpus import cv2_bytes, write
 
 from pipeline.cli import main
-from pipeline.extract import ExtractConfig, read_keypoints, run_extract
+from pipeline.extract import ExtractConfig, run_extract
+from pipeline.keypoints import read_keypoints
 from pipeline.pair import PairRunConfig, run_pair
 from pipeline.report import ReportConfig, json_path, run_report
 from pipeline.report.page import SECTIONS
