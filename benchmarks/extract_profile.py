@@ -7,7 +7,7 @@ the figure is that stage's alone: reading the batches (``pipeline.pose.reading``
 on threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
 letterbox; the network eager; the exact post-processing with its copy back; the network + person choice as CUDA
 graphs with the copy back (what ``extract_files`` runs); then ``predict_files`` and ``extract_files`` end to end
-(the stages overlapped as extraction runs them) and one ``extract_partition`` task without Dask, first with the
+(the stages overlapped as extraction runs them) and ``run_extract`` of one task without Dask, first with the
 model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds per image per stage and
 images/s; the largest stage of the hot path bounds the end-to-end figure.
 """

@@ -150,7 +150,7 @@ def read_pose_json(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None
 
 
 class PoseDetector:
-    """The extractor's keypoints for images (``ExtractConfig`` defaults, the same calls as ``extract_partition``:
+    """The extractor's keypoints for images (``ExtractConfig`` defaults, the calls of the ultralytics keypoint source:
     ``UltralyticsBackend.predict``, then ``to_openpose``); the YOLO model loads on first use only. ``pgpig generate``
     asks for one image, ``pgpig eval`` for batches."""
 

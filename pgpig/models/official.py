@@ -293,7 +293,7 @@ def infer_constructor(name: str, state_dict: StateDict) -> dict[str, Any]:
     return _spec(name).infer(_strip_wrapper(state_dict))
 
 
-def _meta_shapes(spec: OfficialModel, constructor: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def meta_shapes(spec: OfficialModel, constructor: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The state-dict shapes of ``spec``'s generator built with ``constructor``, without allocating it."""
     with torch.device("meta"):
         return _shapes(spec.build(dict(constructor)))
@@ -304,7 +304,7 @@ def paper_settings(name: str, state_dict: StateDict) -> list[str]:
     (both, for a generator the papers build alike on the two)."""
     spec, state = _spec(name), _strip_wrapper(state_dict)
     shapes = {key: tuple(value.shape) for key, value in state.items()}
-    return [dataset for dataset, constructor in spec.paper.items() if _meta_shapes(spec, constructor) == shapes]
+    return [dataset for dataset, constructor in spec.paper.items() if meta_shapes(spec, constructor) == shapes]
 
 
 def load(name: str, state_dict: StateDict, constructor: dict[str, Any] | None = None) -> nn.Module:

@@ -55,7 +55,7 @@ def test_the_constructor_is_read_back_from_the_shapes(shared_reference, name):
     inferred = official.infer_constructor(name, public["state_dict"])
     spec = official.MODELS[name]
     # the same model (an argument the shapes cannot show, such as a width cap that caps nothing, may differ)
-    assert official._meta_shapes(spec, inferred) == official._meta_shapes(spec, public["constructor"])
+    assert official.meta_shapes(spec, inferred) == official.meta_shapes(spec, public["constructor"])
     model = official.load(name, public["state_dict"])  # no constructor: read from the shapes
     with torch.no_grad():
         first = official.forward(name, model, [x.float() for x in public["inputs"]])[0]
@@ -73,7 +73,7 @@ def test_every_official_key_converts_with_its_shape(shared_reference, key):
     meta = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
     assert dataset in official.paper_settings(name, meta)
     constructor = official.infer_constructor(name, meta)
-    assert official._meta_shapes(official.MODELS[name], constructor) == shapes
+    assert official.meta_shapes(official.MODELS[name], constructor) == shapes
 
 
 def test_a_plain_official_save_round_trips_through_import_official(shared_reference, tmp_path):
