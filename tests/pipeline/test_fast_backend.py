@@ -601,7 +601,7 @@ def test_gpu_decode_and_fp16_agree_with_the_reference_on_bench_jpegs(tmp_path):
 def test_gpu_decode_fallback_keeps_status_and_reason(odd_tree):
     root, _, _ = odd_tree
     fast = FastBackend(device="cuda:0", batch_size=8)
-    assert fast.torch_decode and fast.pin_memory
+    assert fast.torch_decode and fast.device.type == "cuda"  # nvJPEG, and pinned host batches
     paths = sorted(p for p in root.rglob("*") if p.is_file())
     got = list(fast.predict_files(paths))
     for path, (decoded, det) in zip(paths, got, strict=True):
