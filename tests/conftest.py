@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,17 +16,14 @@ import pipeline  # noqa: E402, F401
 # test data builders shared by several test files (tests/corpus.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# shared/ lies beside the checkout; PGPIG_SHARED points elsewhere for a clone in another place
-SHARED = Path(os.environ.get("PGPIG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+# reference data the tests compare against, vendored in the repository (tests/data/reference/README.md)
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
 
 @pytest.fixture(scope="session")
 def shared_reference() -> Path:
-    """``../shared/reference`` beside the checkout (present in CI and developer sessions)."""
-    ref = SHARED / "reference"
-    if not ref.is_dir():
-        pytest.fail(f"{ref} is missing: the tests read ../shared/reference (or set PGPIG_SHARED to shared/)")
-    return ref
+    """``tests/data/reference``: the official outputs, shapes and name lists that the tests compare against."""
+    return REFERENCE
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ initialisation and branch wiring, shapes and gradients at both data sets' sizes,
 losses against the plain per-branch formula, training through the CLI (one step, exact resume), the recipes, and
 learning on mannequins.
 
-Official outputs: ``../shared/reference/official/dptn_public.pt`` holds the official ``DPTNGenerator``'s weights at
+Official outputs: ``tests/data/reference/official/dptn_public.pt`` holds the official ``DPTNGenerator``'s weights at
 reduced width (``ngf`` 16, ``img_f`` 64), its inputs (2 pairs at 64x64, Gaussian pose maps with missing joints) and
 its two outputs (forward with ``is_train=True`` in eval mode, float32 on the CPU). Ours loads the weights strictly
 and gives both within 1e-4; measured max abs differences (torch 2.14.1, CPU): target image 7.5e-8, source

@@ -3,7 +3,7 @@ generator's own outputs, its parameter counts, blocks and losses against the off
 the two training stages through the CLI (stage 2 from stage 1's flow estimator), exact resume, the paper recipes,
 and learning on mannequins.
 
-Official outputs (``../shared/reference/official/gfla_public.pt``: RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1
+Official outputs (``tests/data/reference/official/gfla_public.pt``: RenYurui/Global-Flow-Local-Attention@3afa8fe9e0c1
 at ``ngf`` 16, ``img_f`` 64, attention levels 2 and 3, float32, eval mode). Max absolute differences measured on the
 development machine (torch 2.14.1, CPU, float32): image 4.8e-7, flow fields 4.4e-6 (8x8) and 2.1e-6 (16x16),
 occlusion masks 9.2e-7 and 5.1e-7; the test allows 1e-4.
@@ -47,7 +47,7 @@ from pgpig.models.objective import StepBatch
 from pgpig.models.ops import block_extractor, local_attn_reshape
 from pgpig.train import load_config, step_folders
 
-# Sums over ../shared/reference/official/state_dict_shapes.json ("gfla/deepfashion", "gfla/market1501": the official
+# Sums over tests/data/reference/official/state_dict_shapes.json ("gfla/deepfashion", "gfla/market1501": the official
 # PoseGenerator at the paper settings), buffers excluded (there are none: instance norm, no spectral norm).
 # STATE_DICT_NUMEL counts every key; the official Jump and Output hold one conv under two keys (conv1.* and
 # model.2.*), so the parameters themselves (what nn.Module.parameters() and the official print_network count) are

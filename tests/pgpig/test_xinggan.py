@@ -48,7 +48,7 @@ from pgpig.models.xinggan import IMAGES_PER_BRANCH, PAPER_SETTINGS, XingBlock, X
 from pgpig.train import load_config, step_folders, total_steps
 
 # Sum of numel over the official netG's state-dict keys less the buffers, from
-# ../shared/reference/official/state_dict_shapes.json (keys "xinggan/deepfashion" and "xinggan/market1501",
+# tests/data/reference/official/state_dict_shapes.json (keys "xinggan/deepfashion" and "xinggan/market1501",
 # Ha0Tang/XingGAN at the paper settings). Batch norm adds affine parameters and drops most conv biases.
 OFFICIAL_PARAMS = {"deepfashion": 44_844_634, "market1501": 44_853_189}
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
