@@ -17,7 +17,7 @@
 #   sync     sync_points.py: where `pgpig train` makes the host wait for the GPU, for the Market-1501 recipes of
 #            stage 1 (SYNC_RECIPES) on SHARDS_ROOT/mk-shards, not in the default parts
 # SHARDS_ROOT (default .bench-data) gets mk-shards (160 Market mannequin images) and df-shards (48 DeepFashion ones,
-# 256x256) where they are missing, made on the CPU in seconds by benchmarks/mannequin_shards.py (tests/corpus.py's
+# 256x256) where they are missing, made on the CPU in seconds by benchmarks/mannequin_shards.py (pipeline.synthetic's
 # helper: synth, extract from the annotations, pair); made here, they can travel to the device machine in `carry`.
 set -uo pipefail
 out=${1:?output folder}

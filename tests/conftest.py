@@ -47,6 +47,37 @@ def deepfashion_tree(tmp_path_factory) -> tuple[Path, dict]:
     return out, summary
 
 
+@pytest.fixture(scope="session")
+def market_shards(tmp_path_factory) -> Path:
+    """Market-layout mannequins through synth, extract and pair: 4 identities x 4 poses stored at 128x64, ``train/``
+    (2 identities, 24 pairs) and ``test/``. The shard set of the trainer, generator and eval tests; read-only."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("market-shards"), "market", identities=4, poses=4,
+                            splits=("train", "test"))
+
+
+@pytest.fixture(scope="session")
+def small_market_shards(tmp_path_factory) -> Path:
+    """``market_shards``' mannequins stored at 64x32: a quarter of the pixels, for tests that train many steps or
+    whose checks do not depend on the image size (resume, kill, faults, GFLA's two stages). Read-only; the tests
+    that pair again read ``.parent`` (``keypoints/``, ``extract.json``)."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("small-market-shards"), "market", identities=4, poses=4,
+                            splits=("train", "test"), size=(64, 32))
+
+
+@pytest.fixture(scope="session")
+def learning_shards(tmp_path_factory) -> Path:
+    """The set of every generator's learning test (``tests/learning.py``): 16 DeepFashion-layout mannequin identities x
+    6 poses stored at 64x64, split into train and test identities. Read-only."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("learning-shards"), "deepfashion", identities=16, poses=6,
+                            splits=("train", "test"), size=(64, 64))
+
+
 def ultralytics_assets() -> Path:
     """The real photos that ship with ultralytics (bus.jpg: several people; zidane.jpg: two)."""
     import ultralytics

@@ -25,13 +25,6 @@ BASE = {"norm": "instance", "dropout": 0.0, "crop_margin": 12, "sigma": 3.0, "fl
         "num_workers": 0, "device": "cpu", "progress": False, "sample_every": 10**6, "checkpoint_every": 10**6}
 
 
-def learning_shards(folder: Path) -> Path:
-    """16 DeepFashion-layout mannequin identities x 6 poses stored at 64x64, split into train and test identities."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(folder, "deepfashion", identities=16, poses=6, splits=("train", "test"), size=(64, 64))
-
-
 def scores(generated: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     """SSIM and mean L1 of a batch against its targets, images in ``[-1, 1]``."""
     return (ssim(generated, target, data_range=2.0).item(), (generated - target).abs().mean().item())

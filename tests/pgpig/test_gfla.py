@@ -356,19 +356,10 @@ def test_objective_weighs_the_official_terms():
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set (4 identities x 4 poses) stored at 64x32, with train/ and test/."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("gfla"), "market", identities=4, poses=4, splits=("train", "test"),
-                            size=(64, 32))
-
-
-@pytest.fixture(scope="module")
-def stage1_run(shards, tmp_path_factory) -> Path:
+def stage1_run(small_market_shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("gfla-stage1") / "run"
-    result = CliRunner().invoke(main, ["train", *STAGE1, "--shards", str(shards), "--run", str(run), "--steps", "1",
-                                       "--set", "sample_every=1", "--set", "log_every=1", *TINY])
+    result = CliRunner().invoke(main, ["train", *STAGE1, "--shards", str(small_market_shards), "--run", str(run),
+                                       "--steps", "1", "--set", "sample_every=1", "--set", "log_every=1", *TINY])
     assert result.exit_code == 0, result.output
     assert "correctness" in result.output and "regularization" in result.output
     return run
@@ -386,9 +377,9 @@ def _stage2(shards: Path, stage1_run: Path, run: Path, steps: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def stage2_run(shards, stage1_run, tmp_path_factory) -> tuple[Path, str]:
+def stage2_run(small_market_shards, stage1_run, tmp_path_factory) -> tuple[Path, str]:
     run = tmp_path_factory.mktemp("gfla-stage2") / "run"
-    return run, _stage2(shards, stage1_run, run, steps=1)
+    return run, _stage2(small_market_shards, stage1_run, run, steps=1)
 
 
 def test_stage_one_through_the_cli_writes_the_flow_estimator_and_a_sample_grid(stage1_run):
@@ -425,16 +416,17 @@ def test_stage_two_starts_from_stage_one(stage1_run, stage2_run):
     assert out.shape == (1, 3, 64, 32) and out.abs().max() <= 1
 
 
-def test_stage_two_resume_continues_exactly(shards, stage1_run, stage2_run, tmp_path):
+def test_stage_two_resume_continues_exactly(small_market_shards, stage1_run, stage2_run, tmp_path):
     import shutil
 
     split = tmp_path / "split"
     shutil.copytree(stage2_run[0], split)  # the 1-step run, resumed to 2 steps
-    args = ["--resume", str(split), "--steps", "2", *[str(shards) if a == "SHARDS" else a for a in STAGE2_ARGS]]
+    args = ["--resume", str(split), "--steps", "2",
+            *[str(small_market_shards) if a == "SHARDS" else a for a in STAGE2_ARGS]]
     result = CliRunner().invoke(main, ["train", *args])
     assert result.exit_code == 0, result.output
     straight = tmp_path / "straight"
-    _stage2(shards, stage1_run, straight, steps=2)
+    _stage2(small_market_shards, stage1_run, straight, steps=2)
     a, b = load_file(str(straight / "generator.safetensors")), load_file(str(split / "generator.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     da = load_file(str(step_folders(straight)[-1] / "discriminators.safetensors"))
@@ -468,13 +460,6 @@ def test_paper_recipes(dataset):
 # ---------------------------------------------------------------------------------------------------- learning
 
 
-@pytest.fixture(scope="module")
-def learning_set(tmp_path_factory) -> Path:
-    from learning import learning_shards
-
-    return learning_shards(tmp_path_factory.mktemp("learn"))
-
-
 def _two_stages(shards: Path, folder: Path, ngf: int, steps: tuple[int, int], lr: float, seed: int) -> dict:
     """Stage 1 (the official stage-1 weights) for ``steps[0]``, then stage 2 from it for ``steps[1]``: the scores of
     the stage-2 generator (``tests/learning.py``)."""
@@ -488,22 +473,22 @@ def _two_stages(shards: Path, folder: Path, ngf: int, steps: tuple[int, int], lr
                  lambda_regularization=0.0025, **common)
 
 
-def test_45_steps_of_gfla_beat_copying_the_source(learning_set, tmp_path):
+def test_45_steps_of_gfla_beat_copying_the_source(learning_shards, tmp_path):
     """The cheap default: ``ngf`` 8, 5 stage-1 and 40 stage-2 steps at lr 2e-3 (module docstring of
     ``test_gfla.py``). Measured (seed 0): SSIM 0.2857 vs copy 0.2052, L1 0.3043 vs copy 0.3725 on the 2-core
     development machine (torch 2.14.1, 3 + 27 s, lightly loaded); 0.2841 and 0.3088 on the GPU machine's CPU (2
     threads), where seed 1 gave 0.2671 and 0.3064."""
-    r = _two_stages(learning_set, tmp_path, ngf=8, steps=(5, 40), lr=2e-3, seed=0)
+    r = _two_stages(learning_shards, tmp_path, ngf=8, steps=(5, 40), lr=2e-3, seed=0)
     assert r["model_ssim"] > r["copy_ssim"] + 0.035  # measured +0.079 to +0.081 (seed 1: +0.062)
     assert r["model_l1"] < r["copy_l1"] - 0.035  # measured -0.064 to -0.068 (seed 1: -0.066)
 
 
 @pytest.mark.slow
-def test_180_steps_of_gfla_beat_copying_the_source(learning_set, tmp_path):
+def test_180_steps_of_gfla_beat_copying_the_source(learning_shards, tmp_path):
     """``ngf`` 16, 30 stage-1 and 150 stage-2 steps at lr 1e-3. Measured (seed 0): SSIM 0.3636 vs copy 0.2052, L1
     0.2707 vs copy 0.3725 on the 2-core development machine (15 + 452 s, shared with other runs); on the GPU
     machine's CPU SSIM 0.3779 and 0.3866, L1 0.2619 and 0.2615 (4 and 2 threads; 8 + 62 s and 10 + 83 s), and seed 1
     SSIM 0.3556, L1 0.2757."""
-    r = _two_stages(learning_set, tmp_path, ngf=16, steps=(30, 150), lr=1e-3, seed=0)
+    r = _two_stages(learning_shards, tmp_path, ngf=16, steps=(30, 150), lr=1e-3, seed=0)
     assert r["model_ssim"] > r["copy_ssim"] + 0.09  # measured +0.158 to +0.181 (seed 1: +0.150)
     assert r["model_l1"] < r["copy_l1"] - 0.06  # measured -0.102 to -0.111 (seed 1: -0.097)

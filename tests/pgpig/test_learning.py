@@ -39,26 +39,19 @@ The margins asserted are about two thirds of the smallest measured gain over the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from learning import learn, learning_shards
+from learning import learn
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return learning_shards(tmp_path_factory.mktemp("learn"))
-
-
-def test_150_steps_of_patn_beat_copying_the_source(shards, tmp_path):
-    r = learn(shards, tmp_path / "run", steps=150, lr=1e-3, seed=0, model="patn", ngf=16, n_blocks=3)
+def test_150_steps_of_patn_beat_copying_the_source(learning_shards, tmp_path):
+    r = learn(learning_shards, tmp_path / "run", steps=150, lr=1e-3, seed=0, model="patn", ngf=16, n_blocks=3)
     assert r["model_ssim"] > r["copy_ssim"] + 0.08  # measured +0.125
     assert r["model_l1"] < r["copy_l1"] - 0.05  # measured -0.090
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("lr", "seed"), [(1e-3, 0), (1e-3, 1), (1e-3, 2), (2e-4, 0)])
-def test_300_steps_beat_copying_the_source_across_seeds_and_at_patns_lr(shards, tmp_path, lr, seed):
-    r = learn(shards, tmp_path / "run", steps=300, lr=lr, seed=seed, model="patn", ngf=16, n_blocks=3)
+def test_300_steps_beat_copying_the_source_across_seeds_and_at_patns_lr(learning_shards, tmp_path, lr, seed):
+    r = learn(learning_shards, tmp_path / "run", steps=300, lr=lr, seed=seed, model="patn", ngf=16, n_blocks=3)
     assert r["model_ssim"] > r["copy_ssim"] + 0.09  # measured at least +0.139
     assert r["model_l1"] < r["copy_l1"] - 0.07  # measured at least -0.100

@@ -36,7 +36,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from generators import assert_forward_backward
-from learning import learn, learning_shards
+from learning import learn
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -193,14 +193,6 @@ def test_registry_and_objective():
         create("xinggan", norm="group")
 
 
-@pytest.fixture(scope="module")
-def market_shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set (128x64, 4 identities x 4 poses) with train/ and test/."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("xing"), "market", identities=4, poses=4, splits=("train", "test"))
-
-
 def test_one_step_through_the_cli_writes_checkpoint_and_sample_grid(market_shards, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(run), "--steps", "1",
@@ -255,19 +247,14 @@ def test_paper_recipes(dataset, steps, norm, gan, pool, l1, perceptual, crop):
         "ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "norm": cfg.norm, "dropout": cfg.dropout}
 
 
-@pytest.fixture(scope="module")
-def learning_set(tmp_path_factory) -> Path:
-    return learning_shards(tmp_path_factory.mktemp("learn"))
-
-
-def test_150_steps_of_xinggan_beat_copying_the_source(learning_set, tmp_path):
-    r = learn(learning_set, tmp_path / "run", steps=150, lr=1e-3, seed=0, model="xinggan", ngf=16, n_blocks=2)
+def test_150_steps_of_xinggan_beat_copying_the_source(learning_shards, tmp_path):
+    r = learn(learning_shards, tmp_path / "run", steps=150, lr=1e-3, seed=0, model="xinggan", ngf=16, n_blocks=2)
     assert r["model_ssim"] > r["copy_ssim"] + 0.12  # measured +0.204
     assert r["model_l1"] < r["copy_l1"] - 0.08  # measured -0.123
 
 
 @pytest.mark.slow
-def test_150_steps_of_xinggan_beat_copying_the_source_at_another_seed(learning_set, tmp_path):
-    r = learn(learning_set, tmp_path / "run", steps=150, lr=1e-3, seed=1, model="xinggan", ngf=16, n_blocks=2)
+def test_150_steps_of_xinggan_beat_copying_the_source_at_another_seed(learning_shards, tmp_path):
+    r = learn(learning_shards, tmp_path / "run", steps=150, lr=1e-3, seed=1, model="xinggan", ngf=16, n_blocks=2)
     assert r["model_ssim"] > r["copy_ssim"] + 0.12  # measured +0.195
     assert r["model_l1"] < r["copy_l1"] - 0.07  # measured -0.117
