@@ -1,8 +1,9 @@
 """The learning check shared by every generator's tests: train a reduced model on mannequins for a few hundred CPU
 steps, then score it and the copy-the-source baseline against the targets of held-out identities.
 
-``tests/pgpig/test_learning.py`` explains the data and the settings (and holds PATN's golden numbers); each
-generator's test file calls ``learn`` with its own model overrides and asserts its own measured margins.
+The data is the session's ``learning_shards`` fixture (``tests/conftest.py``); ``tests/pgpig/test_learning.py``
+explains it and the settings (and holds PATN's golden numbers); each generator's test file calls ``learn`` with its
+own model overrides and asserts its own measured margins.
 """
 
 from __future__ import annotations
