@@ -473,14 +473,15 @@ def _two_stages(shards: Path, folder: Path, ngf: int, steps: tuple[int, int], lr
                  lambda_regularization=0.0025, **common)
 
 
-def test_45_steps_of_gfla_beat_copying_the_source(learning_shards, tmp_path):
-    """The cheap default: ``ngf`` 8, 5 stage-1 and 40 stage-2 steps at lr 2e-3 (module docstring of
-    ``test_gfla.py``). Measured (seed 0): SSIM 0.2857 vs copy 0.2052, L1 0.3043 vs copy 0.3725 on the 2-core
-    development machine (torch 2.14.1, 3 + 27 s, lightly loaded); 0.2841 and 0.3088 on the GPU machine's CPU (2
-    threads), where seed 1 gave 0.2671 and 0.3064."""
-    r = _two_stages(learning_shards, tmp_path, ngf=8, steps=(5, 40), lr=2e-3, seed=0)
-    assert r["model_ssim"] > r["copy_ssim"] + 0.035  # measured +0.079 to +0.081 (seed 1: +0.062)
-    assert r["model_l1"] < r["copy_l1"] - 0.035  # measured -0.064 to -0.068 (seed 1: -0.066)
+def test_35_steps_of_gfla_beat_copying_the_source(learning_shards, tmp_path):
+    """The cheap default: ``ngf`` 8, 5 stage-1 and 30 stage-2 steps at lr 2e-3 (module docstring of
+    ``test_gfla.py``). Measured (seed 0): SSIM 0.2622 vs copy 0.2052, L1 0.3160 vs copy 0.3725 on the 2-core
+    development machine (torch 2.14.1, 2 + 13 s, idle); 0.2686 and 0.3080 on a Xeon's CPU (2 threads, torch 2.11),
+    where seed 1 gave 0.2556 and 0.3084. With 40 stage-2 steps: SSIM 0.2857, L1 0.3043 (Xeon: 0.2841, 0.3088); with
+    25, +0.038 / -0.054 on the Xeon (seed 1: +0.024 / -0.040), too close to the copy for a margin."""
+    r = _two_stages(learning_shards, tmp_path, ngf=8, steps=(5, 30), lr=2e-3, seed=0)
+    assert r["model_ssim"] > r["copy_ssim"] + 0.035  # measured +0.057 (Xeon: +0.063, seed 1 +0.050)
+    assert r["model_l1"] < r["copy_l1"] - 0.035  # measured -0.057 (Xeon: -0.065, seed 1 -0.064)
 
 
 @pytest.mark.slow
