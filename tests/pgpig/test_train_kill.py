@@ -67,10 +67,12 @@ def file_step(path: Path) -> int:
 def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(small_market_shards, straight, tmp_path):
     kill_after = 2  # the first checkpoint; a later one may have landed by the time the kill does
     run = tmp_path / "run"
-    # the threads of this process, which trains the straight and the resumed run: a test that imported ultralytics has
-    # set OMP_NUM_THREADS=1 in os.environ, and another thread count rounds the sums differently
+    # the thread count of this process, which trains the straight and the resumed run: another count rounds the sums
+    # differently, and earlier tests leave thread variables in os.environ (importing ultralytics sets
+    # OMP_NUM_THREADS=1, a Dask LocalCluster also MKL_ and OPENBLAS_NUM_THREADS=1)
+    threads = str(torch.get_num_threads())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(small_market_shards),
                              "--run", str(run), "--steps", str(TOTAL), *COMMON], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
