@@ -1,5 +1,5 @@
-"""A mannequin shard set for the GPU session scripts: ``tests/corpus.py``'s ``mannequin_shards`` (synth, extract from
-the annotations, pair train and test), the helper the tests use, from the shell.
+"""A mannequin shard set for the GPU session scripts, from the shell: ``pipeline.synthetic.mannequin_shards`` (synth,
+extract from the annotations, pair train and test), the builder the tests use.
 
     python benchmarks/mannequin_shards.py WORK LAYOUT IDENTITIES POSES     # -> WORK/raw, WORK/shards
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+# the checkout's packages, as the other benchmarks run them
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from corpus import mannequin_shards  # noqa: E402
+from pipeline.synthetic import mannequin_shards  # noqa: E402
 
 
 def main() -> None:

@@ -717,3 +717,32 @@ def _write_partition(path: Path, items: list[MannequinImage]) -> None:
         lines.append(f"{item.relpath:<64} {item_id} {item.split}")
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def mannequin_shards(work: Path, layout: str, identities: int, poses: int, splits: tuple[str, ...] = ("train",),
+                     seed: int = 7, size: tuple[int, int] | None = None) -> Path:
+    """The whole pipeline on a mannequin set: synth → extract (annotations) → pair; returns ``work/shards``.
+
+    Writes ``work/raw`` (the mannequins), ``work/keypoints`` and ``work/extract.json`` (extraction from the PATN
+    annotation CSVs, no pose model), then ``work/shards/<split>`` for each of ``splits``. ``size`` is the stored
+    ``(height, width)`` of the shards (``pgpig-data pair --size``: the mannequins are drawn at the layout's own size
+    and resized by the pair step), the data set's default (Market 128x64) when None. Used by the tests and the
+    benchmarks as a small real shard set made on the CPU in seconds.
+    """
+    # imported here: the mannequin writer alone (pgpig-data synth) needs neither the extraction nor the pair stage
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.pair import PairRunConfig, run_pair
+
+    def quiet(*_args, **_kwargs) -> None:
+        pass
+
+    raw = work / "raw"
+    write_mannequins(raw, SynthConfig(identities=identities, poses_per_identity=poses, layout=layout, seed=seed))
+    prefix = "market" if layout == "market" else "fashion"
+    csvs = (raw / f"{prefix}-annotation-train.csv", raw / f"{prefix}-annotation-test.csv")
+    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
+                              annotations=csvs), log=quiet)
+    for split in splits:
+        run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
+                               out=work / "shards", size=size), log=quiet)
+    return work / "shards"

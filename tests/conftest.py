@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,17 +16,14 @@ import pipeline  # noqa: E402, F401
 # test data builders shared by several test files (tests/corpus.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# shared/ lies beside the checkout; PGPIG_SHARED points elsewhere for a clone in another place
-SHARED = Path(os.environ.get("PGPIG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+# reference data the tests compare against, vendored in the repository (tests/data/reference/README.md)
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
 
 @pytest.fixture(scope="session")
 def shared_reference() -> Path:
-    """``../shared/reference`` beside the checkout (present in CI and developer sessions)."""
-    ref = SHARED / "reference"
-    if not ref.is_dir():
-        pytest.fail(f"{ref} is missing: the tests read ../shared/reference (or set PGPIG_SHARED to shared/)")
-    return ref
+    """``tests/data/reference``: the official outputs, shapes and name lists that the tests compare against."""
+    return REFERENCE
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +45,37 @@ def deepfashion_tree(tmp_path_factory) -> tuple[Path, dict]:
     cfg = SynthConfig(identities=5, poses_per_identity=7, layout="deepfashion", distractors=2, seed=5)
     summary = write_mannequins(out, cfg)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def market_shards(tmp_path_factory) -> Path:
+    """Market-layout mannequins through synth, extract and pair: 4 identities x 4 poses stored at 128x64, ``train/``
+    (2 identities, 24 pairs) and ``test/``. The shard set of the trainer, generator and eval tests; read-only."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("market-shards"), "market", identities=4, poses=4,
+                            splits=("train", "test"))
+
+
+@pytest.fixture(scope="session")
+def small_market_shards(tmp_path_factory) -> Path:
+    """``market_shards``' mannequins stored at 64x32: a quarter of the pixels, for tests that train many steps or
+    whose checks do not depend on the image size (resume, kill, faults, GFLA's two stages). Read-only; the tests
+    that pair again read ``.parent`` (``keypoints/``, ``extract.json``)."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("small-market-shards"), "market", identities=4, poses=4,
+                            splits=("train", "test"), size=(64, 32))
+
+
+@pytest.fixture(scope="session")
+def learning_shards(tmp_path_factory) -> Path:
+    """The set of every generator's learning test (``tests/learning.py``): 16 DeepFashion-layout mannequin identities x
+    6 poses stored at 64x64, split into train and test identities. Read-only."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("learning-shards"), "deepfashion", identities=16, poses=6,
+                            splits=("train", "test"), size=(64, 64))
 
 
 def ultralytics_assets() -> Path:

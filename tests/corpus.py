@@ -101,31 +101,6 @@ def bad_file_tree(root: Path, photo: np.ndarray) -> dict[str, str]:
     return {rel: status for rel, (_, status) in files.items()}
 
 
-def mannequin_shards(work: Path, layout: str, identities: int, poses: int, splits=("train",), seed: int = 7,
-                     size: tuple[int, int] | None = None) -> Path:
-    """The whole pipeline on a mannequin set: synth → extract (annotations) → pair; returns ``work/shards``.
-
-    ``size`` is the stored ``(height, width)`` of the shards (``pgpig-data pair --size``; the mannequins are drawn
-    at the layout's own size and resized by the pair step), the data set's default (Market 128x64) when None."""
-    from pipeline.extract import ExtractConfig, run_extract
-    from pipeline.pair import PairRunConfig, run_pair
-    from pipeline.synthetic import SynthConfig, write_mannequins
-
-    def quiet(*_args, **_kwargs) -> None:
-        pass
-
-    raw = work / "raw"
-    write_mannequins(raw, SynthConfig(identities=identities, poses_per_identity=poses, layout=layout, seed=seed))
-    prefix = "market" if layout == "market" else "fashion"
-    csvs = (raw / f"{prefix}-annotation-train.csv", raw / f"{prefix}-annotation-test.csv")
-    run_extract(ExtractConfig(raw=raw, out=work / "keypoints", run_file=work / "extract.json", workers=0,
-                              annotations=csvs), log=quiet)
-    for split in splits:
-        run_pair(PairRunConfig(split=split, keypoints_dir=work / "keypoints", run_file=work / "extract.json",
-                               out=work / "shards", size=size), log=quiet)
-    return work / "shards"
-
-
 def animated_gif(photo: np.ndarray, frames: int = 3) -> bytes:
     """An animated GIF whose first frame is ``photo`` (BGR) and whose later frames are dark: decode takes the first."""
     first = Image.fromarray(photo[..., ::-1].copy())

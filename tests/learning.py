@@ -1,8 +1,9 @@
 """The learning check shared by every generator's tests: train a reduced model on mannequins for a few hundred CPU
 steps, then score it and the copy-the-source baseline against the targets of held-out identities.
 
-``tests/pgpig/test_learning.py`` explains the data and the settings (and holds PATN's golden numbers); each
-generator's test file calls ``learn`` with its own model overrides and asserts its own measured margins.
+The data is the session's ``learning_shards`` fixture (``tests/conftest.py``); ``tests/pgpig/test_learning.py``
+explains it and the settings (and holds PATN's golden numbers); each generator's test file calls ``learn`` with its
+own model overrides and asserts its own measured margins.
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ from pgpig.train import train
 BASE = {"norm": "instance", "dropout": 0.0, "crop_margin": 12, "sigma": 3.0, "flip": True, "batch_size": 8,
         "lambda_l1": 10.0, "lambda_perceptual": 10.0, "use_gan": False, "vgg_weights": None, "allow_random_vgg": True,
         "num_workers": 0, "device": "cpu", "progress": False, "sample_every": 10**6, "checkpoint_every": 10**6}
-
-
-def learning_shards(folder: Path) -> Path:
-    """16 DeepFashion-layout mannequin identities x 6 poses stored at 64x64, split into train and test identities."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(folder, "deepfashion", identities=16, poses=6, splits=("train", "test"), size=(64, 64))
 
 
 def scores(generated: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +18,6 @@ TINY_TRAIN = ["--set", "ngf=8", "--set", "n_blocks=1", "--set", "d_blocks=1", "-
 def tiny_train() -> list[str]:
     """``pgpig train`` options of a tiny, quick PATN run (with ``train_shards``)."""
     return list(TINY_TRAIN)
-
-
-@pytest.fixture(scope="session")
-def train_shards(tmp_path_factory) -> Path:
-    """Market-layout mannequins at 64x32 through extract and pair, train and test splits: ``…/shards``."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("faults-shards"), "market", identities=4, poses=4,
-                            splits=("train", "test"), size=(64, 32))
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ def flip_byte(path: Path, where: float = 0.5) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_verify_command_names_a_flipped_byte_and_a_truncated_file(train_shards, tmp_path):
-    shards = copy_tree(train_shards, tmp_path / "shards")
+def test_verify_command_names_a_flipped_byte_and_a_truncated_file(small_market_shards, tmp_path):
+    shards = copy_tree(small_market_shards, tmp_path / "shards")
     assert CliRunner().invoke(data_main, ["verify", str(shards / "train")]).exit_code == 0
     image_file = next((shards / "train").glob("images-*.parquet"))
     flip_byte(image_file)
@@ -57,8 +57,8 @@ def test_verify_command_names_a_flipped_byte_and_a_truncated_file(train_shards, 
     assert lines[-1] == f"{shards / 'train'}: 2 problem(s)"
 
 
-def test_train_refuses_a_damaged_shard_set_before_step_0(train_shards, tiny_train, tmp_path):
-    shards = copy_tree(train_shards, tmp_path / "shards")
+def test_train_refuses_a_damaged_shard_set_before_step_0(small_market_shards, tiny_train, tmp_path):
+    shards = copy_tree(small_market_shards, tmp_path / "shards")
     damaged = next((shards / "train").glob("images-*.parquet"))
     flip_byte(damaged)  # same size: only the checksum can tell
     run = tmp_path / "run"
@@ -70,8 +70,8 @@ def test_train_refuses_a_damaged_shard_set_before_step_0(train_shards, tiny_trai
     assert not step_folders(run)  # nothing trained
 
 
-def test_the_test_split_is_verified_too(train_shards, tiny_train, tmp_path):
-    shards = copy_tree(train_shards, tmp_path / "shards")
+def test_the_test_split_is_verified_too(small_market_shards, tiny_train, tmp_path):
+    shards = copy_tree(small_market_shards, tmp_path / "shards")
     damaged = shards / "test" / "pairs.parquet"
     damaged.write_bytes(damaged.read_bytes() + b"\0")
     result = CliRunner().invoke(train_main, ["train", "--shards", str(shards), "--run", str(tmp_path / "run"),
@@ -79,9 +79,9 @@ def test_the_test_split_is_verified_too(train_shards, tiny_train, tmp_path):
     assert result.exit_code == 1 and str(damaged) in result.output, result.output
 
 
-def test_skip_verify_trains_on_a_set_whose_checksums_disagree(train_shards, tiny_train, tmp_path):
+def test_skip_verify_trains_on_a_set_whose_checksums_disagree(small_market_shards, tiny_train, tmp_path):
     """The files are sound but the manifest's sha256 of one is wrong: refused by default, trained with the flag."""
-    shards = copy_tree(train_shards, tmp_path / "shards")
+    shards = copy_tree(small_market_shards, tmp_path / "shards")
     manifest = shards / "train" / "manifest.json"
     data = json.loads(manifest.read_text())
     data["files"][0]["sha256"] = "0" * 64
@@ -111,11 +111,11 @@ def test_skip_verify_is_a_config_field_after_seed():
 
 
 @pytest.fixture(scope="module")
-def trained_run(train_shards, tiny_train, tmp_path_factory) -> Path:
+def trained_run(small_market_shards, tiny_train, tmp_path_factory) -> Path:
     """A tiny run of 1 step with its checkpoint."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    result = CliRunner().invoke(train_main, ["train", "--shards", str(train_shards), "--run", str(run), "--steps",
-                                             "1", *tiny_train])
+    result = CliRunner().invoke(train_main, ["train", "--shards", str(small_market_shards), "--run", str(run),
+                                             "--steps", "1", *tiny_train])
     assert result.exit_code == 0, result.output
     return run
 

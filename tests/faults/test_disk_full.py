@@ -85,9 +85,9 @@ def test_extract_run_record_that_cannot_be_written_is_one_line_too(market_tree, 
     assert record["complete"] and record["processed"] == 0 and record["rows"] == summary["images"]
 
 
-def test_pair_stops_on_a_full_disk_keeps_the_other_split_and_the_rerun_completes(train_shards, tmp_path,
+def test_pair_stops_on_a_full_disk_keeps_the_other_split_and_the_rerun_completes(small_market_shards, tmp_path,
                                                                                   monkeypatch, disk_full):
-    work = train_shards.parent
+    work = small_market_shards.parent
     out = tmp_path / "shards"
     args = ["pair", "--keypoints", str(work / "keypoints"), "--run-file", str(work / "extract.json"), "--out",
             str(out), "--size", "64x32", "--images-per-shard", "3", "--quiet"]
@@ -108,10 +108,10 @@ def test_pair_stops_on_a_full_disk_keeps_the_other_split_and_the_rerun_completes
     assert verify_shard_set(out / "test") == [] and len(ShardSet(out / "test")) > 0
 
 
-def test_train_checkpoint_on_a_full_disk_keeps_the_last_one_and_resumes(train_shards, tiny_train, tmp_path,
+def test_train_checkpoint_on_a_full_disk_keeps_the_last_one_and_resumes(small_market_shards, tiny_train, tmp_path,
                                                                         monkeypatch, disk_full):
     run = tmp_path / "run"
-    args = ["train", "--shards", str(train_shards), "--run", str(run), "--steps", "4", "--set",
+    args = ["train", "--shards", str(small_market_shards), "--run", str(run), "--steps", "4", "--set",
             "checkpoint_every=2", *tiny_train]
     refused = disk_full(lambda name: "/.step-00000004.tmp/" in name and "train_state.pt" in name)
     result = CliRunner().invoke(train_main, args)
@@ -178,12 +178,12 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "--lazy", str(where)], capture_output=True, timeout=30)
 
 
-def test_a_really_full_file_system_gives_the_same_one_line_errors(train_shards, tiny_train, small_tmpfs):
+def test_a_really_full_file_system_gives_the_same_one_line_errors(small_market_shards, tiny_train, small_tmpfs):
     """pyarrow (shards), safetensors and torch.save (checkpoints) on real tmpfs mounts that fill up.
 
     Parquet only: HDF5 on a full disk is not covered (its file cannot be closed after a failed flush, and the
     process then crashes at exit: see docs/guarantees.md)."""
-    work = train_shards.parent
+    work = small_market_shards.parent
     shards = small_tmpfs("shards", "128k")
     result = CliRunner().invoke(data_main, ["pair", "--split", "train", "--keypoints", str(work / "keypoints"),
                                             "--run-file", str(work / "extract.json"), "--out", str(shards),
@@ -194,7 +194,7 @@ def test_a_really_full_file_system_gives_the_same_one_line_errors(train_shards, 
     assert not [p for p in (shards / "train").iterdir() if p.name.endswith(".tmp")]
     # a run whose first checkpoint cannot fit (config.yaml and the TensorBoard file do)
     runs = small_tmpfs("runs", "256k")
-    result = CliRunner().invoke(train_main, ["train", "--shards", str(train_shards), "--run", str(runs / "run"),
+    result = CliRunner().invoke(train_main, ["train", "--shards", str(small_market_shards), "--run", str(runs / "run"),
                                              "--steps", "1", *tiny_train])
     assert result.exit_code == 1
     one_error_line(result.output, re.escape(str(runs / "run")) + r"/checkpoints/\.step-00000001\.tmp/\S+")

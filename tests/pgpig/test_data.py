@@ -25,8 +25,9 @@ J = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
 @pytest.fixture(scope="module")
 def shard_folder(tmp_path_factory):
-    """A DeepFashion-layout mannequin shard set (256x256, flat studio background), built once per module."""
-    from corpus import mannequin_shards
+    """A DeepFashion-layout mannequin shard set (256x256, flat studio background), built once per module: not the
+    session's sets, because the recipe crop under test (40 px a side) needs DeepFashion's stored width of 256."""
+    from pipeline.synthetic import mannequin_shards
 
     return mannequin_shards(tmp_path_factory.mktemp("data"), "deepfashion", identities=3, poses=4) / "train"
 

@@ -3,7 +3,7 @@ initialisation and branch wiring, shapes and gradients at both data sets' sizes,
 losses against the plain per-branch formula, training through the CLI (one step, exact resume), the recipes, and
 learning on mannequins.
 
-Official outputs: ``../shared/reference/official/dptn_public.pt`` holds the official ``DPTNGenerator``'s weights at
+Official outputs: ``tests/data/reference/official/dptn_public.pt`` holds the official ``DPTNGenerator``'s weights at
 reduced width (``ngf`` 16, ``img_f`` 64), its inputs (2 pairs at 64x64, Gaussian pose maps with missing joints) and
 its two outputs (forward with ``is_train=True`` in eval mode, float32 on the CPU). Ours loads the weights strictly
 and gives both within 1e-4; measured max abs differences (torch 2.14.1, CPU): target image 7.5e-8, source
@@ -55,7 +55,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from generators import assert_forward_backward
-from learning import learn, learning_shards
+from learning import learn
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -378,14 +378,6 @@ def test_bf16_training_steps_of_the_deepfashion_recipe_on_the_gpu():
     assert all(torch.isfinite(p).all() for p in parts.generator.parameters())
 
 
-@pytest.fixture(scope="module")
-def market_shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set (128x64, 4 identities x 4 poses) with train/ and test/."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("dptn"), "market", identities=4, poses=4, splits=("train", "test"))
-
-
 def test_one_step_through_the_cli_writes_checkpoint_and_sample_grid(market_shards, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(run), "--steps", "1",
@@ -447,13 +439,8 @@ def test_paper_recipes(dataset, steps, d_blocks, l1, gan, ratio):
         "num_blocks": PAPER_SETTINGS[dataset]["num_blocks"]}
 
 
-@pytest.fixture(scope="module")
-def learning_set(tmp_path_factory) -> Path:
-    return learning_shards(tmp_path_factory.mktemp("learn"))
-
-
-def test_100_steps_of_dptn_beat_copying_the_source(learning_set, tmp_path):
-    r = learn(learning_set, tmp_path / "run", steps=100, lr=1e-3, seed=0, model="dptn", ngf=16, n_blocks=2,
+def test_100_steps_of_dptn_beat_copying_the_source(learning_shards, tmp_path):
+    r = learn(learning_shards, tmp_path / "run", steps=100, lr=1e-3, seed=0, model="dptn", ngf=16, n_blocks=2,
               lambda_perceptual=0.0)
     assert r["model_ssim"] > r["copy_ssim"] + 0.057  # measured +0.095
     assert r["model_l1"] < r["copy_l1"] - 0.04  # measured -0.066
@@ -462,9 +449,9 @@ def test_100_steps_of_dptn_beat_copying_the_source(learning_set, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(("steps", "seed", "ssim_gain", "l1_gain"),
                          [(150, 0, 0.073, 0.047), (150, 1, 0.07, 0.047), (300, 0, 0.081, 0.055)])
-def test_longer_dptn_runs_beat_copying_the_source(learning_set, tmp_path, steps, seed, ssim_gain, l1_gain):
+def test_longer_dptn_runs_beat_copying_the_source(learning_shards, tmp_path, steps, seed, ssim_gain, l1_gain):
     """Measured: 150 steps seed 0 +0.122 / -0.078, seed 1 +0.117 / -0.078; 300 steps +0.135 / -0.091."""
-    r = learn(learning_set, tmp_path / "run", steps=steps, lr=1e-3, seed=seed, model="dptn", ngf=16, n_blocks=2,
+    r = learn(learning_shards, tmp_path / "run", steps=steps, lr=1e-3, seed=seed, model="dptn", ngf=16, n_blocks=2,
               lambda_perceptual=0.0)
     assert r["model_ssim"] > r["copy_ssim"] + ssim_gain
     assert r["model_l1"] < r["copy_l1"] - l1_gain

@@ -61,19 +61,12 @@ class MeanColour(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("eval"), "market", identities=6, poses=3, splits=("train", "test"))
-
-
-@pytest.fixture(scope="module")
-def run(shards, tmp_path_factory) -> Path:
+def run(market_shards, tmp_path_factory) -> Path:
     from pgpig.config import load_config
     from pgpig.train import train
 
     run_dir = tmp_path_factory.mktemp("eval-run") / "run"
-    train(load_config(None, {"shards": shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,
+    train(load_config(None, {"shards": market_shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,
                              "n_blocks": 1, "d_blocks": 1, "use_gan": False, "crop_margin": MARGIN,
                              "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False,
                              "device": "cpu", "sample_every": 100}))
@@ -87,9 +80,9 @@ def config(**kwargs) -> EvalConfig:
 
 
 @pytest.fixture(scope="module")
-def evaluated(run, shards) -> dict:
+def evaluated(run, market_shards) -> dict:
     lines: list[str] = []
-    result = evaluate(config(shards=shards, run_dir=run), log=lines.append)
+    result = evaluate(config(shards=market_shards, run_dir=run), log=lines.append)
     result["log"] = lines
     return result
 
@@ -123,13 +116,13 @@ def test_eval_of_a_run_writes_every_metric_for_the_model_and_the_baseline(evalua
     assert len(lines) == 1 + 2 * PAIRS and lines[0].startswith("row,source,target,ssim_patn")
 
 
-def test_a_second_eval_reuses_the_images_and_regenerates_a_missing_one(evaluated, run, shards):
+def test_a_second_eval_reuses_the_images_and_regenerates_a_missing_one(evaluated, run, market_shards):
     out = run / "eval" / "test" / "images"
     victim = sorted(out.iterdir())[2]
     victim.unlink()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     lines: list[str] = []
-    again = evaluate(config(shards=shards, run_dir=run), log=lines.append)
+    again = evaluate(config(shards=market_shards, run_dir=run), log=lines.append)
     assert any(f"{PAIRS - 1} of {PAIRS} images already written, 1 to do" in line for line in lines)
     assert victim.is_file()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
@@ -137,7 +130,7 @@ def test_a_second_eval_reuses_the_images_and_regenerates_a_missing_one(evaluated
         assert again["rows"]["model"][key] == pytest.approx(evaluated["rows"]["model"][key], abs=1e-12)
 
 
-def test_generated_folder_with_patn_and_gfla_names_panels_and_bad_files(evaluated, run, shards, tmp_path):
+def test_generated_folder_with_patn_and_gfla_names_panels_and_bad_files(evaluated, run, market_shards, tmp_path):
     source = run / "eval" / "test" / "images"
     folder = tmp_path / "official"
     folder.mkdir()
@@ -161,7 +154,7 @@ def test_generated_folder_with_patn_and_gfla_names_panels_and_bad_files(evaluate
             shutil.copy(source / pair_file_name(src, tgt), folder / pair_file_name(src, tgt))
     (folder / "notes.txt").write_text("an extra file")
     assert len(files) == PAIRS
-    result = evaluate(config(shards=shards, generated=folder))
+    result = evaluate(config(shards=market_shards, generated=folder))
     assert result["bad"]["count"] == 3
     reasons = {(item["source"], item["target"]): item["reason"] for item in result["bad"]["items"]}
     key = [(r["source"], r["target"]) for r in records]
@@ -184,17 +177,17 @@ def test_generated_folder_with_patn_and_gfla_names_panels_and_bad_files(evaluate
     assert (Path(result["out"]) / "eval.md").read_text().count("3 pairs not scored") == 1
 
 
-def test_targets_offered_as_the_generated_images_score_perfectly(shards, tmp_path):
+def test_targets_offered_as_the_generated_images_score_perfectly(market_shards, tmp_path):
     from pgpig.evaluate import read_names
     from pipeline.shards import ShardSet
 
-    stored = ShardSet(shards / "test")
+    stored = ShardSet(market_shards / "test")
     names = read_names(stored)
     folder = tmp_path / "targets"
     folder.mkdir()
     for s, t in stored.pairs[:PAIRS]:
         Image.fromarray(stored[int(t)].image).save(folder / pair_file_name(names[int(s)], names[int(t)]))
-    result = evaluate(config(shards=shards, generated=folder, metrics=("ssim", "mask_ssim", "l1", "lpips"),
+    result = evaluate(config(shards=market_shards, generated=folder, metrics=("ssim", "mask_ssim", "l1", "lpips"),
                              baseline=False))
     row = result["rows"]["model"]
     assert row["ssim"] == pytest.approx(1.0) and row["mask_ssim"] == pytest.approx(1.0)
@@ -202,12 +195,12 @@ def test_targets_offered_as_the_generated_images_score_perfectly(shards, tmp_pat
     assert "copy-source" not in result["rows"]
 
 
-def test_fid_of_the_reference_images_against_themselves_is_zero(shards, tmp_path):
+def test_fid_of_the_reference_images_against_themselves_is_zero(market_shards, tmp_path):
     from pgpig.evaluate import read_names
     from pipeline.shards import ShardSet
 
     # every test image once, as the "generated" image of a pair that has it as target: FID vs test split ~ 0
-    stored = ShardSet(shards / "test")
+    stored = ShardSet(market_shards / "test")
     names = read_names(stored)
     folder = tmp_path / "all-targets"
     folder.mkdir()
@@ -216,19 +209,19 @@ def test_fid_of_the_reference_images_against_themselves_is_zero(shards, tmp_path
         chosen.setdefault(int(t), (k, int(s)))
     for t, (_, s) in chosen.items():
         Image.fromarray(stored[t].image).save(folder / pair_file_name(names[s], names[t]))
-    result = evaluate(config(shards=shards, generated=folder, metrics=("fid",), fid_reference="test", baseline=False,
-                             max_pairs=None))
+    result = evaluate(config(shards=market_shards, generated=folder, metrics=("fid",), fid_reference="test",
+                             baseline=False, max_pairs=None))
     assert result["rows"]["model"]["scored"] == len(stored)
     assert result["rows"]["model"]["fid"] == pytest.approx(0.0, abs=1e-6)
     assert result["bad"]["count"] == len(stored.pairs) - len(stored)  # the other pairs have no image
 
 
-def test_cli_eval_offline_skips_metrics_without_weights_and_compare_puts_runs_side_by_side(run, shards, tmp_path,
+def test_cli_eval_offline_skips_metrics_without_weights_and_compare_puts_runs_side_by_side(run, market_shards, tmp_path,
                                                                                            monkeypatch):
     offline(monkeypatch, tmp_path)
     out = tmp_path / "cli-eval"
-    args = ["eval", "--run", str(run), "--shards", str(shards), "--max-pairs", str(PAIRS), "--device", "cpu", "--quiet",
-            "--out", str(out)]
+    args = ["eval", "--run", str(run), "--shards", str(market_shards), "--max-pairs", str(PAIRS), "--device", "cpu",
+            "--quiet", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     written = json.loads((out / "eval.json").read_text())
@@ -249,10 +242,10 @@ def test_cli_eval_offline_skips_metrics_without_weights_and_compare_puts_runs_si
     assert compare([out / "eval.json"]).count("copy-source") == 1
 
 
-def test_bad_options_are_one_line_errors(run, shards, tmp_path):
-    for args, reason in [(["--shards", str(shards)], "exactly one of --run"),
+def test_bad_options_are_one_line_errors(run, market_shards, tmp_path):
+    for args, reason in [(["--shards", str(market_shards)], "exactly one of --run"),
                          (["--run", str(run), "--shards", str(tmp_path)], "manifest"),
-                         (["--run", str(run), "--shards", str(shards), "--metrics", "ssim,iou"], "unknown iou"),
+                         (["--run", str(run), "--shards", str(market_shards), "--metrics", "ssim,iou"], "unknown iou"),
                          (["--compare", str(tmp_path)], "no eval.json")]:
         result = CliRunner().invoke(main, ["eval", *args])
         assert result.exit_code == 1, result.output

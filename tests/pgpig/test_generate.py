@@ -24,16 +24,9 @@ MARGIN = 8  # a crop like DeepFashion's 40 px, on Market's 128x64: the generator
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("gen"), "market", identities=2, poses=3)
-
-
-@pytest.fixture(scope="module")
-def run(shards, tmp_path_factory) -> Path:
+def run(market_shards, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("gen-run") / "run"
-    train(load_config(None, {"shards": shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,
+    train(load_config(None, {"shards": market_shards, "run_dir": run_dir, "steps": 1, "batch_size": 2, "ngf": 8,
                              "n_blocks": 1, "d_blocks": 1, "use_gan": False, "crop_margin": MARGIN,
                              "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False,
                              "device": "cpu", "sample_every": 100}))
@@ -47,12 +40,12 @@ def pose_json(path: Path, xy: np.ndarray, image_size: list[int] | None = None) -
 
 
 @pytest.fixture(scope="module")
-def inputs(shards, tmp_path_factory) -> dict:
+def inputs(market_shards, tmp_path_factory) -> dict:
     """Stored image 0 as a PNG with its keypoints, and the keypoints of two other stored images (other poses)."""
     from pipeline.shards import ShardSet
 
     folder = tmp_path_factory.mktemp("gen-inputs")
-    stored = ShardSet(shards / "train")
+    stored = ShardSet(market_shards / "train")
     first = stored[0]
     Image.fromarray(first.image).save(folder / "source.png")
     others = [i for i in range(1, len(stored)) if stored[i].identity == first.identity][:2]
@@ -83,10 +76,10 @@ def test_json_target_through_the_cli_writes_a_png_of_the_run_size(run, inputs, t
     assert np.array_equal(png(run / "generated" / "source_to_pose1.png"), png(out))  # eval mode: deterministic
 
 
-def test_inputs_are_exactly_the_training_tensors(run, shards, inputs, tmp_path):
+def test_inputs_are_exactly_the_training_tensors(run, market_shards, inputs, tmp_path):
     # the same pair through PairDataset (the trainer's path, with the crop) and through generate: same pixels
     loaded = load_generator(run, "cpu")
-    item = PairDataset(shards / "train", crop_margin=MARGIN)
+    item = PairDataset(market_shards / "train", crop_margin=MARGIN)
     source, target = inputs["indices"][0], inputs["indices"][1]
     k = next(k for k, (s, t) in enumerate(item.pairs) if (s, t) == (source, target))
     pair = item[k]

@@ -113,12 +113,10 @@ def patn_mask(yx: np.ndarray, size: tuple[int, int], radius: int = 4) -> np.ndar
     return erosion(dilation(mask, square), square)
 
 
-def test_pose_mask_is_patns_produce_ma_mask(tmp_path):
-    from corpus import mannequin_shards
-
+def test_pose_mask_is_patns_produce_ma_mask(market_shards):
     from pipeline.shards import ShardSet
 
-    stored = ShardSet(mannequin_shards(tmp_path, "market", identities=2, poses=3) / "train")
+    stored = ShardSet(market_shards / "train")
     keypoints = np.stack([np.round(stored[i].keypoints) for i in range(len(stored))])
     rng = np.random.default_rng(3)
     hidden = keypoints.copy()

@@ -1,8 +1,8 @@
 """``pgpig.models.official`` and ``pgpig import-official``: the official checkpoints of PATN, XingGAN, GFLA and DPTN
-load into pgpig's generators and reproduce the official code's own outputs (the reference data's
-``official/*_public.pt``, computed by the official repositories in float32), every official state-dict key converts
-with its shape, and a checkpoint saved as the official repositories save theirs becomes a run folder that ``pgpig
-generate`` runs."""
+load into pgpig's generators and reproduce the official code's own outputs
+(``tests/data/reference/official/*_public.pt``, computed by the official repositories in float32), every official
+state-dict key converts with its shape, and a checkpoint saved as the official repositories save theirs becomes a
+run folder that ``pgpig generate`` runs."""
 
 from __future__ import annotations
 

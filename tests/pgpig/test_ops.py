@@ -1,6 +1,6 @@
 """``pgpig.models.ops``: GFLA's three CUDA ops in plain PyTorch, against the official kernels' own outputs.
 
-The golden file ``shared/reference/gfla_ops_golden.pt`` holds the official CUDA ops' forward outputs and input
+The golden file ``tests/data/reference/gfla_ops_golden.pt`` holds the official CUDA ops' forward outputs and input
 gradients (for a stored ``grad_output``) on fixed float32 inputs (README beside it). Both the fast ops and the slow
 per-pixel references of ``tests/ops_reference.py`` must reproduce them. Largest differences measured for the fast
 ops in float32 (development machine CPU, torch 2.14; H100, torch 2.11, the same to the digits shown but for one

@@ -17,7 +17,7 @@ from pgpig.models import available, create, register
 from pgpig.models.patn import PAPER_SETTINGS, PATN, patn_appearance_discriminator, patn_shape_discriminator
 
 # Sum of numel over the official netG's state-dict keys less the buffers (running_mean, running_var,
-# num_batches_tracked), from the reference data's official/state_dict_shapes.json (keys "patn/deepfashion" and
+# num_batches_tracked), from tests/data/reference/official/state_dict_shapes.json (keys "patn/deepfashion" and
 # "patn/market1501", tengteng95/Pose-Transfer at the paper settings). Batch norm adds affine parameters and drops
 # the conv biases: the two counts differ by 7,744.
 OFFICIAL_PARAMS = {"deepfashion": 41_358_019, "market1501": 41_365_763}

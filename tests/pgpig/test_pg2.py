@@ -248,18 +248,11 @@ TINY = ["--set", "ngf=8", "--set", "pose_encoding=disk", "--workers", "0", "--qu
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set (128x64, 4 identities x 4 poses) with train/ and test/."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("pg2"), "market", identities=4, poses=4, splits=("train", "test"))
-
-
-@pytest.fixture(scope="module")
-def stage1_run(shards, tmp_path_factory) -> Path:
+def stage1_run(market_shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pg2-stage1") / "run"
-    result = CliRunner().invoke(main, ["train", "--model", "pg2", "--stage", "1", "--shards", str(shards), "--run",
-                                       str(run), "--steps", "1", "--set", "sample_every=1", *TINY])
+    result = CliRunner().invoke(main, ["train", "--model", "pg2", "--stage", "1", "--shards",
+                                       str(market_shards), "--run", str(run), "--steps", "1", "--set", "sample_every=1",
+                                       *TINY])
     assert result.exit_code == 0, result.output
     return run
 
@@ -276,10 +269,10 @@ def test_stage_one_through_the_cli_writes_g1_and_a_sample_grid(stage1_run):
         assert png.size == (5 * 64, 2 * 128)  # source | poses | generated | target, one row per pair
 
 
-def test_stage_two_starts_from_stage_one_and_leaves_g1_unchanged(shards, stage1_run, tmp_path):
+def test_stage_two_starts_from_stage_one_and_leaves_g1_unchanged(market_shards, stage1_run, tmp_path):
     run = tmp_path / "run2"
     result = CliRunner().invoke(main, ["train", "--model", "pg2", "--stage", "2", "--init-weights", str(stage1_run),
-                                       "--shards", str(shards), "--run", str(run), "--steps", "2",
+                                       "--shards", str(market_shards), "--run", str(run), "--steps", "2",
                                        "--set", "sample_every=2", *TINY])
     assert result.exit_code == 0, result.output
     assert "g_gan" in result.output and "d " in result.output
@@ -298,16 +291,16 @@ def test_stage_two_starts_from_stage_one_and_leaves_g1_unchanged(shards, stage1_
     assert out.shape == (1, 3, 128, 64) and out.abs().max() <= 1
 
 
-def test_stage_two_without_init_weights_is_a_one_line_error(shards, tmp_path):
-    result = CliRunner().invoke(main, ["train", "--model", "pg2", "--stage", "2", "--shards", str(shards), "--run",
-                                       str(tmp_path / "r"), "--steps", "1", *TINY])
+def test_stage_two_without_init_weights_is_a_one_line_error(market_shards, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", "pg2", "--stage", "2", "--shards",
+                                       str(market_shards), "--run", str(tmp_path / "r"), "--steps", "1", *TINY])
     assert result.exit_code == 1
     assert result.output.startswith("error:") and "--init-weights" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_stage_two_resume_continues_exactly(shards, stage1_run, tmp_path):
-    common = ["--shards", str(shards), "--set", "flip=true", "--set", "sample_every=100", *TINY]
+def test_stage_two_resume_continues_exactly(market_shards, stage1_run, tmp_path):
+    common = ["--shards", str(market_shards), "--set", "flip=true", "--set", "sample_every=100", *TINY]
     first_args = ["--model", "pg2", "--stage", "2", "--init-weights", str(stage1_run / "generator.safetensors")]
     runner = CliRunner()
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -342,19 +335,12 @@ def test_paper_recipes(dataset, batch, l1, gan, stage2_steps):
 # ---------------------------------------------------------------------------------------------------- learning
 
 
-@pytest.fixture(scope="module")
-def learning(tmp_path_factory) -> Path:
-    from learning import learning_shards
-
-    return learning_shards(tmp_path_factory.mktemp("learn"))
-
-
 PG2_LEARN = {"model": "pg2", "ngf": 8, "pose_encoding": "disk", "pose_radius": 2, "mask_radius": 2}
 
 
-def test_150_steps_of_pg2_stage_one_beat_copying_the_source(learning, tmp_path):
+def test_150_steps_of_pg2_stage_one_beat_copying_the_source(learning_shards, tmp_path):
     from learning import learn
 
-    r = learn(learning, tmp_path / "run", steps=150, lr=2e-3, seed=0, **PG2_LEARN)
+    r = learn(learning_shards, tmp_path / "run", steps=150, lr=2e-3, seed=0, **PG2_LEARN)
     assert r["model_ssim"] > r["copy_ssim"] + 0.04  # measured +0.059
     assert r["model_l1"] < r["copy_l1"] - 0.045  # measured -0.071

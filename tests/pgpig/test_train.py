@@ -26,17 +26,9 @@ def latest(run: Path) -> Path:
     return step_folders(run)[-1]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set (128x64, 4 identities x 4 poses) with train/ and test/."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("train"), "market", identities=4, poses=4, splits=("train", "test"))
-
-
-def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(shards, tmp_path):
+def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(market_shards, tmp_path):
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(run), "--steps", "1",
+    result = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(run), "--steps", "1",
                                        "--batch-size", "2", "--set", "sample_every=1", "--set", "log_every=1",
                                        *TINY])
     assert result.exit_code == 0, result.output
@@ -59,8 +51,8 @@ def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(shard
     assert saved["ngf"] == 8 and saved["steps"] == 1 and saved["run_dir"] == str(run)
 
 
-def test_checkpoints_are_step_folders_and_the_oldest_are_pruned(shards, tmp_path):
-    cfg = load_config(None, {"shards": shards, "run_dir": tmp_path / "r", "steps": 3, "batch_size": 2, "ngf": 8,
+def test_checkpoints_are_step_folders_and_the_oldest_are_pruned(market_shards, tmp_path):
+    cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "steps": 3, "batch_size": 2, "ngf": 8,
                              "n_blocks": 1, "use_gan": False, "vgg_weights": None, "allow_random_vgg": True,
                              "num_workers": 0, "progress": False, "checkpoint_every": 1, "keep_checkpoints": 2})
     train(cfg)
@@ -71,11 +63,11 @@ def test_checkpoints_are_step_folders_and_the_oldest_are_pruned(shards, tmp_path
     assert not list(run.rglob("*.tmp"))
 
 
-def test_resume_continues_exactly(shards, tmp_path):
+def test_resume_continues_exactly(market_shards, tmp_path):
     # 6 steps of batch 4 over 24 pairs cross an epoch boundary; the resume happens mid-epoch (step 2)
     # with a history pool (its contents are checkpointed) and a decaying LR (a function of the step): lr falls
     # from step 2 on (schedule epochs of 2 steps: 1 constant, 3 decaying)
-    common = ["--shards", str(shards), "--batch-size", "4", "--set", "flip=true", "--set", "sample_every=100",
+    common = ["--shards", str(market_shards), "--batch-size", "4", "--set", "flip=true", "--set", "sample_every=100",
               "--set", "pool_size=3", "--set", "lr_policy=linear", "--set", "schedule_epoch_pairs=8",
               "--set", "lr_constant_epochs=1", "--set", "lr_decay_epochs=3", *TINY]
     runner = CliRunner()
@@ -170,8 +162,8 @@ def test_paper_recipes(dataset, steps, norm, gan, pool, l1):
     assert total_steps(cfg, train_pairs=10**5) == steps
 
 
-def test_a_new_run_refuses_a_folder_that_holds_one(shards, tmp_path):
-    cfg = load_config(None, {"shards": shards, "run_dir": tmp_path / "r", "steps": 1, "batch_size": 2, "ngf": 8,
+def test_a_new_run_refuses_a_folder_that_holds_one(market_shards, tmp_path):
+    cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "steps": 1, "batch_size": 2, "ngf": 8,
                              "n_blocks": 1, "use_gan": False, "vgg_weights": None, "allow_random_vgg": True,
                              "num_workers": 0, "progress": False})
     assert train(cfg)["step"] == 1
@@ -195,11 +187,11 @@ def test_unknown_recipe_key_is_an_error_naming_it(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(shards, tmp_path):
+def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(market_shards, tmp_path):
     """``amp``/``channels_last``/``compile: auto`` (the GPU recipes' defaults) are float32, contiguous and eager on
     the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other
     hardware decides again; the summary line names what ran."""
-    small = {"shards": shards, "steps": 2, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1,
+    small = {"shards": market_shards, "steps": 2, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1,
              "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False, "device": "cpu"}
     auto = load_config(None, {**small, "run_dir": tmp_path / "auto", "amp": "auto", "channels_last": "auto",
                               "compile": "auto"})
@@ -216,7 +208,7 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(sha
         load_config(None, {"channels_last": "yes"})
     with pytest.raises(TrainError, match="'compile': 1 is not true, false or auto"):
         load_config(None, {"compile": 1})
-    output = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "cli"),
+    output = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "cli"),
                                        "--steps", "1", "--batch-size", "2", "--device", "cpu", *TINY]).output
     assert output.strip().endswith("(cpu: float32)"), output
 

@@ -28,27 +28,20 @@ SETTINGS = ["--device", "cpu", "--workers", "0", "--quiet", "--batch-size", "4",
             "--set", "allow_random_vgg=true", "--set", "dropout=0", "--set", "log_every=1"]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("ddp"), "market", identities=4, poses=4)
-
-
 def _losses(output: str) -> dict[str, float]:
     """``name value`` pairs of the ``RUN: step N, epoch E; l1 0.3891, ...`` summary line."""
     line = next(line for line in output.splitlines() if ": step " in line)
     return {k: float(v) for k, v in re.findall(r"(\w+) (-?\d+\.\d+)", line.split(";", 1)[1])}
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(shards, tmp_path):
-    single = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "single"),
+def test_two_processes_train_like_one_with_the_same_global_batch(market_shards, tmp_path):
+    single = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "single"),
                                        *SETTINGS])
     assert single.exit_code == 0, single.output
     # `--run` would be taken for torchrun's own --run-path by its argument parser: the folder goes in --set
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "pgpig.cli", "train", "--shards", str(shards), "--set",
+                          "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
                           f"run_dir={tmp_path / 'ddp'}", *SETTINGS], capture_output=True, text=True, env=env,
                          timeout=300)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
@@ -73,17 +66,18 @@ def _ddp_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProce
                           timeout=timeout)
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(shards, tmp_path):
+def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market_shards, tmp_path):
     """Rank 0 writes the one checkpoint and the data order is the global batch's whatever the process count, so two
     processes to step 2, then one process from their checkpoint to step 4, train on the pairs a one-process run
     trains on. With ``lr`` 0 the weights stay put and each step's losses depend on its batch alone: the resumed
     run's last losses equal the one-process run's (a wrong data order changes them by far more than rounding)."""
     base = [a for i, a in enumerate(SETTINGS) if not (a == "--steps" or (i and SETTINGS[i - 1] == "--steps"))]
     base += ["--set", "lr=0"]
-    straight = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "one"), *base,
+    straight = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "one"), *base,
                                          "--steps", "4"])
     assert straight.exit_code == 0, straight.output
-    first = _ddp_train(["--shards", str(shards), "--set", f"run_dir={tmp_path / 'mixed'}", *base, "--steps", "2"])
+    first = _ddp_train(["--shards", str(market_shards), "--set", f"run_dir={tmp_path / 'mixed'}", *base,
+                        "--steps", "2"])
     assert first.returncode == 0, first.stdout + first.stderr
     assert [p.name for p in step_folders(tmp_path / "mixed")] == ["step-00000002"]
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "mixed"), "--steps", "4", "--quiet"])
@@ -91,24 +85,24 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(shards
     assert step_folders(tmp_path / "mixed")[-1].name == "step-00000004"
     assert _losses(resumed.output) == pytest.approx(_losses(straight.output), abs=1e-4)
     # and the order matters: the step-2 losses of the one-process run are another batch's
-    two = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "two"), *base,
+    two = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "two"), *base,
                                     "--steps", "2"])
     assert _losses(two.output) != pytest.approx(_losses(straight.output), abs=1e-4)
 
 
-def test_global_batch_must_split_over_the_processes(shards, tmp_path):
+def test_global_batch_must_split_over_the_processes(market_shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "pgpig.cli", "train", "--shards", str(shards), "--set",
+                          "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
                           f"run_dir={tmp_path / 'odd'}", *SETTINGS, "--batch-size", "3"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert ddp.returncode != 0 and "batch_size 3 (the global batch) does not split over 2 processes" in ddp.stderr
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has the GPUs: --gpus would launch")
-def test_gpus_beyond_the_machine_is_a_one_line_error(shards, tmp_path):
-    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(tmp_path / "r"), "--gpus", "2",
-                                       "--steps", "1"])
+def test_gpus_beyond_the_machine_is_a_one_line_error(market_shards, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "r"),
+                                       "--gpus", "2", "--steps", "1"])
     assert result.exit_code == 1
     assert f"--gpus 2: this machine has {torch.cuda.device_count()} CUDA device(s)" in result.output
     assert not (tmp_path / "r").exists()

@@ -25,22 +25,15 @@ SMALL = {"ngf": 16, "n_blocks": 2, "d_blocks": 1, "vgg_weights": None, "allow_ra
          "pool_size": 4}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("gpu"), "market", identities=4, poses=4, splits=("train", "test"))
-
-
 def _finite(path: Path) -> bool:
     return all(torch.isfinite(v).all() for v in load_file(str(path)).values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True, "compile": True},
                                      {"amp": "fp16"}, {"amp": "none"}], ids=["bf16-cl-compile", "fp16", "fp32"])
-def test_gpu_paths_train_checkpoint_and_resume(shards, tmp_path, options):
+def test_gpu_paths_train_checkpoint_and_resume(market_shards, tmp_path, options):
     run = tmp_path / "run"
-    result = train(load_config(None, {**SMALL, **options, "shards": shards, "run_dir": run, "steps": 4}))
+    result = train(load_config(None, {**SMALL, **options, "shards": market_shards, "run_dir": run, "steps": 4}))
     assert result["step"] == 4 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
     assert _finite(run / "generator.safetensors") and (run / "samples" / "step-000004.png").is_file()
     state = torch.load(step_folders(run)[-1] / "train_state.pt", weights_only=True)
@@ -50,11 +43,11 @@ def test_gpu_paths_train_checkpoint_and_resume(shards, tmp_path, options):
     assert resumed["step"] == 6 and _finite(run / "generator.safetensors")
 
 
-def test_generate_on_the_gpu(shards, tmp_path):
+def test_generate_on_the_gpu(market_shards, tmp_path):
     from pgpig.generate import generate
 
     run = tmp_path / "run"
-    train(load_config(None, {**SMALL, "shards": shards, "run_dir": run, "steps": 2, "amp": "bf16"}))
+    train(load_config(None, {**SMALL, "shards": market_shards, "run_dir": run, "steps": 2, "amp": "bf16"}))
     from conftest import ultralytics_assets
 
     assets = ultralytics_assets()
@@ -93,7 +86,7 @@ def test_the_step_helpers_that_used_to_wait_for_the_gpu_no_longer_do():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("sync", [True, False])
-def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
+def test_gpus_2_with_batch_norm_and_the_gan(market_shards, tmp_path, sync):
     # batch norm in G and both Ds, each D called twice before its backward: the case where DDP's buffer broadcast
     # broke cuDNN's saved statistics (it does not show on the CPU)
     import subprocess
@@ -102,8 +95,8 @@ def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
     run = tmp_path / "run"
     settings = [f"{k}={v}" for k, v in {**SMALL, "norm": "batch", "sync_batchnorm": sync, "amp": "bf16",
                                          "run_dir": run, "device": "auto"}.items() if k != "vgg_weights"]
-    command = [sys.executable, "-m", "pgpig.cli", "train", "--gpus", "2", "--shards", str(shards), "--steps", "4",
-               "--set", "vgg_weights=null"]
+    command = [sys.executable, "-m", "pgpig.cli", "train", "--gpus", "2", "--shards", str(market_shards),
+               "--steps", "4", "--set", "vgg_weights=null"]
     for item in settings:
         command += ["--set", item.replace("True", "true").replace("False", "false")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -112,9 +105,9 @@ def test_gpus_2_with_batch_norm_and_the_gan(shards, tmp_path, sync):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
 
 
-def test_auto_speed_settings_on_the_gpu(shards, tmp_path):
+def test_auto_speed_settings_on_the_gpu(market_shards, tmp_path):
     """The recipes' ``auto`` settings decide for CUDA: bf16 autocast (where the GPU has it), channels-last."""
-    cfg = load_config(None, {**SMALL, "amp": "auto", "channels_last": "auto", "shards": shards,
+    cfg = load_config(None, {**SMALL, "amp": "auto", "channels_last": "auto", "shards": market_shards,
                              "run_dir": tmp_path / "run", "steps": 2})
     speed = train(cfg)["speed"]
     assert speed["amp"] == ("bf16" if torch.cuda.is_bf16_supported() else "none")

@@ -40,19 +40,11 @@ TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """A Market-layout mannequin shard set stored at 64x32, 2 train identities x 4 poses: 24 pairs."""
-    from corpus import mannequin_shards
-
-    return mannequin_shards(tmp_path_factory.mktemp("kill"), "market", identities=4, poses=4, size=(64, 32))
-
-
-@pytest.fixture(scope="module")
-def straight(shards, tmp_path_factory) -> Path:
+def straight(small_market_shards, tmp_path_factory) -> Path:
     """The uninterrupted run of ``TOTAL`` steps."""
     run = tmp_path_factory.mktemp("straight") / "run"
-    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(run), "--steps", str(TOTAL),
-                                       *COMMON])
+    result = CliRunner().invoke(main, ["train", "--shards", str(small_market_shards), "--run", str(run),
+                                       "--steps", str(TOTAL), *COMMON])
     assert result.exit_code == 0, result.output
     return run
 
@@ -72,12 +64,17 @@ def file_step(path: Path) -> int:
         return int(f.metadata()["step"])
 
 
-def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(shards, straight, tmp_path):
+def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(small_market_shards, straight, tmp_path):
     kill_after = 2  # the first checkpoint; a later one may have landed by the time the kill does
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(shards), "--run", str(run),
-                             "--steps", str(TOTAL), *COMMON], cwd=tmp_path, env=env,
+    # the thread count of this process, which trains the straight and the resumed run: another count rounds the sums
+    # differently, and earlier tests leave thread variables in os.environ (importing ultralytics sets
+    # OMP_NUM_THREADS=1, a Dask LocalCluster also MKL_ and OPENBLAS_NUM_THREADS=1)
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(small_market_shards),
+                             "--run", str(run), "--steps", str(TOTAL), *COMMON], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -122,11 +119,12 @@ def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(shards, s
     assert after <= set(leftovers), after - set(leftovers)
 
 
-def test_an_interrupted_checkpoint_folder_is_ignored_and_removed(shards, straight, tmp_path):
+def test_an_interrupted_checkpoint_folder_is_ignored_and_removed(small_market_shards, straight, tmp_path):
     # a kill in the middle of writing the step-16 checkpoint: its temporary folder holds a complete generator of
     # step 16 and a torn train_state.pt; resume must take the complete step-2 folder and end like `straight`
     run = tmp_path / "run"
-    first = CliRunner().invoke(main, ["train", "--shards", str(shards), "--run", str(run), "--steps", "2", *COMMON])
+    first = CliRunner().invoke(main, ["train", "--shards", str(small_market_shards), "--run", str(run), "--steps", "2",
+                                      *COMMON])
     assert first.exit_code == 0, first.output
     torn = run / "checkpoints" / f".step-{TOTAL:08d}.tmp"
     torn.mkdir()

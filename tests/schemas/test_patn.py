@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pytest
 
@@ -125,7 +127,7 @@ def test_flat_name_of_the_design_example():
 def test_every_published_patn_name_maps_one_to_one_onto_an_inshop_path(shared_reference):
     names = []
     for split in ("train", "test"):
-        names += (shared_reference / f"patn_fashion_{split}.lst").read_text().split()
+        names += gzip.decompress((shared_reference / f"patn_fashion_{split}.lst.gz").read_bytes()).decode().split()
     assert len(names) == 48_674 + 4_038
     paths = [deepfashion_relpath(n) for n in names]
     assert len(set(paths)) == len(names) == 52_712

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One `device` session (a host with 1 or 2 GPUs) for the fast extraction backend, GFLA and DPTN, and multi-GPU
+# One GPU session (a host with 1 or 2 GPUs) for the fast extraction backend, GFLA and DPTN, and multi-GPU
 # scaling, as recorded in benchmarks/results/{extract,train-models,train-ddp}-<card>.jsonl:
-#   bash benchmarks/gpu_session_flow.sh OUT_DIR [PARTS]
+#   bash benchmarks/archive/2026-12/gpu_session_flow.sh OUT_DIR [PARTS]
 # PARTS (default "tests extract train ddp"), each independent (one failing does not stop the next):
 #   tests    pytest -m gpu on the fast backend
 #   extract  extract_bench.py: the fast backend vs a plain YOLO.predict loop on 20,000 JPEGs (256x176), one GPU,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The generators' GPU measurements (benchmarks/results/train-models-*.jsonl), as run on the `device` machine:
-#   bash benchmarks/gpu_models_session.sh OUT_DIR
+# The generators' GPU measurements (benchmarks/results/train-models-*.jsonl), as run on one GPU:
+#   bash benchmarks/archive/2026-12/gpu_models_session.sh OUT_DIR
 # 1. train_bench.py for every generator recipe (full step: G + D + all losses), AMP off/bf16, and bf16 with
 #    channels-last;
-# 2. the generator-only step of DESIGN.md's official figures (forward, L1, backward, Adam; no D, no VGG) at the
-#    DeepFashion size and batch 32, to compare with the official code's images/s on one H100;
+# 2. the generator-only step (forward, L1, backward, Adam; no D, no VGG) at the DeepFashion size and batch 32, to
+#    compare with the official code's images/s on one H100;
 # 3. `pgpig eval` on the GPU after a short GPU run on mannequins (timings only: LPIPS/FID weights are offline).
 set -euo pipefail
 out=${1:?output folder}
@@ -19,7 +19,7 @@ for recipe in market1501/xinggan deepfashion/xinggan market1501/pg2 deepfashion/
     bench --recipe "workflows/$recipe.yaml" --amp none,bf16
     bench --recipe "workflows/$recipe.yaml" --amp none,bf16 --channels-last
 done
-# generator step only, DeepFashion 256x176, batch 32 (DESIGN.md: official PATN 160 -> 261, XingGAN 56 -> 89 img/s)
+# generator step only, DeepFashion 256x176, batch 32 (official PATN 160 -> 261, XingGAN 56 -> 89 img/s)
 for model in patn xinggan; do
     bench --recipe "workflows/deepfashion/$model.yaml" --amp none,bf16 --batch-size 32 \
         --set use_gan=false --set lambda_perceptual=0

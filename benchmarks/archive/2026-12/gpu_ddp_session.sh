@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Data-parallel training on the GPUs of one host (the `device` machine with 2 GPUs), as recorded in
+# Data-parallel training on the GPUs of one host (a machine with 2 GPUs), as recorded in
 # benchmarks/results/train-ddp-<card>.jsonl:
-#   bash benchmarks/gpu_ddp_session.sh OUT_DIR
+#   bash benchmarks/archive/2026-12/gpu_ddp_session.sh OUT_DIR
 # `pgpig train --gpus N` (torchrun, NCCL) with the Market-1501 PATN recipe (batch norm, GAN, pool 50)
 # in bf16 on a mannequin shard set, for N = 1 and N = 2, at the recipe's global batch 32 and at 32 per GPU.
 # RECIPE, EXTRA (more train options) and SETTINGS ("gpus global_batch;gpus global_batch") change what is run.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Where the fast extraction backend's time goes on the `device` machine (issue #10):
-#   bash benchmarks/gpu_session_fast.sh OUT_DIR [PARTS]
+# Where the fast extraction backend's time goes on one or more GPUs:
+#   bash benchmarks/archive/2026-12/gpu_session_fast.sh OUT_DIR [PARTS]
 # PARTS (default "tests profile spy bench"):
 #   tests    pytest -m gpu on the fast backend
 #   profile  extract_profile.py --variants: each stage alone, and the alternatives (threaded cv2 decode, other batch

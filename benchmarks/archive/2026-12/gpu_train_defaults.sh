@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The trainer's speed settings per generator on the `device` machine (issue #10, part 3), from which the recipes'
+# The trainer's speed settings per generator on one GPU, from which the recipes'
 # GPU defaults (amp/channels_last/compile: auto) were chosen:
-#   bash benchmarks/gpu_train_defaults.sh OUT_DIR [PARTS] [SHARDS_ROOT]
+#   bash benchmarks/archive/2026-12/gpu_train_defaults.sh OUT_DIR [PARTS] [SHARDS_ROOT]
 # PARTS (default "eager compile loader"):
 #   eager    train_bench.py over every shipped recipe at its paper batch size: float32, bf16, bf16 + channels-last,
 #            float32 + channels-last (the first is the baseline; each recipe ends with its train_pick line)
@@ -17,8 +17,8 @@
 #   sync     sync_points.py: where `pgpig train` makes the host wait for the GPU, for the Market-1501 recipes of
 #            stage 1 (SYNC_RECIPES) on SHARDS_ROOT/mk-shards, not in the default parts
 # SHARDS_ROOT (default .bench-data) gets mk-shards (160 Market mannequin images) and df-shards (48 DeepFashion ones,
-# 256x256) where they are missing, made on the CPU in seconds by benchmarks/mannequin_shards.py (tests/corpus.py's
-# helper: synth, extract from the annotations, pair); made here, they can travel to the device machine in `carry`.
+# 256x256) where they are missing, made on the CPU in seconds by benchmarks/mannequin_shards.py (pipeline.synthetic's
+# helper: synth, extract from the annotations, pair); made once, they can be copied to the GPU machine.
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager compile loader}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The trainer's GPU measurements (benchmarks/results/train-*.jsonl), as run on the `device` machine:
-#   bash benchmarks/gpu_train_session.sh OUT_DIR
+# The trainer's GPU measurements (benchmarks/results/train-*.jsonl), as run on one GPU:
+#   bash benchmarks/archive/2026-12/gpu_train_session.sh OUT_DIR
 # 1. train_bench.py at both PATN paper recipes (Market-1501 128x64 batch 32, DeepFashion 256x176 batch 7), AMP off/bf16/fp16,
 #    and bf16 with channels-last;
 # 2. the DeepFashion-recipe data loader on a 256x256 mannequin shard set (benchmarks/mannequin_shards.py:
