@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import sys
 from collections import Counter
@@ -211,8 +212,8 @@ def test_deepfashion_broken_partition_file_is_refused(tmp_path):
 
 
 def test_deepfashion_split_lists_decide_through_patn_names(tmp_path, shared_reference):
-    train_names = (shared_reference / "patn_fashion_train.lst").read_text().split()[:4]
-    test_names = (shared_reference / "patn_fashion_test.lst").read_text().split()[:3]
+    train_names = gzip.decompress((shared_reference / "patn_fashion_train.lst.gz").read_bytes()).decode().split()[:4]
+    test_names = gzip.decompress((shared_reference / "patn_fashion_test.lst.gz").read_bytes()).decode().split()[:3]
     root = tmp_path / "inshop"
     for name in train_names + test_names:
         put(root, deepfashion_relpath(name))
