@@ -1,5 +1,5 @@
 """`pgpig-data extract` end to end, in fresh processes, timed from the shell: trees and worker counts compared on the
-same files in one run (issue #10: ≥10,000 images/s end to end).
+same files in one run (the goal: ≥10,000 images/s end to end).
 
     python benchmarks/extract_cli.py [--images 200000] [--size 256x176] [--runs new:1,new:0]
                                      [--tree NAME=PATH ...] [--repeat 1] [--label TEXT]
@@ -11,7 +11,7 @@ package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this checkout; ``--tree 
 given, all of them ``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the
 process's start to its exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the
 rates from the start and after each worker's first task; then an ``extract_cli_compare`` line with each run's
-median wall rate over the first run's (the baseline, measured in the same session).
+median wall rate over the first run's (the baseline, measured in the same run).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Extraction scaling: `pgpig-data extract` with 1, 2, ... Dask workers on the same files (issue #10: ≥1.8× on two
+"""Extraction scaling: `pgpig-data extract` with 1, 2, ... Dask workers on the same files (the goal: ≥1.8× on two
 GPUs).
 
     python benchmarks/extract_scaling.py [--workers 1,2] [--images 200000] [--backend fast] [--batch-size 256]

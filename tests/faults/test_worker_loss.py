@@ -25,22 +25,27 @@ def quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def _die_after_second_part(marker: str) -> int:
-    """Runs inside one worker: from now on its second part write kills the process (SIGKILL, no clean-up)."""
+def _arm(marker: str, die: bool) -> int:
+    """Runs inside one worker. ``die``: its next part write kills the process (SIGKILL, no clean-up) once the part is
+    in place; otherwise each of its part writes takes 0.2 s longer, so the doomed worker is sure to get a task (the
+    annotation tasks take milliseconds, and one worker could take them all)."""
+    import time
+
     import pipeline.extract as extract
 
     real_write = extract.write_table
-    written = []
 
     def write_then_die(table, path, kind):
         real_write(table, path, kind)
-        written.append(path)
-        if len(written) == 2:
-            with open(marker, "w") as f:
-                f.write(f"{os.getpid()} {path}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+        with open(marker, "w") as f:
+            f.write(f"{os.getpid()} {path}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    extract.write_table = write_then_die
+    def write_slowly(table, path, kind):
+        real_write(table, path, kind)
+        time.sleep(0.2)
+
+    extract.write_table = write_then_die if die else write_slowly
     return os.getpid()
 
 
@@ -48,22 +53,23 @@ def test_a_worker_killed_mid_extract_loses_and_doubles_nothing(market_tree, tmp_
     from distributed import Client, LocalCluster
 
     root, summary = market_tree
-    partition_size = 3  # 14 tasks over 2 workers: the doomed one gets its second task
+    partition_size = 3  # 14 tasks over 2 workers
     marker = tmp_path / "killed.txt"
     csvs = (root / "market-annotation-train.csv", root / "market-annotation-test.csv")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         # this client only arms the worker; run_extract opens its own (one client at a time, as a user's run has)
         with Client(cluster) as client:
-            first = sorted(client.scheduler_info()["workers"])[0]
+            first, second = sorted(client.scheduler_info()["workers"])
             # the workers cannot import this test module: send the function itself
             cloudpickle.register_pickle_by_value(sys.modules[__name__])
-            doomed = client.run(_die_after_second_part, str(marker), workers=[first])[first]
+            doomed = client.run(_arm, str(marker), True, workers=[first])[first]
+            client.run(_arm, str(marker), False, workers=[second])
         cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", annotations=csvs,
                             scheduler=cluster.scheduler_address, partition_size=partition_size)
         record = run_extract(cfg, log=quiet)
         with Client(cluster) as client:
             survivors = set(client.run(os.getpid).values())
-    assert marker.is_file(), "the doomed worker never wrote its second part: the test proved nothing"
+    assert marker.is_file(), "the doomed worker never wrote a part: the test proved nothing"
     assert str(doomed) == marker.read_text().split()[0] and doomed not in survivors  # it really died
     images = read_keypoints(cfg.out)["image"].to_pylist()
     assert len(images) == len(set(images)) == summary["images"] == record["rows"]

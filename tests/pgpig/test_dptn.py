@@ -37,9 +37,9 @@ threads and the load: at a load average of 8 the 100 steps took 33 s in pytest w
 with torch's default two threads (same scores); at a load of 2 to 3, with two threads, 40 s, and the whole default
 run of this file 109 s (the rest about 60 s).
 
-On one H100 (``device`` machine, torch 2.11, paper setting, 256x256, batch 32; not a test): the generator step
+On one H100 (torch 2.11, paper setting, 256x256, batch 32; not a test): the generator step
 (forward of both branches, L1 on both, backward, Adam) ran 257 images/s in float32 and 449 in bf16 autocast
-(DESIGN.md's official figures: 256 and 413); the full step of the DeepFashion recipe (G, D, content and style losses
+(the official code's: 256 and 413); the full step of the DeepFashion recipe (G, D, content and style losses
 on a random VGG, ``pgpig.train.train_step``) 128 and 189 images/s, all losses finite (peak 24.5 GiB).
 """
 
