@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ import yaml
 from pgpig.config import DEFAULT_DEVICE, EvalConfig
 from pgpig.errors import TrainError
 from pipeline.errors import report_errors
+from pipeline.options import given, with_default
 from pipeline.versions import package_version
 
 
@@ -31,13 +31,6 @@ def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise click.BadParameter(f"{item!r}: the value is not valid YAML", param_hint="--set") from None
     return out
-
-
-def default_of(config: type, name: str) -> str:
-    """``[default: X]`` for an option's help, X the default of the field ``name`` of the dataclass ``config``: the
-    options default to ``None`` (not given), and the value's one home is the dataclass."""
-    (default,) = (f.default for f in dataclasses.fields(config) if f.name == name)
-    return f"[default: {default}]"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -194,26 +187,26 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
               help="Put the eval.json of the given run folders (arguments) side by side in one table.")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Shard-set root; the pairs are SHARDS/<split> {default_of(EvalConfig, 'shards')}.")
-@click.option("--split", default=None, help=f"Split to evaluate {default_of(EvalConfig, 'split')}.")
+              help=with_default("Shard-set root; the pairs are SHARDS/<split>.", EvalConfig, "shards"))
+@click.option("--split", default=None, help=with_default("Split to evaluate.", EvalConfig, "split"))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: RUN/eval/<split>, or <generated>-eval]; with --compare, a .md file.")
 @click.option("--metrics", default=None, metavar="LIST",
               help="Comma-separated subset of ssim,mask_ssim,l1,lpips,mask_lpips,fid,pckh; naming one whose "
               "weights are missing is an error [default: all, skipping those without weights].")
 @click.option("--ssim", "ssim_setting", type=click.Choice(["patn", "gfla", "pg2"]), default=None,
-              help="SSIM setting reported as SSIM (all three are in eval.json): PATN's Gaussian window, GFLA's "
-              f"51x51 window, PG2's 7x7 window {default_of(EvalConfig, 'ssim')}.")
+              help=with_default("SSIM setting reported as SSIM (all three are in eval.json): PATN's Gaussian window, "
+                                "GFLA's 51x51 window, PG2's 7x7 window.", EvalConfig, "ssim"))
 @click.option("--fid-reference", type=click.Choice(["train", "test"]), default=None,
-              help="Real images of FID: the train split's stored images (GFLA's protocol) or the test split's "
-              f"{default_of(EvalConfig, 'fid_reference')}.")
+              help=with_default("Real images of FID: the train split's stored images (GFLA's protocol) or the test "
+                                "split's.", EvalConfig, "fid_reference"))
 @click.option("--no-baseline", is_flag=True, help="Leave out the copy-source row.")
 @click.option("--max-pairs", type=click.IntRange(1), default=None, help="Only the first N pairs (a quick look).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
-              help=f"Pairs per batch {default_of(EvalConfig, 'batch_size')}.")
+              help=with_default("Pairs per batch.", EvalConfig, "batch_size"))
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help=f"DataLoader worker processes {default_of(EvalConfig, 'num_workers')}.")
-@click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N {default_of(EvalConfig, 'device')}.")
+              help=with_default("DataLoader worker processes.", EvalConfig, "num_workers"))
+@click.option("--device", default=None, help=with_default("auto, cpu, cuda or cuda:N.", EvalConfig, "device"))
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with weights-inception-2015-12-05-6726825d.pth (FID) and alexnet-owt-7be5be79.pth "
               "(LPIPS) [default: torch hub's cache, downloaded when online].")
@@ -239,12 +232,10 @@ def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, met
     names = None
     if metrics is not None:
         names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    given = {"shards": shards, "split": split, "run_dir": run_dir, "generated": generated, "out": out,
-             "metrics": names, "ssim": ssim_setting, "fid_reference": fid_reference, "max_pairs": max_pairs,
-             "batch_size": batch_size, "num_workers": workers, "device": device, "weights_dir": weights_dir,
-             "pose_model": pose_model}
-    cfg = EvalConfig(**{k: v for k, v in given.items() if v is not None}, baseline=not no_baseline,
-                     progress=not quiet)
+    cfg = EvalConfig(**given(shards=shards, split=split, run_dir=run_dir, generated=generated, out=out, metrics=names,
+                             ssim=ssim_setting, fid_reference=fid_reference, max_pairs=max_pairs,
+                             batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
+                             pose_model=pose_model), baseline=not no_baseline, progress=not quiet)
     if compare_runs:
         if run_dir is not None or generated is not None:
             raise TrainError("--compare reads finished evaluations; leave out --run and --generated")

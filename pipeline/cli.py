@@ -6,36 +6,19 @@ An option left out is left out of the command's config dataclass too (``ExtractC
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from pipeline.demo import DemoConfig
 from pipeline.errors import report_errors
 from pipeline.extract import SOURCE_SIZES, ExtractConfig
+from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
 from pipeline.report import ReportConfig
 from pipeline.synthetic import SynthConfig
 from pipeline.versions import package_version
-
-
-def default_of(config: type, name: str) -> Any:
-    """The default of field ``name`` of the dataclass ``config``."""
-    (f,) = [f for f in dataclasses.fields(config) if f.name == name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def with_default(text: str, config: type, name: str) -> str:
-    """An option's help: ``text`` and the default of ``config.name``, read from the dataclass so it cannot drift."""
-    return f"{text} [default: {default_of(config, name)}]"
-
-
-def given(**options: Any) -> dict[str, Any]:
-    """The options that were given (not None): the config dataclass fills in the others."""
-    return {name: value for name, value in options.items() if value is not None}
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
