@@ -200,20 +200,12 @@ def _worker_device(device: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def _set_torch_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
 def task_source(s: dict):
     """This process's keypoint source for the settings ``s`` of a task, made on first use (``cached_backend``): the
     tasks and the warm-up get the same one. The one place that knows which options each source takes."""
-    from pipeline.pose import cached_backend
+    from pipeline.pose import cached_backend, set_torch_threads
 
-    _set_torch_threads(s["torch_threads"])  # this worker's share of the cores
+    set_torch_threads(s["torch_threads"])  # this worker's share of the cores
     options = {"batch_size": s["batch_size"], "read_threads": s["decode_threads"]}
     if s["backend"] == "annotations":
         options.update(paths=tuple(s["annotations"]), dataset=s["dataset"])

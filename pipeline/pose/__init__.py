@@ -95,6 +95,15 @@ class PersonBatch:
                    np.full((n, 5), np.nan, np.float32), keypoints, scores)
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """torch's CPU threads set to ``threads`` (this worker's share of the cores); ``None``: left as they are."""
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def person_batch(status: list[str], reason: list[str | None], width: list, height: list, digest: list,
                  persons: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
                  threshold: float) -> PersonBatch:

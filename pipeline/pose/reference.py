@@ -24,6 +24,7 @@ from pipeline.pose import (
     default_model_path,
     person_batch,
     quiet_ultralytics,
+    set_torch_threads,
     shape_groups,
 )
 
@@ -94,15 +95,8 @@ class UltralyticsBackend:
                                              **precision_options(self.half))
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = detections_of(r)
-                self._restore_threads()
+                set_torch_threads(self.torch_threads)
         return out
-
-    def _restore_threads(self) -> None:
-        if self.torch_threads:
-            import torch
-
-            if torch.get_num_threads() != self.torch_threads:
-                torch.set_num_threads(self.torch_threads)
 
     def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,
                       names: list[str | None] | None = None) -> Iterator[PersonBatch]:
