@@ -21,7 +21,6 @@ import os
 import queue
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image n
 Groups = list[tuple[list[int], torch.Tensor]]
 """Images by shape: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device)."""
 Launched = list[tuple[list[int], torch.Tensor, torch.Tensor]]
-"""Queued network calls: (indices, raw output ``(B, 56, A)``, frames ``(B, 6)`` for ``to_image_pixels``)."""
+"""Queued network calls: (indices, raw output ``(B, 56, A)``, frames ``(B, 7)``)."""
 
 
 # ---------------------------------------------------------------- letterbox geometry (pure)
@@ -95,14 +94,14 @@ def inverse_letterbox(padded: tuple[int, int], original: tuple[int, int]) -> tup
     return new_w / w0, new_h / h0, round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1)
 
 
-@functools.lru_cache(maxsize=512)
-def _linear_taps(src: int, dst: int, device: torch.device, edge_weights: bool) -> tuple[torch.Tensor, ...]:
-    """OpenCV's ``INTER_LINEAR`` taps along one axis: source indices ``i0``, ``i1`` and 11-bit weights ``w0``, ``w1``.
+@functools.lru_cache(maxsize=4096)
+def _linear_taps(src: int, dst: int, edge_weights: bool) -> np.ndarray:
+    """OpenCV's ``INTER_LINEAR`` taps along one axis, ``(4, dst)`` int32: source indices ``i0``, ``i1`` and 11-bit
+    weights ``w0``, ``w1``.
 
     Half-pixel centres, the position computed in float32 from a float64 scale, weights ``round(w * 2048)``. Past
     a border OpenCV treats the axes differently: along x the weight moves onto the edge pixel (``edge_weights``),
-    along y the weights stay and only the row indices are clamped (which rounds differently in fixed point).
-    Cached per size and device: a data set has few sizes, and a copy to a GPU waits for the work queued there."""
+    along y the weights stay and only the row indices are clamped (which rounds differently in fixed point)."""
     scale = 1.0 / (dst / src)
     pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(pos).astype(np.int64)
@@ -111,38 +110,101 @@ def _linear_taps(src: int, dst: int, device: torch.device, edge_weights: bool) -
         frac[(i0 < 0) | (i0 >= src - 1)] = 0
     i1 = np.clip(i0 + 1, 0, src - 1)
     i0 = np.clip(i0, 0, src - 1)
-    w1 = np.round(frac * 2048).astype(np.int32)
-    w0 = np.round((np.float32(1) - frac) * 2048).astype(np.int32)
-    return tuple(torch.from_numpy(v).to(device) for v in (i0, i1, w0, w1))
+    w1 = np.round(frac * 2048)
+    w0 = np.round((np.float32(1) - frac) * 2048)
+    return np.stack([i0, i1, w0, w1]).astype(np.int32)
 
 
-def resize_linear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(N, C, H, W)`` uint8 → ``(N, C, height, width)`` uint8, the same bytes as ``cv2.resize(INTER_LINEAR)``.
+@functools.lru_cache(maxsize=4096)
+def _letterbox_taps(box: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+    """The taps of ``box`` over its whole input: rows ``(5, out_h)`` and columns ``(5, out_w)`` int32, each
+    ``i0, i1, w0, w1, inside`` (padding: index 0, weights 0, ``inside`` 0)."""
+    rows = np.zeros((5, box.out_h), np.int32)
+    cols = np.zeros((5, box.out_w), np.int32)
+    rows[:4, box.top:box.top + box.new_h] = _linear_taps(box.height, box.new_h, edge_weights=False)
+    cols[:4, box.left:box.left + box.new_w] = _linear_taps(box.width, box.new_w, edge_weights=True)
+    rows[4, box.top:box.top + box.new_h] = 1
+    cols[4, box.left:box.left + box.new_w] = 1
+    return rows, cols
+
+
+def letterbox_batch(blocks: list[torch.Tensor], boxes: list[Letterbox]) -> torch.Tensor:
+    """Blocks of images ``(n_i, 3, H_i, W_i)`` uint8 on one device, each with its letterbox (all of one input shape)
+    → ``(sum n_i, 3, out_h, out_w)`` uint8 in block order: each image resized as ``cv2.resize(INTER_LINEAR)`` does,
+    byte for byte, and padded with 114.
 
     OpenCV resizes 8-bit images in fixed point: a horizontal pass with 11-bit weights into int32, then a vertical
     pass whose vectorised form (the one x86 builds run) computes ``((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16)``
-    and rounds by ``(v + 2) >> 2`` (``imgproc/src/resize.cpp``, ``VResizeLinearVec_32s8u``). A float bilinear
-    differs by one level on ~10% of the pixels, which moved keypoints of an uncertain person by up to 10 px on
-    bus.jpg; this integer form matched ``cv2.resize`` bit for bit on every size tried, down and up, 1×1 to 1280 px
-    (an exact 2× downscale, which OpenCV runs as INTER_AREA, gives the same 2×2 mean). A build whose resize runs
-    another kernel (no SIMD, a HAL) could differ by one level; the tests would show it."""
-    n, c, h, w = images.shape
-    x0, x1, a0, a1 = _linear_taps(w, width, images.device, edge_weights=True)
-    y0, y1, b0, b1 = _linear_taps(h, height, images.device, edge_weights=False)
-    src = images.to(torch.int32)
-    rows = src.index_select(3, x0) * a0 + src.index_select(3, x1) * a1  # (N, C, H, width), scaled by 2048
-    top = (rows.index_select(2, y0) >> 4) * b0[:, None] >> 16
-    bottom = (rows.index_select(2, y1) >> 4) * b1[:, None] >> 16
-    return ((top + bottom + 2) >> 2).clamp_(0, 255).to(torch.uint8)
+    and rounds by ``(v + 2) >> 2`` (``imgproc/src/resize.cpp``, ``VResizeLinearVec_32s8u``). The images to resize
+    are gathered from one flat buffer with per-image taps (``_letterbox_taps``), so the kernels of a call do not
+    grow with the number of image sizes; a block at its input size is copied into place."""
+    out_h, out_w = boxes[0].out_h, boxes[0].out_w
+    device = blocks[0].device
+    starts = np.cumsum([0] + [len(b) for b in blocks])
+    out = torch.full((int(starts[-1]), 3, out_h, out_w), PAD_VALUE, dtype=torch.uint8, device=device)
+    resized = []
+    for k, (block, b) in enumerate(zip(blocks, boxes, strict=True)):
+        if (b.new_h, b.new_w) == (b.height, b.width):
+            out[starts[k]:starts[k + 1], :, b.top:b.top + b.height, b.left:b.left + b.width] = block
+        else:
+            resized.append(k)
+    if resized:
+        index = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in resized])
+        value = _resize_into(out_h, out_w, [blocks[k] for k in resized], [boxes[k] for k in resized])
+        if len(index) == len(out):
+            out = value
+        else:
+            out[torch.from_numpy(index).to(device)] = value
+    return out
+
+
+def _resize_into(out_h: int, out_w: int, blocks: list[torch.Tensor], boxes: list[Letterbox]) -> torch.Tensor:
+    """``letterbox_batch`` for blocks that are resized: the gathers and the fixed-point arithmetic."""
+    device = blocks[0].device
+    counts = [len(block) for block in blocks]
+    taps = [_letterbox_taps(b) for b in boxes]
+    rows = torch.from_numpy(np.repeat(np.stack([t[0] for t in taps]), counts, axis=0))  # (N, 5, out_h)
+    cols = torch.from_numpy(np.repeat(np.stack([t[1] for t in taps]), counts, axis=0))  # (N, 5, out_w)
+    sizes = torch.from_numpy(np.repeat(np.array([(b.height, b.width) for b in boxes], np.int64), counts, axis=0))
+    if device.type == "cuda":  # a pageable copy would wait for the work queued on the device
+        rows, cols, sizes = rows.pin_memory(), cols.pin_memory(), sizes.pin_memory()
+    rows, cols, sizes = (t.to(device, non_blocking=True) for t in (rows, cols, sizes))
+    flat = blocks[0].reshape(-1) if len(blocks) == 1 else torch.cat([block.reshape(-1) for block in blocks])
+    plane = sizes[:, 0] * sizes[:, 1]
+    start = torch.cumsum(plane * 3, 0) - plane * 3
+    channel = start[:, None] + torch.arange(3, device=device) * plane[:, None]  # (N, 3) first pixel of each plane
+    width = sizes[:, 1, None, None]
+    top = channel[:, :, None] + rows[:, None, 0].long() * width  # (N, 3, out_h) where the source rows start
+    bottom = channel[:, :, None] + rows[:, None, 1].long() * width
+    x0, x1 = cols[:, None, None, 0].long(), cols[:, None, None, 1].long()  # (N, 1, 1, out_w)
+    a0, a1 = cols[:, None, None, 2], cols[:, None, None, 3]
+    b0, b1 = rows[:, None, 2, :, None], rows[:, None, 3, :, None]  # (N, 1, out_h, 1)
+
+    def row_pass(row_start: torch.Tensor) -> torch.Tensor:  # the horizontal pass on the source rows given
+        at = row_start[..., None]
+        return flat[at + x0].to(torch.int32) * a0 + flat[at + x1].to(torch.int32) * a1
+
+    value = ((row_pass(top) >> 4) * b0 >> 16) + ((row_pass(bottom) >> 4) * b1 >> 16)
+    value = ((value + 2) >> 2).clamp_(0, 255).to(torch.uint8)
+    inside = (rows[:, None, 4, :, None] & cols[:, None, None, 4]).bool()
+    return value.masked_fill_(~inside, PAD_VALUE)
+
+
+def resize_linear(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 → ``(N, C, height, width)`` uint8, the same bytes as ``cv2.resize(INTER_LINEAR)``
+    (``letterbox_batch`` without padding)."""
+    _, _, h, w = images.shape
+    return letterbox_batch([images], [Letterbox(h, w, height, width, 0, 0, height, width)])
 
 
 def letterbox(images: torch.Tensor, box: Letterbox) -> torch.Tensor:
     """``(N, 3, H, W)`` uint8 RGB → ``(N, 3, out_h, out_w)`` float32 in ``[0, 1]``, on their device."""
-    if (box.new_h, box.new_w) != (box.height, box.width):
-        images = resize_linear(images, box.new_h, box.new_w)
-    out = torch.full((images.shape[0], 3, box.out_h, box.out_w), float(PAD_VALUE), device=images.device)
-    out[:, :, box.top:box.top + box.new_h, box.left:box.left + box.new_w] = images
-    return out.div_(255)
+    return to_network_input(letterbox_batch([images], [box]), torch.float32)
+
+
+def to_network_input(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Letterboxed uint8 → the network's input in ``dtype``: ``x / 255`` computed in float32."""
+    return images.float().div_(255).to(dtype)
 
 
 # ---------------------------------------------------------------- post-processing (batched, on the device)
@@ -299,17 +361,18 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
 class PersonGraphs:
     """``run(x, frames)``: the network and ``select_persons`` on a letterboxed batch, replayed from CUDA graphs.
 
-    One graph per input shape (height, width) for full batches of ``batch_size`` images, captured on first use
-    after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads) are
-    kept alive with it. At most ``max_graphs`` are kept, least recently used first out. A smaller batch (the last
-    of a partition, or a shape group of a batch of mixed sizes) runs eagerly: a capture costs about a second
-    (cuDNN's first calls at a new size), more than a partial batch gains, and a crawl of many sizes would evict
-    and capture again and again. Returns fresh tensors (cloned on the stream), so a later replay cannot overwrite
-    results still to be read. Eager (``enabled=False``, or on the CPU): the same calls without graphs."""
+    One graph per input shape (height, width) at ``batch_size`` images, captured at the first full batch of that
+    shape after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads)
+    are kept alive with it. The shapes are bounded by the stride grid (at most ``2 * imgsz / 32`` at one ``imgsz``),
+    so every graph is kept. A smaller batch (a queue's tail) replays its shape's graph padded with empty images:
+    a new batch size would cost what a new input shape costs, about a second of cuDNN's set-up on an H200
+    (``benchmarks/results/extract-h200.jsonl``), for the kernels of each convolution at that shape. Returns fresh
+    tensors (cloned on the stream), so a later replay cannot overwrite results still to be read. Eager
+    (``enabled=False``, or on the CPU): the same calls without graphs."""
 
-    def __init__(self, backend: FastBackend, enabled: bool, max_graphs: int = 4):
-        self.backend, self.enabled, self.max_graphs = backend, enabled, max_graphs
-        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+    def __init__(self, backend: FastBackend, enabled: bool):
+        self.backend, self.enabled = backend, enabled
+        self._graphs: dict[tuple, tuple] = {}
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backend
@@ -335,39 +398,48 @@ class PersonGraphs:
         # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             packed, pred = self._forward(x, frames)
-        if len(self._graphs) >= self.max_graphs:
-            torch.cuda.synchronize(b.device)  # nothing of the evicted graph may still be running
-            self._graphs.popitem(last=False)
         entry = (graph, x, frames, packed, pred, anchors)
         self._graphs[key] = entry
         return entry
 
     def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
-        n = x.shape[0]
-        if not self.enabled or n != self.backend.batch_size:
-            return self._forward(x, frames)
-        key = (n, x.shape[2], x.shape[3])
+        n, size = x.shape[0], self.backend.batch_size
+        key = (size, x.shape[2], x.shape[3])
         entry = self._graphs.get(key)
+        if not self.enabled or n > size:
+            return self._forward(x, frames)
         if entry is None:
             entry = self._capture(key)
-        self._graphs.move_to_end(key)
         graph, static_x, static_frames, packed, pred, _ = entry
-        static_x.copy_(x)
-        static_frames.copy_(frames)
+        static_x[:n].copy_(x)
+        static_frames[:n].copy_(frames)
+        if n < size:  # padding rows: empty images of a valid frame (their results are not read)
+            static_x[n:].zero_()
+            static_frames[n:].copy_(static_frames.new_tensor([1, 1, 0, 0, x.shape[3], x.shape[2], 1]))
         graph.replay()
-        return packed.clone(), pred.clone()
+        return packed[:n].clone(), pred[:n].clone()
+
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """The captured graphs' ``(batch, height, width)``."""
+        return list(self._graphs)
 
 
 # ---------------------------------------------------------------- the backend
 
 
+Inputs = list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]
+"""Network inputs by input shape: (positions in the batch, ``(n, 3, h, w)`` in the model's dtype, frames ``(n, 7)``:
+``to_image_pixels``' six and the decode scale of each image)."""
+
+
 @dataclass
 class _Batch:
-    """A batch ready for the network: its files as read, and the images stacked by shape on the device."""
+    """A batch ready for the network: its files as read, and its images letterboxed by input shape on the device."""
 
     read: ReadBatch
-    groups: Groups
+    inputs: Inputs
     event: object = None  # CUDA event recorded after the producer's last kernel of this batch
 
 
@@ -384,12 +456,83 @@ class ChosenPersons:
     scores: np.ndarray  # (n, 17) float32
 
 
-@dataclass
-class _Pending:
-    """A batch whose network calls are queued: per call its file positions, results and host copy."""
+class _Open:
+    """A batch of files whose images are in the network queues: the rows filled so far, and how many are to come."""
 
-    read: ReadBatch
-    calls: list  # per network call: (file positions, frames, raw output on the device, host copy of the packed rows)
+    def __init__(self, read: ReadBatch):
+        n = len(read)
+        self.read, self.waiting = read, 0
+        self.persons = np.zeros(n, np.int64)
+        self.rows = np.full((n, 5 + 3 * KEYPOINTS), np.nan, np.float32)
+
+    def result(self) -> ChosenPersons:
+        kp = self.rows[:, 5:].reshape(len(self.read), KEYPOINTS, 3)
+        return ChosenPersons(self.read, self.persons, self.rows[:, :5].copy(), kp[..., :2].copy(), kp[..., 2].copy())
+
+
+@dataclass
+class _Slice:
+    """Consecutive queued images of one batch: their positions in it, network input and frames."""
+
+    batch: _Open
+    positions: np.ndarray
+    x: torch.Tensor
+    frames: torch.Tensor
+    sequence: int  # the batch's number in the stream
+
+    def split(self, k: int) -> tuple[_Slice, _Slice]:
+        return (_Slice(self.batch, self.positions[:k], self.x[:k], self.frames[:k], self.sequence),
+                _Slice(self.batch, self.positions[k:], self.x[k:], self.frames[k:], self.sequence))
+
+
+class _ShapeQueues:
+    """Images waiting for the network, one queue per input shape across the batches of a stream: a queue runs when
+    it holds a full batch, or (its tail, partial) once its oldest image is ``flush_after`` batches old, or at the
+    end. So a crawl of many sizes still runs full batches, and no file waits without bound."""
+
+    def __init__(self, batch_size: int, flush_after: int):
+        self.batch_size, self.flush_after = batch_size, flush_after
+        self._queues: dict[tuple[int, int], list[_Slice]] = {}
+
+    def put(self, item: _Slice) -> None:
+        self._queues.setdefault(tuple(item.x.shape[2:]), []).append(item)
+
+    def ready(self, sequence: int) -> Iterator[list[_Slice]]:
+        """The calls to launch now: full batches, and the tails that waited ``flush_after`` batches."""
+        for queue_ in self._queues.values():
+            while sum(len(s.positions) for s in queue_) >= self.batch_size:
+                yield self._take(queue_, self.batch_size)
+            if queue_ and queue_[0].sequence <= sequence - self.flush_after:
+                yield self._take(queue_, self.batch_size)
+
+    def rest(self) -> Iterator[list[_Slice]]:
+        """Everything left, at the end of the stream."""
+        for queue_ in self._queues.values():
+            while queue_:
+                yield self._take(queue_, self.batch_size)
+
+    @staticmethod
+    def _take(queue_: list[_Slice], n: int) -> list[_Slice]:
+        taken, count = [], 0
+        while queue_ and count < n:
+            item = queue_.pop(0)
+            if count + len(item.positions) > n:
+                item, left = item.split(n - count)
+                queue_.insert(0, left)
+            taken.append(item)
+            count += len(item.positions)
+        return taken
+
+
+@dataclass
+class _Call:
+    """A launched network call: the slices it covers (in row order), its frames, raw output and host copy of the
+    packed rows."""
+
+    slices: list[_Slice]
+    frames: torch.Tensor
+    pred: torch.Tensor
+    host: torch.Tensor
     event: object = None
 
 
@@ -402,7 +545,8 @@ class FastBackend:
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
-                 torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64):
+                 torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
+                 flush_after: int = 32):
         import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
 
         from pipeline.devices import resolve_device
@@ -410,12 +554,15 @@ class FastBackend:
         self.model_path = Path(model) if model else default_model_path()
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
+        if cuda:
+            use_cudnn_heuristics()
         self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
         self.batch_size, self.kpt_threshold = batch_size, kpt_threshold
         self.half = cuda if half is None else half
         self.read_threads, self.read_processes = max(1, read_threads), max(0, read_processes)
         self.torch_decode = cuda if torch_decode is None else torch_decode
         self.select_k = min(select_k, max_det)
+        self.flush_after = max(1, flush_after)
         net = load_pose_model(self.model_path)
         self.net = net.to(self.device).half() if self.half else net.to(self.device)
         self.dtype = torch.float16 if self.half else torch.float32
@@ -456,50 +603,42 @@ class FastBackend:
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order, in that image's pixels."""
-        groups = []
-        for indices in shape_groups(enumerate(images)):
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                groups.append((chunk, bgr_to_tensor(np.stack([images[i] for i in chunk]), self.device)))
-        return self._detect(groups, len(images))
+        groups = [(indices, bgr_to_tensor(np.stack([images[i] for i in indices]), self.device))
+                  for indices in shape_groups(enumerate(images))]
+        return self._collect(self._launch(self._network_inputs(groups, [1.0] * len(images))), len(images))
 
-    def _detect(self, groups: Groups, n: int) -> list[Detections]:
-        """Detections for ``n`` images given as shape groups ``(indices, (N, 3, H, W) uint8 RGB)``."""
-        return self._collect(self._launch(groups), n)
-
-    def _inputs(self, groups: Groups, scales: list[float] | None = None
-                ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """The network inputs, ``batch_size`` images at a time: (indices, letterboxed ``(B, 3, h, w)`` in the model's
-        dtype, frames ``(B, 7)`` on the device: ``to_image_pixels``' six and the decode scale of each image)."""
+    def _network_inputs(self, groups: Groups, scales: list[float]) -> Inputs:
+        """Images by shape ``(indices, (N, 3, H, W) uint8 RGB)`` → the network inputs by input shape, letterboxed
+        (``letterbox_batch``) with their frames; ``scales`` the decode scale of each index."""
         by_input: dict[tuple[int, int], list[tuple[list[int], torch.Tensor, Letterbox]]] = {}
         for indices, images in groups:
             box = letterbox_geometry(images.shape[2], images.shape[3], self.imgsz)
             by_input.setdefault((box.out_h, box.out_w), []).append((indices, images, box))
         out = []
         for shape, items in by_input.items():
-            indices = [i for item in items for i in item[0]]
+            positions = np.array([i for item in items for i in item[0]], dtype=np.int64)
             frames = np.concatenate([np.tile([*inverse_letterbox(shape, (box.height, box.width)), box.width,
                                               box.height, 1.0], (len(idx), 1)) for idx, _, box in items])
-            if scales is not None:
-                frames[:, 6] = [scales[i] for i in indices]
+            frames[:, 6] = [scales[i] for i in positions]
             frames = torch.from_numpy(frames.astype(np.float32))
             if self.device.type == "cuda":  # a pageable copy would wait for the queued network calls
                 frames = frames.pin_memory()
             frames = frames.to(self.device, non_blocking=True)
-            x = torch.cat([letterbox(images, box) for _, images, box in items]).to(self.dtype)
-            for start in range(0, len(indices), self.batch_size):
-                stop = start + self.batch_size
-                out.append((indices[start:stop], x[start:stop], frames[start:stop]))
+            x = letterbox_batch([images for _, images, _ in items], [box for _, _, box in items])
+            out.append((positions, to_network_input(x, self.dtype), frames))
         return out
 
     @torch.inference_mode()
-    def _launch(self, groups: Groups) -> Launched:
-        """Letterbox each shape group and queue the network per input shape, ``batch_size`` at a time; returns
-        ``(indices, raw output (B, 56, A), frames (B, 7))`` per call without waiting for the device."""
+    def _launch(self, inputs: Inputs) -> Launched:
+        """Queue the network on each input shape, ``batch_size`` images at a time; returns ``(positions, raw output
+        (B, 56, A), frames (B, 7))`` per call without waiting for the device."""
         launched = []
-        for indices, x, frames in self._inputs(groups):
-            pred = self.net(x)
-            launched.append((indices, pred[0] if isinstance(pred, (list, tuple)) else pred, frames))
+        for positions, x, frames in inputs:
+            for start in range(0, len(positions), self.batch_size):
+                stop = start + self.batch_size
+                pred = self.net(x[start:stop])
+                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+                launched.append((list(positions[start:stop]), pred, frames[start:stop]))
         return launched
 
     @torch.inference_mode()
@@ -544,60 +683,76 @@ class FastBackend:
     def choose_files(self, paths: list[str | os.PathLike], max_pixels: int = 40_000_000) -> Iterator[ChosenPersons]:
         """One ``ChosenPersons`` per ``batch_size`` paths, in order: each file's record and its chosen person.
 
-        The network, NMS and the person choice run as one CUDA graph per full batch (``PersonGraphs``); only the count
-        and the chosen person come back to the host. Images the fixed-shape choice cannot settle (``select_persons``)
-        are post-processed exactly instead; the result is the same either way."""
-        pending: _Pending | None = None
-        for item in self._prepared(paths, max_pixels):
-            launched = self._launch_persons(item)
-            if pending is not None:
-                yield self._finish_persons(pending)
-            pending = launched
-        if pending is not None:
-            yield self._finish_persons(pending)
+        Each batch's images join a queue per network input shape (``_ShapeQueues``), so the network runs full
+        batches whatever the files' sizes; the network, NMS and the person choice run as one CUDA graph per input
+        shape (``PersonGraphs``) and only the count and the chosen person come back to the host. Images the
+        fixed-shape choice cannot settle (``select_persons``) are post-processed exactly instead; the result is the
+        same either way, and the same whatever an image's batch neighbours. A batch comes out once all its images
+        are back, so up to ``flush_after`` batches may be held."""
+        queues = _ShapeQueues(self.batch_size, self.flush_after)
+        opened: list[_Open] = []
+        in_flight: list[_Call] = []
+        for sequence, item in enumerate(self._prepared(paths, max_pixels)):
+            batch = _Open(item.read)
+            opened.append(batch)
+            for positions, x, frames in self._receive(item):
+                batch.waiting += len(positions)
+                queues.put(_Slice(batch, positions, x, frames, sequence))
+            launched = [self._launch_call(slices) for slices in queues.ready(sequence)]
+            for call in in_flight:  # launched at the previous batch: done, or nearly, by now
+                self._finish_call(call)
+            in_flight = launched
+            while opened and opened[0].waiting == 0:
+                yield opened.pop(0).result()
+        for call in in_flight + [self._launch_call(slices) for slices in queues.rest()]:
+            self._finish_call(call)
+        for batch in opened:
+            yield batch.result()
 
     @torch.inference_mode()
-    def _launch_persons(self, item: _Batch) -> _Pending:
-        calls = []
-        for indices, x, frames in self._inputs(self._receive(item), item.read.scale):
-            packed, pred = self.graphs.run(x, frames)
-            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.device.type == "cuda")
-            host.copy_(packed, non_blocking=True)
-            calls.append((indices, frames, pred, host))
+    def _launch_call(self, slices: list[_Slice]) -> _Call:
+        x = slices[0].x if len(slices) == 1 else torch.cat([s.x for s in slices])
+        frames = slices[0].frames if len(slices) == 1 else torch.cat([s.frames for s in slices])
+        packed, pred = self.graphs.run(x, frames)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.device.type == "cuda")
+        host.copy_(packed, non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
-        return _Pending(item.read, calls, event)
+        return _Call(slices, frames, pred, host, event)
 
     @torch.inference_mode()
-    def _finish_persons(self, pending: _Pending) -> ChosenPersons:
-        if pending.event is not None:
-            pending.event.synchronize()
-        n = len(pending.read)
-        persons = np.zeros(n, np.int64)
-        rows = np.full((n, 5 + 3 * KEYPOINTS), np.nan, np.float32)
-        for indices, frames, pred, host in pending.calls:
-            packed = host.numpy()
-            idx = np.asarray(indices)
-            usable = packed[:, 0] > 0
-            persons[idx] = packed[:, 1].astype(np.int64)
-            found = usable & (packed[:, 1] > 0)
-            rows[idx[found]] = packed[found, 2:]
-            redo = np.flatnonzero(~usable)
-            if len(redo):  # exactly, as predict_files does
-                det, index = postprocess(pred[redo], self.conf, self.iou, self.max_det)
-                det = to_image_pixels(det, index, frames[redo, :6])
-                split = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(redo))
-                for j, d in zip(redo, split, strict=True):
-                    d = d.scaled(float(frames[j, 6]))
-                    persons[idx[j]] = len(d)
-                    chosen = choose_person(d.boxes)
-                    if chosen >= 0:
-                        rows[idx[j]] = np.concatenate([d.boxes[chosen], np.concatenate(
-                            [d.keypoints[chosen], d.scores[chosen][:, None]], axis=1).ravel()])
-        kp = rows[:, 5:].reshape(n, KEYPOINTS, 3)
-        return ChosenPersons(pending.read, persons, rows[:, :5].copy(), kp[..., :2].copy(), kp[..., 2].copy())
+    def _finish_call(self, call: _Call) -> None:
+        """Wait for a call and write its persons into the batches its images belong to."""
+        if call.event is not None:
+            call.event.synchronize()
+        packed = call.host.numpy()
+        usable = packed[:, 0] > 0
+        redo = np.flatnonzero(~usable)
+        exact: dict[int, Detections] = {}
+        if len(redo):  # exactly, as predict_files does
+            det, index = postprocess(call.pred[redo], self.conf, self.iou, self.max_det)
+            det = to_image_pixels(det, index, call.frames[redo, :6])
+            split = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(redo))
+            exact = {int(j): d.scaled(float(call.frames[j, 6])) for j, d in zip(redo, split, strict=True)}
+        start = 0
+        for s in call.slices:
+            rows = packed[start:start + len(s.positions)]
+            found = (rows[:, 0] > 0) & (rows[:, 1] > 0)
+            s.batch.persons[s.positions] = rows[:, 1].astype(np.int64)
+            s.batch.rows[s.positions[found]] = rows[found, 2:]
+            for j, position in enumerate(s.positions):
+                d = exact.get(start + j)
+                if d is None:
+                    continue
+                s.batch.persons[position] = len(d)
+                chosen = choose_person(d.boxes)
+                if chosen >= 0:
+                    s.batch.rows[position] = np.concatenate([d.boxes[chosen], np.concatenate(
+                        [d.keypoints[chosen], d.scores[chosen][:, None]], axis=1).ravel()])
+            s.batch.waiting -= len(s.positions)
+            start += len(s.positions)
 
     def _prepared(self, paths: list[str | os.PathLike], max_pixels: int) -> Iterator[_Batch]:
         """The batches of ``paths`` read (``self.reader``) and decoded on the device by a producer thread (on its own
@@ -662,11 +817,12 @@ class FastBackend:
             groups += [(idx, bgr_to_tensor(images, self.device)) for idx, images in read.cpu_groups]
             groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device))
                        for idx in shape_groups(cpu_images.items())]
+            inputs = self._network_inputs(groups, read.scale) if groups else []
             event = None
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
-        return _Batch(read, groups, event)
+        return _Batch(read, inputs, event)
 
     def _torch_decode(self, blobs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Batched ``decode_jpeg`` on the device: ``(3, H, W)`` uint8 RGB tensors."""
@@ -677,14 +833,15 @@ class FastBackend:
         images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
         return list(images) if isinstance(images, (list, tuple)) else [images]
 
-    def _receive(self, batch: _Batch) -> Groups:
-        """A prepared batch's image groups, usable on the caller's stream once the producer's work is done."""
+    def _receive(self, batch: _Batch) -> Inputs:
+        """A prepared batch's network inputs, usable on the caller's stream once the producer's work is done."""
         if batch.event is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(batch.event)
-            for _, images in batch.groups:
-                images.record_stream(current)  # made on the producer's stream, used and freed on this one
-        return batch.groups
+            for _, x, frames in batch.inputs:  # made on the producer's stream, used and freed on this one
+                x.record_stream(current)
+                frames.record_stream(current)
+        return batch.inputs
 
     def close(self) -> None:
         """Stop the reader's worker processes."""
@@ -699,6 +856,17 @@ def bgr_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> to
     batch = torch.as_tensor(images)
     batch = batch.to(device, non_blocking=batch.is_pinned())
     return batch.permute(0, 3, 1, 2).flip(1).contiguous()
+
+
+def use_cudnn_heuristics() -> None:
+    """Choose convolution kernels with cuDNN's own heuristics (its v7 interface) in this process, unless the
+    environment already says which interface to use; it takes effect only before the process's first convolution.
+
+    torch's default (the cuDNN v8 graph interface) builds execution plans for every convolution at each new input
+    shape: about 1.1 s per input shape of YOLO11n-pose at batch 256 on an H200, 3.5 s for the first, against
+    0.4 s and 1.1 s with the v7 heuristics, for the same speed afterwards (7-9 ms a batch;
+    ``docs/fast-backend.md``). A crawl of many sizes meets several input shapes, each paid once."""
+    os.environ.setdefault("TORCH_CUDNN_V8_API_DISABLED", "1")
 
 
 def load_pose_model(path: str | os.PathLike) -> torch.nn.Module:

@@ -46,6 +46,9 @@ from pipeline.keypoints import read_keypoints
 from pipeline.pose import choose_person, create_backend
 from pipeline.pose.fast import (
     FastBackend,
+    _Open,
+    _ShapeQueues,
+    _Slice,
     bgr_to_tensor,
     inverse_letterbox,
     letterbox,
@@ -355,6 +358,66 @@ def test_choose_files_gives_predict_files_chosen_person(odd_tree, tmp_path):
     assert sum(w[5] > 1 for w in want) >= 5  # images where the choice had something to choose among
 
 
+MIXED_SIZES = [(128, 64), (256, 176), (300, 400), (480, 360), (200, 200), (720, 1280), (97, 311)]
+
+
+@pytest.fixture(scope="module")
+def mixed_tree(tmp_path_factory) -> list[Path]:
+    """Crops of the shipped photos at 7 sizes (6 input shapes at imgsz 256), interleaved, and two person-free
+    images: the order a crawl lists them in."""
+    root = tmp_path_factory.mktemp("mixed")
+    bench = load_bench()
+    by_size = [bench.make_images(root / f"s{k}", 5, size, seed=k) for k, size in enumerate(MIXED_SIZES)]
+    paths = [p for group in zip(*by_size, strict=True) for p in group]
+    for name, shape in (("grey.jpg", (333, 500)), ("tiny.jpg", (16, 16))):
+        cv2.imwrite(str(root / name), np.full((*shape, 3), 90, np.uint8))
+        paths.insert(len(paths) // 2, root / name)
+    return paths
+
+
+def test_queues_by_input_shape_give_each_file_its_one_image_predict(mixed_tree, reference):
+    """Files of many sizes, batched by network input shape across batches (full batches of 4, tails after 2
+    batches), give every file in order the persons and chosen keypoints of ``YOLO.predict`` on that image alone."""
+    backend = FastBackend(device="cpu", batch_size=4, read_threads=2, torch_decode=True, flush_after=2)
+    got = files_and_choices(backend, mixed_tree)
+    shapes = {(b.out_h, b.out_w) for b in (letterbox_geometry(*decode_image(p).image.shape[:2], 256)
+                                          for p in mixed_tree)}
+    assert len(shapes) >= 6
+    persons = 0
+    for path, g in zip(mixed_tree, got, strict=True):
+        want = reference.predict([decode_image(path).image])[0]
+        assert g[0] == "ok" and g[5] == len(want), path
+        if len(want):
+            i = choose_person(want.boxes)
+            row = np.concatenate([want.boxes[i], np.concatenate([want.keypoints[i], want.scores[i][:, None]],
+                                                                1).ravel()])
+            np.testing.assert_allclose(g[6], row, atol=0.01, err_msg=str(path))
+            persons += 1
+    assert persons >= 30 and sum(g[5] == 0 for g in got) >= 2
+
+
+def test_shape_queues_run_full_batches_and_flush_old_tails():
+    queues = _ShapeQueues(batch_size=4, flush_after=2)
+
+    def put(sequence: int, shape: tuple[int, int], n: int) -> None:
+        batch = _Open([None] * n)  # a stand-in for the ReadBatch: only its length is used
+        queues.put(_Slice(batch, np.arange(n), torch.zeros(n, 3, *shape), torch.zeros(n, 7), sequence))
+
+    def sizes(calls) -> list[list[int]]:
+        return [[len(s.positions) for s in call] for call in calls]
+
+    put(0, (32, 64), 3)
+    put(0, (64, 32), 1)
+    assert sizes(queues.ready(0)) == []
+    put(1, (32, 64), 3)
+    assert sizes(queues.ready(1)) == [[3, 1]]  # one full batch; two images of batch 1 wait
+    assert sizes(queues.ready(2)) == [[1]]  # the (64, 32) tail of batch 0 is 2 batches old
+    assert sizes(queues.ready(3)) == [[2]]
+    put(4, (32, 64), 9)
+    assert sizes(queues.ready(4)) == [[4], [4]]
+    assert sizes(queues.rest()) == [[1]]
+
+
 def test_a_warmed_up_backend_gives_what_a_fresh_one_gives(odd_tree, tmp_path):
     """``warm_up`` (a full batch of a generated JPEG through the reader processes) leaves nothing behind that
     changes a later extraction: the same records and persons as a backend that never warmed up."""
@@ -632,24 +695,61 @@ def test_gpu_extract_gives_the_statuses_of_the_cpu_run(odd_tree, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_path):
-    """CUDA graphs (full batches; the partial ones and mixed shapes eager; CPU-decoded files; reader processes) give
-    the persons that eager fp16 with the exact post-processing gives on the same GPU."""
+    """CUDA graphs (full batches, and the queues' tails padded; CPU-decoded files; reader processes) give the
+    persons that eager fp16 with the exact post-processing gives on the same GPU."""
     root, _, _ = odd_tree
     paths = sorted(p for p in root.rglob("*") if p.is_file()) + load_bench().make_images(tmp_path, 300, (256, 176))
     graphs = FastBackend(device="cuda:0", batch_size=64, read_processes=2)
     assert graphs.graphs.enabled
     eager = FastBackend(device="cuda:0", batch_size=64, cuda_graphs=False)
     want = predicted_choices(eager, paths)
-    # same kernels, same fp16 network output: equal to float rounding of the post-processing
-    assert_same_choices(files_and_choices(eager, paths), want, paths, atol=1e-3)
-    # cuDNN may pick other kernels in a graph: fp16 noise (measured on an H200 with padded batches in graphs: up to
-    # 0.31 px on a 640-px photo, whose input pixel is 2.5 image pixels), under the design's 1 px
-    got = files_and_choices(graphs, paths)
-    assert_same_choices(got, want, paths, atol=1.0)
-    diffs = [np.abs(g[6] - w[6]).mean() for g, w in zip(got, want, strict=True) if w[6] is not None]
-    assert len(diffs) >= 250 and np.mean(diffs) < 0.05, np.mean(diffs)
-    assert len(graphs.graphs._graphs) == 1 and graphs.reader.processes == 2  # one full-batch shape: 256x192
+    # the queues batch images by input shape across batches, so both run other batch sizes than predict_files and
+    # cuDNN picks other kernels (in a graph too): fp16 noise, which on an uncertain person can move a joint by a
+    # few pixels (an H200: one zidane crop of the 331 images, 23 px on a joint of score 0.01, 2 px on one of 0.5).
+    # Records equal; persons and keypoints within the design's bounds (person count on 98%, 1 px mean)
+    for backend in (eager, graphs):
+        got = files_and_choices(backend, paths)
+        assert [g[:5] for g in got] == [w[:5] for w in want]
+        same_count = sum(g[5] == w[5] for g, w in zip(got, want, strict=True))
+        diffs = [np.abs(g[6] - w[6])[5:].reshape(17, 3)[:, :2].mean() for g, w in zip(got, want, strict=True)
+                 if w[6] is not None and g[6] is not None]
+        assert same_count >= 0.98 * len(paths) and len(diffs) >= 250, (same_count, len(diffs))
+        assert np.mean(diffs) < 0.1, np.mean(diffs)
+    assert (64, 256, 192) in graphs.graphs.shapes and graphs.reader.processes == 2
     graphs.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree):
+    """A crawl of many sizes and odd files through CUDA graphs per input shape (full batches of 8, tails padded
+    into a graph or eager): every file keeps the record ``pipeline.decode`` gives it, and the persons are those of
+    fp16 ``YOLO.predict`` on each image alone, within the design's agreement bounds."""
+    root, _, _ = odd_tree
+    paths = mixed_tree[:20] + sorted(p for p in root.rglob("*") if p.is_file()) + mixed_tree[20:]
+    backend = FastBackend(device="cuda:0", batch_size=8, read_processes=2, flush_after=2)
+    reference = create_backend("ultralytics", device="cuda:0", half=True)
+    got = files_and_choices(backend, paths)
+    assert len(backend.graphs.shapes) >= 4  # full batches of several input shapes ran as graphs
+    found_agree, diffs = 0, []
+    for path, g in zip(paths, got, strict=True):
+        want = decode_image(path)
+        assert g[:5] == (want.status, want.reason, want.width, want.height, want.content_hash), path
+        if not want.ok:
+            continue
+        det = reference.predict([want.image])[0].scaled(want.scale)
+        found_agree += (len(det) > 0) == (g[5] > 0)
+        if len(det) and g[6] is not None:
+            i = choose_person(det.boxes)
+            both = (det.scores[i] >= 0.5) & (g[6][5:].reshape(17, 3)[:, 2] >= 0.5)
+            if both.any():
+                diffs.append(np.abs(g[6][5:].reshape(17, 3)[both, :2] - det.keypoints[i][both]).mean())
+    ok = sum(decode_image(p).ok for p in paths)
+    summary = (f"person found agrees on {found_agree}/{ok}; keypoints {np.mean(diffs):.3f} px mean, "
+               f"max {np.max(diffs):.3f}")
+    print(summary)
+    assert found_agree >= 0.95 * ok and len(diffs) >= 30 and np.mean(diffs) < 1.0, summary
+    backend.close()
 
 
 @pytest.mark.gpu
@@ -657,10 +757,10 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
 def test_gpu_warm_up_captures_the_graph_that_files_of_its_size_use(tmp_path):
     backend = FastBackend(device="cuda:0", batch_size=64, read_processes=2)
     backend.warm_up((256, 176))
-    assert list(backend.graphs._graphs) == [(64, 256, 192)]
+    assert backend.graphs.shapes == [(64, 256, 192)]
     paths = load_bench().make_images(tmp_path, 128, (256, 176))
     assert sum(int(b.persons.astype(bool).sum()) for b in backend.extract_files(paths)) > 100
-    assert list(backend.graphs._graphs) == [(64, 256, 192)]  # replayed, not captured again
+    assert backend.graphs.shapes == [(64, 256, 192)]  # replayed, not captured again
     backend.close()
 
 
