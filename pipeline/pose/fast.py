@@ -232,13 +232,33 @@ def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, image: torch.Tensor
 
     (``torchvision.ops.batched_nms`` does the same but falls back to one call per image above 20,000 box
     coordinates on a GPU, and offsets by ``max + 1`` only, which lets boxes with negative corners overlap.)"""
-    from torchvision.ops import nms
-
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     b = boxes.double()
     low, span = b.min(), b.max() - b.min() + 1
-    return nms(b - low + (image.double() * span)[:, None], scores.double(), iou)
+    return torchvision_nms()(b - low + (image.double() * span)[:, None], scores.double(), iou)
+
+
+@functools.cache
+def torchvision_nms():
+    """``torchvision.ops.nms``'s kernel (``torch.ops.torchvision.nms``), loaded from torchvision's compiled library
+    without importing the ``torchvision`` package: that import pulls in ``torch._dynamo`` (1.1 s on a 2-core
+    machine, 5 s where bytecode is not cached), which extraction's start-up would otherwise pay."""
+    if not hasattr(torch.ops.torchvision, "nms"):
+        import importlib.machinery
+        import importlib.util
+
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or not spec.submodule_search_locations:
+            raise PipelineError("the fast backend needs torchvision's nms: pip install torchvision")
+        folder = Path(spec.submodule_search_locations[0])
+        libraries = [folder / f"_C{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+        library = next((path for path in libraries if path.is_file()), None)
+        if library is None:  # a layout this does not know: the package's own loader
+            import torchvision.ops  # noqa: F401
+        else:
+            torch.ops.load_library(str(library))
+    return torch.ops.torchvision.nms
 
 
 def to_image_pixels(det: torch.Tensor, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -329,7 +349,7 @@ def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: f
 
 
 def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> tuple[int, int] | None:
-    """``(height, width)`` when ``torchvision``'s decoder gives what ``pipeline.decode`` would, else None.
+    """``(height, width)`` when TorchCodec's JPEG decoder gives what ``pipeline.decode`` would, else None.
 
     The conditions are listed in ``docs/fast-backend.md``; anything unusual is left to the CPU decoder."""
     from pipeline.decode import exif_orientation, jpeg_complete, jpeg_header
@@ -547,8 +567,6 @@ class FastBackend:
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32):
-        import torchvision.ops  # noqa: F401 - its import takes seconds: pay it with the model load, not the first batch
-
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -825,12 +843,12 @@ class FastBackend:
         return _Batch(read, inputs, event)
 
     def _torch_decode(self, blobs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Batched ``decode_jpeg`` on the device: ``(3, H, W)`` uint8 RGB tensors."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        """Batched ``decode_jpeg`` of TorchCodec on the device (nvJPEG on CUDA): ``(3, H, W)`` uint8 RGB tensors."""
+        from torchcodec.decoders import decode_jpeg
 
         if self._side_stream is not None:  # the current stream here: nvJPEG may write before queued work has run
             self._side_stream.synchronize()
-        images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
+        images = decode_jpeg(blobs, mode="RGB", device=self.device)
         return list(images) if isinstance(images, (list, tuple)) else [images]
 
     def _receive(self, batch: _Batch) -> Inputs:

@@ -14,7 +14,7 @@ never touches CUDA), so it starts in milliseconds. A daemonic process (a Dask wo
 ``distributed.worker.daemon: true``) cannot have children; the reader then uses threads and says so in
 ``BatchReader.processes``.
 
-The decode route: ``torch_decodable`` (in ``pipeline.pose.fast``) says whether torchvision's decoder gives what
+The decode route: ``torch_decodable`` (in ``pipeline.pose.fast``) says whether TorchCodec's decoder gives what
 ``pipeline.decode`` would for that file; when ``torch_decode`` is off, or for any other file, the CPU decode of
 ``pipeline.decode`` makes the record and the image.
 """
