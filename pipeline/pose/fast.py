@@ -381,18 +381,20 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
 class PersonGraphs:
     """``run(x, frames)``: the network and ``select_persons`` on a letterboxed batch, replayed from CUDA graphs.
 
-    One graph per input shape (height, width) at ``batch_size`` images, captured at the first full batch of that
-    shape after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads)
-    are kept alive with it. The shapes are bounded by the stride grid (at most ``2 * imgsz / 32`` at one ``imgsz``),
-    so every graph is kept. A smaller batch (a queue's tail) replays its shape's graph padded with empty images:
-    a new batch size would cost what a new input shape costs, about a second of cuDNN's set-up on an H200
-    (``benchmarks/results/extract-h200.jsonl``), for the kernels of each convolution at that shape. Returns fresh
+    One graph per input shape (height, width) at ``batch_size`` images, captured at the first batch of that shape
+    after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads) are
+    kept alive with it. The shapes are bounded by the stride grid (at most ``2 * imgsz / 32`` at one ``imgsz``),
+    so every graph is kept, all in one memory pool (a graph's results are cloned before the next replay, and
+    replays never overlap: the pool holds one graph's working memory, not one per shape). A smaller batch (a
+    queue's tail) replays its shape's graph padded with empty images: a new batch size would cost what a new input
+    shape costs, cuDNN's set-up for each convolution at that shape (``use_cudnn_heuristics``). Returns fresh
     tensors (cloned on the stream), so a later replay cannot overwrite results still to be read. Eager
     (``enabled=False``, or on the CPU): the same calls without graphs."""
 
     def __init__(self, backend: FastBackend, enabled: bool):
         self.backend, self.enabled = backend, enabled
         self._graphs: dict[tuple, tuple] = {}
+        self._pool = None  # one memory pool for all graphs: they replay one at a time on one stream
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backend
@@ -416,7 +418,9 @@ class PersonGraphs:
         anchors = (getattr(head, "anchors", None), getattr(head, "strides", None))
         graph = torch.cuda.CUDAGraph()
         # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             packed, pred = self._forward(x, frames)
         entry = (graph, x, frames, packed, pred, anchors)
         self._graphs[key] = entry
