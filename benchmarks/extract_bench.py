@@ -1,7 +1,7 @@
 """Extraction speed and keypoint agreement: `pgpig-data extract` timed from the shell vs a `YOLO.predict` loop.
 
     python benchmarks/extract_bench.py [--backend fast] [--images 2000] [--sizes uniform --size 256x176 | --sizes mixed]
-        [--imgsz 256] [--device auto] [--predict-batch 64] [--agreement-images 2000] [--extract-args "--workers 0"]
+        [--imgsz 256] [--device auto] [--predict-batch 64] [--agreement-images 2000] [--extract-args "--threads 2"]
 
 The files are crops, flips and rescales of the photos that ship with ultralytics, as JPEGs in ``<identity>/<image>``
 folders: all at ``--size`` (``uniform``) or a crawl of many sizes, qualities and a few large and person-free photos
@@ -274,11 +274,13 @@ def pipeline_table(out: Path, root: Path) -> tuple[dict, dict, dict]:
     return keypoints, dict(zip(paths, table["n_persons"].to_pylist(), strict=True)), statuses
 
 
-def agreement(paths: list[Path], reference: tuple[dict, dict], other: tuple[dict, dict]) -> dict:
+def agreement(paths: list[Path], reference: tuple[dict, dict], other: tuple[dict, dict]) -> dict | None:
     """How ``other`` (keypoints, persons by path) agrees with ``reference`` on ``paths``: a person found by both or
     neither, the same person count, and per image the mean abs difference (px) over the joints visible in both."""
     from schemas.keypoints import visible_mask
 
+    if not paths:
+        return None
     (ref_kp, ref_n), (kp, n) = reference, other
     diffs = []
     for p in paths:
@@ -349,10 +351,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     ref_kp, ref_n, ref_seconds = predict_each(checked, args.device, imgsz, conf, threshold)
     in_batched = [p for p in checked if p in batched_n]
     return {"wall": wall, "record": record, "crawl": crawl, "subset": len(subset),
-            "predict_rate": len(subset) / predict_seconds, "reference_rate": len(checked) / ref_seconds,
+            "predict_rate": len(subset) / predict_seconds,
+            "reference_rate": len(checked) / ref_seconds if checked else None,
             "agreement": agreement(checked, (ref_kp, ref_n), (kp, persons)),
-            "batched_agreement": agreement(in_batched, (ref_kp, ref_n), (batched_kp, batched_n)) if in_batched
-            else None,
+            "batched_agreement": agreement(in_batched, (ref_kp, ref_n), (batched_kp, batched_n)),
             "person_free": {"files": len(person_free), "pipeline_found_person": sum(statuses[p] == "ok"
                                                                                     for p in person_free),
                             "checked": sum(p in ref_n for p in person_free),
@@ -411,7 +413,8 @@ def main() -> None:
         "ratio_in_tasks_to_predict": round(in_tasks / m["predict_rate"], 3),
         # against predict one image per call; the batched loop's own agreement with it beside
         "agreement": m["agreement"], "predict_loop_agreement": m["batched_agreement"],
-        "reference_images_per_s": round(m["reference_rate"], 1), "person_free": m["person_free"],
+        "reference_images_per_s": m["reference_rate"] and round(m["reference_rate"], 1),
+        "person_free": m["person_free"],
         "statuses": {"ok": 0, "no_person": 0, "unreadable": 0, **record["statuses"]},
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "gpus": torch.cuda.device_count(), "machine": f"{platform.machine()} {os.cpu_count()} cpu",
