@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,25 +34,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> dict:
     """One ``pgpig-data extract`` of ``raw`` by the package in ``tree``: the wall time and its run record."""
-    from extract_bench import rate_after_first_tasks
+    from extract_bench import rate_after_first_tasks, shell_extract
 
-    out, run_file = work / "kp", work / "extract.json"
-    shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "pipeline.cli", "extract", str(raw), "--dataset", "folder", "--workers",
-               str(workers), "--out", str(out), "--run-file", str(run_file), "--overwrite", "--quiet"]
-    # run from the work folder: `python -m`/`-c` put the current folder first on sys.path, before PYTHONPATH; and
-    # an editable install's import hook would win over PYTHONPATH too: check which package the process gets
-    where = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env, cwd=work,
-                           capture_output=True, text=True, check=True).stdout.strip()
-    if not Path(where).resolve().is_relative_to(tree):
-        raise SystemExit(f"PYTHONPATH={tree} imports pipeline from {where}: uninstall the editable pgpig first")
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    record = json.loads(run_file.read_text())
+    shutil.rmtree(work / "kp", ignore_errors=True)
+    wall, record = shell_extract(raw, work, ["--workers", str(workers)], tree)
     if record["processed"] != images:
         raise SystemExit(f"{tree}: processed {record['processed']} of {images} files")
     tasks = record["tasks"]
