@@ -8,15 +8,15 @@ atomically and returns a small summary. Every listed file gets exactly one row w
 ``ok``, a reason; a bad file never stops the run.
 
 The tasks run in this process (``workers=0``), on a ``LocalCluster`` of one worker per GPU (or CPU workers), or
-on the cluster at ``scheduler``; each worker loads and warms up its source (``warm_worker``) while this process
-lists the files. Consecutive parts can be one stream of the source (``extract_stream``), whose reading then runs
-on from part to part. ``extract.json`` records the run: written at the start (``complete: false``, so a resume
-can check it continues the same settings) and again at the end with counts, speed and where the time went.
+on the cluster at ``scheduler``; each worker loads and warms up its source (``warm_worker``) while a child process
+lists the files (``pipeline.datasets.background``). Consecutive parts can be one stream of the source
+(``extract_stream``), whose reading then runs on from part to part. ``extract.json`` records the run: written at
+the start (``complete: false``, so a resume can check it continues the same settings) and again at the end with
+counts, speed and where the time went.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -445,17 +445,6 @@ def _write_run(cfg: ExtractConfig, record: dict) -> None:
         f.write("\n")
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
-def _row_dict(row) -> dict:
-    """A listed ``RawImage`` as a task's row: its fields, shallow (``dataclasses.asdict`` deep-copies every value:
-    seconds of the driver's time for 200,000 files)."""
-    return {name: getattr(row, name) for name in _field_names(type(row))}
-
-
 def default_workers() -> tuple[int, int]:
     """(workers, torch threads per worker): one per GPU when there are several, else one CPU worker per 4 cores.
 
@@ -493,34 +482,37 @@ def _worker_settings(cfg: ExtractConfig) -> tuple[int, dict]:
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     """Run (or resume) an extraction; returns the record written to ``extract.json``.
 
-    The workers start, and each loads its source and warms it up (``warm_worker``), on a thread while this one
-    lists the files and plans the partitions."""
-    from pipeline.datasets import list_images
+    A child process lists the files (``start_listing``) while this one reads the settings and starts the workers,
+    each of which loads its source and warms it up (``warm_worker``) on a thread: the listing does not share this
+    interpreter's lock with the warm-up's imports. The tasks are planned once the listing is back."""
+    from pipeline.datasets.background import start_listing
 
     started = time.perf_counter()
     raw = Path(cfg.raw).resolve()
     if not raw.is_dir():
         raise PipelineError(f"{cfg.raw}: raw data folder not found")
-    batch_size, partition_size, _ = cfg.sizes()
-    if partition_size < 1 or batch_size < 1:
-        raise PipelineError("--partition-size and --batch-size must be at least 1")
-    settings = run_settings(cfg, cfg.dataset)  # a detected dataset's name is filled in after the listing
-    if not cfg.overwrite:  # before anything starts: a resume with other settings fails at once
-        _check_resume(cfg, settings, raw, unknown=() if cfg.dataset else ("dataset",))
-    workers, worker_settings = _worker_settings(cfg)
-    pool = _Workers(cfg, workers, {**settings, **worker_settings})
-    try:
-        listed = list_images(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres)
-        settings["dataset"] = listed[0].dataset if listed else (cfg.dataset or "folder")
-        record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
-        listing_seconds = time.perf_counter() - started
-        summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
-        warm_ups = pool.warm_ups()
-        for warm in warm_ups:
-            if warm["error"]:
-                log(f"warning: a worker's warm-up failed ({warm['error']}); its first task loaded the model instead")
-    finally:
-        pool.close()
+    with start_listing(raw, cfg.dataset, split_lists=cfg.split_lists, seed=cfg.seed, highres=cfg.highres) as listing:
+        batch_size, partition_size, _ = cfg.sizes()
+        if partition_size < 1 or batch_size < 1:
+            raise PipelineError("--partition-size and --batch-size must be at least 1")
+        settings = run_settings(cfg, cfg.dataset)  # a detected dataset's name is filled in after the listing
+        if not cfg.overwrite:  # before anything starts: a resume with other settings fails at once
+            _check_resume(cfg, settings, raw, unknown=() if cfg.dataset else ("dataset",))
+        workers, worker_settings = _worker_settings(cfg)
+        pool = _Workers(cfg, workers, {**settings, **worker_settings})
+        try:
+            listed = listing.rows()
+            settings["dataset"] = listed[0]["dataset"] if listed else (cfg.dataset or "folder")
+            record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
+            listing_seconds = time.perf_counter() - started
+            summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
+            warm_ups = pool.warm_ups()
+            for warm in warm_ups:
+                if warm["error"]:
+                    log(f"warning: a worker's warm-up failed ({warm['error']}); its first task loaded the model "
+                        "instead")
+        finally:
+            pool.close()
     record.update(_timings(summaries, time.perf_counter() - started, listing_seconds), warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"], scheduler=cfg.scheduler)
@@ -529,7 +521,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     return record
 
 
-def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: dict, listed: list,
+def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: dict, listed: list[dict],
                log) -> tuple[dict, list[PartitionTask]]:
     """Check or clear the earlier run, write the starting record, and plan the tasks of the files not done yet."""
     if cfg.overwrite:
@@ -538,7 +530,7 @@ def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: d
         _check_resume(cfg, settings, raw)
     cfg.out.mkdir(parents=True, exist_ok=True)
     parts, done = finished_parts(cfg.out)
-    todo = [r for r in listed if r.image not in done]
+    todo = [r for r in listed if r["image"] not in done]
     record = {
         "version": RUN_FILE_VERSION,
         "schema_version": SCHEMA_VERSION,
@@ -555,7 +547,7 @@ def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: d
         f"{len(todo)} to do")
     task_settings = {**settings, **worker_settings}
     first, size = max(parts, default=-1) + 1, settings["partition_size"]
-    tasks = [PartitionTask(first + k, [_row_dict(r) for r in todo[i:i + size]], str(raw), task_settings)
+    tasks = [PartitionTask(first + k, todo[i:i + size], str(raw), task_settings)
              for k, i in enumerate(range(0, len(todo), size))]
     return record, tasks
 
@@ -605,9 +597,10 @@ class _Workers:
     """Where the tasks run: this process (``workers=0``, no ``scheduler``) or a Dask cluster (a LocalCluster of
     ``workers`` processes, or the one at ``scheduler``).
 
-    Made before the listing: a thread starts the cluster and queues one ``warm_worker`` on each of its workers
-    (this process: runs it), so that the listing, the model loads and the devices' first calls overlap. ``run``
-    waits for that thread, then runs the tasks; a task queued behind a worker's warm-up starts when it ends."""
+    Made while a child process lists the files: a thread starts the cluster and queues one ``warm_worker`` on each
+    of its workers (this process: runs it), so that the listing, the model loads and the devices' first calls
+    overlap. ``run`` waits for that thread, then runs the tasks; a task queued behind a worker's warm-up starts when
+    it ends."""
 
     def __init__(self, cfg: ExtractConfig, workers: int, settings: dict):
         self.cfg, self.workers, self.settings = cfg, workers, settings

@@ -7,6 +7,8 @@ of the data set come back with a ``skip_reason``. Only our own ``.*.tmp`` tempor
 - ``market1501``: ``bounding_box_train/``, ``bounding_box_test/``, ``query/`` (``market.py``);
 - ``deepfashion``: In-shop's ``img/`` or ``img_highres/`` tree (``deepfashion.py``);
 - ``folder``: ``<root>/<identity>/<image>`` (``folder.py``).
+
+``background.start_listing`` runs ``list_images`` in a child process, beside other work of the caller.
 """
 
 from __future__ import annotations

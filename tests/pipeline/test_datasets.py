@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.datasets import DATASETS, IMAGE_EXTENSIONS, RawImage, detect_layout, list_images
+import pipeline
+from pipeline.datasets import DATASETS, IMAGE_EXTENSIONS, RawImage, background, detect_layout, list_images
+from pipeline.datasets.background import start_listing
 from pipeline.errors import PipelineError
 from schemas.patn import deepfashion_flat_name, deepfashion_relpath
 
@@ -501,3 +506,111 @@ def test_interface_constants():
     row = RawImage("query/a.jpg", "folder", None, "a", None, None, None, None)
     with pytest.raises(AttributeError):
         row.split = "train"  # frozen: a listing cannot be edited by accident
+
+
+# ---------------------------------------------------------------- listing in a child process (background.py)
+
+
+def not_in_this_process(*_args, **_kwargs):
+    raise AssertionError("listed in the test process: the child gave no result")
+
+
+def odd_folder_tree(root: Path) -> Path:
+    """A folder layout with nesting, skipped files and a name that is not UTF-8 where the file system allows it."""
+    for rel in ("0001/a.jpg", "0001/day2/b.png", "0002/c.jpg", "0002/notes.txt", "loose.jpg", "José/ü.jpg"):
+        put(root, rel)
+    try:
+        with open(os.path.join(os.fsencode(root), b"0002", b"caf\xe9.jpg"), "wb") as f:
+            f.write(jpeg())
+    except OSError:
+        pass
+    return root
+
+
+def test_listing_in_a_child_process_gives_the_rows_of_list_images(market_tree, deepfashion_tree, tmp_path,
+                                                                  monkeypatch):
+    folder = odd_folder_tree(tmp_path / "people")
+    cases = [(market_tree[0], {}), (deepfashion_tree[0], {}), (deepfashion_tree[0], {"dataset": "deepfashion"}),
+             (folder, {}), (folder, {"seed": 7, "test_fraction": 0.5})]
+    monkeypatch.setattr(background, "list_images", not_in_this_process)  # the child imports its own
+    for root, options in cases:
+        want = list_images(root, **options)
+        with start_listing(root, **options) as listing:
+            rows = listing.rows()
+        assert rows == [row.as_dict() for row in want]  # same order, same fields, same values
+        assert [RawImage(**row) for row in rows] == want
+        assert all(list(row) == list(RawImage.__slots__) for row in rows)
+
+
+def test_listing_errors_come_back_from_the_child_as_the_same_one_line_error(deepfashion_tree, market_tree, tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "empty").mkdir()
+    bad_list = tmp_path / "train.lst"
+    bad_list.write_bytes(b"\xff\xfe not text")
+    cases = [(tmp_path / "missing", {}), (tmp_path / "empty", {}), (market_tree[0], {"dataset": "market"}),
+             (deepfashion_tree[0], {"split_lists": (bad_list, bad_list)})]
+    monkeypatch.setattr(background, "list_images", not_in_this_process)
+    for root, options in cases:
+        with pytest.raises(PipelineError) as here:
+            list_images(root, **options)
+        with pytest.raises(PipelineError) as child, start_listing(root, **options) as listing:
+            listing.rows()
+        assert str(child.value) == str(here.value) and "\n" not in str(child.value)
+        assert str(root) in str(child.value) or str(bad_list) in str(child.value)
+
+
+@pytest.mark.parametrize("executable", ["no-such-python", "/bin/false"])
+def test_a_child_that_cannot_run_lists_in_this_process(market_tree, monkeypatch, executable):
+    monkeypatch.setattr(sys, "executable", executable)
+    with start_listing(market_tree[0]) as listing:
+        assert listing.rows() == [row.as_dict() for row in list_images(market_tree[0])]
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigint", "kill-9"])
+def test_the_child_ends_with_its_parent(deepfashion_tree, tmp_path, how):
+    """A split list that is a FIFO holds the child in its open() for good: only its parent's end can stop it.
+
+    Ctrl-C signals the whole process group, ``kill -INT`` the parent alone (which then stops the child), and a
+    parent killed with -9 runs no code at all (the child sees the pipe to it close)."""
+    fifo = tmp_path / "train.lst"
+    os.mkfifo(fifo)
+    script = ("import sys\n"
+              "from pipeline.datasets.background import start_listing\n"
+              "with start_listing(sys.argv[1], split_lists=(sys.argv[2], sys.argv[2])) as listing:\n"
+              "    print(listing._child.pid, flush=True)\n"
+              "    listing.rows()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(pipeline.__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", script, str(deepfashion_tree[0]), str(fifo)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while open(f"/proc/{child}/wchan").read() != "wait_for_partner":  # the kernel's wait in a FIFO's open
+            assert time.monotonic() < deadline, "the child never reached the FIFO"
+            time.sleep(0.02)
+        if how == "ctrl-c":
+            os.killpg(parent.pid, signal.SIGINT)
+        else:
+            parent.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(child)
+        if how != "kill-9":
+            assert "KeyboardInterrupt" in parent.stderr.read().decode()
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        parent.stdout.close()
+        parent.stderr.close()

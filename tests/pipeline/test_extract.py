@@ -40,6 +40,20 @@ def quiet(*_args, **_kwargs) -> None:
     pass
 
 
+def listing_processes() -> list:
+    """This process's children that list files (``pipeline.datasets.background``)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "pipeline.datasets.background" in child.cmdline():
+                found.append(child)
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return found
+
+
 @pytest.fixture(scope="module")
 def photo_run(photo_market_tree, tmp_path_factory):
     work = tmp_path_factory.mktemp("photo_run")
@@ -51,6 +65,7 @@ def photo_run(photo_market_tree, tmp_path_factory):
 
 def test_every_photo_gets_a_row_and_the_run_is_recorded(photo_run, photo_market_tree):
     cfg, record, rows = photo_run
+    assert not listing_processes()  # the listing's child process has ended with the run
     files = sorted(p.relative_to(photo_market_tree).as_posix() for p in photo_market_tree.rglob("*.jpg"))
     assert sorted(rows) == files
     assert record["complete"] and record["rows"] == len(files) == 9
@@ -257,6 +272,19 @@ def test_cli_extract_with_annotations_then_export(market_tree, tmp_path, monkeyp
     assert len(read_annotations("train.csv")) == summary["annotated"]["train"]
     result = runner.invoke(data_main, ["extract", str(root), "--dataset", "deepfashion", "--workers", "0"])
     assert result.exit_code == 1 and result.output.startswith("error: ")
+
+
+def test_a_listing_error_stops_the_run_with_its_one_line_and_no_process_left(deepfashion_tree, tmp_path):
+    """The files are listed in a child process: its error is the driver's, word for word, and the child has ended."""
+    root, _ = deepfashion_tree
+    bad = tmp_path / "train.lst"
+    bad.write_bytes(b"\xff\xfe not text")
+    result = CliRunner().invoke(data_main, ["extract", str(root), "--split-lists", str(bad), str(bad), "--backend",
+                                            "ultralytics", "--device", "cpu", "--workers", "0", "--out",
+                                            str(tmp_path / "kp"), "--run-file", str(tmp_path / "x.json"), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {bad}: cannot read the train list (") and result.output.count("\n") == 1
+    assert not listing_processes()
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
