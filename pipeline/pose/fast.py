@@ -158,17 +158,21 @@ def letterbox_batch(blocks: list[torch.Tensor], boxes: list[Letterbox]) -> torch
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _device_taps(box: Letterbox, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_letterbox_taps(box)`` and the source size ``(height, width)`` on ``device``, kept: a data set has few
+    sizes, and a small host-to-device copy per batch costs more host time than the gathers it feeds. The copy is
+    a blocking one, so the tensors are ready for any stream."""
+    rows, cols = _letterbox_taps(box)
+    size = torch.tensor([box.height, box.width], dtype=torch.int64)
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device), size.to(device)
+
+
 def _resize_into(out_h: int, out_w: int, blocks: list[torch.Tensor], boxes: list[Letterbox]) -> torch.Tensor:
     """``letterbox_batch`` for blocks that are resized: the gathers and the fixed-point arithmetic."""
     device = blocks[0].device
-    counts = [len(block) for block in blocks]
-    taps = [_letterbox_taps(b) for b in boxes]
-    rows = torch.from_numpy(np.repeat(np.stack([t[0] for t in taps]), counts, axis=0))  # (N, 5, out_h)
-    cols = torch.from_numpy(np.repeat(np.stack([t[1] for t in taps]), counts, axis=0))  # (N, 5, out_w)
-    sizes = torch.from_numpy(np.repeat(np.array([(b.height, b.width) for b in boxes], np.int64), counts, axis=0))
-    if device.type == "cuda":  # a pageable copy would wait for the work queued on the device
-        rows, cols, sizes = rows.pin_memory(), cols.pin_memory(), sizes.pin_memory()
-    rows, cols, sizes = (t.to(device, non_blocking=True) for t in (rows, cols, sizes))
+    taps = [t for block, box in zip(blocks, boxes, strict=True) for t in [_device_taps(box, device)] * len(block)]
+    rows, cols, sizes = (torch.stack([t[k] for t in taps]) for k in range(3))  # (N, 5, out_h), (N, 5, out_w), (N, 2)
     flat = blocks[0].reshape(-1) if len(blocks) == 1 else torch.cat([block.reshape(-1) for block in blocks])
     plane = sizes[:, 0] * sizes[:, 1]
     start = torch.cumsum(plane * 3, 0) - plane * 3
@@ -585,6 +589,7 @@ class FastBackend:
         self.torch_decode = cuda if torch_decode is None else torch_decode
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
+        self._frames: dict[tuple, torch.Tensor] = {}
         net = load_pose_model(self.model_path)
         self.net = net.to(self.device).half() if self.half else net.to(self.device)
         self.dtype = torch.float16 if self.half else torch.float32
@@ -639,16 +644,21 @@ class FastBackend:
         out = []
         for shape, items in by_input.items():
             positions = np.array([i for item in items for i in item[0]], dtype=np.int64)
-            frames = np.concatenate([np.tile([*inverse_letterbox(shape, (box.height, box.width)), box.width,
-                                              box.height, 1.0], (len(idx), 1)) for idx, _, box in items])
-            frames[:, 6] = [scales[i] for i in positions]
-            frames = torch.from_numpy(frames.astype(np.float32))
-            if self.device.type == "cuda":  # a pageable copy would wait for the queued network calls
-                frames = frames.pin_memory()
-            frames = frames.to(self.device, non_blocking=True)
+            frames = torch.stack([row for idx, _, box in items for row in [self._frame(shape, box)] * len(idx)])
+            reduced = [j for j, i in enumerate(positions) if scales[i] != 1.0]
+            if reduced:  # files decoded reduced (above max_pixels): rare
+                frames[reduced, 6] = torch.tensor([scales[positions[j]] for j in reduced], device=self.device)
             x = letterbox_batch([images for _, images, _ in items], [box for _, _, box in items])
             out.append((positions, to_network_input(x, self.dtype), frames))
         return out
+
+    def _frame(self, shape: tuple[int, int], box: Letterbox) -> torch.Tensor:
+        """The frame ``(7,)`` of an image of ``box`` in input ``shape`` (scale 1), kept on the device per box."""
+        key = (shape, box)
+        if key not in self._frames:
+            row = [*inverse_letterbox(shape, (box.height, box.width)), box.width, box.height, 1.0]
+            self._frames[key] = torch.tensor(row, dtype=torch.float32).to(self.device)  # blocking: any stream
+        return self._frames[key]
 
     @torch.inference_mode()
     def _launch(self, inputs: Inputs) -> Launched:

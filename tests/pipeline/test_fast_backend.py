@@ -721,22 +721,30 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree):
-    """A crawl of many sizes and odd files through CUDA graphs per input shape (full batches of 8, tails padded
-    into a graph or eager): every file keeps the record ``pipeline.decode`` gives it, and the persons are those of
-    fp16 ``YOLO.predict`` on each image alone, within the design's agreement bounds."""
+def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree, tmp_path):
+    """A crawl of many sizes (``extract_bench.py --sizes mixed``'s: 19 sizes up to 12 MP, progressive files,
+    person-free ones) and odd files through CUDA graphs per input shape (full batches of 16, tails padded): every
+    file keeps the record ``pipeline.decode`` gives it, and the persons are those of fp16 ``YOLO.predict`` on each
+    image alone. Measured on an H200 over 2,000 such files (``benchmarks/results/extract-h200.jsonl``): 0.41 px
+    mean, median 0.15 px, p99 3 px, a person found on the same images 99.95%; the mean is carried by a few
+    uncertain persons (nvJPEG and libjpeg differ by up to 45 grey levels on small images), so on a small set the
+    median and the 90th percentile are asserted."""
     root, _, _ = odd_tree
-    paths = mixed_tree[:20] + sorted(p for p in root.rglob("*") if p.is_file()) + mixed_tree[20:]
-    backend = FastBackend(device="cuda:0", batch_size=8, read_processes=2, flush_after=2)
+    bench = load_bench()
+    photos = bench.shipped_photos()
+    crawl = bench.write_jobs(tmp_path / "crawl", bench.mixed_jobs(160, 1, photos), photos)
+    paths = mixed_tree[:20] + sorted(p for p in root.rglob("*") if p.is_file()) + mixed_tree[20:] + crawl
+    backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2)
     reference = create_backend("ultralytics", device="cuda:0", half=True)
     got = files_and_choices(backend, paths)
     assert len(backend.graphs.shapes) >= 4  # full batches of several input shapes ran as graphs
-    found_agree, diffs = 0, []
+    found_agree, ok, diffs = 0, 0, []
     for path, g in zip(paths, got, strict=True):
         want = decode_image(path)
         assert g[:5] == (want.status, want.reason, want.width, want.height, want.content_hash), path
         if not want.ok:
             continue
+        ok += 1
         det = reference.predict([want.image])[0].scaled(want.scale)
         found_agree += (len(det) > 0) == (g[5] > 0)
         if len(det) and g[6] is not None:
@@ -744,11 +752,13 @@ def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixe
             both = (det.scores[i] >= 0.5) & (g[6][5:].reshape(17, 3)[:, 2] >= 0.5)
             if both.any():
                 diffs.append(np.abs(g[6][5:].reshape(17, 3)[both, :2] - det.keypoints[i][both]).mean())
-    ok = sum(decode_image(p).ok for p in paths)
-    summary = (f"person found agrees on {found_agree}/{ok}; keypoints {np.mean(diffs):.3f} px mean, "
-               f"max {np.max(diffs):.3f}")
+    diffs = np.asarray(diffs)
+    summary = (f"person found agrees on {found_agree}/{ok}; keypoints over {len(diffs)} images: mean "
+               f"{diffs.mean():.3f} px, median {np.median(diffs):.3f}, p90 {np.percentile(diffs, 90):.3f}, "
+               f"max {diffs.max():.3f}")
     print(summary)
-    assert found_agree >= 0.95 * ok and len(diffs) >= 30 and np.mean(diffs) < 1.0, summary
+    assert found_agree >= 0.98 * ok and len(diffs) >= 120, summary
+    assert np.median(diffs) < 0.5 and np.percentile(diffs, 90) < 2.0, summary
     backend.close()
 
 
