@@ -49,7 +49,7 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "compare", "evaluate", "pair_file_name", "read_names"]
+__all__ = ["ALL_METRICS", "check_frame", "compare", "evaluate", "pair_file_name", "read_names", "stored_frame"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
@@ -226,6 +226,159 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _to_batch(arrays: Iterable[np.ndarray], device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.stack(list(arrays))).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+# ---------------------------------------------------------------------------------------------------- frames
+
+_FRAME_SAMPLE = 16
+"""Generated images read to decide a folder's frame."""
+_MISFRAME_RATIO = 1.5
+"""A folder is in the other DeepFashion frame when its images differ from the targets this many times more than
+from the targets moved into that frame."""
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """How a shard set framed its images: the stored ``(height, width)`` and where they came from."""
+
+    size: tuple[int, int]
+    dataset: str | None
+    source: str
+    """``img`` (DeepFashion ``img/``: the person in the middle columns, white sides), ``img_highres`` (DeepFashion
+    ``img_highres/`` stretched to the size, the person filling the width) or ``other`` (Market-1501, folders)."""
+
+    def describe(self) -> str:
+        h, w = self.size
+        if self.source == "img":
+            return f"{h}x{w} from DeepFashion img/ (PATN/XingGAN/PG2 frame)"
+        if self.source == "img_highres":
+            return f"{h}x{w} from DeepFashion img_highres/ stretched (GFLA/DPTN frame)"
+        return f"{h}x{w} {'Market-1501' if self.dataset == 'market1501' else 'images'}"
+
+
+def stored_frame(shards) -> StoredFrame:
+    """The ``StoredFrame`` of a ``ShardSet``: its manifest's size and, for DeepFashion, the raw folder of its images."""
+    import pyarrow.parquet as pq
+
+    size, dataset = tuple(int(v) for v in shards.manifest.size), shards.manifest.dataset
+    if dataset != "deepfashion":
+        return StoredFrame(size, dataset, "other")
+    entry = next(e for e in shards.manifest.files if e.kind == "images")
+    path = safe_join(shards.folder, entry.path, "manifest file")
+    if shards.manifest.format == "parquet":
+        first = pq.read_table(path, columns=["image"]).column("image")[0].as_py()
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            first = f["image"].asstr()[0]
+    return StoredFrame(size, dataset, "img_highres" if first.split("/", 1)[0] == "img_highres" else "img")
+
+
+def _panel_width(w: int, stored_w: int) -> int:
+    """The width of one generated image: PATN's five-image panel counts as its last image."""
+    return w // 5 if w % 5 == 0 and w > stored_w else w
+
+
+def _fits(size: tuple[int, int], frame: StoredFrame) -> bool:
+    """Whether generated images of ``size`` can be scored in ``frame`` (see ``_frame``)."""
+    (h, w), (stored_h, stored_w) = size, frame.size
+    if h != stored_h:
+        return False
+    if frame.source == "img_highres":  # the person fills the width: no narrower crop of it exists
+        return w == stored_w
+    return 0 < w <= stored_w and (stored_w - w) % 2 == 0
+
+
+def _other_frame(image: np.ndarray, frame: StoredFrame) -> np.ndarray:
+    """A stored image moved into the other DeepFashion frame at the same size: from ``img`` the middle columns
+    stretched to the full width (GFLA/DPTN), from ``img_highres`` the width squeezed into the middle columns."""
+    from pipeline.shards import resize_image
+    from schemas.patn import deepfashion_margin
+
+    h, w = image.shape[:2]
+    m = deepfashion_margin(w)
+    if frame.source == "img":
+        return resize_image(np.ascontiguousarray(image[:, m:w - m]), (h, w))
+    return _pad(resize_image(image, (h, w - 2 * m)), m)
+
+
+def _coarse(image: np.ndarray) -> np.ndarray:
+    """Grey 32x32 thumbnail: where the person is, not the texture."""
+    from pipeline.shards import resize_image
+
+    return resize_image(image, (32, 32)).astype(np.float32).mean(axis=2)
+
+
+def _shard_recipe(frame: StoredFrame, size: tuple[int, int], split: str, source: str) -> str:
+    """The commands that build a shard set of ``size`` whose images come from ``source`` (a ``StoredFrame`` source);
+    a new extraction only when ``source`` is another DeepFashion folder than the shard set's."""
+    h, w = size
+    if source == frame.source or source == "other":
+        return f"`pgpig-data pair --split {split} --size {h}x{w} --out NEW_SHARDS`"
+    tag = "highres" if source == "img_highres" else "img"
+    flag = " --highres" if source == "img_highres" else ""
+    return (f"`pgpig-data extract RAW{flag} --out keypoints-{tag} --run-file extract-{tag}.json` then "
+            f"`pgpig-data pair --split {split} --keypoints keypoints-{tag} --run-file extract-{tag}.json "
+            f"--out shards-{tag} --size {h}x{w}`")
+
+
+def check_frame(generated: Path, files: list[Path | None], shards, pairs: np.ndarray, split: str) -> None:
+    """Raise ``TrainError`` (one line: the folder's frame, the shard set's, the shard set to build) when the
+    generated images are in another frame than the stored targets.
+
+    Reads up to ``_FRAME_SAMPLE`` matched images. Their most common size must fit the stored frame (``_fits``);
+    on a DeepFashion shard set, full-width images must also look more like the targets than like the targets moved
+    into the other DeepFashion frame (``_other_frame``): the two frames have the same size, only the content tells.
+    """
+    from pipeline.decode import decode_image
+
+    frame = stored_frame(shards)
+    stored_h, stored_w = frame.size
+    sample: list[tuple[int, np.ndarray]] = []
+    for k, path in enumerate(files):
+        if path is None:
+            continue
+        decoded = decode_image(path)
+        if decoded.ok:
+            rgb = np.ascontiguousarray(decoded.image[..., ::-1])
+            w = _panel_width(rgb.shape[1], stored_w)
+            sample.append((k, np.ascontiguousarray(rgb[:, rgb.shape[1] - w:])))
+        if len(sample) == _FRAME_SAMPLE:
+            break
+    if not sample:
+        return
+    sizes = [image.shape[:2] for _, image in sample]
+    size = max(set(sizes), key=sizes.count)
+    deepfashion = frame.source != "other"
+    where = f"{shards.folder} stores {frame.describe()}"
+    if not _fits(size, frame):
+        h, w = size
+        source, build, note = frame.source, size, ""
+        if deepfashion and h != w:
+            source, build, note = "img", (h, h), " (a crop of DeepFashion img/: PATN/XingGAN's frame)"
+        elif frame.dataset == "market1501":
+            note = " (Market-1501 is 128x64 in PATN, XingGAN, GFLA and DPTN: are these another data set's images?)"
+        raise TrainError(f"{generated}: generated images are {h}x{w}{note}, but {where}; build matching shards "
+                         f"with {_shard_recipe(frame, build, split, source)} and pass --shards to them")
+    if not deepfashion or size[1] != stored_w:
+        return
+    stored_err = other_err = 0.0
+    n = 0
+    for k, image in sample:
+        if image.shape[:2] != (stored_h, stored_w):
+            continue
+        n += 1
+        target = shards[int(pairs[k][1])].image
+        thumb = _coarse(image)
+        stored_err += float(np.abs(thumb - _coarse(target)).mean())
+        other_err += float(np.abs(thumb - _coarse(_other_frame(target, frame))).mean())
+    if stored_err > _MISFRAME_RATIO * other_err:
+        other = StoredFrame(frame.size, frame.dataset, "img" if frame.source == "img_highres" else "img_highres")
+        raise TrainError(f"{generated}: generated images are {other.describe()} (mean grey difference "
+                         f"{stored_err / n:.1f} to the targets, {other_err / n:.1f} to the targets in that frame), "
+                         f"but {where}; build matching shards with "
+                         f"{_shard_recipe(frame, frame.size, split, other.source)} and pass --shards to them")
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -474,6 +627,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
                               "shards": str(folder), "split": cfg.split, "pairs_in_split": int(len(all_pairs)),
                               "pairs": int(len(pairs))}
     out, files, unmatched, label = _images(cfg, flat, result, log)
+    if cfg.generated is not None:
+        check_frame(Path(cfg.generated), files, shards, pairs, cfg.split)
 
     explicit = cfg.metrics is not None
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
