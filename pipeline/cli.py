@@ -164,14 +164,23 @@ def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed,
               type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of keypoint parts.")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Only this split.")
 @click.option("--patn-crop", is_flag=True, help="DeepFashion: write in PATN's 256x176 crop frame.")
+@click.option("--images", "images_to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also put every written row's raw image at IMAGES/<split>/<PATN name>, the layout of the official "
+                   "loaders (dataroot).")
+@click.option("--raw", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Raw data folder the images are read from [default: the one the run file records].")
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("extract.json"),
+              show_default=True, help="Extract run record naming the raw data folder (with --images).")
+@click.option("--link", is_flag=True, help="With --images: hard-link the raw files instead of copying them.")
 @report_errors()
-def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool) -> None:
+def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop: bool, images_to, raw, run_file,
+                           link: bool) -> None:
     """Write the ok rows of a keypoints table as a PATN annotation CSV (name:keypoints_y:keypoints_x)."""
     from pipeline.export import export_annotations
 
-    n = export_annotations(keypoints_dir, out_csv, split=split, patn_crop=patn_crop)
-    click.echo(f"wrote {n} annotations to {out_csv}")
-
+    n = export_annotations(keypoints_dir, out_csv, split=split, patn_crop=patn_crop, images_to=images_to, raw=raw,
+                           run_file=run_file, link=link)
+    click.echo(f"wrote {n} annotations to {out_csv}" + (f" and their images under {images_to}" if images_to else ""))
 
 
 def _no_cap(value: int | None) -> int | None:
@@ -275,13 +284,26 @@ def verify(folder: Path) -> None:
 @main.command("export-pairs")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--images", "images_to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also put every image a pair names at IMAGES/<split>/<PATN name>, the layout of the official "
+                   "loaders (dataroot).")
+@click.option("--raw", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Raw data folder the images are read from [default: the one the manifest records].")
+@click.option("--link", is_flag=True, help="With --images: hard-link the raw files instead of copying them.")
 @report_errors()
-def export_pairs_cmd(folder: Path, out_csv: Path) -> None:
-    """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none)."""
+def export_pairs_cmd(folder: Path, out_csv: Path, images_to, raw, link: bool) -> None:
+    """Write a shard set's pairs as a PATN pair CSV (from,to) of PATN names (file names where none).
+
+    \b
+    With --images, every image the list names is copied to IMAGES/<split>/
+    (Market-1501's test split: bounding_box_test/ and query/), so PATN's and
+    GFLA's loaders find them all; their READMEs build test/ from
+    bounding_box_test/ alone.
+    """
     from pipeline.export import export_pairs
 
-    n = export_pairs(folder, out_csv)
-    click.echo(f"wrote {n} pairs to {out_csv}")
+    n = export_pairs(folder, out_csv, images_to=images_to, raw=raw, link=link)
+    click.echo(f"wrote {n} pairs to {out_csv}" + (f" and their images under {images_to}" if images_to else ""))
 
 
 @main.command()
