@@ -30,11 +30,11 @@ def test_every_image_of_the_exported_test_pairs_is_in_the_test_folder(market_sha
     needed = _pair_names(tmp_path / "market-pairs-test.csv")
     assert n > 0 and needed
     # the test split holds query/ images too: the official README layout (bounding_box_test/ alone) misses them
-    from_query = {name for name, image in zip(names, images) if image.startswith("query/")}
+    from_query = {name for name, image in zip(names, images, strict=True) if image.startswith("query/")}
     assert from_query & needed
     assert {p.name for p in (out / "test").iterdir()} == needed
     raw = market_shards.parent / "raw"
-    for name, image, content_hash in zip(names, images, hashes):
+    for name, image, content_hash in zip(names, images, hashes, strict=True):
         if name in needed:
             assert sha256_file(out / "test" / name) == content_hash == sha256_file(raw / image)
 
@@ -52,7 +52,7 @@ def test_cli_links_resumes_and_reports_a_missing_raw_file_in_one_line(market_sha
     image = images[names.index(first.name)]
     assert os.stat(first).st_ino == os.stat(raw / image).st_ino  # a hard link, not a copy
     # a second run finds every file in place and writes none
-    rows = [(n, i, h) for n, i, h in zip(names, images, hashes) if (out / "test" / n).exists()]
+    rows = [(n, i, h) for n, i, h in zip(names, images, hashes, strict=True) if (out / "test" / n).exists()]
     assert write_images(rows, raw, out / "test") == 0
     # a raw folder without the images: one line naming the file and the option to fix it
     empty = tmp_path / "empty-raw"
