@@ -183,6 +183,11 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
 @click.option("--generated", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Score images made elsewhere: a folder named by the pairs (PATN <src>___<tgt>_vis.png|jpg, "
               "panels too, or GFLA <src>_2_<tgt>_vis).")
+@click.option("--target-from", type=click.Choice(["shards", "panel"]), default=None,
+              help=with_default("Target of each --generated image: 'shards' scores against the stored target (the "
+                                "true one, hence the default); 'panel' against the target slice of each PATN/XingGAN "
+                                "panel as read from the JPEG, which reproduces the papers' numbers.", EvalConfig,
+                                "target_from"))
 @click.option("--compare", "compare_runs", is_flag=True,
               help="Put the eval.json of the given run folders (arguments) side by side in one table.")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
@@ -214,8 +219,9 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
               help="YOLO-pose weights for PCKh [default: the embedded yolo11n-pose.pt].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors(TrainError)
-def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, metrics, ssim_setting, fid_reference,
-                 no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model, quiet) -> None:
+def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
+                 fid_reference, no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model,
+                 quiet) -> None:
     """Score a generator on a split with the papers' metrics; writes eval.json, eval.md and pairs.csv.
 
     \b
@@ -232,8 +238,9 @@ def eval_command(run_dir, generated, compare_runs, runs, shards, split, out, met
     names = None
     if metrics is not None:
         names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    cfg = EvalConfig(**given(shards=shards, split=split, run_dir=run_dir, generated=generated, out=out, metrics=names,
-                             ssim=ssim_setting, fid_reference=fid_reference, max_pairs=max_pairs,
+    cfg = EvalConfig(**given(shards=shards, split=split, run_dir=run_dir, generated=generated,
+                             target_from=target_from, out=out, metrics=names, ssim=ssim_setting,
+                             fid_reference=fid_reference, max_pairs=max_pairs,
                              batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
                              pose_model=pose_model), baseline=not no_baseline, progress=not quiet)
     if compare_runs:

@@ -334,6 +334,9 @@ class EvalConfig:
     """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
     generated: Path | None = None
     """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
+    target_from: str = "shards"
+    """Each pair's target: ``shards`` (the stored image, the true target) or ``panel`` (the target slice of each
+    PATN/XingGAN five-image panel of ``generated`` as read from the file, what the official scripts score against)."""
     out: Path | None = None
     """Output folder; default ``RUN/eval/<split>`` or ``<generated>-eval``."""
     metrics: tuple[str, ...] | None = None

@@ -49,10 +49,17 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "check_frame", "compare", "evaluate", "pair_file_name", "read_names", "stored_frame"]
+__all__ = ["ALL_METRICS", "TARGET_SOURCES", "check_frame", "check_panels", "compare", "evaluate", "pair_file_name",
+           "read_names", "stored_frame"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
+
+TARGET_SOURCES: dict[str, str] = {
+    "shards": "the stored targets of the shard set",
+    "panel": "the target slice of each PATN/XingGAN panel as read from the file, as their getMetrics scripts take it",
+}
+"""``--target-from`` values and what each pair's target then is."""
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _WHITE = 255
@@ -162,6 +169,16 @@ def _frame(image: np.ndarray, stored_w: int) -> tuple[np.ndarray | None, int | s
     return _pad(image, m), m
 
 
+def _panel_part_width(w: int, stored_w: int) -> int | None:
+    """The width of one image of a PATN/XingGAN five-image panel ``w`` px wide (source | source pose | target |
+    target pose | generated), ``None`` when ``w`` is the width of a single image (the test of ``_frame``)."""
+
+    def single(width: int) -> bool:
+        return 1 <= width <= stored_w and (stored_w - width) % 2 == 0
+
+    return w // 5 if not single(w) and w % 5 == 0 and single(w // 5) else None
+
+
 def _pad(image: np.ndarray, m: int) -> np.ndarray:
     if m == 0:
         return image
@@ -184,10 +201,16 @@ def _reframe_keypoints(kp: np.ndarray, m: int, stored_w: int) -> np.ndarray:
 
 
 class _ScoreItems(Dataset):
-    """Pair ``k`` → uint8 RGB generated, target and source images in the stored frame, or the reason it cannot."""
+    """Pair ``k`` → uint8 RGB generated, target and source images in the stored frame, or the reason it cannot.
 
-    def __init__(self, shards, pairs: np.ndarray, files: list[Path | None], names: list[str]):
+    With ``target_from="panel"`` the target and the source are the panel's own slices (JPEG-decoded like the
+    generated one), so the copy-source baseline is scored the same way; the target keypoints stay the stored ones.
+    """
+
+    def __init__(self, shards, pairs: np.ndarray, files: list[Path | None], names: list[str],
+                 target_from: str = "shards"):
         self.shards, self.pairs, self.files, self.names = shards, pairs, files, names
+        self.target_from = target_from
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -210,14 +233,43 @@ class _ScoreItems(Dataset):
         if rgb.shape[0] != h:
             item["error"] = f"{path}: {rgb.shape[0]}x{rgb.shape[1]}, expected {h} px high"
             return item
+        part = _panel_part_width(rgb.shape[1], w)
+        if self.target_from == "panel" and part is None:
+            item["error"] = f"{path}: {rgb.shape[1]} px wide, not a five-image panel: no target in it to score against"
+            return item
         generated, m = _frame(rgb, w)
         if generated is None:
             item["error"] = f"{path}: {m}"
             return item
         target, source = self.shards[target_i], self.shards[source_i]
-        item.update(generated=generated, margin=m, target=_reframe(target.image, m),
-                    source=_reframe(source.image, m), target_kp=_reframe_keypoints(target.keypoints, m, w))
+        if self.target_from == "panel":
+            target_image = _pad(np.ascontiguousarray(rgb[:, 2 * part:3 * part]), m)
+            source_image = _pad(np.ascontiguousarray(rgb[:, :part]), m)
+        else:
+            target_image, source_image = _reframe(target.image, m), _reframe(source.image, m)
+        item.update(generated=generated, margin=m, target=target_image, source=source_image,
+                    target_kp=_reframe_keypoints(target.keypoints, m, w))
         return item
+
+
+def check_panels(generated: Path, files: list[Path | None], stored_w: int) -> None:
+    """Raise ``TrainError`` (one line) when none of the first ``_FRAME_SAMPLE`` readable matched images of the
+    folder is a five-image panel: ``--target-from panel`` has no target to read there."""
+    from pipeline.decode import decode_image
+
+    widths: list[int] = []
+    for path in (p for p in files if p is not None):
+        decoded = decode_image(path)
+        if decoded.ok:
+            widths.append(decoded.image.shape[1])
+            if _panel_part_width(widths[-1], stored_w) is not None:
+                return
+        if len(widths) == _FRAME_SAMPLE:
+            break
+    if widths:
+        raise TrainError(f"{generated}: the folder has no PATN/XingGAN five-image panels (images {widths[0]} px "
+                         f"wide, stored width {stored_w}), so --target-from panel has no target to read; use "
+                         "--target-from shards")
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -589,6 +641,11 @@ def _check(cfg: EvalConfig) -> None:
                          "images made elsewhere)")
     if cfg.ssim not in SSIM_SETTINGS:
         raise TrainError(f"--ssim {cfg.ssim}: use one of {', '.join(SSIM_SETTINGS)}")
+    if cfg.target_from not in TARGET_SOURCES:
+        raise TrainError(f"--target-from {cfg.target_from}: use one of {', '.join(TARGET_SOURCES)}")
+    if cfg.target_from == "panel" and cfg.generated is None:
+        raise TrainError("--target-from panel reads targets from the PATN/XingGAN panels of --generated DIR; --run "
+                         "writes single images, score them with --target-from shards")
     if cfg.fid_reference not in ("train", "test"):
         raise TrainError(f"--fid-reference {cfg.fid_reference}: use train or test")
     unknown = [m for m in (cfg.metrics or ()) if m not in ALL_METRICS]
@@ -629,6 +686,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     out, files, unmatched, label = _images(cfg, flat, result, log)
     if cfg.generated is not None:
         check_frame(Path(cfg.generated), files, shards, pairs, cfg.split)
+        if cfg.target_from == "panel":
+            check_panels(Path(cfg.generated), files, shards.size[1])
 
     explicit = cfg.metrics is not None
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
@@ -639,7 +698,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     if cfg.baseline:
         rows["copy-source"] = _Row()
     t0 = time.time()
-    scored = _score_pairs(cfg, _ScoreItems(shards, pairs, files, names), flat, rows, wanted, device,
+    scored = _score_pairs(cfg, _ScoreItems(shards, pairs, files, names, cfg.target_from), flat, rows, wanted, device,
                           (lpips_module, extractor, detector), names, pairs)
     if scored.bad:
         log(f"{len(scored.bad)} of {len(pairs)} pairs not scored: {scored.bad[0]['reason']}"
@@ -751,6 +810,7 @@ def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dic
         "pose_model": str(cfg.pose_model) if cfg.pose_model else "embedded yolo11n-pose",
         "frame": {"stored_size": list(stored_size), "margins": sorted(margins), "padding": "white"},
         "max_pairs": cfg.max_pairs,
+        "target_from": cfg.target_from, "target": TARGET_SOURCES[cfg.target_from],
     }
 
 
@@ -809,6 +869,7 @@ def markdown(result: dict[str, Any]) -> str:
         "PATN's Market-1501 body mask of the target keypoints.",
         f"- LPIPS: {s['lpips_net']} v0.1. FID: {s['fid_features'] or '–'}"
         + (f", against the {ref.get('images')} images of {ref.get('folder')}" if ref else "") + ".",
+        f"- Targets (`--target-from {s['target_from']}`): {s['target']}.",
         f"- PCKh@{s['pckh_alpha']}: head = {s['pckh_head']}; keypoints of generated images from {s['pose_model']}.",
     ]
     for name, reason in result["skipped"].items():
