@@ -26,7 +26,7 @@ from schemas.keypoints import MISSING
 PAIRS = 8
 
 
-# ---------------------------------------------------------------------------------------------------- test.py's panels
+# ------------------------------------------------------------------------------------------------- test.py's panels
 
 
 def official_tensor(image: np.ndarray) -> torch.Tensor:
@@ -79,7 +79,7 @@ def write_panels(shards: Path, folder: Path, margin: int = 0, pairs: int = PAIRS
     return folder
 
 
-# ------------------------------------------------------------------------------------------------ the official metric
+# ---------------------------------------------------------------------------------------------- the official metric
 
 
 def add_bounding(image: np.ndarray, bound: int) -> np.ndarray:
@@ -136,7 +136,7 @@ def score(shards: Path, folder: Path, out: Path, target_from: str, baseline: boo
                                metrics=("ssim", "l1"), baseline=baseline, device="cpu", progress=False, batch_size=4))
 
 
-# ---------------------------------------------------------------------------------------------------- tests
+# ------------------------------------------------------------------------------------------------------------ tests
 
 
 def test_tensor2im_of_the_loaded_image_lowers_63_of_256_values_by_one():
@@ -176,7 +176,8 @@ def test_panel_targets_reproduce_the_official_market_script_per_pair(market_shar
         assert float(baseline[key]["ssim_patn"]) == pytest.approx(expected, abs=1e-6), key
     written = json.loads((tmp_path / "panel" / "eval.json").read_text())
     assert written["settings"]["target_from"] == "panel"
-    assert "- Targets (`--target-from panel`): the target slice of each PATN/XingGAN panel" in (tmp_path / "panel" / "eval.md").read_text()
+    summary = (tmp_path / "panel" / "eval.md").read_text()
+    assert "- Targets (`--target-from panel`): the target slice of each PATN/XingGAN panel" in summary
 
 
 def test_stored_targets_give_other_numbers_on_the_same_folder(market_shards, market_panels, tmp_path):
