@@ -217,10 +217,16 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
               "(LPIPS) [default: torch hub's cache, downloaded when online].")
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for PCKh [default: the embedded yolo11n-pose.pt].")
+@click.option("--pckh-protocol", type=click.Choice(["strict", "patn"]), default=None,
+              help=with_default("PCKh reported as PCKh (both are in eval.json): strict (float keypoints, generated "
+                                "images detected in the stored frame) or patn (PATN's calPCKH protocol: integer "
+                                "keypoints, DeepFashion detected on the 176-wide crop).", EvalConfig,
+                                "pckh_protocol"))
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors(TrainError)
 def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
                  fid_reference, no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model,
+                 pckh_protocol,
                  quiet) -> None:
     """Score a generator on a split with the papers' metrics; writes eval.json, eval.md and pairs.csv.
 
@@ -242,7 +248,8 @@ def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, sp
                              target_from=target_from, out=out, metrics=names, ssim=ssim_setting,
                              fid_reference=fid_reference, max_pairs=max_pairs,
                              batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
-                             pose_model=pose_model), baseline=not no_baseline, progress=not quiet)
+                             pose_model=pose_model, pckh_protocol=pckh_protocol), baseline=not no_baseline,
+                    progress=not quiet)
     if compare_runs:
         if run_dir is not None or generated is not None:
             raise TrainError("--compare reads finished evaluations; leave out --run and --generated")

@@ -357,6 +357,9 @@ class EvalConfig:
     pose_model: Path | None = None
     alpha: float = 0.5
     """PCKh threshold as a fraction of the head size."""
+    pckh_protocol: str = "strict"
+    """The PCKh reported as ``pckh``: ``strict`` or ``patn`` (PATN's integer keypoints and DeepFashion crop);
+    both are in ``eval.json``."""
     progress: bool = True
     feature_extractor: Any = field(default=None, repr=False)
     """A ``FeatureExtractor`` to use instead of the FID Inception (tests, other features)."""

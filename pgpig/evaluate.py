@@ -32,6 +32,7 @@ from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
 from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
+    PCKH_PROTOCOLS,
     SSIM_SETTINGS,
     FeatureExtractor,
     FeatureStats,
@@ -41,6 +42,7 @@ from pgpig.metrics import (
     inception_extractor,
     l1_distance,
     lpips_network,
+    patn_keypoints,
     pckh_counts,
     pose_mask,
     ssim,
@@ -49,8 +51,8 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "TARGET_SOURCES", "check_frame", "check_panels", "compare", "evaluate", "pair_file_name",
-           "read_names", "stored_frame"]
+__all__ = ["ALL_METRICS", "PCKhResult", "PCKhScorer", "TARGET_SOURCES", "check_frame", "check_panels", "compare",
+           "evaluate", "pair_file_name", "patn_crop", "read_names", "stored_frame"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
@@ -433,6 +435,63 @@ def check_frame(generated: Path, files: list[Path | None], shards, pairs: np.nda
                          f"{_shard_recipe(frame, frame.size, split, other.source)} and pass --shards to them")
 
 
+# ---------------------------------------------------------------------------------------------------- PCKh
+
+
+def patn_crop(frame: StoredFrame) -> int:
+    """Columns PATN's frame cuts from each side of a stored image: PATN detected keypoints on the 176-wide middle
+    of DeepFashion ``img/`` images (``tool/crop_fashion.py``, then ``tool/compute_coordinates.py``); 0 otherwise."""
+    from schemas.patn import deepfashion_margin
+
+    return deepfashion_margin(frame.size[1]) if frame.source == "img" else 0
+
+
+@dataclass
+class PCKhResult:
+    """PCKh of a batch under one protocol."""
+
+    counts: PCKhCounts
+    correct: np.ndarray
+    """``(N, 18)`` bool: joints found within the threshold."""
+    found: np.ndarray
+    """``(N,)`` bool: a person was detected in the image."""
+    valid: np.ndarray
+    """``(N,)`` int: visible target joints."""
+
+
+class PCKhScorer:
+    """PCKh of batches of images against target keypoints under every protocol of ``PCKH_PROTOCOLS``.
+
+    ``strict`` detects on the images as given (the stored frame) and compares float keypoints. ``patn`` detects on
+    the images less ``crop`` columns on each side when ``crop`` > 0 (reusing the ``strict`` detections otherwise),
+    moves the targets into that frame, and compares both rounded as PATN's CSVs store them (``patn_keypoints``).
+    """
+
+    def __init__(self, detector: PoseDetector, alpha: float = 0.5, crop: int = 0):
+        self.detector, self.alpha, self.crop = detector, alpha, crop
+
+    def score(self, images: list[np.ndarray], target_kp: np.ndarray) -> dict[str, PCKhResult]:
+        """``images``: RGB uint8 ``(H, W, 3)`` of one width; ``target_kp``: ``(N, 18, 2)`` in their frame."""
+        from schemas.patn import to_patn_frame
+
+        bgr = [np.ascontiguousarray(im[..., ::-1]) for im in images]
+        predicted, found = self.detector.batch(bgr)
+        out = {"strict": self._result(predicted, found, target_kp)}
+        target = np.asarray(target_kp, np.float32)
+        if self.crop:
+            w = images[0].shape[1]
+            predicted, found = self.detector.batch([np.ascontiguousarray(b[:, self.crop:w - self.crop])
+                                                    for b in bgr])
+            target = to_patn_frame(target, self.crop, width=w - 2 * self.crop)
+        out["patn"] = self._result(patn_keypoints(predicted), found, patn_keypoints(target))
+        return out
+
+    def _result(self, predicted: np.ndarray, found: np.ndarray, target: np.ndarray) -> PCKhResult:
+        counts, correct = pckh_counts(predicted, target, self.alpha)
+        valid = (~(np.asarray(target) == MISSING).any(axis=-1)).sum(axis=1)
+        return PCKhResult(counts, correct, np.asarray(found, bool), valid)
+
+
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
@@ -442,8 +501,8 @@ class _Row:
 
     sums: dict[str, float] = field(default_factory=dict)
     n: int = 0
-    pckh: PCKhCounts = field(default_factory=PCKhCounts.zero)
-    detected: int = 0
+    pckh: dict[str, PCKhCounts] = field(default_factory=lambda: {p: PCKhCounts.zero() for p in PCKH_PROTOCOLS})
+    detected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PCKH_PROTOCOLS, 0))
     features: FeatureStats = field(default_factory=FeatureStats)
 
     def add(self, name: str, values: torch.Tensor) -> None:
@@ -482,7 +541,7 @@ def _networks(cfg: EvalConfig, wanted: tuple[str, ...], explicit: bool, device: 
 
 
 def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalConfig, wanted: set[str],
-                 device: torch.device, lpips_module, extractor, detector: PoseDetector | None,
+                 device: torch.device, lpips_module, extractor, pckh: PCKhScorer | None,
                  records: list[dict[str, Any]], names: list[str], pairs: np.ndarray) -> None:
     target = _to_batch((it["target"] for it in items), device)
     size = tuple(target.shape[-2:])
@@ -510,12 +569,13 @@ def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalCo
                 values["mask_lpips"] = lpips_module(signed * mask, target_signed * mask)
         if extractor is not None:
             row.features.update(extractor(images))
-        correct = found = None
-        if detector is not None:
-            predicted, found = detector.batch([np.ascontiguousarray(it[key][..., ::-1]) for it in items])  # RGB → BGR
-            counts, correct = pckh_counts(predicted, target_kp.numpy(), cfg.alpha)
-            row.pckh = row.pckh + counts
-            row.detected += int(found.sum())
+        chosen = None
+        if pckh is not None:
+            for protocol, result in pckh.score([it[key] for it in items], target_kp.numpy()).items():
+                row.pckh[protocol] = row.pckh[protocol] + result.counts
+                row.detected[protocol] += int(result.found.sum())
+                if protocol == cfg.pckh_protocol:
+                    chosen = result
         for name, v in values.items():
             row.add(name, v)
         row.n += len(items)
@@ -523,10 +583,9 @@ def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalCo
             source_i, target_i = (int(x) for x in pairs[it["k"]])
             record: dict[str, Any] = {"row": row_name, "source": names[source_i], "target": names[target_i]}
             record.update({name: float(v[i]) for name, v in values.items() if name != "ssim"})
-            if correct is not None:
-                valid = ~(it["target_kp"] == MISSING).all(axis=1)
-                record.update(detected=bool(found[i]), pckh_correct=int(correct[i].sum()),
-                              pckh_valid=int(valid.sum()))
+            if chosen is not None:
+                record.update(detected=bool(chosen.found[i]), pckh_correct=int(chosen.correct[i].sum()),
+                              pckh_valid=int(chosen.valid[i]))
             records.append(record)
 
 
@@ -648,6 +707,8 @@ def _check(cfg: EvalConfig) -> None:
                          "writes single images, score them with --target-from shards")
     if cfg.fid_reference not in ("train", "test"):
         raise TrainError(f"--fid-reference {cfg.fid_reference}: use train or test")
+    if cfg.pckh_protocol not in PCKH_PROTOCOLS:
+        raise TrainError(f"--pckh-protocol {cfg.pckh_protocol}: use one of {', '.join(PCKH_PROTOCOLS)}")
     unknown = [m for m in (cfg.metrics or ()) if m not in ALL_METRICS]
     if unknown:
         raise TrainError(f"--metrics: unknown {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
@@ -693,24 +754,26 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
     lpips_module, extractor, skipped = _networks(cfg, wanted_order, explicit, device, log)
     wanted = {m for m in wanted_order if m not in skipped}
-    detector = PoseDetector(device, cfg.pose_model, cfg.batch_size) if "pckh" in wanted else None
+    crop = patn_crop(stored_frame(shards)) if "pckh" in wanted else 0
+    pckh = PCKhScorer(PoseDetector(device, cfg.pose_model, cfg.batch_size), cfg.alpha, crop) \
+        if "pckh" in wanted else None
     rows = {"model": _Row()}
     if cfg.baseline:
         rows["copy-source"] = _Row()
     t0 = time.time()
     scored = _score_pairs(cfg, _ScoreItems(shards, pairs, files, names, cfg.target_from), flat, rows, wanted, device,
-                          (lpips_module, extractor, detector), names, pairs)
+                          (lpips_module, extractor, pckh), names, pairs)
     if scored.bad:
         log(f"{len(scored.bad)} of {len(pairs)} pairs not scored: {scored.bad[0]['reason']}"
             + (" (and more, see eval.json)" if len(scored.bad) > 1 else ""))
     fid_info = _fid(cfg, out, rows, scored.margins, wanted, skipped, extractor, device, log)
 
     result["label"] = label
-    result["rows"] = {name: _summary(row, wanted) for name, row in rows.items()}
+    result["rows"] = {name: _summary(row, wanted, cfg.pckh_protocol) for name, row in rows.items()}
     result["skipped"] = skipped
     result["bad"] = {"count": len(scored.bad), "items": scored.bad}
     result["unmatched"] = {"count": len(unmatched), "names": unmatched[:100]}
-    result["settings"] = _settings(cfg, extractor, fid_info, shards.size, scored.margins)
+    result["settings"] = _settings(cfg, extractor, fid_info, shards.size, scored.margins, crop)
     result["score_seconds"] = round(time.time() - t0, 2)
     result["seconds"] = round(time.time() - started, 2)
     _write_outputs(out, result, scored.records)
@@ -755,7 +818,7 @@ class _Scored:
 def _score_pairs(cfg: EvalConfig, items: _ScoreItems, flat: list[tuple[str, str]], rows: dict[str, _Row],
                  wanted: set[str], device: torch.device, networks: tuple, names: list[str],
                  pairs: np.ndarray) -> _Scored:
-    """Score every pair with an image into ``rows``; ``networks`` is ``(lpips_module, extractor, detector)``."""
+    """Score every pair with an image into ``rows``; ``networks`` is ``(lpips_module, extractor, pckh)``."""
     scored = _Scored()
     loader = DataLoader(items, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate)
     bar = _bar(cfg, len(items), "score")
@@ -800,13 +863,14 @@ def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], margins: set[int], w
 
 
 def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dict[str, Any] | None,
-              stored_size: tuple[int, int], margins: set[int]) -> dict[str, Any]:
+              stored_size: tuple[int, int], margins: set[int], pckh_crop: int) -> dict[str, Any]:
     """How the metrics were computed (``eval.json``'s ``settings``)."""
     return {
         "ssim": cfg.ssim, "ssim_settings": {k: asdict(v) for k, v in SSIM_SETTINGS.items()},
         "mask": "PATN produce_ma_mask of the target keypoints", "lpips_net": cfg.lpips_net,
         "fid_features": getattr(extractor, "name", None), "fid_reference": fid_info,
         "pckh_alpha": cfg.alpha, "pckh_head": "bounding box of the visible nose, neck, eyes, ears (>= 2)",
+        "pckh_protocol": cfg.pckh_protocol, "pckh_patn_crop": pckh_crop,
         "pose_model": str(cfg.pose_model) if cfg.pose_model else "embedded yolo11n-pose",
         "frame": {"stored_size": list(stored_size), "margins": sorted(margins), "padding": "white"},
         "max_pairs": cfg.max_pairs,
@@ -814,18 +878,27 @@ def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dic
     }
 
 
-def _summary(row: _Row, wanted: set[str]) -> dict[str, Any]:
+def _pckh_value(counts: PCKhCounts) -> float | None:
+    return None if math.isnan(counts.overall) else counts.overall
+
+
+def _summary(row: _Row, wanted: set[str], protocol: str) -> dict[str, Any]:
     out: dict[str, Any] = {"scored": row.n}
     if row.n == 0:
         return out
     for name, total in row.sums.items():
         out[name] = total if name == "fid" else total / row.n
     if "pckh" in wanted:
-        out["pckh"] = None if math.isnan(row.pckh.overall) else row.pckh.overall
-        out["pckh_per_joint"] = row.pckh.per_joint()
-        out["pckh_counts"] = {"correct": int(row.pckh.correct.sum()), "valid": int(row.pckh.valid.sum()),
-                              "pairs": row.pckh.pairs, "pairs_without_head": row.pckh.no_head}
-        out["detection_rate"] = row.detected / row.n
+        chosen = row.pckh[protocol]
+        out["pckh"] = _pckh_value(chosen)
+        out["pckh_protocol"] = protocol
+        out["pckh_per_joint"] = chosen.per_joint()
+        out["pckh_counts"] = {"correct": int(chosen.correct.sum()), "valid": int(chosen.valid.sum()),
+                              "pairs": chosen.pairs, "pairs_without_head": chosen.no_head}
+        out["detection_rate"] = row.detected[protocol] / row.n
+        for name in PCKH_PROTOCOLS:
+            out[f"pckh_{name}"] = _pckh_value(row.pckh[name])
+            out[f"detection_rate_{name}"] = row.detected[name] / row.n
     return out
 
 
@@ -870,7 +943,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- LPIPS: {s['lpips_net']} v0.1. FID: {s['fid_features'] or '–'}"
         + (f", against the {ref.get('images')} images of {ref.get('folder')}" if ref else "") + ".",
         f"- Targets (`--target-from {s['target_from']}`): {s['target']}.",
-        f"- PCKh@{s['pckh_alpha']}: head = {s['pckh_head']}; keypoints of generated images from {s['pose_model']}.",
+        _pckh_note(result),
     ]
     for name, reason in result["skipped"].items():
         notes.append(f"- {name} skipped: {reason}")
@@ -880,6 +953,19 @@ def markdown(result: dict[str, Any]) -> str:
     if result["unmatched"]["count"]:
         notes.append(f"- {result['unmatched']['count']} files in the folder match no pair")
     return "\n".join(lines + notes) + "\n"
+
+
+def _pckh_note(result: dict[str, Any]) -> str:
+    """The summary line saying which PCKh protocol the table shows, with the other protocols' values."""
+    s, model = result["settings"], result["rows"]["model"]
+    protocol = s.get("pckh_protocol", "strict")
+    others = [name for name in PCKH_PROTOCOLS if name != protocol and f"pckh_{name}" in model]
+    line = f"- PCKh@{s['pckh_alpha']}, `{protocol}` protocol"
+    if others:
+        line += " (model row under " + ", ".join(
+            f"`{name}`: {_cell(model[f'pckh_{name}'], 3)}, detected {_cell(model[f'detection_rate_{name}'], 3)}"
+            for name in others) + "; docs/eval.md \"PCKh protocols\")"
+    return line + f": head = {s['pckh_head']}; keypoints of generated images from {s['pose_model']}."
 
 
 def _write_outputs(out: Path, result: dict[str, Any], records: list[dict[str, Any]]) -> None:

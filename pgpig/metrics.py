@@ -39,6 +39,7 @@ __all__ = [
     "HEAD_JOINTS",
     "LPIPS",
     "MASK_LIMBS",
+    "PCKH_PROTOCOLS",
     "PCKhCounts",
     "SSIM_SETTINGS",
     "SSIMSettings",
@@ -48,6 +49,7 @@ __all__ = [
     "inception_extractor",
     "l1_distance",
     "lpips_network",
+    "patn_keypoints",
     "pckh_counts",
     "pose_mask",
     "ssim",
@@ -406,6 +408,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 # ---------------------------------------------------------------------------------------------------- PCKh
 
 
+PCKH_PROTOCOLS: tuple[str, ...] = ("strict", "patn")
+"""``strict``: our float keypoints, generated images detected in the stored frame. ``patn``: PATN's protocol,
+integer keypoints in PATN's frame (the 176-wide crop of DeepFashion ``img/``); ``docs/eval.md`` "PCKh protocols"."""
+
 HEAD_JOINTS: tuple[int, ...] = (0, 1, 14, 15, 16, 17)
 """Nose, neck, both eyes, both ears: the joints whose bounding box is the head (PATN's ``PARTS_SEL``)."""
 
@@ -477,3 +483,15 @@ def pckh_counts(predicted: np.ndarray, target: np.ndarray, alpha: float = 0.5) -
                         int((~kept).sum()))
     return counts, correct
 
+
+def patn_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """``(N, 18, 2)`` → the integer keypoints a PATN annotation CSV holds for them: each coordinate rounded to the
+    nearest pixel, and a joint missing or rounding to a negative coordinate written as ``(-1, -1)``.
+
+    The same rule as ``schemas.patn.format_annotation_line``; PATN's ``calPCKH_*.py`` reads ``-1`` in either
+    coordinate as missing, so no visible joint may carry a ``-1``.
+    """
+    kp = np.asarray(keypoints, np.float64)
+    rounded = np.rint(kp)
+    missing = (kp == MISSING).all(axis=-1) | (rounded < 0).any(axis=-1)
+    return np.where(missing[..., None], float(MISSING), rounded)
