@@ -113,7 +113,8 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides["progress"] = not quiet  # a display choice of this invocation, not inherited by --resume
     overrides["skip_verify"] = skip_verify  # so is skipping the check: a resumed run verifies unless told again
-    overrides.update(parse_set(settings))
+    set_values = parse_set(settings)
+    overrides.update(set_values)
     if resume_dir is not None:
         if recipe is not None:
             raise TrainError(f"--resume uses {resume_dir / 'config.yaml'}; leave out --recipe")
@@ -123,7 +124,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
         recipe = resume_dir / "config.yaml"
     elif recipe is not None:
         recipe = recipe_path(recipe)
-    cfg = load_config(recipe, overrides)
+    cfg = load_config(recipe, overrides, set_keys=set_values)
     if gpus is not None and gpus > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(launch_torchrun(cfg, recipe, overrides, gpus))
     result = run_train(cfg)

@@ -10,7 +10,9 @@ torch, so the command line can read the defaults for its help cheaply.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -166,25 +168,47 @@ def _choices(hint: Any) -> tuple[Any, ...] | None:
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
-def _check_choice(name: str, value: Any, hint: Any) -> None:
+def _check_choice(name: str, value: Any, hint: Any, where: str | None = None) -> None:
     allowed = _choices(hint)
     if allowed is not None and value not in allowed:
-        raise TrainError(f"config field {name!r} is {value!r}; choose one of {', '.join(allowed)}")
+        raise TrainError(f"{where or f'config field {name!r}'}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Turn a YAML value into the field's type; ``TrainError`` when it cannot be."""
+_TYPE_WORDS = {int: "a whole number (int)", float: "a number (float)", bool: "true or false (bool)",
+               str: "a string", Path: "a path", dict: "a mapping of names to values"}
+
+
+def _type_words(hint: Any) -> str:
+    """What a value of type ``hint`` is, in words: ``a number (float)``, ``a list of 2 values (float, float)``."""
+    if hint == AUTO_SWITCH:
+        return "true, false or auto"
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return f"a list of {len(args)} values ({', '.join(getattr(a, '__name__', str(a)) for a in args)})"
+    if origin is dict:
+        return _TYPE_WORDS[dict]
+    return _TYPE_WORDS.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
+    """Turn a YAML value into the field's type; ``TrainError`` when it cannot be, naming ``where`` the value came
+    from (``--set lambda_l1``, ``recipe.yaml: lambda_l1``), else the field."""
+    where = where or f"config field {name!r}"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if value is None:
         if type(None) in args:
             return None
-        raise TrainError(f"config field {name!r} may not be null")
+        raise TrainError(f"{where}: may not be null; give {_type_words(hint)}")
     if args and type(None) in args:  # Optional[X]: coerce to the first non-None type
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if _choices(hint) is not None:
         value = str(value)
-        _check_choice(name, value, hint)
+        _check_choice(name, value, hint, where)
         return value
     switch = hint == AUTO_SWITCH
     try:
@@ -193,7 +217,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if origin is tuple:
             if not isinstance(value, (list, tuple)) or len(value) != len(args):
                 raise ValueError
-            return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+            return tuple(_coerce(name, v, a, where) for v, a in zip(value, args, strict=True))
         if hint is bool:
             if not isinstance(value, bool):
                 raise ValueError
@@ -220,8 +244,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         pass
     else:
         return value
-    what = "true, false or auto" if switch else f"a {getattr(hint, '__name__', hint)}"
-    raise TrainError(f"config field {name!r}: {value!r} is not {what}")
+    raise TrainError(f"{where}: {value!r} is not {_type_words(hint)}")
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -245,8 +268,24 @@ def recipe_path(recipe: str | Path) -> Path:
     raise TrainError(f"{recipe}: no such recipe file, nor a shipped recipe; shipped: {', '.join(shipped)}")
 
 
-def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A ``TrainConfig`` from a recipe YAML (optional) with ``overrides`` on top; unknown keys are a ``TrainError``."""
+def _unknown_keys_message(unknown: list[str], known: Collection[str], where: str | None) -> str:
+    """One line naming the unknown keys, each with the nearest known key when one is close; the known keys are
+    listed when some unknown key has no close one."""
+    named, lost = [], False
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(known), n=1)
+        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        lost = lost or not close
+    known_list = f"; known: {', '.join(known)}" if lost else ""
+    return f"{f'{where}: ' if where else ''}unknown config key(s) {', '.join(named)}{known_list}"
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                set_keys: Collection[str] = ()) -> TrainConfig:
+    """A ``TrainConfig`` from a recipe YAML (optional) with ``overrides`` on top; unknown keys are a ``TrainError``.
+
+    ``set_keys`` names the keys of ``overrides`` that came from ``--set KEY=VALUE``: errors about them blame
+    ``--set``, errors about the recipe's own keys blame the recipe file."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
@@ -259,13 +298,25 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
         if loaded is not None and not isinstance(loaded, dict):
             raise TrainError(f"{path}: a recipe is a mapping of config fields, got {type(loaded).__name__}")
         values.update(loaded or {})
+    from_recipe = set(values)
     values.update(overrides or {})
     hints = typing.get_type_hints(TrainConfig)
+    set_keys = set(set_keys) & set(overrides or {})
+
+    def where(key: str) -> str:
+        if key in set_keys:
+            return f"--set {key}"
+        if yaml_path is not None and key in from_recipe and key not in (overrides or {}):
+            return f"{yaml_path}: {key}"
+        return f"config field {key!r}"
+
+    unknown_set = sorted(k for k in set_keys if k not in hints)
+    if unknown_set:
+        raise TrainError(_unknown_keys_message(unknown_set, hints, "--set"))
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        where = f"{yaml_path}: " if yaml_path is not None else ""
-        raise TrainError(f"{where}unknown config keys {', '.join(unknown)}; known: {', '.join(hints)}")
-    cfg = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        raise TrainError(_unknown_keys_message(unknown, hints, str(yaml_path) if yaml_path is not None else None))
+    cfg = TrainConfig(**{k: _coerce(k, v, hints[k], where(k)) for k, v in values.items()})
     check_config(cfg)
     return cfg
 

@@ -15,6 +15,7 @@ import functools
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from pgpig.errors import TrainError
 from pipeline.errors import PipelineError
 from pipeline.shards import ShardSet
 from schemas.keypoints import MISSING, NUM_KEYPOINTS, flip_keypoints
+from schemas.manifest import MANIFEST_NAME
 from schemas.patn import to_patn_frame
 
 __all__ = [
@@ -279,9 +281,16 @@ class PairDataset(Dataset):
     def __init__(self, shards: str | os.PathLike | ShardSet, flip: bool = False, crop_margin: int = 0,
                  seed: int = 0, verify: bool = False):
         if not isinstance(shards, ShardSet):
+            folder = Path(shards)
+            if not (folder / MANIFEST_NAME).is_file():
+                split = folder.name if folder.name in ("train", "test") else "train"
+                raise TrainError(f"{folder}: no shard set (no {MANIFEST_NAME}: never written, or its pair run did "
+                                 f"not finish); build it with `pgpig-data extract RAW` then `pgpig-data pair --split "
+                                 f"{split}`, or point --shards at the folder holding {split}/")
             try:
                 shards = ShardSet(shards, verify=verify)
             except PipelineError as exc:
+                # the set exists but a file differs from its manifest: it can still be used as it is
                 hint = " (or pass --skip-verify to train on it as it is)" if verify else ""
                 raise TrainError(f"{exc}{hint}") from None
         self.shards = shards

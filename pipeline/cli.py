@@ -156,6 +156,8 @@ def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed,
     if unmatched and unmatched["count"]:
         click.echo(f"warning: {unmatched['count']} annotated names match no image, e.g. "
                    f"{', '.join(unmatched['examples'][:3])} (all counted in {cfg.run_file})", err=True)
+    for line in record["warnings"]:
+        click.echo(line, err=True)
 
 
 @main.command("export-annotations")
@@ -183,6 +185,23 @@ def export_annotations_cmd(out_csv: Path, keypoints_dir: Path, split, patn_crop:
     click.echo(f"wrote {n} annotations to {out_csv}" + (f" and their images under {images_to}" if images_to else ""))
 
 
+def filter_default(name: str) -> str:
+    """The ``[default: ...]`` of a pair filter option: its value per data set, from ``pipeline.pair.defaults_for``."""
+    from pipeline.pair import defaults_for
+
+    def shown(value) -> str:
+        if value is None:
+            return "no limit" if name == "max_persons" else "none"
+        return ",".join(value) if isinstance(value, tuple) else f"{value:g}"
+
+    by_value: dict[str, list[str]] = {}
+    for dataset in ("market1501", "deepfashion", "folder"):
+        by_value.setdefault(shown(getattr(defaults_for(dataset, "train")[0], name)), []).append(dataset)
+    if len(by_value) == 1:
+        return f"[default: {next(iter(by_value))}]"
+    return "[default: " + "; ".join(f"{value} for {', '.join(sets)}" for value, sets in by_value.items()) + "]"
+
+
 def _no_cap(value: int | None) -> int | None:
     """CLI caps: 0 means no cap (the data set's default cap is then lifted too)."""
     return None if value == 0 else value
@@ -190,7 +209,7 @@ def _no_cap(value: int | None) -> int | None:
 
 @main.command()
 @click.option("--split", required=True, type=click.Choice(["train", "test"]), help="Which split to pair.")
-@click.option("--keypoints", "keypoints_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--keypoints", "keypoints_dir", type=click.Path(file_okay=False, path_type=Path),
               help=with_default("Folder of keypoint parts.", PairRunConfig, "keypoints_dir"))
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path),
               help=with_default("The extract run record.", PairRunConfig, "run_file"))
@@ -204,13 +223,14 @@ def _no_cap(value: int | None) -> int | None:
               help=with_default("Images per shard file.", PairRunConfig, "images_per_shard"))
 @click.option("--seed", type=int, help=with_default("Seed of the pair sampling.", PairRunConfig, "seed"))
 @click.option("--min-visible", default=None, type=click.IntRange(0, 18),
-              help="Minimum visible keypoints [default: none for market/deepfashion, 8 for folder].")
+              help=f"Minimum visible keypoints {filter_default('min_visible')}.")
 @click.option("--required-joints", default=None, metavar="a,b,c",
-              help="Joints that must be visible ('none' for none) [default: r_shoulder,l_shoulder,r_hip,l_hip].")
+              help=f"Joints that must be visible ('none' for none) {filter_default('required_joints')}.")
 @click.option("--max-persons", default=None, type=click.IntRange(0),
-              help="Keep images with at most this many detected persons (0: no limit) [default: 1].")
+              help="Keep images with at most this many detected persons (0: no limit) "
+                   f"{filter_default('max_persons')}.")
 @click.option("--min-height", default=None, type=click.FloatRange(0, 1),
-              help="Minimum keypoint extent height as a fraction of the image height [default: 0].")
+              help=f"Minimum keypoint extent height as a fraction of the image height {filter_default('min_height')}.")
 @click.option("--max-pairs", default=None, type=click.IntRange(0),
               help="Total pair cap, seeded sample (0: none) [default: 12000 for Market test, else none].")
 @click.option("--max-pairs-per-identity", default=None, type=click.IntRange(0),

@@ -574,14 +574,83 @@ def _timings(summaries: list[dict], seconds: float, listing_seconds: float) -> d
 
 
 def _finish_record(cfg: ExtractConfig, record: dict, listed: bool) -> None:
-    """Complete the record with the finished table's counts (one read of two small columns) and the annotated names
-    that match no file."""
-    table = read_keypoints(cfg.out, ["status", "patn_name"]) if listed else None
+    """Complete the record with the finished table's counts (one read of a few small columns), the annotated names
+    that match no file, and the end-of-run ``warnings`` (``run_warnings``)."""
+    columns = ["status", "reason", "split", "identity", "patn_name"]
+    table = read_keypoints(cfg.out, columns) if listed else None
     record.update(complete=True, rows=table.num_rows if table is not None else 0,
                   statuses=dict(sorted(Counter(table["status"].to_pylist()).items())) if table is not None else {})
     if cfg.annotations:
         names = set(table["patn_name"].to_pylist()) if table is not None else set()
         record["unmatched_annotations"] = _unmatched_annotations(cfg, record["settings"]["dataset"], names)
+    rows = table.select(columns[:4]).to_pydict() if table is not None else {c: [] for c in columns[:4]}
+    record["warnings"] = run_warnings(cfg, record["settings"]["dataset"], rows)
+
+
+NO_PERSON_WARNING = 0.2
+"""Above this fraction of the images a source was run on ending without a person, the run says what to try."""
+
+
+def run_warnings(cfg: ExtractConfig, dataset: str, rows: dict[str, list]) -> list[str]:
+    """One line per thing the finished run should tell its user, from the table's ``status``, ``reason``,
+    ``split`` and ``identity`` columns: many images without a person, a folder layout with an empty split, PATN
+    annotation CSVs in the raw folder left unused."""
+    return [line for line in (_no_person_warning(cfg, rows), _split_warning(cfg, dataset, rows),
+                              _annotations_hint(cfg)) if line]
+
+
+def _no_person_warning(cfg: ExtractConfig, rows: dict[str, list]) -> str | None:
+    attempted = [i for i, status in enumerate(rows["status"]) if status != "skipped"]
+    failed = [i for i in attempted if rows["status"][i] != "ok"]
+    if not attempted or len(failed) <= NO_PERSON_WARNING * len(attempted):
+        return None
+    reasons = Counter(rows["reason"][i] or rows["status"][i] for i in failed).most_common(3)
+    top = ", ".join(f"{reason} {n}" for reason, n in reasons)
+    if cfg.annotations:
+        advice = "check that --annotations names the CSVs of this raw folder"
+    else:
+        advice = (f"try a larger --imgsz (now {cfg.imgsz}), a lower --conf (now {cfg.conf:g}), or --annotations "
+                  "FILE with known keypoints, each with --overwrite")
+    return (f"warning: {len(failed)} of {len(attempted)} images ({len(failed) / len(attempted):.0%}) have no "
+            f"person ({top}); {advice}")
+
+
+def _split_warning(cfg: ExtractConfig, dataset: str, rows: dict[str, list]) -> str | None:
+    """A folder layout's seeded identity split that left one split empty, and a ``--seed`` that fills both."""
+    from pipeline.datasets.folder import DEFAULT_TEST_FRACTION as FOLDER_TEST_FRACTION
+    from pipeline.datasets.listing import identity_in_test
+
+    if dataset != "folder":
+        return None
+    identities = sorted({i for i, split in zip(rows["identity"], rows["split"], strict=True) if split is not None})
+    splits = {split for split in rows["split"] if split is not None}
+    if not identities or len(splits) != 1:
+        return None
+    (only,) = splits
+    other = "test" if only == "train" else "train"
+    said = (f"warning: all {len(identities)} identities of {cfg.raw} are in the {only} split (the seeded split sends "
+            f"about {FOLDER_TEST_FRACTION:.0%} of the identity folders to test), so `pgpig-data pair --split {other}` "
+            "will find no image; ")
+    if len(identities) < 2:
+        return said + "add identity folders (one folder per person) to get both splits"
+    for seed in range(cfg.seed + 1, cfg.seed + 10_000):
+        in_test = sum(identity_in_test(identity, seed, FOLDER_TEST_FRACTION) for identity in identities)
+        if 0 < in_test < len(identities):
+            return said + (f"re-run with --seed {seed} --overwrite ({in_test} of them in test), or add identity "
+                           "folders")
+    return said + "add identity folders (one folder per person) to get both splits"
+
+
+def _annotations_hint(cfg: ExtractConfig) -> str | None:
+    """PATN annotation CSVs (as ``pgpig-data synth`` writes them) in the raw folder's top, not used by this run."""
+    if cfg.annotations:
+        return None
+    found = sorted(Path(cfg.raw).glob("*-annotation-*.csv"))
+    if not found:
+        return None
+    flags = " ".join(f"--annotations {path}" for path in found)
+    return (f"hint: {cfg.raw} holds PATN annotation CSVs ({', '.join(p.name for p in found)}); `pgpig-data extract "
+            f"{cfg.raw} {flags} --overwrite` takes their exact keypoints instead of the model's")
 
 
 def _unmatched_annotations(cfg: ExtractConfig, dataset: str, names: set[str]) -> dict:

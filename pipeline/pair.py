@@ -35,6 +35,10 @@ FILTER_ORDER = ("status", "exclude_ids", "split", "persons", "min_visible", "req
                 "duplicates")
 """The filters of ``select_images`` in the order they apply; removal counts are reported in this order."""
 
+FILTER_OPTIONS = {"persons": "--max-persons", "min_visible": "--min-visible", "required_joints": "--required-joints",
+                  "min_height": "--min-height"}
+"""The ``pgpig-data pair`` option that loosens each filter that has one."""
+
 PATN_JOINTS = ("r_shoulder", "l_shoulder", "r_hip", "l_hip")
 """PATN's (Deformable GAN's) validity rule: both shoulders and both hips visible."""
 
@@ -209,6 +213,60 @@ def select_images(table: pa.Table, split: str, cfg: FilterConfig) -> tuple[np.nd
     first.sort()
     removed["duplicates"] = len(rows) - len(first)
     return rows[first].astype(np.int64), removed
+
+
+def filter_labels(cfg: FilterConfig) -> dict[str, str]:
+    """What each filter of ``FILTER_ORDER`` removes, in words, with ``cfg``'s values."""
+    return {
+        "status": f"status not {'/'.join(cfg.statuses)}",
+        "exclude_ids": f"excluded identity ({', '.join(cfg.exclude_ids) or 'none'})",
+        "split": "in the other split",
+        "persons": f"more than {cfg.max_persons} person(s)" if cfg.max_persons is not None else "persons (no limit)",
+        "min_visible": f"fewer than {cfg.min_visible} visible keypoints" if cfg.min_visible
+        else "visible keypoints (no minimum)",
+        "required_joints": "a required joint not visible" if cfg.required_joints else "required joints (none)",
+        "min_height": f"keypoints shorter than {cfg.min_height:g} of the image" if cfg.min_height > 0
+        else "keypoint height (no minimum)",
+        "duplicates": "duplicate file (same content hash)",
+    }
+
+
+def funnel_lines(total: int, removed: dict[str, int], cfg: FilterConfig) -> list[str]:
+    """The filter funnel as terminal lines: rows in, then each filter's removal and the rows left after it."""
+    labels = filter_labels(cfg)
+    width = max(len(label) for label in labels.values())
+    lines = [f"  {'filter':<{width}}  {'removed':>8}  {'left':>8}",
+             f"  {'keypoints table rows':<{width}}  {'':>8}  {total:>8}"]
+    left = total
+    for name in FILTER_ORDER:
+        left -= removed[name]
+        lines.append(f"  {labels[name]:<{width}}  {removed[name]:>8}  {left:>8}")
+    return lines
+
+
+def empty_selection_message(where: Path | str, split: str, total: int, removed: dict[str, int],
+                            cfg: FilterConfig) -> str:
+    """One line saying which filters removed the rows of ``split`` and how to get some back."""
+    labels = filter_labels(cfg)
+    counts = ", ".join(f"{labels[name]} {removed[name]}" for name in FILTER_ORDER if removed[name])
+    left = total
+    emptied = None  # the filter that removed the last rows: the one to loosen
+    for name in FILTER_ORDER:
+        if left and left == removed[name]:
+            emptied = name
+        left -= removed[name]
+    if emptied is None:
+        advice = "the keypoints table is empty; run `pgpig-data extract RAW` again"
+    elif emptied == "status":
+        advice = "extract found no usable person in any; `pgpig-data report` shows the reasons per image"
+    elif emptied == "split":
+        advice = (f"the table has no {split} rows; check --split (a folder layout's split is drawn at extract "
+                  "by its --seed)")
+    elif emptied in FILTER_OPTIONS:
+        advice = f"loosen {FILTER_OPTIONS[emptied]}"
+    else:
+        advice = "check the filter settings"
+    return f"{where}: no {split} image passes the filters (of {total} rows: {counts}); {advice}"
 
 
 # ---------------------------------------------------------------- pair
@@ -401,10 +459,19 @@ class PairRunConfig:
     """Address of an existing Dask cluster to write shard files on (shared storage assumed)."""
 
 
-def _extract_record(run_file: Path) -> dict[str, Any]:
+def _check_extracted(run_file: Path, keypoints_dir: Path) -> None:
+    """Refuse, naming every missing input, when extract has not written ``run_file`` or ``keypoints_dir``."""
+    missing = []
     if not run_file.is_file():
-        raise PipelineError(f"{run_file}: extract run record not found; run `pgpig-data extract RAW` here first "
-                            "or pass --run-file")
+        missing.append(f"no extract run record {run_file}")
+    if not keypoints_dir.is_dir():
+        missing.append(f"no keypoints folder {keypoints_dir}/")
+    if missing:
+        raise PipelineError(f"{' and '.join(missing)}: run `pgpig-data extract RAW` here first (or pass --run-file "
+                            "and --keypoints where it wrote them)")
+
+
+def _extract_record(run_file: Path) -> dict[str, Any]:
     try:
         record = json.loads(run_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -504,6 +571,7 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
         # said before any work is done; write_shard_set would refuse too, but only after filtering and pairing
         raise PipelineError(f"{target} already holds a shard set ({MANIFEST_NAME}); pass --overwrite to replace it")
     run_file = Path(cfg.run_file)
+    _check_extracted(run_file, Path(cfg.keypoints_dir))
     record = _extract_record(run_file)
     table = read_keypoints(cfg.keypoints_dir)
     dataset = _dataset_of(table, Path(cfg.keypoints_dir))
@@ -511,12 +579,10 @@ def run_pair(cfg: PairRunConfig, progress: bool = False, log=print):
 
     rows, removed = select_images(table, cfg.split, filt)
     log(f"{cfg.keypoints_dir}: {table.num_rows} rows ({dataset}); {cfg.split}: kept {len(rows)} images")
-    for name in FILTER_ORDER:
-        if removed[name]:
-            log(f"  removed by {name}: {removed[name]}")
+    for line in funnel_lines(table.num_rows, removed, filt):
+        log(line)
     if len(rows) == 0:
-        raise PipelineError(f"{cfg.keypoints_dir}: no {cfg.split} image passes the filters ({removed}); "
-                            "check --split and the filter options")
+        raise PipelineError(empty_selection_message(cfg.keypoints_dir, cfg.split, table.num_rows, removed, filt))
 
     codes, identities = identity_codes(table, rows)
     images = table["image"].take(pa.array(rows)).to_pylist()

@@ -99,3 +99,27 @@ def test_options_default_to_none_and_show_the_config_dataclass_default():
         for option, field in options.items():
             assert params[option].default in (None, getattr(click.core, "UNSET", None)), (command, option)
             assert params[option].help.endswith(f"[default: {default_of(config, field)}]"), (command, option)
+
+
+def test_pair_help_gives_each_filter_default_per_data_set():
+    """The help's defaults are those ``defaults_for`` applies: Market-1501 keeps any number of persons."""
+    from pipeline.pair import defaults_for
+
+    assert defaults_for("market1501", "train")[0].max_persons is None
+    assert defaults_for("folder", "train")[0].min_visible == 8
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(data_main, ["pair", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "(0: no limit) [default: no limit for market1501; 1 for deepfashion, folder]" in text
+    assert "Minimum visible keypoints [default: none for market1501, deepfashion; 8 for folder]" in text
+    assert "[default: r_shoulder,l_shoulder,r_hip,l_hip]" in text
+
+
+def test_train_without_shards_says_how_to_build_them(tmp_path):
+    """No shard set at all: the line says to run extract and pair, and does not offer --skip-verify."""
+    result = CliRunner().invoke(pgpig_main, ["train", "--shards", str(tmp_path / "shards"), "--run",
+                                             str(tmp_path / "run"), "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: {tmp_path / 'shards' / 'train'}: ")
+    assert "pgpig-data pair --split train" in result.output and "pgpig-data extract" in result.output
+    assert "--skip-verify" not in result.output

@@ -370,3 +370,91 @@ def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market
     monkeypatch.setattr(extract, "write_table", real_write)
     record = run_extract(cfg, log=quiet)
     assert record["already_done"] == 12 and record["rows"] == summary["images"]
+
+
+def _rows(statuses: list[str], splits: list[str | None] | None = None, identities: list[str] | None = None) -> dict:
+    return {"status": statuses, "reason": [None if s == "ok" else f"why {s}" for s in statuses],
+            "split": splits or ["train"] * len(statuses), "identity": identities or ["a"] * len(statuses)}
+
+
+def test_run_warnings_count_people_only_where_a_source_ran(tmp_path):
+    from pipeline.extract import run_warnings
+
+    (tmp_path / "raw").mkdir()
+    cfg = ExtractConfig(raw=tmp_path / "raw", imgsz=320, conf=0.4)
+    # 2 of 10 without a person is 20%: no warning; skipped files are not counted
+    assert run_warnings(cfg, "market1501", _rows(["ok"] * 8 + ["no_person"] * 2 + ["skipped"] * 30)) == []
+    (line,) = run_warnings(cfg, "market1501", _rows(["ok"] * 7 + ["no_person"] * 2 + ["unreadable"]))
+    assert line == ("warning: 3 of 10 images (30%) have no person (why no_person 2, why unreadable 1); try a larger "
+                    "--imgsz (now 320), a lower --conf (now 0.4), or --annotations FILE with known keypoints, each "
+                    "with --overwrite")
+    annotated = ExtractConfig(raw=tmp_path / "raw", annotations=(tmp_path / "a.csv",))
+    (line,) = run_warnings(annotated, "market1501", _rows(["ok"] + ["no_person"] * 3))
+    assert line.endswith("check that --annotations names the CSVs of this raw folder")
+    # both splits present, or a layout with its own split: nothing to say about the split
+    assert run_warnings(cfg, "folder", _rows(["ok"] * 2, ["train", "test"], ["a", "b"])) == []
+    assert run_warnings(cfg, "market1501", _rows(["ok"] * 2, ["train", "train"], ["a", "b"])) == []
+
+
+@pytest.fixture(scope="module")
+def personless_folder(tmp_path_factory):
+    """A folder layout of two identities whose images hold nobody (both in train with seed 0), one photo of
+    people, and a PATN annotation CSV at the top, run through the real model with the CLI."""
+    import cv2
+    from conftest import ultralytics_assets
+
+    root = tmp_path_factory.mktemp("personless") / "raw"
+    for identity in ("ann", "bob"):
+        (root / identity).mkdir(parents=True)
+        for k in range(3):
+            cv2.imwrite(str(root / identity / f"{k}.jpg"), np.full((96, 64, 3), 40 * k + 60, np.uint8))
+    cv2.imwrite(str(root / "ann" / "zidane.jpg"), cv2.imread(str(ultralytics_assets() / "zidane.jpg")))
+    (root / "market-annotation-train.csv").write_text("name:keypoints_y:keypoints_x\n")
+    work = root.parent
+    result = CliRunner().invoke(data_main, ["extract", str(root), "--backend", "ultralytics", "--device", "cpu",
+                                            "--workers", "0", "--out", str(work / "kp"), "--run-file",
+                                            str(work / "extract.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return root, work, result.output.splitlines()
+
+
+def test_extract_warns_at_the_end_when_most_images_have_no_person(personless_folder):
+    root, work, lines = personless_folder
+    record = json.loads((work / "extract.json").read_text())
+    assert record["statuses"]["no_person"] == 6 and record["statuses"]["ok"] == 1
+    warned = [line for line in lines if "have no person" in line]
+    assert warned == ["warning: 6 of 7 images (86%) have no person (no person detected 6); try a larger --imgsz "
+                      "(now 256), a lower --conf (now 0.25), or --annotations FILE with known keypoints, each with "
+                      "--overwrite"]
+    assert warned[0] in record["warnings"]
+    summary = next(i for i, line in enumerate(lines) if " rows in " in line)
+    assert lines.index(warned[0]) > summary  # said after the run's summary line
+
+
+def test_extract_says_when_a_folder_layout_has_no_test_identity(personless_folder):
+    from pipeline.datasets import list_images
+
+    root, _, lines = personless_folder
+    (line,) = [line for line in lines if "are in the train split" in line]
+    assert line.startswith(f"warning: all 2 identities of {root} are in the train split (the seeded split sends "
+                           "about 10% of the identity folders to test), so `pgpig-data pair --split test` will find "
+                           "no image; re-run with --seed ")
+    seed = int(line.split("--seed ")[1].split()[0])
+    # the suggested seed really gives both splits
+    splits = {r.split for r in list_images(root, "folder", seed=seed) if r.split is not None}
+    assert splits == {"train", "test"}
+
+
+def test_extract_names_the_annotation_csvs_it_did_not_use(personless_folder, market_tree, tmp_path):
+    root, _, lines = personless_folder
+    csv = root / "market-annotation-train.csv"
+    assert f"hint: {root} holds PATN annotation CSVs (market-annotation-train.csv); `pgpig-data extract {root} " \
+           f"--annotations {csv} --overwrite` takes their exact keypoints instead of the model's" in lines
+    # given --annotations: no hint
+    market, _ = market_tree
+    result = CliRunner().invoke(data_main, ["extract", str(market), "--annotations",
+                                            str(market / "market-annotation-train.csv"), "--annotations",
+                                            str(market / "market-annotation-test.csv"), "--workers", "0", "--out",
+                                            str(tmp_path / "kp"), "--run-file", str(tmp_path / "x.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "hint:" not in result.output

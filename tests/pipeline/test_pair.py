@@ -15,6 +15,9 @@ from pipeline.pair import (
     PairConfig,
     count_pairs,
     defaults_for,
+    empty_selection_message,
+    filter_labels,
+    funnel_lines,
     identity_codes,
     make_pairs,
     pairs_from_lists,
@@ -95,6 +98,61 @@ def test_each_filter_removes_its_rows_and_counts_them_in_order():
     assert len(kept) == 8 and removed["duplicates"] == 1
     with pytest.raises(PipelineError, match="unknown joint"):
         select_images(table, "train", FilterConfig(required_joints=("r_hip", "tail")))
+
+
+def test_funnel_lines_and_the_empty_selection_name_each_filter_in_words():
+    rows = [
+        {"image": "a/0001_1.jpg", "identity": "0001"},
+        {"image": "a/0001_2.jpg", "identity": "0001", "status": "no_person"},
+        {"image": "a/0001_3.jpg", "identity": "0001", "split": "test"},
+        {"image": "a/0001_4.jpg", "identity": "0001", "n_persons": 2},
+        {"image": "a/0001_5.jpg", "identity": "0001", "xy": body(hidden=("l_hip",))},
+    ]
+    table = keypoints_table(rows)
+    cfg = FilterConfig()
+    kept, removed = select_images(table, "train", cfg)
+    lines = funnel_lines(table.num_rows, removed, cfg)
+    assert len(lines) == 2 + len(FILTER_ORDER)
+    assert lines[0].split() == ["filter", "removed", "left"]
+    assert lines[1].split() == ["keypoints", "table", "rows", "5"]
+    by_label = {label.strip(): [int(n), int(left)] for label, n, left in (line.rsplit(None, 2) for line in lines[2:])}
+    assert list(by_label) == list(filter_labels(cfg).values())
+    assert by_label["status not ok"] == [1, 4]
+    assert by_label["in the other split"] == [1, 3]
+    assert by_label["more than 1 person(s)"] == [1, 2]
+    assert by_label["a required joint not visible"] == [1, 1]
+    assert by_label["duplicate file (same content hash)"] == [0, len(kept)] == [0, 1]
+
+    # the last filter to remove rows is the one the message tells to loosen; no raw dict in the line
+    strict = FilterConfig(min_height=0.9)  # the bodies span 100 of 128 rows
+    kept, removed = select_images(table, "train", strict)
+    assert len(kept) == 0
+    message = empty_selection_message("kp", "train", table.num_rows, removed, strict)
+    assert message == ("kp: no train image passes the filters (of 5 rows: status not ok 1, in the other split 1, "
+                       "more than 1 person(s) 1, a required joint not visible 1, keypoints shorter than 0.9 of the "
+                       "image 1); loosen --min-height")
+    _, removed = select_images(keypoints_table([{"image": "x.jpg", "identity": "1"}]), "test", cfg)
+    message = empty_selection_message("kp", "test", 1, removed, cfg)
+    assert message.endswith("the table has no test rows; check --split (a folder layout's split is drawn at "
+                            "extract by its --seed)")
+    assert "{" not in message
+
+
+def test_pair_before_extract_names_what_is_missing_in_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as data_main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(data_main, ["pair", "--split", "train"])
+    assert result.exit_code == 1
+    assert result.output == ("error: no extract run record extract.json and no keypoints folder keypoints/: run "
+                             "`pgpig-data extract RAW` here first (or pass --run-file and --keypoints where it wrote "
+                             "them)\n")
+    Path("extract.json").write_text("{}")
+    result = CliRunner().invoke(data_main, ["pair", "--split", "train", "--keypoints", "kp"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("error: no keypoints folder kp/: run `pgpig-data extract RAW` here first")
 
 
 def test_duplicates_collapse_to_the_first_path_whatever_the_row_order():
@@ -293,7 +351,11 @@ def test_extract_then_pair_writes_shards_whose_pairs_are_the_patn_pairs(extracte
         assert len(shards) == summary["annotated"][split]  # every annotated image of the split, once
         assert manifest.filter["kept"] == len(shards) and manifest.extract["sha256"]
         assert manifest.filter["required_joints"] == ["r_shoulder", "l_shoulder", "r_hip", "l_hip"]
-        assert any("removed by status" in line for line in lines) == (table["status"].to_pylist().count("skipped") > 0)
+        funnel = {label.strip(): int(n) for label, n, _ in (line.rsplit(None, 2)
+                                                             for line in lines[3:3 + len(FILTER_ORDER)])}
+        assert funnel["status not ok"] == table["status"].to_pylist().count("skipped")
+        statuses_splits = zip(table["status"].to_pylist(), table["split"].to_pylist(), strict=True)
+        assert funnel["in the other split"] == sum(st == "ok" and sp != split for st, sp in statuses_splits) > 0
         # the pairs are PATN's: every ordered pair within an identity of the split
         ids = np.array([shards[i].identity for i in range(len(shards))])
         sizes = np.unique(ids, return_counts=True)[1]
@@ -355,7 +417,7 @@ def test_run_pair_caps_and_unmatched_list_are_recorded(extracted, tmp_path):
     assert any(line.startswith("warning: 1 of 1 listed pairs") for line in lines)
     with pytest.raises(PipelineError, match="unknown filter"):
         run_pair(PairRunConfig(**base, out=tmp_path / "c", filter={"min_visibel": 3}), log=quiet)
-    with pytest.raises(PipelineError, match="extract run record not found"):
+    with pytest.raises(PipelineError, match="no extract run record .*none.json: run `pgpig-data extract RAW`"):
         run_pair(PairRunConfig(**{**base, "run_file": tmp_path / "none.json"}, out=tmp_path / "d"), log=quiet)
 
 
@@ -375,6 +437,12 @@ def test_cli_extract_then_pair_with_no_other_flag(market_tree, tmp_path, monkeyp
     result = runner.invoke(data_main, ["pair", "--split", "train"])
     assert result.exit_code == 0, result.output
     assert f"kept {summary['annotated']['train']} images" in result.output
+    # the funnel is on the terminal: every filter with what it removed and what is left
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "keypoints table rows" in line)
+    funnel = lines[start:start + 1 + len(FILTER_ORDER)]
+    assert funnel[0].split()[-1] == str(summary["images"])
+    assert funnel[-1].startswith("  duplicate file") and funnel[-1].split()[-1] == str(summary["annotated"]["train"])
     result = runner.invoke(data_main, ["verify", "shards/train"])
     assert result.exit_code == 0 and "OK" in result.output, result.output
     result = runner.invoke(data_main, ["export-pairs", "shards/train", "pairs.csv"])

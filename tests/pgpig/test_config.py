@@ -1,0 +1,57 @@
+"""``pgpig.config``: the messages of bad ``--set`` keys and values, through ``pgpig train``."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from pgpig.cli import main
+from pgpig.config import load_config
+from pgpig.errors import TrainError
+
+
+def train(*args: str) -> str:
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1, result.output  # one line, no traceback
+    return result.output.strip()
+
+
+def test_unknown_set_key_blames_set_and_names_the_nearest_key(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("ngf: 16\n")
+    line = train("--recipe", str(recipe), "--set", "lamda_l1=1")
+    assert line == "error: --set: unknown config key(s) lamda_l1 (did you mean lambda_l1?)"
+    # a key with nothing close gets the list of known keys
+    line = train("--set", "zzz=1")
+    assert line.startswith("error: --set: unknown config key(s) zzz; known: shards, ") and "lambda_l1" in line
+
+
+def test_unknown_recipe_key_still_blames_the_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lamda_l1: 1\n")
+    line = train("--recipe", str(recipe), "--set", "ngf=8")
+    assert line == f"error: {recipe}: unknown config key(s) lamda_l1 (did you mean lambda_l1?)"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lambda_l1=abc", "--set lambda_l1: 'abc' is not a number (float)"),
+    ("n_blocks=2.5", "--set n_blocks: 2.5 is not a whole number (int)"),
+    ("flip=3", "--set flip: 3 is not true or false (bool)"),
+    ("betas=[0.5]", "--set betas: [0.5] is not a list of 2 values (float, float)"),
+    ("amp=fp8", "--set amp: 'fp8' is not one of none, bf16, fp16, auto"),
+])
+def test_bad_set_value_names_the_key_and_the_expected_type(setting, message):
+    assert train("--set", setting) == f"error: {message}"
+
+
+def test_bad_recipe_value_names_the_recipe_and_the_key(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lambda_l1: abc\n")
+    with pytest.raises(TrainError) as info:
+        load_config(recipe, {})
+    assert str(info.value) == f"{recipe}: lambda_l1: 'abc' is not a number (float)"
+    # the same key from --set blames --set, the recipe's value being replaced
+    with pytest.raises(TrainError, match=r"^--set lambda_l1: 'x' is not a number \(float\)$"):
+        load_config(recipe, {"lambda_l1": "x"}, set_keys={"lambda_l1"})
+    assert load_config(recipe, {"lambda_l1": 2}, set_keys={"lambda_l1"}).lambda_l1 == 2.0
