@@ -326,3 +326,32 @@ def test_torch_hubs_downloading_line_never_reaches_stdout(monkeypatch, capsys):
     assert set(download_state_dict("https://example.invalid/ok.pth")) == {"w"}
     out, err = capsys.readouterr()
     assert out == "" and "Downloading" in err
+
+
+# ---------------------------------------------------------------------------------------------------- docs
+
+
+def test_eval_help_names_the_metric_definitions_installed_with_the_package():
+    import importlib.resources
+    import re
+    from fnmatch import fnmatch
+
+    from click.testing import CliRunner
+
+    from pgpig.cli import main
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    result = CliRunner().invoke(main, ["eval", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    named = re.search(r"^\s*(/\S*eval\.md)\s*$", result.output.split("Options:")[0], re.MULTILINE)
+    assert named is not None, result.output
+    installed = importlib.resources.files("pgpig") / "docs" / "eval.md"
+    assert Path(named.group(1)) == Path(str(installed)) and Path(named.group(1)).is_file()
+    text = installed.read_text(encoding="utf-8")
+    assert text.startswith("# Evaluation: `pgpig eval`") and "produce_ma_mask" in text
+    # a wheel carries it only when package-data names it
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pgpig"]
+    assert any(fnmatch("docs/eval.md", glob) for glob in globs)
+    # the repository's docs/eval.md is a link to the package's file, not a second copy
+    assert (root / "docs" / "eval.md").resolve() == (root / "pgpig" / "docs" / "eval.md").resolve()
