@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import sys
@@ -178,7 +179,24 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
         click.echo(str(result["grid"]))
 
 
-@main.command("eval")
+# the metrics' definitions ship inside the package, so the help can name a file that exists after `pip install`
+EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
+
+
+@main.command("eval", help=f"""Score a generator on a split with the papers' metrics; writes eval.json, eval.md and
+    pairs.csv.
+
+    \b
+    Metrics: SSIM, mask-SSIM, L1, LPIPS, mask-LPIPS, FID, PCKh (+ detection
+    rate), for the model and for a copy-the-source baseline. Definitions,
+    sources and how to get the weights offline (docs/eval.md in the
+    repository), installed with pgpig at:
+    {EVAL_DOCS}
+    \b
+      pgpig eval --run runs/patn --shards ./shards --split test
+      pgpig eval --generated results/market_PATN/test_latest/images --shards ./shards
+      pgpig eval --compare runs/patn runs/pg2 runs/gfla
+    """)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder of `pgpig train`: generate every pair into RUN/eval/<split>/images/, then score.")
 @click.option("--generated", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -227,19 +245,7 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
 @report_errors(TrainError)
 def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
                  fid_reference, no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model,
-                 pckh_protocol,
-                 quiet) -> None:
-    """Score a generator on a split with the papers' metrics; writes eval.json, eval.md and pairs.csv.
-
-    \b
-    Metrics: SSIM, mask-SSIM, L1, LPIPS, mask-LPIPS, FID, PCKh (+ detection
-    rate), for the model and for a copy-the-source baseline. Definitions,
-    sources and how to get the weights offline: docs/eval.md.
-    \b
-      pgpig eval --run runs/patn --shards ./shards --split test
-      pgpig eval --generated results/market_PATN/test_latest/images --shards ./shards
-      pgpig eval --compare runs/patn runs/pg2 runs/gfla
-    """
+                 pckh_protocol, quiet) -> None:
     from pgpig.evaluate import compare, evaluate
 
     names = None

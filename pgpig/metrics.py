@@ -149,39 +149,99 @@ MASK_LIMBS: tuple[tuple[int, int], ...] = PG2_MASK_LIMBS
 
 _MASK_RADIUS = 4.0
 _MASK_CLOSING = 5
+_VERTEX_EPS = 1e-12
+
+
+def _limb_corners(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quadrilateral of each limb of ``MASK_LIMBS`` whose two joints are present, as ``produce_ma_mask`` builds
+    it: ``f + n, f - n, t - n, t + n`` with ``n`` the segment's normal scaled to ``_MASK_RADIUS``.
+
+    Args:
+        keypoints: ``(B, 18, 2)`` float64 pixel ``(x, y)``; a joint with a coordinate of -1 is missing.
+
+    Returns:
+        ``(index (K,) of the keypoint set, corners (K, 4, 2) as (x, y))`` for the ``K`` drawable limbs. Computed in
+        NumPy on the host: torch's float64 ``sqrt`` on the CPU is not correctly rounded, and the last bit of the
+        length decides on which side of an edge a pixel centre on it falls.
+    """
+    present = ~(keypoints == MISSING).any(axis=-1)
+    ia, ib = [a for a, _ in MASK_LIMBS], [b for _, b in MASK_LIMBS]
+    which, limb = np.nonzero(present[:, ia] & present[:, ib])
+    f = keypoints[which, np.asarray(ia)[limb]]
+    t = keypoints[which, np.asarray(ib)[limb]]
+    vx, vy = f[:, 0] - t[:, 0], f[:, 1] - t[:, 1]
+    # PATN works in (y, x): the normal of (vy, vx) is (-vx, vy), divided by its norm; a zero-length limb gives NaN
+    # corners, which no crossing test passes, so it draws nothing (as in skimage)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        length = np.sqrt(vx * vx + vy * vy)
+        nx, ny = _MASK_RADIUS * vy / length, _MASK_RADIUS * -vx / length
+    n = np.stack([nx, ny], axis=-1)
+    return which, np.stack([f + n, f - n, t - n, t + n], axis=1)
+
+
+def _fill_quads(corners: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixels of each quadrilateral as ``skimage.draw.polygon`` draws them: ``(K, 4, 2)`` float64 ``(x, y)`` corners
+    → ``(K, H, W)`` bool.
+
+    scikit-image's crossing-number test (O'Rourke's) on each pixel centre: a ray to the right counts the edges that
+    straddle the centre's row (by ``> 0``) and cross strictly right of it, a ray to the left those that straddle it
+    by ``< 0`` and cross strictly left; the pixel is drawn when either count is odd (inside, or on an edge) or a
+    corner lies within 1e-12 of it. The same float64 operations in the same order round the same way, so a centre
+    exactly on an edge falls on the side scikit-image puts it.
+    """
+    h, w = int(size[0]), int(size[1])
+    xs = torch.arange(w, dtype=torch.float64, device=corners.device).view(1, 1, w)
+    ys = torch.arange(h, dtype=torch.float64, device=corners.device).view(1, h, 1)
+    cx, cy = corners[..., 0, None, None], corners[..., 1, None, None]  # (K, 4, 1, 1)
+    vertex = torch.zeros((corners.shape[0], h, w), dtype=torch.bool, device=corners.device)
+    right_odd, left_odd = vertex.clone(), vertex.clone()
+    for i in range(4):
+        x0, y0 = cx[:, i] - xs, cy[:, i] - ys
+        x1, y1 = cx[:, i - 1] - xs, cy[:, i - 1] - ys
+        vertex |= (x0.abs() < _VERTEX_EPS) & (y0.abs() < _VERTEX_EPS)
+        cross = (x0 * y1 - x1 * y0) / (y1 - y0)  # where the edge meets the centre's row, relative to the centre
+        right_odd ^= ((y0 > 0) != (y1 > 0)) & (cross > 0)
+        left_odd ^= ((y0 < 0) != (y1 < 0)) & (cross < 0)
+    return vertex | right_odd | left_odd
+
+
+def _limb_fill(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The union of the limb quadrilaterals of each keypoint set (``_limb_corners``, ``_fill_quads``):
+    ``(B, 18, 2)`` → ``(B, H, W)`` bool on the keypoints' device."""
+    h, w = int(size[0]), int(size[1])
+    which, corners = _limb_corners(keypoints.detach().to("cpu", torch.float64).numpy())
+    quads = _fill_quads(torch.from_numpy(corners).to(keypoints.device), (h, w))
+    counts = torch.zeros((keypoints.shape[0], h, w), dtype=torch.int32, device=keypoints.device)
+    counts.index_add_(0, torch.from_numpy(which).to(keypoints.device), quads.to(torch.int32))
+    return counts > 0
 
 
 def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """PATN's Market-1501 body mask of each keypoint set (``produce_ma_mask``), on the keypoints' device.
+    """PATN's body mask of each keypoint set (``produce_ma_mask``), on the keypoints' device.
 
     Args:
-        keypoints: ``(B, 18, 2)`` pixel ``(x, y)`` at pixel centres; ``(-1, -1)`` invisible.
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)`` at pixel centres; a joint with a coordinate of -1 is missing
+            (``(-1, -1)`` in our data).
         size: ``(H, W)``.
 
     Returns:
-        ``(B, 1, H, W)`` bool: pixel centres within 4 px of a limb segment (the closed 8-px-wide rectangle along
-        each of ``MASK_LIMBS`` whose two joints are visible) or strictly within 4 px of a visible joint, then
-        closed with a 5x5 square (dilation, then erosion; pixels outside the image are ignored, which equals
-        scikit-image's reflected border for a max or min over a symmetric window).
+        ``(B, 1, H, W)`` bool: the 8-px-wide quadrilateral along each of ``MASK_LIMBS`` whose two joints are
+        present, filled as ``skimage.draw.polygon`` fills it, and the pixel centres strictly within 4 px of a
+        present joint (``skimage.draw.disk``), then closed with a 5x5 square (dilation, then erosion; pixels outside
+        the image are ignored, which equals scikit-image's reflected border for a max or min over a symmetric
+        window). Equal to the official mask pixel for pixel. For keypoints off the half-pixel grid the official
+        limb length is ``np.linalg.norm``'s, whose last bit depends on whether NumPy's BLAS fuses multiply-adds; we
+        take the unfused ``sqrt(dx * dx + dy * dy)``, which can differ only for a pixel centre exactly on an edge.
+        Copies the keypoints to the host once (the limb corners are computed there).
     """
     h, w = int(size[0]), int(size[1])
     kp = keypoints.to(torch.float64)
-    visible = ~(kp == MISSING).all(dim=-1)  # (B, 18)
+    present = ~(kp == MISSING).any(dim=-1)  # (B, 18)
     xs = torch.arange(w, dtype=torch.float64, device=kp.device).view(1, 1, 1, w)
     ys = torch.arange(h, dtype=torch.float64, device=kp.device).view(1, 1, h, 1)
-    ia, ib = [a for a, _ in MASK_LIMBS], [b for _, b in MASK_LIMBS]
-    a, b = kp[:, ia], kp[:, ib]  # (B, L, 2)
-    d = b - a
-    length = d.norm(dim=-1)  # (B, L)
-    usable = visible[:, ia] & visible[:, ib] & (length > 0)  # PATN's zero-length limb is a NaN polygon: nothing
-    unit = d / length.clamp_min(1e-12)[..., None]
-    rx, ry = xs - a[..., 0, None, None], ys - a[..., 1, None, None]  # (B, L, H, W) after broadcasting
-    along = rx * unit[..., 0, None, None] + ry * unit[..., 1, None, None]
-    across = -rx * unit[..., 1, None, None] + ry * unit[..., 0, None, None]
-    inside = (along >= 0) & (along <= length[..., None, None]) & (across.abs() <= _MASK_RADIUS)
-    mask = (inside & usable[..., None, None]).any(dim=1)
+    mask = _limb_fill(kp, (h, w))
     dist2 = (xs - kp[..., 0, None, None]) ** 2 + (ys - kp[..., 1, None, None]) ** 2  # (B, 18, H, W)
-    mask |= ((dist2 < _MASK_RADIUS ** 2) & visible[..., None, None]).any(dim=1)
+    mask |= ((dist2 < _MASK_RADIUS ** 2) & present[..., None, None]).any(dim=1)
     return close_square(mask[:, None].to(torch.float32), _MASK_CLOSING) > 0.5
 
 

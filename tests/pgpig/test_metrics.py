@@ -18,9 +18,11 @@ from torch import nn
 from pgpig.errors import TrainError
 from pgpig.metrics import (
     LPIPS,
+    MASK_LIMBS,
     SSIM_SETTINGS,
     FeatureStats,
     WeightsUnavailable,
+    _limb_fill,
     frechet_distance,
     head_size,
     inception_extractor,
@@ -90,20 +92,31 @@ def test_ssim_refuses_images_smaller_than_the_window():
 # ---------------------------------------------------------------------------------------------------- mask
 
 
+OFFICIAL_LIMBS = np.array([[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12],
+                           [12, 13], [13, 14], [2, 1], [1, 15], [15, 17], [1, 16], [16, 18], [2, 17], [2, 18], [9, 12],
+                           [12, 6], [9, 3], [17, 18]]) - 1
+
+
+def patn_quad(yx_from: np.ndarray, yx_to: np.ndarray, size: tuple[int, int], radius: int = 4) -> np.ndarray:
+    """One limb of PATN's produce_ma_mask: the quadrilateral around the segment, filled by skimage.draw.polygon."""
+    normal = yx_from - yx_to
+    normal = np.array([-normal[1], normal[0]])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a zero-length limb: NaN corners, as in the official run
+        normal = radius * normal / np.linalg.norm(normal)
+    corners = np.array([yx_from + normal, yx_from - normal, yx_to - normal, yx_to + normal])
+    mask = np.zeros(size, bool)
+    rr, cc = polygon(corners[:, 0], corners[:, 1], shape=size)
+    mask[rr, cc] = True
+    return mask
+
+
 def patn_mask(yx: np.ndarray, size: tuple[int, int], radius: int = 4) -> np.ndarray:
     """PATN's produce_ma_mask written out with scikit-image, keypoints ``(y, x)`` as its CSVs give them."""
-    limbs = np.array([[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12], [12, 13],
-                      [13, 14], [2, 1], [1, 15], [15, 17], [1, 16], [16, 18], [2, 17], [2, 18], [9, 12], [12, 6],
-                      [9, 3], [17, 18]]) - 1
     mask = np.zeros(size, bool)
-    for f, t in limbs:
+    for f, t in OFFICIAL_LIMBS:
         if (yx[f] == -1).any() or (yx[t] == -1).any():
             continue
-        normal = yx[f] - yx[t]
-        normal = radius * np.array([-normal[1], normal[0]]) / np.linalg.norm(normal)
-        corners = np.array([yx[f] + normal, yx[f] - normal, yx[t] - normal, yx[t] + normal])
-        rr, cc = polygon(corners[:, 0], corners[:, 1], shape=size)
-        mask[rr, cc] = True
+        mask |= patn_quad(yx[f], yx[t], size, radius)
     for joint in yx:
         if (joint == -1).any():
             continue
@@ -113,20 +126,90 @@ def patn_mask(yx: np.ndarray, size: tuple[int, int], radius: int = 4) -> np.ndar
     return erosion(dilation(mask, square), square)
 
 
+def test_mask_limbs_are_patns():
+    assert MASK_LIMBS == tuple(map(tuple, OFFICIAL_LIMBS.tolist()))
+
+
+def random_limbs(kind: str, n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """``(n, 2, 2)`` limb endpoints ``(x, y)``, some reaching past the image's border."""
+    h, w = size
+    lo, hi = np.array([-6, -6]), np.array([w + 6, h + 6])
+    if kind == "centres":  # integer keypoints, as PATN's annotations hold
+        return rng.integers(lo, hi, (n, 2, 2)).astype(np.float64)
+    if kind == "pixel edges":  # on the half-pixel grid: endpoints on pixel centres, edges and corners
+        return rng.integers(2 * lo, 2 * hi, (n, 2, 2)) / 2
+    if kind == "anywhere":
+        return rng.uniform(lo, hi, (n, 2, 2))
+    start = rng.integers(lo, hi, (n, 1, 2)).astype(np.float64)
+    step = rng.integers(-40, 41, (n, 1)) / rng.choice([1, 2], (n, 1))
+    if kind == "axis-aligned":
+        along_x = rng.random((n, 1)) < 0.5
+        delta = np.concatenate([np.where(along_x, step, 0), np.where(along_x, 0, step)], axis=-1)
+    else:  # 45 degrees, either diagonal
+        delta = np.concatenate([step, step * rng.choice([-1, 1], (n, 1))], axis=-1)
+    return np.concatenate([start, start + delta[:, None]], axis=1)
+
+
+@pytest.mark.parametrize("size", [(128, 64), (256, 176)])
+@pytest.mark.parametrize("kind", ["centres", "pixel edges", "anywhere", "axis-aligned", "45 degrees"])
+def test_limb_fill_is_skimage_polygon_of_patns_quad(kind, size):
+    rng = np.random.default_rng([len(kind), size[1]])
+    limbs = random_limbs(kind, 400, size, rng)
+    limbs[:20, 1] = limbs[:20, 0]  # zero length: NaN corners, nothing drawn
+    keypoints = np.full((len(limbs), 18, 2), -1.0)
+    keypoints[:, 1], keypoints[:, 2] = limbs[:, 0], limbs[:, 1]  # only MASK_LIMBS[0] = (1, 2) is drawn
+    ours = _limb_fill(torch.from_numpy(keypoints), size).numpy()
+    # PATN skips a limb with a coordinate of -1 (missing)
+    expected = np.stack([patn_quad(a[::-1], b[::-1], size) if -1 not in (*a, *b) else np.zeros(size, bool)
+                         for a, b in limbs])
+    assert not expected[:20].any()
+    assert expected.any(axis=(1, 2)).sum() > len(limbs) * 0.8
+    diff = (ours != expected).any(axis=(1, 2))
+    assert not diff.any(), f"{diff.sum()} limbs differ, first {limbs[diff][0].tolist()}"
+    if kind in ("centres", "pixel edges", "45 degrees"):
+        # these put pixel centres exactly on slanted edges, where rounding of the corners decides and a closed
+        # rectangle draws pixels skimage does not (an axis-aligned limb's corners are exact: both draw its edges)
+        drawn = [i for i in range(20, len(limbs)) if expected[i].any() and (limbs[i, 0] != limbs[i, 1]).any()]
+        closed = np.stack([closed_rectangle(limbs[i, 0], limbs[i, 1], size) for i in drawn])
+        assert (closed != expected[drawn]).any()
+
+
+def closed_rectangle(a: np.ndarray, b: np.ndarray, size: tuple[int, int], radius: float = 4.0) -> np.ndarray:
+    """Pixel centres within ``radius`` of the segment ``a -> b`` across it and between its ends along it."""
+    ys, xs = np.mgrid[: size[0], : size[1]].astype(np.float64)
+    unit = (b - a) / np.linalg.norm(b - a)
+    along = (xs - a[0]) * unit[0] + (ys - a[1]) * unit[1]
+    across = -(xs - a[0]) * unit[1] + (ys - a[1]) * unit[0]
+    return (along >= 0) & (along <= np.linalg.norm(b - a)) & (np.abs(across) <= radius)
+
+
+@pytest.mark.parametrize("size", [(128, 64), (256, 176), (256, 256)])
+def test_pose_mask_is_patns_produce_ma_mask_on_random_skeletons(size):
+    rng = np.random.default_rng(size[1])
+    h, w = size
+    grids = [np.round(rng.uniform(-4, [w + 4, h + 4], (12, 18, 2))),
+             np.round(rng.uniform(-4, [w + 4, h + 4], (12, 18, 2)) * 2) / 2,
+             rng.uniform(-4, [w + 4, h + 4], (12, 18, 2))]
+    for keypoints in grids:
+        keypoints[rng.random(keypoints.shape[:2]) < 0.2] = -1
+        ours = pose_mask(torch.from_numpy(keypoints), size)[:, 0].numpy()
+        expected = np.stack([patn_mask(k[:, ::-1], size) for k in keypoints])
+        assert (ours == expected).all(), (ours != expected).sum()
+
+
 def test_pose_mask_is_patns_produce_ma_mask(market_shards):
     from pipeline.shards import ShardSet
 
     stored = ShardSet(market_shards / "train")
-    keypoints = np.stack([np.round(stored[i].keypoints) for i in range(len(stored))])
+    keypoints = np.stack([stored[i].keypoints for i in range(len(stored))]).astype(np.float64)
     rng = np.random.default_rng(3)
-    hidden = keypoints.copy()
+    hidden = np.round(keypoints)
     hidden[rng.random(hidden.shape[:2]) < 0.25] = -1  # missing joints drop their limbs
-    for kp in (keypoints, hidden):
+    for kp in (np.round(keypoints), keypoints, hidden):  # integer keypoints as PATN's CSVs hold them, and ours
         ours = pose_mask(torch.from_numpy(kp), (128, 64))[:, 0].numpy()
-        expected = np.stack([patn_mask(k[:, ::-1].astype(np.float64), (128, 64)) for k in kp])
+        expected = np.stack([patn_mask(k[:, ::-1], (128, 64)) for k in kp])
         assert ours.any(axis=(1, 2)).all()
-        # integer keypoints (as PATN's CSVs hold): rectangle edges fall on pixel centres, so allow a rare tie
-        assert (ours != expected).sum() <= ours.size // 10_000, (ours != expected).sum()
+        assert (ours == expected).all(), (ours != expected).sum()
 
 
 # ---------------------------------------------------------------------------------------------------- LPIPS
@@ -326,3 +409,32 @@ def test_torch_hubs_downloading_line_never_reaches_stdout(monkeypatch, capsys):
     assert set(download_state_dict("https://example.invalid/ok.pth")) == {"w"}
     out, err = capsys.readouterr()
     assert out == "" and "Downloading" in err
+
+
+# ---------------------------------------------------------------------------------------------------- docs
+
+
+def test_eval_help_names_the_metric_definitions_installed_with_the_package():
+    import importlib.resources
+    import re
+    from fnmatch import fnmatch
+
+    from click.testing import CliRunner
+
+    from pgpig.cli import main
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    result = CliRunner().invoke(main, ["eval", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    named = re.search(r"^\s*(/\S*eval\.md)\s*$", result.output.split("Options:")[0], re.MULTILINE)
+    assert named is not None, result.output
+    installed = importlib.resources.files("pgpig") / "docs" / "eval.md"
+    assert Path(named.group(1)) == Path(str(installed)) and Path(named.group(1)).is_file()
+    text = installed.read_text(encoding="utf-8")
+    assert text.startswith("# Evaluation: `pgpig eval`") and "produce_ma_mask" in text
+    # a wheel carries it only when package-data names it
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pgpig"]
+    assert any(fnmatch("docs/eval.md", glob) for glob in globs)
+    # the repository's docs/eval.md is a link to the package's file, not a second copy
+    assert (root / "docs" / "eval.md").resolve() == (root / "pgpig" / "docs" / "eval.md").resolve()
