@@ -15,6 +15,7 @@ how these work, and PATN's training recipe this loop follows (the official tengt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -22,6 +23,7 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -360,6 +362,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
             bar.close()
             if writer is not None:
                 writer.close()
+            # the DataLoader's workers shut down now, while this process still attends to them; an exception's
+            # traceback would otherwise keep them until interpreter exit
+            del loader
     if stopped:
         command = f"pgpig train --resume {shlex.quote(str(run_dir))}" + (f" --gpus {world}" if world > 1 else "")
         raise TrainInterrupted(stopped, at.step, run_dir / CHECKPOINTS / f"step-{at.step:08d}", command)
@@ -386,8 +391,7 @@ class _StopSignals:
 
     Under DDP every rank may get the signal at a different step (or only some ranks get it), so ``agreed`` takes
     the maximum over the ranks each step, through a gloo group: a few bytes between the CPUs, with no wait for the
-    GPU. DataLoader workers are forked after ``__enter__`` and inherit the handler, so a Ctrl-C, which reaches the
-    whole process group, does not kill them mid-epoch."""
+    GPU. DataLoader workers leave the signals to this process (``_worker_signals``)."""
 
     def __init__(self, world: int):
         self.world = world
@@ -411,10 +415,7 @@ class _StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self._pid:  # a forked DataLoader worker: Ctrl-C is the main process's to act on;
-            if signum == signal.SIGTERM:  # SIGTERM is how the loader itself ends a worker
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
+        if os.getpid() != self._pid:  # a forked child (DataLoader workers replace it: _worker_signals)
             return
         if self.signum:
             # os.write, not print: a handler may run in the middle of another write to sys.stderr
@@ -461,10 +462,31 @@ def _train_loader(cfg: TrainConfig, train_set: PairDataset, rank: int, world: in
                   os.cpu_count() or 1)
     loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed, num_workers=workers,
                          rank=rank, world_size=world)
+    loader.worker_init_fn = functools.partial(_worker_signals, loader.worker_init_fn)
     if len(loader) == 0:
         raise TrainError(f"{cfg.shards / 'train'} has {len(train_set)} pairs, fewer than one batch of "
                          f"{cfg.batch_size}; lower batch_size")
     return loader
+
+
+def _worker_signals(init: Callable[[int], None] | None, worker: int) -> None:
+    """A DataLoader worker's start: ``init``, then SIGINT ignored and SIGTERM put off for up to a minute.
+
+    Ctrl-C reaches the terminal's whole process group, and torchrun (like systemd or SLURM) sends SIGTERM to a
+    process group, so a worker gets the signal the main process is acting on; PyTorch's own SIGTERM handler would
+    end it at once, and the loader would then raise in the main process, perhaps mid-checkpoint. The main process
+    ends its workers itself when it stops. A worker it never ends (a hung one) dies of SIGALRM a minute after the
+    first SIGTERM."""
+    if init is not None:
+        init(worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _put_off)
+
+
+def _put_off(signum: int, frame: object) -> None:
+    """A worker's SIGTERM: end the worker by SIGALRM in 60 s, or when the alarm already set goes off."""
+    remaining = signal.alarm(0)  # reading the alarm clears it
+    signal.alarm(remaining or 60)
 
 
 def _validation_batch(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from pgpig.samples import PAIR_LABELS, label_columns, pair_grid, sample_grid
