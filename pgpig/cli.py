@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     --batch-size is the global batch, split over the processes.
     """
     from pgpig.config import load_config, recipe_path
+    from pgpig.train import TrainInterrupted
     from pgpig.train import train as run_train
 
     if init_weights is not None and init_weights.is_dir():  # a run folder: its newest generator
@@ -128,7 +130,15 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     cfg = load_config(recipe, overrides, set_keys=set_values)
     if gpus is not None and gpus > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(launch_torchrun(cfg, recipe, overrides, gpus))
-    result = run_train(cfg)
+    try:
+        result = run_train(cfg)
+    except TrainInterrupted as stopped:
+        # the checkpoint is written: more Ctrl-Cs would only turn the exit (DataLoader workers joined) into tracebacks
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(str(stopped), err=True)
+        sys.exit(128 + stopped.signum)  # the shell's status of a process killed by that signal: 130 for Ctrl-C
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result["losses"].items())
     speed = result["speed"]
     on = [speed["amp"] if speed["amp"] != "none" else "float32"] + [

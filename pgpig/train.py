@@ -6,18 +6,24 @@ checkpoint. The model family's ``Objective`` (``pgpig.models.objective``) builds
 losses; everything here is the same for every family. The configuration is ``pgpig.config``, the checkpoint files
 ``pgpig.checkpoint``, the sample pictures ``pgpig.samples``.
 
-Resume is exact (``N`` steps straight equal ``k`` steps + resume to ``N``, bit for bit on the CPU), and ``torchrun``
-runs the same loop data-parallel; how both work, and PATN's training recipe this loop follows (the official
-tengteng95/Pose-Transfer code), are in ``docs/training.md``.
+Resume is exact (``N`` steps straight equal ``k`` steps + resume to ``N``, bit for bit on the CPU), Ctrl-C and
+SIGTERM stop at a step boundary with a checkpoint to resume from, and ``torchrun`` runs the same loop data-parallel;
+how these work, and PATN's training recipe this loop follows (the official tengteng95/Pose-Transfer code), are in
+``docs/training.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import random
+import shlex
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -30,7 +36,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from pgpig import models
-from pgpig.checkpoint import load_checkpoint, load_init_weights, save_checkpoint, step_folders
+from pgpig.checkpoint import CHECKPOINTS, load_checkpoint, load_init_weights, save_checkpoint, step_folders
 from pgpig.config import TrainConfig, check_config, config_dict, resolve_amp, resolve_speed
 from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
@@ -40,8 +46,8 @@ from pgpig.samples import pair_grid, save_png
 from pipeline.devices import resolve_device
 from schemas.files import atomic_path
 
-__all__ = ["AMP_DTYPES", "HistoryPool", "Parts", "build", "build_generator", "compile_parts", "lr_factor",
-           "pose_maps", "prepare_batch", "steps_per_schedule_epoch", "total_steps", "train", "train_step"]
+__all__ = ["AMP_DTYPES", "HistoryPool", "Parts", "TrainInterrupted", "build", "build_generator", "compile_parts",
+           "lr_factor", "pose_maps", "prepare_batch", "steps_per_schedule_epoch", "total_steps", "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -315,41 +321,125 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     parts.generator.train()
     for d in parts.discriminators.values():
         d.train()
-    try:
-        while at.step < steps:
-            start_epoch(loader, at.epoch)
-            # resumed mid-epoch: the epoch's order is fixed by (seed, epoch), so dropping the batches already
-            # trained on puts the loader where the interrupted run was
-            for batch in islice(loader, at.in_epoch, None):
-                if at.step >= steps:
-                    break
-                torch.manual_seed(_step_seed(cfg.seed, at.step, rank))
-                _set_lr(parts, cfg, cfg.lr * lr_factor(cfg, at.step, train_pairs))
-                inputs = prepare_batch(cfg, batch, device, size)
-                generated, step_losses = train_step(parts, cfg, inputs)
-                at.step += 1
-                at.in_epoch += 1
-                bar.update(1)
-                if at.step % cfg.log_every == 0 or at.step == steps:
-                    losses = _log(step_losses, parts, writer, at, world)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-                if writer is not None and at.step % cfg.sample_every == 0:
-                    _samples(run_dir, writer, parts, cfg, inputs, generated, val_batch, at.step)
-                if at.step % cfg.checkpoint_every == 0 and rank == 0:
-                    _checkpoint(run_dir, parts, at, size, cfg.keep_checkpoints)
-            else:
-                at.epoch, at.in_epoch = at.epoch + 1, 0
-        # at the end; not after an exception, which may have hit between the generator's and the step counter's
-        # update: the last periodic checkpoint is the consistent one to resume from
-        if rank == 0:
-            _checkpoint(run_dir, parts, at, size, cfg.keep_checkpoints)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
+    stop, stopped = _StopSignals(world), 0
+    with stop:
+        try:
+            while at.step < steps and not stopped:
+                start_epoch(loader, at.epoch)
+                # resumed mid-epoch: the epoch's order is fixed by (seed, epoch), so dropping the batches already
+                # trained on puts the loader where the interrupted run was
+                for batch in islice(loader, at.in_epoch, None):
+                    if at.step >= steps:
+                        break
+                    inputs = prepare_batch(cfg, batch, device, size)
+                    if writer is not None and at.step == 0:  # the untrained generator, so every run has a picture
+                        _samples(run_dir, writer, parts, cfg, inputs, None, val_batch, 0)
+                    torch.manual_seed(_step_seed(cfg.seed, at.step, rank))
+                    _set_lr(parts, cfg, cfg.lr * lr_factor(cfg, at.step, train_pairs))
+                    generated, step_losses = train_step(parts, cfg, inputs)
+                    at.step += 1
+                    at.in_epoch += 1
+                    bar.update(1)
+                    if at.step % cfg.log_every == 0 or at.step == steps:
+                        losses = _log(step_losses, parts, writer, at, world)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+                    if writer is not None and (at.step % cfg.sample_every == 0 or at.step == steps):
+                        _samples(run_dir, writer, parts, cfg, inputs, generated, val_batch, at.step)
+                    if at.step % cfg.checkpoint_every == 0 and rank == 0:
+                        _checkpoint(run_dir, parts, at, size, cfg.keep_checkpoints)
+                    stopped = stop.agreed()  # a signal arrived: stop at this step boundary, every rank alike
+                    if stopped:
+                        break
+                else:
+                    at.epoch, at.in_epoch = at.epoch + 1, 0
+            # at the end or at a signal; not after an exception, which may have hit between the generator's and the
+            # step counter's update: the last periodic checkpoint is the consistent one to resume from. Signals
+            # that arrive while it is written are ignored (``_StopSignals``), so the write is never cut short.
+            if rank == 0:
+                _checkpoint(run_dir, parts, at, size, cfg.keep_checkpoints)
+            stop.barrier()  # the other ranks exit only once rank 0's checkpoint is complete
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            # the DataLoader's workers shut down now, while this process still attends to them; an exception's
+            # traceback would otherwise keep them until interpreter exit
+            del loader
+    if stopped:
+        command = f"pgpig train --resume {shlex.quote(str(run_dir))}" + (f" --gpus {world}" if world > 1 else "")
+        raise TrainInterrupted(stopped, at.step, run_dir / CHECKPOINTS / f"step-{at.step:08d}", command)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
                       "compile": cfg.compile}}
+
+
+class TrainInterrupted(TrainError):
+    """Training stopped by SIGINT or SIGTERM after writing a checkpoint at ``step`` (``checkpoint``, its folder);
+    ``command`` resumes it. The CLI exits with ``128 + signum`` (130 for Ctrl-C)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, command: str):
+        self.signum, self.step, self.checkpoint, self.command = signum, step, checkpoint, command
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint {checkpoint}; "
+                         f"resume with: {command}")
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM during training, as a context manager: each only sets ``signum``; the loop stops at the
+    next step boundary and writes a checkpoint. Later signals, until the context exits (the checkpoint written),
+    are ignored with a note on stderr, so a second Ctrl-C never cuts a write short. Installed only in the main
+    thread (Python delivers signals there); the previous handlers are restored on exit.
+
+    Under DDP every rank may get the signal at a different step (or only some ranks get it), so ``agreed`` takes
+    the maximum over the ranks each step, through a gloo group: a few bytes between the CPUs, with no wait for the
+    GPU. DataLoader workers leave the signals to this process (``_worker_signals``)."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.signum = 0
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+        self._group = None
+
+    def __enter__(self) -> _StopSignals:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:  # a forked child (DataLoader workers replace it: _worker_signals)
+            return
+        if self.signum:
+            # os.write, not print: a handler may run in the middle of another write to sys.stderr
+            os.write(2, f"pgpig train: {signal.Signals(signum).name} ignored: already stopping (the step, then "
+                        "its checkpoint)\n".encode())
+        else:
+            self.signum = signum
+
+    def agreed(self) -> int:
+        """The signal every rank acts on now (0: none); collective under DDP, so every rank calls it every step."""
+        if self.world == 1:
+            return self.signum
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        self.signum = int(flag)
+        return self.signum
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._group)
 
 
 def _run_folder(cfg: TrainConfig, world: int) -> Path:
@@ -372,10 +462,31 @@ def _train_loader(cfg: TrainConfig, train_set: PairDataset, rank: int, world: in
                   os.cpu_count() or 1)
     loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed, num_workers=workers,
                          rank=rank, world_size=world)
+    loader.worker_init_fn = functools.partial(_worker_signals, loader.worker_init_fn)
     if len(loader) == 0:
         raise TrainError(f"{cfg.shards / 'train'} has {len(train_set)} pairs, fewer than one batch of "
                          f"{cfg.batch_size}; lower batch_size")
     return loader
+
+
+def _worker_signals(init: Callable[[int], None] | None, worker: int) -> None:
+    """A DataLoader worker's start: ``init``, then SIGINT ignored and SIGTERM put off for up to a minute.
+
+    Ctrl-C reaches the terminal's whole process group, and torchrun (like systemd or SLURM) sends SIGTERM to a
+    process group, so a worker gets the signal the main process is acting on; PyTorch's own SIGTERM handler would
+    end it at once, and the loader would then raise in the main process, perhaps mid-checkpoint. The main process
+    ends its workers itself when it stops. A worker it never ends (a hung one) dies of SIGALRM a minute after the
+    first SIGTERM."""
+    if init is not None:
+        init(worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _put_off)
+
+
+def _put_off(signum: int, frame: object) -> None:
+    """A worker's SIGTERM: end the worker by SIGALRM in 60 s, or when the alarm already set goes off."""
+    remaining = signal.alarm(0)  # reading the alarm clears it
+    signal.alarm(remaining or 60)
 
 
 def _validation_batch(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
@@ -462,10 +573,16 @@ def _log(step_losses: dict[str, torch.Tensor], parts: Parts, writer, at: Positio
     return losses
 
 
-def _samples(run_dir: Path, writer, parts: Parts, cfg: TrainConfig, inputs: StepBatch, generated: torch.Tensor,
-             val_batch: dict[str, torch.Tensor] | None, step: int) -> None:
-    """The training batch's sample grid (PNG and TensorBoard), and the validation L1 and grid (rank 0)."""
+def _samples(run_dir: Path, writer, parts: Parts, cfg: TrainConfig, inputs: StepBatch,
+             generated: torch.Tensor | None, val_batch: dict[str, torch.Tensor] | None, step: int) -> None:
+    """The training batch's sample grid (PNG and TensorBoard), and the validation L1 and grid (rank 0).
+    ``generated=None`` (step 0): the generator's image of ``inputs`` in eval mode, no state changed."""
     generator = _unwrap(parts.generator)
+    if generated is None:
+        generator.eval()
+        with torch.no_grad(), _autocast(cfg, inputs.source.device):
+            generated = generated_image(generator(inputs.source, inputs.source_pose, inputs.target_pose))
+        generator.train()
     extra = parts.objective.sample_columns(generator, inputs)
     grid = pair_grid(inputs.source, inputs.source_pose, inputs.target_pose, generated, inputs.target, extra=extra)
     save_png(run_dir / "samples" / f"step-{step:06d}.png", grid)

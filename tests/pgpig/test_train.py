@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -45,10 +46,29 @@ def test_one_step_through_the_cli_writes_checkpoint_sample_and_tensorboard(marke
     from PIL import Image
 
     with Image.open(run / "samples" / "step-000001.png") as png:
-        assert png.size == (5 * 64, 2 * 128)  # 5 columns (source | poses | generated | target), one row per pair
+        # 5 columns (source | poses | generated | target), one row per pair, under a header strip naming them
+        assert png.size[0] == 5 * 64 and 2 * 128 + 10 <= png.size[1] <= 2 * 128 + 60
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["ngf"] == 8 and saved["steps"] == 1 and saved["run_dir"] == str(run)
+
+
+def test_a_run_shorter_than_sample_every_writes_grids_at_step_0_and_the_last_step(small_market_shards, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--shards", str(small_market_shards), "--run", str(run), "--steps", "3",
+                                       "--batch-size", "2", "--set", "sample_every=1000", *TINY])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000000.png", "step-000003.png"]
+    from PIL import Image
+
+    with Image.open(run / "samples" / "step-000000.png") as first, \
+            Image.open(run / "samples" / "step-000003.png") as last:
+        assert first.size == last.size and first.size[0] == 5 * 32
+        a, b = np.asarray(first), np.asarray(last)
+    # the same header above different pictures: the batch of step 1 under the untrained generator, that of step 3
+    header = a.shape[0] - 2 * 64  # 2 pairs of 64x32
+    assert header > 0 and np.array_equal(a[:header], b[:header]) and (a[:header] < 128).any()
+    assert not np.array_equal(a[header:], b[header:])
 
 
 def test_checkpoints_are_step_folders_and_the_oldest_are_pruned(market_shards, tmp_path):

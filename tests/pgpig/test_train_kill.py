@@ -1,4 +1,5 @@
-"""``pgpig train`` resumes after ``kill -9``: a real process killed at a checkpoint, resumed with ``--resume``.
+"""``pgpig train`` resumes after ``kill -9`` (killed at a checkpoint) and after Ctrl-C or SIGTERM (stopped with a
+checkpoint of its own): a real process, resumed with ``--resume``.
 
 ``test_train.py`` checks exact resume in one process (a run that stopped cleanly at step 2). Here the first
 run is a separate ``python -m pgpig.cli train`` process, SIGKILLed while it trains (no ``finally``, no
@@ -135,3 +136,63 @@ def test_an_interrupted_checkpoint_folder_is_ignored_and_removed(small_market_sh
     assert not torn.exists()
     a, b = load_file(str(straight / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_before_the_first_checkpoint_saves_the_step_and_resume_ends_like_an_uninterrupted_run(
+        small_market_shards, straight, tmp_path, signum):
+    # no periodic checkpoint before step 1000: all the run has is the one written at the signal. The signal goes to
+    # the whole process group, the DataLoader worker included, as Ctrl-C from a terminal and SIGTERM from torchrun
+    # or a job scheduler do. Ctrl-C is repeated every few ms until the process exits, so later ones land while the
+    # step finishes and while the checkpoint is written; SIGTERM comes once
+    run = tmp_path / "run"
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(small_market_shards),
+                             "--run", str(run), "--steps", str(TOTAL), *COMMON, "--set", "checkpoint_every=1000",
+                             "--workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        # the step-0 sample grid is written just before the first step trains
+        while not (run / "samples" / "step-000000.png").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0].decode()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signum)
+        while signum == signal.SIGINT and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                break
+        output = proc.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum, output
+
+    # one checkpoint, complete, at the step the signal stopped it
+    (folder,) = step_folders(run)
+    stopped_at = int(folder.name[5:])
+    assert 1 <= stopped_at < TOTAL, output
+    assert sorted(p.name for p in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert {file_step(folder / name) for name in CHECKPOINT_FILES[:2]} == {stopped_at}
+    assert torch.load(folder / "train_state.pt", weights_only=True)["step"] == stopped_at
+    assert not list((run / "checkpoints").glob(".step-*"))
+    # the one line: where, and the command that resumes
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} at step {stopped_at}: checkpoint {folder}; resume with: pgpig train --resume {run}\n" \
+        in output, output
+    if signum == signal.SIGINT:  # the later Ctrl-Cs were ignored, and said so
+        assert "SIGINT ignored: already stopping" in output, output
+
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run), "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"step {TOTAL}," in resumed.output
+    a, b = load_file(str(straight / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    da = load_file(str(latest(straight) / "discriminators.safetensors"))
+    db = load_file(str(latest(run) / "discriminators.safetensors"))
+    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
