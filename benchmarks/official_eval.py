@@ -65,6 +65,18 @@ PORTS: dict[str, list[tuple[str, str, str]]] = {
          "disk((joint[0], joint[1]), radius=point_radius, shape=img_size)",
          "disk takes the centre as one tuple"),
     ],
+    "metrics.py": [  # GFLA's script/metrics.py; only Reconstruction_Metrics is run
+        SSIM_IMPORT,
+        ("from skimage.measure import compare_psnr",
+         "from skimage.metrics import peak_signal_noise_ratio as compare_psnr",
+         "skimage.measure.compare_psnr no longer exists; the same function under its new name"),
+        ("from skimage.draw import circle, line_aa, polygon", "from skimage.draw import disk, line_aa, polygon",
+         "skimage.draw.circle no longer exists (renamed disk); produce_ma_mask is not run here"),
+        ("win_size=self.win_size,multichannel=self.multichannel",
+         "win_size=self.win_size, channel_axis=-1 if self.multichannel else None", MULTICHANNEL[2]),
+        ("use_sample_covariance=False, multichannel=True,", "use_sample_covariance=False, channel_axis=-1,",
+         MULTICHANNEL[2]),
+    ],
     "calPCKH_market.py": [
         ("target_annotation = './market_data/market-annotation-test.csv'",
          "import sys; target_annotation = sys.argv[1]", "the script's fixed input paths, given as arguments"),
@@ -191,6 +203,49 @@ def detections_csv(folder: Path, out_csv: Path) -> None:
     write_annotations(out_csv, [p.name for p in files], predicted)
 
 
+def gfla_market(args, ported: Path, ports: list[str]) -> dict:
+    """GFLA's ``Reconstruction_Metrics.calculate_from_disk`` (the ``SSIM`` and ``SSIM_256`` lines of its
+    ``script/metrics.py``) on single PNG images named ``<source stem>_2_<target stem>_vis.png`` against the raw test
+    images, the loaders' layout from ``export-pairs --images``; ours with ``--target-from shards``."""
+    work = args.work / "gfla-market"
+    shards = mannequin_shards(work, "market", args.identities, args.poses, splits=("test",), seed=args.seed)
+    cli("pipeline.cli", "export-pairs", shards / "test", work / "market-pairs-test.csv", "--images", work / "data")
+    stored = ShardSet(shards / "test")
+    names = read_names(stored)
+    folder = work / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(args.seed)
+    for s, t in stored.pairs[:args.pairs]:
+        target = official_tensor(stored[int(t)].image)
+        fake = (target + args.noise * torch.randn(target.shape, generator=generator)).clamp(-1, 1)
+        name = f"{Path(names[int(s)]).stem}_2_{Path(names[int(t)]).stem}_vis.png"
+        Image.fromarray(tensor2im(fake)).save(folder / name)
+    # the module's top imports GFLA's InceptionV3 and LPIPS model (FID, LPIPS: not run): empty modules stand in
+    code = (f"import sys, types; sys.path.insert(0, {str(ported)!r})\n"
+            "for n in ('script', 'script.inception', 'script.PerceptualSimilarity', "
+            "'script.PerceptualSimilarity.models'):\n"
+            "    sys.modules[n] = types.ModuleType(n)\n"
+            "sys.modules['script.inception'].InceptionV3 = None\n"
+            "sys.modules['script.PerceptualSimilarity.models'].dist_model = None\n"
+            "import metrics as m\n"
+            f"gt, out = m.preprocess_path_for_deform_task({str(work / 'data' / 'test')!r}, {str(folder)!r})\n"
+            f"m.Reconstruction_Metrics().calculate_from_disk(out, gt, save_path={str(work)!r}, sort=False)\n")
+    run([args.python, "-c", code], cwd=ported)
+    npz = np.load(work / "metrics.npz")  # per image, full precision (the printed means are rounded to 4 places)
+    official = {"ssim_gfla": float(np.mean(npz["ssim"])), "ssim_patn": float(np.mean(npz["ssim_256"])),
+                "l1_0_1": float(np.mean(npz["l1"])), "images": int(len(npz["ssim"]))}
+    result = ours(shards, folder, work / "eval-shards", "shards", "ssim,l1")
+    row = result["rows"]["model"]
+    mine = {"ssim_gfla": row.get("ssim_gfla"), "ssim_patn": row.get("ssim_patn"),
+            "l1_0_1": row["l1"] / 2 if row.get("l1") is not None else None}
+    line = {"format": "gfla-market-single", "frame": "128x64", "pairs": args.pairs, "scored": row.get("scored"),
+            "official_script": "script/metrics.py Reconstruction_Metrics (GFLA)", "official": official,
+            "ours_shards": mine, "diff_shards": differences(official, {k: v for k, v in mine.items() if v is not None}),
+            "note": "GFLA's L1 is on [0, 1]: ours (on [-1, 1]) halved; ground truth: the raw test JPEGs"}
+    line["ports"] = [p for p in ports if p.startswith("metrics.py")]
+    return line
+
+
 def market(args, ported: Path, ports: list[str]) -> dict:
     work = args.work / "market"
     shards = mannequin_shards(work, "market", args.identities, args.poses, splits=("test",), seed=args.seed)
@@ -270,7 +325,7 @@ def main() -> None:
     parser.add_argument("--poses", type=int, default=4)
     parser.add_argument("--noise", type=float, default=0.1, help="std of the noise added to the target in [-1, 1]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--formats", default="market,fashion")
+    parser.add_argument("--formats", default="market,fashion,gfla-market")
     parser.add_argument("--no-pckh", dest="pckh", action="store_false")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     args = parser.parse_args()
@@ -279,10 +334,13 @@ def main() -> None:
     ported = args.work / "ported"
     ports = [p for name in ("getMetrics_market.py", "getMetrics_fashion.py", "pose_utils.py", "calPCKH_market.py")
              for p in port(args.official / "patn", name, ported)]
+    if "gfla-market" in args.formats.split(","):
+        ports += port(args.official / "gfla", "metrics.py", ported)
     common = {"bench": "official-eval", "machine": f"cpu-{os.cpu_count()}core", "python": platform.python_version(),
               "noise": args.noise, "skipped": "Inception score and FID (TensorFlow); LPIPS is not in these scripts"}
     for fmt in args.formats.split(","):
-        line = {**common, **{"market": market, "fashion": fashion}[fmt](args, ported, ports)}
+        line = {**common, **{"market": market, "fashion": fashion, "gfla-market": gfla_market}[fmt](args, ported,
+                                                                                                   ports)}
         text = json.dumps(line)
         print(text, flush=True)
         if args.out:
