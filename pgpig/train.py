@@ -322,6 +322,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     for d in parts.discriminators.values():
         d.train()
     stop, stopped = _StopSignals(world), 0
+    finished = False  # the loop and the last checkpoint ran through: a later error is this run's only one
     with stop:
         try:
             while at.step < steps and not stopped:
@@ -358,10 +359,11 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
             if rank == 0:
                 _checkpoint(run_dir, parts, at, size, cfg.keep_checkpoints)
             stop.barrier()  # the other ranks exit only once rank 0's checkpoint is complete
+            finished = True
         finally:
             bar.close()
             if writer is not None:
-                writer.close()
+                _close_writer(writer, report=finished)
             # the DataLoader's workers shut down now, while this process still attends to them; an exception's
             # traceback would otherwise keep them until interpreter exit
             del loader
@@ -525,6 +527,37 @@ def _wrap_ddp(parts: Parts, cfg: TrainConfig, device: torch.device) -> None:
     parts.discriminators = {name: wrap(d) for name, d in parts.discriminators.items()}
 
 
+def _close_writer(writer: _Events, report: bool) -> None:
+    """Close the TensorBoard writer (it flushes). A write error there (a full disk) becomes one line when nothing
+    else failed; after another error it is dropped, so that the first error is the one reported."""
+    try:
+        writer.close()
+    except TrainError:
+        if report:
+            raise
+
+
+class _Events:
+    """The run's TensorBoard ``SummaryWriter``, whose write errors (a full disk) become one line, worded as the
+    atomic writes word theirs. The writer writes on a thread and raises what it met at the next call, so every
+    call is covered."""
+
+    def __init__(self, writer, folder: Path):
+        self._writer, self._folder = writer, folder
+
+    def __getattr__(self, name: str):  # the writer's methods (add_scalar, add_image, close)
+        method = getattr(self._writer, name)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except OSError as exc:
+                raise TrainError(f"{self._folder}: cannot write ({exc.strerror or exc}); checkpoints written before "
+                                 "are kept: make room (or fix the file system) and run the same command again") from exc
+
+        return call
+
+
 def _open_run_folder(run_dir: Path, given: TrainConfig, purge_step: int | None):
     """Write ``config.yaml`` (the config as given, ``auto`` kept) and ``samples/``; the TensorBoard writer."""
     from torch.utils.tensorboard import SummaryWriter
@@ -533,7 +566,7 @@ def _open_run_folder(run_dir: Path, given: TrainConfig, purge_step: int | None):
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config_dict(given), sort_keys=False))
     (run_dir / "samples").mkdir(exist_ok=True)
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+    return _Events(SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step), run_dir / "tensorboard")
 
 
 def _set_lr(parts: Parts, cfg: TrainConfig, lr: float) -> None:

@@ -192,10 +192,17 @@ def test_a_really_full_file_system_gives_the_same_one_line_errors(small_market_s
     one_error_line(result.output, re.escape(str(shards)) + r"/train/[^:]+")
     assert not (shards / "train" / "manifest.json").exists()
     assert not [p for p in (shards / "train").iterdir() if p.name.endswith(".tmp")]
-    # a run whose first checkpoint cannot fit (config.yaml and the TensorBoard file do)
-    runs = small_tmpfs("runs", "256k")
+    # a run whose first checkpoint cannot fit (config.yaml, the TensorBoard file and the step-0 and step-1 sample
+    # grids do: about 340 KB of 512, before about 800 KB of checkpoint)
+    runs = small_tmpfs("runs", "512k")
     result = CliRunner().invoke(train_main, ["train", "--shards", str(small_market_shards), "--run", str(runs / "run"),
                                              "--steps", "1", *tiny_train])
     assert result.exit_code == 1
     one_error_line(result.output, re.escape(str(runs / "run")) + r"/checkpoints/\.step-00000001\.tmp/\S+")
     assert step_folders(runs / "run") == []
+    # a run whose TensorBoard file or sample grids fill the disk first: one line too
+    runs = small_tmpfs("small-runs", "96k")
+    result = CliRunner().invoke(train_main, ["train", "--shards", str(small_market_shards), "--run", str(runs / "run"),
+                                             "--steps", "1", *tiny_train])
+    assert result.exit_code == 1
+    one_error_line(result.output, re.escape(str(runs / "run")) + r"/(tensorboard|samples/\S+)")
