@@ -266,7 +266,8 @@ def test_stage_one_through_the_cli_writes_g1_and_a_sample_grid(stage1_run):
     from PIL import Image
 
     with Image.open(stage1_run / "samples" / "step-000001.png") as png:
-        assert png.size == (5 * 64, 2 * 128)  # source | poses | generated | target, one row per pair
+        width, height = png.size  # source | poses | generated | target, a row a pair, under a header
+        assert width == 5 * 64 and 2 * 128 < height <= 2 * 128 + 64
 
 
 def test_stage_two_starts_from_stage_one_and_leaves_g1_unchanged(market_shards, stage1_run, tmp_path):
