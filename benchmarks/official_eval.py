@@ -35,11 +35,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from official_panels import official_tensor, pose_picture, tensor2im  # noqa: E402
 
 from pgpig.evaluate import pair_file_name, read_names  # noqa: E402
 from pipeline.shards import ShardSet  # noqa: E402
 from pipeline.synthetic import mannequin_shards  # noqa: E402
-from schemas.keypoints import MISSING  # noqa: E402
 from schemas.patn import deepfashion_margin, write_annotations  # noqa: E402
 
 IS_STUB = "get_inception_score = lambda images: (float('nan'), float('nan'))  # port: IS needs TensorFlow"
@@ -102,28 +104,6 @@ def port(official: Path, name: str, dest: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------- test.py's panels (our own re-implementation)
-
-
-def official_tensor(image: np.ndarray) -> torch.Tensor:
-    """The official loader: ``ToTensor`` then ``Normalize((0.5,) * 3, (0.5,) * 3)``, float32 (3, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
-    return (x - 0.5) / 0.5
-
-
-def tensor2im(x: torch.Tensor) -> np.ndarray:
-    """``util/util.py`` ``tensor2im``: ``(x + 1) / 2 * 255`` in float32, truncated to uint8."""
-    return ((np.transpose(x.float().numpy(), (1, 2, 0)) + 1) / 2.0 * 255.0).astype(np.uint8)
-
-
-def pose_picture(keypoints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Stand-in for ``draw_pose_from_map`` (the metric scripts never read these slices)."""
-    picture = np.zeros((*size, 3), np.uint8)
-    for j, (x, y) in enumerate(keypoints):
-        if x == MISSING or y == MISSING:
-            continue
-        xi, yi = int(round(x)), int(round(y))
-        picture[max(yi - 1, 0):yi + 2, max(xi - 1, 0):xi + 2] = (255, 15 * j, 255 - 15 * j)
-    return picture
 
 
 def write_panels(shards: Path, folder: Path, margin: int, pairs: int, noise: float, seed: int = 0) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from official_panels import official_tensor, pose_picture, tensor2im
 from PIL import Image
 from skimage.io import imread
 from skimage.metrics import structural_similarity
@@ -21,37 +22,11 @@ from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
 from pgpig.evaluate import evaluate, pair_file_name, read_names
 from pipeline.shards import ShardSet
-from schemas.keypoints import MISSING
 
 PAIRS = 8
 
 
 # ------------------------------------------------------------------------------------------------- test.py's panels
-
-
-def official_tensor(image: np.ndarray) -> torch.Tensor:
-    """An RGB uint8 image as the official loader hands it to the model: torchvision ``ToTensor`` (``/ 255``) then
-    ``Normalize((0.5,) * 3, (0.5,) * 3)``, float32, (3, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
-    return (x - 0.5) / 0.5
-
-
-def tensor2im(x: torch.Tensor) -> np.ndarray:
-    """``util/util.py`` ``tensor2im`` of one (3, H, W) image: ``(x + 1) / 2 * 255`` in float32, then ``astype(uint8)``
-    (truncation)."""
-    return ((np.transpose(x.float().numpy(), (1, 2, 0)) + 1) / 2.0 * 255.0).astype(np.uint8)
-
-
-def pose_picture(keypoints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A stand-in for ``draw_pose_from_map``: coloured 3x3 dots on black (the metric scripts never read it)."""
-    h, w = size
-    picture = np.zeros((h, w, 3), np.uint8)
-    for j, (x, y) in enumerate(keypoints):
-        if x == MISSING or y == MISSING:
-            continue
-        xi, yi = int(round(x)), int(round(y))
-        picture[max(yi - 1, 0):yi + 2, max(xi - 1, 0):xi + 2] = (255, 15 * j, 255 - 15 * j)
-    return picture
 
 
 def write_panels(shards: Path, folder: Path, margin: int = 0, pairs: int = PAIRS, seed: int = 0) -> Path:

@@ -65,6 +65,15 @@ def file_step(path: Path) -> int:
         return int(f.metadata()["step"])
 
 
+def assert_same_weights(straight: Path, run: Path) -> None:
+    """The generator and the last checkpoint's discriminators of two runs are equal, tensor for tensor."""
+    a, b = load_file(str(straight / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    da = load_file(str(latest(straight) / "discriminators.safetensors"))
+    db = load_file(str(latest(run) / "discriminators.safetensors"))
+    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
+
+
 def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(small_market_shards, straight, tmp_path):
     kill_after = 2  # the first checkpoint; a later one may have landed by the time the kill does
     run = tmp_path / "run"
@@ -105,11 +114,7 @@ def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(small_mar
     assert resumed.exit_code == 0, resumed.output
     assert f"step {TOTAL}," in resumed.output
 
-    a, b = load_file(str(straight / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    da = load_file(str(latest(straight) / "discriminators.safetensors"))
-    db = load_file(str(latest(run) / "discriminators.safetensors"))
-    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
+    assert_same_weights(straight, run)
     sa = torch.load(latest(straight) / "train_state.pt", weights_only=True)
     sb = torch.load(latest(run) / "train_state.pt", weights_only=True)
     assert sb["step"] == TOTAL and (sa["epoch"], sa["in_epoch"]) == (sb["epoch"], sb["in_epoch"])
@@ -191,8 +196,4 @@ def test_a_signal_before_the_first_checkpoint_saves_the_step_and_resume_ends_lik
     resumed = CliRunner().invoke(main, ["train", "--resume", str(run), "--workers", "0"])
     assert resumed.exit_code == 0, resumed.output
     assert f"step {TOTAL}," in resumed.output
-    a, b = load_file(str(straight / "generator.safetensors")), load_file(str(run / "generator.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    da = load_file(str(latest(straight) / "discriminators.safetensors"))
-    db = load_file(str(latest(run) / "discriminators.safetensors"))
-    assert da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da)
+    assert_same_weights(straight, run)
