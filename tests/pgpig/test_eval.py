@@ -240,6 +240,13 @@ def test_cli_eval_offline_skips_metrics_without_weights_and_compare_puts_runs_si
     rows = [line for line in table.output.splitlines() if line.startswith("| ") and "pairs" not in line]
     assert len(rows) == 3 and sum("copy-source" in r for r in rows) == 1
     assert compare([out / "eval.json"]).count("copy-source") == 1
+    # scored with another PCKh protocol (or target): its numbers do not go in the same columns
+    other = tmp_path / "other-protocol.json"
+    written["settings"]["pckh_protocol"] = "patn"
+    other.write_text(json.dumps(written))
+    mixed = CliRunner().invoke(main, ["eval", "--compare", str(out), str(other)])
+    assert mixed.exit_code == 1 and len(mixed.output.strip().splitlines()) == 1, mixed.output
+    assert "different --pckh-protocol (patn, strict)" in mixed.output
 
 
 def test_bad_options_are_one_line_errors(run, market_shards, tmp_path):
