@@ -161,10 +161,10 @@ def _frame(image: np.ndarray, stored_w: int) -> tuple[np.ndarray | None, int | s
         gap = stored_w - width
         return gap // 2 if width >= 1 and gap >= 0 and gap % 2 == 0 else None
 
+    part = _panel_part_width(w, stored_w)
+    if part is not None:  # PATN's five-image panel: the last one
+        image, w = image[:, 4 * part:], part
     m = margin_of(w)
-    if m is None and w % 5 == 0 and margin_of(w // 5) is not None:  # PATN's five-image panel: the last one
-        w //= 5
-        image, m = image[:, 4 * w:], margin_of(w)
     if m is None:
         return None, f"{w} px wide; expected the stored width {stored_w}, that width less an even margin, or a " \
                      "PATN five-image panel"
@@ -254,24 +254,31 @@ class _ScoreItems(Dataset):
         return item
 
 
-def check_panels(generated: Path, files: list[Path | None], stored_w: int) -> None:
-    """Raise ``TrainError`` (one line) when none of the first ``_FRAME_SAMPLE`` readable matched images of the
-    folder is a five-image panel: ``--target-from panel`` has no target to read there."""
-    from pipeline.decode import decode_image
-
-    widths: list[int] = []
-    for path in (p for p in files if p is not None):
-        decoded = decode_image(path)
-        if decoded.ok:
-            widths.append(decoded.image.shape[1])
-            if _panel_part_width(widths[-1], stored_w) is not None:
-                return
-        if len(widths) == _FRAME_SAMPLE:
-            break
-    if widths:
+def check_panels(generated: Path, sample: list[tuple[int, np.ndarray]], stored_w: int) -> None:
+    """Raise ``TrainError`` (one line) when none of the ``sample`` images (``_first_images``) is a five-image
+    panel: ``--target-from panel`` has no target to read there."""
+    widths = [image.shape[1] for _, image in sample]
+    if widths and all(_panel_part_width(w, stored_w) is None for w in widths):
         raise TrainError(f"{generated}: the folder has no PATN/XingGAN five-image panels (images {widths[0]} px "
                          f"wide, stored width {stored_w}), so --target-from panel has no target to read; use "
                          "--target-from shards")
+
+
+def _first_images(files: list[Path | None]) -> list[tuple[int, np.ndarray]]:
+    """``(pair index, RGB image)`` of the first ``_FRAME_SAMPLE`` matched generated files that decode: what the
+    folder checks look at."""
+    from pipeline.decode import decode_image
+
+    sample: list[tuple[int, np.ndarray]] = []
+    for k, path in enumerate(files):
+        if path is None:
+            continue
+        decoded = decode_image(path)
+        if decoded.ok:
+            sample.append((k, np.ascontiguousarray(decoded.image[..., ::-1])))
+            if len(sample) == _FRAME_SAMPLE:
+                break
+    return sample
 
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,9 +336,10 @@ def stored_frame(shards) -> StoredFrame:
     return StoredFrame(size, dataset, "img_highres" if first.split("/", 1)[0] == "img_highres" else "img")
 
 
-def _panel_width(w: int, stored_w: int) -> int:
-    """The width of one generated image: PATN's five-image panel counts as its last image."""
-    return w // 5 if w % 5 == 0 and w > stored_w else w
+def _last_image(image: np.ndarray, stored_w: int) -> np.ndarray:
+    """A generated image, or the generated (last) image of a five-image panel."""
+    part = _panel_part_width(image.shape[1], stored_w)
+    return image if part is None else np.ascontiguousarray(image[:, 4 * part:])
 
 
 def _fits(size: tuple[int, int], frame: StoredFrame) -> bool:
@@ -377,29 +385,19 @@ def _shard_recipe(frame: StoredFrame, size: tuple[int, int], split: str, source:
             f"--out shards-{tag} --size {h}x{w}`")
 
 
-def check_frame(generated: Path, files: list[Path | None], shards, pairs: np.ndarray, split: str) -> None:
+def check_frame(generated: Path, sample: list[tuple[int, np.ndarray]], shards, pairs: np.ndarray,
+                split: str) -> None:
     """Raise ``TrainError`` (one line: the folder's frame, the shard set's, the shard set to build) when the
     generated images are in another frame than the stored targets.
 
-    Reads up to ``_FRAME_SAMPLE`` matched images. Their most common size must fit the stored frame (``_fits``);
+    ``sample``: ``_first_images``, a panel counting as its last image. Their most common size must fit the stored
+    frame (``_fits``);
     on a DeepFashion shard set, full-width images must also look more like the targets than like the targets moved
     into the other DeepFashion frame (``_other_frame``): the two frames have the same size, only the content tells.
     """
-    from pipeline.decode import decode_image
-
     frame = stored_frame(shards)
     stored_h, stored_w = frame.size
-    sample: list[tuple[int, np.ndarray]] = []
-    for k, path in enumerate(files):
-        if path is None:
-            continue
-        decoded = decode_image(path)
-        if decoded.ok:
-            rgb = np.ascontiguousarray(decoded.image[..., ::-1])
-            w = _panel_width(rgb.shape[1], stored_w)
-            sample.append((k, np.ascontiguousarray(rgb[:, rgb.shape[1] - w:])))
-        if len(sample) == _FRAME_SAMPLE:
-            break
+    sample = [(k, _last_image(image, stored_w)) for k, image in sample]
     if not sample:
         return
     sizes = [image.shape[:2] for _, image in sample]
@@ -746,9 +744,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
                               "pairs": int(len(pairs))}
     out, files, unmatched, label = _images(cfg, flat, result, log)
     if cfg.generated is not None:
-        check_frame(Path(cfg.generated), files, shards, pairs, cfg.split)
+        sample = _first_images(files)
+        check_frame(Path(cfg.generated), sample, shards, pairs, cfg.split)
         if cfg.target_from == "panel":
-            check_panels(Path(cfg.generated), files, shards.size[1])
+            check_panels(Path(cfg.generated), sample, shards.size[1])
 
     explicit = cfg.metrics is not None
     wanted_order = tuple(cfg.metrics) if explicit else ALL_METRICS
