@@ -64,12 +64,9 @@ class Listing:
         if payload is None:
             return [row.as_dict() for row in list_images(**self.args)]
         kind, value = payload
-        if kind == "rows":
-            fields = value["fields"]
-            return [dict(zip(fields, row, strict=True)) for row in value["rows"]]
         if kind == "error":
             raise PipelineError(value)
-        return value
+        return [dict(zip(value["fields"], row, strict=True)) for row in value["rows"]]
 
     def close(self) -> None:
         """Stop the child if it still runs (Ctrl-C, an error elsewhere) and wait for it to end."""

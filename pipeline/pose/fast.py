@@ -94,7 +94,6 @@ def inverse_letterbox(padded: tuple[int, int], original: tuple[int, int]) -> tup
     return new_w / w0, new_h / h0, round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1)
 
 
-@functools.lru_cache(maxsize=4096)
 def _linear_taps(src: int, dst: int, edge_weights: bool) -> np.ndarray:
     """OpenCV's ``INTER_LINEAR`` taps along one axis, ``(4, dst)`` int32: source indices ``i0``, ``i1`` and 11-bit
     weights ``w0``, ``w1``.
@@ -166,6 +165,13 @@ def _device_taps(box: Letterbox, device: torch.device) -> tuple[torch.Tensor, to
     rows, cols = _letterbox_taps(box)
     size = torch.tensor([box.height, box.width], dtype=torch.int64)
     return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device), size.to(device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _device_frame(shape: tuple[int, int], box: Letterbox, device: torch.device) -> torch.Tensor:
+    """The frame ``(7,)`` of an image of ``box`` in input ``shape`` (scale 1) on ``device``, kept as the taps are."""
+    row = [*inverse_letterbox(shape, (box.height, box.width)), box.width, box.height, 1.0]
+    return torch.tensor(row, dtype=torch.float32).to(device)
 
 
 def _resize_into(out_h: int, out_w: int, blocks: list[torch.Tensor], boxes: list[Letterbox]) -> torch.Tensor:
@@ -433,12 +439,10 @@ class PersonGraphs:
     def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
         n, size = x.shape[0], self.backend.batch_size
-        key = (size, x.shape[2], x.shape[3])
-        entry = self._graphs.get(key)
         if not self.enabled or n > size:
             return self._forward(x, frames)
-        if entry is None:
-            entry = self._capture(key)
+        key = (size, x.shape[2], x.shape[3])
+        entry = self._graphs.get(key) or self._capture(key)
         graph, static_x, static_frames, packed, pred, _ = entry
         static_x[:n].copy_(x)
         static_frames[:n].copy_(frames)
@@ -589,7 +593,6 @@ class FastBackend:
         self.torch_decode = cuda if torch_decode is None else torch_decode
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
-        self._frames: dict[tuple, torch.Tensor] = {}
         net = load_pose_model(self.model_path)
         self.net = net.to(self.device).half() if self.half else net.to(self.device)
         self.dtype = torch.float16 if self.half else torch.float32
@@ -644,21 +647,14 @@ class FastBackend:
         out = []
         for shape, items in by_input.items():
             positions = np.array([i for item in items for i in item[0]], dtype=np.int64)
-            frames = torch.stack([row for idx, _, box in items for row in [self._frame(shape, box)] * len(idx)])
+            frames = torch.stack([row for idx, _, box in items
+                                  for row in [_device_frame(shape, box, self.device)] * len(idx)])
             reduced = [j for j, i in enumerate(positions) if scales[i] != 1.0]
             if reduced:  # files decoded reduced (above max_pixels): rare
                 frames[reduced, 6] = torch.tensor([scales[positions[j]] for j in reduced], device=self.device)
             x = letterbox_batch([images for _, images, _ in items], [box for _, _, box in items])
             out.append((positions, to_network_input(x, self.dtype), frames))
         return out
-
-    def _frame(self, shape: tuple[int, int], box: Letterbox) -> torch.Tensor:
-        """The frame ``(7,)`` of an image of ``box`` in input ``shape`` (scale 1), kept on the device per box."""
-        key = (shape, box)
-        if key not in self._frames:
-            row = [*inverse_letterbox(shape, (box.height, box.width)), box.width, box.height, 1.0]
-            self._frames[key] = torch.tensor(row, dtype=torch.float32).to(self.device)  # blocking: any stream
-        return self._frames[key]
 
     @torch.inference_mode()
     def _launch(self, inputs: Inputs) -> Launched:
