@@ -352,7 +352,7 @@ def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: f
                        size[..., None, :]) / scale[..., None, :]
     corners = corners.flatten(-2)  # (B, k, 4) x1, y1, x2, y2 in image pixels
     area = (corners[..., 2] - corners[..., 0]).clamp(min=0) * (corners[..., 3] - corners[..., 1]).clamp(min=0)
-    if person == "largest":
+    if checked_rule(person) == "largest":
         merit = area * x[..., 4]
     else:
         width = size[..., 0] / scale[..., 0]  # (B, 1) in full-resolution pixels, as full_width
