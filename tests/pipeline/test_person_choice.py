@@ -9,6 +9,8 @@ of the 13. GPU tests (``-m gpu``) check the CUDA graphs' choice against the nump
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -136,6 +138,12 @@ def test_extract_keeps_the_person_the_crop_was_made_for(zidane_tree, tmp_path):
     resume = ExtractConfig(raw=root, out=tmp_path / "largest" / "keypoints", run_file=tmp_path / "largest.json",
                            pose_backend="ultralytics", device="cpu", workers=0)
     with pytest.raises(PipelineError, match="other settings \\(person\\) \\(it was made with --person largest\\)"):
+        run_extract(resume, log=lambda *_: None)
+    # a run recorded before the rule was recorded chose the largest person: the same refusal
+    record = json.loads(resume.run_file.read_text())
+    del record["settings"]["person"]
+    resume.run_file.write_text(json.dumps(record))
+    with pytest.raises(PipelineError, match="it was made with --person largest"):
         run_extract(resume, log=lambda *_: None)
 
 
