@@ -11,11 +11,13 @@ from pathlib import Path
 
 import click
 
+from pipeline.datasets import PERSON_DEFAULTS
 from pipeline.demo import DemoConfig
 from pipeline.errors import report_errors
 from pipeline.extract import SOURCE_SIZES, ExtractConfig
 from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
+from pipeline.pose import PERSON_RULES
 from pipeline.report import ReportConfig
 from pipeline.synthetic import SynthConfig
 from pipeline.versions import package_version
@@ -115,6 +117,10 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
               help=with_default("Person detection threshold.", ExtractConfig, "conf"))
 @click.option("--kpt-threshold", type=click.FloatRange(0, 1),
               help=with_default("Keypoint visibility threshold.", ExtractConfig, "kpt_threshold"))
+@click.option("--person", type=click.Choice(PERSON_RULES),
+              help="Which person of an image is kept: the largest (box area x score) or the one a crop was made for "
+              "(centre: tall and near the centre line; docs/extraction.md) [default: the layout's: "
+              f"{', '.join(f'{rule} for {name}' for name, rule in PERSON_DEFAULTS.items())}].")
 @click.option("--device", help=with_default("auto, cpu, cuda, cuda:N (auto pins one worker per GPU).",
                                             ExtractConfig, "device"))
 @click.option("--batch-size", type=click.IntRange(1),
@@ -134,7 +140,7 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors()
 def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed, model, annotations, pose_backend,
-            imgsz, conf, kpt_threshold, device, batch_size, partition_size, workers, threads, read_processes,
+            imgsz, conf, kpt_threshold, person, device, batch_size, partition_size, workers, threads, read_processes,
             scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
@@ -146,8 +152,8 @@ def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed,
     cfg = ExtractConfig(raw=raw, highres=highres, annotations=tuple(annotations), overwrite=overwrite, **given(
         out=out, run_file=run_file, dataset=dataset, split_lists=tuple(split_lists) if split_lists else None,
         seed=seed, model=model, pose_backend=pose_backend, imgsz=imgsz, conf=conf, kpt_threshold=kpt_threshold,
-        device=device, batch_size=batch_size, partition_size=partition_size, workers=workers, threads=threads,
-        read_processes=read_processes, scheduler=scheduler))
+        person=person, device=device, batch_size=batch_size, partition_size=partition_size, workers=workers,
+        threads=threads, read_processes=read_processes, scheduler=scheduler))
     record = run_extract(cfg, progress=not quiet, log=click.echo)
     counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
     click.echo(f"{record['rows']} rows in {cfg.out}/ ({counts}); {record['processed']} processed this run in "

@@ -46,7 +46,7 @@ SOURCE_SIZES = {"fast": (256, 4096, None), "ultralytics": (32, 512, 1), "annotat
 RUN_FILE_VERSION = 1
 # settings that change the keypoints: a resume must not mix parts made with other values
 _RESULT_SETTINGS = ("backend", "model_sha256", "imgsz", "conf", "kpt_threshold", "annotations_sha256",
-                    "dataset", "max_pixels")
+                    "dataset", "max_pixels", "person")
 
 
 @dataclass
@@ -80,6 +80,11 @@ class ExtractConfig:
     """Person detection confidence threshold."""
     kpt_threshold: float = 0.5
     """A keypoint is visible when its score is at least this."""
+    person: str | None = None
+    """Which person of an image is kept (``pipeline.pose.choose_person``): ``largest`` (box area × score) or
+    ``centre`` (box height × score × closeness to the image's centre line, for crops made for one person);
+    None → the layout's (``pipeline.datasets.default_person``): centre for Market-1501 and DeepFashion, largest for
+    a folder. Unused with ``annotations``."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (``auto`` pins one worker per GPU)."""
     batch_size: int | None = None
@@ -143,8 +148,20 @@ class PartitionTask:
     settings: dict = field(default_factory=dict)
 
 
-def run_settings(cfg: ExtractConfig, dataset: str | None) -> dict:
-    """The settings recorded in extract.json, including the fingerprints that resume compares."""
+def person_rule(cfg: ExtractConfig, raw: Path) -> str | None:
+    """The run's person rule: ``--person``, else the default of the layout (given or detected in ``raw``); None
+    with annotations, where no model runs."""
+    from pipeline.datasets import default_person
+    from pipeline.pose import checked_rule
+
+    if cfg.annotations:
+        return None
+    return checked_rule(cfg.person) if cfg.person is not None else default_person(raw, cfg.dataset)
+
+
+def run_settings(cfg: ExtractConfig, dataset: str | None, person: str | None = None) -> dict:
+    """The settings recorded in extract.json, including the fingerprints that resume compares; ``person`` the
+    run's rule (``person_rule``)."""
     backend = cfg.backend
     batch_size, partition_size, _ = cfg.sizes()
     settings = {
@@ -153,6 +170,7 @@ def run_settings(cfg: ExtractConfig, dataset: str | None) -> dict:
         "imgsz": cfg.imgsz,
         "conf": cfg.conf,
         "kpt_threshold": cfg.kpt_threshold,
+        "person": person,
         "batch_size": batch_size,
         "device": cfg.device,
         "partition_size": partition_size,
@@ -211,7 +229,7 @@ def task_source(s: dict):
         options.update(paths=tuple(s["annotations"]), dataset=s["dataset"])
     else:
         options.update(model=s["model"], imgsz=s["imgsz"], conf=s["conf"], kpt_threshold=s["kpt_threshold"],
-                       device=_worker_device(s["device"]))
+                       person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
         options.update(read_processes=s["read_processes"])
     if s["backend"] == "ultralytics":
@@ -422,10 +440,13 @@ def _check_resume(cfg: ExtractConfig, settings: dict, raw: Path, unknown: tuple[
     if previous.get("raw") not in (None, str(raw)):
         raise PipelineError(f"{cfg.out} holds keypoints of {previous['raw']}, not {raw}; "
                             "pass --overwrite or another --out")
-    old = previous.get("settings", {})
+    old = dict(previous.get("settings", {}))
+    if old.get("model_sha256") and "person" not in old:  # recorded before the rule was: the largest person
+        old["person"] = "largest"
     changed = [k for k in _RESULT_SETTINGS if k in old and k not in unknown and old[k] != settings[k]]
     if changed:
-        hint = f" (it was made with --backend {old['backend']})" if changed == ["backend"] else ""
+        flag = {"backend": "--backend", "person": "--person"}.get(changed[0]) if len(changed) == 1 else None
+        hint = f" (it was made with {flag} {old[changed[0]]})" if flag else ""
         raise PipelineError(f"{cfg.out} was extracted with other settings ({', '.join(changed)}){hint}; "
                             "pass --overwrite to start over, or --out for a separate run")
 
@@ -495,7 +516,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         batch_size, partition_size, _ = cfg.sizes()
         if partition_size < 1 or batch_size < 1:
             raise PipelineError("--partition-size and --batch-size must be at least 1")
-        settings = run_settings(cfg, cfg.dataset)  # a detected dataset's name is filled in after the listing
+        # a detected dataset's name is filled in after the listing; its person rule is known now, so the workers
+        # warm up the source the tasks use
+        settings = run_settings(cfg, cfg.dataset, person_rule(cfg, raw))
         if not cfg.overwrite:  # before anything starts: a resume with other settings fails at once
             _check_resume(cfg, settings, raw, unknown=() if cfg.dataset else ("dataset",))
         workers, worker_settings = _worker_settings(cfg)

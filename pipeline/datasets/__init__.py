@@ -8,6 +8,7 @@ of the data set come back with a ``skip_reason``. Only our own ``.*.tmp`` tempor
 - ``deepfashion``: In-shop's ``img/`` or ``img_highres/`` tree (``deepfashion.py``);
 - ``folder``: ``<root>/<identity>/<image>`` (``folder.py``).
 
+``default_person(root)`` is the layout's default person rule of extraction (``PERSON`` of each layout module).
 ``background.start_listing`` runs ``list_images`` in a child process, beside other work of the caller.
 """
 
@@ -18,14 +19,21 @@ from pathlib import Path
 
 from pipeline.datasets.deepfashion import DEFAULT_TEST_FRACTION as DEEPFASHION_TEST_FRACTION
 from pipeline.datasets.deepfashion import IMAGE_FOLDERS, list_deepfashion
+from pipeline.datasets.deepfashion import PERSON as DEEPFASHION_PERSON
 from pipeline.datasets.folder import DEFAULT_TEST_FRACTION as FOLDER_TEST_FRACTION
+from pipeline.datasets.folder import PERSON as FOLDER_PERSON
 from pipeline.datasets.folder import list_folder
 from pipeline.datasets.listing import DATASETS, IMAGE_EXTENSIONS, RawImage, check_test_fraction
 from pipeline.datasets.market import FOLDERS as MARKET_FOLDERS
+from pipeline.datasets.market import PERSON as MARKET_PERSON
 from pipeline.datasets.market import list_market, present_folders
 from pipeline.errors import PipelineError
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "RawImage", "detect_layout", "list_images"]
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "PERSON_DEFAULTS", "RawImage", "default_person", "detect_layout",
+           "list_images"]
+
+PERSON_DEFAULTS = {"market1501": MARKET_PERSON, "deepfashion": DEEPFASHION_PERSON, "folder": FOLDER_PERSON}
+"""Extraction's default person rule per layout (``default_person``)."""
 
 _EXPECTED = {
     "market1501": "Market-1501's bounding_box_train/, bounding_box_test/ or query/",
@@ -64,6 +72,15 @@ def detect_layout(root: str | os.PathLike) -> str:
         f"{root}: no data set layout found; expected {_EXPECTED['market1501']}, {_EXPECTED['deepfashion']}, "
         f"or {_EXPECTED['folder']} (<root>/<identity>/<image>)"
     )
+
+
+def default_person(root: str | os.PathLike, dataset: str | None = None) -> str:
+    """The person rule extraction uses by default for the layout ``dataset`` (None: detected in ``root``): ``centre``
+    for the cropped data sets (Market-1501, DeepFashion), ``largest`` for a folder of photos."""
+    dataset = detect_layout(root) if dataset is None else dataset
+    if dataset not in PERSON_DEFAULTS:
+        raise PipelineError(f"{root}: unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return PERSON_DEFAULTS[dataset]
 
 
 def list_images(

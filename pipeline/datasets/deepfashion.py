@@ -33,6 +33,9 @@ VIEWS = frozenset({"front", "side", "back", "full", "additional", "flat"})
 PARTITION_SPLITS = {"train": "train", "query": "test", "gallery": "test"}
 DEFAULT_TEST_FRACTION = 0.5
 """In-shop splits its items about half and half (3,997 train, 3,985 query/gallery)."""
+PERSON = "centre"
+"""Extraction's default person rule (``pipeline.pose.choose_person``): each image is a shop photo cropped to one
+model, centred and covering most of the image height."""
 
 _ITEM = re.compile(r"id_\d{8}", re.ASCII)
 _FILE = re.compile(r"(\d+)_(\d+)_([a-z]+)\.(?:jpe?g|png)", re.ASCII | re.IGNORECASE)

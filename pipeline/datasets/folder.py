@@ -23,6 +23,8 @@ from pipeline.datasets.listing import (
 )
 
 DEFAULT_TEST_FRACTION = 0.1
+PERSON = "largest"
+"""Extraction's default person rule (``pipeline.pose.choose_person``): any photo, the person need not be centred."""
 
 
 def _row(rel: str, identity: str, split: str | None, reason: str | None) -> RawImage:

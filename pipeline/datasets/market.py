@@ -21,6 +21,10 @@ from pipeline.datasets.listing import IMAGE_EXTENSIONS, RawImage, extension, wal
 FOLDERS = {"bounding_box_train": "train", "bounding_box_test": "test", "query": "test"}
 """Layout folder → split."""
 
+PERSON = "centre"
+"""Extraction's default person rule (``pipeline.pose.choose_person``): each image is a detector's crop of one
+person, centred and covering the image height; a neighbour may show at a side."""
+
 _NAME = re.compile(r"(-1|\d{4})_c(\d)s\d_\d{6}_\d{2}(\.[^.]+)", re.ASCII)
 _BAD_NAME = "name does not follow Market-1501's PPPP_cCsS_FFFFFF_NN.jpg (e.g. 0002_c1s1_000451_03.jpg)"
 _SKIPPED_IDS = {"-1": "Market-1501 junk id -1", "0000": "Market-1501 distractor id 0000"}

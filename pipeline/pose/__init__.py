@@ -12,8 +12,8 @@ A source (``KeypointSource``) has ``warm_up()``, ``extract_files(paths, max_pixe
 - ``annotations`` (``pipeline.pose.annotations``): keypoints from PATN annotation CSVs, no model.
 
 The two model sources are also ``PoseBackend``s: ``predict(images)`` gives every person (``Detections``) of
-images decoded elsewhere. Both pick the dominant person with ``choose_person`` and convert COCO-17 to
-OpenPose-18 (``person_batch``).
+images decoded elsewhere. Both pick one person per file with ``choose_person`` (by the ``person`` rule they are
+built with: ``largest`` or ``centre``) and convert COCO-17 to OpenPose-18 (``person_batch``).
 """
 
 from __future__ import annotations
@@ -213,17 +213,51 @@ def shape_groups(images: Iterable[tuple[int, np.ndarray]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def choose_person(boxes: np.ndarray) -> int:
-    """Index of the dominant person: the largest box area × detection score. ``-1`` when there is none."""
+PERSON_RULES = ("largest", "centre")
+"""How a source picks the one person of an image (``choose_person``; ``docs/extraction.md`` says why each)."""
+
+
+def checked_rule(rule: str) -> str:
+    """``rule`` when it is one of ``PERSON_RULES``, else a ``PipelineError`` naming ``--person``."""
+    if rule not in PERSON_RULES:
+        raise PipelineError(f"unknown person rule {rule!r} (--person); choose one of: {', '.join(PERSON_RULES)}")
+    return rule
+
+
+def full_width(width: int, scale: float) -> np.float32:
+    """The width of an image decoded at ``scale`` (``Decoded.scale``) in full-resolution pixels, as the fast
+    backend computes it on the device: ``width / scale`` in float32."""
+    return np.float32(width) / np.float32(scale)
+
+
+def choose_person(boxes: np.ndarray, rule: str = "largest", width: float | None = None) -> int:
+    """Index of the image's person by ``rule``; ``-1`` when there is none. Equal merits: the first (the highest
+    detection score, the order both backends give).
+
+    ``boxes`` ``(N, 5)`` float32 x1, y1, x2, y2, score, clipped to the image. ``largest``: box area × score.
+    ``centre`` (the person a crop was made for): box height × score × closeness², closeness ``1 - |box centre -
+    image centre| / (width / 2)`` (0 at the sides), ``width`` the image's width in the boxes' pixels
+    (``full_width``). ``select_persons`` computes the same merits with the same float32 operations."""
+    checked_rule(rule)
     if len(boxes) == 0:
         return -1
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    return int(np.argmax(area * boxes[:, 4]))
+    if rule == "largest":
+        area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+        return int(np.argmax(area * boxes[:, 4]))
+    if width is None:
+        raise PipelineError("the centre person rule needs the image width")
+    w = np.float32(width)
+    off_centre = np.abs(boxes[:, 0] + boxes[:, 2] - w) / w
+    height = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    closeness = np.clip(1 - off_centre, 0, None)
+    return int(np.argmax(height * boxes[:, 4] * closeness * closeness))
 
 
-def to_openpose(det: Detections, threshold: float) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray]:
-    """The chosen person of ``det`` in OpenPose-18: ``(index, box (5,) or None, xy (18, 2), scores (18,))``."""
-    i = choose_person(det.boxes)
+def to_openpose(det: Detections, threshold: float, rule: str = "largest", width: float | None = None
+                ) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The person of ``det`` chosen by ``rule`` (``choose_person``) in OpenPose-18: ``(index, box (5,) or None,
+    xy (18, 2), scores (18,))``."""
+    i = choose_person(det.boxes, rule, width)
     if i < 0:
         xy, scores = empty_keypoints(1)
         return -1, None, xy[0], scores[0]

@@ -33,8 +33,10 @@ from pipeline.errors import PipelineError
 from pipeline.pose import (
     Detections,
     PersonBatch,
+    checked_rule,
     choose_person,
     default_model_path,
+    full_width,
     person_batch,
     quiet_ultralytics,
     shape_groups,
@@ -301,14 +303,16 @@ def split_detections(det: np.ndarray, index: np.ndarray, n: int) -> list[Detecti
 
 
 def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: float, k: int,
-                   iterations: int) -> torch.Tensor:
+                   iterations: int, person: str = "largest") -> torch.Tensor:
     """The person count and the chosen person of every image, in fixed shapes (no host sync: CUDA-graph safe).
 
     ``pred`` ``(B, 56, A)`` raw pose-head output, ``frames`` ``(B, 7)``: gain_x, gain_y, pad_x, pad_y, width,
     height, scale (``to_image_pixels``'s six, then the decode's ``scale``). Returns ``(B, 2 + 56)`` float32 per image:
     ``usable`` (1 or 0), the number of persons, then the chosen person's row (x1, y1, x2, y2, score, 17 × (x, y, v))
     in full-resolution pixels (divided by ``scale``, as ``Detections.scaled``), the person ``choose_person`` picks
-    (largest clipped box area × score, the first of equals in score order).
+    by the ``person`` rule, with the same float32 operations (``largest``: clipped box area × score; ``centre``:
+    box height × score × closeness of the box centre to the image's vertical centre line, the width being
+    ``width / scale``), the first of equals in score order.
 
     The same persons as ``postprocess``: the ``k`` best anchors by score (``topk``, by falling score as NMS visits
     them), the boxes and IoU as ``torchvision.ops.nms`` computes them (``inter / (area_i + area_j - inter)``,
@@ -348,7 +352,15 @@ def select_persons(pred: torch.Tensor, frames: torch.Tensor, conf: float, iou: f
                        size[..., None, :]) / scale[..., None, :]
     corners = corners.flatten(-2)  # (B, k, 4) x1, y1, x2, y2 in image pixels
     area = (corners[..., 2] - corners[..., 0]).clamp(min=0) * (corners[..., 3] - corners[..., 1]).clamp(min=0)
-    merit = torch.where(keep, area * x[..., 4], torch.full_like(area, -torch.inf))
+    if checked_rule(person) == "largest":
+        merit = area * x[..., 4]
+    else:
+        width = size[..., 0] / scale[..., 0]  # (B, 1) in full-resolution pixels, as full_width
+        off_centre = (corners[..., 0] + corners[..., 2] - width).abs() / width
+        height = (corners[..., 3] - corners[..., 1]).clamp(min=0)
+        closeness = (1 - off_centre).clamp(min=0)
+        merit = height * x[..., 4] * closeness * closeness
+    merit = torch.where(keep, merit, torch.full_like(area, -torch.inf))
     chosen = merit.argmax(1)  # the first of equal maxima, as np.argmax
     rows = torch.cat([corners, x[..., 4:5], torch.cat([xy, kpts[..., 2:]], dim=-1).flatten(-2)], dim=-1)
     row = rows.gather(1, chosen[:, None, None].expand(b, 1, rows.shape[-1]))[:, 0]
@@ -410,7 +422,7 @@ class PersonGraphs:
         b = self.backend
         pred = b.net(x)
         pred = pred[0] if isinstance(pred, (list, tuple)) else pred
-        return select_persons(pred, frames, b.conf, b.iou, b.select_k, NMS_ITERATIONS), pred
+        return select_persons(pred, frames, b.conf, b.iou, b.select_k, NMS_ITERATIONS, b.person), pred
 
     def _capture(self, key: tuple) -> tuple:
         size, height, width = key
@@ -478,8 +490,8 @@ class _Batch:
 @dataclass
 class ChosenPersons:
     """``choose_files``' result for one batch of files: the read records, and per file the number of persons and
-    the chosen person (``choose_person``'s) in COCO-17, full-resolution pixels; ``persons`` is 0 where the file is not
-    ok."""
+    the chosen person (``choose_person``'s, by the backend's ``person`` rule) in COCO-17, full-resolution pixels;
+    ``persons`` is 0 where the file is not ok."""
 
     read: ReadBatch
     persons: np.ndarray  # (n,) int
@@ -569,7 +581,8 @@ class _Call:
 
 
 class FastBackend:
-    """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (``docs/fast-backend.md``)."""
+    """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (``docs/fast-backend.md``); a
+    file's person is chosen by the ``person`` rule (``choose_person``)."""
 
     name = "fast"
     origin = "yolo"
@@ -578,7 +591,7 @@ class FastBackend:
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
-                 flush_after: int = 32):
+                 flush_after: int = 32, person: str = "largest"):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -593,6 +606,7 @@ class FastBackend:
         self.torch_decode = cuda if torch_decode is None else torch_decode
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
+        self.person = checked_rule(person)
         net = load_pose_model(self.model_path)
         self.net = net.to(self.device).half() if self.half else net.to(self.device)
         self.dtype = torch.float16 if self.half else torch.float32
@@ -763,7 +777,9 @@ class FastBackend:
             det, index = postprocess(call.pred[redo], self.conf, self.iou, self.max_det)
             det = to_image_pixels(det, index, call.frames[redo, :6])
             split = split_detections(det.cpu().numpy(), index.cpu().numpy(), len(redo))
-            exact = {int(j): d.scaled(float(call.frames[j, 6])) for j, d in zip(redo, split, strict=True)}
+            frames = call.frames[redo].cpu().numpy()
+            exact = {int(j): (d.scaled(float(f[6])), full_width(f[4], f[6]))
+                     for j, d, f in zip(redo, split, frames, strict=True)}
         start = 0
         for s in call.slices:
             rows = packed[start:start + len(s.positions)]
@@ -771,11 +787,11 @@ class FastBackend:
             s.batch.persons[s.positions] = rows[:, 1].astype(np.int64)
             s.batch.rows[s.positions[found]] = rows[found, 2:]
             for j, position in enumerate(s.positions):
-                d = exact.get(start + j)
-                if d is None:
+                if start + j not in exact:
                     continue
+                d, width = exact[start + j]
                 s.batch.persons[position] = len(d)
-                chosen = choose_person(d.boxes)
+                chosen = choose_person(d.boxes, self.person, width)
                 if chosen >= 0:
                     s.batch.rows[position] = np.concatenate([d.boxes[chosen], np.concatenate(
                         [d.keypoints[chosen], d.scores[chosen][:, None]], axis=1).ravel()])

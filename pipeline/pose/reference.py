@@ -19,9 +19,11 @@ from pipeline.errors import PipelineError
 from pipeline.pose import (
     Detections,
     PersonBatch,
+    checked_rule,
     choose_person,
     decoded_files,
     default_model_path,
+    full_width,
     person_batch,
     quiet_ultralytics,
     set_torch_threads,
@@ -40,14 +42,15 @@ def precision_options(half: bool) -> dict:
 
 class UltralyticsBackend:
     """``YOLO.predict`` in batches of one image shape; ``torch_threads`` is restored after every call (ultralytics
-    sets torch's threads to the cores less one at its first prediction on the CPU, which a worker shares)."""
+    sets torch's threads to the cores less one at its first prediction on the CPU, which a worker shares). A file's
+    person is chosen by the ``person`` rule (``choose_person``)."""
 
     name = "ultralytics"
     origin = "yolo"
 
     def __init__(self, model: str | os.PathLike | None = None, imgsz: int = 256, conf: float = 0.25,
                  device: str = "auto", batch_size: int = 32, half: bool | None = None, kpt_threshold: float = 0.5,
-                 read_threads: int = 4, torch_threads: int | None = None):
+                 read_threads: int = 4, torch_threads: int | None = None, person: str = "largest"):
         quiet_ultralytics()
         from ultralytics import YOLO
 
@@ -76,6 +79,7 @@ class UltralyticsBackend:
         self.half = self.device.startswith("cuda") if half is None else half
         self.batch_size = batch_size
         self.kpt_threshold, self.read_threads, self.torch_threads = kpt_threshold, read_threads, torch_threads
+        self.person = checked_rule(person)
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
         """One prediction on a blank ``size`` (height, width) image: the predictor is set up and the device's first
@@ -119,10 +123,10 @@ class UltralyticsBackend:
         boxes = np.full((n, 5), np.nan, np.float32)
         keypoints, scores = np.zeros((n, 17, 2), np.float32), np.zeros((n, 17), np.float32)
         detections = self.predict([image for _, image, _ in images]) if images else []
-        for (i, _, scale), det in zip(images, detections, strict=True):
+        for (i, image, scale), det in zip(images, detections, strict=True):
             det = det.scaled(scale)
             persons[i] = len(det)
-            chosen = choose_person(det.boxes)
+            chosen = choose_person(det.boxes, self.person, full_width(image.shape[1], scale))
             if chosen >= 0:
                 boxes[i], keypoints[i], scores[i] = det.boxes[chosen], det.keypoints[chosen], det.scores[chosen]
         return person_batch([d.status for d in files], [d.reason for d in files], [d.width for d in files],

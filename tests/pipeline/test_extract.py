@@ -91,7 +91,9 @@ def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_ma
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
-    cfg, _, rows = photo_run
+    cfg, record, rows = photo_run
+    person = record["settings"]["person"]
+    assert person == "centre"  # the Market-1501 layout's default
     model = YOLO(str(default_model_path()), task="pose")
     diffs = []
     for rel, row in rows.items():
@@ -102,7 +104,7 @@ def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_ma
         if row["status"] == "no_person":
             continue
         boxes = np.concatenate([r.boxes.xyxy.numpy(), r.boxes.conf.numpy()[:, None]], axis=1)
-        chosen = choose_person(boxes)
+        chosen = choose_person(boxes, person, row["width"])
         kp = r.keypoints.data.numpy()[chosen]
         ref, _ = coco17_to_openpose18(kp[:, :2], kp[:, 2], cfg.kpt_threshold)
         both = visible_mask(ref) & visible_mask(row["xy"])
