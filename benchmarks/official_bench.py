@@ -6,16 +6,19 @@
 
 ``--official-repo`` is an export of the official repository (``official/`` is git-ignored; nothing of it is
 committed): tengteng95/Pose-Transfer (PATN), Ha0Tang/XingGAN, PangzeCheung/Dual-task-Pose-Transformer-Network
-(DPTN). Its ``.py`` files are copied to ``--work`` with the few textual ports PyTorch 2 forces and imported from
-there, with runtime shims in this process (random VGG-19, removed names; ``official_models.py``: ``PORTS`` per
-model, ``SHIMS``; both listed in every line). Its options are the repository's own option parser on the DeepFashion
-training command of its README or script, with ``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set
-by the bench; the options used are in the JSON.
+(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA). Its ``.py`` files are copied to ``--work`` with the few textual
+ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process (random VGG-19,
+removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose ops ran);
+``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those applied. Its
+options are the repository's own option parser on the DeepFashion training command of its README or script, with
+``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench; the options used are in the JSON.
 
 Two step kinds per mode. ``full``: the official model's ``set_input(...)`` + ``optimize_parameters()``
 (generator, discriminators, perceptual/style losses, optimizers) against ``pgpig.train.train_step`` with the
-shipped recipe ``deepfashion/<model>`` (random VGG-19) at the recipe's image size (PATN and XingGAN 256x176, DPTN
-256x256). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
+shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the end-to-end stage; random VGG-19) at the recipe's
+image size (PATN and XingGAN 256x176, DPTN and GFLA 256x256; ``--size`` smaller only to smoke-test the bench, where
+GFLA's generator and discriminator take pgpig's Market-1501 setting below 256 px and no longer equal the
+official). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
 Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
 ``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
 and channels-last decided for the device, against the official float32). Both sides get the same smooth random
@@ -83,6 +86,16 @@ def held_bytes(modules: list[torch.nn.Module], optimizers: list[torch.optim.Opti
                 if isinstance(v, torch.Tensor)]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> bool | str:
+    """Load ``source``'s state into ``target`` when their names and shapes are equal; else say how they differ."""
+    theirs, mine = source.state_dict(), target.state_dict()
+    differ = sorted(set(theirs) ^ set(mine)) + [k for k in theirs if k in mine and theirs[k].shape != mine[k].shape]
+    if differ:
+        return f"not copied: {len(differ)} names or shapes differ, e.g. {', '.join(differ[:4])}"
+    target.load_state_dict(theirs, strict=True)
+    return True
 
 
 def make_batch(cfg, device: torch.device, size: tuple[int, int], b: int, seed: int) -> dict[str, torch.Tensor]:
@@ -197,7 +210,7 @@ def summary(seconds: list[float], rises: list, steps: int, batch: int, held: int
 # ---------------------------------------------------------------------------------------------------- the run
 
 
-def pgpig_config(model: str, mode: str, batch: int, settings: list[str]):
+def pgpig_config(recipe: str, mode: str, batch: int, settings: list[str]):
     """The shipped recipe with a random VGG-19 and the bench's batch; ``fp32`` and ``bf16`` eager float32 or bf16
     autocast without channels-last, ``recipe`` as shipped. ``--set`` overrides last."""
     overrides: dict[str, Any] = {"vgg_weights": None, "allow_random_vgg": True, "progress": False,
@@ -205,26 +218,21 @@ def pgpig_config(model: str, mode: str, batch: int, settings: list[str]):
     if mode != "recipe":
         overrides.update(amp="none" if mode == "fp32" else "bf16", compile=False, channels_last=False)
     overrides.update(parse_set(tuple(settings)))
-    return load_config(recipe_path(f"deepfashion/{model}"), overrides)
+    return load_config(recipe_path(f"deepfashion/{recipe}"), overrides)
 
 
 def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common: dict,
              setup: dict) -> list[dict]:
     """The official side and pgpig's of one mode and step kind, alternating rounds; their two JSON lines (the
     official one carries ``setup``: its options, ports and shims)."""
-    cfg = pgpig_config(args.model, mode, args.batch, args.settings)
+    cfg = pgpig_config(spec.recipe or spec.folder, mode, args.batch, args.settings)
     size = args.size or (256, 256 - 2 * cfg.crop_margin)
     batch = make_batch(cfg, device, size, args.batch, args.seed)
     official_amp = "bf16" if mode == "bf16" else "none"
     sides = {"official": OfficialSide(spec, opt, kind, official_amp, batch, device),
              "pgpig": PgpigSide(cfg, kind, batch, size, device)}
     g_off, g_pg = sides["official"].g, sides["pgpig"].plain_g
-    target = getattr(g_off, "module", g_off)  # DPTN's generator is in DataParallel on a GPU
-    try:
-        target.load_state_dict(g_pg.state_dict(), strict=True)
-        same_weights = True
-    except RuntimeError as error:
-        same_weights = f"not copied: {str(error).splitlines()[0][:200]}"
+    same_weights = copy_weights(g_pg, getattr(g_off, "module", g_off))  # DPTN's and GFLA's in DataParallel on a GPU
     params = {"official": {"generator": count([g_off])[0], "discriminators": count(sides["official"].d)},
               "pgpig": {"generator": count([g_pg])[0], "discriminators": count(sides["pgpig"].d)}}
     params_equal = params["official"]["generator"] == params["pgpig"]["generator"] and (
@@ -312,6 +320,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ports = official_models.prepare(args.official_repo, work, spec.ports)
     shims = official_models.install_shims(device)
     official_models.load_code(work)
+    if spec.after_import:
+        shims += spec.after_import()
     argv_used = [*spec.argv, "--batchSize", str(args.batch), "--gpu_ids", official_models.gpu_ids(device)]
     opt = official_models.quietly(spec.options, argv_used)
     options = {k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)
@@ -319,9 +329,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     common = {"bench": "official", "model": args.model, "official_repo": spec.repo, "batch": args.batch,
               "rounds": args.rounds, "steps": args.steps, "device": machine, "torch": torch.__version__,
-              "python": platform.python_version(), "recipe": f"deepfashion/{args.model}", "settings": args.settings}
+              "python": platform.python_version(), "recipe": f"deepfashion/{spec.recipe or spec.folder}",
+              "settings": args.settings}
     setup = {"official_argv": argv_used, "official_argv_source": spec.argv_source, "official_options": options,
-             "official_ops": "official", "ports": ports, "shims": {k: official_models.SHIMS[k] for k in shims}}
+             "official_ops": spec.ops, "ports": ports, "shims": {k: official_models.SHIMS[k] for k in shims}}
     lines = []
     for mode in modes:
         for kind in kinds:

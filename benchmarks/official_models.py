@@ -40,13 +40,20 @@ SHIMS = {
     "skimage.draw.circle": "alias of a function raising NotImplementedError: the official util modules import "
                            "skimage.draw.circle (removed in scikit-image 0.19) for pose drawing, which no "
                            "training step calls",
-    "pandas": "an empty stand-in module when pandas is not installed: DPTN's option parser imports its data set "
-              "module (which imports pandas) to read its defaults; no training step uses pandas",
+    "pandas": "an empty stand-in module when pandas is not installed: DPTN's and GFLA's option parsers import their "
+              "data set modules (which import pandas) to read their defaults; no training step uses pandas",
+    "natsort": "a stand-in module (natsorted = sorted) when natsort is not installed: GFLA's util imports it for "
+               "file listings no training step makes",
     "cuda-on-cpu": "on the CPU only: Tensor.cuda() and Module.cuda() return the object unchanged (the official "
                    "perceptual losses call .cuda() whatever the device)",
-    "dptn-cpu-inputs": "on the CPU only: DPTN's set_input moves its inputs to attributes only when it has GPU ids, "
-                       "so the bench sets the same attributes before calling it",
+    "cpu-inputs": "on the CPU only: DPTN's and GFLA's set_input move their inputs to attributes only when they "
+                  "have GPU ids, so the bench sets the same attributes before calling it",
+    "gfla-ops": "GFLA's CUDA extensions (resample2d, block_extractor, local_attn_reshape) are not built: their "
+                "modules are replaced by stand-ins with the same classes calling pgpig.models.ops",
 }
+
+STAND_INS: dict[str, dict[str, Any]] = {"pandas": {}, "natsort": {"natsorted": sorted}}
+"""Modules the official code imports for parts no training step runs: their stand-ins' attributes."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,12 @@ class Official:
     generate: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
     """The generator's forward as the official model calls it -> the generated target image."""
     ports: dict[str, list[Port]] = field(default_factory=dict)
-    extra_modules: tuple[nn.Module, ...] = ()
+    recipe: str = ""
+    """pgpig's shipped recipe under ``deepfashion/`` (empty: the folder name)."""
+    ops: str = "official"
+    """Whose custom ops the official side runs (GFLA: ``pgpig``'s)."""
+    after_import: Callable[[], list[str]] | None = None
+    """Shims that replace official modules, made once the code is on ``sys.path``; returns their names."""
 
 
 # ---------------------------------------------------------------------------------------------------- the code
@@ -119,11 +131,13 @@ def install_shims(device: torch.device) -> list[str]:
 
         skimage.draw.circle = circle
         done.append("skimage.draw.circle")
-    try:
-        importlib.import_module("pandas")
-    except ImportError:
-        sys.modules["pandas"] = types.ModuleType("pandas")
-        done.append("pandas")
+    for name, attributes in STAND_INS.items():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = stand_in = types.ModuleType(name)
+            vars(stand_in).update(attributes)
+            done.append(name)
     if device.type == "cpu":
         torch.Tensor.cuda = lambda self, *a, **k: self
         nn.Module.cuda = lambda self, *a, **k: self
@@ -212,40 +226,48 @@ XINGGAN = _two_stream(
 # ---------------------------------------------------------------------------------------------------- DPTN
 
 
-def dptn_options(argv: list[str]) -> Any:
-    """``BaseOptions.parse`` without its file writes: the base and train options, then the model's and the data
-    set's option setters, parsed from ``argv``."""
+def options_with_setters(argv: list[str]) -> Any:
+    """DPTN's and GFLA's ``BaseOptions.parse`` without its file writes: the base and train options, then the
+    model's and the data set's option setters (``gather_options``), parsed from ``argv``."""
     saved = sys.argv
-    sys.argv = ["train.py", *argv]  # initialize() reads sys.argv for --name (parse_known_args)
+    sys.argv = ["train.py", *argv]  # the option classes read sys.argv (parse_known_args)
     try:
-        train_options = importlib.import_module("options.train_options")
-        options = train_options.TrainOptions()
-        options.initialize()
-        opt, _ = options.parser.parse_known_args(argv)
-        parser = importlib.import_module("models").get_option_setter(opt.model)(options.parser, options.isTrain)
-        parser = importlib.import_module("data").get_option_setter(opt.dataset_mode)(parser, options.isTrain)
-        opt = parser.parse_args(argv)
+        options = importlib.import_module("options.train_options").TrainOptions()
+        if hasattr(options, "gather_options"):  # GFLA
+            opt = options.gather_options()
+        else:  # DPTN: the same steps inside parse()
+            options.initialize()
+            opt, _ = options.parser.parse_known_args()
+            parser = importlib.import_module("models").get_option_setter(opt.model)(options.parser, options.isTrain)
+            parser = importlib.import_module("data").get_option_setter(opt.dataset_mode)(parser, options.isTrain)
+            opt = parser.parse_args()
     finally:
         sys.argv = saved
     opt.isTrain = options.isTrain
-    opt.device = torch.device("cuda") if torch.cuda.is_available() and "-1" not in opt.gpu_ids else \
-        torch.device("cpu")
+    opt.device = torch.device("cuda") if "-1" not in opt.gpu_ids.split(",") else torch.device("cpu")
     parsed_gpu_ids(opt)
     return opt
 
 
-def dptn_create(opt: Any) -> Any:
-    model = importlib.import_module("models.models").create_model(opt)
-    if not opt.gpu_ids:  # shim dptn-cpu-inputs
+def cpu_inputs(model: Any, opt: Any, names: dict[str, str]) -> Any:
+    """Shim ``cpu-inputs``: without GPU ids, set ``model.<attribute>`` from ``set_input``'s dict (``names``: key ->
+    attribute) before the official ``set_input``, which sets them only on a GPU."""
+    if not opt.gpu_ids:
         plain = model.set_input
 
         def set_input(inputs: dict[str, Any]) -> None:
-            model.source_image, model.source_pose = inputs["Xs"], inputs["Ps"]
-            model.target_image, model.target_pose = inputs["Xt"], inputs["Pt"]
+            for key, attribute in names.items():
+                setattr(model, attribute, inputs[key])
             plain(inputs)
 
         model.set_input = set_input
     return model
+
+
+def dptn_create(opt: Any) -> Any:
+    model = importlib.import_module("models.models").create_model(opt)
+    return cpu_inputs(model, opt, {"Xs": "source_image", "Ps": "source_pose", "Xt": "target_image",
+                                   "Pt": "target_pose"})
 
 
 def dptn_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -258,18 +280,80 @@ DPTN = Official(
     "dptn", "PangzeCheung/Dual-task-Pose-Transformer-Network",
     tuple("--name=DPTN_fashion --model=DPTN --dataset_mode=fashion --dataroot=./dataset/fashion --batchSize 32 "
           "--gpu_id=0".split()),
-    "scripts/train_fashion.sh", dptn_options, dptn_create, dptn_inputs, lambda m: m.net_G, lambda m: [m.net_D],
+    "scripts/train_fashion.sh", options_with_setters, dptn_create, dptn_inputs, lambda m: m.net_G, lambda m: [m.net_D],
     lambda m: m.optimizer_G,
     lambda m, b: m.net_G(b["source"], b["source_pose"], b["target_pose"])[0])
 
-OFFICIAL: dict[str, Official] = {"patn": PATN, "xinggan": XINGGAN, "dptn": DPTN}
+
+
+# ---------------------------------------------------------------------------------------------------- GFLA
+
+
+def gfla_ops() -> list[str]:
+    """Shim ``gfla-ops``: the three extension modules as stand-ins whose classes call ``pgpig.models.ops``."""
+    from pgpig.models import ops
+
+    class Resample2d(nn.Module):
+        def __init__(self, kernel_size: int = 2, dilation: int = 1, sigma: float = 5):
+            super().__init__()
+            self.kernel_size, self.dilation, self.sigma = kernel_size, dilation, float(sigma)
+
+        def forward(self, source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+            return ops.resample2d(source, flow, self.kernel_size, self.dilation, self.sigma)
+
+    class BlockExtractor(nn.Module):
+        def __init__(self, kernel_size: int = 3):
+            super().__init__()
+            self.kernel_size = kernel_size
+
+        def forward(self, source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+            return ops.block_extractor(source, flow, self.kernel_size)
+
+    class LocalAttnReshape(nn.Module):
+        def forward(self, inputs: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
+            return ops.local_attn_reshape(inputs, kernel_size)
+
+    for name, cls in (("resample2d_package.resample2d", Resample2d), ("block_extractor.block_extractor",
+                                                                     BlockExtractor),
+                      ("local_attn_reshape.local_attn_reshape", LocalAttnReshape)):
+        module = types.ModuleType(f"model.networks.{name}")
+        setattr(module, cls.__name__, cls)
+        sys.modules[module.__name__] = module
+    return ["gfla-ops"]
+
+
+def gfla_create(opt: Any) -> Any:
+    model = importlib.import_module("model").create_model(opt)
+    return cpu_inputs(model, opt, {"P1": "input_P1", "BP1": "input_BP1", "P2": "input_P2", "BP2": "input_BP2"})
+
+
+def gfla_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    b = batch["source"].shape[0]
+    return {**two_stream_inputs(batch), "P1_path": [f"s{i}.jpg" for i in range(b)],
+            "P2_path": [f"t{i}.jpg" for i in range(b)]}
+
+
+ASYNC = ("async=True", 4, "non_blocking=True",
+         "async is a keyword since Python 3.7 (a SyntaxError); non_blocking is the argument's name since PyTorch 0.4")
+
+GFLA = Official(
+    "gfla", "RenYurui/Global-Flow-Local-Attention",
+    tuple("--name=fashion --model=pose --attn_layer=2,3 --kernel_size=2=5,3=3 --gpu_id=0 --dataset_mode=fashion "
+          "--dataroot=./dataset/fashion".split()),
+    "PERSON_IMAGE_GENERATION.md (the end-to-end stage; --continue_train left out: it loads stage 1's checkpoint, "
+    "which does not change a step's cost)", options_with_setters, gfla_create, gfla_inputs, lambda m: m.net_G,
+    lambda m: [m.net_D], lambda m: m.optimizer_G,
+    lambda m, b: m.net_G(b["source"], b["source_pose"], b["target_pose"])[0],
+    {"model/pose_model.py": [ASYNC]}, recipe="gfla-stage2", ops="pgpig", after_import=gfla_ops)
+
+OFFICIAL: dict[str, Official] = {"patn": PATN, "xinggan": XINGGAN, "dptn": DPTN, "gfla": GFLA}
 """The official training code per pgpig model name."""
 
 
 def loss_modules(model: Any) -> list[nn.Module]:
     """The loss networks (VGG) an official model holds, for the memory it keeps."""
     found = []
-    for name in ("criterionL1", "Vggloss", "Correctness"):
+    for name in ("criterionL1", "Vggloss", "Correctness", "Regularization"):
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
             found.append(module)
