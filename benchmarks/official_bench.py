@@ -21,7 +21,8 @@ GFLA's generator and discriminator take pgpig's Market-1501 setting below 256 px
 official). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
 Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
 ``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
-and channels-last decided for the device, against the official float32). Both sides get the same smooth random
+and channels-last decided for the device, against the official float32 run in the same alternating rounds; its
+official line says ``official_amp: none``). Both sides get the same smooth random
 images in ``[-1, 1]`` (``train_bench.smooth_images``) and the same pose maps (``pgpig.train.pose_maps`` of the same
 random keypoints); pgpig's generator weights are copied into the official generator (the names are the official
 ones), so both start from the same generator. After ``--warmup`` untimed steps each, the sides run ``--rounds``
@@ -276,11 +277,12 @@ def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common
 
 
 def ratios(lines: list[dict]) -> dict:
-    """pgpig/official img/s per mode and kind, and pgpig's recipe against the official float32."""
+    """pgpig/official img/s per mode and kind, each against the official side of its own alternating rounds (in
+    ``recipe`` that side runs float32: ``<kind>/recipe/official_fp32``)."""
     rate = {(ln["side"], ln["mode"], ln["kind"]): ln["img_per_s"] for ln in lines}
     out = {}
     for (side, mode, kind), value in rate.items():
-        official = rate.get(("official", "fp32" if mode == "recipe" else mode, kind))
+        official = rate.get(("official", mode, kind))
         if side == "pgpig" and official:
             out[f"{kind}/{mode}/official_{'fp32' if mode == 'recipe' else mode}"] = round(value / official, 3)
     return out

@@ -17,10 +17,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKOUT = os.environ.get("PGPIG_OFFICIAL_PATN")
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import official_models  # noqa: E402
 
 # PATN's generator at DeepFashion's paper setting (ngf 64, 9 PAT blocks, instance norm, dropout), counted by the
 # bench on both sides in a CPU run (its parameter count does not depend on the image size)
 PATN_GENERATOR_PARAMETERS = 41_358_019
+
+
+def test_prepare_ports_copies_and_stops_on_a_changed_file(tmp_path):
+    """The ports apply where their text occurs the stated number of times, only ``.py`` files are copied, and an
+    official file whose text changed stops the run naming the file."""
+    source = tmp_path / "official"
+    (source / "models").mkdir(parents=True)
+    (source / "models" / "PATN.py").write_text("a = loss.data[0]\nb = other.data[0]\n")
+    (source / "models" / "weights.pth").write_bytes(b"\0")
+    ports = {"models/PATN.py": [(".data[0]", 2, ".item()", "0-dim tensors")]}
+    done = official_models.prepare(source, tmp_path / "work", ports)
+    assert (tmp_path / "work" / "models" / "PATN.py").read_text() == "a = loss.item()\nb = other.item()\n"
+    assert not (tmp_path / "work" / "models" / "weights.pth").exists()
+    assert done == ["models/PATN.py: `.data[0]` x2 -> `.item()` (0-dim tensors)"]
+    (source / "models" / "PATN.py").write_text("a = loss.item()\nb = other.data[0]\n")
+    with pytest.raises(SystemExit, match="PATN.py: expected '.data\\[0\\]' 2 times, found 1"):
+        official_models.prepare(source, tmp_path / "work", ports)
 
 
 @pytest.mark.slow
