@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     official_models.load_code(work)
     if spec.after_import:
         shims += spec.after_import()
+    if device.type == "cpu":
+        shims += spec.cpu_shims
     argv_used = [*spec.argv, "--batchSize", str(args.batch), "--gpu_ids", official_models.gpu_ids(device)]
     opt = official_models.quietly(spec.options, argv_used)
     options = {k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)

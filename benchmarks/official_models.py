@@ -83,6 +83,8 @@ class Official:
     """pgpig's shipped recipe under ``deepfashion/`` (empty: the folder name)."""
     ops: str = "official"
     """Whose custom ops the official side runs (GFLA: ``pgpig``'s)."""
+    cpu_shims: tuple[str, ...] = ()
+    """Shims its ``create`` applies on the CPU (``cpu-inputs``)."""
     after_import: Callable[[], list[str]] | None = None
     """Shims that replace official modules, made once the code is on ``sys.path``; returns their names."""
 
@@ -282,7 +284,7 @@ DPTN = Official(
           "--gpu_id=0".split()),
     "scripts/train_fashion.sh", options_with_setters, dptn_create, dptn_inputs, lambda m: m.net_G, lambda m: [m.net_D],
     lambda m: m.optimizer_G,
-    lambda m, b: m.net_G(b["source"], b["source_pose"], b["target_pose"])[0])
+    lambda m, b: m.net_G(b["source"], b["source_pose"], b["target_pose"])[0], cpu_shims=("cpu-inputs",))
 
 
 
@@ -344,7 +346,8 @@ GFLA = Official(
     "which does not change a step's cost)", options_with_setters, gfla_create, gfla_inputs, lambda m: m.net_G,
     lambda m: [m.net_D], lambda m: m.optimizer_G,
     lambda m, b: m.net_G(b["source"], b["source_pose"], b["target_pose"])[0],
-    {"model/pose_model.py": [ASYNC]}, recipe="gfla-stage2", ops="pgpig", after_import=gfla_ops)
+    {"model/pose_model.py": [ASYNC]}, recipe="gfla-stage2", ops="pgpig", cpu_shims=("cpu-inputs",),
+    after_import=gfla_ops)
 
 OFFICIAL: dict[str, Official] = {"patn": PATN, "xinggan": XINGGAN, "dptn": DPTN, "gfla": GFLA}
 """The official training code per pgpig model name."""
