@@ -30,7 +30,8 @@ alternating rounds of ``--steps`` steps (official, pgpig, official, ...) so that
 
 One JSON line per (side, mode, step kind): img/s, ms/step (median, min, max over rounds), peak memory on CUDA
 (``peak_gib``: the tensors the side holds, its networks, gradients and optimizer states, plus the largest rise of
-``torch.cuda.max_memory_allocated`` above a round's start), parameter counts of generator and discriminators on
+``torch.cuda.max_memory_allocated`` above a round's start; ``process_peak_gib`` the plain maximum, which counts the
+other side's tensors too), parameter counts of generator and discriminators on
 both sides and ``params_equal``; a final ``official_bench_ratio`` line with pgpig/official img/s per mode and kind.
 """
 
@@ -182,8 +183,9 @@ class PgpigSide:
         self.opt_g.step()
 
 
-def timed_round(side, steps: int, device: torch.device) -> tuple[float, float | None]:
-    """Seconds of ``steps`` steps and the rise of peak CUDA memory above the round's start (bytes)."""
+def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[int, int] | None]:
+    """Seconds of ``steps`` steps, and on CUDA the rise of the peak allocation above the round's start and the peak
+    itself (bytes; the peak counts what the other side holds too)."""
     if device.type == "cuda":
         start_bytes = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -193,18 +195,24 @@ def timed_round(side, steps: int, device: torch.device) -> tuple[float, float | 
         side.step()
     sync(device)
     seconds = time.perf_counter() - start
-    rise = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
-    return seconds, rise
+    if device.type != "cuda":
+        return seconds, None
+    peak = torch.cuda.max_memory_allocated(device)
+    return seconds, (peak - start_bytes, peak)
 
 
-def summary(seconds: list[float], rises: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
-    ms = sorted(1000 * s / steps for s in seconds)
+def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
+    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and on CUDA
+    ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
+    ms = [1000 * s / steps for s in seconds]
     median = statistics.median(ms)
     out = {"img_per_s": round(1000 * batch / median, 2), "ms_per_step_median": round(median, 2),
-           "ms_per_step_min": round(ms[0], 2), "ms_per_step_max": round(ms[-1], 2),
-           "spread_pct": round(100 * (ms[-1] - ms[0]) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
+           "ms_per_step_min": round(min(ms), 2), "ms_per_step_max": round(max(ms), 2),
+           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
     if device.type == "cuda":
-        out["peak_gib"] = round((held + max(rises)) / 2**30, 2)
+        out["peak_gib"] = round((held + max(rise for rise, _ in peaks)) / 2**30, 2)
+        out["process_peak_gib"] = round(max(peak for _, peak in peaks) / 2**30, 2)
+        out["held_gib"] = round(held / 2**30, 2)
     return out
 
 
@@ -250,18 +258,18 @@ def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common
         sync(device)
         warmup[name] = round(time.perf_counter() - start, 2)
     seconds: dict[str, list[float]] = {n: [] for n in sides}
-    rises: dict[str, list] = {n: [] for n in sides}
+    peaks: dict[str, list] = {n: [] for n in sides}
     for _ in range(args.rounds):
         for name, side in sides.items():
-            s, rise = timed_round(side, args.steps, device)
+            s, peak = timed_round(side, args.steps, device)
             seconds[name].append(s)
-            rises[name].append(rise)
+            peaks[name].append(peak)
     lines = []
     for name, side in sides.items():
         held = held_bytes(side.nets, side.optimizers)
         pg = sides["pgpig"].cfg
         line = {**common, "side": name, "mode": mode, "kind": kind, "image_size": list(size),
-                **summary(seconds[name], rises[name], args.steps, args.batch, held, device),
+                **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),
                 "warmup_seconds": warmup[name], "params": params, "params_equal": params_equal,
                 "same_generator_weights": same_weights}
         if name == "official":
