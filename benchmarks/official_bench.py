@@ -1,0 +1,370 @@
+"""The official repositories' own training step against pgpig's, in one process, on the same inputs.
+
+    git --git-dir=/path/to/Pose-Transfer/.git archive HEAD | tar -x -C official/patn      # once per model
+    python benchmarks/official_bench.py --official-repo official/patn --model patn [--device cuda] [--batch 32] \
+        [--rounds 5] [--steps 10] [--modes fp32,bf16,recipe] [--out FILE.jsonl]
+
+``--official-repo`` is an export of the official repository (``official/`` is git-ignored; nothing of it is
+committed): tengteng95/Pose-Transfer (PATN), Ha0Tang/XingGAN, PangzeCheung/Dual-task-Pose-Transformer-Network
+(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA). Its ``.py`` files are copied to ``--work`` with the few textual
+ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process (random VGG-19,
+removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose ops ran);
+``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those applied. Its
+options are the repository's own option parser on the DeepFashion training command of its README or script, with
+``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench; the options used are in the JSON.
+
+Two step kinds per mode. ``full``: the official model's ``set_input(...)`` + ``optimize_parameters()``
+(generator, discriminators, perceptual/style losses, optimizers) against ``pgpig.train.train_step`` with the
+shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the end-to-end stage; random VGG-19) at the recipe's
+image size (PATN and XingGAN 256x176, DPTN and GFLA 256x256; ``--size`` smaller only to smoke-test the bench, where
+GFLA's generator and discriminator take pgpig's Market-1501 setting below 256 px and no longer equal the
+official). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
+Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
+``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
+and channels-last decided for the device, against the official float32 run in the same alternating rounds; its
+official line says ``official_amp: none``). Both sides get the same smooth random
+images in ``[-1, 1]`` (``train_bench.smooth_images``) and the same pose maps (``pgpig.train.pose_maps`` of the same
+random keypoints); pgpig's generator weights are copied into the official generator (the names are the official
+ones), so both start from the same generator. After ``--warmup`` untimed steps each, the sides run ``--rounds``
+alternating rounds of ``--steps`` steps (official, pgpig, official, ...) so that drift of the machine hits both.
+
+One JSON line per (side, mode, step kind): img/s, ms/step (median, min, max over rounds), peak memory on CUDA
+(``peak_gib``: the tensors the side holds, its networks, gradients and optimizer states, plus the largest rise of
+``torch.cuda.max_memory_allocated`` above a round's start; ``process_peak_gib`` the plain maximum, which counts the
+other side's tensors too), parameter counts of generator and discriminators on
+both sides and ``params_equal``; a final ``official_bench_ratio`` line with pgpig/official img/s per mode and kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import official_models  # noqa: E402
+from train_bench import smooth_images  # noqa: E402
+
+from pgpig.cli import parse_set  # noqa: E402
+from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
+from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
+from pgpig.train import AMP_DTYPES, build, build_generator, compile_parts, pose_maps, train_step  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
+
+MODES = ("fp32", "bf16", "recipe")
+KINDS = ("full", "generator")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp in AMP_DTYPES)
+
+
+def count(modules: list[torch.nn.Module]) -> list[int]:
+    return [sum(p.numel() for p in m.parameters()) for m in modules]
+
+
+def held_bytes(modules: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer]) -> int:
+    """Bytes of the distinct storages of the modules' parameters, buffers and gradients and the optimizers'
+    states: what a side keeps between steps."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    tensors += [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    tensors += [v for o in optimizers for state in o.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> bool | str:
+    """Load ``source``'s state into ``target`` when their names and shapes are equal; else say how they differ."""
+    theirs, mine = source.state_dict(), target.state_dict()
+    differ = sorted(set(theirs) ^ set(mine)) + [k for k in theirs if k in mine and theirs[k].shape != mine[k].shape]
+    if differ:
+        return f"not copied: {len(differ)} names or shapes differ, e.g. {', '.join(differ[:4])}"
+    target.load_state_dict(theirs, strict=True)
+    return True
+
+
+def make_batch(cfg, device: torch.device, size: tuple[int, int], b: int, seed: int) -> dict[str, torch.Tensor]:
+    """Smooth random images and pose maps of random keypoints, ``(b, 3, H, W)`` and ``(b, 18, H, W)``."""
+    torch.manual_seed(seed)
+    h, w = size
+    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    return {"source": smooth_images(b, h, w, device), "target": smooth_images(b, h, w, device),
+            "source_pose": pose_maps(cfg, keypoints[0], size), "target_pose": pose_maps(cfg, keypoints[1], size),
+            "source_kp": keypoints[0], "target_kp": keypoints[1]}
+
+
+# ---------------------------------------------------------------------------------------------------- the sides
+
+
+class OfficialSide:
+    """The official model class built from its options; ``step()`` is one training step of ``kind``."""
+
+    def __init__(self, spec: official_models.Official, opt: Any, kind: str, amp: str, batch: dict,
+                 device: torch.device):
+        torch.manual_seed(1)
+        self.model = official_models.quietly(spec.create, opt)
+        self.spec, self.kind, self.amp, self.device = spec, kind, amp, device
+        self.inputs = spec.inputs(batch)
+        self.batch = batch
+        self.g = spec.generator(self.model)
+        self.d = spec.discriminators(self.model)
+        self.opt_g = spec.optimizer_g(self.model)
+        if kind == "full":
+            self.nets = [self.g, *self.d, *official_models.loss_modules(self.model)]
+            self.optimizers = [o for o in vars(self.model).values() if isinstance(o, torch.optim.Optimizer)]
+        else:
+            self.nets, self.optimizers = [self.g], [self.opt_g]
+
+    def step(self) -> None:
+        with autocast(self.device, self.amp):
+            if self.kind == "full":
+                self.model.set_input(self.inputs)
+                self.model.optimize_parameters()
+                return
+            loss = F.l1_loss(self.spec.generate(self.model, self.batch), self.batch["target"])
+        self.opt_g.zero_grad()
+        loss.backward()
+        self.opt_g.step()
+
+
+class PgpigSide:
+    """pgpig's parts of ``cfg``; ``step()`` is ``train_step`` (``full``) or the generator's L1 step."""
+
+    def __init__(self, cfg, kind: str, batch: dict, size: tuple[int, int], device: torch.device):
+        torch.manual_seed(0)
+        self.cfg, self.kind, self.device = resolve_speed(cfg, device), kind, device
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        self.batch = StepBatch(*(batch[k].contiguous(memory_format=fmt) if batch[k].dim() == 4 else batch[k]
+                                 for k in ("source", "target", "source_pose", "target_pose", "source_kp",
+                                           "target_kp")))
+        if kind == "full":
+            self.parts = build(self.cfg, device, size)
+            self.plain_g, self.d = self.parts.generator, list(self.parts.discriminators.values())
+            losses = [v for v in vars(self.parts.objective).values() if isinstance(v, torch.nn.Module)]
+            self.nets = [self.plain_g, *self.d, *losses]
+            self.optimizers = [o for o in (self.parts.opt_g, self.parts.opt_d) if o is not None]
+            if self.cfg.compile:
+                compile_parts(self.parts)
+        else:
+            self.plain_g = build_generator(self.cfg, size).to(device)
+            if self.cfg.channels_last:
+                self.plain_g.to(memory_format=torch.channels_last)
+            self.d = []
+            self.opt_g = torch.optim.Adam(self.plain_g.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
+            self.g = torch.compile(self.plain_g) if self.cfg.compile else self.plain_g
+            self.nets, self.optimizers = [self.plain_g], [self.opt_g]
+
+    def step(self) -> None:
+        if self.kind == "full":
+            train_step(self.parts, self.cfg, self.batch)
+            return
+        b = self.batch
+        with autocast(self.device, self.cfg.amp):
+            loss = F.l1_loss(generated_image(self.g(b.source, b.source_pose, b.target_pose)), b.target)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+
+
+def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[int, int] | None]:
+    """Seconds of ``steps`` steps, and on CUDA the rise of the peak allocation above the round's start and the peak
+    itself (bytes; the peak counts what the other side holds too)."""
+    if device.type == "cuda":
+        start_bytes = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        side.step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    if device.type != "cuda":
+        return seconds, None
+    peak = torch.cuda.max_memory_allocated(device)
+    return seconds, (peak - start_bytes, peak)
+
+
+def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
+    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and on CUDA
+    ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
+    ms = [1000 * s / steps for s in seconds]
+    median = statistics.median(ms)
+    out = {"img_per_s": round(1000 * batch / median, 2), "ms_per_step_median": round(median, 2),
+           "ms_per_step_min": round(min(ms), 2), "ms_per_step_max": round(max(ms), 2),
+           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
+    if device.type == "cuda":
+        out["peak_gib"] = round((held + max(rise for rise, _ in peaks)) / 2**30, 2)
+        out["process_peak_gib"] = round(max(peak for _, peak in peaks) / 2**30, 2)
+        out["held_gib"] = round(held / 2**30, 2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def pgpig_config(recipe: str, mode: str, batch: int, settings: list[str]):
+    """The shipped recipe with a random VGG-19 and the bench's batch; ``fp32`` and ``bf16`` eager float32 or bf16
+    autocast without channels-last, ``recipe`` as shipped. ``--set`` overrides last."""
+    overrides: dict[str, Any] = {"vgg_weights": None, "allow_random_vgg": True, "progress": False,
+                                 "batch_size": batch}
+    if mode != "recipe":
+        overrides.update(amp="none" if mode == "fp32" else "bf16", compile=False, channels_last=False)
+    overrides.update(parse_set(tuple(settings)))
+    return load_config(recipe_path(f"deepfashion/{recipe}"), overrides)
+
+
+def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common: dict,
+             setup: dict) -> list[dict]:
+    """The official side and pgpig's of one mode and step kind, alternating rounds; their two JSON lines (the
+    official one carries ``setup``: its options, ports and shims)."""
+    cfg = pgpig_config(spec.recipe or spec.folder, mode, args.batch, args.settings)
+    size = args.size or (256, 256 - 2 * cfg.crop_margin)
+    batch = make_batch(cfg, device, size, args.batch, args.seed)
+    official_amp = "bf16" if mode == "bf16" else "none"
+    sides = {"official": OfficialSide(spec, opt, kind, official_amp, batch, device),
+             "pgpig": PgpigSide(cfg, kind, batch, size, device)}
+    g_off, g_pg = sides["official"].g, sides["pgpig"].plain_g
+    same_weights = copy_weights(g_pg, getattr(g_off, "module", g_off))  # DPTN's and GFLA's in DataParallel on a GPU
+    params = {"official": {"generator": count([g_off])[0], "discriminators": count(sides["official"].d)},
+              "pgpig": {"generator": count([g_pg])[0], "discriminators": count(sides["pgpig"].d)}}
+    params_equal = params["official"]["generator"] == params["pgpig"]["generator"] and (
+        kind == "generator" or sorted(params["official"]["discriminators"]) ==
+        sorted(params["pgpig"]["discriminators"]))
+    if kind == "generator":  # the official model builds its discriminators anyway; they take no part here
+        params["official"]["discriminators"] = []
+
+    warmup = {}
+    for name, side in sides.items():
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            side.step()
+        sync(device)
+        warmup[name] = round(time.perf_counter() - start, 2)
+    seconds: dict[str, list[float]] = {n: [] for n in sides}
+    peaks: dict[str, list] = {n: [] for n in sides}
+    for _ in range(args.rounds):
+        for name, side in sides.items():
+            s, peak = timed_round(side, args.steps, device)
+            seconds[name].append(s)
+            peaks[name].append(peak)
+    lines = []
+    for name, side in sides.items():
+        held = held_bytes(side.nets, side.optimizers)
+        pg = sides["pgpig"].cfg
+        line = {**common, "side": name, "mode": mode, "kind": kind, "image_size": list(size),
+                **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),
+                "warmup_seconds": warmup[name], "params": params, "params_equal": params_equal,
+                "same_generator_weights": same_weights}
+        if name == "official":
+            line.update(official_amp=official_amp, **setup)
+        else:
+            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "channels_last": pg.channels_last}
+        lines.append(line)
+    del sides
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return lines
+
+
+def ratios(lines: list[dict]) -> dict:
+    """pgpig/official img/s per mode and kind, each against the official side of its own alternating rounds (in
+    ``recipe`` that side runs float32: ``<kind>/recipe/official_fp32``)."""
+    rate = {(ln["side"], ln["mode"], ln["kind"]): ln["img_per_s"] for ln in lines}
+    out = {}
+    for (side, mode, kind), value in rate.items():
+        official = rate.get(("official", mode, kind))
+        if side == "pgpig" and official:
+            out[f"{kind}/{mode}/official_{'fp32' if mode == 'recipe' else mode}"] = round(value / official, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official-repo", type=Path, required=True, help="an export of the official repository")
+    parser.add_argument("--model", required=True, choices=sorted(official_models.OFFICIAL))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side before the rounds")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pgpig config field in every mode (repeatable)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/official-bench"),
+                        help="where the ported copy of the official code goes")
+    parser.add_argument("--size", type=lambda v: tuple(int(x) for x in v.lower().split("x")), default=None,
+                        help="HxW of the images [default: the recipe's, DeepFashion 256x256 less its crop margin]; "
+                             "smaller only to smoke-test the bench")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    modes, kinds = args.modes.split(","), args.kinds.split(",")
+    for value, allowed, flag in ((modes, MODES, "--modes"), (kinds, KINDS, "--kinds")):
+        if set(value) - set(allowed):
+            raise SystemExit(f"{flag}: {', '.join(sorted(set(value) - set(allowed)))} unknown; choose of "
+                             f"{', '.join(allowed)}")
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # both sides: the official scripts set it too
+
+    spec = official_models.OFFICIAL[args.model]
+    work = args.work / args.model
+    ports = official_models.prepare(args.official_repo, work, spec.ports)
+    shims = official_models.install_shims(device)
+    official_models.load_code(work)
+    if spec.after_import:
+        shims += spec.after_import()
+    if device.type == "cpu":
+        shims += spec.cpu_shims
+    argv_used = [*spec.argv, "--batchSize", str(args.batch), "--gpu_ids", official_models.gpu_ids(device)]
+    opt = official_models.quietly(spec.options, argv_used)
+    options = {k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)
+               for k, v in sorted(vars(opt).items())}
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    common = {"bench": "official", "model": args.model, "official_repo": spec.repo, "batch": args.batch,
+              "rounds": args.rounds, "steps": args.steps, "device": machine, "torch": torch.__version__,
+              "python": platform.python_version(), "recipe": f"deepfashion/{spec.recipe or spec.folder}",
+              "settings": args.settings}
+    setup = {"official_argv": argv_used, "official_argv_source": spec.argv_source, "official_options": options,
+             "official_ops": spec.ops, "ports": ports, "shims": {k: official_models.SHIMS[k] for k in shims}}
+    lines = []
+    for mode in modes:
+        for kind in kinds:
+            for line in run_pair(args, spec, opt, mode, kind, device, common, setup):
+                lines.append(line)
+                emit(line, args.out)
+    final = {"bench": "official_ratio", "model": args.model, "batch": args.batch, "device": machine,
+             "pgpig_over_official_img_per_s": ratios(lines),
+             "params_equal": all(ln["params_equal"] for ln in lines)}
+    emit(final, args.out)
+    return [*lines, final]
+
+
+def emit(line: dict, out: Path | None) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
