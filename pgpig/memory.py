@@ -1,19 +1,20 @@
-"""Will a training step fit in memory? Measured before step 0 by a dry run of the real ``train_step``.
+"""Will a training run fit in memory? Measured before step 0 by a dry run of the real ``train_step``.
 
 A throwaway copy of the run's networks, optimizers and loss networks trains on synthetic batches of the shards' image
-size, one pair and then two, while the step's peak is measured: on a CUDA device ``torch.cuda.max_memory_allocated``,
-on the CPU the process's peak resident set (``VmHWM`` of ``/proc/self/status``, reset through
-``/proc/self/clear_refs``), which is what the kernel's OOM killer counts. The peak grows linearly with the batch
-(the activations kept for backward), so two sizes give ``fixed + per_pair * B``. The dry run keeps the run's random
-state, and the real networks are drawn after it. What is available: ``MemAvailable`` of ``/proc/meminfo`` (lowered
-to the cgroup's limit where one is set), or a CUDA device's free memory, capped by ``PGPIG_MEMORY_LIMIT``. How the
-estimate compares with real runs: ``docs/training.md``.
+size, one pair and then two, and its generator runs as the validation runs it, while the peaks are measured: on a
+CUDA device ``torch.cuda.max_memory_allocated``, on the CPU the process's peak resident set (``VmHWM`` of
+``/proc/self/status``, reset through ``/proc/self/clear_refs``), which is what the kernel's OOM killer counts. The
+peak grows linearly with the batch (the activations kept for backward), so two sizes give ``fixed + per_pair * B``.
+The dry run keeps the run's random state, and the real networks are drawn after it. What is available:
+``MemAvailable`` of ``/proc/meminfo`` (lowered to the cgroup's limit where one is set), or a CUDA device's free
+memory, capped by ``PGPIG_MEMORY_LIMIT``. How the estimate compares with real runs: ``docs/training.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import random
 import re
@@ -27,7 +28,7 @@ import torch
 from pgpig.config import TrainConfig, load_config, recipe_path, resolve_speed
 from pgpig.errors import TrainError
 
-__all__ = ["LIMIT_ENV", "MARGIN", "MemoryEstimate", "available_memory", "check_memory", "estimate_memory",
+__all__ = ["LIMIT_ENV", "MARGIN", "SUGGESTED", "MemoryEstimate", "available_memory", "check_memory", "estimate_memory",
            "parse_size"]
 
 LIMIT_ENV = "PGPIG_MEMORY_LIMIT"
@@ -35,6 +36,9 @@ LIMIT_ENV = "PGPIG_MEMORY_LIMIT"
 MARGIN = 0.9
 """The share of the available memory a run may be estimated to take: the estimate leaves out the loader's batches,
 TensorBoard and the allocator's slack."""
+SUGGESTED = 0.85
+"""The share the batch named by a refusal may take: a second dry run measures a few percent apart, and the batch named
+must pass it."""
 PROBE_BATCHES = (1, 2)
 """The batch sizes of the dry run; the first also runs once before, to create the gradients and the optimizer
 states that every later step holds."""
@@ -67,10 +71,16 @@ class MemoryEstimate:
     """Where ``available`` comes from (``MemAvailable``, the cgroup limit, ``PGPIG_MEMORY_LIMIT``, the GPU)."""
     held: int = 0
     """Bytes the process held on the device before the dry run (the CPU: its resident set), not in ``need``."""
+    eval_fixed: int = 0
+    eval_per_pair: int = 0
+    """The generator's forward in eval mode without gradients (the sample grids, the validation), as
+    ``eval_fixed + eval_per_pair * B``, with the training state held."""
+    eval_pairs: int = 0
+    """Pairs of the validation forward (``val_pairs`` with a test split, else 0)."""
 
     def need(self, batch: int) -> int:
-        """Bytes a step of ``batch`` pairs takes at its peak."""
-        return self.fixed + self.per_pair * batch
+        """Bytes the run takes at its peak with ``batch`` pairs a step: the step's, or the validation's when higher."""
+        return max(self.fixed + self.per_pair * batch, self.eval_fixed + self.eval_per_pair * self.eval_pairs)
 
     def summary(self, batch: int) -> str:
         """One line: the need at ``batch``, what is available, the largest batch that fits."""
@@ -80,7 +90,7 @@ class MemoryEstimate:
     def largest_batch(self, margin: float = MARGIN) -> int:
         """The largest batch whose need fits in ``margin * available`` (0: not even one pair)."""
         room = margin * self.available - self.fixed
-        if room < self.per_pair:
+        if room < self.per_pair or self.need(0) > margin * self.available:
             return 0
         return int(room // max(self.per_pair, 1))
 
@@ -220,14 +230,14 @@ def _synthetic_batch(cfg: TrainConfig, pairs: int, size: tuple[int, int], device
     return prepare_batch(cfg, batch, device, size)
 
 
-def _step_peaks(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> list[int]:
-    """What the process held on the device, then the peak memory of a ``train_step`` at each of ``PROBE_BATCHES`` on
-    throwaway parts beyond that."""
-    from pgpig.train import build, train_step
+def _dry_run(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> tuple[int, list[int], list[int]]:
+    """What the process held on the device, and beyond that the peak memory of a ``train_step`` and of an eval
+    forward of the generator at each of ``PROBE_BATCHES``, on throwaway parts."""
+    from pgpig.train import AMP_DTYPES, build, train_step
 
     meter = _Peak(device)
     before = meter.now()
-    peaks = [before]
+    steps, forwards = [], []
     with _random_state_kept(device):
         parts = build(cfg, device, size)
         for module in (parts.generator, *parts.discriminators.values()):
@@ -237,12 +247,25 @@ def _step_peaks(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -
             meter.reset()
             train_step(parts, cfg, batch)
             if k:
-                peaks.append(meter.peak() - before)
-            del batch
-        del parts
+                steps.append(meter.peak() - before)
+        parts.generator.eval()
+        for pairs in PROBE_BATCHES:
+            batch = _synthetic_batch(cfg, pairs, size, device)
+            meter.reset()
+            with torch.no_grad(), torch.autocast(device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
+                                                 enabled=cfg.amp != "none"):
+                parts.generator(batch.source, batch.source_pose, batch.target_pose)
+            forwards.append(meter.peak() - before)
+        del parts, batch
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the throwaway parts' blocks, back to the device for the run
-    return peaks
+    return before, steps, forwards
+
+
+def _line(peaks: list[int]) -> tuple[int, int]:
+    """``(fixed, per_pair)`` of the line through the peaks at ``PROBE_BATCHES``."""
+    per_pair = max(0, (peaks[1] - peaks[0]) // (PROBE_BATCHES[1] - PROBE_BATCHES[0]))
+    return max(0, peaks[0] - per_pair * PROBE_BATCHES[0]), per_pair
 
 
 def estimate_memory(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> MemoryEstimate | None:
@@ -251,11 +274,10 @@ def estimate_memory(cfg: TrainConfig, device: torch.device, size: tuple[int, int
     if not _Peak.works(device):
         return None
     cfg = resolve_speed(cfg, device)
-    held, small, large = _step_peaks(cfg, device, size)
-    per_pair = max(0, (large - small) // (PROBE_BATCHES[1] - PROBE_BATCHES[0]))
+    held, steps, forwards = _dry_run(cfg, device, size)
     available, source = available_memory(device)
-    return MemoryEstimate(str(device), max(0, small - per_pair * PROBE_BATCHES[0]), per_pair, available, source,
-                          held)
+    eval_pairs = cfg.val_pairs if (cfg.shards / "test").is_dir() else 0
+    return MemoryEstimate(str(device), *_line(steps), available, source, held, *_line(forwards), eval_pairs)
 
 
 # ---------------------------------------------------------------------------------------------------- the check
@@ -270,39 +292,38 @@ def check_memory(cfg: TrainConfig, device: torch.device, size: tuple[int, int], 
     if found is None or not found.available:
         return found
     per_rank = cfg.batch_size // world
-    fits = found.largest_batch()
+    fits, named = found.largest_batch(), found.largest_batch(SUGGESTED)
     if world > 1:  # every rank stops alike: the batch the tightest process allows
         import torch.distributed as dist
 
-        shared = torch.tensor([fits], device=device if dist.get_backend() == "nccl" else "cpu")
+        shared = torch.tensor([fits, named], device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(shared, op=dist.ReduceOp.MIN)
-        fits = int(shared)
+        fits, named = (int(n) for n in shared)
     if per_rank <= fits:
         return found
+    named = (named or fits) * world
     where = f"{device}" + (f", {per_rank} pairs on each of {world} processes" if world > 1 else "")
-    fits_text = (f"batch_size {fits * world} fits: pass --batch-size {fits * world}" if fits else
-                 "not even one pair fits")
+    fits_text = f"batch_size {named} fits: pass --batch-size {named}" if fits else "not even one pair fits"
     raise TrainError(f"not enough memory for batch_size {cfg.batch_size} ({where}): a step needs about "
                      f"{_gib(found.need(per_rank))}, {_gib(found.available)} is available ({found.source}, of which "
-                     f"{MARGIN:.0%} is used); {fits_text}{_smaller(cfg, device, size, per_rank, world)}; "
+                     f"{MARGIN:.0%} is used); {fits_text}{_smaller(cfg, device, size, per_rank, world, fits)}; "
                      "--skip-memory-check trains anyway")
 
 
-def _smaller(cfg: TrainConfig, device: torch.device, size: tuple[int, int], per_rank: int, world: int) -> str:
-    """A cheaper setting to name beside the batch size: bf16 on a CUDA GPU (when a bf16 dry run fits a larger
-    batch), or on the CPU the demo recipe's small model (when this one is larger)."""
+def _smaller(cfg: TrainConfig, device: torch.device, size: tuple[int, int], per_rank: int, world: int,
+             fits: int) -> str:
+    """A cheaper setting to name beside the batch size: bf16 on a CUDA GPU running float32 (when a bf16 dry run fits
+    more than ``fits`` pairs), or on the CPU the demo recipe's small model (when this one is wider)."""
     if device.type == "cuda":
         if resolve_speed(cfg, device).amp != "none" or not torch.cuda.is_bf16_supported():
             return ""
-        import dataclasses
-
         bf16 = estimate_memory(dataclasses.replace(cfg, amp="bf16"), device, size)
-        if bf16 is None or bf16.largest_batch() <= 0:
+        if bf16 is None or bf16.largest_batch() <= fits:
             return ""
-        fits = bf16.largest_batch()
+        named = bf16.largest_batch(SUGGESTED) or bf16.largest_batch()
         return (f", or --amp bf16 (needs {_gib(bf16.need(per_rank))}"
-                + (")" if fits >= per_rank else f"; batch_size {fits * world} fits)"))
+                + (")" if named >= per_rank else f"; batch_size {named * world} fits)"))
     demo = load_config(recipe_path("demo"))
-    if (cfg.model, cfg.ngf, cfg.n_blocks) == (demo.model, demo.ngf, demo.n_blocks) or cfg.ngf <= demo.ngf:
+    if cfg.ngf <= demo.ngf:
         return ""
     return f", or a smaller model: --recipe demo (PATN at ngf {demo.ngf}, {demo.n_blocks} blocks)"

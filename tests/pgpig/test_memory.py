@@ -109,7 +109,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(small_mar
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    common = {**TINY, "shards": small_market_shards, "steps": 1, "batch_size": 2, "use_gan": False}
+    common = {**TINY, "shards": small_market_shards, "steps": 1, "batch_size": 2, "use_gan": False,
+              "skip_memory_check": True}
     made = tmp_path / "runs" / "new"
     with pytest.raises(SchemaError, match="No space left on device"):
         train(load_config(None, {**common, "run_dir": made}))
@@ -127,7 +128,7 @@ def test_a_folder_left_by_a_killed_run_is_named_so(small_market_shards, tmp_path
     run = tmp_path / "run"
     args = ["train", "--shards", str(small_market_shards), "--run", str(run), "--steps", "1", "--batch-size", "2",
             "--set", "ngf=8", "--set", "n_blocks=1", "--set", "use_gan=false", "--set", "lambda_perceptual=0",
-            "--workers", "0", "--quiet"]
+            "--workers", "0", "--quiet", "--skip-memory-check"]
     assert CliRunner().invoke(main, args).exit_code == 0
     for name in ("generator.safetensors", "checkpoints"):
         path = run / name
