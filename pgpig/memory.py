@@ -98,9 +98,10 @@ class MemoryEstimate:
 # ---------------------------------------------------------------------------------------------------- available
 
 
-def _meminfo(field: str) -> int | None:
+def _proc_kb(path: str, field: str) -> int | None:
+    """A ``kB`` field of a ``/proc`` file (``/proc/meminfo``, ``/proc/self/status``) in bytes; ``None`` without it."""
     try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/meminfo").read_text(), flags=re.MULTILINE)
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path(path).read_text(), flags=re.MULTILINE)
     except OSError:
         return None
     return int(match[1]) * 1024 if match else None
@@ -136,7 +137,7 @@ def available_memory(device: torch.device) -> tuple[int, str]:
         found = [(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device),
                   f"free on {device}")]
     else:
-        found = [(n, source) for n, source in ((_meminfo("MemAvailable"), "MemAvailable"),
+        found = [(n, source) for n, source in ((_proc_kb("/proc/meminfo", "MemAvailable"), "MemAvailable"),
                                                (_cgroup_headroom(), "the cgroup's memory limit")) if n is not None]
     if os.environ.get(LIMIT_ENV):
         found.append((parse_size(os.environ[LIMIT_ENV]), LIMIT_ENV))
@@ -161,13 +162,13 @@ class _Peak:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             return False
-        return _status("VmHWM") is not None
+        return _proc_kb("/proc/self/status", "VmHWM") is not None
 
     def now(self) -> int:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device)
         _trim_heap()
-        return _status("VmRSS") or 0
+        return _proc_kb("/proc/self/status", "VmRSS") or 0
 
     def reset(self) -> None:
         if self.device.type == "cuda":
@@ -180,7 +181,7 @@ class _Peak:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device)
-        return _status("VmHWM") or 0
+        return _proc_kb("/proc/self/status", "VmHWM") or 0
 
 
 def _trim_heap() -> None:
@@ -191,15 +192,6 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _status(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` in bytes."""
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), flags=re.MULTILINE)
-    except OSError:
-        return None
-    return int(match[1]) * 1024 if match else None
 
 
 @contextlib.contextmanager

@@ -138,3 +138,17 @@ def test_a_folder_left_by_a_killed_run_is_named_so(small_market_shards, tmp_path
     for again in (args, ["train", "--resume", str(run)]):
         line = one_line(CliRunner().invoke(main, again).output)
         assert expected in line and "remove the folder or pass another --run" in line, line
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_estimate_matches_the_run_peak(market_shards, tmp_path):
+    """On a GPU the estimate (the dry run's ``max_memory_allocated`` at 1 and 2 pairs, extrapolated) is the peak of
+    a run at 16 pairs within 15%; the check runs first, so the run's peak is its own."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    cfg = load_config(None, {**TINY, "device": "cuda", "ngf": 32, "n_blocks": 3, "shards": market_shards,
+                             "run_dir": tmp_path / "run", "steps": 3, "batch_size": 16, "amp": "none"})
+    estimate = train(cfg)["memory"]
+    real = torch.cuda.max_memory_allocated() - estimate.held
+    assert abs(estimate.need(16) - real) < 0.15 * real, (estimate, real)
