@@ -37,7 +37,8 @@ def one_line(output: str) -> str:
 
 
 def test_a_batch_that_cannot_fit_is_refused_with_one_that_fits(market_shards, tmp_path, monkeypatch):
-    # 300 MiB for the run: 90% of it holds the fixed part (under 50 MiB) and about 11 pairs, not the 24 asked for
+    # 300 MiB for the run: 90% of it holds the fixed part (under 50 MiB), the validation's 8 pairs in eval (about
+    # 70 MiB) and about 8 training pairs, not the 24 asked for
     monkeypatch.setenv(LIMIT_ENV, "300M")
     run = tmp_path / "run"
     args = ["train", "--shards", str(market_shards), "--run", str(run), "--steps", "1", *DEMO]
@@ -143,7 +144,7 @@ def test_a_folder_left_by_a_killed_run_is_named_so(small_market_shards, tmp_path
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_cuda_estimate_matches_the_run_peak(market_shards, tmp_path):
-    """On a GPU the estimate (the dry run's ``max_memory_allocated`` at 1 and 2 pairs, extrapolated) is the peak of
+    """On a GPU the estimate (the dry run's ``max_memory_allocated`` at 1 and 3 pairs, extrapolated) is the peak of
     a run at 16 pairs within 15%; the check runs first, so the run's peak is its own."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
