@@ -90,10 +90,14 @@ def recipes() -> None:
               help="Set any config field (YAML value), e.g. --set lambda_gan=0; repeatable.")
 @click.option("--skip-verify", is_flag=True,
               help="Start without checking the shard files against their manifest (sizes and sha256).")
+@click.option("--skip-memory-check", is_flag=True,
+              help="Start without the memory check (a dry run of the step that refuses a batch that would not fit "
+                   "in 90% of the free memory, naming one that fits; PGPIG_MEMORY_LIMIT=8G caps what counts as "
+                   "free).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors(TrainError)
 def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps, batch_size, device, gpus, amp,
-          workers, vgg_weights, settings, skip_verify, quiet) -> None:
+          workers, vgg_weights, settings, skip_verify, skip_memory_check, quiet) -> None:
     """Train a generator on a shard set; checkpoints, samples and TensorBoard logs go to the run folder.
 
     \b
@@ -116,6 +120,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides["progress"] = not quiet  # a display choice of this invocation, not inherited by --resume
     overrides["skip_verify"] = skip_verify  # so is skipping the check: a resumed run verifies unless told again
+    overrides["skip_memory_check"] = skip_memory_check  # and the memory check: a resume may run elsewhere
     set_values = parse_set(settings)
     overrides.update(set_values)
     if resume_dir is not None:

@@ -142,6 +142,10 @@ class TrainConfig:
     skip_verify: bool = False
     """Train without checking the shard sets first. Off: before step 0 every file the manifests list is checked
     against its size and sha256 (``ShardSet(verify=True)``, no image decoded), and a damaged set is refused."""
+    skip_memory_check: bool = False
+    """Train without the memory check. Off: before step 0 a dry run of the step on throwaway networks measures the
+    run's peak memory, and a batch that would not fit in 90% of the available memory is refused with the largest
+    batch that fits (``pgpig.memory``; ``PGPIG_MEMORY_LIMIT`` caps what counts as available)."""
     num_workers: int = 4
     """DataLoader worker processes (0: load in the main process)."""
     log_every: int = 10

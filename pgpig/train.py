@@ -20,7 +20,9 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from pgpig.config import TrainConfig, check_config, config_dict, resolve_amp, re
 from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
+from pgpig.memory import check_memory
 from pgpig.models.objective import Objective, StepBatch, generated_image
 from pgpig.samples import pair_grid, save_png
 from pipeline.devices import resolve_device
@@ -253,8 +256,8 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.shards``; returns ``{"run_dir", "step", "epoch", "losses", "speed"}`` (losses:
-    the last logged)."""
+    """Train ``cfg.model`` on ``cfg.shards``; returns ``{"run_dir", "step", "epoch", "losses", "speed", "memory"}``
+    (losses: the last logged; memory: the ``pgpig.memory.MemoryEstimate`` of the check, ``None`` when skipped)."""
     check_config(cfg)
     if cfg.resume and cfg.run_dir is None:
         raise TrainError("resume needs the run folder: pass --resume RUN_DIR")
@@ -273,7 +276,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, device, rank, world)
+        cfg = dataclasses.replace(cfg, run_dir=_run_folder(cfg, world))
+        created = rank == 0 and not cfg.run_dir.exists()
+        try:
+            return _train(cfg, device, rank, world)
+        except BaseException:
+            # a folder this run made and never checkpointed into holds nothing to resume: it goes, so that a crash
+            # leaves no run behind (a signal's stop writes a checkpoint first, and its folder stays)
+            if created and cfg.run_dir.is_dir() and not step_folders(cfg.run_dir):
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            raise
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -289,11 +301,9 @@ class Position:
 
 
 def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dict[str, Any]:
-    given = cfg = dataclasses.replace(cfg, run_dir=_run_folder(cfg, world))
-    run_dir = cfg.run_dir
+    given, run_dir = cfg, cfg.run_dir
     cfg = resolve_speed(cfg, device)  # config.yaml keeps the recipe's auto: a resume on other hardware decides anew
-    if not cfg.resume and step_folders(run_dir):
-        raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
+    _check_run_folder(run_dir, cfg.resume)
     # weights and anything else drawn before the loop; the loop re-seeds per step
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -302,6 +312,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed,
                             verify=not cfg.skip_verify)
     size, train_pairs = train_set.size, len(train_set)
+    # a dry run on throwaway networks, drawn and undone before the run's own: the run's numbers stay the same
+    memory = None if cfg.skip_memory_check else check_memory(cfg, device, size, world)
     parts = build(cfg, device, size)  # before the loader starts: a missing VGG-19 is reported at once
     if cfg.init_weights is not None and not cfg.resume:
         load_init_weights(parts.generator, cfg.init_weights)
@@ -315,6 +327,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         compile_parts(parts)
     writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
 
+    if memory is not None and cfg.progress and rank == 0:
+        tqdm.write(memory.summary(cfg.batch_size // world), file=sys.stderr)
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",
                dynamic_ncols=True)
     losses: dict[str, float] = {}
@@ -372,7 +386,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         raise TrainInterrupted(stopped, at.step, run_dir / CHECKPOINTS / f"step-{at.step:08d}", command)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
-                      "compile": cfg.compile}}
+                      "compile": cfg.compile}, "memory": memory}
 
 
 class TrainInterrupted(TrainError):
@@ -442,6 +456,18 @@ class _StopSignals:
             import torch.distributed as dist
 
             dist.barrier(group=self._group)
+
+
+def _check_run_folder(run_dir: Path, resume: bool) -> None:
+    """``TrainError`` when a new run's folder already holds a run, or when the folder is what a run killed before its
+    first checkpoint leaves (``kill -9``, the OOM killer): ``config.yaml`` and its pictures, no checkpoint, no
+    generator (an imported one has a generator), so nothing to resume."""
+    if not resume and step_folders(run_dir):
+        raise TrainError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --run")
+    if ((run_dir / "config.yaml").is_file() and not (run_dir / "generator.safetensors").exists()
+            and not step_folders(run_dir)):
+        raise TrainError(f"{run_dir}: a run that stopped before its first checkpoint (killed, e.g. out of memory, "
+                         "or still starting): nothing to resume; remove the folder or pass another --run")
 
 
 def _run_folder(cfg: TrainConfig, world: int) -> Path:
