@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pgpig.data import PG2_MASK_LIMBS, close_square
@@ -97,6 +96,14 @@ def _window(settings: SSIMSettings, device: torch.device) -> torch.Tensor:
     return w / w.sum()
 
 
+def _band(k: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, n - len(k) + 1)`` matrix whose column ``j`` holds ``k`` in rows ``j .. j + len(k) - 1``: ``v @ band``
+    is the unpadded correlation of ``v`` (length ``n``) with ``k``."""
+    lag = torch.arange(n, device=k.device)[:, None] - torch.arange(n - len(k) + 1, device=k.device)[None, :]
+    inside = (lag >= 0) & (lag < len(k))
+    return torch.where(inside, k[lag.clamp(0, len(k) - 1)], torch.zeros((), dtype=k.dtype, device=k.device))
+
+
 def ssim(generated: torch.Tensor, target: torch.Tensor, settings: str | SSIMSettings = "patn") -> torch.Tensor:
     """SSIM of each image pair, as ``structural_similarity(target, generated, channel_axis=-1, ...)`` computes it.
 
@@ -122,11 +129,11 @@ def ssim(generated: torch.Tensor, target: torch.Tensor, settings: str | SSIMSett
     else:
         data_range = torch.full((b, 1, 1, 1), float(s.data_range), dtype=torch.float64, device=x.device)
     k = _window(s, x.device)
-    # five maps per channel as the channels of one grouped, separable, unpadded convolution
-    maps = torch.stack([x, y, x * x, y * y, x * y], dim=2).reshape(b * c, 5, h, w)
-    maps = F.conv2d(maps, k.view(1, 1, -1, 1).expand(5, 1, -1, 1), groups=5)
-    maps = F.conv2d(maps, k.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
-    mx, my, mxx, myy, mxy = maps.reshape(b, c, 5, *maps.shape[-2:]).unbind(dim=2)
+    # the separable, unpadded window filter of five maps per channel as two matrix products with banded matrices:
+    # float64 GEMM runs 5-20x faster on a CPU than float64 convolution (which has no fast kernel there)
+    maps = torch.stack([x, y, x * x, y * y, x * y], dim=2)
+    maps = _band(k, h).T @ maps @ _band(k, w)
+    mx, my, mxx, myy, mxy = maps.unbind(dim=2)
     n = s.win_size ** 2
     cov_norm = n / (n - 1) if s.sample_covariance else 1.0
     vx, vy, vxy = cov_norm * (mxx - mx * mx), cov_norm * (myy - my * my), cov_norm * (mxy - mx * my)
