@@ -9,6 +9,7 @@ keypoints JSON file. The preprocessing step by step and the JSON format: ``docs/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pgpig.config import DEFAULT_DEVICE, TrainConfig, load_config
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
 from pgpig.models.objective import generated_image
-from pgpig.samples import pose_image, sample_grid, save_png
+from pgpig.samples import label_columns, pose_image, sample_grid, save_png
 from pgpig.train import build_generator, pose_maps
 from pipeline.decode import Decoded, decode_image
 from pipeline.devices import resolve_device
@@ -162,6 +163,8 @@ class PoseDetector:
                         "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
                         "batch_size": batch_size}
         self.threshold = defaults.kpt_threshold
+        self._seen: dict[tuple, tuple[np.ndarray, bool]] = {}  # (shape, blake2b of the bytes) -> batch()'s row
+        self.model_images = 0
 
     def _detect(self, images: list[np.ndarray]) -> list:
         from pipeline.pose import cached_backend
@@ -172,15 +175,22 @@ class PoseDetector:
             raise TrainError(f"pose model: {exc}") from None
 
     def batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(keypoints (N, 18, 2), detected (N,) bool)`` of the dominant person of each BGR image."""
+        """``(keypoints (N, 18, 2), detected (N,) bool)`` of the dominant person of each BGR image.
+
+        An image seen before (same shape and bytes) is not detected again: ``pgpig eval``'s copy-source baseline
+        shows each test source in every pair it starts. ``model_images`` counts the images the model ran on."""
         from pipeline.pose import to_openpose
 
-        out = np.full((len(images), NUM_KEYPOINTS, 2), MISSING, np.float32)
-        found = np.zeros(len(images), bool)
-        for i, det in enumerate(self._detect(images)):
-            chosen, _, out[i], _ = to_openpose(det, self.threshold)
-            found[i] = chosen >= 0
-        return out, found
+        keys = [(im.shape, hashlib.blake2b(np.ascontiguousarray(im).data, digest_size=16).digest()) for im in images]
+        todo = {k: i for i, k in enumerate(keys) if k not in self._seen}
+        if todo:
+            for key, det in zip(todo, self._detect([images[i] for i in todo.values()]), strict=True):
+                chosen, _, xy, _ = to_openpose(det, self.threshold)
+                self._seen[key] = (xy, chosen >= 0)
+            self.model_images += len(todo)
+        out = np.stack([self._seen[k][0] for k in keys]) if keys else \
+            np.full((0, NUM_KEYPOINTS, 2), MISSING, np.float32)
+        return out, np.array([self._seen[k][1] for k in keys], bool)
 
     def __call__(self, image: np.ndarray, scale: float, path: Path) -> np.ndarray:
         """OpenPose-18 ``(18, 2)`` of the dominant person of a decoded image, in full-resolution pixels."""
@@ -240,7 +250,8 @@ def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *
         source_pose: keypoints JSON of the source (in the source image's pixels unless ``image_size``); default:
             detected by the extractor.
         out: output PNG; default ``<run>/generated/<source stem>_to_<target stem>.png``.
-        grid: also write ``<out stem>-grid.png``: source | target pose | generated (| target image).
+        grid: also write ``<out stem>-grid.png``: source | target pose | generated (| target image), under a
+            header naming the columns.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the generator and the pose model).
         pose_model: YOLO-pose weights for detection; default the embedded YOLO11n-pose.
 
@@ -277,8 +288,10 @@ def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *
     grid_path = None
     if grid:
         columns = [source_image, pose_image(target_maps), generated]
+        labels = ["source", "target pose", "generated"]
         if target_image is not None:
             columns.append(target_image)
+            labels.append("target")
         grid_path = out.with_name(f"{out.stem}-grid.png")
-        save_png(grid_path, sample_grid(columns))
+        save_png(grid_path, label_columns(sample_grid(columns), labels))
     return {"out": out, "grid": grid_path, "size": run.size, "step": run.step}

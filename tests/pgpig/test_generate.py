@@ -59,6 +59,18 @@ def png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def labelled_columns(grid: np.ndarray, columns: int) -> np.ndarray:
+    """The images of a generate grid of ``columns`` 128x(64 - 2 MARGIN) images under its label header; checks that
+    the header is white with dark label text over every column."""
+    width = 64 - 2 * MARGIN
+    assert grid.shape[1:] == (columns * width, 3) and grid.shape[0] > 128
+    header = grid[:-128]
+    assert (header > 200).mean() > 0.5
+    for c in range(columns):
+        assert (header[:, c * width:(c + 1) * width] < 100).any(), f"column {c} has no label"
+    return grid[-128:]
+
+
 def test_json_target_through_the_cli_writes_a_png_of_the_run_size(run, inputs, tmp_path):
     out = tmp_path / "out.png"
     result = CliRunner().invoke(main, ["generate", "--run", str(run), "--source", str(inputs["source"]),
@@ -67,7 +79,8 @@ def test_json_target_through_the_cli_writes_a_png_of_the_run_size(run, inputs, t
     assert result.exit_code == 0, result.output
     assert str(out) in result.output
     assert png(out).shape == (128, 64 - 2 * MARGIN, 3)
-    assert png(out.with_name("out-grid.png")).shape == (128, 3 * (64 - 2 * MARGIN), 3)  # source | pose | generated
+    body = labelled_columns(png(out.with_name("out-grid.png")), 3)  # source | pose | generated
+    assert (body[:, 2 * (64 - 2 * MARGIN):] == png(out)).all()
     # the default output lands in the run folder, named after the inputs
     result = CliRunner().invoke(main, ["generate", "--run", str(run), "--source", str(inputs["source"]),
                                        "--source-pose", str(inputs["source_pose"]), "--target-pose",
@@ -122,7 +135,7 @@ def test_photos_as_source_and_target_use_the_real_extractor(run, tmp_path):
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert png(out).shape == (128, 64 - 2 * MARGIN, 3)
-    assert png(tmp_path / "photo-grid.png").shape == (128, 4 * (64 - 2 * MARGIN), 3)  # | target image too
+    labelled_columns(png(tmp_path / "photo-grid.png"), 4)  # | target image too
 
 
 def one_line_error(result) -> str:
@@ -186,3 +199,24 @@ def test_an_image_without_a_person_is_a_clear_error_naming_it(run, inputs, tmp_p
     line = one_line_error(CliRunner().invoke(main, ["generate", "--run", str(run), "--source", str(unreadable),
                                                     "--target-pose", str(inputs["poses"][0]), "--device", "cpu"]))
     assert str(unreadable) in line
+
+
+def test_pose_detector_runs_the_model_once_per_distinct_image():
+    """``pgpig eval``'s copy-source row shows each test source in many pairs: a repeated image is looked up, and
+    gives the row a fresh detector computes."""
+    import cv2
+    from conftest import ultralytics_assets
+
+    from pgpig.generate import PoseDetector
+
+    assets = ultralytics_assets()
+    bus = cv2.resize(cv2.imread(str(assets / "bus.jpg")), (176, 256))
+    zidane = cv2.resize(cv2.imread(str(assets / "zidane.jpg")), (176, 256))
+    detector = PoseDetector(torch.device("cpu"), batch_size=4)
+    xy, found = detector.batch([bus, zidane, bus.copy()])
+    assert detector.model_images == 2 and found.all()
+    assert (xy[0] == xy[2]).all() and (xy[0] != xy[1]).any()
+    again, _ = detector.batch([zidane])
+    assert detector.model_images == 2 and (again[0] == xy[1]).all()
+    fresh, _ = PoseDetector(torch.device("cpu"), batch_size=4).batch([zidane, bus])
+    np.testing.assert_allclose(fresh, xy[[1, 0]], atol=1e-3)  # batch neighbours change only float rounding
