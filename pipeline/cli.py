@@ -336,8 +336,8 @@ def export_pairs_cmd(folder: Path, out_csv: Path, images_to, raw, link: bool) ->
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="pgpig-demo")
 @click.option("--steps", type=click.IntRange(1),
               help=with_default("Training steps of the PATN run.", DemoConfig, "steps"))
-@click.option("--identities", type=click.IntRange(4),
-              help=with_default("Mannequin identities (half train, half test).", DemoConfig, "identities"))
+@click.option("--identities", type=click.IntRange(5),
+              help=with_default("Mannequin identities (every fifth a test identity).", DemoConfig, "identities"))
 @click.option("--device", help=with_default("auto, cpu or cuda for extraction and training.", DemoConfig, "device"))
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
 @report_errors()

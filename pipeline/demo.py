@@ -1,8 +1,8 @@
 """``pgpig-data demo``: the whole product on what ships with the installed packages, in a few CPU minutes.
 
-The real photos ``ultralytics`` ships become a small Market-1501-style tree (``photo_tree``), a mannequin set is
-synthesised, and both go through extract, pair, report, train (PATN, ``workflows/demo.yaml``), generate and
-eval. Each step is the command a user would type, printed, then run as a subprocess of this Python
+The real photos ``ultralytics`` ships become a small Market-1501-style tree (``photo_tree``) that goes through
+extract; a DeepFashion-layout mannequin set goes through extract, pair, report, train (PATN, ``workflows/demo.yaml``),
+generate and eval. Each step is the command a user would type, printed, then run as a subprocess of this Python
 (``python -m pipeline.cli`` / ``python -m pgpig.cli``, as the console scripts may not be on ``PATH``) and timed.
 Nothing is downloaded; everything is written under ``DIR``. ``docs/demo.md`` lists the steps and why they are so.
 """
@@ -10,6 +10,7 @@ Nothing is downloaded; everything is written under ``DIR``. ``docs/demo.md`` lis
 from __future__ import annotations
 
 import importlib.resources
+import json
 import re
 import shlex
 import shutil
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import PipelineError
+from schemas.files import atomic_write
 
 __all__ = ["DemoConfig", "photo_tree", "run_demo"]
 
@@ -36,9 +38,9 @@ COMMANDS = {"pgpig-data": "pipeline.cli", "pgpig": "pgpig.cli"}
 _PROGRESS = re.compile(r"\d+%\|")
 """A tqdm progress-bar frame."""
 
-EVAL_PAIRS = 100
-"""Test pairs the demo scores (PCKh runs the pose model on every generated and baseline image: ~5 pairs/s on
-2 CPU cores)."""
+MANNEQUIN_SIZE = "128x128"
+"""Size of the mannequin images, written and stored: DeepFashion's 256x256 halved, so that a CPU trains PATN on
+its 128x88 crop (``workflows/demo.yaml``) in a few minutes."""
 
 OVERLAY_SCALE = 3
 """How many times the overlays enlarge the 128x64 photo cut-outs, so the skeleton can be seen."""
@@ -56,7 +58,7 @@ class DemoConfig:
     steps: int = 200
     """Training steps of the PATN run."""
     identities: int = 40
-    """Mannequin identities (half train, half test)."""
+    """Mannequin identities (every fifth a test identity, as ``synth`` lays out DeepFashion)."""
     device: str = "auto"
     """Device of extraction and training: ``auto``, ``cpu``, ``cuda``."""
     overwrite: bool = False
@@ -131,7 +133,7 @@ def overlays(raw: Path, keypoints_dir: Path, out: Path) -> list[Path]:
     enlarged ``OVERLAY_SCALE`` times."""
     from pipeline.keypoints import read_keypoints
     from pipeline.overlay import draw_skeleton
-    from schemas.files import atomic_write, safe_join
+    from schemas.files import safe_join
     from schemas.tables import keypoints_to_numpy
 
     table = read_keypoints(keypoints_dir, ["image", "status", "keypoints"])
@@ -185,15 +187,30 @@ def _command(out: Path, title: str, tool: str, args: list[str] | Callable[[], li
 
 
 def _test_pair(out: Path) -> list[str]:
-    """Two test images of one mannequin: the source, and the target whose pose (and look) the grid shows."""
-    files = sorted((out / "mannequins" / "bounding_box_test").glob("*.jpg"))
-    by_identity: dict[str, list[Path]] = {}
-    for f in files:
-        by_identity.setdefault(f.name[:4], []).append(f)
-    same = next((v for v in by_identity.values() if len(v) > 1), None)
+    """Arguments of ``pgpig generate`` for two test images of one mannequin: the source with its exact keypoints
+    (written to ``source-pose.json``: a half-body view need not be found by the pose model) and, as the target
+    pose, the identity's image with the most visible joints, whose person the pose model finds."""
+    from pipeline.keypoints import read_keypoints
+    from schemas.tables import keypoints_to_numpy
+
+    table = read_keypoints(out / "keypoints", ["image", "split", "identity", "width", "height", "keypoints",
+                                                "n_visible"])
+    rows = table.to_pylist()
+    xy = keypoints_to_numpy(table["keypoints"])
+    tests: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["split"] == "test":
+            tests.setdefault(row["identity"], []).append(i)
+    same = next((tests[k] for k in sorted(tests) if len(tests[k]) > 1), None)
     if same is None:
-        raise PipelineError(f"{out / 'mannequins'}: no test identity with two images")
-    return ["--source", str(same[0].relative_to(out)), "--target-pose", str(same[1].relative_to(out))]
+        raise PipelineError(f"{out / 'keypoints'}: no test identity with two images")
+    source = same[0]
+    target = max(same[1:], key=lambda i: rows[i]["n_visible"])
+    pose = {"keypoints": xy[source].tolist(), "image_size": [rows[source]["height"], rows[source]["width"]]}
+    with atomic_write(out / "source-pose.json") as f:
+        f.write(json.dumps(pose).encode())
+    return ["--source", f"mannequins/{rows[source]['image']}", "--source-pose", "source-pose.json",
+            "--target-pose", f"mannequins/{rows[target]['image']}"]
 
 
 def _steps(cfg: DemoConfig, log: Callable[[str], None]) -> list[tuple[str, Callable[[], None]]]:
@@ -222,20 +239,21 @@ def _steps(cfg: DemoConfig, log: Callable[[str], None]) -> list[tuple[str, Calla
         command("extract photos", ["extract", "photos", "--out", "photos-keypoints", "--run-file",
                                    "photos-extract.json", "--device", cfg.device, "--quiet"], "pgpig-data"),
         ("overlays", draw),
-        command("synth mannequins", ["synth", "mannequins", "--identities", str(cfg.identities),
-                                     "--poses-per-identity", "6", "--quiet"], "pgpig-data"),
+        command("synth mannequins", ["synth", "mannequins", "--layout", "deepfashion", "--size", MANNEQUIN_SIZE,
+                                     "--identities", str(cfg.identities), "--poses-per-identity", "6", "--quiet"],
+                "pgpig-data"),
         command("extract mannequins", ["extract", "mannequins", "--annotations",
-                                       "mannequins/market-annotation-train.csv", "--annotations",
-                                       "mannequins/market-annotation-test.csv", "--quiet"], "pgpig-data"),
-        command("pair train", ["pair", "--split", "train"], "pgpig-data"),
-        command("pair test", ["pair", "--split", "test"], "pgpig-data"),
+                                       "mannequins/fashion-annotation-train.csv", "--annotations",
+                                       "mannequins/fashion-annotation-test.csv", "--quiet"], "pgpig-data"),
+        command("pair train", ["pair", "--split", "train", "--size", MANNEQUIN_SIZE], "pgpig-data"),
+        command("pair test", ["pair", "--split", "test", "--size", MANNEQUIN_SIZE], "pgpig-data"),
         command("report", ["report"], "pgpig-data"),
         command("train PATN", ["train", "--shards", "shards", "--recipe", "demo", "--run", "run",
                                "--steps", str(cfg.steps), "--device", cfg.device, "--quiet"], "pgpig"),
         command("generate", lambda: ["generate", "--run", "run", *_test_pair(out), "--out", "generated.png",
                                      "--grid", "--device", cfg.device], "pgpig"),
-        command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--max-pairs",
-                         str(EVAL_PAIRS), "--device", cfg.device, "--quiet"], "pgpig"),
+        command("eval", ["eval", "--run", "run", "--shards", "shards", "--split", "test", "--device", cfg.device,
+                         "--quiet"], "pgpig"),
         ("eval table", table),
     ]
 

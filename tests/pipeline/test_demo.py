@@ -29,7 +29,7 @@ def test_photo_tree_cuts_every_person_of_the_shipped_photos_four_ways(tmp_path):
 
 def test_demo_runs_end_to_end_and_refuses_a_used_folder(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", str(out), "--steps", "4", "--identities", "4",
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", str(out), "--steps", "4", "--identities", "10",
                            "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     text = done.stdout
@@ -46,14 +46,35 @@ def test_demo_runs_end_to_end_and_refuses_a_used_folder(tmp_path):
     assert len(overlays) == record["statuses"]["ok"] > 0
     assert json.loads((out / "shards" / "train" / "manifest.json").read_text())["counts"]["pairs"] > 0
     assert (out / "run" / "generator.safetensors").is_file()
-    assert cv2.imread(str(out / "generated-grid.png")).shape == (128, 4 * 64, 3)  # source | pose | generated | target
-    assert json.loads((out / "run" / "eval" / "test" / "eval.json").read_text())
+    grid = cv2.imread(str(out / "generated-grid.png"))  # source | pose | generated | target, under their labels
+    assert grid.shape[0] > 128 and grid.shape[1:] == (4 * 88, 3)  # the 128x88 crop of the 128x128 mannequins
+    # the eval scores every test pair: every test identity (ids 5 and 10), 6 images each, all ordered pairs
+    scored = json.loads((out / "run" / "eval" / "test" / "eval.json").read_text())
+    assert scored["pairs"] == scored["pairs_in_split"] == 2 * 6 * 5
+    assert json.loads((out / "shards" / "test" / "manifest.json").read_text())["counts"]["identities"] == 2
     report = json.loads((out / "report.json").read_text())  # the report of the mannequins' keypoints and shards
     assert report["keypoints"]["statuses"]["rows"] > 0 and len(report["shards"]) == 2
     assert "<h2>" in (out / "report.html").read_text()
 
     again = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", str(out)], capture_output=True, text=True)
     assert again.returncode == 1 and "not empty; pass --overwrite" in again.stderr
+
+
+@pytest.mark.slow
+def test_the_default_demo_model_beats_copy_source_on_every_test_identity(tmp_path):
+    """The README's demo as it ships (about 3 minutes on 2 CPU cores): its model must beat the copy-the-source
+    baseline on SSIM and L1 over all test pairs of all test identities (at least 200 pairs)."""
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    scored = json.loads((out / "run" / "eval" / "test" / "eval.json").read_text())
+    manifest = json.loads((out / "shards" / "test" / "manifest.json").read_text())
+    assert scored["pairs"] == scored["pairs_in_split"] >= 200
+    assert manifest["counts"]["identities"] == 8  # every fifth of the 40 mannequins
+    model, copy = scored["rows"]["model"], scored["rows"]["copy-source"]
+    assert model["ssim"] > copy["ssim"] and model["l1"] < copy["l1"]
+    assert "| copy-source (baseline) | 240 |" in done.stdout  # the table the README quotes
 
 
 def test_demo_refuses_a_non_empty_folder_before_doing_anything(tmp_path):
