@@ -43,7 +43,7 @@ from pgpig.config import TrainConfig, check_config, config_dict, resolve_amp, re
 from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
-from pgpig.memory import check_memory
+from pgpig.memory import MemoryEstimate, check_memory
 from pgpig.models.objective import Objective, StepBatch, generated_image
 from pgpig.samples import pair_grid, save_png
 from pipeline.devices import resolve_device
@@ -304,16 +304,13 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     given, run_dir = cfg, cfg.run_dir
     cfg = resolve_speed(cfg, device)  # config.yaml keeps the recipe's auto: a resume on other hardware decides anew
     _check_run_folder(run_dir, cfg.resume)
-    # weights and anything else drawn before the loop; the loop re-seeds per step
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    _seed_all(cfg.seed)  # weights and anything else drawn before the loop; the loop re-seeds per step
 
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed,
                             verify=not cfg.skip_verify)
     size, train_pairs = train_set.size, len(train_set)
     # a dry run on throwaway networks, drawn and undone before the run's own: the run's numbers stay the same
-    memory = None if cfg.skip_memory_check else check_memory(cfg, device, size, world)
+    memory = _memory_check(cfg, device, size, rank, world)
     parts = build(cfg, device, size)  # before the loader starts: a missing VGG-19 is reported at once
     if cfg.init_weights is not None and not cfg.resume:
         load_init_weights(parts.generator, cfg.init_weights)
@@ -327,14 +324,11 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         compile_parts(parts)
     writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
 
-    if memory is not None and cfg.progress and rank == 0:
-        tqdm.write(memory.summary(cfg.batch_size // world), file=sys.stderr)
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",
                dynamic_ncols=True)
     losses: dict[str, float] = {}
-    parts.generator.train()
-    for d in parts.discriminators.values():
-        d.train()
+    for net in (parts.generator, *parts.discriminators.values()):
+        net.train()
     stop, stopped = _StopSignals(world), 0
     finished = False  # the loop and the last checkpoint ran through: a later error is this run's only one
     with stop:
@@ -382,11 +376,37 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
             # traceback would otherwise keep them until interpreter exit
             del loader
     if stopped:
-        command = f"pgpig train --resume {shlex.quote(str(run_dir))}" + (f" --gpus {world}" if world > 1 else "")
-        raise TrainInterrupted(stopped, at.step, run_dir / CHECKPOINTS / f"step-{at.step:08d}", command)
+        raise _interrupted(stopped, at.step, run_dir, world)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
                       "compile": cfg.compile}, "memory": memory}
+
+
+def _memory_check(cfg: TrainConfig, device: torch.device, size: tuple[int, int], rank: int,
+                  world: int) -> MemoryEstimate | None:
+    """``check_memory``, announced first (its dry run takes seconds to minutes for a paper-size model on a CPU);
+    ``None`` when the config skips it."""
+    if cfg.skip_memory_check:
+        return None
+    announce = cfg.progress and rank == 0
+    if announce:
+        tqdm.write(f"memory check: dry-run steps of {cfg.model} at {size[0]}x{size[1]} on {device} "
+                   "(--skip-memory-check skips it)", file=sys.stderr)
+    memory = check_memory(cfg, device, size, world)
+    if memory is not None and announce:
+        tqdm.write(memory.summary(cfg.batch_size // world), file=sys.stderr)
+    return memory
+
+
+def _interrupted(signum: int, step: int, run_dir: Path, world: int) -> TrainInterrupted:
+    command = f"pgpig train --resume {shlex.quote(str(run_dir))}" + (f" --gpus {world}" if world > 1 else "")
+    return TrainInterrupted(signum, step, run_dir / CHECKPOINTS / f"step-{step:08d}", command)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class TrainInterrupted(TrainError):
