@@ -329,6 +329,7 @@ def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: i
 
     The children get the same recipe and overrides (as ``--set KEY=JSON``), and a run folder fixed here so that
     they all write to, or resume from, the same one."""
+    import signal
     import subprocess
 
     import torch
@@ -353,7 +354,18 @@ def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: i
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                "-m", "pgpig.cli", *args]
     click.echo(f"launching {gpus} processes: {' '.join(command)}", err=True)
-    return subprocess.run(command, check=False).returncode
+    process = subprocess.Popen(command)
+    # Ctrl-C reaches every process of the terminal's group: the training processes save the current step and exit,
+    # and this launcher waits for them instead of killing torchrun. A SIGTERM sent to the launcher alone is passed on.
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                click.echo("stopping: the training processes save the current step first", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
