@@ -1,0 +1,144 @@
+"""Where one training step's time goes: ``torch.profiler`` over ``pgpig.train.train_step`` at a recipe's setting.
+
+    python benchmarks/step_profile.py --recipe deepfashion/patn [--recipe deepfashion/dptn ...] [--set amp=bf16]
+        [--steps 5] [--warmup 3] [--device auto] [--batch 32] [--trace DIR] [--label TEXT]
+
+The step is the one ``benchmarks/train_bench.py`` times (``bench_steps``' batch: smooth random images, random
+keypoints rendered to pose maps each step; random VGG-19), here under the profiler after ``--warmup`` untimed steps.
+Prints one JSON line per recipe: wall milliseconds per step, the device's busy milliseconds per step (the sum of
+the CUDA kernels' time on a GPU, of the operators' own time on a CPU), the part of the wall the device is idle
+(``idle_fraction``: host overhead, launches, syncs), the busy time by category of kernel or operator name
+(optimizer, convolution, normalisation, matmul and attention, copies, inductor's fused kernels, the rest
+elementwise and reductions), the 15 kernels (``top_work_ms``) and ``aten`` operators (``top_aten_ms``) with the
+most time. ``--trace DIR`` also writes a Chrome trace per recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_bench import smooth_images  # noqa: E402
+
+from pgpig.cli import parse_set  # noqa: E402
+from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
+from pgpig.models.objective import StepBatch  # noqa: E402
+from pgpig.train import build, compile_parts, pose_maps, train_step  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
+
+# (category, substrings of an aten operator's name), first match wins
+# (category, substrings of an operator's or a kernel's name), first match wins; triton kernels are inductor's fusions
+CATEGORIES = (
+    ("optimizer", ("foreach", "adam", "multi_tensor")),
+    ("convolution", ("conv", "cudnn", "implicit", "fprop", "dgrad", "wgrad", "winograd")),
+    ("normalisation", ("norm", "welford")),
+    ("matmul_attention", ("gemm", "mm", "matmul", "linear", "attention", "flash", "fmha", "cutlass")),
+    ("copy_cast", ("copy", "clone", "contiguous", "cat", "stack", "transpose", "permute")),
+    ("triton_fused", ("triton",)),
+)
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, keys in CATEGORIES if any(k in lowered for k in keys)), "elementwise_reduction")
+
+
+def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> dict:
+    cfg = load_config(recipe_path(name), {**overrides, "device": str(device)})
+    if args.batch:
+        cfg.batch_size = args.batch
+    cfg = resolve_speed(cfg, device)
+    h, w = 256, 256 - 2 * cfg.crop_margin
+    torch.manual_seed(0)
+    parts = build(cfg, device, (h, w))
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    b = cfg.batch_size
+    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
+    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
+    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    if cfg.compile:
+        compile_parts(parts)
+
+    def step() -> None:
+        source_pose = pose_maps(cfg, keypoints[0], (h, w)).to(source.dtype).contiguous(memory_format=memory_format)
+        target_pose = pose_maps(cfg, keypoints[1], (h, w)).to(source.dtype).contiguous(memory_format=memory_format)
+        train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1]))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        wall = (time.perf_counter() - start) / args.steps * 1e3
+    on_device = device.type == "cuda"
+    events = prof.key_averages()
+    # the busy time: the kernels on a GPU (each counted once, whichever operator launched it; compiled graphs'
+    # fused kernels included), the operators' own time on a CPU
+    if on_device:
+        work = [(e.key, e.self_device_time_total) for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        work = [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
+    work = [(k, us / 1e3 / args.steps) for k, us in work if us > 0]
+    busy = sum(ms for _, ms in work)
+    by_category: dict[str, float] = defaultdict(float)
+    for key, ms in work:
+        by_category[category(key)] += ms
+    aten = [(e.key, (e.self_device_time_total if on_device else e.self_cpu_time_total) / 1e3 / args.steps)
+            for e in events if e.key.startswith("aten::")]
+
+    def top(pairs: list[tuple[str, float]]) -> list[list]:
+        return [[k[:100], round(ms, 2)] for k, ms in sorted(pairs, key=lambda kv: -kv[1])[:15] if ms > 0]
+
+    if args.trace:
+        Path(args.trace).mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
+    return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": b, "size": [h, w],
+            "amp": cfg.amp, "compile": cfg.compile, "channels_last": cfg.channels_last,
+            "wall_ms_per_step": round(wall, 2), "busy_ms_per_step": round(busy, 2),
+            "idle_fraction": round(max(0.0, 1 - busy / wall), 3),
+            "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+            "top_work_ms": top(work), "top_aten_ms": top(aten),
+            "device": torch.cuda.get_device_name(device) if on_device else f"{platform.machine()} cpu",
+            "torch": torch.__version__, "label": args.label}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", action="append", required=True, help="a shipped recipe name (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None, help="[default: the recipe's]")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trace", default=None, help="folder for Chrome traces")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    overrides = {"vgg_weights": None, "allow_random_vgg": True, **parse_set(tuple(args.overrides))}
+    for name in args.recipe:
+        print(json.dumps(profile_recipe(name, overrides, args, device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
