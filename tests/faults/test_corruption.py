@@ -184,9 +184,11 @@ def test_a_malicious_pickle_is_a_one_line_train_error(trained_run, tmp_path):
     run = copy_tree(trained_run, tmp_path / "run")
     torch.save({"step": 1, "payload": _Payload(marker)}, step_folders(run)[-1] / "train_state.pt")
     result = resume(run)
-    assert result.exit_code == 1 and result.output.startswith("error: ") and "cannot read the checkpoint" in \
-        result.output and not marker.exists()
-    assert len(result.output.strip().splitlines()) == 1 and "weights_only=False" not in result.output
+    # before it, only the memory check's two progress lines (its announcement and its estimate)
+    *before, error = result.output.strip().splitlines()
+    assert result.exit_code == 1 and error.startswith("error: ") and "cannot read the checkpoint" in error
+    assert not marker.exists() and "weights_only=False" not in result.output
+    assert [line.split(":")[0] for line in before] == ["memory check", "memory"]
 
 
 def test_every_torch_load_in_the_packages_passes_weights_only_true():
