@@ -4,11 +4,11 @@
         --out benchmarks/results/official-eval-cpu-2core.jsonl
 
 ``--official DIR`` holds files fetched from the official repositories, never committed: ``DIR/patn/`` PATN's
-``tool/getMetrics_market.py``, ``getMetrics_fashion.py``, ``calPCKH_market.py`` and ``pose_utils.py``
-(github:tengteng95/Pose-Transfer). They are copied to ``WORK/ported/`` with the few textual changes Python 3 and
-current scikit-image force (``PORTS``; each must match exactly once, so a changed upstream file stops the run) and
-run in a subprocess with ``--python`` (pandas, which pgpig does not need, must be importable there). Inception
-score needs TensorFlow and is stubbed to NaN; FID and LPIPS are not in these scripts.
+``tool/getMetrics_market.py``, ``getMetrics_fashion.py``, ``calPCKH_market.py``, ``calPCKH_fashion.py`` and
+``pose_utils.py`` (github:tengteng95/Pose-Transfer). They are copied to ``WORK/ported/`` with the few textual
+changes Python 3 and current scikit-image force (``PORTS``; each must match exactly once, so a changed upstream file
+stops the run) and run in a subprocess with ``--python`` (pandas, which pgpig does not need, must be importable
+there). Inception score needs TensorFlow and is stubbed to NaN; FID and LPIPS are not in these scripts.
 
 Per format one JSON line: the official numbers, ours (``pgpig eval --target-from panel`` and ``shards``), the
 differences, and the ports. The folders are mannequin shards (test split) written as PATN's ``test.py`` writes its
@@ -83,6 +83,12 @@ PORTS: dict[str, list[tuple[str, str, str]]] = {
         ("target_annotation = './market_data/market-annotation-test.csv'",
          "import sys; target_annotation = sys.argv[1]", "the script's fixed input paths, given as arguments"),
         ("pred_annotation = '/results/market_PATN/pckh.csv'", "pred_annotation = sys.argv[2]",
+         "the script's fixed input paths, given as arguments"),
+    ],
+    "calPCKH_fashion.py": [
+        ("target_annotation = './fashion_data/fasion-resize-annotation-test.csv'",
+         "import sys; target_annotation = sys.argv[1]", "the script's fixed input paths, given as arguments"),
+        ("pred_annotation = './results/fashion_PATN/pckh.csv'", "pred_annotation = sys.argv[2]",
          "the script's fixed input paths, given as arguments"),
     ],
 }
@@ -183,6 +189,28 @@ def detections_csv(folder: Path, out_csv: Path) -> None:
     write_annotations(out_csv, [p.name for p in files], predicted)
 
 
+def official_pckh(args, ported: Path, script: str, annotations: Path, folder: Path, work: Path,
+                  panel: dict) -> dict:
+    """PATN's ``tool/<script>`` on our detector's keypoints of the panels' generated slices against ``annotations``
+    (the targets in the panels' frame), beside the PCKh ``pgpig eval --target-from panel --pckh-protocol patn``
+    computed (``panel``): the counts must be equal."""
+    preds = work / "pckh.csv"
+    detections_csv(folder, preds)
+    out = run([args.python, str(ported / script), str(annotations), str(preds)], cwd=ported)
+    correct, total, value = re.findall(r"^(\d+)/(\d+) ([0-9.]+)$", out, re.M)[-1]
+    row = panel["rows"]["model"]
+    line = {"official_script": f"tool/{script}",
+            "official": {"correct": int(correct), "all": int(total), "pckh": float(value)},
+            "ours_patn": {"pckh": row.get("pckh_patn"), "counts": row.get("pckh_counts"),
+                          "detection_rate": row.get("detection_rate_patn")},
+            "ours_strict": row.get("pckh_strict")}
+    counts = row.get("pckh_counts") or {}
+    line["counts_equal"] = (counts.get("correct"), counts.get("valid")) == (int(correct), int(total))
+    if row.get("pckh_patn") is not None:  # the script prints 6 decimals: compare the counts
+        line["diff"] = row["pckh_patn"] - float(value)
+    return line
+
+
 def gfla_market(args, ported: Path, ports: list[str]) -> dict:
     """GFLA's ``Reconstruction_Metrics.calculate_from_disk`` (the ``SSIM`` and ``SSIM_256`` lines of its
     ``script/metrics.py``) on single PNG images named ``<source stem>_2_<target stem>_vis.png`` against the raw test
@@ -250,20 +278,7 @@ def market(args, ported: Path, ports: list[str]) -> dict:
     line["diff_shards"] = differences(official, line["ours_shards"])
     line["seconds"] = {"official": round(official_s, 2), "ours_panel": round(ours_s, 2)}
     if args.pckh:
-        preds = work / "pckh.csv"
-        detections_csv(folder, preds)
-        out = run([args.python, str(ported / "calPCKH_market.py"), str(annotations), str(preds)], cwd=ported)
-        correct, total, value = re.findall(r"^(\d+)/(\d+) ([0-9.]+)$", out, re.M)[-1]
-        row = panel["rows"]["model"]
-        line["pckh"] = {"official_script": "tool/calPCKH_market.py",
-                        "official": {"correct": int(correct), "all": int(total), "pckh": float(value)},
-                        "ours_patn": {"pckh": row.get("pckh_patn"), "counts": row.get("pckh_counts"),
-                                      "detection_rate": row.get("detection_rate_patn")},
-                        "ours_strict": row.get("pckh_strict")}
-        counts = row.get("pckh_counts") or {}
-        line["pckh"]["counts_equal"] = (counts.get("correct"), counts.get("valid")) == (int(correct), int(total))
-        if row.get("pckh_patn") is not None:  # the script prints 6 decimals: compare the counts
-            line["pckh"]["diff"] = row["pckh_patn"] - float(value)
+        line["pckh"] = official_pckh(args, ported, "calPCKH_market.py", annotations, folder, work, panel)
     line["ports"] = [p for p in ports if p.split(":")[0] in ("getMetrics_market.py", "pose_utils.py",
                                                              "calPCKH_market.py")]
     return line
@@ -276,12 +291,14 @@ def fashion(args, ported: Path, ports: list[str]) -> dict:
     margin = deepfashion_margin(256)
     folder = work / "images"
     write_panels(shards, folder, margin, args.pairs, args.noise)
-    annotations = work / "fasion-resize-annotation-test.csv"  # read by nothing here: getMetrics_fashion has no mask
+    # the targets in PATN's 256x176 frame: read by calPCKH_fashion (getMetrics_fashion has no mask)
+    annotations = work / "fasion-resize-annotation-test.csv"
     cli("pipeline.cli", "export-annotations", "--keypoints", work / "keypoints", "--split", "test", "--patn-crop",
         annotations)
     official = official_metrics(args.python, ported, "getMetrics_fashion", folder, annotations)
     keys = ("ssim", "l1")
-    panel = ours(shards, folder, work / "eval-panel", "panel", "ssim,l1")
+    panel = ours(shards, folder, work / "eval-panel", "panel", "ssim,l1" + (",pckh" if args.pckh else ""),
+                 *(("--pckh-protocol", "patn") if args.pckh else ()))
     stored = ours(shards, folder, work / "eval-shards", "shards", "ssim,l1")
     line = {"format": "patn-deepfashion-panels", "frame": "256x176 panels, scored at 256x256 with 40 white columns "
             "each side", "pairs": len(list(folder.iterdir())), "scored": panel["rows"]["model"].get("scored"),
@@ -290,7 +307,9 @@ def fashion(args, ported: Path, ports: list[str]) -> dict:
     line["diff_panel"] = differences(official, line["ours_panel"])
     line["diff_shards"] = differences(official, line["ours_shards"])
     line["official_prints"] = "SSIM only: getMetrics_fashion.py computes neither L1 nor mask-SSIM"
-    line["ports"] = [p for p in ports if p.startswith("getMetrics_fashion.py")]
+    if args.pckh:
+        line["pckh"] = official_pckh(args, ported, "calPCKH_fashion.py", annotations, folder, work, panel)
+    line["ports"] = [p for p in ports if p.split(":")[0] in ("getMetrics_fashion.py", "calPCKH_fashion.py")]
     return line
 
 
@@ -312,8 +331,8 @@ def main() -> None:
     if args.work.exists():
         shutil.rmtree(args.work)
     ported = args.work / "ported"
-    ports = [p for name in ("getMetrics_market.py", "getMetrics_fashion.py", "pose_utils.py", "calPCKH_market.py")
-             for p in port(args.official / "patn", name, ported)]
+    ports = [p for name in ("getMetrics_market.py", "getMetrics_fashion.py", "pose_utils.py", "calPCKH_market.py",
+                            "calPCKH_fashion.py") for p in port(args.official / "patn", name, ported)]
     if "gfla-market" in args.formats.split(","):
         ports += port(args.official / "gfla", "metrics.py", ported)
     common = {"bench": "official-eval", "machine": f"cpu-{os.cpu_count()}core", "python": platform.python_version(),
