@@ -112,9 +112,11 @@ def port(official: Path, name: str, dest: Path) -> list[str]:
 # ------------------------------------------------------------------------- test.py's panels (our own re-implementation)
 
 
-def write_panels(shards: Path, folder: Path, margin: int, pairs: int, noise: float, seed: int = 0) -> None:
-    """One ``<source>___<target>_vis.jpg`` per pair, as ``test.py`` saves it (Pillow's JPEG defaults): source |
-    source pose | target | target pose | generated, the images cut to their middle columns with ``margin``."""
+def write_panels(shards: Path, folder: Path, margin: int, pairs: int, noise: float, seed: int = 0,
+                 ext: str = "jpg") -> None:
+    """One ``<source>___<target>_vis.<ext>`` per pair, as ``test.py`` saves it (Pillow's defaults; ``jpg`` as PATN
+    writes, ``png`` lossless): source | source pose | target | target pose | generated, the images cut to their
+    middle columns with ``margin``."""
     stored = ShardSet(shards / "test")
     names = read_names(stored)
     folder.mkdir(parents=True)
@@ -128,7 +130,7 @@ def write_panels(shards: Path, folder: Path, margin: int, pairs: int, noise: flo
         shift = np.array([margin, 0], np.float32)
         vis = np.concatenate([tensor2im(p1), pose_picture(source.keypoints - shift, size), tensor2im(p2),
                               pose_picture(target.keypoints - shift, size), tensor2im(fake)], axis=1)
-        name = pair_file_name(names[int(s)], names[int(t)])[: -len(".png")] + ".jpg"
+        name = pair_file_name(names[int(s)], names[int(t)])[: -len(".png")] + f".{ext}"
         Image.fromarray(vis).save(folder / name)
 
 
@@ -258,7 +260,7 @@ def market(args, ported: Path, ports: list[str]) -> dict:
     work = args.work / "market"
     shards = mannequin_shards(work, "market", args.identities, args.poses, splits=("test",), seed=args.seed)
     folder = work / "images"
-    write_panels(shards, folder, 0, args.pairs, args.noise)
+    write_panels(shards, folder, 0, args.pairs, args.noise, ext=args.panel_ext)
     annotations = work / "market-annotation-test.csv"
     cli("pipeline.cli", "export-annotations", "--keypoints", work / "keypoints", "--split", "test", annotations)
     cli("pipeline.cli", "export-pairs", shards / "test", work / "market-pairs-test.csv")  # for the record only
@@ -290,7 +292,7 @@ def fashion(args, ported: Path, ports: list[str]) -> dict:
                               seed=args.seed, size=(256, 256))
     margin = deepfashion_margin(256)
     folder = work / "images"
-    write_panels(shards, folder, margin, args.pairs, args.noise)
+    write_panels(shards, folder, margin, args.pairs, args.noise, ext=args.panel_ext)
     # the targets in PATN's 256x176 frame: read by calPCKH_fashion (getMetrics_fashion has no mask)
     annotations = work / "fasion-resize-annotation-test.csv"
     cli("pipeline.cli", "export-annotations", "--keypoints", work / "keypoints", "--split", "test", "--patn-crop",
@@ -326,6 +328,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default="market,fashion,gfla-market")
     parser.add_argument("--no-pckh", dest="pckh", action="store_false")
+    parser.add_argument("--panel-ext", choices=["jpg", "png"], default="jpg",
+                        help="the panels' format: JPEG as PATN's test.py writes, or PNG")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     args = parser.parse_args()
     if args.work.exists():
@@ -336,7 +340,8 @@ def main() -> None:
     if "gfla-market" in args.formats.split(","):
         ports += port(args.official / "gfla", "metrics.py", ported)
     common = {"bench": "official-eval", "machine": f"cpu-{os.cpu_count()}core", "python": platform.python_version(),
-              "noise": args.noise, "skipped": "Inception score and FID (TensorFlow); LPIPS is not in these scripts"}
+              "noise": args.noise, "panel_ext": args.panel_ext,
+              "skipped": "Inception score and FID (TensorFlow); LPIPS is not in these scripts"}
     for fmt in args.formats.split(","):
         line = {**common, **{"market": market, "fashion": fashion, "gfla-market": gfla_market}[fmt](args, ported,
                                                                                                    ports)}
