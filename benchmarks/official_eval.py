@@ -19,6 +19,7 @@ five-image JPEG panels; the "generated" slice is the target plus seeded noise, a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -213,13 +214,19 @@ def official_pckh(args, ported: Path, script: str, annotations: Path, folder: Pa
     return line
 
 
-def gfla_market(args, ported: Path, ports: list[str]) -> dict:
+def gfla_single(args, ported: Path, ports: list[str], layout: str = "market") -> dict:
     """GFLA's ``Reconstruction_Metrics.calculate_from_disk`` (the ``SSIM`` and ``SSIM_256`` lines of its
     ``script/metrics.py``) on single PNG images named ``<source stem>_2_<target stem>_vis.png`` against the raw test
-    images, the loaders' layout from ``export-pairs --images``; ours with ``--target-from shards``."""
-    work = args.work / "gfla-market"
-    shards = mannequin_shards(work, "market", args.identities, args.poses, splits=("test",), seed=args.seed)
-    cli("pipeline.cli", "export-pairs", shards / "test", work / "market-pairs-test.csv", "--images", work / "data")
+    images, the loaders' layout from ``export-pairs --images``; ours with ``--target-from shards``. ``layout``:
+    ``market`` (128x64) or ``deepfashion`` (256x256, GFLA's frame of ``img_highres``: no crop)."""
+    market = layout == "market"
+    work = args.work / ("gfla-market" if market else "gfla-fashion")
+    if market:
+        shards = mannequin_shards(work, "market", args.identities, args.poses, splits=("test",), seed=args.seed)
+    else:
+        shards = mannequin_shards(work, "deepfashion", args.fashion_identities, args.poses, splits=("test",),
+                                  seed=args.seed, size=(256, 256))
+    cli("pipeline.cli", "export-pairs", shards / "test", work / "pairs-test.csv", "--images", work / "data")
     stored = ShardSet(shards / "test")
     names = read_names(stored)
     folder = work / "images"
@@ -248,7 +255,8 @@ def gfla_market(args, ported: Path, ports: list[str]) -> dict:
     row = result["rows"]["model"]
     mine = {"ssim_gfla": row.get("ssim_gfla"), "ssim_patn": row.get("ssim_patn"),
             "l1_0_1": row["l1"] / 2 if row.get("l1") is not None else None}
-    line = {"format": "gfla-market-single", "frame": "128x64", "pairs": args.pairs, "scored": row.get("scored"),
+    line = {"format": f"gfla-{'market' if market else 'deepfashion'}-single", "frame": "128x64" if market else
+            "256x256", "pairs": args.pairs, "scored": row.get("scored"),
             "official_script": "script/metrics.py Reconstruction_Metrics (GFLA)", "official": official,
             "ours_shards": mine, "diff_shards": differences(official, {k: v for k, v in mine.items() if v is not None}),
             "note": "GFLA's L1 is on [0, 1]: ours (on [-1, 1]) halved; ground truth: the raw test JPEGs"}
@@ -326,7 +334,7 @@ def main() -> None:
     parser.add_argument("--poses", type=int, default=4)
     parser.add_argument("--noise", type=float, default=0.1, help="std of the noise added to the target in [-1, 1]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--formats", default="market,fashion,gfla-market")
+    parser.add_argument("--formats", default="market,fashion,gfla-market,gfla-fashion")
     parser.add_argument("--no-pckh", dest="pckh", action="store_false")
     parser.add_argument("--panel-ext", choices=["jpg", "png"], default="jpg",
                         help="the panels' format: JPEG as PATN's test.py writes, or PNG")
@@ -337,13 +345,14 @@ def main() -> None:
     ported = args.work / "ported"
     ports = [p for name in ("getMetrics_market.py", "getMetrics_fashion.py", "pose_utils.py", "calPCKH_market.py",
                             "calPCKH_fashion.py") for p in port(args.official / "patn", name, ported)]
-    if "gfla-market" in args.formats.split(","):
+    if {"gfla-market", "gfla-fashion"} & set(args.formats.split(",")):
         ports += port(args.official / "gfla", "metrics.py", ported)
     common = {"bench": "official-eval", "machine": f"cpu-{os.cpu_count()}core", "python": platform.python_version(),
               "noise": args.noise, "panel_ext": args.panel_ext,
               "skipped": "Inception score and FID (TensorFlow); LPIPS is not in these scripts"}
     for fmt in args.formats.split(","):
-        line = {**common, **{"market": market, "fashion": fashion, "gfla-market": gfla_market}[fmt](args, ported,
+        line = {**common, **{"market": market, "fashion": fashion, "gfla-market": gfla_single,
+                            "gfla-fashion": functools.partial(gfla_single, layout="deepfashion")}[fmt](args, ported,
                                                                                                    ports)}
         text = json.dumps(line)
         print(text, flush=True)
