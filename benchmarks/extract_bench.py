@@ -310,6 +310,19 @@ def rate_after_first_tasks(record: dict) -> float | None:
     return round(rows * workers / seconds, 1) if seconds > 0 else None
 
 
+def rate_after_first_batch(record: dict, images: int) -> float | None:
+    """Images/s of a single stream (one process, every part in one ``extract_files`` stream) from its first batch's
+    arrival to its last part's write: the rows after the first batch over ``task_seconds`` less
+    ``first_batch_seconds`` (which holds the source's start and the first batch's wait). Unlike the rate after the
+    first task, parts held back by the shape queues do not move time between tasks here. None for several workers.
+    """
+    first, batch = record.get("first_batch_seconds"), record["settings"].get("batch_size")
+    if (record.get("workers") or 0) > 1 or first is None or not batch:
+        return None
+    seconds = record["task_seconds"] - first
+    return round((images - batch) / seconds, 1) if seconds > 0 and images > batch else None
+
+
 def default_partition(args: argparse.Namespace) -> int:
     """The CLI's partition size for the backend, smaller where that leaves fewer than 4 tasks (the rate after the
     first task needs later ones)."""
@@ -395,6 +408,7 @@ def main() -> None:
     workers = max(1, record["workers"] or 1)
     rate, in_tasks = args.images / wall, args.images * workers / record["task_seconds"]
     steady = rate_after_first_tasks(record)
+    after_batch = rate_after_first_batch(record, args.images)
     print(json.dumps({
         "bench": "extract", "backend": record["settings"]["backend"], "images": args.images, "sizes": args.sizes,
         "size": list(args.size) if args.sizes == "uniform" else None, "seed": args.seed, "crawl": m["crawl"],
@@ -405,12 +419,14 @@ def main() -> None:
         "pipeline_images_per_s": round(rate, 1), "pipeline_wall_seconds": round(wall, 2),
         "pipeline_images_per_s_after_first_task": steady,  # once running: start-up paid
         "pipeline_images_per_s_in_tasks": round(in_tasks, 1),
+        "pipeline_images_per_s_after_first_batch": after_batch,  # one stream, from its first batch to its end
         "first_batch_seconds": record.get("first_batch_seconds"),
         "predict_images_per_s": round(m["predict_rate"], 1), "predict_batch": args.predict_batch,
         "baseline_images": m["subset"],
         "ratio_pipeline_to_predict": round(rate / m["predict_rate"], 3),
         "ratio_after_first_task_to_predict": round(steady / m["predict_rate"], 3) if steady else None,
         "ratio_in_tasks_to_predict": round(in_tasks / m["predict_rate"], 3),
+        "ratio_after_first_batch_to_predict": round(after_batch / m["predict_rate"], 3) if after_batch else None,
         # against predict one image per call; the batched loop's own agreement with it beside
         "agreement": m["agreement"], "predict_loop_agreement": m["batched_agreement"],
         "reference_images_per_s": m["reference_rate"] and round(m["reference_rate"], 1),
