@@ -31,6 +31,7 @@ from pgpig.data import PG2_MASK_LIMBS, close_square
 from pgpig.errors import TrainError
 from pgpig.weights import download_state_dict, read_state_dict
 from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
+from schemas.patn import integer_keypoints
 
 __all__ = [
     "FeatureExtractor",
@@ -552,13 +553,6 @@ def pckh_counts(predicted: np.ndarray, target: np.ndarray, alpha: float = 0.5) -
 
 
 def patn_keypoints(keypoints: np.ndarray) -> np.ndarray:
-    """``(N, 18, 2)`` → the integer keypoints a PATN annotation CSV holds for them: each coordinate rounded to the
-    nearest pixel, and a joint missing or rounding to a negative coordinate written as ``(-1, -1)``.
-
-    The same rule as ``schemas.patn.format_annotation_line``; PATN's ``calPCKH_*.py`` reads ``-1`` in either
-    coordinate as missing, so no visible joint may carry a ``-1``.
-    """
-    kp = np.asarray(keypoints, np.float64)
-    rounded = np.rint(kp)
-    missing = (kp == MISSING).all(axis=-1) | (rounded < 0).any(axis=-1)
-    return np.where(missing[..., None], float(MISSING), rounded)
+    """``(N, 18, 2)`` → the integer keypoints a PATN annotation CSV holds for them (``schemas.patn.integer_keypoints``
+    of the float64 keypoints), as float64 for ``pckh_counts``."""
+    return integer_keypoints(np.asarray(keypoints, np.float64)).astype(np.float64)

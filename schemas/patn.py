@@ -164,13 +164,21 @@ def _int_list(values: np.ndarray) -> str:
     return "[" + ", ".join(str(int(v)) for v in values) + "]"
 
 
+def integer_keypoints(xy: np.ndarray) -> np.ndarray:
+    """``(..., 18, 2)`` keypoints → the integers a PATN CSV holds for them, int64: each coordinate rounded to the
+    nearest pixel, and a joint missing or rounding to a negative coordinate ``(-1, -1)`` (PATN's ``calPCKH_*.py``
+    reads ``-1`` in either coordinate as missing, so no visible joint may carry one). Rounds in ``xy``'s dtype."""
+    rounded = np.rint(xy)
+    missing = (xy == MISSING).all(axis=-1) | (rounded < 0).any(axis=-1)
+    return np.where(missing[..., None], MISSING, rounded).astype(np.int64)
+
+
 def format_annotation_line(name: str, xy: np.ndarray) -> str:
-    """One CSV line for ``(18, 2)`` keypoints; coordinates rounded to integer pixels, missing → -1."""
+    """One CSV line for ``(18, 2)`` keypoints; coordinates rounded to integer pixels, missing → -1
+    (``integer_keypoints`` of the float32 keypoints)."""
     if ":" in name or "\n" in name:
         raise SchemaError(f"image name {name!r} cannot be written to a PATN CSV (contains ':' or a newline)")
-    xy = np.asarray(xy, dtype=np.float32)
-    missing = (xy == MISSING).all(axis=-1) | (np.rint(xy) < 0).any(axis=-1)
-    ints = np.where(missing[:, None], -1, np.rint(xy)).astype(np.int64)
+    ints = integer_keypoints(np.asarray(xy, dtype=np.float32))
     return f"{name}: {_int_list(ints[:, 1])}: {_int_list(ints[:, 0])}"
 
 
