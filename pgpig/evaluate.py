@@ -1007,7 +1007,8 @@ def _load_result(path: Path, split: str) -> tuple[dict[str, Any], Path]:
                      f"`pgpig eval --run {path}` first")
 
 
-_PROTOCOL_SETTINGS = (("--target-from", "target_from", "shards"), ("--pckh-protocol", "pckh_protocol", "strict"))
+_PROTOCOL_SETTINGS = (("--ssim", "ssim", "patn"), ("--target-from", "target_from", "shards"),
+                      ("--pckh-protocol", "pckh_protocol", "strict"))
 """Settings that change what a column means: (flag, ``eval.json`` settings key, value of an older file without it)."""
 
 
@@ -1016,11 +1017,10 @@ def compare(paths: list[Path], split: str = "test", out: Path | None = None) -> 
     row labelled by its run folder; one copy-source row per distinct shard set and pair count."""
     if not paths:
         raise TrainError("--compare needs at least one run folder or eval.json")
-    entries, baselines, ssim_names = [], {}, set()
+    entries, baselines = [], {}
     protocols: dict[str, set] = {flag: set() for flag, _, _ in _PROTOCOL_SETTINGS}
     for path in paths:
         result, where = _load_result(Path(path), split)
-        ssim_names.add(result["settings"]["ssim"])
         for flag, key, default in _PROTOCOL_SETTINGS:
             protocols[flag].add(result["settings"].get(key, default))
         label = Path(result.get("run") or result.get("generated") or where.parent).name
@@ -1030,14 +1030,11 @@ def compare(paths: list[Path], split: str = "test", out: Path | None = None) -> 
         if "copy-source" in result["rows"]:
             baselines.setdefault((result["shards"], result["pairs"]),
                                  (f"copy-source ({result['shards']})", result["rows"]["copy-source"], result["pairs"]))
-    if len(ssim_names) > 1:
-        raise TrainError(f"the evaluations report different SSIM settings ({', '.join(sorted(ssim_names))}); "
-                         "re-run them with one --ssim")
     for flag, values in protocols.items():
         if len(values) > 1:  # the numbers of two protocols do not sit in one column
             raise TrainError(f"the evaluations were scored with different {flag} ({', '.join(sorted(values))}); "
                              f"re-run them with one {flag}")
-    text = table(entries + list(baselines.values()), ssim_names.pop()) + "\n"
+    text = table(entries + list(baselines.values()), protocols["--ssim"].pop()) + "\n"
     if out is not None:
         with atomic_write(out) as f:
             f.write(text.encode())
