@@ -599,14 +599,13 @@ def _timings(summaries: list[dict], seconds: float, listing_seconds: float) -> d
 def _finish_record(cfg: ExtractConfig, record: dict, listed: bool) -> None:
     """Complete the record with the finished table's counts (one read of a few small columns), the annotated names
     that match no file, and the end-of-run ``warnings`` (``run_warnings``)."""
-    columns = ["status", "reason", "split", "identity", "patn_name"]
+    columns = ["status", "reason", "split", "identity"] + (["patn_name"] if cfg.annotations else [])
     table = read_keypoints(cfg.out, columns) if listed else None
-    record.update(complete=True, rows=table.num_rows if table is not None else 0,
-                  statuses=dict(sorted(Counter(table["status"].to_pylist()).items())) if table is not None else {})
+    rows = table.to_pydict() if table is not None else {c: [] for c in columns}
+    record.update(complete=True, rows=len(rows["status"]), statuses=dict(sorted(Counter(rows["status"]).items())))
     if cfg.annotations:
-        names = set(table["patn_name"].to_pylist()) if table is not None else set()
-        record["unmatched_annotations"] = _unmatched_annotations(cfg, record["settings"]["dataset"], names)
-    rows = table.select(columns[:4]).to_pydict() if table is not None else {c: [] for c in columns[:4]}
+        record["unmatched_annotations"] = _unmatched_annotations(cfg, record["settings"]["dataset"],
+                                                                 set(rows["patn_name"]))
     record["warnings"] = run_warnings(cfg, record["settings"]["dataset"], rows)
 
 
