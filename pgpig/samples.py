@@ -1,7 +1,7 @@
 """Sample pictures of training and ``pgpig generate``: image columns side by side as one uint8 grid, and PNG files.
 
 A grid row is one pair; its columns are images in ``[-1, 1]`` (source, poses drawn grey, generated, target).
-Training's grids carry a header strip naming each column.
+The grids of training and of ``pgpig generate --grid`` carry a header strip naming each column.
 """
 
 from __future__ import annotations
