@@ -147,7 +147,7 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result["losses"].items())
     speed = result["speed"]
     on = [speed["amp"] if speed["amp"] != "none" else "float32"] + [
-        name for name in ("channels_last", "compile") if speed[name]]
+        name for name in ("channels_last", "compile", "tf32") if speed[name]]
     click.echo(f"{result['run_dir']}: step {result['step']}, epoch {result['epoch']}" + (f"; {losses}" if losses
                                                                                           else "")
                + f" ({speed['device']}: {', '.join(on)})")

@@ -133,6 +133,9 @@ class TrainConfig:
     compile: bool | Literal["auto"] = False
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
     device only."""
+    tf32: bool = False
+    """Float32 matrix multiplications (attention, linear layers) on TF32 tensor cores, as cuDNN's float32
+    convolutions already run by default; CUDA only (the CPU has no TF32). Off: PyTorch's full-precision matmuls."""
     sync_batchnorm: bool = False
     """Under DDP on CUDA, batch statistics over all GPUs (``SyncBatchNorm``). Off: each GPU normalises its own share,
     which at the recipe's per-GPU batch is the paper's one-GPU regime; SyncBatchNorm measured 3.5x slower

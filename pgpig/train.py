@@ -156,6 +156,8 @@ def build_generator(cfg: TrainConfig, size: tuple[int, int]) -> torch.nn.Module:
 def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Parts:
     """Generator, discriminators, objective, optimizers and pools of ``cfg`` for ``(H, W)`` images on ``device``."""
     cfg = resolve_speed(cfg, device)
+    if device.type == "cuda":  # process-wide: the training process builds one set of parts
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     objective = models.objective_class(cfg.model)(cfg, device)
     generator = objective.build_generator(cfg, size).to(device)
     discriminators = {name: d.to(device) for name, d in objective.build_discriminators(size).items()}
@@ -379,7 +381,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         raise _interrupted(stopped, at.step, run_dir, world)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
-                      "compile": cfg.compile}, "memory": memory}
+                      "compile": cfg.compile, "tf32": cfg.tf32 and device.type == "cuda"}, "memory": memory}
 
 
 def _memory_check(cfg: TrainConfig, device: torch.device, size: tuple[int, int], rank: int,

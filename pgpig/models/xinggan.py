@@ -8,14 +8,13 @@ the official code Ha0Tang/XingGAN (``models/model_variants.py``, ``models/networ
 ``(B, 3, H, W)``, a convex combination of 20 tanh images and the source (so in ``[-1, 1]``); ``H`` and ``W``
 multiples of 4. The official code is PATN's with another generator: XingGAN builds from PATN's blocks
 (``pgpig.models.patn``) and trains with its ``PairGANObjective``. Key names mirror the official ones, so official
-weights load with ``load_state_dict``. The two crossing attentions of a block run as one
-``scaled_dot_product_attention`` call, checked against the official ``bmm`` formula in the tests.
+weights load with ``load_state_dict``. The two crossing attentions of a block run as one pair of batched matrix
+products.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pgpig.errors import TrainError
@@ -50,14 +49,15 @@ FUSION = ("atte_con", "atte_norm", "atte_relu", "atte_con1", "atte_norm1", "atte
 
 def cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``out[:, :, i] = sum_j softmax_j(query[:, :, i] . key[:, :, j]) value[:, :, j]`` over the ``N = h w`` positions,
-    unscaled: ``query``, ``key`` ``(B, C', h, w)``, ``value`` ``(B, C, h, w)`` -> ``(B, C, h, w)``."""
+    unscaled: ``query``, ``key`` ``(B, C', h, w)``, ``value`` ``(B, C, h, w)`` -> ``(B, C, h, w)``.
+
+    Two batched matrix products around a softmax, so that autocast runs the products in bf16/fp16 and TF32 applies
+    in float32; ``scaled_dot_product_attention`` with ``C' != C`` takes its math path, which computes in float32
+    without TF32 whatever the input dtype."""
     b, c, h, w = value.shape
-
-    def positions(x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, 1, N, C): one head
-        return x.flatten(2).transpose(1, 2).unsqueeze(1)
-
-    out = F.scaled_dot_product_attention(positions(query), positions(key), positions(value), scale=1.0)
-    return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+    energy = torch.bmm(query.flatten(2).transpose(1, 2), key.flatten(2))  # (B, N, N): query i . key j
+    attention = torch.softmax(energy, dim=-1)
+    return torch.bmm(value.flatten(2), attention.transpose(1, 2)).view(b, c, h, w)
 
 
 class XingBlock(nn.Module):

@@ -221,7 +221,8 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(mar
     plain = load_config(None, {**small, "run_dir": tmp_path / "plain", "amp": "none"})
     result = train(auto)
     assert result["losses"] == train(plain)["losses"]
-    assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False}
+    assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False,
+                               "tf32": False}
     saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert (saved["amp"], saved["channels_last"], saved["compile"]) == ("auto", "auto", "auto")
     with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
