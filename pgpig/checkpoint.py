@@ -3,8 +3,9 @@
 A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNNN/`` of ``generator.safetensors`` (metadata: the step and
 the trained image size), ``discriminators.safetensors`` (when the run has discriminators) and ``train_state.pt``
 (optimizers, scaler, step, epoch, position in the epoch, history pools: plain tensors and dicts, read back with
-``torch.load(weights_only=True)``). ``RUN/generator.safetensors`` is the newest generator, for ``pgpig generate``
-and ``pgpig eval``.
+``torch.load(weights_only=True)``), and ``generator-ema.safetensors`` when the run keeps a weight average
+(``ema_decay``). ``RUN/generator.safetensors`` is the newest generator (the average, when kept), for ``pgpig
+generate`` and ``pgpig eval``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from safetensors.torch import load_file, save_file
 from pgpig.errors import TrainError
 from schemas.files import atomic_path, fsync_dir
 
-__all__ = ["CHECKPOINTS", "load_checkpoint", "load_init_weights", "save_checkpoint", "step_folders"]
+__all__ = ["CHECKPOINTS", "EMA_NAME", "load_checkpoint", "load_init_weights", "save_checkpoint", "step_folders"]
 
+
+EMA_NAME = "generator-ema"
+"""A checkpoint's file of the generator's weight average (``generator-ema.safetensors``), when the run keeps one."""
 
 CHECKPOINTS = "checkpoints"
 """Sub-folder of a run holding one complete folder per checkpoint, ``step-00001000/``."""
@@ -36,8 +40,10 @@ def step_folders(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
-                    state: dict[str, Any], image_size: tuple[int, int], keep: int) -> None:
+                    state: dict[str, Any], image_size: tuple[int, int], keep: int,
+                    average: torch.nn.Module | None = None) -> None:
     """Write ``checkpoints/step-N/`` whole or not at all, point ``RUN/generator.safetensors`` at it, prune old ones.
+    ``average``: the weight average (``generator-ema.safetensors``), which ``RUN/generator.safetensors`` then is.
 
     The files go into a temporary folder, each fsynced; one rename makes the folder visible, so a kill at any
     moment leaves the previous checkpoint intact and never a mix of two steps."""
@@ -51,9 +57,11 @@ def save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discri
     tmp.mkdir(parents=True)
     # the generator file alone says what it generates: step, and the (cropped) image size it was trained at
     meta = {"step": str(step), "height": str(image_size[0]), "width": str(image_size[1])}
-    weights = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    with atomic_path(tmp / "generator.safetensors") as path:
-        save_file(weights, str(path), metadata=meta)
+    for name, module in (("generator", generator), (EMA_NAME, average)):
+        if module is not None:
+            weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            with atomic_path(tmp / f"{name}.safetensors") as path:
+                save_file(weights, str(path), metadata=meta)
     if discriminators:
         d_weights = {f"{name}.{k}": v.detach().cpu().contiguous()
                      for name, d in discriminators.items() for k, v in d.state_dict().items()}
@@ -63,14 +71,15 @@ def save_checkpoint(run_dir: Path, step: int, generator: torch.nn.Module, discri
         torch.save(state, path)
     os.rename(tmp, final)
     fsync_dir(root)
-    # the latest generator beside config.yaml, where `pgpig generate` and eval look: a hard link swapped in
-    # atomically (a copy where the file system has no hard links)
+    # the latest generator beside config.yaml, where `pgpig generate` and eval look (the average, when kept): a
+    # hard link swapped in atomically (a copy where the file system has no hard links)
+    shown = final / f"{EMA_NAME if average is not None else 'generator'}.safetensors"
     with atomic_path(run_dir / "generator.safetensors") as path:
         path.unlink()
         try:
-            os.link(final / "generator.safetensors", path)
+            os.link(shown, path)
         except OSError:
-            shutil.copyfile(final / "generator.safetensors", path)
+            shutil.copyfile(shown, path)
     for old in step_folders(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -93,8 +102,9 @@ def load_init_weights(generator: torch.nn.Module, path: Path) -> None:
 
 
 def load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: dict[str, torch.nn.Module],
-                    device: torch.device) -> dict[str, Any]:
-    """Load the newest checkpoint folder into the models and return its train state; ``TrainError`` if none."""
+                    device: torch.device, average: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Load the newest checkpoint folder into the models (and the weight average, when given) and return its train
+    state; ``TrainError`` if none."""
     folders = step_folders(run_dir)
     if not folders:
         raise TrainError(f"{run_dir}: no checkpoint to resume ({CHECKPOINTS}/step-* missing); start a new run "
@@ -107,6 +117,8 @@ def load_checkpoint(run_dir: Path, generator: torch.nn.Module, discriminators: d
         files = {"generator.safetensors": {"": generator}}
         if discriminators:
             files["discriminators.safetensors"] = {f"{n}.": d for n, d in discriminators.items()}
+        if average is not None:
+            files[f"{EMA_NAME}.safetensors"] = {"": average}
         for name, parts in files.items():
             path = folder / name
             with safe_open(str(path), framework="pt") as f:

@@ -133,6 +133,11 @@ class TrainConfig:
     compile: bool | Literal["auto"] = False
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
     device only."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the generator's weights with this decay (0: none); its weights are
+    the ones ``pgpig generate``, eval and the validation grids use (PIDM: 0.9999)."""
+    ema_start: int = 0
+    """Optimizer steps during which the average is a plain copy of the weights (PIDM: its 5,000 warm-up steps)."""
     tf32: bool = False
     """Float32 matrix multiplications (attention, linear layers) on TF32 tensor cores, as cuDNN's float32
     convolutions already run by default; CUDA only (the CPU has no TF32). Off: PyTorch's full-precision matmuls."""
@@ -341,6 +346,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"config field 'd_lr_ratio' must be positive, got {cfg.d_lr_ratio}")
     if cfg.pool_size < 0:
         raise TrainError(f"config field 'pool_size' must be 0 or more, got {cfg.pool_size}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise TrainError(f"config field 'ema_decay' must be in [0, 1) (0: no average), got {cfg.ema_decay}")
+    if cfg.ema_start < 0:
+        raise TrainError(f"config field 'ema_start' must be 0 or more, got {cfg.ema_start}")
     if cfg.steps is None and cfg.lr_policy != "linear":
         raise TrainError("steps is null, which means 'the whole LR schedule', but lr_policy is constant; "
                          "give steps or use lr_policy: linear")

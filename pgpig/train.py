@@ -41,6 +41,7 @@ from pgpig import models
 from pgpig.checkpoint import CHECKPOINTS, load_checkpoint, load_init_weights, save_checkpoint, step_folders
 from pgpig.config import TrainConfig, check_config, config_dict, resolve_amp, resolve_speed
 from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
+from pgpig.ema import WeightAverage
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
 from pgpig.memory import MemoryEstimate, check_memory
@@ -145,6 +146,8 @@ class Parts:
     opt_d: torch.optim.Optimizer | None
     scaler: torch.amp.GradScaler
     pools: dict[str, HistoryPool]
+    ema: WeightAverage | None = None
+    """The average of the generator's weights (``ema_decay`` > 0), updated after each generator step."""
 
 
 def build_generator(cfg: TrainConfig, size: tuple[int, int]) -> torch.nn.Module:
@@ -165,6 +168,7 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     if cfg.channels_last:
         for module in (generator, *discriminators.values()):
             module.to(memory_format=torch.channels_last)
+    ema = WeightAverage(generator, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
     # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
     opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
     # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
@@ -173,7 +177,7 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}
-    return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools)
+    return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools, ema)
 
 
 def compile_parts(parts: Parts) -> None:
@@ -232,6 +236,8 @@ def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.
     parts.opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(parts.opt_g)
+    if parts.ema is not None:
+        parts.ema.update(_unwrap(parts.generator))
 
     # -- discriminators: real pairs against generated ones (through the history pools)
     if discriminators:
@@ -316,6 +322,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     parts = build(cfg, device, size)  # before the loader starts: a missing VGG-19 is reported at once
     if cfg.init_weights is not None and not cfg.resume:
         load_init_weights(parts.generator, cfg.init_weights)
+        if parts.ema is not None:
+            parts.ema.reset(parts.generator)
     loader = _train_loader(cfg, train_set, rank, world)
     steps = total_steps(cfg, train_pairs)
     val_batch = _validation_batch(cfg) if rank == 0 else None
@@ -549,7 +557,10 @@ def _validation_batch(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
 
 def _restore(run_dir: Path, parts: Parts, device: torch.device) -> Position:
     """Load the run folder's newest checkpoint into ``parts`` (models, optimizers, scaler, pools); where it was."""
-    state = load_checkpoint(run_dir, parts.generator, parts.discriminators, device)
+    state = load_checkpoint(run_dir, parts.generator, parts.discriminators, device,
+                            average=parts.ema.model if parts.ema is not None else None)
+    if parts.ema is not None:
+        parts.ema.updates = int(state.get("ema_updates", state["step"]))
     parts.opt_g.load_state_dict(state["opt_g"])
     if parts.opt_d is not None:
         parts.opt_d.load_state_dict(state["opt_d"])
@@ -670,8 +681,8 @@ def _samples(run_dir: Path, writer, parts: Parts, cfg: TrainConfig, inputs: Step
     writer.add_image("train/samples", grid, step)
     if val_batch is not None:
         size = (inputs.source_pose.shape[-2], inputs.source_pose.shape[-1])  # the pose maps' (H, W)
-        _validate(generator, parts.objective, prepare_batch(cfg, val_batch, inputs.source.device, size), cfg,
-                  writer, step)
+        shown = parts.ema.model if parts.ema is not None else generator
+        _validate(shown, parts.objective, prepare_batch(cfg, val_batch, inputs.source.device, size), cfg, writer, step)
 
 
 def _checkpoint(run_dir: Path, parts: Parts, at: Position, size: tuple[int, int], keep: int) -> None:
@@ -680,13 +691,17 @@ def _checkpoint(run_dir: Path, parts: Parts, at: Position, size: tuple[int, int]
              "opt_d": parts.opt_d.state_dict() if parts.opt_d is not None else {},
              "scaler": parts.scaler.state_dict(),
              "pools": {name: pool.state_dict() for name, pool in parts.pools.items()}}
+    if parts.ema is not None:
+        state["ema_updates"] = parts.ema.updates
     save_checkpoint(run_dir, at.step, _unwrap(parts.generator),
-                    {name: _unwrap(d) for name, d in parts.discriminators.items()}, state, size, keep)
+                    {name: _unwrap(d) for name, d in parts.discriminators.items()}, state, size, keep,
+                    average=parts.ema.model if parts.ema is not None else None)
 
 
 def _validate(generator: torch.nn.Module, objective: Objective, batch: StepBatch, cfg: TrainConfig, writer,
               step: int) -> None:
     """L1 and a sample grid of the fixed validation pairs, in eval mode (rank 0, the plain module)."""
+    training = generator.training  # the average's copy stays in eval mode
     generator.eval()
     with torch.no_grad(), _autocast(cfg, batch.source.device):
         generated = generated_image(generator(batch.source, batch.source_pose, batch.target_pose))
@@ -694,5 +709,5 @@ def _validate(generator: torch.nn.Module, objective: Objective, batch: StepBatch
         extra = objective.sample_columns(generator, batch)
     writer.add_image("val/samples", pair_grid(batch.source, batch.source_pose, batch.target_pose, generated,
                                               batch.target, extra=extra), step)
-    generator.train()
+    generator.train(training)
 
