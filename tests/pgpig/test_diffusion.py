@@ -289,3 +289,25 @@ def test_bad_network_output_and_schedule_are_one_line_errors(reference, diffusio
         diffusion.training_losses(three_channels, ref["x_start"], ref["t"], ref["source"], ref["pose"], ref["noise"])
     with pytest.raises(TrainError, match="schedule"):
         linear_betas(1000, 2e-2, 1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_the_official_cpu_numbers(reference) -> None:
+    """On CUDA with a CPU generator: the same noise, so the official CPU samples and losses within 1e-4 relative
+    (float32 convolutions without TF32; the tolerance is a guess until the first GPU run measures it)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    config, ref = reference
+    cuda = {k: v.cuda() for k, v in ref.items()}
+    schedule, n = config["schedule"], config["sample_batch"]
+    diffusion = Diffusion(linear_betas(schedule["num_steps"], schedule["start"], schedule["end"])).to("cuda")
+    net, guidance = _net(config).cuda(), Guidance(appearance_scale=config["cond_scale"])
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        keep = cuda["official_keep_source"]
+        terms = diffusion.training_losses(net, cuda["x_start"], cuda["t"], cuda["source"], cuda["pose"],
+                                          cuda["noise"], keep_source=keep, keep_pose=torch.ones_like(keep))
+        sample = ddim_sample(net, diffusion, cuda["source"][:n], cuda["pose"][:n],
+                             torch.Generator().manual_seed(config["ddim_seed"]), steps=config["ddim"]["steps"],
+                             guidance=guidance)
+    _close(terms["loss"].detach().cpu(), ref["loss"], rtol=1e-4)
+    _close(sample.cpu(), ref["ddim_eta0.0"], rtol=1e-4)
