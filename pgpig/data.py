@@ -5,7 +5,9 @@ recipe crop reproducible from ``(seed, epoch)``), ``make_loader`` deals them out
 trainer's device from a batch's keypoints: PATN's Gaussians (``render_pose_maps``; Zhu et al., CVPR 2019,
 arXiv:1904.03349, ``pose_utils.cords_to_map``), PG2's binary disks (``render_pose_disks``) and PG2's body mask
 (``render_pg2_masks``; Ma et al., NeurIPS 2017, arXiv:1705.09368, from the official
-charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and ``convert_market.py``).
+charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and ``convert_market.py``); PIDM's
+stick figure and limb distances (``render_pose_sticks``; Bhunia et al., CVPR 2023, arXiv:2211.12500, from the
+official ankanbhunia/PIDM ``data/fashion_data.py``) are drawn on the host with OpenCV, as the official.
 Details and the reasons behind them: ``docs/data.md``.
 """
 
@@ -232,7 +234,8 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.
     kp = keypoints.detach().to("cpu", torch.float64).numpy()
     out = np.empty((kp.shape[0], POSE_STICK_CHANNELS, h, w), np.uint8)
     # OpenCV releases the GIL, so threads draw several skeletons at once
-    threads = min(kp.shape[0], len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(kp.shape[0], cores)
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(_pidm_pose_image, kp, out))
