@@ -67,9 +67,10 @@ class TrainConfig:
     """Columns cut from each side of the stored images: 40 turns DeepFashion 256x256 into PATN's 256x176."""
     sigma: float = 6.0
     """Standard deviation in pixels of the Gaussian pose maps (PATN: 6)."""
-    pose_encoding: Literal["gaussian", "disk"] = "gaussian"
-    """Pose maps fed to the generator: ``gaussian`` (PATN's, ``sigma``) or ``disk`` (PG2's binary disks of
-    ``pose_radius``, the official ``_getSparsePose`` 'Solid' maps)."""
+    pose_encoding: Literal["gaussian", "disk", "sticks"] = "gaussian"
+    """Pose maps fed to the generator: ``gaussian`` (PATN's, ``sigma``), ``disk`` (PG2's binary disks of
+    ``pose_radius``, the official ``_getSparsePose`` 'Solid' maps) or ``sticks`` (PIDM's 20 channels: an RGB stick
+    figure and 17 limb distance maps, the official ``get_label_tensor``)."""
     pose_radius: int = 4
     """Radius in pixels of the ``disk`` pose maps (PG2: 4 on both data sets)."""
     mask_radius: int = 4

@@ -5,7 +5,9 @@ recipe crop reproducible from ``(seed, epoch)``), ``make_loader`` deals them out
 trainer's device from a batch's keypoints: PATN's Gaussians (``render_pose_maps``; Zhu et al., CVPR 2019,
 arXiv:1904.03349, ``pose_utils.cords_to_map``), PG2's binary disks (``render_pose_disks``) and PG2's body mask
 (``render_pg2_masks``; Ma et al., NeurIPS 2017, arXiv:1705.09368, from the official
-charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and ``convert_market.py``).
+charliememory/Pose-Guided-Person-Image-Generation ``datasets/convert_DF.py`` and ``convert_market.py``); PIDM's
+stick figure and limb distances (``render_pose_sticks``; Bhunia et al., CVPR 2023, arXiv:2211.12500, from the
+official ankanbhunia/PIDM ``data/fashion_data.py``) are drawn on the host with OpenCV, as the official.
 Details and the reasons behind them: ``docs/data.md``.
 """
 
@@ -15,6 +17,7 @@ import functools
 import math
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +38,15 @@ __all__ = [
     "PairSampler",
     "crop_width",
     "PG2_MASK_LIMBS",
+    "PIDM_COLOURS",
+    "PIDM_LIMBS",
+    "POSE_STICK_CHANNELS",
     "close_square",
     "make_loader",
     "render_pg2_masks",
     "render_pose_disks",
     "render_pose_maps",
+    "render_pose_sticks",
     "start_epoch",
 ]
 
@@ -139,6 +146,103 @@ def render_pose_disks(keypoints: torch.Tensor, size: tuple[int, int], radius: in
     kp = keypoints.to(torch.float64).reshape(b * NUM_KEYPOINTS, 1, 2)
     maps = _stamp_disks(kp, _visible(kp), (h, w), int(radius))
     return maps.reshape(b, NUM_KEYPOINTS, h, w).to(dtype)
+
+
+# PIDM's ``limbSeq`` of ``get_label_tensor`` (1-based there) in 0-based OpenPose-18 indices: the first 17 of its 19
+# entries, the ones its loop draws (the last two, right shoulder to right ear and left shoulder to left ear, never are)
+PIDM_LIMBS: tuple[tuple[int, int], ...] = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+    (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+
+# the OpenPose palette of PIDM's ``colors``, joint j's circle and limb j's stick; the official canvas takes these
+# triples as BGR, so in its RGB output they come out with red and blue swapped
+PIDM_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+    (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+)
+
+POSE_STICK_CHANNELS = 3 + len(PIDM_LIMBS)
+"""Channels of ``render_pose_sticks``: the RGB stick figure and one distance map per limb."""
+
+
+def _stick_polygon(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The official limb polygon from joint ``a`` to ``b`` (float64 ``(x, y)``): a filled ellipse of half-axes
+    ``(int(length / 2), 4)`` around the midpoint, the arithmetic and truncations as PIDM writes them."""
+    import cv2
+
+    # the official names the x coordinates Y and the y coordinates X; the angle is that of b -> a in the image
+    mid_x, mid_y = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    length = ((a[1] - b[1]) ** 2 + (a[0] - b[0]) ** 2) ** 0.5
+    angle = math.degrees(math.atan2(a[1] - b[1], a[0] - b[0]))
+    return cv2.ellipse2Poly((int(mid_x), int(mid_y)), (int(length / 2), 4), int(angle), 0, 360, 1)
+
+
+def _pidm_pose_image(kp: np.ndarray, out: np.ndarray) -> None:
+    """PIDM's pose input of one skeleton, ``kp (18, 2)`` float64, written into ``out (20, H, W)`` uint8."""
+    import cv2
+
+    h, w = out.shape[1:]
+    missing = kp == MISSING  # (18, 2): the official skips a joint when either coordinate is -1
+    canvas = np.zeros((h, w, 3), np.uint8)
+    for j in range(NUM_KEYPOINTS):
+        if not missing[j].any():
+            cv2.circle(canvas, (int(kp[j, 0]), int(kp[j, 1])), 4, PIDM_COLOURS[j], thickness=-1)
+    for k, (a, b) in enumerate(PIDM_LIMBS):
+        if missing[a].any() or missing[b].any():
+            out[3 + k] = 255  # the distance to an empty limb is OpenCV's FLT_MAX, clipped
+            continue
+        polygon = _stick_polygon(kp[a], kp[b])
+        stick = canvas.copy()
+        cv2.fillConvexPoly(stick, polygon, PIDM_COLOURS[k])
+        canvas = cv2.addWeighted(canvas, 0.4, stick, 0.6, 0)
+        # the official's limb mask is 255 on the polygon (blending it with itself, 0.4 + 0.6, leaves it so), and
+        # its distance transform runs on 255 minus that mask: this background
+        background = np.full((h, w), 255, np.uint8)
+        cv2.fillConvexPoly(background, polygon, 0)
+        distance = cv2.distanceTransform(background, cv2.DIST_L1, 3)  # float32 integers, 0 on the limb
+        # the official clip(distance / 3, 0, 255) truncated to uint8 is floor(d / 3) capped at 255; for an integer
+        # d that is |d / 3 - 1 / 3| rounded to nearest (never a tie) and saturated: one OpenCV pass, not three
+        cv2.convertScaleAbs(distance, out[3 + k], 1 / 3, -1 / 3)
+    out[:3] = canvas.transpose(2, 0, 1)[::-1]  # the BGR canvas as RGB
+
+
+def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIDM's 20-channel pose input (Bhunia et al., CVPR 2023, arXiv:2211.12500; the official ankanbhunia/PIDM
+    ``data/fashion_data.py`` ``get_label_tensor``), drawn with OpenCV on the host, one skeleton at a time, as the
+    official loader does, and returned on the keypoints' device.
+
+    Channels 0-2: an RGB stick figure on black: a filled circle of radius 4 at ``(int(x), int(y))`` per joint,
+    then for each limb of ``PIDM_LIMBS`` in turn a filled ellipse polygon (``cv2.ellipse2Poly`` around the
+    truncated midpoint, half-axes ``(int(length / 2), 4)``, the truncated angle) blended over the figure so far at
+    0.6 (``PIDM_COLOURS``, red and blue swapped as the official). Channels 3-19: per limb, the L1 distance
+    (``cv2.distanceTransform``, 3x3 mask) from the limb's polygon divided by 3, truncated to uint8 (255 at most,
+    and 255 everywhere for a limb not drawn). A joint with either coordinate -1 is skipped, and so is every limb
+    touching it. Coordinates are the image's: PIDM's own keypoints come from PATN's 176-wide frame scaled to
+    the image (its ``trans_keypoins``); here they are taken as given.
+
+    Args:
+        keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
+        size: ``(H, W)`` of the maps.
+
+    Returns:
+        ``(B, 20, H, W)`` float32 in ``[0, 1]``: the uint8 values over 255, as the official ``to_tensor``.
+    """
+    _check_keypoints(keypoints)
+    h, w = int(size[0]), int(size[1])
+    kp = keypoints.detach().to("cpu", torch.float64).numpy()
+    out = np.empty((kp.shape[0], POSE_STICK_CHANNELS, h, w), np.uint8)
+    # OpenCV releases the GIL, so threads draw several skeletons at once
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(kp.shape[0], cores)
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(_pidm_pose_image, kp, out))
+    elif kp.shape[0]:
+        _pidm_pose_image(kp[0], out[0])
+    # uint8 crosses to the device, a quarter of the bytes; to_tensor's float32 division happens there
+    return torch.from_numpy(out).to(keypoints.device).float().div_(255)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,6 +1,7 @@
 """Sample pictures of training and ``pgpig generate``: image columns side by side as one uint8 grid, and PNG files.
 
-A grid row is one pair; its columns are images in ``[-1, 1]`` (source, poses drawn grey, generated, target).
+A grid row is one pair; its columns are images in ``[-1, 1]`` (source, poses drawn grey or as PIDM's stick figure,
+generated, target).
 The grids of training and of ``pgpig generate --grid`` carry a header strip naming each column.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgpig.data import POSE_STICK_CHANNELS
 from schemas.files import atomic_path
 
 __all__ = ["PAIR_LABELS", "SAMPLE_ROWS", "label_columns", "pair_grid", "pose_image", "sample_grid", "save_png"]
@@ -28,7 +30,10 @@ _FONT_SIZES = range(14, 7, -1)  # pixels; 8 is the smallest that stays legible
 
 
 def pose_image(pose_maps: torch.Tensor) -> torch.Tensor:
-    """``(B, 18, H, W)`` in ``[0, 1]`` → ``(B, 3, H, W)`` grey in ``[-1, 1]``: the max over the joint channels."""
+    """``(B, C, H, W)`` pose maps in ``[0, 1]`` → ``(B, 3, H, W)`` in ``[-1, 1]``: PIDM's 20 channels
+    (``render_pose_sticks``) show their RGB stick figure, channels 0-2; 18 joint channels show their max, grey."""
+    if pose_maps.shape[1] == POSE_STICK_CHANNELS:
+        return pose_maps[:, :3] * 2 - 1
     return (pose_maps.amax(dim=1, keepdim=True) * 2 - 1).expand(-1, 3, -1, -1)
 
 

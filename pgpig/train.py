@@ -40,7 +40,15 @@ from tqdm import tqdm
 from pgpig import models
 from pgpig.checkpoint import CHECKPOINTS, load_checkpoint, load_init_weights, save_checkpoint, step_folders
 from pgpig.config import TrainConfig, check_config, config_dict, resolve_amp, resolve_speed
-from pgpig.data import PairDataset, make_loader, render_pose_disks, render_pose_maps, start_epoch
+from pgpig.data import (
+    POSE_STICK_CHANNELS,
+    PairDataset,
+    make_loader,
+    render_pose_disks,
+    render_pose_maps,
+    render_pose_sticks,
+    start_epoch,
+)
 from pgpig.ema import WeightAverage
 from pgpig.errors import TrainError
 from pgpig.losses import l1_loss
@@ -49,9 +57,11 @@ from pgpig.models.objective import Objective, StepBatch, generated_image
 from pgpig.samples import pair_grid, save_png
 from pipeline.devices import resolve_device
 from schemas.files import atomic_path
+from schemas.keypoints import NUM_KEYPOINTS
 
 __all__ = ["AMP_DTYPES", "HistoryPool", "Parts", "TrainInterrupted", "build", "build_generator", "compile_parts",
-           "lr_factor", "pose_maps", "prepare_batch", "steps_per_schedule_epoch", "total_steps", "train", "train_step"]
+           "lr_factor", "pose_channels", "pose_maps", "prepare_batch", "steps_per_schedule_epoch", "total_steps",
+           "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -86,12 +96,20 @@ def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
 
 
 def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The pose maps ``(B, 18, H, W)`` a run of ``cfg`` feeds its generator, from ``(B, 18, 2)`` keypoints, on their
-    device (training, validation and ``pgpig generate`` all render them here): Gaussians of ``sigma``, or PG2's
-    binary disks of ``pose_radius`` (``pose_encoding``), in ``[0, 1]``."""
+    """The pose maps ``(B, pose_channels(cfg), H, W)`` a run of ``cfg`` feeds its generator, from ``(B, 18, 2)``
+    keypoints, on their device (training, validation and ``pgpig generate`` all render them here): Gaussians of
+    ``sigma``, PG2's binary disks of ``pose_radius`` or PIDM's stick figure and limb distances
+    (``pose_encoding``), in ``[0, 1]``."""
     if cfg.pose_encoding == "disk":
         return render_pose_disks(keypoints, size, cfg.pose_radius)
+    if cfg.pose_encoding == "sticks":
+        return render_pose_sticks(keypoints, size)
     return render_pose_maps(keypoints, size, cfg.sigma)
+
+
+def pose_channels(cfg: TrainConfig) -> int:
+    """Channels of ``pose_maps(cfg, ...)``: 18, one per joint, or PIDM's 20 (``sticks``)."""
+    return POSE_STICK_CHANNELS if cfg.pose_encoding == "sticks" else NUM_KEYPOINTS
 
 
 # ---------------------------------------------------------------------------------------------------- one step
