@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torchvision.models import inception_v3
 
 from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
-from pgpig.evaluate import evaluate, pair_file_name, read_names
+from pgpig.evaluate import compare, evaluate, pair_file_name, read_names
 from pgpig.metrics import WeightsUnavailable, fid_extractor, torchvision_inception_extractor
 
 WEIGHTS = "inception_v3_google-0cc3c7bd.pth"
@@ -97,3 +98,10 @@ def test_eval_fid_of_the_test_images_against_themselves_is_zero_and_records_the_
     assert result["rows"]["model"]["fid"] == pytest.approx(0.0, abs=1e-6)
     settings = result["settings"]
     assert settings["fid_network"] == "torchvision" and settings["fid_features"].startswith("torchvision inception_v3")
+    # FIDs of two networks do not sit in one column; an eval.json without the key counts as tf
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    del written["settings"]["fid_network"]
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(written))
+    with pytest.raises(TrainError, match=r"different --fid-network \(tf, torchvision\)"):
+        compare([tmp_path / "eval" / "eval.json", older])
