@@ -214,11 +214,11 @@ def official_pckh(args, ported: Path, script: str, annotations: Path, folder: Pa
     return line
 
 
-def gfla_single(args, ported: Path, ports: list[str], layout: str = "market") -> dict:
-    """GFLA's ``Reconstruction_Metrics.calculate_from_disk`` (the ``SSIM`` and ``SSIM_256`` lines of its
-    ``script/metrics.py``) on single PNG images named ``<source stem>_2_<target stem>_vis.png`` against the raw test
-    images, the loaders' layout from ``export-pairs --images``; ours with ``--target-from shards``. ``layout``:
-    ``market`` (128x64) or ``deepfashion`` (256x256, GFLA's frame of ``img_highres``: no crop)."""
+def gfla_folders(args, layout: str = "market") -> tuple[Path, Path, Path]:
+    """``(work, shards, images)``: mannequin test shards of ``layout``, their raw test images exported as GFLA's
+    loaders read them (``work/data/test/<name>.jpg``, ``export-pairs --images``) and ``args.pairs`` single PNG
+    "generated" images named ``<source stem>_2_<target stem>_vis.png`` (the target plus seeded noise).
+    ``layout``: ``market`` (128x64) or ``deepfashion`` (256x256, GFLA's frame of ``img_highres``: no crop)."""
     market = layout == "market"
     work = args.work / ("gfla-market" if market else "gfla-fashion")
     if market:
@@ -237,6 +237,14 @@ def gfla_single(args, ported: Path, ports: list[str], layout: str = "market") ->
         fake = (target + args.noise * torch.randn(target.shape, generator=generator)).clamp(-1, 1)
         name = f"{Path(names[int(s)]).stem}_2_{Path(names[int(t)]).stem}_vis.png"
         Image.fromarray(tensor2im(fake)).save(folder / name)
+    return work, shards, folder
+
+
+def gfla_single(args, ported: Path, ports: list[str], layout: str = "market") -> dict:
+    """GFLA's ``Reconstruction_Metrics.calculate_from_disk`` (the ``SSIM`` and ``SSIM_256`` lines of its
+    ``script/metrics.py``) on ``gfla_folders`` against the raw test images; ours with ``--target-from shards``."""
+    market = layout == "market"
+    work, shards, folder = gfla_folders(args, layout)
     # the module's top imports GFLA's InceptionV3 and LPIPS model (FID, LPIPS: not run): empty modules stand in
     code = (f"import sys, types; sys.path.insert(0, {str(ported)!r})\n"
             "for n in ('script', 'script.inception', 'script.PerceptualSimilarity', "

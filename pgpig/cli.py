@@ -239,6 +239,10 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
 @click.option("--fid-reference", type=click.Choice(["train", "test"]), default=None,
               help=with_default("Real images of FID: the train split's stored images (GFLA's protocol) or the test "
                                 "split's.", EvalConfig, "fid_reference"))
+@click.option("--fid-network", type=click.Choice(["tf", "torchvision"]), default=None,
+              help=with_default("FID features: tf (the TensorFlow FID Inception, most papers) or torchvision "
+                                "(torchvision's ImageNet Inception-v3 as GFLA's and DPTN's metrics.py feed it).",
+                                EvalConfig, "fid_network"))
 @click.option("--no-baseline", is_flag=True, help="Leave out the copy-source row.")
 @click.option("--max-pairs", type=click.IntRange(1), default=None, help="Only the first N pairs (a quick look).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
@@ -247,8 +251,9 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
               help=with_default("DataLoader worker processes.", EvalConfig, "num_workers"))
 @click.option("--device", default=None, help=with_default("auto, cpu, cuda or cuda:N.", EvalConfig, "device"))
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with weights-inception-2015-12-05-6726825d.pth (FID) and alexnet-owt-7be5be79.pth "
-              "(LPIPS) [default: torch hub's cache, downloaded when online].")
+              help="Folder with weights-inception-2015-12-05-6726825d.pth (FID), inception_v3_google-0cc3c7bd.pth "
+              "(FID with --fid-network torchvision) and alexnet-owt-7be5be79.pth (LPIPS) [default: torch hub's cache, "
+              "downloaded when online].")
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for PCKh [default: the embedded yolo11n-pose.pt].")
 @click.option("--pckh-protocol", type=click.Choice(["strict", "patn"]), default=None,
@@ -259,8 +264,8 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors(TrainError)
 def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
-                 fid_reference, no_baseline, max_pairs, batch_size, workers, device, weights_dir, pose_model,
-                 pckh_protocol, quiet) -> None:
+                 fid_reference, fid_network, no_baseline, max_pairs, batch_size, workers, device, weights_dir,
+                 pose_model, pckh_protocol, quiet) -> None:
     from pgpig.evaluate import compare, evaluate
 
     names = None
@@ -268,7 +273,7 @@ def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, sp
         names = tuple(m.strip() for m in metrics.split(",") if m.strip())
     cfg = EvalConfig(**given(shards=shards, split=split, run_dir=run_dir, generated=generated,
                              target_from=target_from, out=out, metrics=names, ssim=ssim_setting,
-                             fid_reference=fid_reference, max_pairs=max_pairs,
+                             fid_reference=fid_reference, fid_network=fid_network, max_pairs=max_pairs,
                              batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
                              pose_model=pose_model, pckh_protocol=pckh_protocol), baseline=not no_baseline,
                     progress=not quiet)

@@ -413,6 +413,9 @@ class EvalConfig:
     """The SSIM setting reported as ``ssim``: patn, gfla or pg2."""
     fid_reference: str = "train"
     """Real images of FID: the ``train`` split's stored images (GFLA) or the ``test`` split's."""
+    fid_network: str = "tf"
+    """FID features: ``tf`` (the TensorFlow FID Inception) or ``torchvision`` (GFLA's and DPTN's: torchvision's
+    ImageNet Inception-v3, ``pgpig.metrics.FID_NETWORKS``)."""
     lpips_net: str = "alex"
     baseline: bool = True
     """Also score the copy-the-source baseline."""

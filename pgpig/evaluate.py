@@ -32,14 +32,15 @@ from pgpig.config import EvalConfig
 from pgpig.errors import TrainError
 from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
+    FID_NETWORKS,
     PCKH_PROTOCOLS,
     SSIM_SETTINGS,
     FeatureExtractor,
     FeatureStats,
     PCKhCounts,
     WeightsUnavailable,
+    fid_extractor,
     frechet_distance,
-    inception_extractor,
     l1_distance,
     lpips_network,
     patn_keypoints,
@@ -530,7 +531,7 @@ def _networks(cfg: EvalConfig, wanted: tuple[str, ...], explicit: bool, device: 
     if "fid" in wanted:
         try:
             extractor = cfg.feature_extractor if cfg.feature_extractor is not None else \
-                inception_extractor(cfg.weights_dir)
+                fid_extractor(cfg.fid_network, cfg.weights_dir)
             if isinstance(extractor, torch.nn.Module):
                 extractor = extractor.to(device)
         except WeightsUnavailable as exc:
@@ -705,6 +706,8 @@ def _check(cfg: EvalConfig) -> None:
                          "writes single images, score them with --target-from shards")
     if cfg.fid_reference not in ("train", "test"):
         raise TrainError(f"--fid-reference {cfg.fid_reference}: use train or test")
+    if cfg.fid_network not in FID_NETWORKS:
+        raise TrainError(f"--fid-network {cfg.fid_network}: use one of {', '.join(FID_NETWORKS)}")
     if cfg.pckh_protocol not in PCKH_PROTOCOLS:
         raise TrainError(f"--pckh-protocol {cfg.pckh_protocol}: use one of {', '.join(PCKH_PROTOCOLS)}")
     unknown = [m for m in (cfg.metrics or ()) if m not in ALL_METRICS]
@@ -867,7 +870,8 @@ def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dic
     return {
         "ssim": cfg.ssim, "ssim_settings": {k: asdict(v) for k, v in SSIM_SETTINGS.items()},
         "mask": "PATN produce_ma_mask of the target keypoints", "lpips_net": cfg.lpips_net,
-        "fid_features": getattr(extractor, "name", None), "fid_reference": fid_info,
+        "fid_network": cfg.fid_network, "fid_features": getattr(extractor, "name", None),
+        "fid_reference": fid_info,
         "pckh_alpha": cfg.alpha, "pckh_head": "bounding box of the visible nose, neck, eyes, ears (>= 2)",
         "pckh_protocol": cfg.pckh_protocol, "pckh_patn_crop": pckh_crop,
         "pose_model": str(cfg.pose_model) if cfg.pose_model else "embedded yolo11n-pose",
@@ -1008,7 +1012,7 @@ def _load_result(path: Path, split: str) -> tuple[dict[str, Any], Path]:
 
 
 _PROTOCOL_SETTINGS = (("--ssim", "ssim", "patn"), ("--target-from", "target_from", "shards"),
-                      ("--pckh-protocol", "pckh_protocol", "strict"))
+                      ("--pckh-protocol", "pckh_protocol", "strict"), ("--fid-network", "fid_network", "tf"))
 """Settings that change what a column means: (flag, ``eval.json`` settings key, value of an older file without it)."""
 
 

@@ -34,6 +34,7 @@ from schemas.keypoints import KEYPOINT_NAMES, MISSING, NUM_KEYPOINTS
 from schemas.patn import integer_keypoints
 
 __all__ = [
+    "FID_NETWORKS",
     "FeatureExtractor",
     "FeatureStats",
     "HEAD_JOINTS",
@@ -46,6 +47,7 @@ __all__ = [
     "WeightsUnavailable",
     "frechet_distance",
     "head_size",
+    "fid_extractor",
     "inception_extractor",
     "l1_distance",
     "lpips_network",
@@ -53,6 +55,7 @@ __all__ = [
     "pckh_counts",
     "pose_mask",
     "ssim",
+    "torchvision_inception_extractor",
 ]
 
 
@@ -426,6 +429,70 @@ def inception_extractor(weights_dir: str | Path | None = None) -> FeatureExtract
         raise WeightsUnavailable("FID needs the torch-fidelity package (its InceptionV3 port): "
                                  "pip install torch-fidelity") from None
     return _Inception(_find_weights(INCEPTION_URL, weights_dir, "FID Inception"))
+
+
+class _TorchvisionInception(nn.Module):
+    """torchvision's ImageNet Inception-v3 up to the 2048-D average pool, fed as GFLA's ``script/inception.py``
+    feeds it: RGB in [0, 1], bilinear resize to 299x299 (``align_corners=False``), then per channel
+    ``x * std / 0.5 + (mean - 0.5) / 0.5`` with ImageNet's mean and std (torchvision's ``transform_input``
+    applied to [0, 1] input, not to ImageNet-normalised input: GFLA's choice, kept)."""
+
+    name = "torchvision inception_v3 IMAGENET1K_V1 pool3 (GFLA script/inception.py: bilinear 299, [0, 1] input)"
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TrainError(f"FID torchvision Inception weights do not fit torchvision's inception_v3 "
+                             f"({str(exc).splitlines()[-1].strip()})") from None
+        self.blocks = nn.Sequential(
+            net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, net.maxpool1, net.Conv2d_3b_1x1,
+            net.Conv2d_4a_3x3, net.maxpool2, net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b,
+            net.Mixed_6c, net.Mixed_6d, net.Mixed_6e, net.Mixed_7a, net.Mixed_7b, net.Mixed_7c)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        self.register_buffer("scale", (std / 0.5).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> _TorchvisionInception:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 RGB → ``(B, 2048)`` float32."""
+        x = nn.functional.interpolate(images.float() / 255, size=(299, 299), mode="bilinear", align_corners=False)
+        x = self.blocks(x * self.scale + self.shift)
+        return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def torchvision_inception_extractor(weights_dir: str | Path | None = None) -> FeatureExtractor:
+    """GFLA's FID features (``script/inception.py``): 2048-D pool3 of torchvision's ImageNet ``inception_v3``.
+
+    ``WeightsUnavailable`` when ``inception_v3_google-0cc3c7bd.pth`` is not in ``weights_dir`` or torch hub's cache
+    and cannot be downloaded."""
+    from torchvision.models import Inception_V3_Weights
+
+    return _TorchvisionInception(_find_weights(Inception_V3_Weights.IMAGENET1K_V1.url, weights_dir,
+                                               "FID torchvision Inception"))
+
+
+FID_NETWORKS: tuple[str, ...] = ("tf", "torchvision")
+"""``tf``: the TensorFlow FID Inception (``inception_extractor``, most papers' FID). ``torchvision``: torchvision's
+ImageNet Inception-v3 as GFLA's and DPTN's ``metrics.py`` feed it (``torchvision_inception_extractor``)."""
+
+
+def fid_extractor(network: str = "tf", weights_dir: str | Path | None = None) -> FeatureExtractor:
+    """The FID feature extractor named by ``network`` (one of ``FID_NETWORKS``), on the CPU."""
+    if network == "tf":
+        return inception_extractor(weights_dir)
+    if network == "torchvision":
+        return torchvision_inception_extractor(weights_dir)
+    raise ValueError(f"unknown FID network {network!r}; use one of {', '.join(FID_NETWORKS)}")
 
 
 class FeatureStats:
