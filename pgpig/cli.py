@@ -21,18 +21,24 @@ from pipeline.options import given, with_default
 from pipeline.versions import package_version
 
 
-def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+def parse_set(items: tuple[str, ...], option: str = "--set") -> dict[str, Any]:
     """``("steps=10", "betas=[0.5, 0.9]")`` → ``{"steps": 10, "betas": [0.5, 0.9]}``; values are read as YAML."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint=option)
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise click.BadParameter(f"{item!r}: the value is not valid YAML", param_hint="--set") from None
+            raise click.BadParameter(f"{item!r}: the value is not valid YAML", param_hint=option) from None
     return out
+
+
+SAMPLING_OPTION = click.option(
+    "--sampling", "sampling", multiple=True, metavar="KEY=VALUE",
+    help="A diffusion run's (PIDM's) sampler setting over its config's: sampler=ddim|ddpm, sample_steps, sample_eta, "
+    "guidance_appearance, guidance_pose, guidance_null_pose, sample_seed; repeatable.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -170,8 +176,9 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
 @click.option("--device", default=None, help=f"auto, cpu, cuda or cuda:N [default: {DEFAULT_DEVICE}].")
 @click.option("--pose-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YOLO-pose weights for detection [default: the embedded yolo11n-pose.pt].")
+@SAMPLING_OPTION
 @report_errors(TrainError)
-def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_model) -> None:
+def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_model, sampling) -> None:
     """Draw the person of --source in the pose of --target-pose with a trained generator; prints the PNG's path.
 
     \b
@@ -188,7 +195,8 @@ def generate(run_dir, source, target_pose, source_pose, out, grid, device, pose_
     from pgpig.generate import generate as run_generate
 
     result = run_generate(run_dir, source, target_pose, source_pose=source_pose, out=out, grid=grid,
-                          device=device or DEFAULT_DEVICE, pose_model=pose_model)
+                          device=device or DEFAULT_DEVICE, pose_model=pose_model,
+                          sampling=parse_set(sampling, "--sampling") or None)
     click.echo(str(result["out"]))
     if result["grid"] is not None:
         click.echo(str(result["grid"]))
@@ -261,11 +269,12 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
                                 "images detected in the stored frame) or patn (PATN's calPCKH protocol: integer "
                                 "keypoints, DeepFashion detected on the 176-wide crop).", EvalConfig,
                                 "pckh_protocol"))
+@SAMPLING_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors(TrainError)
 def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
                  fid_reference, fid_network, no_baseline, max_pairs, batch_size, workers, device, weights_dir,
-                 pose_model, pckh_protocol, quiet) -> None:
+                 pose_model, pckh_protocol, sampling, quiet) -> None:
     from pgpig.evaluate import compare, evaluate
 
     names = None
@@ -275,7 +284,8 @@ def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, sp
                              target_from=target_from, out=out, metrics=names, ssim=ssim_setting,
                              fid_reference=fid_reference, fid_network=fid_network, max_pairs=max_pairs,
                              batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
-                             pose_model=pose_model, pckh_protocol=pckh_protocol), baseline=not no_baseline,
+                             pose_model=pose_model, pckh_protocol=pckh_protocol,
+                             sampling=parse_set(sampling, "--sampling") or None), baseline=not no_baseline,
                     progress=not quiet)
     if compare_runs:
         if run_dir is not None or generated is not None:

@@ -24,8 +24,8 @@ from pgpig.errors import TrainError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_DEVICE", "EvalConfig", "TrainConfig", "check_config", "config_dict", "load_config", "recipe_path",
-           "resolve_amp", "resolve_speed", "shipped_recipes"]
+__all__ = ["DEFAULT_DEVICE", "SAMPLING_FIELDS", "EvalConfig", "TrainConfig", "check_config", "config_dict",
+           "load_config", "recipe_path", "resolve_amp", "resolve_speed", "shipped_recipes"]
 
 DEFAULT_DEVICE = "auto"
 """The ``--device`` of every command: CUDA if available, else the CPU (``pipeline.devices.resolve_device``)."""
@@ -87,6 +87,13 @@ class TrainConfig:
     """The discriminators' learning rate is ``lr * d_lr_ratio`` (PATN: 1; GFLA and DPTN ``--ratio_g2d 0.1``)."""
     d_betas: tuple[float, float] | None = None
     """Adam betas of the discriminators; null: ``betas`` (GFLA: ``(0.0, 0.999)``; DPTN: null, its ``(0.5, 0.999)``)."""
+    lr_warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly from ``lr_warmup_start * lr`` to the schedule's (PIDM:
+    5000, tensorfn's ``cycle_scheduler`` warm-up phase that its config names); 0: none."""
+    lr_warmup_start: float = 0.04
+    """The warm-up's first multiplier of the learning rate (tensorfn's ``initial_multiplier`` default)."""
+    grad_clip: float = 0.0
+    """Clip the generator's gradient to this total norm before its step (PIDM: 1); 0: no clipping."""
     lr_policy: Literal["constant", "linear"] = "constant"
     """``constant``, or ``linear``: PATN's rule, constant, then linearly to 0 (``pgpig.train.lr_factor``)."""
     schedule_epoch_pairs: int | None = None
@@ -134,6 +141,35 @@ class TrainConfig:
     compile: bool | Literal["auto"] = False
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
     device only."""
+    channel_mult: tuple[int, ...] | None = None
+    """PIDM: each UNet level's width as a multiple of ``ngf``; null: the paper's ``(1, 1, 2, 2, 4, 4)`` (256 px)."""
+    attention_levels: tuple[int, ...] | None = None
+    """PIDM: the UNet levels whose blocks cross-attend to the source's features; null: the paper's ``(3, 4, 5)``
+    (the 32, 16 and 8 px levels of 256 px images)."""
+    embed_channels: int = 512
+    """PIDM: width of the timestep embedding the UNet's blocks are conditioned on (official ``embed_channels``)."""
+    diffusion_steps: int = 1000
+    """PIDM: steps of the linear noise schedule (betas 1e-4 to 2e-2, ``pgpig.diffusion``)."""
+    source_drop: float = 0.1
+    """PIDM: probability that a training sample's source image is dropped (classifier-free guidance; official 0.1)."""
+    pose_drop: float = 0.0
+    """PIDM: probability that a training sample's pose is dropped (the paper's disentangled guidance needs it > 0;
+    the official training never drops it)."""
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    """PIDM: how ``pgpig generate``, eval and the grids sample: DDIM over ``sample_steps`` or ancestral DDPM."""
+    sample_steps: int = 50
+    """PIDM: DDIM steps (the official prediction script: 50)."""
+    sample_eta: float = 0.0
+    """PIDM: DDIM's eta (0: deterministic given the starting noise)."""
+    guidance_appearance: float = 2.0
+    """PIDM: classifier-free guidance scale of the source's appearance (official ``cond_scale`` 2)."""
+    guidance_pose: float = 2.0
+    """PIDM: guidance scale of the pose; used only with ``guidance_null_pose`` (a model trained with pose_drop > 0)."""
+    guidance_null_pose: bool = False
+    """PIDM: the paper's disentangled guidance against a null pose and a null source; false: the official form,
+    the pose kept in every term (``docs/diffusion.md``)."""
+    sample_seed: int = 0
+    """PIDM: seed of the sampler's noise, drawn anew for each batch generated."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the generator's weights with this decay (0: none); its weights are
     the ones ``pgpig generate``, eval and the validation grids use (PIDM: 0.9999)."""
@@ -200,6 +236,8 @@ def _type_words(hint: Any) -> str:
         hint = next(a for a in args if a is not type(None))
         args = typing.get_args(hint)
     origin = typing.get_origin(hint)
+    if origin is tuple and args[-1] is Ellipsis:
+        return f"a list of values ({getattr(args[0], '__name__', args[0])})"
     if origin is tuple:
         return f"a list of {len(args)} values ({', '.join(getattr(a, '__name__', str(a)) for a in args)})"
     if origin is dict:
@@ -227,6 +265,10 @@ def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
     try:
         if hint is Path:
             return Path(value)
+        if origin is tuple and args[-1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return tuple(_coerce(name, v, args[0], where) for v in value)
         if origin is tuple:
             if not isinstance(value, (list, tuple)) or len(value) != len(args):
                 raise ValueError
@@ -334,19 +376,30 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
     return cfg
 
 
+SAMPLING_FIELDS = ("sampler", "sample_steps", "sample_eta", "guidance_appearance", "guidance_pose",
+                   "guidance_null_pose", "sample_seed")
+"""The config fields of how a diffusion generator samples, which ``pgpig generate`` and eval may change."""
+
+
 def check_config(cfg: TrainConfig) -> None:
     """``TrainError`` for values outside their allowed sets (the ``Literal`` fields) or ranges."""
     for name, hint in typing.get_type_hints(TrainConfig).items():  # a config built in Python skips the coercion
         _check_choice(name, getattr(cfg, name), hint)
     for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "ngf",
                  "n_blocks", "schedule_epoch_pairs", "lr_constant_epochs", "lr_decay_epochs", "stage", "pose_radius",
-                 "mask_radius"):
+                 "mask_radius", "diffusion_steps", "sample_steps", "embed_channels"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise TrainError(f"config field {name!r} must be at least 1, got {getattr(cfg, name)}")
     if cfg.d_lr_ratio <= 0:
         raise TrainError(f"config field 'd_lr_ratio' must be positive, got {cfg.d_lr_ratio}")
     if cfg.pool_size < 0:
         raise TrainError(f"config field 'pool_size' must be 0 or more, got {cfg.pool_size}")
+    for name in ("source_drop", "pose_drop"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise TrainError(f"config field {name!r} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.lr_warmup_steps < 0 or cfg.grad_clip < 0 or cfg.sample_eta < 0:
+        bad = next(n for n in ("lr_warmup_steps", "grad_clip", "sample_eta") if getattr(cfg, n) < 0)
+        raise TrainError(f"config field {bad!r} must be 0 or more, got {getattr(cfg, bad)}")
     if not 0 <= cfg.ema_decay < 1:
         raise TrainError(f"config field 'ema_decay' must be in [0, 1) (0: no average), got {cfg.ema_decay}")
     if cfg.ema_start < 0:
@@ -402,6 +455,9 @@ class EvalConfig:
     """A run folder of ``pgpig train``: generate, then score. Exactly one of ``run_dir`` and ``generated``."""
     generated: Path | None = None
     """A folder of images made elsewhere, named by the pairs (PATN or GFLA names)."""
+    sampling: dict[str, Any] | None = None
+    """A diffusion run's sampler settings for this evaluation (``SAMPLING_FIELDS`` of the run's config), over the
+    run's own."""
     target_from: str = "shards"
     """Each pair's target: ``shards`` (the stored image, the true target) or ``panel`` (the target slice of each
     PATN/XingGAN five-image panel of ``generated`` as read from the file, what the official scripts score against)."""

@@ -651,10 +651,13 @@ def _generate(cfg: EvalConfig, out: Path, files: list[Path], pair_indices: list[
     import cv2
 
     from pgpig.data import PairDataset, make_loader
-    run = load_generator(cfg.run_dir, cfg.device)
+    run = load_generator(cfg.run_dir, cfg.device, cfg.sampling)
     weights = Path(cfg.run_dir) / "generator.safetensors"
     stamp = {"generator_sha256": _sha256(weights), "step": run.step, "size": list(run.size),
              "crop_margin": run.config.crop_margin}
+    sampling = getattr(run.generator, "sampling", None)  # a diffusion model's sampler: part of what was generated
+    if sampling is not None:
+        stamp["sampling"] = sampling.as_dict()
     stamp_path = out / "generation.json"
     previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
     fresh = previous != stamp
@@ -666,6 +669,8 @@ def _generate(cfg: EvalConfig, out: Path, files: list[Path], pair_indices: list[
         f"{len(pending)} to do (step {run.step}, {run.device})")
     info = {"model": run.config.model, "step": run.step, "size": list(run.size),
             "crop_margin": run.config.crop_margin, "generator_sha256": stamp["generator_sha256"]}
+    if sampling is not None:
+        info["sampling"] = stamp["sampling"]
     if not pending:
         return info
     if fresh:
@@ -948,6 +953,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Targets (`--target-from {s['target_from']}`): {s['target']}.",
         _pckh_note(result),
     ]
+    sampling = (result.get("generator") or {}).get("sampling")
+    if sampling:
+        notes.append("- Sampled by " + ", ".join(f"{k} {v}" for k, v in sampling.items()) + ".")
     for name, reason in result["skipped"].items():
         notes.append(f"- {name} skipped: {reason}")
     if result["bad"]["count"]:

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pgpig.config import DEFAULT_DEVICE, TrainConfig, load_config
+from pgpig.config import DEFAULT_DEVICE, SAMPLING_FIELDS, TrainConfig, load_config
 from pgpig.data import crop_width, to_tensor
 from pgpig.errors import TrainError
 from pgpig.models.objective import generated_image
@@ -62,8 +62,10 @@ class GeneratorRun:
                                               self.pose_maps(target_kp)))
 
 
-def load_generator(run_dir: str | Path, device: str = DEFAULT_DEVICE) -> GeneratorRun:
-    """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run."""
+def load_generator(run_dir: str | Path, device: str = DEFAULT_DEVICE,
+                   sampling: dict[str, Any] | None = None) -> GeneratorRun:
+    """The generator of a run folder in eval mode on ``device``; ``TrainError`` for a folder that is not a run.
+    ``sampling``: a diffusion run's sampler settings (``SAMPLING_FIELDS``) over those in its config."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TrainError(f"{run_dir}: run folder not found")
@@ -72,7 +74,10 @@ def load_generator(run_dir: str | Path, device: str = DEFAULT_DEVICE) -> Generat
         raise TrainError(f"{run_dir}: no config.yaml, not a run folder written by `pgpig train`")
     if not weights_path.is_file():
         raise TrainError(f"{run_dir}: no generator.safetensors; the run has not written a checkpoint yet")
-    cfg = load_config(config_path)
+    unknown = sorted(set(sampling or {}) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise TrainError(f"--sampling {unknown[0]}: not a sampler setting; choose from {', '.join(SAMPLING_FIELDS)}")
+    cfg = load_config(config_path, sampling)
     try:
         with safe_open(str(weights_path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -240,7 +245,7 @@ def default_out(run_dir: str | Path, source: str | Path, target: str | Path) -> 
 
 def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *, source_pose: str | Path | None = None,
              out: str | Path | None = None, grid: bool = False, device: str = DEFAULT_DEVICE,
-             pose_model: str | Path | None = None) -> dict[str, Any]:
+             pose_model: str | Path | None = None, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate the source person in the target pose with a run's generator and write it as a PNG.
 
     Args:
@@ -254,12 +259,13 @@ def generate(run_dir: str | Path, source: str | Path, target_pose: str | Path, *
             header naming the columns.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the generator and the pose model).
         pose_model: YOLO-pose weights for detection; default the embedded YOLO11n-pose.
+        sampling: a diffusion run's sampler settings over its config's (``pgpig.config.SAMPLING_FIELDS``).
 
     Returns:
         ``{"out": Path, "grid": Path | None, "size": (H, W), "step": int}``.
     """
     source, target_pose = Path(source), Path(target_pose)
-    run = load_generator(run_dir, device)
+    run = load_generator(run_dir, device, sampling)
     detect = PoseDetector(run.device, pose_model)
 
     decoded = _read_image(source)

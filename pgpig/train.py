@@ -88,11 +88,15 @@ def total_steps(cfg: TrainConfig, train_pairs: int) -> int:
 
 def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
     """Multiplier of ``cfg.lr`` at ``step`` (0-based): 1, or PATN's linear decay by schedule epochs
-    (``docs/training.md``)."""
+    (``docs/training.md``), times the warm-up's ``lr_warmup_start + (1 - lr_warmup_start) * step / lr_warmup_steps``
+    until it reaches 1 (tensorfn's linear phase, which PIDM's scheduler steps before each optimizer step)."""
+    warmup = 1.0
+    if step < cfg.lr_warmup_steps:
+        warmup = cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * step / cfg.lr_warmup_steps
     if cfg.lr_policy == "constant":
-        return 1.0
+        return warmup
     epoch = step // steps_per_schedule_epoch(cfg, train_pairs) + 1  # counted from 1, as the official loop
-    return max(0.0, 1.0 - max(0, epoch + 1 - cfg.lr_constant_epochs) / (cfg.lr_decay_epochs + 1))
+    return warmup * max(0.0, 1.0 - max(0, epoch + 1 - cfg.lr_constant_epochs) / (cfg.lr_decay_epochs + 1))
 
 
 def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -253,6 +257,9 @@ def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.
     # -- generator backward and step
     parts.opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(parts.opt_g)
+        torch.nn.utils.clip_grad_norm_([p for g in parts.opt_g.param_groups for p in g["params"]], cfg.grad_clip)
     scaler.step(parts.opt_g)
     if parts.ema is not None:
         parts.ema.update(_unwrap(parts.generator))

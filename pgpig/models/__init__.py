@@ -67,4 +67,4 @@ def objective_class(name: str) -> type:
 
 
 # Importing the model modules registers them; they come last because they import ``register`` from here.
-from pgpig.models import dptn, gfla, patn, pg2, xinggan  # noqa: E402, F401
+from pgpig.models import dptn, gfla, patn, pg2, pidm, xinggan  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""The official checkpoints of PATN, XingGAN, GFLA and DPTN, loaded into pgpig's generators.
+"""The official checkpoints of PATN, XingGAN, GFLA, DPTN and PIDM, loaded into pgpig's generators.
 
 The released ``.pth`` files (tengteng95/Pose-Transfer, Ha0Tang/XingGAN, RenYurui/Global-Flow-Local-Attention,
 PangzeCheung/Dual-task-Pose-Transformer-Network) are plain ``torch.save(net.state_dict())`` files, and pgpig's
@@ -248,8 +248,59 @@ def _gfla() -> OfficialModel:
     return OfficialModel(build, _gfla_infer, _gfla_forward, _gfla_config, PAPER_SETTINGS, recipe="gfla-stage2")
 
 
+# ---------------------------------------------------------------------------------------------------- PIDM
+
+
+def _pidm_levels(c: dict[str, Any]) -> tuple[int, ...]:
+    """The UNet levels of ``attention_resolutions``: level ``l`` is at ``image_size / 2**l`` pixels."""
+    return tuple(level for level in range(len(c["channel_mult"]))
+                 if c["image_size"] // 2**level in c["attention_resolutions"])
+
+
+def _pidm_kwargs(c: dict[str, Any]) -> dict[str, Any]:
+    return {"ngf": c["model_channels"], "channel_mult": tuple(c["channel_mult"]), "num_res_blocks": c["num_res_blocks"],
+            "attention_levels": _pidm_levels(c), "embed_channels": c["embed_channels"], "dropout": c["dropout"],
+            "pose_channels": c["in_channels"] - 3, "out_channels": c["out_channels"]}
+
+
+def _pidm_infer(state: StateDict) -> dict[str, Any]:
+    """``BeatGANsAutoencConfig`` arguments from a state dict: the widths of the first and last convolutions and of
+    the time embedding; the levels, blocks and attention resolutions are the paper's (``--constructor`` for
+    others)."""
+    from pgpig.models.pidm import OFFICIAL_PAPER_CONFIG
+
+    first = _need(state, "input_blocks.0.0.weight")
+    return {**OFFICIAL_PAPER_CONFIG, "model_channels": first.shape[0], "in_channels": first.shape[1],
+            "out_channels": _need(state, "out.2.weight").shape[0],
+            "embed_channels": _need(state, "time_embed.time_embed.0.weight").shape[0]}
+
+
+def _pidm_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The official forward with every condition kept (``prob=1``): ``cat(x_t, target pose), t, source image`` ->
+    ``[noise and variance prediction]``."""
+    x, t, source = inputs
+    return [model(source, None, x[:, 3:], noisy=x[:, :3], timesteps=t)]
+
+
+def _pidm_config(c: dict[str, Any], dataset: str) -> dict[str, Any]:
+    return {"ngf": c["model_channels"], "channel_mult": list(c["channel_mult"]), "n_blocks": c["num_res_blocks"],
+            "attention_levels": list(_pidm_levels(c)), "embed_channels": c["embed_channels"], "dropout": c["dropout"],
+            "pose_encoding": "sticks"}
+
+
+def _pidm() -> OfficialModel:
+    def build(c: dict[str, Any]) -> nn.Module:
+        from pgpig import models
+
+        return models.create("pidm", **_pidm_kwargs(c))
+
+    from pgpig.models.pidm import OFFICIAL_PAPER_CONFIG
+
+    return OfficialModel(build, _pidm_infer, _pidm_forward, _pidm_config, {"deepfashion": OFFICIAL_PAPER_CONFIG})
+
+
 MODELS: dict[str, OfficialModel] = {"patn": _two_stream("patn"), "xinggan": _two_stream("xinggan"), "dptn": _dptn(),
-                                    "gfla": _gfla()}
+                                    "gfla": _gfla(), "pidm": _pidm()}
 """The importable generators by pgpig model name."""
 
 
@@ -337,12 +388,25 @@ def forward(name: str, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of an official checkpoint file: ``torch.load(weights_only=True)`` (anything that needs
-    unpickling arbitrary objects is refused) or safetensors, a flat ``{name: tensor}`` mapping."""
+    unpickling arbitrary objects is refused) or safetensors, a flat ``{name: tensor}`` mapping; of a training
+    checkpoint ``{"model": ..., "ema": ...}`` of plain tensors (PIDM's, less its pickled config), the average."""
     from pgpig.weights import read_state_dict
 
-    return read_state_dict(Path(path), "official checkpoint",
-                           "give the generator file the official repository saved (a plain state dict, e.g. "
-                           "latest_net_netG.pth / latest_net_G.pth)")
+    path = Path(path)
+    help_text = ("give the generator file the official repository saved (a plain state dict, e.g. "
+                 "latest_net_netG.pth / latest_net_G.pth); PIDM's last.pt also pickles its config object: save "
+                 "its weights alone where that code runs, e.g. torch.save(torch.load('last.pt')['ema'], "
+                 "'pidm_ema.pt'), and import that")
+    if path.suffix != ".safetensors":
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # read_state_dict names the reason
+            loaded = None
+        if isinstance(loaded, dict) and isinstance(loaded.get("ema"), dict):
+            loaded = loaded["ema"]
+            if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+                return loaded
+    return read_state_dict(path, "official checkpoint", help_text)
 
 
 # ---------------------------------------------------------------------------------------------------- run folders

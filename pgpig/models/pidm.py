@@ -16,15 +16,20 @@ its checkpoints' ``model``/``ema`` dicts load with ``load_state_dict``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgpig.diffusion import Diffusion, Guidance, ddim_sample, ddpm_sample, draw_keep_masks, linear_betas
 from pgpig.errors import TrainError
+from pgpig.models import create, register
+from pgpig.models.objective import Objective, StepBatch
 
-__all__ = ["PAPER_SETTINGS", "CrossAttention", "PIDMUNet", "ResBlock", "SourceEncoder", "UnusedWeights",
-           "timestep_embedding"]
+__all__ = ["OFFICIAL_PAPER_CONFIG", "PAPER_SETTINGS", "PIDM", "CrossAttention", "DiffusionObjective", "PIDMUNet",
+           "ResBlock", "Sampling", "SourceEncoder", "UnusedWeights", "timestep_embedding"]
 
 # get_model_conf(): model_channels 128, channel_mult (1, 1, 2, 2, 4, 4), 2 res blocks a level, embed 512, dropout 0.1,
 # attention at resolutions (32, 16, 8) of image_size 256, i.e. at levels 3, 4 and 5; in 3 + 20, out 3 * 2.
@@ -32,6 +37,13 @@ PAPER_SETTINGS: dict[str, object] = {
     "ngf": 128, "channel_mult": (1, 1, 2, 2, 4, 4), "num_res_blocks": 2, "attention_levels": (3, 4, 5),
     "embed_channels": 512, "dropout": 0.1, "image_channels": 3, "pose_channels": 20, "out_channels": 6,
 }
+
+
+OFFICIAL_PAPER_CONFIG: dict[str, object] = {
+    "model_channels": 128, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
+    "attention_resolutions": [32, 16, 8], "image_size": 256, "embed_channels": 512, "dropout": 0.1,
+    "in_channels": 23, "out_channels": 6}
+"""``PAPER_SETTINGS`` by the official ``BeatGANsAutoencConfig`` names (``pgpig import-official --constructor``)."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -322,3 +334,124 @@ class PIDMUNet(nn.Module):
         if h % self.downsampling or w % self.downsampling:
             raise TrainError(f"PIDM needs H and W multiples of {self.downsampling}, got {h}x{w} "
                              f"(pad or resize, e.g. 256x176 to 256x192 or 256x256)")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a trained PIDM generates: the sampler, its steps and eta, the guidance and the noise's seed."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance: Guidance = Guidance()
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """The settings for a results table (eval.json); DDPM has no step count or eta of its own."""
+        out: dict[str, object] = {"sampler": self.sampler, **self.guidance.as_dict(), "seed": self.seed}
+        if self.sampler == "ddim":
+            out.update(steps=self.steps, eta=self.eta)
+        return out
+
+
+class PIDM(PIDMUNet):
+    """PIDM as a pgpig generator: ``forward(source_image, source_pose, target_pose)`` samples the target image
+    ``(B, 3, H, W)`` in [-1, 1] by ``sampling`` (the registry's interface, which ``pgpig generate`` and eval call),
+    and with ``noisy``/``timesteps`` it is the denoising network (the training loss's call, through any DDP or
+    compile wrapper). ``source_pose`` is not used. State-dict keys are ``PIDMUNet``'s, the official model's."""
+
+    def __init__(self, *args: object, sampling: Sampling = Sampling(), diffusion_steps: int = 1000,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampling = sampling
+        with torch.device("cpu"):  # also when the network is built on the meta device (official imports)
+            self.diffusion = Diffusion(linear_betas(diffusion_steps))
+
+    def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor | None, target_pose: torch.Tensor, *,
+                noisy: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
+                keep_source: torch.Tensor | None = None, keep_pose: torch.Tensor | None = None) -> torch.Tensor:
+        if noisy is None:
+            return self.sample(source_image, target_pose)
+        return super().forward(noisy, timesteps, source_image, target_pose, keep_source=keep_source,
+                               keep_pose=keep_pose)
+
+    @torch.no_grad()
+    def sample(self, source_image: torch.Tensor, target_pose: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [-1, 1] for a batch: every call starts a CPU generator from ``sampling.seed``
+        (the same noise on any device); the source's features are computed once per guidance term."""
+        s = self.sampling
+        features: dict[tuple[bool, ...] | None, list[torch.Tensor]] = {}
+
+        def net(x_t: torch.Tensor, t: torch.Tensor, source: torch.Tensor, pose: torch.Tensor, *,
+                keep_source: torch.Tensor | None = None, keep_pose: torch.Tensor | None = None) -> torch.Tensor:
+            key = None if keep_source is None else tuple(keep_source.tolist())
+            if key not in features:  # the terms' source masks stay the same over the steps
+                features[key] = self.encode_source(source, keep_source)
+            return self.denoise(x_t, t, features[key], pose, keep_pose)
+
+        generator = torch.Generator().manual_seed(s.seed)
+        if s.sampler == "ddpm":
+            images = ddpm_sample(net, self.diffusion, source_image, target_pose, generator, guidance=s.guidance)
+        else:
+            images = ddim_sample(net, self.diffusion, source_image, target_pose, generator, steps=s.steps, eta=s.eta,
+                                 guidance=s.guidance)
+        return images.clamp(-1.0, 1.0)
+
+
+class DiffusionObjective(Objective):
+    """PIDM's training: the hybrid loss (noise MSE + variational bound) at a uniform random step, with the source
+    (and, if asked, the pose) dropped per sample for classifier-free guidance (``pgpig.diffusion``). No
+    discriminators, no perceptual loss. The generated image it reports is the one-step estimate of the target."""
+
+    @classmethod
+    def build_generator(cls, cfg: Any, size: tuple[int, int]) -> nn.Module:
+        from pgpig.train import pose_channels  # pgpig.train imports the models
+
+        levels = tuple(cfg.channel_mult or PAPER_SETTINGS["channel_mult"])
+        step = 2 ** (len(levels) - 1)
+        if size[0] % step or size[1] % step:
+            raise TrainError(f"PIDM with {len(levels)} levels needs image sides that are multiples of {step}; the "
+                             f"shards give {size[0]}x{size[1]} (after crop_margin {cfg.crop_margin}): change "
+                             f"crop_margin (DeepFashion 256x256: 0 or 32) or channel_mult")
+        sampling = Sampling(cfg.sampler, cfg.sample_steps, cfg.sample_eta,
+                            Guidance(cfg.guidance_pose, cfg.guidance_appearance, cfg.guidance_null_pose),
+                            cfg.sample_seed)
+        return create(cfg.model, ngf=cfg.ngf, channel_mult=levels, num_res_blocks=cfg.n_blocks,
+                      attention_levels=tuple(cfg.attention_levels if cfg.attention_levels is not None
+                                             else PAPER_SETTINGS["attention_levels"]),
+                      embed_channels=cfg.embed_channels, dropout=cfg.dropout, pose_channels=pose_channels(cfg),
+                      sampling=sampling,
+                      diffusion_steps=cfg.diffusion_steps)
+
+    def build_losses(self) -> None:
+        self.diffusion = Diffusion(linear_betas(self.cfg.diffusion_steps)).to(self.device)
+
+    def generator_loss(self, generator: nn.Module, discriminators: dict[str, nn.Module],
+                       batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        target = batch.target
+        b, device = target.shape[0], target.device
+        t = torch.randint(0, self.diffusion.num_steps, (b,), device=device)
+        noise = torch.randn_like(target)
+        draws = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, ())))  # from the step's seed
+        keep_source, keep_pose = draw_keep_masks(b, draws, self.cfg.source_drop, self.cfg.pose_drop)
+        outputs = []
+
+        def net(x_t: torch.Tensor, t: torch.Tensor, source: torch.Tensor, pose: torch.Tensor, *,
+                keep_source: torch.Tensor | None = None, keep_pose: torch.Tensor | None = None) -> torch.Tensor:
+            outputs.append(generator(source, None, pose, noisy=x_t, timesteps=t, keep_source=keep_source,
+                                     keep_pose=keep_pose))
+            return outputs[-1]
+
+        terms = self.diffusion.training_losses(net, target, t, batch.source, batch.target_pose, noise, keep_source,
+                                               keep_pose)
+        with torch.no_grad():
+            x_t = self.diffusion.q_sample(target, t, noise)
+            estimate = self.diffusion.p_mean_log_variance(outputs[0].detach().float(), x_t, t, clip=True)[2]
+        scalars = {"mse": terms["mse"].mean().detach(), "vb": terms["vb"].mean().detach()}
+        return estimate.to(target.dtype), terms["loss"].mean(), scalars
+
+
+register("pidm", objective=DiffusionObjective)(PIDM)

@@ -1,0 +1,139 @@
+"""PIDM in the pipeline: ``pgpig import-official`` of an official checkpoint, and a CLI run on mannequin shards that
+trains, is killed with SIGKILL, resumes bit for bit, samples and is evaluated.
+
+The official weights are ``tests/data/pidm/reference_small.safetensors`` (the official network at a reduced width,
+see ``test_pidm_net.py``), saved here the way the official ``train.py`` saves a checkpoint (``model`` and ``ema``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from pgpig.checkpoint import EMA_NAME, step_folders
+from pgpig.cli import main
+from pgpig.errors import TrainError
+from pgpig.generate import load_generator
+from pgpig.models import official
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "pidm"
+REPO = Path(__file__).resolve().parents[2]
+TOTAL = 4
+# a two-level PIDM at 64x64 (ngf 32: group norm needs widths of 32), sampling in 2 DDIM steps
+TINY = ["--model", "pidm", "--batch-size", "4", "--set", "ngf=32", "--set", "channel_mult=[1, 2]",
+        "--set", "attention_levels=[1]", "--set", "n_blocks=1", "--set", "pose_encoding=sticks",
+        "--set", "sample_steps=2", "--set", "ema_decay=0.9", "--set", "ema_start=2", "--set", "grad_clip=1",
+        "--set", "lr_warmup_steps=3", "--set", "dropout=0.1", "--set", "lr=0.0001", "--set", "checkpoint_every=2",
+        "--set", "sample_every=1000", "--set", "vgg_weights=null", "--set", "allow_random_vgg=true",
+        "--workers", "0", "--quiet", "--skip-memory-check"]
+
+
+@pytest.fixture(scope="module")
+def pidm_shards(tmp_path_factory) -> Path:
+    """DeepFashion-layout mannequins stored at 64x64 (a multiple of the tiny UNet's 2), train and test."""
+    from pipeline.synthetic import mannequin_shards
+
+    return mannequin_shards(tmp_path_factory.mktemp("pidm-shards"), "deepfashion", identities=5, poses=4,
+                            splits=("train", "test"), size=(64, 64))
+
+
+def _official_small() -> tuple[dict, dict[str, torch.Tensor]]:
+    reference = json.loads((DATA / "reference_small.json").read_text())
+    config = {k: reference["official_config"][k] for k in ("model_channels", "channel_mult", "num_res_blocks",
+                                                            "attention_resolutions", "image_size", "embed_channels",
+                                                            "dropout", "in_channels", "out_channels")}
+    return config, load_file(DATA / "reference_small.safetensors")
+
+
+def test_import_official_takes_the_average_of_a_training_checkpoint_and_reproduces_the_official_output(tmp_path):
+    config, tensors = _official_small()
+    weights = {k.removeprefix("weights."): v.float() for k, v in tensors.items() if k.startswith("weights.")}
+    checkpoint = tmp_path / "last.pt"
+    # the official train.py's checkpoint, less its pickled config object: the model and its average
+    torch.save({"model": {k: torch.zeros_like(v) for k, v in weights.items()}, "ema": weights}, checkpoint)
+    summary = official.import_checkpoint("pidm", checkpoint, tmp_path / "run", dataset="deepfashion",
+                                         constructor=config)
+    run = load_generator(tmp_path / "run", device="cpu")
+    assert summary["parameters"] == sum(p.numel() for p in run.generator.parameters())
+    inputs = [torch.cat([tensors["input.x_t"], tensors["input.target_pose"]], dim=1), tensors["input.t"],
+              tensors["input.source_image"]]
+    with torch.no_grad():
+        out = official.forward("pidm", run.generator, inputs)[0]
+    torch.testing.assert_close(out, tensors["output.full"], atol=1e-5, rtol=0)  # the ema, not the zeroed model
+    assert run.config.pose_encoding == "sticks" and run.config.attention_levels == (1, 2)
+    assert run.generator.sampling.as_dict() == {"sampler": "ddim", "pose_scale": 2.0, "appearance_scale": 2.0,
+                                                "null_pose": False, "seed": 0, "steps": 50, "eta": 0.0}
+
+
+class _Config:
+    """Stands for the pickled config object of the official checkpoints, which weights-only loading refuses."""
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_with_the_way_to_save_its_weights(tmp_path):
+    config, tensors = _official_small()
+    checkpoint = tmp_path / "last.pt"
+    torch.save({"ema": {"x": torch.zeros(1)}, "conf": _Config()}, checkpoint)
+    with pytest.raises(TrainError, match=r"last\.pt.*torch\.load\('last\.pt'\)\['ema'\]"):
+        official.import_checkpoint("pidm", checkpoint, tmp_path / "run", dataset="deepfashion", constructor=config)
+
+
+def _checkpoint_step(run: Path) -> int:
+    folders = step_folders(run)
+    return int(folders[-1].name[5:]) if folders else -1
+
+
+def test_a_run_trains_resumes_after_kill_9_bit_for_bit_samples_and_evaluates(pidm_shards, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    result = CliRunner().invoke(main, ["train", "--shards", str(pidm_shards), "--run", str(straight),
+                                       "--steps", str(TOTAL), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "mse" in result.output and "vb" in result.output
+
+    threads = str(torch.get_num_threads())  # the same sums' rounding in the killed process (test_train_kill.py)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(pidm_shards), "--run",
+                             str(killed), "--steps", str(TOTAL), *TINY], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while _checkpoint_step(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate(timeout=30)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"train exited {proc.returncode} before the kill:\n{output}"
+    assert 2 <= _checkpoint_step(killed) < TOTAL
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(killed), "--steps", str(TOTAL)])
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("generator.safetensors", f"{EMA_NAME}.safetensors"):
+        a, b = (load_file(str(step_folders(run)[-1] / name)) for run in (straight, killed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the weight average (its copy phase and update count resumed too) is what generate and eval read
+    last = step_folders(straight)[-1]
+    assert (straight / "generator.safetensors").samefile(last / f"{EMA_NAME}.safetensors")
+    average, trained = load_file(str(last / f"{EMA_NAME}.safetensors")), load_file(str(last / "generator.safetensors"))
+    assert any(not torch.equal(average[k], trained[k]) for k in average if k.endswith("weight"))
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, ["eval", "--run", str(straight), "--shards", str(pidm_shards), "--out", str(out),
+                                       "--metrics", "ssim,l1", "--device", "cpu", "--quiet", "--max-pairs", "4",
+                                       "--sampling", "sample_steps=3", "--sampling", "guidance_appearance=1.5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["generator"]["sampling"]["steps"] == 3 and report["generator"]["sampling"]["appearance_scale"] == 1.5
+    assert "Sampled by sampler ddim" in (out / "eval.md").read_text()
+    images = sorted((out / "images").glob("*.png"))
+    assert len(images) == report["pairs"] > 0
