@@ -765,6 +765,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     if len(all_pairs) == 0:
         raise TrainError(f"{folder}: the shard set holds no pairs")
     pairs = all_pairs[: cfg.max_pairs] if cfg.max_pairs else all_pairs
+    perceptual_crop = _perceptual_crop(cfg, stored_frame(shards), folder)
     flat = [(names[int(s)], names[int(t)]) for s, t in pairs]
     device = resolve_device(cfg.device)
 
@@ -772,7 +773,6 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
                               "shards": str(folder), "split": cfg.split, "pairs_in_split": int(len(all_pairs)),
                               "pairs": int(len(pairs))}
     out, files, unmatched, label = _images(cfg, flat, result, log)
-    perceptual_crop = _perceptual_crop(cfg, stored_frame(shards), folder)
     if cfg.generated is not None:
         sample = _first_images(files)
         check_frame(Path(cfg.generated), sample, shards, pairs, cfg.split)
