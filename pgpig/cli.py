@@ -251,6 +251,10 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
               help=with_default("FID features: tf (the TensorFlow FID Inception, most papers) or torchvision "
                                 "(torchvision's ImageNet Inception-v3 as GFLA's and DPTN's metrics.py feed it).",
                                 EvalConfig, "fid_network"))
+@click.option("--perceptual-frame", type=click.Choice(["padded", "crop"]), default=None,
+              help=with_default("Frame of LPIPS, mask-LPIPS and FID: padded (the stored frame, as the SSIM) or crop "
+                                "(the unpadded 176-wide middle of a DeepFashion img/ shard set, DPTN's "
+                                "metrics.py).", EvalConfig, "perceptual_frame"))
 @click.option("--no-baseline", is_flag=True, help="Leave out the copy-source row.")
 @click.option("--max-pairs", type=click.IntRange(1), default=None, help="Only the first N pairs (a quick look).")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
@@ -273,8 +277,8 @@ EVAL_DOCS = importlib.resources.files("pgpig") / "docs" / "eval.md"
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors(TrainError)
 def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, split, out, metrics, ssim_setting,
-                 fid_reference, fid_network, no_baseline, max_pairs, batch_size, workers, device, weights_dir,
-                 pose_model, pckh_protocol, sampling, quiet) -> None:
+                 fid_reference, fid_network, perceptual_frame, no_baseline, max_pairs, batch_size, workers, device,
+                 weights_dir, pose_model, pckh_protocol, sampling, quiet) -> None:
     from pgpig.evaluate import compare, evaluate
 
     names = None
@@ -282,7 +286,8 @@ def eval_command(run_dir, generated, target_from, compare_runs, runs, shards, sp
         names = tuple(m.strip() for m in metrics.split(",") if m.strip())
     cfg = EvalConfig(**given(shards=shards, split=split, run_dir=run_dir, generated=generated,
                              target_from=target_from, out=out, metrics=names, ssim=ssim_setting,
-                             fid_reference=fid_reference, fid_network=fid_network, max_pairs=max_pairs,
+                             fid_reference=fid_reference, fid_network=fid_network,
+                             perceptual_frame=perceptual_frame, max_pairs=max_pairs,
                              batch_size=batch_size, num_workers=workers, device=device, weights_dir=weights_dir,
                              pose_model=pose_model, pckh_protocol=pckh_protocol,
                              sampling=parse_set(sampling, "--sampling") or None), baseline=not no_baseline,

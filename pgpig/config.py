@@ -472,6 +472,10 @@ class EvalConfig:
     fid_network: str = "tf"
     """FID features: ``tf`` (the TensorFlow FID Inception) or ``torchvision`` (GFLA's and DPTN's: torchvision's
     ImageNet Inception-v3, ``pgpig.metrics.FID_NETWORKS``)."""
+    perceptual_frame: str = "padded"
+    """The frame LPIPS, mask-LPIPS and FID see: ``padded`` (the stored frame, 176-wide DeepFashion images padded
+    back to 256 with white) or ``crop`` (PATN's unpadded 176-wide crop of a DeepFashion ``img/`` shard set, as DPTN's
+    ``metrics/metrics.py`` scores them; ``pgpig.evaluate.PERCEPTUAL_FRAMES``)."""
     lpips_net: str = "alex"
     baseline: bool = True
     """Also score the copy-the-source baseline."""

@@ -52,8 +52,8 @@ from pipeline.errors import PipelineError
 from schemas.files import atomic_write, safe_join
 from schemas.keypoints import MISSING
 
-__all__ = ["ALL_METRICS", "PCKhResult", "PCKhScorer", "TARGET_SOURCES", "check_frame", "check_panels", "compare",
-           "evaluate", "pair_file_name", "patn_crop", "read_names", "stored_frame"]
+__all__ = ["ALL_METRICS", "PCKhResult", "PCKhScorer", "PERCEPTUAL_FRAMES", "TARGET_SOURCES", "check_frame",
+           "check_panels", "compare", "evaluate", "pair_file_name", "patn_crop", "read_names", "stored_frame"]
 
 ALL_METRICS: tuple[str, ...] = ("ssim", "mask_ssim", "l1", "lpips", "mask_lpips", "fid", "pckh")
 """Metric names for ``--metrics``; ``ssim`` brings all three SSIM settings, ``pckh`` the detection rate."""
@@ -63,6 +63,12 @@ TARGET_SOURCES: dict[str, str] = {
     "panel": "the target slice of each PATN/XingGAN panel as read from the file, as their getMetrics scripts take it",
 }
 """``--target-from`` values and what each pair's target then is."""
+
+PERCEPTUAL_FRAMES: dict[str, str] = {
+    "padded": "the stored frame (a narrower image padded back with white columns)",
+    "crop": "PATN's 176-wide crop of DeepFashion img/, unpadded (DPTN's metrics.py LPIPS and FID)",
+}
+"""``--perceptual-frame`` values: the frame LPIPS, mask-LPIPS and FID see."""
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _WHITE = 255
@@ -445,6 +451,19 @@ def patn_crop(frame: StoredFrame) -> int:
     return deepfashion_margin(frame.size[1]) if frame.source == "img" else 0
 
 
+def _perceptual_crop(cfg: EvalConfig, frame: StoredFrame, folder: Path) -> int:
+    """Columns cut from each side of both images before LPIPS, mask-LPIPS and FID: 0 (``--perceptual-frame
+    padded``), or PATN's crop of a DeepFashion ``img/`` shard set, which DPTN's ``metrics/metrics.py`` scores
+    unpadded (``crop``)."""
+    if cfg.perceptual_frame == "padded":
+        return 0
+    crop = patn_crop(frame)
+    if crop == 0:
+        raise TrainError(f"--perceptual-frame crop: {folder} is {frame.describe()}, which has no PATN crop (only "
+                         "DeepFashion img/ shard sets have one); use --perceptual-frame padded")
+    return crop
+
+
 @dataclass
 class PCKhResult:
     """PCKh of a batch under one protocol."""
@@ -541,12 +560,14 @@ def _networks(cfg: EvalConfig, wanted: tuple[str, ...], explicit: bool, device: 
 
 def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalConfig, wanted: set[str],
                  device: torch.device, lpips_module, extractor, pckh: PCKhScorer | None,
-                 records: list[dict[str, Any]], names: list[str], pairs: np.ndarray) -> None:
+                 records: list[dict[str, Any]], names: list[str], pairs: np.ndarray, perceptual_crop: int) -> None:
     target = _to_batch((it["target"] for it in items), device)
     size = tuple(target.shape[-2:])
     target_kp = torch.from_numpy(np.stack([it["target_kp"] for it in items]))
     mask = pose_mask(target_kp.to(device), size) if wanted & {"mask_ssim", "mask_lpips"} else None
-    target_signed = target.float() / 127.5 - 1
+    # LPIPS, mask-LPIPS and FID see these columns: all, or the unpadded crop (--perceptual-frame crop)
+    cut = slice(perceptual_crop, size[1] - perceptual_crop)
+    target_signed = target[..., cut].float() / 127.5 - 1
     for row_name, key in (("model", "generated"), ("copy-source", "source")):
         if row_name not in rows:
             continue
@@ -560,14 +581,14 @@ def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalCo
             values["mask_ssim"] = ssim(images * mask, target * mask, "patn")
         if "l1" in wanted:
             values["l1"] = l1_distance(images, target)
-        signed = images.float() / 127.5 - 1
+        signed = images[..., cut].float() / 127.5 - 1
         if lpips_module is not None:
             if "lpips" in wanted:
                 values["lpips"] = lpips_module(signed, target_signed)
             if "mask_lpips" in wanted:
-                values["mask_lpips"] = lpips_module(signed * mask, target_signed * mask)
+                values["mask_lpips"] = lpips_module(signed * mask[..., cut], target_signed * mask[..., cut])
         if extractor is not None:
-            row.features.update(extractor(images))
+            row.features.update(extractor(images[..., cut]))
         chosen = None
         if pckh is not None:
             for protocol, result in pckh.score([it[key] for it in items], target_kp.numpy()).items():
@@ -588,9 +609,10 @@ def _score_batch(rows: dict[str, _Row], items: list[dict[str, Any]], cfg: EvalCo
             records.append(record)
 
 
-def _fid_reference(cfg: EvalConfig, out: Path, margin: int, extractor: FeatureExtractor, device: torch.device,
-                   log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Mean and covariance of the reference images' features (cached in ``out/fid-reference.npz``)."""
+def _fid_reference(cfg: EvalConfig, out: Path, margin: int, perceptual_crop: int, extractor: FeatureExtractor,
+                   device: torch.device, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Mean and covariance of the reference images' features (cached in ``out/fid-reference.npz``), each image
+    framed like the generated ones (``margin``), then cut by ``perceptual_crop`` columns on each side."""
     from pipeline.shards import ShardSet
 
     split = cfg.fid_reference
@@ -604,7 +626,8 @@ def _fid_reference(cfg: EvalConfig, out: Path, margin: int, extractor: FeatureEx
         reference = ShardSet(folder)
     except PipelineError as exc:
         raise TrainError(str(exc)) from None
-    key_text = json.dumps([[e.path, e.sha256] for e in reference.manifest.files] + [margin, extractor.name])
+    key_text = json.dumps([[e.path, e.sha256] for e in reference.manifest.files]
+                          + [margin, perceptual_crop, extractor.name])
     key = hashlib.sha256(key_text.encode()).hexdigest()
     info = {"split": split, "folder": str(folder), "images": len(reference), "note": note}
     cache = out / "fid-reference.npz"
@@ -615,9 +638,10 @@ def _fid_reference(cfg: EvalConfig, out: Path, margin: int, extractor: FeatureEx
     stats = FeatureStats()
     indices = range(len(reference))
     bar = _bar(cfg, len(reference), "fid reference")
+    cut = slice(perceptual_crop, reference.size[1] - perceptual_crop)
     for start in range(0, len(reference), cfg.batch_size):
         chunk = [reference[i].image for i in indices[start:start + cfg.batch_size]]
-        stats.update(extractor(_to_batch((_reframe(im, margin) for im in chunk), device)))
+        stats.update(extractor(_to_batch((_reframe(im, margin)[:, cut] for im in chunk), device)))
         bar.update(len(chunk))
     bar.close()
     mu, sigma = stats.mean_cov()
@@ -713,6 +737,8 @@ def _check(cfg: EvalConfig) -> None:
         raise TrainError(f"--fid-reference {cfg.fid_reference}: use train or test")
     if cfg.fid_network not in FID_NETWORKS:
         raise TrainError(f"--fid-network {cfg.fid_network}: use one of {', '.join(FID_NETWORKS)}")
+    if cfg.perceptual_frame not in PERCEPTUAL_FRAMES:
+        raise TrainError(f"--perceptual-frame {cfg.perceptual_frame}: use one of {', '.join(PERCEPTUAL_FRAMES)}")
     if cfg.pckh_protocol not in PCKH_PROTOCOLS:
         raise TrainError(f"--pckh-protocol {cfg.pckh_protocol}: use one of {', '.join(PCKH_PROTOCOLS)}")
     unknown = [m for m in (cfg.metrics or ()) if m not in ALL_METRICS]
@@ -744,6 +770,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
     if len(all_pairs) == 0:
         raise TrainError(f"{folder}: the shard set holds no pairs")
     pairs = all_pairs[: cfg.max_pairs] if cfg.max_pairs else all_pairs
+    perceptual_crop = _perceptual_crop(cfg, stored_frame(shards), folder)
     flat = [(names[int(s)], names[int(t)]) for s, t in pairs]
     device = resolve_device(cfg.device)
 
@@ -769,18 +796,18 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> dict[
         rows["copy-source"] = _Row()
     t0 = time.time()
     scored = _score_pairs(cfg, _ScoreItems(shards, pairs, files, names, cfg.target_from), flat, rows, wanted, device,
-                          (lpips_module, extractor, pckh), names, pairs)
+                          (lpips_module, extractor, pckh), names, pairs, perceptual_crop)
     if scored.bad:
         log(f"{len(scored.bad)} of {len(pairs)} pairs not scored: {scored.bad[0]['reason']}"
             + (" (and more, see eval.json)" if len(scored.bad) > 1 else ""))
-    fid_info = _fid(cfg, out, rows, scored.margins, wanted, skipped, extractor, device, log)
+    fid_info = _fid(cfg, out, rows, (scored.margins, perceptual_crop), wanted, skipped, extractor, device, log)
 
     result["label"] = label
     result["rows"] = {name: _summary(row, wanted, cfg.pckh_protocol) for name, row in rows.items()}
     result["skipped"] = skipped
     result["bad"] = {"count": len(scored.bad), "items": scored.bad}
     result["unmatched"] = {"count": len(unmatched), "names": unmatched[:100]}
-    result["settings"] = _settings(cfg, extractor, fid_info, shards.size, scored.margins, crop)
+    result["settings"] = _settings(cfg, extractor, fid_info, shards.size, (scored.margins, perceptual_crop), crop)
     result["score_seconds"] = round(time.time() - t0, 2)
     result["seconds"] = round(time.time() - started, 2)
     _write_outputs(out, result, scored.records)
@@ -824,8 +851,9 @@ class _Scored:
 
 def _score_pairs(cfg: EvalConfig, items: _ScoreItems, flat: list[tuple[str, str]], rows: dict[str, _Row],
                  wanted: set[str], device: torch.device, networks: tuple, names: list[str],
-                 pairs: np.ndarray) -> _Scored:
-    """Score every pair with an image into ``rows``; ``networks`` is ``(lpips_module, extractor, pckh)``."""
+                 pairs: np.ndarray, perceptual_crop: int) -> _Scored:
+    """Score every pair with an image into ``rows``; ``networks`` is ``(lpips_module, extractor, pckh)``;
+    LPIPS, mask-LPIPS and FID see the images less ``perceptual_crop`` columns on each side."""
     scored = _Scored()
     loader = DataLoader(items, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=_collate)
     bar = _bar(cfg, len(items), "score")
@@ -842,18 +870,21 @@ def _score_pairs(cfg: EvalConfig, items: _ScoreItems, flat: list[tuple[str, str]
             for m in sorted({it["margin"] for it in good}):
                 group = [it for it in good if it["margin"] == m]
                 scored.margins.add(m)
-                _score_batch(rows, group, cfg, wanted, device, *networks, scored.records, names, pairs)
+                _score_batch(rows, group, cfg, wanted, device, *networks, scored.records, names, pairs,
+                             perceptual_crop)
             bar.update(len(batch))
             bar.set_postfix(bad=len(scored.bad), refresh=False)
     bar.close()
     return scored
 
 
-def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], margins: set[int], wanted: set[str],
+def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], framing: tuple[set[int], int], wanted: set[str],
          skipped: dict[str, str], extractor: FeatureExtractor | None, device: torch.device,
          log: Callable[[str], None]) -> dict[str, Any] | None:
     """Each row's FID against the reference images (``None`` when not wanted); skipped, with the reason, when fewer
-    than 2 images were scored or they came in several framings."""
+    than 2 images were scored or they came in several framings. ``framing``: the generated images' margins and the
+    perceptual crop."""
+    margins, perceptual_crop = framing
     if "fid" not in wanted:
         return None
     if len(margins) != 1 or rows["model"].features.n < 2:
@@ -862,7 +893,7 @@ def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], margins: set[int], w
         log(f"skipping fid: {skipped['fid']}")
         wanted.discard("fid")
         return None
-    mu_r, sigma_r, fid_info = _fid_reference(cfg, out, next(iter(margins)), extractor, device, log)
+    mu_r, sigma_r, fid_info = _fid_reference(cfg, out, next(iter(margins)), perceptual_crop, extractor, device, log)
     for row in rows.values():
         mu, sigma = row.features.mean_cov()
         row.sums["fid"] = frechet_distance(mu, sigma, mu_r, sigma_r)
@@ -870,12 +901,16 @@ def _fid(cfg: EvalConfig, out: Path, rows: dict[str, _Row], margins: set[int], w
 
 
 def _settings(cfg: EvalConfig, extractor: FeatureExtractor | None, fid_info: dict[str, Any] | None,
-              stored_size: tuple[int, int], margins: set[int], pckh_crop: int) -> dict[str, Any]:
-    """How the metrics were computed (``eval.json``'s ``settings``)."""
+              stored_size: tuple[int, int], framing: tuple[set[int], int], pckh_crop: int) -> dict[str, Any]:
+    """How the metrics were computed (``eval.json``'s ``settings``); ``framing``: the generated images' margins and
+    the perceptual crop."""
+    margins, perceptual_crop = framing
     return {
         "ssim": cfg.ssim, "ssim_settings": {k: asdict(v) for k, v in SSIM_SETTINGS.items()},
         "mask": "PATN produce_ma_mask of the target keypoints", "lpips_net": cfg.lpips_net,
         "fid_network": cfg.fid_network, "fid_features": getattr(extractor, "name", None),
+        "perceptual_frame": cfg.perceptual_frame, "perceptual_crop": perceptual_crop,
+        "perceptual": PERCEPTUAL_FRAMES[cfg.perceptual_frame],
         "fid_reference": fid_info,
         "pckh_alpha": cfg.alpha, "pckh_head": "bounding box of the visible nose, neck, eyes, ears (>= 2)",
         "pckh_protocol": cfg.pckh_protocol, "pckh_patn_crop": pckh_crop,
@@ -949,7 +984,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- SSIM: the {s['ssim']} setting (`eval.json` has all of patn, gfla, pg2); mask-SSIM: PATN's setting with "
         "PATN's Market-1501 body mask of the target keypoints.",
         f"- LPIPS: {s['lpips_net']} v0.1. FID: {s['fid_features'] or '–'}"
-        + (f", against the {ref.get('images')} images of {ref.get('folder')}" if ref else "") + ".",
+        + (f", against the {ref.get('images')} images of {ref.get('folder')}" if ref else "")
+        + f". Both on {s.get('perceptual', PERCEPTUAL_FRAMES['padded'])}.",
         f"- Targets (`--target-from {s['target_from']}`): {s['target']}.",
         _pckh_note(result),
     ]
@@ -1020,7 +1056,8 @@ def _load_result(path: Path, split: str) -> tuple[dict[str, Any], Path]:
 
 
 _PROTOCOL_SETTINGS = (("--ssim", "ssim", "patn"), ("--target-from", "target_from", "shards"),
-                      ("--pckh-protocol", "pckh_protocol", "strict"), ("--fid-network", "fid_network", "tf"))
+                      ("--pckh-protocol", "pckh_protocol", "strict"), ("--fid-network", "fid_network", "tf"),
+                      ("--perceptual-frame", "perceptual_frame", "padded"))
 """Settings that change what a column means: (flag, ``eval.json`` settings key, value of an older file without it)."""
 
 
