@@ -7,17 +7,14 @@ see ``test_pidm_net.py``), saved here the way the official ``train.py`` saves a 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from training_processes import checkpoint_step, train_until_killed
 
 from pgpig.checkpoint import EMA_NAME, step_folders
 from pgpig.cli import main
@@ -86,11 +83,6 @@ def test_a_checkpoint_with_pickled_objects_is_refused_with_the_way_to_save_its_w
         official.import_checkpoint("pidm", checkpoint, tmp_path / "run", dataset="deepfashion", constructor=config)
 
 
-def _checkpoint_step(run: Path) -> int:
-    folders = step_folders(run)
-    return int(folders[-1].name[5:]) if folders else -1
-
-
 def test_a_run_trains_resumes_after_kill_9_bit_for_bit_samples_and_evaluates(pidm_shards, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = CliRunner().invoke(main, ["train", "--shards", str(pidm_shards), "--run", str(straight),
@@ -98,24 +90,10 @@ def test_a_run_trains_resumes_after_kill_9_bit_for_bit_samples_and_evaluates(pid
     assert result.exit_code == 0, result.output
     assert "mse" in result.output and "vb" in result.output
 
-    threads = str(torch.get_num_threads())  # the same sums' rounding in the killed process (test_train_kill.py)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(pidm_shards), "--run",
-                             str(killed), "--steps", str(TOTAL), *TINY], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while _checkpoint_step(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        output = proc.communicate(timeout=30)[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"train exited {proc.returncode} before the kill:\n{output}"
-    assert 2 <= _checkpoint_step(killed) < TOTAL
+    _, returncode, output = train_until_killed(["--shards", str(pidm_shards), "--run", str(killed), "--steps",
+                                                str(TOTAL), *TINY], killed, tmp_path, 2)
+    assert returncode == -signal.SIGKILL, f"train exited {returncode} before the kill:\n{output}"
+    assert 2 <= checkpoint_step(killed) < TOTAL
     resumed = CliRunner().invoke(main, ["train", "--resume", str(killed), "--steps", str(TOTAL)])
     assert resumed.exit_code == 0, resumed.output
     for name in ("generator.safetensors", f"{EMA_NAME}.safetensors"):

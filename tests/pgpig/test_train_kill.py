@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file
+from training_processes import checkpoint_step, train_until_killed
 
 from pgpig.checkpoint import step_folders
 from pgpig.cli import main
@@ -50,12 +51,6 @@ def straight(small_market_shards, tmp_path_factory) -> Path:
     return run
 
 
-def checkpoint_step(run: Path) -> int:
-    """The step of the run's newest complete checkpoint folder, -1 while there is none."""
-    folders = step_folders(run)
-    return int(folders[-1].name[5:]) if folders else -1
-
-
 def latest(run: Path) -> Path:
     return step_folders(run)[-1]
 
@@ -77,29 +72,10 @@ def assert_same_weights(straight: Path, run: Path) -> None:
 def test_kill_9_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(small_market_shards, straight, tmp_path):
     kill_after = 2  # the first checkpoint; a later one may have landed by the time the kill does
     run = tmp_path / "run"
-    # the thread count of this process, which trains the straight and the resumed run: another count rounds the sums
-    # differently, and earlier tests leave thread variables in os.environ (importing ultralytics sets
-    # OMP_NUM_THREADS=1, a Dask LocalCluster also MKL_ and OPENBLAS_NUM_THREADS=1)
-    threads = str(torch.get_num_threads())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    proc = subprocess.Popen([sys.executable, "-m", "pgpig.cli", "train", "--shards", str(small_market_shards),
-                             "--run", str(run), "--steps", str(TOTAL), *COMMON], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while (step := checkpoint_step(run)) < kill_after:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)  # os.kill(pid, SIGKILL), unless it has already exited
-        output = proc.communicate(timeout=30)[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    step, returncode, output = train_until_killed(["--shards", str(small_market_shards), "--run", str(run), "--steps",
+                                                   str(TOTAL), *COMMON], run, tmp_path, kill_after, timeout=120)
     # killed while training: not finished before the kill, nor failed on its own
-    assert proc.returncode == -signal.SIGKILL, f"train exited {proc.returncode} before the kill:\n{output}"
+    assert returncode == -signal.SIGKILL, f"train exited {returncode} before the kill:\n{output}"
     killed_at = checkpoint_step(run)
     assert kill_after <= step <= killed_at < TOTAL, (step, killed_at)
 
