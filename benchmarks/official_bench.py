@@ -6,19 +6,25 @@
 
 ``--official-repo`` is an export of the official repository (``official/`` is git-ignored; nothing of it is
 committed): tengteng95/Pose-Transfer (PATN), Ha0Tang/XingGAN, PangzeCheung/Dual-task-Pose-Transformer-Network
-(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA). Its ``.py`` files are copied to ``--work`` with the few textual
-ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process (random VGG-19,
-removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose ops ran);
-``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those applied. Its
-options are the repository's own option parser on the DeepFashion training command of its README or script, with
-``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench; the options used are in the JSON.
+(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA), ankanbhunia/PIDM. Its ``.py`` files are copied to ``--work``
+with the few textual ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process
+(random VGG-19, removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose
+ops ran); ``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those
+applied. Its options are the repository's own option parser on the DeepFashion training command of its README or
+script, with ``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench (PIDM: ``train.py``'s
+flags and ``config/diffusion.conf``); the options used are in the JSON.
 
-Two step kinds per mode. ``full``: the official model's ``set_input(...)`` + ``optimize_parameters()``
-(generator, discriminators, perceptual/style losses, optimizers) against ``pgpig.train.train_step`` with the
-shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the end-to-end stage; random VGG-19) at the recipe's
-image size (PATN and XingGAN 256x176, DPTN and GFLA 256x256; ``--size`` smaller only to smoke-test the bench, where
-GFLA's generator and discriminator take pgpig's Market-1501 setting below 256 px and no longer equal the
-official). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
+Step kinds per mode (``--kinds``; by default those the model has). ``full``: the official model's
+``set_input(...)`` + ``optimize_parameters()`` (generator, discriminators, perceptual/style losses, optimizers)
+against ``pgpig.train.train_step`` with the shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the
+end-to-end stage; random VGG-19) at the recipe's image size (PATN and XingGAN 256x176, DPTN, GFLA and PIDM 256x256;
+``--size`` smaller only to smoke-test the bench, where GFLA's generator and discriminator take pgpig's Market-1501
+setting below 256 px and no longer equal the official). ``generator``: the generator's forward, the L1 to the
+target, backward and its Adam step, on both sides. PIDM has ``full`` (``train.py``'s step on the official objects,
+``official_models.PIDMStep``, against ``train_step`` with ``deepfashion/pidm``, EMA on) and ``sample`` (the
+official ``ddim_steps``, 50 steps, cond_scale 2, against ``PIDM.sample`` at DDIM 50 and guidance 2, eager, both in
+eval mode from the same x_T: ``sample_max_abs_diff``); benchmarks/README.md has its GPU command lines (paper
+config, 256x256, batch 8 and 32).
 Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
 ``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
 and channels-last decided for the device, against the official float32 run in the same alternating rounds; its
@@ -55,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import official_models  # noqa: E402
-from train_bench import smooth_images  # noqa: E402
+from train_bench import smooth_images, unzero  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
@@ -99,16 +105,6 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> bool | str
         return f"not copied: {len(differ)} names or shapes differ, e.g. {', '.join(differ[:4])}"
     target.load_state_dict(theirs, strict=True)
     return True
-
-
-@torch.no_grad()
-def unzero(generator: torch.nn.Module, seed: int = 0) -> None:
-    """Small random values (std 0.02) in the parameters initialised to zero (PIDM's output convolutions), so that
-    a freshly built network predicts noise and two samplers' outputs can be compared; a step costs the same."""
-    draws = torch.Generator().manual_seed(seed)
-    for p in generator.parameters():
-        if not p.any():
-            p.copy_(torch.randn(p.shape, generator=draws) * 0.02)
 
 
 def make_batch(cfg, device: torch.device, size: tuple[int, int], b: int, seed: int) -> dict[str, torch.Tensor]:

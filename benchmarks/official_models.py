@@ -412,17 +412,22 @@ def pidm_options(argv: list[str]) -> Any:
     parser.add_argument("--sample_algorithm", default="ddim")
     parser.add_argument("--device", default="cuda")
     opt, _ = parser.parse_known_args(argv)
-    path = Path(importlib.import_module("diffusion").__file__).parent / "config" / "diffusion.conf"
-    text = path.read_text()
+    vars(opt).update(read_pidm_conf(Path(importlib.import_module("diffusion").__file__).parent / "config" /
+                                    "diffusion.conf"))
+    opt.model_conf = {}
+    return opt
+
+
+def read_pidm_conf(path: Path) -> dict[str, Any]:
+    """``PIDM_CONF``'s values in PIDM's ``config/diffusion.conf``; a value not found as expected stops the run."""
+    text, out = path.read_text(), {}
     for name, pattern in PIDM_CONF.items():
         found = re.search(pattern, text)
         if not found:
             raise SystemExit(f"{path}: no {name} as the bench reads it; review PIDM_CONF in official_models.py")
-        setattr(opt, name, found.group(1))
-    opt.n_timestep, opt.warmup = int(opt.n_timestep), int(opt.warmup)
-    opt.linear_start, opt.linear_end, opt.lr = float(opt.linear_start), float(opt.linear_end), float(opt.lr)
-    opt.model_conf = {}
-    return opt
+        out[name] = found.group(1)
+    return {**out, "n_timestep": int(out["n_timestep"]), "warmup": int(out["warmup"]), "lr": float(out["lr"]),
+            "linear_start": float(out["linear_start"]), "linear_end": float(out["linear_end"])}
 
 
 def pidm_configure(opt: Any, cfg: Any, size: tuple[int, int]) -> dict[str, Any]:
