@@ -78,18 +78,22 @@ def test_prepare_ports_copies_and_stops_on_a_changed_file(tmp_path):
         official_models.prepare(source, tmp_path / "work", ports)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHECKOUT, reason="PGPIG_OFFICIAL_PATN (an export of tengteng95/Pose-Transfer) is not set")
-def test_official_bench_runs_patn_on_the_cpu(tmp_path):
+def run_bench(tmp_path: Path, checkout: str, model: str, *flags: str) -> list[dict]:
+    """``official_bench.py`` on the CPU at batch 2, 2 rounds of 1 step after 1 warm-up step; its JSON lines."""
     out = tmp_path / "official.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "official_bench.py"), "--official-repo",
-                           CHECKOUT, "--model", "patn", "--device", "cpu", "--batch", "2", "--size", "32x24",
-                           "--rounds", "2", "--steps", "1", "--warmup", "1", "--modes", "fp32,bf16",
-                           "--work", str(tmp_path / "work"), "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+                           checkout, "--model", model, "--device", "cpu", "--batch", "2", "--rounds", "2",
+                           "--steps", "1", "--warmup", "1", *flags, "--work", str(tmp_path / "work"), "--out",
+                           str(out)], capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHECKOUT, reason="PGPIG_OFFICIAL_PATN (an export of tengteng95/Pose-Transfer) is not set")
+def test_official_bench_runs_patn_on_the_cpu(tmp_path):
+    lines = run_bench(tmp_path, CHECKOUT, "patn", "--size", "32x24", "--modes", "fp32,bf16")
     sides = [ln for ln in lines if ln["bench"] == "official"]
     assert {(ln["side"], ln["mode"], ln["kind"]) for ln in sides} == {
         (side, mode, kind) for side in ("official", "pgpig") for mode in ("fp32", "bf16")
@@ -125,15 +129,7 @@ def test_read_pidm_conf_reads_the_values_and_stops_on_a_changed_file(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not PIDM_CHECKOUT, reason="PGPIG_OFFICIAL_PIDM (an export of ankanbhunia/PIDM) is not set")
 def test_official_bench_runs_pidm_on_the_cpu(tmp_path):
-    out = tmp_path / "official.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "official_bench.py"), "--official-repo",
-                           PIDM_CHECKOUT, "--model", "pidm", "--device", "cpu", "--batch", "2", "--size", "64x64",
-                           "--set", "ngf=32", "--rounds", "2", "--steps", "1", "--warmup", "1", "--modes", "fp32",
-                           "--work", str(tmp_path / "work"), "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    lines = run_bench(tmp_path, PIDM_CHECKOUT, "pidm", "--size", "64x64", "--set", "ngf=32", "--modes", "fp32")
     sides = [ln for ln in lines if ln["bench"] == "official"]
     assert {(ln["side"], ln["kind"]) for ln in sides} == {(side, kind) for side in ("official", "pgpig")
                                                           for kind in ("full", "sample")}
