@@ -6,19 +6,25 @@
 
 ``--official-repo`` is an export of the official repository (``official/`` is git-ignored; nothing of it is
 committed): tengteng95/Pose-Transfer (PATN), Ha0Tang/XingGAN, PangzeCheung/Dual-task-Pose-Transformer-Network
-(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA). Its ``.py`` files are copied to ``--work`` with the few textual
-ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process (random VGG-19,
-removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose ops ran);
-``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those applied. Its
-options are the repository's own option parser on the DeepFashion training command of its README or script, with
-``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench; the options used are in the JSON.
+(DPTN), RenYurui/Global-Flow-Local-Attention (GFLA), ankanbhunia/PIDM. Its ``.py`` files are copied to ``--work``
+with the few textual ports Python 3 and PyTorch 2 force and imported from there, with runtime shims in this process
+(random VGG-19, removed names, GFLA's unbuilt CUDA ops replaced by ``pgpig.models.ops``: ``official_ops`` says whose
+ops ran); ``official_models.py`` lists them (ports per model, ``SHIMS``), and every official line names those
+applied. Its options are the repository's own option parser on the DeepFashion training command of its README or
+script, with ``--batchSize`` and ``--gpu_ids`` (one GPU, or none on the CPU) set by the bench (PIDM: ``train.py``'s
+flags and ``config/diffusion.conf``); the options used are in the JSON.
 
-Two step kinds per mode. ``full``: the official model's ``set_input(...)`` + ``optimize_parameters()``
-(generator, discriminators, perceptual/style losses, optimizers) against ``pgpig.train.train_step`` with the
-shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the end-to-end stage; random VGG-19) at the recipe's
-image size (PATN and XingGAN 256x176, DPTN and GFLA 256x256; ``--size`` smaller only to smoke-test the bench, where
-GFLA's generator and discriminator take pgpig's Market-1501 setting below 256 px and no longer equal the
-official). ``generator``: the generator's forward, the L1 to the target, backward and its Adam step, on both sides.
+Step kinds per mode (``--kinds``; by default those the model has). ``full``: the official model's
+``set_input(...)`` + ``optimize_parameters()`` (generator, discriminators, perceptual/style losses, optimizers)
+against ``pgpig.train.train_step`` with the shipped recipe ``deepfashion/<model>`` (GFLA: ``gfla-stage2``, the
+end-to-end stage; random VGG-19) at the recipe's image size (PATN and XingGAN 256x176, DPTN, GFLA and PIDM 256x256;
+``--size`` smaller only to smoke-test the bench, where GFLA's generator and discriminator take pgpig's Market-1501
+setting below 256 px and no longer equal the official). ``generator``: the generator's forward, the L1 to the
+target, backward and its Adam step, on both sides. PIDM has ``full`` (``train.py``'s step on the official objects,
+``official_models.PIDMStep``, against ``train_step`` with ``deepfashion/pidm``, EMA on) and ``sample`` (the
+official ``ddim_steps``, 50 steps, cond_scale 2, against ``PIDM.sample`` at DDIM 50 and guidance 2, eager, both in
+eval mode from the same x_T: ``sample_max_abs_diff``); benchmarks/README.md has its GPU command lines (paper
+config, 256x256, batch 8 and 32).
 Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
 ``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
 and channels-last decided for the device, against the official float32 run in the same alternating rounds; its
@@ -38,6 +44,7 @@ both sides and ``params_equal``; a final ``official_bench_ratio`` line with pgpi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -54,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import official_models  # noqa: E402
-from train_bench import smooth_images  # noqa: E402
+from train_bench import smooth_images, unzero  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
@@ -63,7 +70,7 @@ from pgpig.train import AMP_DTYPES, build, build_generator, compile_parts, pose_
 from pipeline.devices import resolve_device  # noqa: E402
 
 MODES = ("fp32", "bf16", "recipe")
-KINDS = ("full", "generator")
+KINDS = ("full", "generator", "sample")
 
 
 def sync(device: torch.device) -> None:
@@ -117,7 +124,7 @@ class OfficialSide:
     """The official model class built from its options; ``step()`` is one training step of ``kind``."""
 
     def __init__(self, spec: official_models.Official, opt: Any, kind: str, amp: str, batch: dict,
-                 device: torch.device):
+                 device: torch.device, noise_seed: int = 0):
         torch.manual_seed(1)
         self.model = official_models.quietly(spec.create, opt)
         self.spec, self.kind, self.amp, self.device = spec, kind, amp, device
@@ -126,14 +133,22 @@ class OfficialSide:
         self.g = spec.generator(self.model)
         self.d = spec.discriminators(self.model)
         self.opt_g = spec.optimizer_g(self.model)
-        if kind == "full":
+        if kind == "sample":
+            self.g.eval()
+            # x_T as pgpig's sampler draws it (a CPU generator from the seed), so both chains start alike
+            self.noise = torch.randn(batch["source"].shape,
+                                     generator=torch.Generator().manual_seed(noise_seed)).to(device)
+            self.nets, self.optimizers = [self.g], []
+        elif kind == "full":
             self.nets = [self.g, *self.d, *official_models.loss_modules(self.model)]
             self.optimizers = [o for o in vars(self.model).values() if isinstance(o, torch.optim.Optimizer)]
         else:
             self.nets, self.optimizers = [self.g], [self.opt_g]
 
-    def step(self) -> None:
+    def step(self) -> torch.Tensor | None:
         with autocast(self.device, self.amp):
+            if self.kind == "sample":
+                return self.spec.sample(self.model, self.batch, self.noise)
             if self.kind == "full":
                 self.model.set_input(self.inputs)
                 self.model.optimize_parameters()
@@ -145,11 +160,14 @@ class OfficialSide:
 
 
 class PgpigSide:
-    """pgpig's parts of ``cfg``; ``step()`` is ``train_step`` (``full``) or the generator's L1 step."""
+    """pgpig's parts of ``cfg``; ``step()`` is ``train_step`` (``full``), the generator's L1 step or PIDM's
+    ``sample`` (``sample``: eager, the sampler is not compiled)."""
 
     def __init__(self, cfg, kind: str, batch: dict, size: tuple[int, int], device: torch.device):
         torch.manual_seed(0)
         self.cfg, self.kind, self.device = resolve_speed(cfg, device), kind, device
+        if kind == "sample":
+            self.cfg = dataclasses.replace(self.cfg, compile=False)
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         self.batch = StepBatch(*(batch[k].contiguous(memory_format=fmt) if batch[k].dim() == 4 else batch[k]
                                  for k in ("source", "target", "source_pose", "target_pose", "source_kp",
@@ -162,6 +180,8 @@ class PgpigSide:
             self.optimizers = [o for o in (self.parts.opt_g, self.parts.opt_d) if o is not None]
             if self.cfg.compile:
                 compile_parts(self.parts)
+            if self.parts.ema is not None:
+                self.nets.append(self.parts.ema.model)
         else:
             self.plain_g = build_generator(self.cfg, size).to(device)
             if self.cfg.channels_last:
@@ -170,12 +190,18 @@ class PgpigSide:
             self.opt_g = torch.optim.Adam(self.plain_g.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
             self.g = torch.compile(self.plain_g) if self.cfg.compile else self.plain_g
             self.nets, self.optimizers = [self.plain_g], [self.opt_g]
+            if kind == "sample":
+                self.plain_g.eval()
+                self.optimizers = []
 
-    def step(self) -> None:
+    def step(self) -> torch.Tensor | None:
         if self.kind == "full":
             train_step(self.parts, self.cfg, self.batch)
-            return
+            return None
         b = self.batch
+        if self.kind == "sample":
+            with autocast(self.device, self.cfg.amp):
+                return self.plain_g.sample(b.source, b.target_pose)
         with autocast(self.device, self.cfg.amp):
             loss = F.l1_loss(generated_image(self.g(b.source, b.source_pose, b.target_pose)), b.target)
         self.opt_g.zero_grad(set_to_none=True)
@@ -238,16 +264,20 @@ def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common
     size = args.size or (256, 256 - 2 * cfg.crop_margin)
     batch = make_batch(cfg, device, size, args.batch, args.seed)
     official_amp = "bf16" if mode == "bf16" else "none"
-    sides = {"official": OfficialSide(spec, opt, kind, official_amp, batch, device),
+    model_conf = spec.configure(opt, cfg, size) if spec.configure else None
+    sides = {"official": OfficialSide(spec, opt, kind, official_amp, batch, device, cfg.sample_seed),
              "pgpig": PgpigSide(cfg, kind, batch, size, device)}
     g_off, g_pg = sides["official"].g, sides["pgpig"].plain_g
+    if kind == "sample":
+        unzero(g_pg)
     same_weights = copy_weights(g_pg, getattr(g_off, "module", g_off))  # DPTN's and GFLA's in DataParallel on a GPU
+    outputs = {name: side.step() for name, side in sides.items()} if kind == "sample" else {}
     params = {"official": {"generator": count([g_off])[0], "discriminators": count(sides["official"].d)},
               "pgpig": {"generator": count([g_pg])[0], "discriminators": count(sides["pgpig"].d)}}
     params_equal = params["official"]["generator"] == params["pgpig"]["generator"] and (
-        kind == "generator" or sorted(params["official"]["discriminators"]) ==
+        kind != "full" or sorted(params["official"]["discriminators"]) ==
         sorted(params["pgpig"]["discriminators"]))
-    if kind == "generator":  # the official model builds its discriminators anyway; they take no part here
+    if kind != "full":  # the official model builds its discriminators anyway; they take no part here
         params["official"]["discriminators"] = []
 
     warmup = {}
@@ -272,8 +302,14 @@ def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common
                 **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),
                 "warmup_seconds": warmup[name], "params": params, "params_equal": params_equal,
                 "same_generator_weights": same_weights}
+        if outputs:
+            line["sample_max_abs_diff"] = round(float((outputs["official"].float().clamp(-1, 1) -
+                                                       outputs["pgpig"].float()).abs().max()), 6)
         if name == "official":
             line.update(official_amp=official_amp, **setup)
+            if model_conf is not None:
+                line["official_model_conf"] = {k: list(v) if isinstance(v, tuple) else v
+                                               for k, v in model_conf.items()}
         else:
             line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "channels_last": pg.channels_last}
         lines.append(line)
@@ -306,7 +342,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side before the rounds")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--kinds", help=f"comma-separated, of {', '.join(KINDS)} [default: those the model has: "
+                                         "full,generator; PIDM full,sample]")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pgpig config field in every mode (repeatable)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/official-bench"),
@@ -317,15 +354,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     args = parser.parse_args(argv)
-    modes, kinds = args.modes.split(","), args.kinds.split(",")
-    for value, allowed, flag in ((modes, MODES, "--modes"), (kinds, KINDS, "--kinds")):
+    spec = official_models.OFFICIAL[args.model]
+    modes, kinds = args.modes.split(","), (args.kinds or ",".join(spec.kinds)).split(",")
+    for value, allowed, flag in ((modes, MODES, "--modes"), (kinds, spec.kinds, "--kinds")):
         if set(value) - set(allowed):
-            raise SystemExit(f"{flag}: {', '.join(sorted(set(value) - set(allowed)))} unknown; choose of "
-                             f"{', '.join(allowed)}")
+            raise SystemExit(f"{flag}: {', '.join(sorted(set(value) - set(allowed)))} unknown for {args.model}; "
+                             f"choose of {', '.join(allowed)}")
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # both sides: the official scripts set it too
 
-    spec = official_models.OFFICIAL[args.model]
     work = args.work / args.model
     ports = official_models.prepare(args.official_repo, work, spec.ports)
     shims = official_models.install_shims(device)
@@ -334,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         shims += spec.after_import()
     if device.type == "cpu":
         shims += spec.cpu_shims
-    argv_used = [*spec.argv, "--batchSize", str(args.batch), "--gpu_ids", official_models.gpu_ids(device)]
+    argv_used = [*spec.argv, *spec.bench_argv(args.batch, device)]
     opt = official_models.quietly(spec.options, argv_used)
     options = {k: (str(v) if not isinstance(v, (int, float, str, bool, list, type(None))) else v)
                for k, v in sorted(vars(opt).items())}

@@ -1,21 +1,26 @@
-"""The official training code of PATN, XingGAN, DPTN and GFLA, made importable in this process for
+"""The official training code of PATN, XingGAN, DPTN, GFLA and PIDM, made importable in this process for
 ``official_bench.py``.
 
 Each official repository (a ``git archive`` of tengteng95/Pose-Transfer, Ha0Tang/XingGAN,
-PangzeCheung/Dual-task-Pose-Transformer-Network, RenYurui/Global-Flow-Local-Attention, never committed) is copied
+PangzeCheung/Dual-task-Pose-Transformer-Network, RenYurui/Global-Flow-Local-Attention, ankanbhunia/PIDM, never
+committed) is copied
 (its ``.py`` files) to a work folder with the textual ``PORTS`` a file needs to import or run on current PyTorch
 (each must match its stated number of times, so a changed upstream file stops the run), and put first on
 ``sys.path``. ``install_shims`` makes the runtime changes (``SHIMS``) the code needs in this process without
 editing it. Per model, ``OFFICIAL`` holds the DeepFashion training command line of the repository's own script
 (README or ``train_*.sh``), parsed by the repository's own option parser, and how its model class is fed
-(``set_input``'s dict) and how its generator, discriminators and generator optimizer are reached.
+(``set_input``'s dict) and how its generator, discriminators and generator optimizer are reached. PIDM has no
+model class: ``PIDMStep`` runs ``train.py``'s step and ``diffusion.ddim_steps`` through the official functions.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import importlib
 import io
+import re
 import shutil
 import sys
 import types
@@ -48,11 +53,30 @@ SHIMS = {
                    "perceptual losses call .cuda() whatever the device)",
     "cpu-inputs": "on the CPU only: DPTN's and GFLA's set_input move their inputs to attributes only when they "
                   "have GPU ids, so the bench sets the same attributes before calling it",
+    "wandb": "an empty stand-in module when wandb is not installed: PIDM's train.py imports it for logging, which "
+             "its training step does not do",
+    "tensorfn": "stand-in modules tensorfn, tensorfn.config (plain classes for the config field types) and "
+                "tensorfn.optim when tensorfn is not installed: PIDM's config/diffconfig.py and train.py import them "
+                "to parse config/diffusion.conf; the bench reads that file's values (PIDM_CONF) and builds the "
+                "optimizer and scheduler itself",
+    "pidm-scheduler": "PIDM's tensorfn 'cycle' scheduler (warm-up of 5,000 steps from lr x 0.04, then flat) as a "
+                      "torch LambdaLR: train.py steps it every step; only the learning rate it sets differs",
+    "pidm-single-process": "PIDM's train.py wraps the model in DistributedDataParallel (find_unused_parameters) "
+                           "even on one GPU; the bench runs its step on the plain model, as pgpig's train_step "
+                           "runs one process (accumulate(ema, model.module) becomes accumulate(ema, model))",
     "gfla-ops": "GFLA's CUDA extensions (resample2d, block_extractor, local_attn_reshape) are not built: their "
                 "modules are replaced by stand-ins with the same classes calling pgpig.models.ops",
 }
 
-STAND_INS: dict[str, dict[str, Any]] = {"pandas": {}, "natsort": {"natsorted": sorted}}
+class ConfigStandIn:
+    """A stand-in for tensorfn's config field types: PIDM's config classes subclass or annotate with them."""
+
+
+STAND_INS: dict[str, dict[str, Any]] = {
+    "pandas": {}, "natsort": {"natsorted": sorted}, "wandb": {},
+    "tensorfn": {"load_config": None}, "tensorfn.optim": {"lr_scheduler": None},
+    "tensorfn.config": {name: type(name, (ConfigStandIn,), {}) for name in ("MainConfig", "Config", "Optimizer",
+                                                                            "Scheduler", "DataLoader", "Instance")}}
 """Modules the official code imports for parts no training step runs: their stand-ins' attributes."""
 
 
@@ -87,20 +111,33 @@ class Official:
     """Shims its ``create`` applies on the CPU (``cpu-inputs``)."""
     after_import: Callable[[], list[str]] | None = None
     """Shims that replace official modules, made once the code is on ``sys.path``; returns their names."""
+    kinds: tuple[str, ...] = ("full", "generator")
+    """The bench's step kinds this model has (``--kinds``' default)."""
+    bench_argv: Callable[[int, torch.device], list[str]] = lambda batch, device: [
+        "--batchSize", str(batch), "--gpu_ids", gpu_ids(device)]
+    """The flags the bench appends to ``argv``: the batch and the device."""
+    configure: Callable[[Any, Any, tuple[int, int]], dict[str, Any]] | None = None
+    """``(options, pgpig config, (H, W))`` -> the official network's settings, put on the options (PIDM: its
+    ``get_model_conf()`` with the width, image size and attention levels of the pgpig config, so that a reduced
+    config builds both networks alike); None: the options alone decide."""
+    sample: Callable[[Any, dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None
+    """``(model, batch, noise (B, 3, H, W))`` -> images: the official sampler as its scripts call it (``sample``
+    kind)."""
 
 
 # ---------------------------------------------------------------------------------------------------- the code
 
 
 def prepare(source: Path, work: Path, ports: dict[str, list[Port]]) -> list[str]:
-    """Copy the ``.py`` files of ``source`` to ``work`` with ``ports`` applied; returns them as ``file: old -> new
-    (why)``. A port whose text does not occur its stated number of times stops the run."""
+    """Copy the ``.py`` (and ``.conf``: PIDM's config) files of ``source`` to ``work`` with ``ports`` applied;
+    returns them as ``file: old -> new (why)``. A port whose text does not occur its stated number of times stops
+    the run."""
     if not source.is_dir():
         raise SystemExit(f"{source}: no official checkout here; export it with git archive (see official_bench.py)")
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(source, work, ignore=lambda d, names: [n for n in names if (Path(d) / n).is_file()
-                                                           and not n.endswith(".py")] + ["__pycache__"])
+                                                           and not n.endswith((".py", ".conf"))] + ["__pycache__"])
     done = []
     for name, changes in ports.items():
         path = work / name
@@ -139,7 +176,11 @@ def install_shims(device: torch.device) -> list[str]:
         except ImportError:
             sys.modules[name] = stand_in = types.ModuleType(name)
             vars(stand_in).update(attributes)
-            done.append(name)
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, stand_in)
+            if name.split(".")[0] not in done:
+                done.append(name.split(".")[0])
     if device.type == "cpu":
         torch.Tensor.cuda = lambda self, *a, **k: self
         nn.Module.cuda = lambda self, *a, **k: self
@@ -150,7 +191,7 @@ def install_shims(device: torch.device) -> list[str]:
 def load_code(work: Path) -> None:
     """Put ``work`` first on ``sys.path`` (the official packages are top-level ``models``, ``options``, ...)."""
     for name in [n for n in sys.modules if n.split(".")[0] in ("models", "options", "losses", "util", "data",
-                                                                "model")]:
+                                                                "model", "config", "diffusion", "train")]:
         del sys.modules[name]
     sys.path.insert(0, str(work))
 
@@ -349,14 +390,135 @@ GFLA = Official(
     {"model/pose_model.py": [ASYNC]}, recipe="gfla-stage2", ops="pgpig", cpu_shims=("cpu-inputs",),
     after_import=gfla_ops)
 
-OFFICIAL: dict[str, Official] = {"patn": PATN, "xinggan": XINGGAN, "dptn": DPTN, "gfla": GFLA}
+# ---------------------------------------------------------------------------------------------------- PIDM
+
+
+PIDM_CONF = {  # the values the bench reads from config/diffusion.conf: name -> pattern
+    "schedule": r"schedule:\s*(linear)\b", "n_timestep": r"n_timestep:\s*(\d+)",
+    "linear_start": r"linear_start:\s*([\d.e-]+)", "linear_end": r"linear_end:\s*([\d.e-]+)",
+    "lr": r"optimizer:\s*{\s*type:\s*adam\s+lr:\s*([\d.e-]+)",
+    "warmup": r"scheduler:\s*{\s*type:\s*cycle\s+lr:\s*[\d.e-]+\s+n_iter:\s*\d+\s+warmup:\s*(\d+)\s+"
+              r"decay:\s*\[linear,\s*flat\]"}
+
+
+def pidm_options(argv: list[str]) -> Any:
+    """train.py's flags that its step and validation sampling read (its parser lives under ``__main__``; these are
+    its names and defaults), and ``PIDM_CONF`` from the copied ``config/diffusion.conf`` (linear betas, Adam, the
+    cycle scheduler's warm-up then flat)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--guidance_prob", type=float, default=0.1)
+    parser.add_argument("--cond_scale", type=int, default=2)
+    parser.add_argument("--sample_algorithm", default="ddim")
+    parser.add_argument("--device", default="cuda")
+    opt, _ = parser.parse_known_args(argv)
+    vars(opt).update(read_pidm_conf(Path(importlib.import_module("diffusion").__file__).parent / "config" /
+                                    "diffusion.conf"))
+    opt.model_conf = {}
+    return opt
+
+
+def read_pidm_conf(path: Path) -> dict[str, Any]:
+    """``PIDM_CONF``'s values in PIDM's ``config/diffusion.conf``; a value not found as expected stops the run."""
+    text, out = path.read_text(), {}
+    for name, pattern in PIDM_CONF.items():
+        found = re.search(pattern, text)
+        if not found:
+            raise SystemExit(f"{path}: no {name} as the bench reads it; review PIDM_CONF in official_models.py")
+        out[name] = found.group(1)
+    return {**out, "n_timestep": int(out["n_timestep"]), "warmup": int(out["warmup"]), "lr": float(out["lr"]),
+            "linear_start": float(out["linear_start"]), "linear_end": float(out["linear_end"])}
+
+
+def pidm_configure(opt: Any, cfg: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The official ``get_model_conf()`` settings that differ at ``cfg``'s width, levels and ``(H, W)``: at the
+    paper config (256x256) none."""
+    levels = tuple(cfg.channel_mult or (1, 1, 2, 2, 4, 4))
+    attention = cfg.attention_levels if cfg.attention_levels is not None else (3, 4, 5)
+    opt.model_conf = {"model_channels": cfg.ngf, "channel_mult": levels, "num_res_blocks": cfg.n_blocks,
+                      "image_size": size[0], "attention_resolutions": tuple(size[0] // 2**level for level in attention),
+                      "embed_channels": cfg.embed_channels, "dropout": cfg.dropout}
+    return opt.model_conf
+
+
+class PIDMStep:
+    """PIDM's train.py step driven like the other official models (``set_input`` + ``optimize_parameters``), on
+    the official objects: ``get_model_conf().make_model()`` twice (model and EMA), ``create_gaussian_diffusion`` of
+    ``make_beta_schedule``'s betas, Adam; ``train.accumulate`` for the EMA."""
+
+    def __init__(self, opt: Any):
+        diffconfig = importlib.import_module("config.diffconfig")
+        diffusion = importlib.import_module("diffusion")
+        self.train = importlib.import_module("train")
+        self.ddim_steps = diffusion.ddim_steps
+        self.opt, device = opt, torch.device(opt.device)
+
+        def make_model() -> nn.Module:  # make_model sets conf.in_channels for the encoder: one conf a model
+            return dataclasses.replace(diffconfig.get_model_conf(), **opt.model_conf).make_model().to(device)
+
+        self.model, self.ema = make_model(), make_model()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opt.lr)
+        warmup = opt.warmup
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # shim pidm-scheduler
+            self.optimizer, lambda i: 0.04 + 0.96 * i / warmup if i < warmup else 1.0)
+        self.betas = diffusion.make_beta_schedule(opt.schedule, opt.n_timestep, opt.linear_start, opt.linear_end)
+        self.diffusion = diffusion.create_gaussian_diffusion(self.betas, predict_xstart=False)
+        self.losses: list[float] = []
+
+    def set_input(self, inputs: dict[str, torch.Tensor]) -> None:
+        self.inputs = inputs
+
+    def optimize_parameters(self) -> None:
+        """train.py's loop body, in its order, on the plain model (shim pidm-single-process)."""
+        img, target_img, target_pose = self.inputs["source"], self.inputs["target"], self.inputs["target_pose"]
+        time_t = torch.randint(0, self.opt.n_timestep, (img.shape[0],), device=img.device)
+        loss_dict = self.diffusion.training_losses(self.model, x_start=target_img, t=time_t,
+                                                   cond_input=[img, target_pose], prob=1 - self.opt.guidance_prob)
+        loss = loss_dict["loss"].mean()
+        loss_mse = loss_dict["mse"].mean()
+        loss_vb = loss_dict["vb"].mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1)
+        self.scheduler.step()
+        self.optimizer.step()
+        # train.py logs the three means every step: three host syncs
+        self.losses = [loss.detach().item(), loss_mse.detach().item(), loss_vb.detach().item()]
+        self.train.accumulate(self.ema, self.model, 0.9999)
+
+
+def pidm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("source", "target", "target_pose")}
+
+
+def pidm_sample(step: PIDMStep, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    """train.py's DDIM validation call (50 steps; ``ddim_steps`` guides with cond_scale 2) on the model, in eval
+    mode as predict.py's: ``(B, 3, H, W)``, not clipped."""
+    seq = range(0, step.opt.n_timestep, step.opt.n_timestep // 50)
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+        xs, _ = step.ddim_steps(noise, seq, step.model, step.betas.to(noise.device),
+                                [batch["source"], batch["target_pose"]])
+    return xs[-1]
+
+
+PIDM = Official(
+    "pidm", "ankanbhunia/PIDM", tuple('--dataset_path ./dataset/deepfashion --batch_size 8 --exp_name '
+                                      'pidm_deepfashion'.split()),
+    "README.md (the DeepFashion train command, run by torch.distributed.launch on 8 GPUs: one process here); "
+    "train.py's defaults; config/diffusion.conf", pidm_options, PIDMStep, pidm_inputs, lambda m: m.model,
+    lambda m: [], lambda m: m.optimizer, lambda m, b: pidm_sample(m, b, torch.randn_like(b["source"])),
+    kinds=("full", "sample"), bench_argv=lambda batch, device: ["--batch_size", str(batch), "--device", str(device)],
+    configure=pidm_configure, sample=pidm_sample, after_import=lambda: ["pidm-scheduler", "pidm-single-process"])
+
+OFFICIAL: dict[str, Official] = {"patn": PATN, "xinggan": XINGGAN, "dptn": DPTN, "gfla": GFLA, "pidm": PIDM}
 """The official training code per pgpig model name."""
 
 
 def loss_modules(model: Any) -> list[nn.Module]:
-    """The loss networks (VGG) an official model holds, for the memory it keeps."""
+    """The networks an official model holds besides generator and discriminators (VGG losses, PIDM's EMA copy),
+    for the memory it keeps."""
     found = []
-    for name in ("criterionL1", "Vggloss", "Correctness", "Regularization"):
+    for name in ("criterionL1", "Vggloss", "Correctness", "Regularization", "ema"):
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
             found.append(module)

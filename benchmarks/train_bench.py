@@ -72,6 +72,17 @@ def smooth_images(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
+@torch.no_grad()
+def unzero(generator: torch.nn.Module, seed: int = 0) -> None:
+    """Small random values (std 0.02, from ``seed``) in the weight tensors initialised to all zeros (PIDM's
+    zero-initialised output convolutions), so that a fresh generator's output and every layer's gradient depend on
+    the arithmetic; other generators have none. A step costs the same."""
+    draws = torch.Generator().manual_seed(seed)
+    for p in generator.parameters():
+        if p.dim() > 1 and not p.any():
+            p.copy_(torch.randn(p.shape, generator=draws) * 0.02)
+
+
 def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int,
                 min_seconds: float = 0.0, float64: bool = False) -> tuple[dict, dict]:
     """Steps/s, peak memory and the fixed batch's L1 of ``train_step`` under ``cfg``, and the first step's losses
@@ -80,6 +91,11 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
     the steps run with float64 as the default dtype."""
     torch.manual_seed(0)
     parts = build(cfg, device, size)
+    # A zero-initialised output layer (PIDM) makes the first step's output zero and its gradient reach that layer
+    # alone, whatever the arithmetic: the comparison with the baseline would say nothing.
+    unzero(parts.generator)
+    if parts.ema is not None:
+        parts.ema.reset(parts.generator)
     b, (h, w) = cfg.batch_size, size
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
