@@ -67,7 +67,9 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(min(32, channels), channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)  # float32, or float64 (a reference run)
 
 
 def zeroed(module: nn.Module) -> nn.Module:
