@@ -4,7 +4,11 @@
 # every cosine is taken against.
 #   bash benchmarks/archive/2026-12/gpu_step_speed.sh OUT_DIR [PARTS]
 # PARTS (default "eager"): eager (every recipe, eager modes), compile (COMPILE_RECIPES, each in its own process
-# with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds)
+# with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds), official (official_bench.py, recipe mode against the
+# official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
+# eager/compile parts picked), pidm (PIDM: official_bench full and sample at batch 8, train_bench's modes with
+# their gradient cosines, and a mannequin run of PIDM_STEPS steps with eval). official and pidm need official/<model>
+# (git-ignored exports of the official repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager}
@@ -31,5 +35,33 @@ if has compile; then
         var="COMPILE_MODES_${r//-/_}"
         bench "$r" "${!var:-fp32,bf16+compile}" "${COMPILE_LIMIT:-330}" || stamp "compile $r: exit $?"
     done
+fi
+if has official; then
+    stamp official
+    for m in ${OFFICIAL_MODELS:-patn xinggan dptn gfla}; do
+        var="OFFICIAL_SET_${m}"
+        sets=()
+        for kv in ${!var:-}; do sets+=(--set "$kv"); done
+        timeout "${OFFICIAL_LIMIT:-420}" $py benchmarks/official_bench.py --official-repo "official/$m" --model "$m" \
+            --device cuda --batch 32 --rounds 3 --steps 5 --warmup 3 --modes recipe --kinds full "${sets[@]}" \
+            --out "$out/official.jsonl" 2>> "$out/official.err" | tail -1 || stamp "official $m: exit $?"
+    done
+fi
+if has pidm; then
+    stamp pidm
+    $py benchmarks/official_bench.py --official-repo official/pidm --model pidm --device cuda --batch 8 \
+        --modes fp32,bf16 --rounds 3 --steps 5 --warmup 2 --out "$out/official.jsonl" 2>> "$out/pidm.err" | tail -1
+    $py benchmarks/official_bench.py --official-repo official/pidm --model pidm --device cuda --batch 8 \
+        --kinds sample --modes fp32,bf16 --rounds 2 --steps 1 --warmup 1 --out "$out/official.jsonl" \
+        2>> "$out/pidm.err" | tail -1
+    bench pidm fp32,none,none+tf32,bf16,fp16 600
+    work=${PIDM_WORK:-/tmp/pidm-gpu}
+    $py benchmarks/mannequin_shards.py "$work" deepfashion 40 6 > /dev/null
+    $py -m pgpig.cli train --shards "$work/shards" --recipe workflows/deepfashion/pidm.yaml --run "$work/run" \
+        --steps "${PIDM_STEPS:-3000}" --batch-size 32 --set ngf=64 --set lr_warmup_steps=200 --set ema_start=199 \
+        --set ema_decay=0.999 --set sample_every=1000 --set checkpoint_every=1000 --quiet 2>> "$out/pidm.err" \
+        | tee -a "$out/session.log"
+    $py -m pgpig.cli eval --run "$work/run" --shards "$work/shards" --metrics ssim,mask_ssim,l1,pckh --quiet \
+        2>> "$out/pidm.err" | tee "$out/pidm-eval.md"
 fi
 stamp done
