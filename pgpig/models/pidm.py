@@ -365,9 +365,12 @@ class PIDM(PIDMUNet):
     and with ``noisy``/``timesteps`` it is the denoising network (the training loss's call, through any DDP or
     compile wrapper). ``source_pose`` is not used. State-dict keys are ``PIDMUNet``'s, the official model's."""
 
-    def __init__(self, *args: object, sampling: Sampling = Sampling(), diffusion_steps: int = 1000,
-                 **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, ngf: int = 128, channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
+                 attention_levels: tuple[int, ...] = (3, 4, 5), embed_channels: int = 512, dropout: float = 0.1,
+                 image_channels: int = 3, pose_channels: int = 20, out_channels: int = 6, *,
+                 sampling: Sampling = Sampling(), diffusion_steps: int = 1000) -> None:
+        super().__init__(ngf, channel_mult, num_res_blocks, attention_levels, embed_channels, dropout, image_channels,
+                         pose_channels, out_channels)
         self.sampling = sampling
         with torch.device("cpu"):  # also when the network is built on the meta device (official imports)
             self.diffusion = Diffusion(linear_betas(diffusion_steps))
