@@ -135,9 +135,13 @@ class OfficialSide:
         self.opt_g = spec.optimizer_g(self.model)
         if kind == "sample":
             self.g.eval()
-            # x_T as pgpig's sampler draws it (a CPU generator from the seed), so both chains start alike
-            self.noise = torch.randn(batch["source"].shape,
-                                     generator=torch.Generator().manual_seed(noise_seed)).to(device)
+            # x_T as pgpig's sampler draws it (a CPU generator per pair, from the seed and the pair's source and
+            # pose), so both chains start alike
+            from pgpig.models.pidm import pair_generator
+
+            self.noise = torch.stack([torch.randn(image.shape, generator=pair_generator(noise_seed, image, pose))
+                                      for image, pose in zip(batch["source"], batch["target_pose"], strict=True)])
+            self.noise = self.noise.to(device)
             self.nets, self.optimizers = [self.g], []
         elif kind == "full":
             self.nets = [self.g, *self.d, *official_models.loss_modules(self.model)]

@@ -169,7 +169,8 @@ class TrainConfig:
     """PIDM: the paper's disentangled guidance against a null pose and a null source; false: the official form,
     the pose kept in every term (``docs/diffusion.md``)."""
     sample_seed: int = 0
-    """PIDM: seed of the sampler's noise, drawn anew for each batch generated."""
+    """PIDM: seed of the sampler's noise, which each pair draws from its own generator (this seed and the pair's
+    source image and pose), whatever batch it is in."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the generator's weights with this decay (0: none); its weights are
     the ones ``pgpig generate``, eval and the validation grids use (PIDM: 0.9999)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -249,9 +250,18 @@ def guided_output(net: DenoisingNet, x_t: Tensor, t: Tensor, source: Tensor, pos
     return guided
 
 
-def _standard_normal(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
+Generators = torch.Generator | Sequence[torch.Generator]
+"""A sampler's noise source: one generator for the batch, or one per sample (each sample's noise then depends on
+that sample's generator alone, not on its batch neighbours or its position)."""
+
+
+def _standard_normal(shape: torch.Size, generator: Generators, device: torch.device) -> Tensor:
     # Drawn on the generator's device, so one CPU generator gives the same noise whatever device samples.
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    if len(generator) != shape[0]:
+        raise TrainError(f"diffusion: {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generator])
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
@@ -263,10 +273,11 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def ddim_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: Tensor, generator: torch.Generator,
+def ddim_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: Tensor, generator: Generators,
                 *, steps: int = 50, eta: float = 0.0, guidance: Guidance = Guidance()) -> Tensor:
     """DDIM sampling (Song et al., arXiv:2010.02502, eq. 12) over ``ddim_timesteps``, as the official
-    ``ddim_steps``: x_T, then (eta > 0) one noise tensor per step, all drawn from ``generator``.
+    ``ddim_steps``: x_T, then (eta > 0) one noise tensor per step, all drawn from ``generator`` (one for the batch,
+    or one per sample).
 
     source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W) in source's dtype, not clipped. The chain runs in
     float64, as the official one does (its alphas are float64 tensors); the network sees source's dtype.
@@ -295,11 +306,12 @@ def ddim_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: T
 
 
 @torch.no_grad()
-def ddpm_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: Tensor, generator: torch.Generator,
+def ddpm_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: Tensor, generator: Generators,
                 *, guidance: Guidance = Guidance(), clip: bool = True) -> Tensor:
     """Ancestral sampling over every step of the schedule, as the official ``p_sample_loop``: the learned
     variance, the predicted x_0 clamped to [-1, 1] (``clip``), x_T and then one noise tensor per step t > 0 drawn
-    from ``generator``. source (B, 3, H, W), pose (B, P, H, W) -> images (B, 3, H, W)."""
+    from ``generator`` (one for the batch, or one per sample). source (B, 3, H, W), pose (B, P, H, W) -> images
+    (B, 3, H, W)."""
     diffusion = diffusion.to(source.device)
     x = _standard_normal(source.shape, generator, source.device)
     for now in reversed(range(diffusion.num_steps)):

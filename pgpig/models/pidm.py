@@ -15,6 +15,7 @@ its checkpoints' ``model``/``ema`` dicts load with ``load_state_dict``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from pgpig.models import create, register
 from pgpig.models.objective import Objective, StepBatch
 
 __all__ = ["OFFICIAL_PAPER_CONFIG", "PAPER_SETTINGS", "PIDM", "CrossAttention", "DiffusionObjective", "PIDMUNet",
-           "ResBlock", "Sampling", "SourceEncoder", "UnusedWeights", "timestep_embedding"]
+           "ResBlock", "Sampling", "SourceEncoder", "UnusedWeights", "pair_generator", "timestep_embedding"]
 
 # get_model_conf(): model_channels 128, channel_mult (1, 1, 2, 2, 4, 4), 2 res blocks a level, embed 512, dropout 0.1,
 # attention at resolutions (32, 16, 8) of image_size 256, i.e. at levels 3, 4 and 5; in 3 + 20, out 3 * 2.
@@ -385,8 +386,9 @@ class PIDM(PIDMUNet):
 
     @torch.no_grad()
     def sample(self, source_image: torch.Tensor, target_pose: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in [-1, 1] for a batch: every call starts a CPU generator from ``sampling.seed``
-        (the same noise on any device); the source's features are computed once per guidance term."""
+        """Images ``(B, 3, H, W)`` in [-1, 1] for a batch. Each sample's noise comes from its own CPU generator,
+        seeded by ``sampling.seed`` and the bytes of its source image and pose: the same pair gets the same image in
+        any batch, at any position, on any device. The source's features are computed once per guidance term."""
         s = self.sampling
         features: dict[tuple[bool, ...] | None, list[torch.Tensor]] = {}
 
@@ -397,13 +399,23 @@ class PIDM(PIDMUNet):
                 features[key] = self.encode_source(source, keep_source)
             return self.denoise(x_t, t, features[key], pose, keep_pose)
 
-        generator = torch.Generator().manual_seed(s.seed)
+        generator = [pair_generator(s.seed, image, pose) for image, pose in zip(source_image, target_pose,
+                                                                                 strict=True)]
         if s.sampler == "ddpm":
             images = ddpm_sample(net, self.diffusion, source_image, target_pose, generator, guidance=s.guidance)
         else:
             images = ddim_sample(net, self.diffusion, source_image, target_pose, generator, steps=s.steps, eta=s.eta,
                                  guidance=s.guidance)
         return images.clamp(-1.0, 1.0)
+
+
+def pair_generator(seed: int, source_image: torch.Tensor, target_pose: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and one pair's source image ``(3, H, W)`` and pose ``(P, H, W)`` (their
+    float32 bytes)."""
+    digest = hashlib.sha256(str(seed).encode())
+    for tensor in (source_image, target_pose):
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
 
 
 class DiffusionObjective(Objective):

@@ -154,3 +154,24 @@ def test_300_cpu_steps_denoise_held_out_pairs_better_than_copying_the_source(lea
     model_l1, copy_l1 = (estimate - target).abs().mean().item(), (source - target).abs().mean().item()
     print(f"\npidm: 300 steps, one-step estimate at t=300: L1 {model_l1:.4f} vs copy {copy_l1:.4f}")
     assert model_l1 < copy_l1 - 0.1
+
+
+def test_a_pair_samples_the_same_image_alone_and_inside_a_batch():
+    """The sampler's noise is the pair's own (seeded by the run's seed and the pair's source and pose), so eval's
+    numbers do not depend on --batch-size or on a pair's neighbours; another seed gives another image."""
+    from pgpig.models import create
+    from pgpig.models.pidm import Sampling
+
+    torch.manual_seed(0)
+    model = create("pidm", ngf=32, channel_mult=(1, 2), attention_levels=(1,), num_res_blocks=1, embed_channels=32,
+                   sampling=Sampling(steps=3)).eval()
+    with torch.no_grad():
+        for p in model.out.parameters():  # the zero-initialised output layer: a network whose noise is not zero
+            p.normal_(0, 0.02)
+        source, pose = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 20, 16, 16)
+        batch = model(source, None, pose)
+        alone = model(source[2:], None, pose[2:])
+        model.sampling = Sampling(steps=3, seed=1)
+        reseeded = model(source[2:], None, pose[2:])
+    torch.testing.assert_close(alone, batch[2:], atol=1e-5, rtol=0)
+    assert not torch.allclose(batch[0], batch[1]) and (reseeded - alone).abs().max() > 0.1
