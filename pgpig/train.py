@@ -446,7 +446,9 @@ def _seed_all(seed: int) -> None:
 
 class TrainInterrupted(TrainError):
     """Training stopped by SIGINT or SIGTERM after writing a checkpoint at ``step`` (``checkpoint``, its folder);
-    ``command`` resumes it. The CLI exits with ``128 + signum`` (130 for Ctrl-C)."""
+    ``command`` resumes it. The CLI exits with ``128 + signum`` (130 for Ctrl-C). The training's SIGINT and SIGTERM
+    handlers stay installed (a further signal prints a note): a program that goes on after catching this sets its
+    own with ``signal.signal``."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path, command: str):
         self.signum, self.step, self.checkpoint, self.command = signum, step, checkpoint, command
@@ -458,7 +460,8 @@ class _StopSignals:
     """SIGINT and SIGTERM during training, as a context manager: each only sets ``signum``; the loop stops at the
     next step boundary and writes a checkpoint. Later signals, until the context exits (the checkpoint written),
     are ignored with a note on stderr, so a second Ctrl-C never cuts a write short. Installed only in the main
-    thread (Python delivers signals there); the previous handlers are restored on exit.
+    thread (Python delivers signals there); the previous handlers are restored on exit, unless a signal stopped the
+    run: then they stay until the process exits (``TrainInterrupted``).
 
     Under DDP every rank may get the signal at a different step (or only some ranks get it), so ``agreed`` takes
     the maximum over the ranks each step, through a gloo group: a few bytes between the CPUs, with no wait for the
@@ -482,6 +485,10 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.signum:
+            # stopping: the process is on its way out (the CLI exits with 128 + signum); a Ctrl-C repeated until then
+            # keeps printing its note instead of raising KeyboardInterrupt half way through the exit
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
