@@ -454,19 +454,20 @@ class DiffusionObjective(Objective):
         noise = torch.randn_like(target)
         draws = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, ())))  # from the step's seed
         keep_source, keep_pose = draw_keep_masks(b, draws, self.cfg.source_drop, self.cfg.pose_drop)
-        outputs = []
+        seen = []  # the noisy target and the network's output, for the one-step estimate
 
         def net(x_t: torch.Tensor, t: torch.Tensor, source: torch.Tensor, pose: torch.Tensor, *,
                 keep_source: torch.Tensor | None = None, keep_pose: torch.Tensor | None = None) -> torch.Tensor:
-            outputs.append(generator(source, None, pose, noisy=x_t, timesteps=t, keep_source=keep_source,
-                                     keep_pose=keep_pose))
-            return outputs[-1]
+            output = generator(source, None, pose, noisy=x_t, timesteps=t, keep_source=keep_source,
+                               keep_pose=keep_pose)
+            seen.append((x_t, output))
+            return output
 
         terms = self.diffusion.training_losses(net, target, t, batch.source, batch.target_pose, noise, keep_source,
                                                keep_pose)
         with torch.no_grad():
-            x_t = self.diffusion.q_sample(target, t, noise)
-            estimate = self.diffusion.p_mean_log_variance(outputs[0].detach().float(), x_t, t, clip=True)[2]
+            x_t, output = seen[0]
+            estimate = self.diffusion.p_mean_log_variance(output.detach().float(), x_t, t, clip=True)[2]
         scalars = {"mse": terms["mse"].mean().detach(), "vb": terms["vb"].mean().detach()}
         return estimate.to(target.dtype), terms["loss"].mean(), scalars
 
