@@ -15,10 +15,11 @@ from pgpig.errors import TrainError
 __all__ = ["download_state_dict", "read_state_dict"]
 
 
-def read_state_dict(path: Path, what: str, help_text: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, what: str, help_text: str, inner: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a ``.pth`` / ``.pt`` (unpickled with ``weights_only=True``) or ``.safetensors`` file.
 
     ``what`` names the weights in errors ("VGG-19", "FID Inception"); ``help_text`` says how to get the right file.
+    ``inner``: a file holding a dict with this key (a training checkpoint's ``ema``) gives that key's value.
     Anything but a flat ``{str: Tensor}`` dict is a ``TrainError``.
     """
     try:
@@ -32,6 +33,8 @@ def read_state_dict(path: Path, what: str, help_text: str) -> dict[str, torch.Te
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrainError(f"cannot read {what} weights {path} as a state dict of tensors ({reason}): {help_text}") \
             from None
+    if inner is not None and isinstance(state, dict) and isinstance(state.get(inner), dict):
+        state = state[inner]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise TrainError(f"{what} weights {path} are not a state dict of tensors: {help_text}")

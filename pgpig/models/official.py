@@ -392,21 +392,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     checkpoint ``{"model": ..., "ema": ...}`` of plain tensors (PIDM's, less its pickled config), the average."""
     from pgpig.weights import read_state_dict
 
-    path = Path(path)
-    help_text = ("give the generator file the official repository saved (a plain state dict, e.g. "
-                 "latest_net_netG.pth / latest_net_G.pth); PIDM's last.pt also pickles its config object: save "
-                 "its weights alone where that code runs, e.g. torch.save(torch.load('last.pt')['ema'], "
-                 "'pidm_ema.pt'), and import that")
-    if path.suffix != ".safetensors":
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # read_state_dict names the reason
-            loaded = None
-        if isinstance(loaded, dict) and isinstance(loaded.get("ema"), dict):
-            loaded = loaded["ema"]
-            if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-                return loaded
-    return read_state_dict(path, "official checkpoint", help_text)
+    return read_state_dict(Path(path), "official checkpoint",
+                           "give the generator file the official repository saved (a plain state dict, e.g. "
+                           "latest_net_netG.pth / latest_net_G.pth); PIDM's last.pt also pickles its config object: "
+                           "save its weights alone where that code runs, e.g. torch.save(torch.load('last.pt')['ema'], "
+                           "'pidm_ema.pt'), and import that", inner="ema")
 
 
 # ---------------------------------------------------------------------------------------------------- run folders
