@@ -691,10 +691,7 @@ def _generate(cfg: EvalConfig, out: Path, files: list[Path], pair_indices: list[
     pending = [k for k in pair_indices if fresh or not files[k].is_file()]
     log(f"generate: {len(pair_indices) - len(pending)} of {len(pair_indices)} images already written, "
         f"{len(pending)} to do (step {run.step}, {run.device})")
-    info = {"model": run.config.model, "step": run.step, "size": list(run.size),
-            "crop_margin": run.config.crop_margin, "generator_sha256": stamp["generator_sha256"]}
-    if sampling is not None:
-        info["sampling"] = stamp["sampling"]
+    info = {"model": run.config.model, **stamp}
     if not pending:
         return info
     if fresh:
