@@ -48,6 +48,7 @@ __all__ = [
     "render_pose_maps",
     "render_pose_sticks",
     "start_epoch",
+    "usable_cores",
 ]
 
 # ---------------------------------------------------------------------------------------------------- pose maps
@@ -148,6 +149,11 @@ def render_pose_disks(keypoints: torch.Tensor, size: tuple[int, int], radius: in
     return maps.reshape(b, NUM_KEYPOINTS, h, w).to(dtype)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # PIDM's ``limbSeq`` of ``get_label_tensor`` (1-based there) in 0-based OpenPose-18 indices: the first 17 of its 19
 # entries, the ones its loop draws (the last two, right shoulder to right ear and left shoulder to left ear, never are)
 PIDM_LIMBS: tuple[tuple[int, int], ...] = (
@@ -233,9 +239,7 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.
     h, w = int(size[0]), int(size[1])
     kp = keypoints.detach().to("cpu", torch.float64).numpy()
     out = np.empty((kp.shape[0], POSE_STICK_CHANNELS, h, w), np.uint8)
-    # OpenCV releases the GIL, so threads draw several skeletons at once
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = min(kp.shape[0], cores)
+    threads = min(kp.shape[0], usable_cores())  # OpenCV releases the GIL, so threads draw several skeletons at once
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(_pidm_pose_image, kp, out))

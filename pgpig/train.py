@@ -48,6 +48,7 @@ from pgpig.data import (
     render_pose_maps,
     render_pose_sticks,
     start_epoch,
+    usable_cores,
 )
 from pgpig.ema import WeightAverage
 from pgpig.errors import TrainError
@@ -548,8 +549,7 @@ def _run_folder(cfg: TrainConfig, world: int) -> Path:
 def _train_loader(cfg: TrainConfig, train_set: PairDataset, rank: int, world: int) -> DataLoader:
     """The loader of this rank's share of each global batch of ``shards/train``."""
     # batches do not depend on the number of workers, so more workers than cores are not worth their memory
-    workers = min(cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-                  os.cpu_count() or 1)
+    workers = min(cfg.num_workers, usable_cores())
     loader = make_loader(train_set, cfg.batch_size // world, shuffle=True, seed=cfg.seed, num_workers=workers,
                          rank=rank, world_size=world)
     loader.worker_init_fn = functools.partial(_worker_signals, loader.worker_init_fn)
