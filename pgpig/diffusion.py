@@ -40,6 +40,11 @@ __all__ = [
 ]
 
 
+PREDICTIONS = ("noise", "velocity")
+"""What the network's first channels predict: the noise (the paper's), or the velocity
+v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0 (Salimans & Ho, arXiv:2202.00512)."""
+
+
 class DenoisingNet(Protocol):
     def __call__(self, x_t: Tensor, t: Tensor, source: Tensor, pose: Tensor, *, keep_source: Tensor | None = None,
                  keep_pose: Tensor | None = None) -> Tensor: ...
@@ -90,11 +95,15 @@ class Diffusion:
     """The forward process of a beta schedule and its posterior, with the per-step buffers in float64 (as the
     official ``GaussianDiffusion`` keeps them); each buffer is cast to the dtype of the tensor it scales.
 
-    The model predicts the noise and, in its second half of channels, ``v`` in [-1, 1] that interpolates the
-    log-variance between the posterior's (clipped at step 0) and beta's (Nichol & Dhariwal's learned range).
+    The model predicts the noise (or, with ``prediction="velocity"``, the velocity; ``PREDICTIONS``) and, in its
+    second half of channels, ``v`` in [-1, 1] that interpolates the log-variance between the posterior's (clipped
+    at step 0) and beta's (Nichol & Dhariwal's learned range).
     """
 
-    def __init__(self, betas: Tensor) -> None:
+    def __init__(self, betas: Tensor, prediction: str = "noise") -> None:
+        if prediction not in PREDICTIONS:
+            raise TrainError(f"diffusion: prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        self.prediction = prediction
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or len(betas) < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise TrainError("diffusion schedule: betas must be a 1-D list of at least 2 values in (0, 1]")
@@ -137,12 +146,16 @@ class Diffusion:
                                                                                                      Tensor]:
         """The model's p(x_{t-1} | x_t) from its output (B, 2C, H, W): mean, log-variance and the predicted x_0
         (each (B, C, H, W)); ``clip`` clamps the predicted x_0 to [-1, 1] before the mean is formed."""
-        eps, v = _split_output(output, x_t)
+        prediction, v = _split_output(output, x_t)
         frac = (v + 1.0) / 2.0
         log_variance = (frac * _take(self.log_betas, t, x_t)
                         + (1.0 - frac) * _take(self.posterior_log_variance_clipped, t, x_t))
-        pred_start = (_take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                      - _take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        if self.prediction == "velocity":
+            pred_start = (_take(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                          - _take(self.sqrt_one_minus_alphas_cumprod, t, x_t) * prediction)
+        else:
+            pred_start = (_take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                          - _take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * prediction)
         if clip:
             pred_start = pred_start.clamp(-1.0, 1.0)
         mean, _ = self.q_posterior(pred_start, x_t, t)
@@ -160,17 +173,22 @@ class Diffusion:
     def training_losses(self, net: DenoisingNet, x_start: Tensor, t: Tensor, source: Tensor, pose: Tensor,
                         noise: Tensor, keep_source: Tensor | None = None,
                         keep_pose: Tensor | None = None) -> dict[str, Tensor]:
-        """The official hybrid loss per sample: ``mse`` of the predicted noise plus ``vb``, the variational bound
-        with the predicted noise detached so that only the variance channels learn from it; each (B,).
+        """The official hybrid loss per sample: ``mse`` of the predicted noise (or velocity) plus ``vb``, the
+        variational bound with the prediction detached so that only the variance channels learn from it; each (B,).
 
         x_start: target images (B, 3, H, W) in [-1, 1]; t: (B,) int64 steps; source (B, 3, H, W); pose
         (B, P, H, W); noise: like x_start; keep_*: (B,) bool condition masks (``draw_keep_masks``).
         """
         x_t = self.q_sample(x_start, t, noise)
         output = net(x_t, t, source, pose, keep_source=keep_source, keep_pose=keep_pose)
-        eps, v = _split_output(output, x_t)
-        mse = _mean_per_sample((noise - eps) ** 2)
-        vb = self.variational_bound(torch.cat([eps.detach(), v], dim=1), x_start, x_t, t)
+        prediction, v = _split_output(output, x_t)
+        if self.prediction == "velocity":
+            wanted = (_take(self.sqrt_alphas_cumprod, t, x_start) * noise
+                      - _take(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
+        else:
+            wanted = noise
+        mse = _mean_per_sample((wanted - prediction) ** 2)
+        vb = self.variational_bound(torch.cat([prediction.detach(), v], dim=1), x_start, x_t, t)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 
@@ -293,8 +311,13 @@ def ddim_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: T
         a_now = diffusion.alphas_cumprod[now]
         a_next = diffusion.alphas_cumprod[after] if after >= 0 else one
         output = guided_output(net, x.to(source.dtype), t, source, pose, guidance)
-        eps = _split_output(output, x)[0].double()
-        x_start = (x - eps * (1.0 - a_now).sqrt()) / a_now.sqrt()
+        prediction = _split_output(output, x)[0].double()
+        if diffusion.prediction == "velocity":
+            x_start = a_now.sqrt() * x - (1.0 - a_now).sqrt() * prediction
+            eps = (1.0 - a_now).sqrt() * x + a_now.sqrt() * prediction
+        else:
+            eps = prediction
+            x_start = (x - eps * (1.0 - a_now).sqrt()) / a_now.sqrt()
         x_next = a_next.sqrt() * x_start
         if eta > 0:
             c_noise = eta * ((1.0 - a_now / a_next) * (1.0 - a_next) / (1.0 - a_now)).sqrt()

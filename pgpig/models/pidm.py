@@ -369,12 +369,12 @@ class PIDM(PIDMUNet):
     def __init__(self, ngf: int = 128, channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] = (3, 4, 5), embed_channels: int = 512, dropout: float = 0.1,
                  image_channels: int = 3, pose_channels: int = 20, out_channels: int = 6, *,
-                 sampling: Sampling = Sampling(), diffusion_steps: int = 1000) -> None:
+                 sampling: Sampling = Sampling(), diffusion_steps: int = 1000, prediction: str = "noise") -> None:
         super().__init__(ngf, channel_mult, num_res_blocks, attention_levels, embed_channels, dropout, image_channels,
                          pose_channels, out_channels)
         self.sampling = sampling
         with torch.device("cpu"):  # also when the network is built on the meta device (official imports)
-            self.diffusion = Diffusion(linear_betas(diffusion_steps))
+            self.diffusion = Diffusion(linear_betas(diffusion_steps), prediction)
 
     def forward(self, source_image: torch.Tensor, source_pose: torch.Tensor | None, target_pose: torch.Tensor, *,
                 noisy: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
@@ -441,10 +441,10 @@ class DiffusionObjective(Objective):
                                              else PAPER_SETTINGS["attention_levels"]),
                       embed_channels=cfg.embed_channels, dropout=cfg.dropout, pose_channels=pose_channels(cfg),
                       sampling=sampling,
-                      diffusion_steps=cfg.diffusion_steps)
+                      diffusion_steps=cfg.diffusion_steps, prediction=cfg.prediction)
 
     def build_losses(self) -> None:
-        self.diffusion = Diffusion(linear_betas(self.cfg.diffusion_steps)).to(self.device)
+        self.diffusion = Diffusion(linear_betas(self.cfg.diffusion_steps), self.cfg.prediction).to(self.device)
 
     def generator_loss(self, generator: nn.Module, discriminators: dict[str, nn.Module],
                        batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

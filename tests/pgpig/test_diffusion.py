@@ -279,6 +279,53 @@ def test_keep_mask_rates() -> None:
         draw_keep_masks(4, torch.Generator(), source_drop=1.5)
 
 
+class Oracle:
+    """A network that knows the clean image: from x_t it returns the exact noise or velocity that x_t hides
+    (``prediction``), and zeros for the variance channels; whatever the conditions, so guidance changes nothing."""
+
+    def __init__(self, diffusion: Diffusion, x_start: torch.Tensor) -> None:
+        self.diffusion, self.x_start = diffusion, x_start
+
+    def __call__(self, x_t, t, source, pose, **keep):
+        a = self.diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_start = self.x_start.repeat(len(x_t) // len(self.x_start), 1, 1, 1)  # guidance's blocks of the batch
+        noise = (x_t.double() - a.sqrt() * x_start) / (1.0 - a).sqrt()
+        wanted = a.sqrt() * noise - (1.0 - a).sqrt() * x_start if self.diffusion.prediction == "velocity" \
+            else noise
+        return torch.cat([wanted, torch.zeros_like(wanted)], dim=1).to(x_t.dtype)
+
+
+@pytest.mark.parametrize("prediction", ["noise", "velocity"])
+def test_an_exact_prediction_recovers_the_image_by_either_parameterisation(reference, prediction: str) -> None:
+    """Given the exact noise or velocity, the loss is zero, the predicted x_0 is the image at every step, and DDIM
+    (any eta) and DDPM return the image; a network predicting the other quantity does not."""
+    config, ref = reference
+    schedule = config["schedule"]
+    diffusion = Diffusion(linear_betas(schedule["num_steps"], schedule["start"], schedule["end"]), prediction)
+    x_start = ref["x_start"].double()
+    source, pose, noise, t = ref["source"].double(), ref["pose"].double(), ref["noise"].double(), ref["t"]
+    oracle = Oracle(diffusion, x_start)
+    terms = diffusion.training_losses(oracle, x_start, t, source, pose, noise)
+    assert terms["mse"].max() < 1e-20
+    x_t = diffusion.q_sample(x_start, t, noise)
+    torch.testing.assert_close(diffusion.p_mean_log_variance(oracle(x_t, t, source, pose), x_t, t, clip=False)[2],
+                               x_start, rtol=0, atol=1e-9)
+    for eta in (0.0, 0.5):
+        image = ddim_sample(oracle, diffusion, source, pose, torch.Generator().manual_seed(0), steps=10, eta=eta)
+        torch.testing.assert_close(image, x_start, rtol=0, atol=1e-9)
+    short = Diffusion(linear_betas(10), prediction)
+    image = ddpm_sample(Oracle(short, x_start), short, source, pose, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(image, x_start.clamp(-1, 1).float(), rtol=0, atol=1e-6)  # DDPM draws float32 noise
+    other = Oracle(Diffusion(diffusion.betas, "velocity" if prediction == "noise" else "noise"), x_start)
+    wrong = diffusion.p_mean_log_variance(other(x_t, t, source, pose), x_t, t, clip=False)[2]
+    assert (wrong - x_start).abs().max() > 0.5
+
+
+def test_an_unknown_prediction_is_refused() -> None:
+    with pytest.raises(TrainError, match="prediction must be one of noise, velocity, got 'x0'"):
+        Diffusion(linear_betas(10), "x0")
+
+
 def test_bad_network_output_and_schedule_are_one_line_errors(reference, diffusion) -> None:
     config, ref = reference
 
