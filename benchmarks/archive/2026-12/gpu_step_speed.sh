@@ -7,8 +7,8 @@
 # with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds), official (official_bench.py, recipe mode against the
 # official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
 # eager/compile parts picked), pidm (PIDM: official_bench full and sample at batch 8, train_bench's modes with
-# their gradient cosines, and a mannequin run of PIDM_STEPS steps with eval). official and pidm need official/<model>
-# (git-ignored exports of the official repositories, carried to the device).
+# their gradient cosines, and mannequin runs of PIDM_STEPS steps with eval, one per PIDM_PREDICTIONS). official and
+# pidm need official/<model> (git-ignored exports of the official repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager}
@@ -57,11 +57,13 @@ if has pidm; then
     bench pidm fp32,none,none+tf32,bf16,fp16 600
     work=${PIDM_WORK:-/tmp/pidm-gpu}
     $py benchmarks/mannequin_shards.py "$work" deepfashion 40 6 > /dev/null
-    $py -m pgpig.cli train --shards "$work/shards" --recipe workflows/deepfashion/pidm.yaml --run "$work/run" \
-        --steps "${PIDM_STEPS:-3000}" --batch-size 32 --set ngf=64 --set lr_warmup_steps=200 --set ema_start=199 \
-        --set ema_decay=0.999 --set sample_every=1000 --set checkpoint_every=1000 --quiet 2>> "$out/pidm.err" \
-        | tee -a "$out/session.log"
-    $py -m pgpig.cli eval --run "$work/run" --shards "$work/shards" --metrics ssim,mask_ssim,l1,pckh --quiet \
-        2>> "$out/pidm.err" | tee "$out/pidm-eval.md"
+    for prediction in ${PIDM_PREDICTIONS:-noise velocity}; do
+        $py -m pgpig.cli train --shards "$work/shards" --recipe workflows/deepfashion/pidm.yaml \
+            --run "$work/run-$prediction" --steps "${PIDM_STEPS:-3000}" --batch-size 32 --set ngf=64 \
+            --set prediction="$prediction" --set lr_warmup_steps=200 --set ema_start=199 --set ema_decay=0.999 \
+            --set sample_every=1000 --set checkpoint_every=1000 --quiet 2>> "$out/pidm.err" | tee -a "$out/session.log"
+        $py -m pgpig.cli eval --run "$work/run-$prediction" --shards "$work/shards" \
+            --metrics ssim,mask_ssim,l1,pckh --quiet 2>> "$out/pidm.err" | tee "$out/pidm-eval-$prediction.md"
+    done
 fi
 stamp done
