@@ -19,18 +19,18 @@ device, so the figure is the model's and the optimizer's alone. The batch is smo
 perceptual loss is randomly initialised (ImageNet weights cannot be downloaded on the benchmark machine; the cost
 is the same). The baseline is the first mode of the list in the same run: every line carries its speed ratio to it.
 
-Correctness of a mode: every mode starts from the same weights, batch and random draws, and its first step runs
-with dropout off (bf16's and inductor's dropout kernels draw other masks from the same seed), so that step must
-compute the baseline's up to rounding: each line carries the cosine of its generator gradient to the baseline's
-(``grad_cosine_vs_baseline``; ``grad_worst_tensors`` names the three parameter tensors whose gradients differ most,
-to see where a low cosine comes from) and the largest relative difference of a first-step loss term, and whether
-every loss stayed finite. After a recipe's modes, a ``train_pick`` line names the fastest mode that stayed finite with a
-cosine of at least ``--min-cosine`` (0.99). The L1 of the generated image to the target at the first and the last
-measured step (``l1_first``, ``l1_last``) shows the generator fitting the fixed batch (an adversarial recipe's L1
-need not fall in so few steps). ``--steps`` is the least number of measured steps; more run until
-``--min-seconds`` have passed. ``warmup_seconds`` is the time of the warm-up steps (a compile is paid there; with
-dropout in the networks twice, since switching dropout back on after the first step makes dynamo compile again:
-give ``+compile`` modes of PATN and XingGAN 2-3 minutes on an H200).
+Correctness of a mode: every mode starts from the same weights, batch and random draws, and its first step runs with
+dropout off (bf16's and inductor's dropout kernels draw other masks from the same seed) and PIDM's condition dropout
+off (see ``bench_steps``), so that step must compute the baseline's up to rounding: each line carries the cosine of
+its generator gradient to the baseline's (``grad_cosine_vs_baseline``; ``grad_worst_tensors`` names the three
+parameter tensors whose gradients differ most, to see where a low cosine comes from) and the largest relative
+difference of a first-step loss term, and whether every loss stayed finite. After a recipe's modes, a ``train_pick``
+line names the fastest mode that stayed finite with a cosine of at least ``--min-cosine`` (0.99). The L1 of the
+generated image to the target at the first and the last measured step (``l1_first``, ``l1_last``) shows the
+generator fitting the fixed batch (an adversarial recipe's L1 need not fall in so few steps). ``--steps`` is the
+least number of measured steps; more run until ``--min-seconds`` have passed. ``warmup_seconds`` is the time of the
+warm-up steps (a compile is paid there; with dropout in the networks twice, since switching dropout back on after
+the first step makes dynamo compile again: give ``+compile`` modes of PATN and XingGAN 2-3 minutes on an H200).
 
 ``--shards DIR`` adds a line for the data loader alone (``pgpig.data.make_loader`` with the recipe's batch size
 and workers over ``DIR/train``, pinned memory): pairs/s, and its ratio to the fastest training mode's pairs/s. A
@@ -120,15 +120,24 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
     # first gradients to a cosine of 0.01-0.93 (their image encoders' most) while every loss agreed to 0.1%.
     dropouts = [m for net in (plain, *parts.discriminators.values()) for m in net.modules()
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+    # PIDM's condition dropout is off for that step too: a dropped source is the zero image, whose constant feature
+    # maps reach group norms with zero variance, and with unzero's weights the gradient of the next norm's bias is
+    # then a rounding-dependent 5 (float32) to 5e6 (float64), all of the gradient's norm (measured at ngf 32; a
+    # trained network's zero-initialised layers keep that path closed: same gradient norms with and without the
+    # dropout over its first 200 steps).
+    conditioned = parts.objective.cfg
 
     def step() -> torch.Tensor:
         nonlocal finite
         for m in dropouts:
             m.train(bool(first))
+        parts.objective.cfg = conditioned if first else dataclasses.replace(conditioned, source_drop=0.0,
+                                                                             pose_drop=0.0)
         source_pose = pose_maps(cfg, keypoints[0], size).to(source.dtype).contiguous(memory_format=memory_format)
         target_pose = pose_maps(cfg, keypoints[1], size).to(source.dtype).contiguous(memory_format=memory_format)
         generated, losses = train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose,
                                                              keypoints[0], keypoints[1]))
+        losses.pop("grad_norm", None)  # not a loss (and infinite on the steps an fp16 scaler skips)
         for value in losses.values():
             finite = finite & torch.isfinite(value.detach()).all()
         if not first:

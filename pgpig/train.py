@@ -260,7 +260,9 @@ def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.
     scaler.scale(loss_g).backward()
     if cfg.grad_clip > 0:
         scaler.unscale_(parts.opt_g)
-        torch.nn.utils.clip_grad_norm_([p for g in parts.opt_g.param_groups for p in g["params"]], cfg.grad_clip)
+        # the norm before clipping, logged: how often and how hard the clip acts
+        losses["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            [p for g in parts.opt_g.param_groups for p in g["params"]], cfg.grad_clip)
     scaler.step(parts.opt_g)
     if parts.ema is not None:
         parts.ema.update(_unwrap(parts.generator))

@@ -304,7 +304,8 @@ class PIDMUNet(nn.Module):
         """The UNet on ``cat(x_t, target_pose)`` given ``encode_source``'s features: ``(B, 6, H, W)``."""
         if keep_pose is not None:
             target_pose = torch.where(keep_pose.view(-1, 1, 1, 1), target_pose, 0.0)
-        emb = self.time_embed(timestep_embedding(t, self.ngf))
+        # float32 like the official embedding; float64 when the network is (a reference run)
+        emb = self.time_embed(timestep_embedding(t, self.ngf).to(torch.promote_types(x_t.dtype, torch.float32)))
         h = torch.cat([x_t, target_pose], dim=1)
         skips = []
         for step, source in zip(self.input_blocks, source_features, strict=True):
@@ -451,7 +452,8 @@ class DiffusionObjective(Objective):
         target = batch.target
         b, device = target.shape[0], target.device
         t = torch.randint(0, self.diffusion.num_steps, (b,), device=device)
-        noise = torch.randn_like(target)
+        # drawn in float32 whatever the target's dtype, so a float64 reference run draws the same noise
+        noise = torch.randn(target.shape, device=device, dtype=torch.float32).to(target.dtype)
         draws = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, ())))  # from the step's seed
         keep_source, keep_pose = draw_keep_masks(b, draws, self.cfg.source_drop, self.cfg.pose_drop)
         seen = []  # the noisy target and the network's output, for the one-step estimate

@@ -88,7 +88,7 @@ def test_a_run_trains_resumes_after_kill_9_bit_for_bit_samples_and_evaluates(pid
     result = CliRunner().invoke(main, ["train", "--shards", str(pidm_shards), "--run", str(straight),
                                        "--steps", str(TOTAL), *TINY])
     assert result.exit_code == 0, result.output
-    assert "mse" in result.output and "vb" in result.output
+    assert "mse" in result.output and "vb" in result.output and "grad_norm" in result.output
 
     _, returncode, output = train_until_killed(["--shards", str(pidm_shards), "--run", str(killed), "--steps",
                                                 str(TOTAL), *TINY], killed, tmp_path, 2)
