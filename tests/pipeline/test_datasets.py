@@ -584,7 +584,10 @@ def test_the_child_ends_with_its_parent(deepfashion_tree, tmp_path, how):
     parent killed with -9 runs no code at all (the child sees the pipe to it close)."""
     fifo = tmp_path / "train.lst"
     os.mkfifo(fifo)
-    script = ("import sys\n"
+    # Python keeps SIGINT ignored when it starts with it ignored (as under a non-interactive shell's `cmd &`);
+    # the parent takes a terminal's Ctrl-C handling whatever the test runner was started with
+    script = ("import signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from pipeline.datasets.background import start_listing\n"
               "with start_listing(sys.argv[1], split_lists=(sys.argv[2], sys.argv[2])) as listing:\n"
               "    print(listing._child.pid, flush=True)\n"
