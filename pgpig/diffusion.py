@@ -151,8 +151,7 @@ class Diffusion:
         log_variance = (frac * _take(self.log_betas, t, x_t)
                         + (1.0 - frac) * _take(self.posterior_log_variance_clipped, t, x_t))
         if self.prediction == "velocity":
-            pred_start = (_take(self.sqrt_alphas_cumprod, t, x_t) * x_t
-                          - _take(self.sqrt_one_minus_alphas_cumprod, t, x_t) * prediction)
+            pred_start = self.from_velocity(prediction, x_t, t)[0]
         else:
             pred_start = (_take(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                           - _take(self.sqrt_recipm1_alphas_cumprod, t, x_t) * prediction)
@@ -160,6 +159,12 @@ class Diffusion:
             pred_start = pred_start.clamp(-1.0, 1.0)
         mean, _ = self.q_posterior(pred_start, x_t, t)
         return mean, log_variance, pred_start
+
+    def from_velocity(self, velocity: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The x_0 and the noise that a predicted velocity gives at x_t: x_0 = sqrt(abar) x_t - sqrt(1 - abar) v,
+        noise = sqrt(1 - abar) x_t + sqrt(abar) v; each like x_t."""
+        a, b = _take(self.sqrt_alphas_cumprod, t, x_t), _take(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return a * x_t - b * velocity, b * x_t + a * velocity
 
     def variational_bound(self, output: Tensor, x_start: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The bound's term at step t in bits per dimension, (B,): KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
@@ -313,8 +318,7 @@ def ddim_sample(net: DenoisingNet, diffusion: Diffusion, source: Tensor, pose: T
         output = guided_output(net, x.to(source.dtype), t, source, pose, guidance)
         prediction = _split_output(output, x)[0].double()
         if diffusion.prediction == "velocity":
-            x_start = a_now.sqrt() * x - (1.0 - a_now).sqrt() * prediction
-            eps = (1.0 - a_now).sqrt() * x + a_now.sqrt() * prediction
+            x_start, eps = diffusion.from_velocity(prediction, x, t)
         else:
             eps = prediction
             x_start = (x - eps * (1.0 - a_now).sqrt()) / a_now.sqrt()
