@@ -59,6 +59,8 @@ SHIMS = {
                 "tensorfn.optim when tensorfn is not installed: PIDM's config/diffconfig.py and train.py import them "
                 "to parse config/diffusion.conf; the bench reads that file's values (PIDM_CONF) and builds the "
                 "optimizer and scheduler itself",
+    "pydantic": "stand-in types StrictStr, StrictInt, StrictFloat, StrictBool when pydantic is not installed: "
+                "PIDM's config/diffconfig.py annotates its config fields with them",
     "pidm-scheduler": "PIDM's tensorfn 'cycle' scheduler (warm-up of 5,000 steps from lr x 0.04, then flat) as a "
                       "torch LambdaLR: train.py steps it every step; only the learning rate it sets differs",
     "pidm-single-process": "PIDM's train.py wraps the model in DistributedDataParallel (find_unused_parameters) "
@@ -75,6 +77,7 @@ class ConfigStandIn:
 STAND_INS: dict[str, dict[str, Any]] = {
     "pandas": {}, "natsort": {"natsorted": sorted}, "wandb": {},
     "tensorfn": {"load_config": None}, "tensorfn.optim": {"lr_scheduler": None},
+    "pydantic": {"StrictStr": str, "StrictInt": int, "StrictFloat": float, "StrictBool": bool},
     "tensorfn.config": {name: type(name, (ConfigStandIn,), {}) for name in ("MainConfig", "Config", "Optimizer",
                                                                             "Scheduler", "DataLoader", "Instance")}}
 """Modules the official code imports for parts no training step runs: their stand-ins' attributes."""

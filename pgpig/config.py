@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -249,6 +250,9 @@ def _type_words(hint: Any) -> str:
     return _TYPE_WORDS.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
     """Turn a YAML value into the field's type; ``TrainError`` when it cannot be, naming ``where`` the value came
     from (``--set lambda_l1``, ``recipe.yaml: lambda_l1``), else the field."""
@@ -290,6 +294,8 @@ def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
                 raise ValueError
             return value
         if hint is float:
+            if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+                return float(value)  # YAML 1.1 reads 2e-4 (no dot in the mantissa) as a string
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError
             return float(value)

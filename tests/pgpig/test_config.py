@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from pgpig.cli import main
+from pgpig.cli import main, parse_set
 from pgpig.config import load_config
 from pgpig.errors import TrainError
 
@@ -55,3 +55,14 @@ def test_bad_recipe_value_names_the_recipe_and_the_key(tmp_path):
     with pytest.raises(TrainError, match=r"^--set lambda_l1: 'x' is not a number \(float\)$"):
         load_config(recipe, {"lambda_l1": "x"}, set_keys={"lambda_l1"})
     assert load_config(recipe, {"lambda_l1": 2}, set_keys={"lambda_l1"}).lambda_l1 == 2.0
+
+
+def test_exponent_numbers_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML) reads 2e-4 as a string; a float field takes it as the number a user means
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 2e-4\nbetas: [0.5, 9E-1]\n")
+    config = load_config(recipe, {})
+    assert (config.lr, config.betas) == (2e-4, (0.5, 0.9))
+    assert load_config(recipe, parse_set(("lr=1e-3",)), set_keys={"lr"}).lr == 1e-3
+    with pytest.raises(TrainError, match=r"^--set lr: '1e' is not a number \(float\)$"):
+        load_config(recipe, parse_set(("lr=1e",)), set_keys={"lr"})

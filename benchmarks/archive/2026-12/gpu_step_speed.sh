@@ -6,9 +6,10 @@
 # PARTS (default "eager"): eager (every recipe, eager modes), compile (COMPILE_RECIPES, each in its own process
 # with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds), official (official_bench.py, recipe mode against the
 # official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
-# eager/compile parts picked), pidm (PIDM: official_bench full and sample at batch 8, train_bench's modes with
-# their gradient cosines, and mannequin runs of PIDM_STEPS steps with eval, one per PIDM_PREDICTIONS). official and
-# pidm need official/<model> (git-ignored exports of the official repositories, carried to the device).
+# eager/compile parts picked), pidm (PIDM: official_bench full and sample at batch 8, train_bench's PIDM_MODES with
+# their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
+# PIDM_PREDICTIONS; see the part). official and pidm need official/<model> (git-ignored exports of the official
+# repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager}
@@ -17,7 +18,7 @@ py=${PYTHON:-python3}
 has() { [[ " $parts " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
 bench() {  # RECIPE MODES [TIMEOUT]
-    timeout "${3:-900}" $py benchmarks/train_bench.py --recipe "workflows/deepfashion/$1.yaml" --batch-size 32 \
+    timeout "${3:-900}" $py benchmarks/train_bench.py --recipe "workflows/deepfashion/$1.yaml" --batch-size "${BATCH:-32}" \
         --modes "$2" --steps "${STEPS:-8}" --warmup 2 --min-seconds "${MIN_SECONDS:-2}" 2>> "$out/bench.err" \
         | tee -a "$out/train.jsonl"
 }
@@ -54,16 +55,35 @@ if has pidm; then
     $py benchmarks/official_bench.py --official-repo official/pidm --model pidm --device cuda --batch 8 \
         --kinds sample --modes fp32,bf16 --rounds 2 --steps 1 --warmup 1 --out "$out/official.jsonl" \
         2>> "$out/pidm.err" | tail -1
-    bench pidm fp32,none,none+tf32,bf16,fp16 600
+    BATCH=8 bench pidm "${PIDM_MODES:-fp32,none,none+tf32,bf16,fp16}" 600
+fi
+if has pidm-run; then
+    # mannequin runs at PIDM_SIZE with PIDM_SET's --set overrides, each stopped by Ctrl-C (a checkpoint) after
+    # PIDM_TRAIN_LIMIT seconds if set, or for velocity with PIDM_KILL_AFTER killed (SIGKILL) after that many seconds
+    # and resumed; then each run is evaluated on the test pairs. The progress bars (rates) go to pidm.err
+    stamp pidm-run
     work=${PIDM_WORK:-/tmp/pidm-gpu}
-    $py benchmarks/mannequin_shards.py "$work" deepfashion 40 6 > /dev/null
-    for prediction in ${PIDM_PREDICTIONS:-noise velocity}; do
-        $py -m pgpig.cli train --shards "$work/shards" --recipe workflows/deepfashion/pidm.yaml \
-            --run "$work/run-$prediction" --steps "${PIDM_STEPS:-3000}" --batch-size 32 --set ngf=64 \
-            --set prediction="$prediction" --set lr_warmup_steps=200 --set ema_start=199 --set ema_decay=0.999 \
-            --set sample_every=1000 --set checkpoint_every=1000 --quiet 2>> "$out/pidm.err" | tee -a "$out/session.log"
-        $py -m pgpig.cli eval --run "$work/run-$prediction" --shards "$work/shards" \
-            --metrics ssim,mask_ssim,l1,pckh --quiet 2>> "$out/pidm.err" | tee "$out/pidm-eval-$prediction.md"
+    $py benchmarks/mannequin_shards.py "$work" deepfashion 40 6 "${PIDM_SIZE:-128x128}" > /dev/null
+    sets=()
+    for kv in ${PIDM_SET:-}; do sets+=(--set "$kv"); done
+    for prediction in ${PIDM_PREDICTIONS:-velocity noise}; do
+        run="$work/run-$prediction"
+        t0=$(date +%s.%N)
+        train=($py -m pgpig.cli train --shards "$work/shards" --recipe workflows/deepfashion/pidm.yaml --run "$run"
+               --steps "${PIDM_STEPS:-3000}" --batch-size 32 --set prediction="$prediction" "${sets[@]}")
+        if [[ $prediction == velocity && -n ${PIDM_KILL_AFTER:-} ]]; then
+            timeout -s KILL "$PIDM_KILL_AFTER" "${train[@]}" 2>> "$out/pidm.err"
+            stamp "killed after $PIDM_KILL_AFTER s (exit $?): $(ls "$run/checkpoints" | tr '\n' ' ')"
+            $py -m pgpig.cli train --resume "$run" --quiet 2>> "$out/pidm.err" | tee -a "$out/session.log"
+        else
+            timeout -s INT "${PIDM_TRAIN_LIMIT:-0}" "${train[@]}" 2>> "$out/pidm.err" | tee -a "$out/session.log"
+        fi
+        stamp "train $prediction: $(python3 -c "import time; print(round(time.time() - $t0, 1))") s"
+        t0=$(date +%s.%N)
+        $py -m pgpig.cli eval --run "$run" --shards "$work/shards" --metrics ssim,mask_ssim,l1,pckh --quiet \
+            2>> "$out/pidm.err" | tee "$out/pidm-eval-$prediction.md"
+        stamp "eval $prediction: $(python3 -c "import time; print(round(time.time() - $t0, 1))") s"
+        cp "$run/eval/test/eval.json" "$out/pidm-eval-$prediction.json" 2>/dev/null
     done
 fi
 stamp done
