@@ -57,7 +57,7 @@ from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
 from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
-from pgpig.train import AMP_DTYPES, build, compile_parts, pose_maps, train_step  # noqa: E402
+from pgpig.train import AMP_DTYPES, HOST_DRAWN_ENCODINGS, build, compile_parts, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 
@@ -107,6 +107,8 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         for module in modules:
             module.double()  # in place: the optimizers keep their parameters
         source, target, keypoints = source.double(), target.double(), keypoints.double()
+    # as pgpig train's prepare_batch: host-drawn pose maps from keypoints on the host (the loader's)
+    map_keypoints = keypoints.cpu() if cfg.pose_encoding in HOST_DRAWN_ENCODINGS else keypoints
     if cfg.compile:
         compile_parts(parts)
     if device.type == "cuda":
@@ -133,8 +135,8 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
             m.train(bool(first))
         parts.objective.cfg = conditioned if first else dataclasses.replace(conditioned, source_drop=0.0,
                                                                              pose_drop=0.0)
-        source_pose = pose_maps(cfg, keypoints[0], size).to(source.dtype).contiguous(memory_format=memory_format)
-        target_pose = pose_maps(cfg, keypoints[1], size).to(source.dtype).contiguous(memory_format=memory_format)
+        source_pose, target_pose = (pose_maps(cfg, kp, size, device).to(source.dtype)
+                                    .contiguous(memory_format=memory_format) for kp in map_keypoints)
         generated, losses = train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose,
                                                              keypoints[0], keypoints[1]))
         losses.pop("grad_norm", None)  # not a loss (and infinite on the steps an fp16 scaler skips)

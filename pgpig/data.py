@@ -214,10 +214,13 @@ def _pidm_pose_image(kp: np.ndarray, out: np.ndarray) -> None:
     out[:3] = canvas.transpose(2, 0, 1)[::-1]  # the BGR canvas as RGB
 
 
-def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int],
+                       device: torch.device | str | None = None) -> torch.Tensor:
     """PIDM's 20-channel pose input (Bhunia et al., CVPR 2023, arXiv:2211.12500; the official ankanbhunia/PIDM
     ``data/fashion_data.py`` ``get_label_tensor``), drawn with OpenCV on the host, one skeleton at a time, as the
-    official loader does, and returned on the keypoints' device.
+    official loader does, and returned on ``device`` (default: the keypoints'). Keypoints on a GPU are copied to
+    the host first, which waits for the GPU's queued work: a training loop passes the loader's CPU keypoints and
+    the GPU as ``device``, so the maps are drawn while the GPU runs the previous step.
 
     Channels 0-2: an RGB stick figure on black: a filled circle of radius 4 at ``(int(x), int(y))`` per joint,
     then for each limb of ``PIDM_LIMBS`` in turn a filled ellipse polygon (``cv2.ellipse2Poly`` around the
@@ -231,6 +234,7 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.
     Args:
         keypoints: ``(B, 18, 2)`` pixel ``(x, y)``; ``(-1, -1)`` invisible.
         size: ``(H, W)`` of the maps.
+        device: where the maps go [default: the keypoints' device].
 
     Returns:
         ``(B, 20, H, W)`` float32 in ``[0, 1]``: the uint8 values over 255, as the official ``to_tensor``.
@@ -245,8 +249,13 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.
             list(pool.map(_pidm_pose_image, kp, out))
     elif kp.shape[0]:
         _pidm_pose_image(kp[0], out[0])
-    # uint8 crosses to the device, a quarter of the bytes; to_tensor's float32 division happens there
-    return torch.from_numpy(out).to(keypoints.device).float().div_(255)
+    # uint8 crosses to the device, a quarter of the bytes; to_tensor's float32 division happens there. From pinned
+    # memory the copy to a GPU is queued behind its work instead of waiting for it.
+    device = keypoints.device if device is None else torch.device(device)
+    maps = torch.from_numpy(out)
+    if device.type == "cuda":
+        maps = maps.pin_memory().to(device, non_blocking=True)
+    return maps.to(device).float().div_(255)
 
 
 @functools.lru_cache(maxsize=16)

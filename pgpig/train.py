@@ -60,9 +60,9 @@ from pipeline.devices import resolve_device
 from schemas.files import atomic_path
 from schemas.keypoints import NUM_KEYPOINTS
 
-__all__ = ["AMP_DTYPES", "HistoryPool", "Parts", "TrainInterrupted", "build", "build_generator", "compile_parts",
-           "lr_factor", "pose_channels", "pose_maps", "prepare_batch", "steps_per_schedule_epoch", "total_steps",
-           "train", "train_step"]
+__all__ = ["AMP_DTYPES", "HOST_DRAWN_ENCODINGS", "HistoryPool", "Parts", "TrainInterrupted", "build", "build_generator",
+           "compile_parts", "lr_factor", "pose_channels", "pose_maps", "prepare_batch", "steps_per_schedule_epoch",
+           "total_steps", "train", "train_step"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,15 +100,23 @@ def lr_factor(cfg: TrainConfig, step: int, train_pairs: int) -> float:
     return warmup * max(0.0, 1.0 - max(0, epoch + 1 - cfg.lr_constant_epochs) / (cfg.lr_decay_epochs + 1))
 
 
-def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+HOST_DRAWN_ENCODINGS = frozenset({"sticks"})
+"""Pose encodings drawn on the host (OpenCV): their maps are best made from keypoints already there."""
+
+
+def pose_maps(cfg: TrainConfig, keypoints: torch.Tensor, size: tuple[int, int],
+              device: torch.device | None = None) -> torch.Tensor:
     """The pose maps ``(B, pose_channels(cfg), H, W)`` a run of ``cfg`` feeds its generator, from ``(B, 18, 2)``
-    keypoints, on their device (training, validation and ``pgpig generate`` all render them here): Gaussians of
-    ``sigma``, PG2's binary disks of ``pose_radius`` or PIDM's stick figure and limb distances
-    (``pose_encoding``), in ``[0, 1]``."""
+    keypoints, on ``device`` (default: the keypoints'; training, validation and ``pgpig generate`` all render them
+    here): Gaussians of ``sigma``, PG2's binary disks of ``pose_radius`` (both drawn on that device) or PIDM's
+    stick figure and limb distances (``pose_encoding``; drawn on the host, ``HOST_DRAWN_ENCODINGS``), in
+    ``[0, 1]``."""
+    if cfg.pose_encoding == "sticks":
+        return render_pose_sticks(keypoints, size, device)
+    if device is not None:
+        keypoints = keypoints.to(device, non_blocking=True)
     if cfg.pose_encoding == "disk":
         return render_pose_disks(keypoints, size, cfg.pose_radius)
-    if cfg.pose_encoding == "sticks":
-        return render_pose_sticks(keypoints, size)
     return render_pose_maps(keypoints, size, cfg.sigma)
 
 
@@ -671,7 +679,8 @@ def _set_lr(parts: Parts, cfg: TrainConfig, lr: float) -> None:
 
 def prepare_batch(cfg: TrainConfig, batch: dict[str, torch.Tensor], device: torch.device,
                   size: tuple[int, int]) -> StepBatch:
-    """A loader batch on ``device`` with its pose maps ``(B, 18, H, W)`` rendered there (channels-last if asked)."""
+    """A loader batch on ``device`` with its pose maps ``(B, 18, H, W)`` rendered there (channels-last if asked);
+    host-drawn encodings are drawn from the loader's keypoints, so the host never waits for the GPU here."""
 
     def to_device(images: torch.Tensor) -> torch.Tensor:
         images = images.to(device, non_blocking=True)
@@ -679,9 +688,11 @@ def prepare_batch(cfg: TrainConfig, batch: dict[str, torch.Tensor], device: torc
 
     source_kp = batch["source_kp"].to(device, non_blocking=True)
     target_kp = batch["target_kp"].to(device, non_blocking=True)
-    return StepBatch(to_device(batch["source"]), to_device(batch["target"]),
-                     to_device(pose_maps(cfg, source_kp, size)), to_device(pose_maps(cfg, target_kp, size)),
-                     source_kp, target_kp)
+    on_host = cfg.pose_encoding in HOST_DRAWN_ENCODINGS
+    source_pose, target_pose = (pose_maps(cfg, batch[key] if on_host else kp, size, device)
+                                for key, kp in (("source_kp", source_kp), ("target_kp", target_kp)))
+    return StepBatch(to_device(batch["source"]), to_device(batch["target"]), to_device(source_pose),
+                     to_device(target_pose), source_kp, target_kp)
 
 
 def _log(step_losses: dict[str, torch.Tensor], parts: Parts, writer, at: Position, world: int) -> dict[str, float]:

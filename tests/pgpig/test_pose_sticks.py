@@ -115,3 +115,48 @@ def test_returns_on_the_keypoints_device(reference):
     out = render_pose_sticks(keypoints.cuda(), (256, 256))
     assert out.device.type == "cuda"
     assert torch.equal(out.cpu(), torch.from_numpy(reference["maps_256x256"]).float() / 255)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_batches_draw_from_the_loaders_keypoints_without_waiting_for_the_gpu(reference):
+    """``prepare_batch`` draws PIDM's maps from the loader's (pinned, CPU) keypoints straight to the GPU: CUDA's
+    sync debug mode set to "error" raises at any call that makes the host wait, and the maps are the official
+    tensor's, as drawn from keypoints on the GPU."""
+    from pgpig.config import load_config
+    from pgpig.train import prepare_batch
+
+    cfg = load_config(None, {"model": "pidm", "pose_encoding": "sticks"})
+    keypoints = torch.from_numpy(reference["keypoints_256x256"]).float()
+    batch = {"source": torch.rand(3, 3, 256, 256), "target": torch.rand(3, 3, 256, 256),
+             "source_kp": keypoints.pin_memory(), "target_kp": keypoints.flip(0).pin_memory()}
+    batch = {k: v.pin_memory() for k, v in batch.items()}
+    prepare_batch(cfg, batch, torch.device("cuda"), (256, 256))  # the first call: CUDA and the pinned pool set up
+    torch.cuda.synchronize()
+    busy = torch.rand(4096, 4096, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            busy = busy @ busy  # queued GPU work the drawing must not wait for
+        step = prepare_batch(cfg, batch, torch.device("cuda"), (256, 256))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    official = torch.from_numpy(reference["maps_256x256"]).float() / 255
+    assert step.target_pose.device.type == "cuda"
+    assert torch.equal(step.source_pose.cpu(), official)
+    assert torch.equal(step.target_pose.cpu(), official.flip(0))
+    assert torch.equal(step.target_pose, render_pose_sticks(keypoints.flip(0).cuda(), (256, 256)))
+
+
+def test_prepare_batch_draws_the_official_maps_from_the_loaders_keypoints(reference):
+    from pgpig.config import load_config
+    from pgpig.train import prepare_batch
+
+    cfg = load_config(None, {"model": "pidm", "pose_encoding": "sticks"})
+    keypoints = torch.from_numpy(reference["keypoints_64x64"]).float()
+    batch = {"source": torch.rand(3, 3, 64, 64), "target": torch.rand(3, 3, 64, 64), "source_kp": keypoints,
+             "target_kp": keypoints.flip(0)}
+    step = prepare_batch(cfg, batch, torch.device("cpu"), (64, 64))
+    official = torch.from_numpy(reference["maps_64x64"]).float() / 255
+    assert torch.equal(step.source_pose, official) and torch.equal(step.target_pose, official.flip(0))
+    assert torch.equal(render_pose_sticks(keypoints, (64, 64), "cpu"), official)
