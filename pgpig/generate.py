@@ -53,7 +53,7 @@ class GeneratorRun:
 
     def pose_maps(self, keypoints: torch.Tensor) -> torch.Tensor:
         """``(B, 18, 2)`` keypoints in the trained (cropped) frame → the pose maps this generator was trained on."""
-        return pose_maps(self.config, keypoints.to(self.device), self.size)
+        return pose_maps(self.config, keypoints, self.size, self.device)
 
     @torch.no_grad()
     def __call__(self, source: torch.Tensor, source_kp: torch.Tensor, target_kp: torch.Tensor) -> torch.Tensor:
