@@ -25,7 +25,9 @@ target, backward and its Adam step, on both sides. PIDM has ``full`` (``train.py
 official ``ddim_steps``, 50 steps, cond_scale 2, against ``PIDM.sample`` at DDIM 50 and guidance 2, eager, both in
 eval mode from the same x_T: ``sample_max_abs_diff``); benchmarks/README.md has its GPU command lines (paper
 config, 256x256, batch 8 and 32).
-Modes: ``fp32`` (float32; pgpig eager, no channels-last), ``bf16`` (the official ``optimize_parameters()`` inside
+Modes: ``fp32`` (float32; pgpig eager, no channels-last; PyTorch's default arithmetic, whose cuDNN convolutions
+run on TF32 on a GPU that has it), ``strict`` (``fp32`` with TF32 off for convolutions and matmuls: on a GPU, the
+precise reference for ``sample_max_abs_diff``), ``bf16`` (the official ``optimize_parameters()`` inside
 ``torch.autocast(bfloat16)``; pgpig ``amp=bf16``, eager), ``recipe`` (pgpig exactly as shipped, its amp, compile
 and channels-last decided for the device, against the official float32 run in the same alternating rounds; its
 official line says ``official_amp: none``). Both sides get the same smooth random
@@ -69,7 +71,7 @@ from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
 from pgpig.train import AMP_DTYPES, build, build_generator, compile_parts, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
-MODES = ("fp32", "bf16", "recipe")
+MODES = ("fp32", "strict", "bf16", "recipe")
 KINDS = ("full", "generator", "sample")
 
 
@@ -250,12 +252,12 @@ def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int
 
 
 def pgpig_config(recipe: str, mode: str, batch: int, settings: list[str]):
-    """The shipped recipe with a random VGG-19 and the bench's batch; ``fp32`` and ``bf16`` eager float32 or bf16
-    autocast without channels-last, ``recipe`` as shipped. ``--set`` overrides last."""
+    """The shipped recipe with a random VGG-19 and the bench's batch; ``fp32``, ``strict`` and ``bf16`` eager
+    float32 or bf16 autocast without channels-last, ``recipe`` as shipped. ``--set`` overrides last."""
     overrides: dict[str, Any] = {"vgg_weights": None, "allow_random_vgg": True, "progress": False,
                                  "batch_size": batch}
     if mode != "recipe":
-        overrides.update(amp="none" if mode == "fp32" else "bf16", compile=False, channels_last=False)
+        overrides.update(amp="bf16" if mode == "bf16" else "none", compile=False, channels_last=False)
     overrides.update(parse_set(tuple(settings)))
     return load_config(recipe_path(f"deepfashion/{recipe}"), overrides)
 
@@ -263,7 +265,19 @@ def pgpig_config(recipe: str, mode: str, batch: int, settings: list[str]):
 def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common: dict,
              setup: dict) -> list[dict]:
     """The official side and pgpig's of one mode and step kind, alternating rounds; their two JSON lines (the
-    official one carries ``setup``: its options, ports and shims)."""
+    official one carries ``setup``: its options, ports and shims). ``strict`` turns TF32 off process-wide for
+    its pair (cuDNN and matmuls) and back as it was after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if mode == "strict":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _run_pair(args, spec, opt, mode, kind, device, common, setup)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common: dict,
+              setup: dict) -> list[dict]:
     cfg = pgpig_config(spec.recipe or spec.folder, mode, args.batch, args.settings)
     size = args.size or (256, 256 - 2 * cfg.crop_margin)
     batch = make_batch(cfg, device, size, args.batch, args.seed)
