@@ -25,8 +25,8 @@ from pgpig.errors import TrainError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_DEVICE", "SAMPLING_FIELDS", "EvalConfig", "TrainConfig", "check_config", "config_dict",
-           "load_config", "recipe_path", "resolve_amp", "resolve_speed", "shipped_recipes"]
+__all__ = ["DEFAULT_DEVICE", "SAMPLING_FIELDS", "SAMPLING_RECORD_NAMES", "EvalConfig", "TrainConfig", "check_config",
+           "config_dict", "load_config", "recipe_path", "resolve_amp", "resolve_speed", "shipped_recipes"]
 
 DEFAULT_DEVICE = "auto"
 """The ``--device`` of every command: CUDA if available, else the CPU (``pipeline.devices.resolve_device``)."""
@@ -389,6 +389,11 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
 SAMPLING_FIELDS = ("sampler", "sample_steps", "sample_eta", "guidance_appearance", "guidance_pose",
                    "guidance_null_pose", "sample_seed")
 """The config fields of how a diffusion generator samples, which ``pgpig generate`` and eval may change."""
+
+SAMPLING_RECORD_NAMES = {"sampler": "sampler", "steps": "sample_steps", "eta": "sample_eta",
+                         "appearance_scale": "guidance_appearance", "pose_scale": "guidance_pose",
+                         "null_pose": "guidance_null_pose", "seed": "sample_seed"}
+"""The keys of a sampler's record (eval.json's ``generator.sampling``) → the ``SAMPLING_FIELDS`` that set them."""
 
 
 def check_config(cfg: TrainConfig) -> None:

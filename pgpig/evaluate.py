@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pgpig.config import EvalConfig
+from pgpig.config import SAMPLING_RECORD_NAMES, EvalConfig
 from pgpig.errors import TrainError
 from pgpig.generate import PoseDetector, load_generator
 from pgpig.metrics import (
@@ -988,7 +988,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     sampling = (result.get("generator") or {}).get("sampling")
     if sampling:
-        notes.append("- Sampled by " + ", ".join(f"{k} {v}" for k, v in sampling.items()) + ".")
+        settings = ", ".join(f"{SAMPLING_RECORD_NAMES.get(k, k)} {str(v).lower() if isinstance(v, bool) else v}"
+                             for k, v in sampling.items())
+        notes.append(f"- Sampled with {settings} (`--sampling KEY=VALUE` changes them).")
     for name, reason in result["skipped"].items():
         notes.append(f"- {name} skipped: {reason}")
     if result["bad"]["count"]:

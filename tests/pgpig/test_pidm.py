@@ -112,7 +112,9 @@ def test_a_run_trains_resumes_after_kill_9_bit_for_bit_samples_and_evaluates(pid
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval.json").read_text())
     assert report["generator"]["sampling"]["steps"] == 3 and report["generator"]["sampling"]["appearance_scale"] == 1.5
-    assert "Sampled by sampler ddim" in (out / "eval.md").read_text()
+    # the table names the settings as --sampling takes them
+    assert ("Sampled with sampler ddim, guidance_pose 2.0, guidance_appearance 1.5, guidance_null_pose false, "
+            "sample_seed 0, sample_steps 3, sample_eta 0.0") in (out / "eval.md").read_text()
     images = sorted((out / "images").glob("*.png"))
     assert len(images) == report["pairs"] > 0
 
