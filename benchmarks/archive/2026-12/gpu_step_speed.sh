@@ -6,8 +6,8 @@
 # PARTS (default "eager"): eager (every recipe, eager modes), compile (COMPILE_RECIPES, each in its own process
 # with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds), official (official_bench.py, recipe mode against the
 # official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
-# eager/compile parts picked), pidm (PIDM: official_bench full and sample at batch 8, train_bench's PIDM_MODES with
-# their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
+# eager/compile parts picked), pidm (PIDM: official_bench full in PIDM_OFFICIAL_MODES and sample in
+# PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
 # PIDM_PREDICTIONS; see the part). official and pidm need official/<model> (git-ignored exports of the official
 # repositories, carried to the device).
 set -uo pipefail
@@ -51,11 +51,12 @@ fi
 if has pidm; then
     stamp pidm
     $py benchmarks/official_bench.py --official-repo official/pidm --model pidm --device cuda --batch 8 \
-        --modes fp32,bf16 --rounds 3 --steps 5 --warmup 2 --out "$out/official.jsonl" 2>> "$out/pidm.err" | tail -1
+        --kinds full --modes "${PIDM_OFFICIAL_MODES:-fp32,bf16}" --rounds 3 --steps 5 --warmup 2 \
+        --out "$out/official.jsonl" 2>> "$out/pidm.err" | tail -1
     $py benchmarks/official_bench.py --official-repo official/pidm --model pidm --device cuda --batch 8 \
-        --kinds sample --modes fp32,bf16 --rounds 2 --steps 1 --warmup 1 --out "$out/official.jsonl" \
-        2>> "$out/pidm.err" | tail -1
-    BATCH=8 bench pidm "${PIDM_MODES:-fp32,none,none+tf32,bf16,fp16}" 600
+        --kinds sample --modes "${PIDM_SAMPLE_MODES:-fp32,strict}" --rounds 2 --steps 1 --warmup 1 \
+        --out "$out/official.jsonl" 2>> "$out/pidm.err" | tail -1
+    BATCH=8 bench pidm "${PIDM_MODES:-fp32,none,none+tf32,bf16,fp16}" "${PIDM_BENCH_LIMIT:-600}"
 fi
 if has pidm-run; then
     # mannequin runs at PIDM_SIZE with PIDM_SET's --set overrides, each stopped by Ctrl-C (a checkpoint) after
