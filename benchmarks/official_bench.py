@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import official_models  # noqa: E402
-from train_bench import smooth_images, unzero  # noqa: E402
+from train_bench import arithmetic, smooth_images, unzero  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
@@ -267,13 +267,8 @@ def run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common
     """The official side and pgpig's of one mode and step kind, alternating rounds; their two JSON lines (the
     official one carries ``setup``: its options, ports and shims). ``strict`` turns TF32 off process-wide for
     its pair (cuDNN and matmuls) and back as it was after."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    if mode == "strict":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with arithmetic("fp32" if mode == "strict" else "default"):
         return _run_pair(args, spec, opt, mode, kind, device, common, setup)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, common: dict,

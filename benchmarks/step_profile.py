@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_bench import smooth_images  # noqa: E402
+from train_bench import smooth_images, step_pose_maps  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
-from pgpig.train import HOST_DRAWN_ENCODINGS, build, compile_parts, pose_maps, train_step  # noqa: E402
+from pgpig.train import build, compile_parts, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 # (category, substrings of an aten operator's name), first match wins
@@ -68,13 +68,12 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
-    map_keypoints = keypoints.cpu() if cfg.pose_encoding in HOST_DRAWN_ENCODINGS else keypoints  # as prepare_batch
+    draw_poses = step_pose_maps(cfg, keypoints, (h, w), device, memory_format)
     if cfg.compile:
         compile_parts(parts)
 
     def step() -> None:
-        source_pose, target_pose = (pose_maps(cfg, kp, (h, w), device).to(source.dtype)
-                                    .contiguous(memory_format=memory_format) for kp in map_keypoints)
+        source_pose, target_pose = draw_poses()
         train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1]))
 
     def sync() -> None:

@@ -107,8 +107,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         for module in modules:
             module.double()  # in place: the optimizers keep their parameters
         source, target, keypoints = source.double(), target.double(), keypoints.double()
-    # as pgpig train's prepare_batch: host-drawn pose maps from keypoints on the host (the loader's)
-    map_keypoints = keypoints.cpu() if cfg.pose_encoding in HOST_DRAWN_ENCODINGS else keypoints
+    draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
         compile_parts(parts)
     if device.type == "cuda":
@@ -135,8 +134,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
             m.train(bool(first))
         parts.objective.cfg = conditioned if first else dataclasses.replace(conditioned, source_drop=0.0,
                                                                              pose_drop=0.0)
-        source_pose, target_pose = (pose_maps(cfg, kp, size, device).to(source.dtype)
-                                    .contiguous(memory_format=memory_format) for kp in map_keypoints)
+        source_pose, target_pose = draw_poses()
         generated, losses = train_step(parts, cfg, StepBatch(source, target, source_pose, target_pose,
                                                              keypoints[0], keypoints[1]))
         losses.pop("grad_norm", None)  # not a loss (and infinite on the steps an fp16 scaler skips)
@@ -210,6 +208,21 @@ def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str
     fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
               "compile": compile or "compile" in flags, "tf32": "tf32" in flags}
     return fields, amp if amp in REFERENCES else "default"
+
+
+def step_pose_maps(cfg, keypoints: torch.Tensor, size: tuple[int, int], device: torch.device,
+                   memory_format: torch.memory_format):
+    """A function drawing a step's (source, target) pose maps from ``keypoints`` ``(2, B, 18, 2)`` as ``pgpig
+    train``'s ``prepare_batch`` does each step (host-drawn encodings from keypoints on the host, the loader's), in
+    the keypoints' dtype and ``memory_format``."""
+    drawn_from = keypoints.cpu() if cfg.pose_encoding in HOST_DRAWN_ENCODINGS else keypoints
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        source_pose, target_pose = (pose_maps(cfg, kp, size, device).to(keypoints.dtype)
+                                    .contiguous(memory_format=memory_format) for kp in drawn_from)
+        return source_pose, target_pose
+
+    return draw
 
 
 @contextlib.contextmanager
