@@ -1,17 +1,18 @@
 """`pgpig-data extract` end to end, in fresh processes, timed from the shell: trees and worker counts compared on the
 same files in one run (the goal: ≥10,000 images/s end to end).
 
-    python benchmarks/extract_cli.py [--images 200000] [--size 256x176] [--runs new:1,new:0]
-                                     [--tree NAME=PATH ...] [--repeat 1] [--label TEXT]
+    python benchmarks/extract_cli.py [--images 200000] [--size 256x176 | --sizes mixed] [--runs new:1,new:0]
+                                     [--tree NAME=PATH ...] [--extract-args "..."] [--repeat 1] [--label TEXT]
 
-The files are made once, as ``extract_bench.py`` makes them (JPEGs at ``--size``, in the page cache for every run
-alike). A run ``TREE:WORKERS`` runs ``python -m pipeline.cli extract --dataset folder --workers WORKERS`` with the
-package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this checkout; ``--tree old=PATH`` names another, e.g. a
-``git archive`` of an older commit) and the default backend (``fast`` on a GPU machine). The runs go in the order
-given, all of them ``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the
-process's start to its exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the
-rates from the start and after each worker's first task; then an ``extract_cli_compare`` line with each run's
-median wall rate over the first run's (the baseline, measured in the same run).
+The files are made once, as ``extract_bench.py`` makes them (JPEGs at ``--size``, or its crawl of many sizes with
+``--sizes mixed``; in the page cache for every run alike). A run ``TREE:WORKERS`` runs ``python -m pipeline.cli
+extract --dataset folder --workers WORKERS`` with the package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this
+checkout; ``--tree old=PATH`` names another, e.g. a ``git archive`` of an older commit) and the default backend
+(``fast`` on a GPU machine), or the options of ``--extract-args``. The runs go in the order given, all of them
+``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the process's start to its
+exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the rates from the start and
+after each worker's first task; then an ``extract_cli_compare`` line with each run's median wall rate over the first
+run's (the baseline, measured in the same run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -32,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> dict:
+def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int, options: list[str]) -> dict:
     """One ``pgpig-data extract`` of ``raw`` by the package in ``tree``: the wall time and its run record."""
     from extract_bench import rate_after_first_tasks, shell_extract
 
     shutil.rmtree(work / "kp", ignore_errors=True)
-    wall, record = shell_extract(raw, work, ["--workers", str(workers)], tree)
+    wall, record = shell_extract(raw, work, ["--workers", str(workers), *options], tree)
     if record["processed"] != images:
         raise SystemExit(f"{tree}: processed {record['processed']} of {images} files")
     tasks = record["tasks"]
@@ -55,7 +57,10 @@ def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200_000)
-    parser.add_argument("--size", default="256x176")
+    parser.add_argument("--size", default="256x176", help="HxW of the files (uniform)")
+    parser.add_argument("--sizes", choices=["uniform", "mixed"], default="uniform",
+                        help="mixed: extract_bench's crawl of many sizes, qualities, progressive and person-free files")
+    parser.add_argument("--extract-args", default="", help='more CLI options for every run, e.g. "--backend fast"')
     parser.add_argument("--runs", default="new:1,new:0",
                         help="TREE:WORKERS, comma-separated; the first is the baseline")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="another package tree")
@@ -68,10 +73,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"no --tree for {', '.join(unknown)}")
     import torch
-    from extract_bench import make_images
+    from extract_bench import crawl_summary, make_images, mixed_jobs, shipped_photos, write_jobs
 
     h, w = (int(v) for v in args.size.split("x"))
-    common = {"images": args.images, "size": [h, w], "gpu": torch.cuda.get_device_name(0)
+    mixed = args.sizes == "mixed"
+    common = {"images": args.images, "size": None if mixed else [h, w], "sizes": args.sizes,
+              "extract_args": args.extract_args, "gpu": torch.cuda.get_device_name(0)
               if torch.cuda.is_available() else None, "gpus_visible": torch.cuda.device_count(),
               "machine": f"{platform.machine()} {os.cpu_count()} cpu", "label": args.label,
               "python": sys.version.split()[0], "torch": torch.__version__}
@@ -79,11 +86,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         made = time.perf_counter()
-        make_images(raw, args.images, (h, w))
+        if mixed:
+            photos = shipped_photos()
+            jobs = mixed_jobs(args.images, 0, photos)
+            write_jobs(raw, jobs, photos)
+            common["crawl"] = crawl_summary(jobs)
+        else:
+            make_images(raw, args.images, (h, w))
         print(f"{args.images} files made in {time.perf_counter() - made:.0f} s", file=sys.stderr)
         for repeat in range(args.repeat):
             for name, workers in runs:
-                result = run_once(trees[name], raw, Path(tmp), workers, args.images)
+                result = run_once(trees[name], raw, Path(tmp), workers, args.images, shlex.split(args.extract_args))
                 rates.setdefault(f"{name}:{workers}", []).append(result["images_per_s"])
                 print(json.dumps({"bench": "extract_cli", **common, "tree": name, "workers": workers,
                                   "repeat": repeat, **result}), flush=True)

@@ -16,6 +16,7 @@ the file path step by step and the decisions behind it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import queue
@@ -50,8 +51,9 @@ MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the i
 KEYPOINTS = 17
 NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
 
-Groups = list[tuple[list[int], torch.Tensor]]
-"""Images by shape: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device)."""
+Groups = list[tuple[list[int], torch.Tensor, tuple[int, int]]]
+"""Images by decoded size: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device, the decoded
+``(height, width)``); ``(H, W)`` is that size, or the size its letterbox resizes it to (resized by the reader)."""
 Launched = list[tuple[list[int], torch.Tensor, torch.Tensor]]
 """Queued network calls: (indices, raw output ``(B, 56, A)``, frames ``(B, 7)``)."""
 
@@ -82,6 +84,23 @@ def letterbox_geometry(height: int, width: int, imgsz: int, stride: int = STRIDE
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     return Letterbox(height, width, new_h, new_w, top, left, new_h + top + bottom, new_w + left + right)
+
+
+def letterbox_size(height: int, width: int, imgsz: int) -> tuple[int, int]:
+    """The size ``(new_h, new_w)`` an ``height × width`` image is resized to in its letterbox."""
+    box = letterbox_geometry(height, width, imgsz)
+    return box.new_h, box.new_w
+
+
+def placed(images: torch.Tensor, box: Letterbox) -> Letterbox:
+    """``box`` for ``letterbox_batch`` of ``images`` ``(N, 3, H, W)``: as it is for images at the decoded size, and
+    copied into place (no resize) for images already at the letterbox's resized size."""
+    if tuple(images.shape[2:]) == (box.height, box.width):
+        return box
+    if tuple(images.shape[2:]) != (box.new_h, box.new_w):
+        raise ValueError(f"images of {tuple(images.shape[2:])} are neither at {box.height}x{box.width} "
+                         f"nor at its letterbox size {box.new_h}x{box.new_w}")
+    return dataclasses.replace(box, height=box.new_h, width=box.new_w)
 
 
 def inverse_letterbox(padded: tuple[int, int], original: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -619,7 +638,8 @@ class FastBackend:
         """The file reader (its worker processes start on first use and live as long as the backend)."""
         if self._reader is None:
             self._reader = BatchReader(torch_decodable if self.torch_decode else None, self.read_processes,
-                                       self.read_threads, pin_memory=self.device.type == "cuda")
+                                       self.read_threads, pin_memory=self.device.type == "cuda",
+                                       fit=functools.partial(letterbox_size, imgsz=self.imgsz))
         return self._reader
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
@@ -647,16 +667,16 @@ class FastBackend:
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         """One ``Detections`` per BGR uint8 image ``(H, W, 3)``, in order, in that image's pixels."""
-        groups = [(indices, bgr_to_tensor(np.stack([images[i] for i in indices]), self.device))
-                  for indices in shape_groups(enumerate(images))]
+        groups = [(indices, bgr_to_tensor(np.stack([images[i] for i in indices]), self.device),
+                   images[indices[0]].shape[:2]) for indices in shape_groups(enumerate(images))]
         return self._collect(self._launch(self._network_inputs(groups, [1.0] * len(images))), len(images))
 
     def _network_inputs(self, groups: Groups, scales: list[float]) -> Inputs:
-        """Images by shape ``(indices, (N, 3, H, W) uint8 RGB)`` → the network inputs by input shape, letterboxed
-        (``letterbox_batch``) with their frames; ``scales`` the decode scale of each index."""
+        """Images by decoded size (``Groups``) → the network inputs by input shape, letterboxed (``letterbox_batch``)
+        with their frames; ``scales`` the decode scale of each index."""
         by_input: dict[tuple[int, int], list[tuple[list[int], torch.Tensor, Letterbox]]] = {}
-        for indices, images in groups:
-            box = letterbox_geometry(images.shape[2], images.shape[3], self.imgsz)
+        for indices, images, (height, width) in groups:
+            box = letterbox_geometry(height, width, self.imgsz)
             by_input.setdefault((box.out_h, box.out_w), []).append((indices, images, box))
         out = []
         for shape, items in by_input.items():
@@ -666,7 +686,7 @@ class FastBackend:
             reduced = [j for j, i in enumerate(positions) if scales[i] != 1.0]
             if reduced:  # files decoded reduced (above max_pixels): rare
                 frames[reduced, 6] = torch.tensor([scales[positions[j]] for j in reduced], device=self.device)
-            x = letterbox_batch([images for _, images, _ in items], [box for _, _, box in items])
+            x = letterbox_batch([images for _, images, _ in items], [placed(images, box) for _, images, box in items])
             out.append((positions, to_network_input(x, self.dtype), frames))
         return out
 
@@ -856,11 +876,11 @@ class FastBackend:
                     read.width[i], read.height[i] = d.width, d.height
                     if d.ok:
                         cpu_images[i] = d.image
-            groups: Groups = [(idx, torch.stack([torch_images[i] for i in idx]))
+            groups: Groups = [(idx, torch.stack([torch_images[i] for i in idx]), torch_images[idx[0]].shape[1:])
                               for idx in shape_groups(torch_images.items())]
-            groups += [(idx, bgr_to_tensor(images, self.device)) for idx, images in read.cpu_groups]
-            groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device))
-                       for idx in shape_groups(cpu_images.items())]
+            groups += [(idx, bgr_to_tensor(images, self.device), size) for idx, images, size in read.cpu_groups]
+            groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device),
+                        cpu_images[idx[0]].shape[:2]) for idx in shape_groups(cpu_images.items())]
             inputs = self._network_inputs(groups, read.scale) if groups else []
             event = None
             if stream is not None:

@@ -2,9 +2,12 @@
 
 A batch of paths becomes one ``ReadBatch``: per file the record ``pipeline.decode`` would give (status, reason,
 width, height, scale, content hash), the bytes of the JPEGs that the GPU decoder will take (one concatenated
-``uint8`` tensor), and every other readable image already decoded on the CPU, stacked by shape. The per-file work
-(open and read, sha256, the JPEG header walk, CPU decodes) is all here, so that the process driving the GPU spends
-no interpreter time on single files.
+``uint8`` tensor), and every other readable image already decoded on the CPU, stacked by decoded size. Given a
+``fit`` (the size the consumer resizes a decoded image to), a CPU-decoded image is resized here, with the
+``cv2.resize(INTER_LINEAR)`` the consumer would reproduce: a photo's pixels then cross to the consumer (shared
+memory, page-locking, the device copy) at the network's size, not the file's. The per-file work (open and read,
+sha256, the JPEG header walk, CPU decodes) is all here, so that the process driving the GPU spends no interpreter
+time on single files.
 
 Where: ``BatchReader(processes=N)`` runs ``read_batch`` in ``N`` worker processes through a persistent
 ``torch.utils.data.DataLoader`` (each worker with its own small thread pool, which hides the file system's latency,
@@ -29,12 +32,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
 from pipeline.decode import decode_bytes, read_image_bytes
-from pipeline.pose import shape_groups
 from schemas.files import sha256_bytes
+
+Fit = Callable[[int, int], tuple[int, int]]
+"""``(height, width)`` of a decoded image → ``(height, width)`` it is resized to."""
 
 
 @dataclass
@@ -54,8 +60,9 @@ class ReadBatch:
     jpeg_sizes: list[int] = field(default_factory=list)
     jpeg_bytes: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
     """The bytes of those files, concatenated (``jpeg_sizes`` cut them)."""
-    cpu_groups: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
-    """Files decoded on the CPU and ``ok``, by shape: (positions, ``(N, H, W, 3)`` uint8 BGR)."""
+    cpu_groups: list[tuple[list[int], torch.Tensor, tuple[int, int]]] = field(default_factory=list)
+    """Files decoded on the CPU and ``ok``, by decoded size: (positions, ``(N, H, W, 3)`` uint8 BGR, the decoded
+    ``(height, width)``); ``(H, W)`` is ``fit`` of that size when the reader had a ``fit``, else that size."""
 
     def __len__(self) -> int:
         return len(self.status)
@@ -67,13 +74,14 @@ class ReadBatch:
     def pin_memory(self) -> ReadBatch:
         """The DataLoader's pinning thread calls this: the tensors in page-locked memory, for asynchronous copies."""
         self.jpeg_bytes = self.jpeg_bytes.pin_memory()
-        self.cpu_groups = [(idx, images.pin_memory()) for idx, images in self.cpu_groups]
+        self.cpu_groups = [(idx, images.pin_memory(), size) for idx, images, size in self.cpu_groups]
         return self
 
 
 def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, int], tuple | None] | None,
-               pool: ThreadPoolExecutor | None = None) -> ReadBatch:
-    """Read ``paths``: JPEGs ``decodable`` accepts go to the GPU route (bytes kept), the rest is decoded here."""
+               pool: ThreadPoolExecutor | None = None, fit: Fit | None = None) -> ReadBatch:
+    """Read ``paths``: JPEGs ``decodable`` accepts go to the GPU route (bytes kept), the rest is decoded here (and
+    resized to ``fit`` of its size, when given)."""
 
     def one(path: str):
         data = read_image_bytes(path)
@@ -83,15 +91,17 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
             size = decodable(data, max_pixels)
             if size is not None:
                 return (size, sha256_bytes(data)), data
-        return decode_bytes(data, os.path.basename(path), max_pixels=max_pixels), None
+        decoded = decode_bytes(data, os.path.basename(path), max_pixels=max_pixels)
+        return decoded, (fitted(decoded.image, fit) if decoded.ok else None)
 
     results = list(pool.map(one, paths)) if pool is not None else [one(p) for p in paths]
     n = len(paths)
     batch = ReadBatch(list(paths), max_pixels, ["ok"] * n, [None] * n, [None] * n, [None] * n, [1.0] * n, [None] * n)
     blobs: list[bytes] = []
+    groups: dict[tuple[int, int], list[int]] = {}  # decoded size -> positions, in first-seen order
     images: dict[int, np.ndarray] = {}
     for i, (record, data) in enumerate(results):
-        if data is not None:  # GPU route: ((height, width), digest)
+        if isinstance(data, bytes):  # GPU route: ((height, width), digest)
             (batch.height[i], batch.width[i]), batch.digest[i] = record
             batch.jpeg_index.append(i)
             blobs.append(data)
@@ -100,27 +110,38 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
         batch.width[i], batch.height[i], batch.scale[i], batch.digest[i] = (record.width, record.height,
                                                                             record.scale, record.content_hash)
         if record.ok:
-            images[i] = record.image
+            groups.setdefault(record.image.shape[:2], []).append(i)
+            images[i] = data
     if blobs:
         batch.jpeg_sizes = [len(b) for b in blobs]
         batch.jpeg_bytes = torch.frombuffer(bytearray().join(blobs), dtype=torch.uint8)  # one copy, writable
-    batch.cpu_groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx])))
-                        for idx in shape_groups(images.items())]
+    batch.cpu_groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx])), size)
+                        for size, idx in groups.items()]
     return batch
+
+
+def fitted(image: np.ndarray, fit: Fit | None) -> np.ndarray:
+    """``image`` resized to ``fit`` of its size by ``cv2.resize(INTER_LINEAR)``; itself when the size stays."""
+    if fit is None:
+        return image
+    height, width = fit(*image.shape[:2])
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 class _Reads(torch.utils.data.Dataset):
     """The DataLoader's dataset: an index is ``(max_pixels, paths)``, an item is that batch read."""
 
-    def __init__(self, decodable, threads: int):
-        self.decodable, self.threads = decodable, threads
+    def __init__(self, decodable, threads: int, fit: Fit | None):
+        self.decodable, self.threads, self.fit = decodable, threads, fit
         self._pool: ThreadPoolExecutor | None = None
 
     def __getitem__(self, index: tuple[int, tuple[str, ...]]) -> ReadBatch:
         if self._pool is None and self.threads > 1:  # made in the worker process, after the fork
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="read")
         max_pixels, paths = index
-        return read_batch(list(paths), max_pixels, self.decodable, self._pool)
+        return read_batch(list(paths), max_pixels, self.decodable, self._pool, self.fit)
 
     def __len__(self) -> int:  # the sampler decides; DataLoader only asks when no sampler is given
         raise TypeError("_Reads has no length")
@@ -143,17 +164,17 @@ class BatchReader:
     """``read(batches, max_pixels)`` → one ``ReadBatch`` per list of paths, in order (see the module docstring)."""
 
     def __init__(self, decodable, processes: int = 0, threads: int = 4, pin_memory: bool = False,
-                 prefetch: int = 2):
+                 prefetch: int = 2, fit: Fit | None = None):
         if processes > 0 and multiprocessing.current_process().daemon:
             processes = 0  # a daemonic process may not have children: read on threads instead
         self.processes, self.threads, self.pin_memory = processes, max(1, threads), pin_memory
-        self.decodable = decodable
+        self.decodable, self.fit = decodable, fit
         self._loader = None
         self._feed = _Feed()
         if processes > 0:
             context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
             self._loader = torch.utils.data.DataLoader(
-                _Reads(decodable, self.threads), batch_size=None, sampler=self._feed, num_workers=processes,
+                _Reads(decodable, self.threads, fit), batch_size=None, sampler=self._feed, num_workers=processes,
                 pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,
                 multiprocessing_context=context)
             # stopped by close(), by garbage collection, or at exit (see read() and _stop_loader)
@@ -166,7 +187,7 @@ class BatchReader:
         if self._loader is None:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="read") as pool:
                 for _, paths in items:
-                    batch = read_batch(list(paths), max_pixels, self.decodable, pool)
+                    batch = read_batch(list(paths), max_pixels, self.decodable, pool, self.fit)
                     yield batch.pin_memory() if self.pin_memory else batch
             return
         if not items:

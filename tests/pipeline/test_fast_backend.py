@@ -53,6 +53,8 @@ from pipeline.pose.fast import (
     inverse_letterbox,
     letterbox,
     letterbox_geometry,
+    letterbox_size,
+    placed,
     postprocess,
     resize_linear,
     select_persons,
@@ -446,13 +448,58 @@ def test_reader_processes_read_what_threads_read(odd_tree):
                             "jpeg_sizes"):
                     assert getattr(a, key) == getattr(b, key), key
                 assert torch.equal(a.jpeg_bytes, b.jpeg_bytes)
-                assert [i for i, _ in a.cpu_groups] == [i for i, _ in b.cpu_groups]
-                for (_, x), (_, y) in zip(a.cpu_groups, b.cpu_groups, strict=True):
+                assert [(i, size) for i, _, size in a.cpu_groups] == [(i, size) for i, _, size in b.cpu_groups]
+                for (_, x, _), (_, y, _) in zip(a.cpu_groups, b.cpu_groups, strict=True):
                     assert torch.equal(x, y)
         assert sum(len(b.jpeg_index) for b in threads) >= 2 and sum(len(b.cpu_groups) for b in threads) >= 5
         assert list(reader.read(batches[:1], 40_000_000))[0].paths == [str(p) for p in batches[0]]
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("processes", [0, 2], ids=["threads", "processes"])
+def test_readers_resize_what_they_decode_to_the_bytes_the_device_letterbox_gives(mixed_tree, odd_tree, tmp_path,
+                                                                                 processes):
+    """Images decoded by the readers (all of them with ``torch_decode`` off) cross to the backend at their letterbox
+    size, resized by ``cv2.resize`` in the reader: the network inputs and frames are exactly those that the
+    device letterbox makes from the whole decoded images, for every size, EXIF rotation, reduced decode and odd
+    file, and a large progressive photo crosses at a fraction of its pixels."""
+    root, _, _ = odd_tree
+    photo = cv2.resize(cv2.imread(str(ultralytics_assets() / "bus.jpg")), (1200, 1600))
+    large = tmp_path / "large-progressive.jpg"
+    cv2.imwrite(str(large), photo, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    paths = [large, *mixed_tree, *sorted(p for p in root.rglob("*") if p.is_file())]
+    backend = FastBackend(device="cpu", batch_size=8, read_threads=2, read_processes=processes, torch_decode=False)
+    whole = FastBackend(device="cpu", batch_size=8, read_threads=2, torch_decode=False)
+    whole._reader = BatchReader(None, processes=0, threads=2)  # no fit: images cross at their decoded size
+    try:
+        got, want = list(backend._prepared(paths, 40_000_000)), list(whole._prepared(paths, 40_000_000))
+    finally:
+        backend.close()
+    assert len(got) == len(want)
+    resized = 0
+    for a, b in zip(got, want, strict=True):
+        for key in ("status", "reason", "width", "height", "scale", "digest"):
+            assert getattr(a.read, key) == getattr(b.read, key), key
+        assert [size for _, _, size in a.read.cpu_groups] == [size for _, _, size in b.read.cpu_groups]
+        for (_, x, size), (_, y, _) in zip(a.read.cpu_groups, b.read.cpu_groups, strict=True):
+            assert x.shape[1:3] == letterbox_size(*size, 256) and y.shape[1:3] == size
+            resized += x.shape[1:3] != size
+        assert len(a.inputs) == len(b.inputs)
+        for (pa, xa, fa), (pb, xb, fb) in zip(a.inputs, b.inputs, strict=True):
+            assert np.array_equal(pa, pb) and torch.equal(xa, xb) and torch.equal(fa, fb)
+    assert resized >= 8
+    first = got[0].read.cpu_groups[0]
+    assert first[0] == [0] and first[2] == (1600, 1200) and first[1].numel() == 256 * 192 * 3
+
+
+def test_placed_copies_images_already_at_their_letterbox_size():
+    box = letterbox_geometry(480, 360, 256)
+    assert placed(torch.zeros(2, 3, 480, 360, dtype=torch.uint8), box) == box
+    at_size = placed(torch.zeros(2, 3, box.new_h, box.new_w, dtype=torch.uint8), box)
+    assert (at_size.height, at_size.width, at_size.out_h, at_size.top) == (box.new_h, box.new_w, box.out_h, box.top)
+    with pytest.raises(ValueError, match="neither at 480x360 nor at its letterbox size 256x192"):
+        placed(torch.zeros(1, 3, 100, 100, dtype=torch.uint8), box)
 
 
 @pytest.mark.parametrize("pin", [False, pytest.param(True, marks=[

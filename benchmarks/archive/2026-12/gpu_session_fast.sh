@@ -16,6 +16,11 @@
 #   e2e      extract_cli.py: `pgpig-data extract` of E2E_IMAGES (200,000) JPEGs in fresh processes, E2E_RUNS (default
 #            old:1,new:0) twice over, where "old" is .bench-old/ (make it with `git archive COMMIT pipeline schemas
 #            pgpig | tar -x -C .bench-old`, and carry it); not in the default parts
+#   reader   reader_bench.py on 8,000 files of the mixed crawl, 8 reader processes of 4 threads, pinned: the readers
+#            resizing what they decode to its letterbox size against sending whole images; not in the default parts
+#   mixed    extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl, E2E_RUNS (old:0,new:0) twice over with
+#            "old" as for e2e, then extract_bench.py --sizes mixed on them against a YOLO.predict loop on 4,000;
+#            not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -89,5 +94,17 @@ if has e2e; then
     $py benchmarks/extract_cli.py --images "${E2E_IMAGES:-200000}" --runs "${E2E_RUNS:-old:1,new:0}" \
         --tree old=.bench-old --repeat 2 --label "$card, $(nvidia-smi -L | wc -l) GPUs visible" 2> "$out/e2e.err" \
         | tee -a "$out/extract.jsonl"
+fi
+if has reader; then
+    stamp reader
+    $py benchmarks/reader_bench.py --images 8000 --processes 8 --threads 4 --label "$card" 2> "$out/reader.err" \
+        | tee -a "$out/extract.jsonl"
+fi
+if has mixed; then
+    stamp mixed
+    $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --runs "${E2E_RUNS:-old:0,new:0}" \
+        --tree old=.bench-old --repeat 2 --label "$card" 2> "$out/mixed.err" | tee -a "$out/extract.jsonl"
+    $py benchmarks/extract_bench.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --baseline-images 4000 \
+        --agreement-images 1000 --label "$card" 2>> "$out/mixed.err" | tee -a "$out/extract.jsonl"
 fi
 stamp done
