@@ -8,7 +8,8 @@
 # official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
 # eager/compile parts picked), pidm (PIDM: official_bench full in PIDM_OFFICIAL_MODES and sample in
 # PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
-# PIDM_PREDICTIONS; see the part). official and pidm need official/<model> (git-ignored exports of the official
+# PIDM_PREDICTIONS; see the part), attention (attention_bench.py: XingGAN's cross attention alone, the model's bmm
+# against fused SDPA kernels). official and pidm need official/<model> (git-ignored exports of the official
 # repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
@@ -36,6 +37,11 @@ if has compile; then
         var="COMPILE_MODES_${r//-/_}"
         bench "$r" "${!var:-fp32,bf16+compile}" "${COMPILE_LIMIT:-330}" || stamp "compile $r: exit $?"
     done
+fi
+if has attention; then
+    stamp attention
+    timeout 300 $py benchmarks/attention_bench.py --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+        2>> "$out/attention.err" | tee -a "$out/train.jsonl"
 fi
 if has official; then
     stamp official
