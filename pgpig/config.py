@@ -183,6 +183,9 @@ class TrainConfig:
     tf32: bool = False
     """Float32 matrix multiplications (attention, linear layers) on TF32 tensor cores, as cuDNN's float32
     convolutions already run by default; CUDA only (the CPU has no TF32). Off: PyTorch's full-precision matmuls."""
+    fused_adam: bool = False
+    """Each Adam step as fused kernels (``torch.optim.Adam(fused=True)``) instead of PyTorch's default (multi-tensor
+    kernels on CUDA, a loop over the parameters on the CPU); the same update, rounded differently in the last bits."""
     sync_batchnorm: bool = False
     """Under DDP on CUDA, batch statistics over all GPUs (``SyncBatchNorm``). Off: each GPU normalises its own share,
     which at the recipe's per-GPU batch is the paper's one-GPU regime; SyncBatchNorm measured 3.5x slower

@@ -201,10 +201,13 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
             module.to(memory_format=torch.channels_last)
     ema = WeightAverage(generator, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
     # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
-    opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
+    fused = cfg.fused_adam or None  # None: PyTorch's default implementation for the device
+    opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
+                             fused=fused)
     # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
     opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()],
-                             lr=cfg.lr * cfg.d_lr_ratio, betas=cfg.d_betas or cfg.betas) if discriminators else None
+                             lr=cfg.lr * cfg.d_lr_ratio, betas=cfg.d_betas or cfg.betas,
+                             fused=fused) if discriminators else None
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}

@@ -207,6 +207,39 @@ def test_unknown_recipe_key_is_an_error_naming_it(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_fused_adam_makes_the_default_update_and_resumes_exactly(market_shards, tmp_path):
+    """``fused_adam`` (fused Adam kernels) takes the step the default Adam takes, up to rounding, on the generator
+    and the discriminators, and a fused run resumed from its checkpoint ends bit for bit like one run straight.
+
+    Compared after one step: from the second on, parameters whose true gradient is zero (a convolution's bias
+    before an instance norm) get rounding noise as gradient, which Adam's normalisation turns into steps of about
+    ``lr`` whatever the noise, so two runs that differ by rounding part by that much."""
+    small = {"shards": market_shards, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1, "vgg_weights": None,
+             "allow_random_vgg": True, "num_workers": 0, "progress": False, "device": "cpu", "dropout": 0.0,
+             "checkpoint_every": 2, "sample_every": 100}
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        return {**load_file(str(run / "generator.safetensors")),
+                **{f"d.{k}": v for k, v in load_file(str(latest(run) / "discriminators.safetensors")).items()}}
+
+    runs = {}
+    for fused in (False, True):
+        cfg = load_config(None, {**small, "run_dir": tmp_path / f"one-{fused}", "steps": 1, "fused_adam": fused})
+        train(cfg)
+        runs[fused] = weights(cfg.run_dir)
+    state = torch.load(latest(tmp_path / "one-True") / "train_state.pt", weights_only=True)
+    assert state["opt_g"]["param_groups"][0]["fused"] is True and state["opt_d"]["param_groups"][0]["fused"] is True
+    assert max(float((runs[True][k] - runs[False][k]).abs().max()) for k in runs[True]) < 1e-3 * cfg.lr
+
+    straight = train(load_config(None, {**small, "run_dir": tmp_path / "straight", "steps": 4, "fused_adam": True}))
+    train(load_config(None, {**small, "run_dir": tmp_path / "split", "steps": 2, "fused_adam": True}))
+    resumed = train(load_config(tmp_path / "split" / "config.yaml", {"run_dir": tmp_path / "split", "resume": True,
+                                                                      "steps": 4}))
+    assert resumed["losses"] == straight["losses"]
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(market_shards, tmp_path):
     """``amp``/``channels_last``/``compile: auto`` (the GPU recipes' defaults) are float32, contiguous and eager on
     the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other

@@ -30,7 +30,8 @@ def _finite(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True, "compile": True},
-                                     {"amp": "fp16"}, {"amp": "none"}], ids=["bf16-cl-compile", "fp16", "fp32"])
+                                     {"amp": "fp16", "fused_adam": True}, {"amp": "none"}],
+                         ids=["bf16-cl-compile", "fp16-fused-adam", "fp32"])
 def test_gpu_paths_train_checkpoint_and_resume(market_shards, tmp_path, options):
     run = tmp_path / "run"
     result = train(load_config(None, {**SMALL, **options, "shards": market_shards, "run_dir": run, "steps": 4}))

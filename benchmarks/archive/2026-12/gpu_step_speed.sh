@@ -26,10 +26,10 @@ bench() {  # RECIPE MODES [TIMEOUT]
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/session.log"
 if has eager; then
     stamp eager
-    bench patn fp32,none,none+tf32,fp16,fp16+tf32,bf16,none+cl+tf32
-    bench dptn fp32,none,bf16,bf16+tf32,fp16,bf16+cl,fp16+cl
-    bench gfla-stage2 fp32,none,none+tf32,none+cl+tf32,fp16
-    bench xinggan fp32,none,none+tf32,fp16,bf16
+    bench patn fp32,none,none+tf32,fp16,fp16+tf32,bf16,bf16+fused,none+cl+tf32
+    bench dptn fp32,none,bf16,bf16+fused,bf16+tf32,fp16,bf16+cl,fp16+cl
+    bench gfla-stage2 fp32,none,none+fused,none+tf32,none+cl+tf32,fp16
+    bench xinggan fp32,none,none+tf32,fp16,bf16,bf16+fused
 fi
 if has compile; then
     stamp compile
