@@ -3,13 +3,14 @@
     python benchmarks/extract_profile.py [--images 4096] [--batch-size 256] [--size 256x176] [--device cuda:0]
 
 Stages, each over the same JPEG files (made as ``extract_bench.py`` makes them), synchronised before and after so
-the figure is that stage's alone: reading the batches (``pipeline.pose.reading``: bytes, sha256, the header walk)
-on threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
+the figure is that stage's alone: reading the batches (``pipeline.pose.reading``: bytes, sha256, the header walk) on
+threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
 letterbox; the network eager; the exact post-processing with its copy back; the network + person choice as CUDA
-graphs with the copy back (what ``extract_files`` runs); then ``predict_files`` and ``extract_files`` end to end
-(the stages overlapped as extraction runs them) and ``run_extract`` of one task without Dask, first with the
-model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds per image per stage and
-images/s; the largest stage of the hot path bounds the end-to-end figure.
+graphs with the copy back (what ``extract_files`` runs); on CUDA nvJPEG and the graphs alone and at once from two
+threads (``overlap_*``: whether they overlap as ``extract_files`` needs them to); then ``predict_files`` and
+``extract_files`` end to end (the stages overlapped as extraction runs them) and ``run_extract`` of one task without
+Dask, first with the model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds
+per image per stage and images/s; the largest stage of the hot path bounds the end-to-end figure.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +42,37 @@ def timed(fn, device: torch.device, repeat: int = 1):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return out, (time.perf_counter() - start) / repeat
+
+
+def overlap(backend, reads, xs: list[torch.Tensor], frames: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Seconds of nvJPEG decoding every batch (on the producer's side stream, as ``extract_files`` does) and of the
+    graphs' replays of as many batches, each alone and then at once from two threads, as ``extract_files`` runs
+    them. At once near the sum of the two alone: they take turns (the GPU, or the interpreter lock); near the
+    larger of the two: they overlap."""
+
+    def decode_all() -> None:
+        with torch.cuda.stream(backend._side_stream):
+            for r in reads:
+                backend._torch_decode(r.jpeg_blobs())
+        backend._side_stream.synchronize()
+
+    def graphs_all() -> None:
+        with torch.inference_mode():
+            for v in xs:
+                backend.graphs.run(v, frames[:len(v)])
+        torch.cuda.synchronize(device)
+
+    def both() -> None:
+        thread = threading.Thread(target=decode_all)
+        thread.start()
+        graphs_all()
+        thread.join()
+
+    _, decode = timed(decode_all, device)
+    _, graphs = timed(graphs_all, device)
+    _, at_once = timed(both, device)
+    return {"overlap_decode_alone": decode, "overlap_graphs_alone": graphs,
+            "overlap_decode_and_graphs_at_once": at_once}
 
 
 def variants(args, backend, blobs: list[bytes], box, device: torch.device) -> dict[str, float]:
@@ -170,6 +203,8 @@ def main() -> None:
             backend.graphs.run(xs[-1], frames[:len(xs[-1])])
             _, t = timed(lambda: [backend.graphs.run(v, frames[:len(v)])[0].cpu() for v in xs], device)
             us["graph_network_and_choice_and_copy"] = t
+            if device.type == "cuda":
+                us.update(overlap(backend, reads, xs, frames, device))
         if args.variants:
             us.update(variants(args, backend, blobs, box, device))
         _, t = timed(lambda: list(backend.predict_files(paths)), device)
