@@ -2,13 +2,15 @@
 same files in one run (the goal: ≥10,000 images/s end to end).
 
     python benchmarks/extract_cli.py [--images 200000] [--size 256x176 | --sizes mixed] [--runs new:1,new:0]
-                                     [--tree NAME=PATH ...] [--extract-args "..."] [--repeat 1] [--label TEXT]
+                                     [--tree NAME=PATH ...] [--extract-args "..."] [--variant NAME="..." ...]
+                                     [--repeat 1] [--label TEXT]
 
 The files are made once, as ``extract_bench.py`` makes them (JPEGs at ``--size``, or its crawl of many sizes with
 ``--sizes mixed``; in the page cache for every run alike). A run ``TREE:WORKERS`` runs ``python -m pipeline.cli
 extract --dataset folder --workers WORKERS`` with the package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this
 checkout; ``--tree old=PATH`` names another, e.g. a ``git archive`` of an older commit) and the default backend
-(``fast`` on a GPU machine), or the options of ``--extract-args``. The runs go in the order given, all of them
+(``fast`` on a GPU machine), or the options of ``--extract-args``; ``TREE:WORKERS:VARIANT`` adds the options of
+``--variant VARIANT="..."``. The runs go in the order given, all of them
 ``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the process's start to its
 exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the rates from the start and
 after each worker's first task; then an ``extract_cli_compare`` line with each run's median wall rate over the first
@@ -62,16 +64,24 @@ def main() -> None:
                         help="mixed: extract_bench's crawl of many sizes, qualities, progressive and person-free files")
     parser.add_argument("--extract-args", default="", help='more CLI options for every run, e.g. "--backend fast"')
     parser.add_argument("--runs", default="new:1,new:0",
-                        help="TREE:WORKERS, comma-separated; the first is the baseline")
+                        help="TREE:WORKERS[:VARIANT], comma-separated; the first is the baseline")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH", help="another package tree")
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
+                        help='CLI options of the runs that name it, after --extract-args, e.g. '
+                        'share="--cpu-decode-share 0.3"')
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--label", default="", help="free text naming the machine")
     args = parser.parse_args()
     trees = {"new": ROOT, **{name: Path(path).resolve() for name, path in (t.split("=", 1) for t in args.tree)}}
-    runs = [(name, int(workers)) for name, workers in (r.split(":") for r in args.runs.split(","))]
-    unknown = sorted({name for name, _ in runs} - set(trees))
+    variants = {"": [], **{name: shlex.split(v) for name, v in (t.split("=", 1) for t in args.variant)}}
+    runs = [(name, int(workers), rest[0] if rest else "")
+            for name, workers, *rest in (r.split(":") for r in args.runs.split(","))]
+    unknown = sorted({name for name, _, _ in runs} - set(trees))
     if unknown:
         raise SystemExit(f"no --tree for {', '.join(unknown)}")
+    unknown = sorted({variant for _, _, variant in runs} - set(variants))
+    if unknown:
+        raise SystemExit(f"no --variant for {', '.join(unknown)}")
     import torch
     from extract_bench import crawl_summary, make_images, mixed_jobs, shipped_photos, write_jobs
 
@@ -95,13 +105,17 @@ def main() -> None:
             make_images(raw, args.images, (h, w))
         print(f"{args.images} files made in {time.perf_counter() - made:.0f} s", file=sys.stderr)
         for repeat in range(args.repeat):
-            for name, workers in runs:
-                result = run_once(trees[name], raw, Path(tmp), workers, args.images, shlex.split(args.extract_args))
-                rates.setdefault(f"{name}:{workers}", []).append(result["images_per_s"])
+            for name, workers, variant in runs:
+                options = shlex.split(args.extract_args) + variants[variant]
+                result = run_once(trees[name], raw, Path(tmp), workers, args.images, options)
+                run = ":".join([name, str(workers)] + ([variant] if variant else []))
+                rates.setdefault(run, []).append(result["images_per_s"])
                 print(json.dumps({"bench": "extract_cli", **common, "tree": name, "workers": workers,
-                                  "repeat": repeat, **result}), flush=True)
-    base = statistics.median(rates[f"{runs[0][0]}:{runs[0][1]}"])
-    print(json.dumps({"bench": "extract_cli_compare", **common, "baseline": f"{runs[0][0]}:{runs[0][1]}",
+                                  "variant": variant or None, "options": options, "repeat": repeat, **result}),
+                      flush=True)
+    baseline = ":".join([str(v) for v in runs[0][:2]] + ([runs[0][2]] if runs[0][2] else []))
+    base = statistics.median(rates[baseline])
+    print(json.dumps({"bench": "extract_cli_compare", **common, "baseline": baseline,
                       "images_per_s_median": {k: statistics.median(v) for k, v in rates.items()},
                       "ratio_to_baseline": {k: round(statistics.median(v) / base, 3) for k, v in rates.items()},
                       "runs": {k: v for k, v in rates.items()}}), flush=True)

@@ -98,6 +98,10 @@ class ExtractConfig:
     read_processes: int | None = None
     """Fast backend: processes reading the files of each worker (``pipeline.pose.reading``); None → with a GPU
     the worker's cores less 2 (the GPU feeding threads), at most 8; without one 0 (threads)."""
+    cpu_decode_share: float = 0.0
+    """Fast backend: the share of the JPEGs the GPU decoder could take that the reader processes decode instead
+    (picked by content, ``pipeline.pose.reading.cpu_routed``); for a GPU whose decoder and network take turns while
+    CPU cores are free."""
     scheduler: str | None = None
     """Address of an existing Dask cluster (``tcp://host:8786``)."""
     overwrite: bool = False
@@ -231,7 +235,7 @@ def task_source(s: dict):
         options.update(model=s["model"], imgsz=s["imgsz"], conf=s["conf"], kpt_threshold=s["kpt_threshold"],
                        person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
-        options.update(read_processes=s["read_processes"])
+        options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"])
     if s["backend"] == "ultralytics":
         options.update(torch_threads=s["torch_threads"])
     return cached_backend(s["backend"], **options)
@@ -497,7 +501,8 @@ def _worker_settings(cfg: ExtractConfig) -> tuple[int, dict]:
         torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     cores = (os.cpu_count() or 1) // max(1, workers)
     return workers, {"torch_threads": torch_threads, "decode_threads": max(2, min(8, cores)),
-                     "read_processes": cfg.reader_processes(cores), "parts_per_stream": cfg.sizes()[2]}
+                     "read_processes": cfg.reader_processes(cores), "parts_per_stream": cfg.sizes()[2],
+                     "cpu_decode_share": cfg.cpu_decode_share}
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
@@ -538,7 +543,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             pool.close()
     record.update(_timings(summaries, time.perf_counter() - started, listing_seconds), warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
-                  read_processes=worker_settings["read_processes"], scheduler=cfg.scheduler)
+                  read_processes=worker_settings["read_processes"],
+                  cpu_decode_share=worker_settings["cpu_decode_share"], scheduler=cfg.scheduler)
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)
     return record

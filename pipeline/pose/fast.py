@@ -601,7 +601,9 @@ class _Call:
 
 class FastBackend:
     """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (``docs/fast-backend.md``); a
-    file's person is chosen by the ``person`` rule (``choose_person``)."""
+    file's person is chosen by the ``person`` rule (``choose_person``). ``cpu_decode_share`` of the JPEGs the GPU
+    decoder could take are decoded by the readers instead (``pipeline.pose.reading.cpu_routed``), to share the
+    decoding between the device and free CPU cores."""
 
     name = "fast"
     origin = "yolo"
@@ -610,7 +612,7 @@ class FastBackend:
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
-                 flush_after: int = 32, person: str = "largest"):
+                 flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -623,6 +625,9 @@ class FastBackend:
         self.half = cuda if half is None else half
         self.read_threads, self.read_processes = max(1, read_threads), max(0, read_processes)
         self.torch_decode = cuda if torch_decode is None else torch_decode
+        if not 0.0 <= cpu_decode_share <= 1.0:
+            raise PipelineError(f"cpu_decode_share must be between 0 and 1, got {cpu_decode_share}")
+        self.cpu_decode_share = cpu_decode_share
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
         self.person = checked_rule(person)
@@ -639,7 +644,8 @@ class FastBackend:
         if self._reader is None:
             self._reader = BatchReader(torch_decodable if self.torch_decode else None, self.read_processes,
                                        self.read_threads, pin_memory=self.device.type == "cuda",
-                                       fit=functools.partial(letterbox_size, imgsz=self.imgsz))
+                                       fit=functools.partial(letterbox_size, imgsz=self.imgsz),
+                                       cpu_share=self.cpu_decode_share)
         return self._reader
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:

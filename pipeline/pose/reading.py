@@ -18,8 +18,9 @@ never touches CUDA), so it starts in milliseconds. A daemonic process (a Dask wo
 ``BatchReader.processes``.
 
 The decode route: ``torch_decodable`` (in ``pipeline.pose.fast``) says whether TorchCodec's decoder gives what
-``pipeline.decode`` would for that file; when ``torch_decode`` is off, or for any other file, the CPU decode of
-``pipeline.decode`` makes the record and the image.
+``pipeline.decode`` would for that file; when ``torch_decode`` is off, for any other file, and for the share of
+such files that ``cpu_share`` hands to the CPU (``cpu_routed``), the CPU decode of ``pipeline.decode`` makes the
+record and the image.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import atexit
 import multiprocessing
 import os
 import weakref
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -79,15 +81,15 @@ class ReadBatch:
 
 
 def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, int], tuple | None] | None,
-               pool: ThreadPoolExecutor | None = None, fit: Fit | None = None) -> ReadBatch:
-    """Read ``paths``: JPEGs ``decodable`` accepts go to the GPU route (bytes kept), the rest is decoded here (and
-    resized to ``fit`` of its size, when given)."""
+               pool: ThreadPoolExecutor | None = None, fit: Fit | None = None, cpu_share: float = 0.0) -> ReadBatch:
+    """Read ``paths``: JPEGs ``decodable`` accepts go to the GPU route (bytes kept), except the ``cpu_share`` of
+    them that ``cpu_routed`` picks; the rest is decoded here (and resized to ``fit`` of its size, when given)."""
 
     def one(path: str):
         data = read_image_bytes(path)
         if not isinstance(data, bytes):  # unreadable: the record says why
             return data, None
-        if decodable is not None:
+        if decodable is not None and not cpu_routed(data, cpu_share):
             size = decodable(data, max_pixels)
             if size is not None:
                 return (size, sha256_bytes(data)), data
@@ -120,6 +122,12 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
     return batch
 
 
+def cpu_routed(data: bytes, share: float) -> bool:
+    """Whether a file the GPU decoder could take is decoded here instead: ``share`` of the files, picked by their
+    content (CRC-32), so a file takes the same route whatever its batch, order or run."""
+    return share > 0 and zlib.crc32(data) < share * 2**32
+
+
 def fitted(image: np.ndarray, fit: Fit | None) -> np.ndarray:
     """``image`` resized to ``fit`` of its size by ``cv2.resize(INTER_LINEAR)``; itself when the size stays."""
     if fit is None:
@@ -133,15 +141,15 @@ def fitted(image: np.ndarray, fit: Fit | None) -> np.ndarray:
 class _Reads(torch.utils.data.Dataset):
     """The DataLoader's dataset: an index is ``(max_pixels, paths)``, an item is that batch read."""
 
-    def __init__(self, decodable, threads: int, fit: Fit | None):
-        self.decodable, self.threads, self.fit = decodable, threads, fit
+    def __init__(self, decodable, threads: int, fit: Fit | None, cpu_share: float):
+        self.decodable, self.threads, self.fit, self.cpu_share = decodable, threads, fit, cpu_share
         self._pool: ThreadPoolExecutor | None = None
 
     def __getitem__(self, index: tuple[int, tuple[str, ...]]) -> ReadBatch:
         if self._pool is None and self.threads > 1:  # made in the worker process, after the fork
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="read")
         max_pixels, paths = index
-        return read_batch(list(paths), max_pixels, self.decodable, self._pool, self.fit)
+        return read_batch(list(paths), max_pixels, self.decodable, self._pool, self.fit, self.cpu_share)
 
     def __len__(self) -> int:  # the sampler decides; DataLoader only asks when no sampler is given
         raise TypeError("_Reads has no length")
@@ -164,18 +172,18 @@ class BatchReader:
     """``read(batches, max_pixels)`` → one ``ReadBatch`` per list of paths, in order (see the module docstring)."""
 
     def __init__(self, decodable, processes: int = 0, threads: int = 4, pin_memory: bool = False,
-                 prefetch: int = 2, fit: Fit | None = None):
+                 prefetch: int = 2, fit: Fit | None = None, cpu_share: float = 0.0):
         if processes > 0 and multiprocessing.current_process().daemon:
             processes = 0  # a daemonic process may not have children: read on threads instead
         self.processes, self.threads, self.pin_memory = processes, max(1, threads), pin_memory
-        self.decodable, self.fit = decodable, fit
+        self.decodable, self.fit, self.cpu_share = decodable, fit, cpu_share
         self._loader = None
         self._feed = _Feed()
         if processes > 0:
             context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
             self._loader = torch.utils.data.DataLoader(
-                _Reads(decodable, self.threads, fit), batch_size=None, sampler=self._feed, num_workers=processes,
-                pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,
+                _Reads(decodable, self.threads, fit, cpu_share), batch_size=None, sampler=self._feed,
+                num_workers=processes, pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,
                 multiprocessing_context=context)
             # stopped by close(), by garbage collection, or at exit (see read() and _stop_loader)
             self._finalizer = weakref.finalize(self, _stop_loader, self._loader)
@@ -187,7 +195,7 @@ class BatchReader:
         if self._loader is None:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="read") as pool:
                 for _, paths in items:
-                    batch = read_batch(list(paths), max_pixels, self.decodable, pool, self.fit)
+                    batch = read_batch(list(paths), max_pixels, self.decodable, pool, self.fit, self.cpu_share)
                     yield batch.pin_memory() if self.pin_memory else batch
             return
         if not items:

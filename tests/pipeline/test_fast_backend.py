@@ -62,7 +62,7 @@ from pipeline.pose.fast import (
     to_image_pixels,
     torch_decodable,
 )
-from pipeline.pose.reading import BatchReader
+from pipeline.pose.reading import BatchReader, cpu_routed
 from schemas.tables import keypoints_to_numpy, read_table
 
 CUDA = torch.cuda.is_available()
@@ -493,6 +493,32 @@ def test_readers_resize_what_they_decode_to_the_bytes_the_device_letterbox_gives
     assert first[0] == [0] and first[2] == (1600, 1200) and first[1].numel() == 256 * 192 * 3
 
 
+def test_cpu_routed_picks_a_share_of_files_by_content():
+    blobs = [np.random.default_rng(k).bytes(64) for k in range(2000)]
+    assert not any(cpu_routed(b, 0.0) for b in blobs) and all(cpu_routed(b, 1.0) for b in blobs)
+    third = [b for b in blobs if cpu_routed(b, 1 / 3)]
+    assert 600 < len(third) < 733 and all(cpu_routed(b, 0.5) for b in third)  # a larger share keeps those
+    assert [cpu_routed(b, 1 / 3) for b in blobs] == [cpu_routed(bytes(b), 1 / 3) for b in blobs]
+
+
+def test_a_share_of_the_jpegs_decoded_by_the_readers_changes_no_record_or_person(mixed_tree, odd_tree):
+    """``cpu_decode_share``: that share of the JPEGs the torch decoder takes is decoded by the readers instead (on
+    the CPU both decoders give the same bytes), and every file keeps its record and its chosen person."""
+    root, _, _ = odd_tree
+    paths = [*mixed_tree, *sorted(p for p in root.rglob("*") if p.is_file())]
+    plain = FastBackend(device="cpu", batch_size=8, read_threads=2, torch_decode=True)
+    shared = FastBackend(device="cpu", batch_size=8, read_threads=2, torch_decode=True, cpu_decode_share=0.5)
+    batches = [paths[i:i + 8] for i in range(0, len(paths), 8)]
+    gpu_route = {p for b in plain.reader.read(batches, 40_000_000) for i in b.jpeg_index for p in [b.paths[i]]}
+    kept = {p for b in shared.reader.read(batches, 40_000_000) for i in b.jpeg_index for p in [b.paths[i]]}
+    moved = gpu_route - kept
+    assert kept <= gpu_route and len(moved) >= 0.3 * len(gpu_route) and len(kept) >= 0.3 * len(gpu_route)
+    assert all(cpu_routed(Path(p).read_bytes(), 0.5) for p in moved)
+    assert_same_choices(files_and_choices(shared, paths), files_and_choices(plain, paths), paths, atol=1e-3)
+    with pytest.raises(PipelineError, match="cpu_decode_share must be between 0 and 1, got 1.5"):
+        FastBackend(device="cpu", cpu_decode_share=1.5)
+
+
 def test_placed_copies_images_already_at_their_letterbox_size():
     box = letterbox_geometry(480, 360, 256)
     assert placed(torch.zeros(2, 3, 480, 360, dtype=torch.uint8), box) == box
@@ -572,6 +598,24 @@ def test_extract_with_the_fast_backend_writes_the_reference_table(odd_tree, tmp_
                                             "--run-file", str(tmp_path / "fast" / "extract.json"), "--workers", "0",
                                             "--backend", "ultralytics", "--quiet"])
     assert result.exit_code == 1 and "other settings (backend) (it was made with --backend fast)" in result.output
+
+
+def test_extract_cpu_decode_share_keeps_the_table_and_is_recorded(odd_tree, tmp_path):
+    root, _, _ = odd_tree
+    plain = extract_cli(root / "corpus", tmp_path / "plain", "fast", "--device", "cpu")
+    shared = extract_cli(root / "corpus", tmp_path / "shared", "fast", "--device", "cpu", "--cpu-decode-share", "0.5")
+    assert (plain["cpu_decode_share"], shared["cpu_decode_share"]) == (0.0, 0.5)
+    from pipeline.pose import _CACHE
+
+    assert {b.cpu_decode_share for b in _CACHE.values() if isinstance(b, FastBackend)} >= {0.0, 0.5}
+    a, b = rows_by_image(tmp_path / "plain" / "kp"), rows_by_image(tmp_path / "shared" / "kp")
+    assert sorted(a) == sorted(b)
+    for rel, row in a.items():
+        for key in ("status", "reason", "width", "height", "content_hash", "n_persons"):
+            assert b[rel][key] == row[key], (rel, key)
+        np.testing.assert_allclose(b[rel]["xy"], row["xy"], atol=1e-3, err_msg=rel)
+    refused = CliRunner().invoke(data_main, ["extract", str(root / "corpus"), "--cpu-decode-share", "1.5"])
+    assert refused.exit_code == 2 and "--cpu-decode-share" in refused.output
 
 
 def parts_of(out: Path) -> dict[str, list[dict]]:

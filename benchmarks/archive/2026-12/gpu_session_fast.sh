@@ -18,6 +18,8 @@
 #            pgpig | tar -x -C .bench-old`, and carry it); not in the default parts
 #   reader   reader_bench.py on 8,000 files of the mixed crawl, 8 reader processes of 4 threads, pinned: the readers
 #            resizing what they decode to its letterbox size against sending whole images; not in the default parts
+#   share    extract_cli.py on SHARE_IMAGES (100,000) JPEGs of 256x176, --cpu-decode-share 0 against SHARES
+#            (0.15 0.3 0.45), twice over; not in the default parts
 #   mixed    extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl, E2E_RUNS (old:0,new:0) twice over with
 #            "old" as for e2e, then extract_bench.py --sizes mixed on them against a YOLO.predict loop on 4,000;
 #            not in the default parts
@@ -99,6 +101,16 @@ if has reader; then
     stamp reader
     $py benchmarks/reader_bench.py --images 8000 --processes 8 --threads 4 --label "$card" 2> "$out/reader.err" \
         | tee -a "$out/extract.jsonl"
+fi
+if has share; then
+    stamp share
+    runs=new:0 variants=()
+    for s in ${SHARES:-0.15 0.3 0.45}; do
+        runs+=",new:0:s$s"
+        variants+=(--variant "s$s=--cpu-decode-share $s")
+    done
+    $py benchmarks/extract_cli.py --images "${SHARE_IMAGES:-100000}" --runs "$runs" "${variants[@]}" --repeat 2 \
+        --label "$card" 2> "$out/share.err" | tee -a "$out/extract.jsonl"
 fi
 if has mixed; then
     stamp mixed
