@@ -812,20 +812,22 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree, tmp_path):
+@pytest.mark.parametrize("share", [0.0, 0.5], ids=["nvjpeg", "half-cpu-decoded"])
+def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree, tmp_path, share):
     """A crawl of many sizes (``extract_bench.py --sizes mixed``'s: 19 sizes up to 12 MP, progressive files,
     person-free ones) and odd files through CUDA graphs per input shape (full batches of 16, tails padded): every
     file keeps the record ``pipeline.decode`` gives it, and the persons are those of fp16 ``YOLO.predict`` on each
     image alone. Measured on an H200 over 2,000 such files (``benchmarks/results/extract-h200.jsonl``): 0.41 px
     mean, median 0.15 px, p99 3 px, a person found on the same images 99.95%; the mean is carried by a few
     uncertain persons (nvJPEG and libjpeg differ by up to 45 grey levels on small images), so on a small set the
-    median and the 90th percentile are asserted."""
+    median and the 90th percentile are asserted. The same with half the JPEGs decoded by the readers
+    (``cpu_decode_share``)."""
     root, _, _ = odd_tree
     bench = load_bench()
     photos = bench.shipped_photos()
     crawl = bench.write_jobs(tmp_path / "crawl", bench.mixed_jobs(160, 1, photos), photos)
     paths = mixed_tree[:20] + sorted(p for p in root.rglob("*") if p.is_file()) + mixed_tree[20:] + crawl
-    backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2)
+    backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2, cpu_decode_share=share)
     reference = create_backend("ultralytics", device="cuda:0", half=True)
     got = files_and_choices(backend, paths)
     assert len(backend.graphs.shapes) >= 4  # full batches of several input shapes ran as graphs
