@@ -26,6 +26,7 @@ record and the image.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import multiprocessing
 import os
 import weakref
@@ -94,7 +95,10 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
             if size is not None:
                 return (size, sha256_bytes(data)), data
         decoded = decode_bytes(data, os.path.basename(path), max_pixels=max_pixels)
-        return decoded, (fitted(decoded.image, fit) if decoded.ok else None)
+        if not decoded.ok:
+            return decoded, None
+        # the record without its image: only the fitted one is kept until the batch is stacked
+        return dataclasses.replace(decoded, image=None), (fitted(decoded.image, fit), decoded.image.shape[:2])
 
     results = list(pool.map(one, paths)) if pool is not None else [one(p) for p in paths]
     n = len(paths)
@@ -112,8 +116,8 @@ def read_batch(paths: list[str], max_pixels: int, decodable: Callable[[bytes, in
         batch.width[i], batch.height[i], batch.scale[i], batch.digest[i] = (record.width, record.height,
                                                                             record.scale, record.content_hash)
         if record.ok:
-            groups.setdefault(record.image.shape[:2], []).append(i)
-            images[i] = data
+            images[i], size = data
+            groups.setdefault(size, []).append(i)
     if blobs:
         batch.jpeg_sizes = [len(b) for b in blobs]
         batch.jpeg_bytes = torch.frombuffer(bytearray().join(blobs), dtype=torch.uint8)  # one copy, writable

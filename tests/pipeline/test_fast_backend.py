@@ -21,12 +21,15 @@ an extract run on the GPU gives the statuses of the CPU run.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -62,7 +65,7 @@ from pipeline.pose.fast import (
     to_image_pixels,
     torch_decodable,
 )
-from pipeline.pose.reading import BatchReader, cpu_routed
+from pipeline.pose.reading import BatchReader, cpu_routed, read_batch
 from schemas.tables import keypoints_to_numpy, read_table
 
 CUDA = torch.cuda.is_available()
@@ -491,6 +494,27 @@ def test_readers_resize_what_they_decode_to_the_bytes_the_device_letterbox_gives
     assert resized >= 8
     first = got[0].read.cpu_groups[0]
     assert first[0] == [0] and first[2] == (1600, 1200) and first[1].numel() == 256 * 192 * 3
+
+
+def test_readers_hold_a_batchs_decoded_photos_at_their_letterbox_size(tmp_path):
+    """A batch of large photos decoded by the reader is held at its letterbox size: the reader's peak memory is a
+    few whole images (those being decoded), not the batch's."""
+    photo = cv2.resize(cv2.imread(str(ultralytics_assets() / "bus.jpg")), (1600, 1200))
+    paths = []
+    for k in range(12):
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        cv2.imwrite(paths[-1], np.roll(photo, 8 * k, axis=1), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    whole = photo.nbytes
+    with ThreadPoolExecutor(2) as pool:
+        tracemalloc.start()
+        try:
+            batch = read_batch(paths, 40_000_000, None, pool, functools.partial(letterbox_size, imgsz=256))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert [size for _, _, size in batch.cpu_groups] == [(1200, 1600)]
+    assert batch.cpu_groups[0][1].shape == (12, 192, 256, 3)
+    assert peak < 4 * whole < len(paths) * whole / 2, (peak, whole)
 
 
 def test_cpu_routed_picks_a_share_of_files_by_content():
