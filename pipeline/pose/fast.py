@@ -50,6 +50,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the image
 KEYPOINTS = 17
 NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
+DECODE_PIXELS = 256_000_000  # JPEG pixels per torch decode call: ~0.8 GB decoded, ~2.3 GB with its letterbox copies
 
 Groups = list[tuple[list[int], torch.Tensor, tuple[int, int]]]
 """Images by decoded size: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device, the decoded
@@ -612,7 +613,8 @@ class FastBackend:
                  iou: float = 0.7, max_det: int = 300, device: str = "auto", batch_size: int = 256,
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
-                 flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0):
+                 flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
+                 decode_pixels: int = DECODE_PIXELS):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -628,6 +630,7 @@ class FastBackend:
         if not 0.0 <= cpu_decode_share <= 1.0:
             raise PipelineError(f"cpu_decode_share must be between 0 and 1, got {cpu_decode_share}")
         self.cpu_decode_share = cpu_decode_share
+        self.decode_pixels = max(1, decode_pixels)
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
         self.person = checked_rule(person)
@@ -861,38 +864,52 @@ class FastBackend:
 
     def _prepare(self, read: ReadBatch) -> _Batch:
         """Decode one batch's GPU-route JPEGs and move its CPU-decoded images to the device (the producer thread,
-        on the side stream when on CUDA). A batch the torch decoder refuses, or an image it returns in another
-        shape, goes through ``pipeline.decode`` instead, whose record then replaces the read one."""
+        on the side stream when on CUDA). The JPEGs are decoded and letterboxed ``decode_pixels`` at a time
+        (``pixel_chunks``), so that a batch of large photos holds a bounded share of the device's memory. A chunk
+        the torch decoder refuses, or an image it returns in another shape, goes through ``pipeline.decode``
+        instead, whose record then replaces the read one."""
         stream = self._side_stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            torch_images: dict[int, torch.Tensor] = {}
-            cpu_images: dict[int, np.ndarray] = {}
             blobs = read.jpeg_blobs()
-            if blobs:
-                try:
-                    images = self._torch_decode(blobs)
-                except RuntimeError:  # nvJPEG fails the whole batch for one file: the CPU decoder names it
-                    images = [None] * len(blobs)
-                for i, blob, image in zip(read.jpeg_index, blobs, images, strict=True):
-                    if image is not None and tuple(image.shape) == (3, read.height[i], read.width[i]):
-                        torch_images[i] = image
-                        continue
-                    d = decode_bytes(bytes(blob.numpy()), os.path.basename(read.paths[i]), max_pixels=read.max_pixels)
-                    read.status[i], read.reason[i], read.scale[i] = d.status, d.reason, d.scale
-                    read.width[i], read.height[i] = d.width, d.height
-                    if d.ok:
-                        cpu_images[i] = d.image
-            groups: Groups = [(idx, torch.stack([torch_images[i] for i in idx]), torch_images[idx[0]].shape[1:])
-                              for idx in shape_groups(torch_images.items())]
-            groups += [(idx, bgr_to_tensor(images, self.device), size) for idx, images, size in read.cpu_groups]
-            groups += [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device),
-                        cpu_images[idx[0]].shape[:2]) for idx in shape_groups(cpu_images.items())]
-            inputs = self._network_inputs(groups, read.scale) if groups else []
+            chunks = pixel_chunks([read.height[i] * read.width[i] for i in read.jpeg_index], self.decode_pixels)
+            inputs: Inputs = []
+            for k, chunk in enumerate(chunks or [range(0)]):
+                groups = self._decoded_groups(read, [read.jpeg_index[j] for j in chunk], [blobs[j] for j in chunk])
+                if k == max(len(chunks) - 1, 0):  # the readers' images join the last chunk
+                    groups += [(idx, bgr_to_tensor(images, self.device), size) for idx, images, size in read.cpu_groups]
+                inputs += self._network_inputs(groups, read.scale) if groups else []
+                del groups  # the chunk's decoded images are freed before the next chunk is decoded
+            inputs = merged_inputs(inputs) if len(chunks) > 1 else inputs
             event = None
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
         return _Batch(read, inputs, event)
+
+    def _decoded_groups(self, read: ReadBatch, positions: list[int], blobs: list[torch.Tensor]) -> Groups:
+        """The JPEGs at ``positions`` decoded by the torch decoder in one call, by decoded size; those it refuses
+        decoded by ``pipeline.decode``, whose record replaces the read one."""
+        if not blobs:
+            return []
+        torch_images: dict[int, torch.Tensor] = {}
+        cpu_images: dict[int, np.ndarray] = {}
+        try:
+            images = self._torch_decode(blobs)
+        except RuntimeError:  # nvJPEG fails the whole call for one file: the CPU decoder names it
+            images = [None] * len(blobs)
+        for i, blob, image in zip(positions, blobs, images, strict=True):
+            if image is not None and tuple(image.shape) == (3, read.height[i], read.width[i]):
+                torch_images[i] = image
+                continue
+            d = decode_bytes(bytes(blob.numpy()), os.path.basename(read.paths[i]), max_pixels=read.max_pixels)
+            read.status[i], read.reason[i], read.scale[i] = d.status, d.reason, d.scale
+            read.width[i], read.height[i] = d.width, d.height
+            if d.ok:
+                cpu_images[i] = d.image
+        groups: Groups = [(idx, torch.stack([torch_images[i] for i in idx]), torch_images[idx[0]].shape[1:])
+                          for idx in shape_groups(torch_images.items())]
+        return groups + [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device),
+                          cpu_images[idx[0]].shape[:2]) for idx in shape_groups(cpu_images.items())]
 
     def _torch_decode(self, blobs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Batched ``decode_jpeg`` of TorchCodec on the device (nvJPEG on CUDA): ``(3, H, W)`` uint8 RGB tensors."""
@@ -918,6 +935,30 @@ class FastBackend:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+
+def pixel_chunks(pixels: list[int], budget: int) -> list[range]:
+    """Consecutive runs of images, given each one's ``pixels``, whose sums stay within ``budget`` (an image larger
+    than the budget alone in its run)."""
+    chunks, start, total = [], 0, 0
+    for j, n in enumerate(pixels):
+        if j > start and total + n > budget:
+            chunks.append(range(start, j))
+            start, total = j, 0
+        total += n
+    if start < len(pixels):
+        chunks.append(range(start, len(pixels)))
+    return chunks
+
+
+def merged_inputs(inputs: Inputs) -> Inputs:
+    """Network inputs of one batch made in parts → one entry per input shape, in first-seen order."""
+    by_shape: dict[tuple[int, ...], list] = {}
+    for item in inputs:
+        by_shape.setdefault(tuple(item[1].shape[2:]), []).append(item)
+    return [items[0] if len(items) == 1 else (np.concatenate([p for p, _, _ in items]),
+                                              torch.cat([x for _, x, _ in items]), torch.cat([f for _, _, f in items]))
+            for items in by_shape.values()]
 
 
 def bgr_to_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -57,6 +57,7 @@ from pipeline.pose.fast import (
     letterbox,
     letterbox_geometry,
     letterbox_size,
+    pixel_chunks,
     placed,
     postprocess,
     resize_linear,
@@ -515,6 +516,36 @@ def test_readers_hold_a_batchs_decoded_photos_at_their_letterbox_size(tmp_path):
     assert [size for _, _, size in batch.cpu_groups] == [(1200, 1600)]
     assert batch.cpu_groups[0][1].shape == (12, 192, 256, 3)
     assert peak < 4 * whole < len(paths) * whole / 2, (peak, whole)
+
+
+def test_pixel_chunks_keep_each_run_within_the_budget():
+    assert pixel_chunks([], 10) == []
+    assert pixel_chunks([4, 4, 4, 20, 1, 9, 1], 10) == [range(0, 2), range(2, 3), range(3, 4), range(4, 6),
+                                                        range(6, 7)]
+    assert pixel_chunks([3] * 5, 100) == [range(0, 5)]
+
+
+def test_a_batch_of_jpegs_decoded_in_chunks_gives_the_same_records_and_persons(mixed_tree, odd_tree, monkeypatch):
+    """With ``decode_pixels`` below a batch's JPEG pixels the torch decoder gets the batch in several calls, each
+    within the budget (or one image larger than it), and every file keeps its record and chosen person."""
+    root, _, _ = odd_tree
+    paths = [*mixed_tree, *sorted(p for p in root.rglob("*") if p.is_file())]
+    whole = FastBackend(device="cpu", batch_size=16, read_threads=2, torch_decode=True)
+    chunked = FastBackend(device="cpu", batch_size=16, read_threads=2, torch_decode=True, decode_pixels=400_000)
+    calls: list[list[int]] = []
+    decode = FastBackend._torch_decode
+
+    def counted(self, blobs):
+        images = decode(self, blobs)
+        if self is chunked:
+            calls.append([int(im.shape[1] * im.shape[2]) for im in images])
+        return images
+
+    monkeypatch.setattr(FastBackend, "_torch_decode", counted)
+    assert_same_choices(files_and_choices(chunked, paths), files_and_choices(whole, paths), paths, atol=1e-3)
+    batches = -(-len(paths) // 16)
+    assert len(calls) > batches + 3
+    assert all(sum(c) <= 400_000 or len(c) == 1 for c in calls) and max(len(c) for c in calls) > 1
 
 
 def test_cpu_routed_picks_a_share_of_files_by_content():
