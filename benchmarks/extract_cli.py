@@ -3,18 +3,18 @@ same files in one run (the goal: ≥10,000 images/s end to end).
 
     python benchmarks/extract_cli.py [--images 200000] [--size 256x176 | --sizes mixed] [--runs new:1,new:0]
                                      [--tree NAME=PATH ...] [--extract-args "..."] [--variant NAME="..." ...]
-                                     [--repeat 1] [--label TEXT]
+                                     [--repeat 1] [--spin 0] [--label TEXT]
 
 The files are made once, as ``extract_bench.py`` makes them (JPEGs at ``--size``, or its crawl of many sizes with
 ``--sizes mixed``; in the page cache for every run alike). A run ``TREE:WORKERS`` runs ``python -m pipeline.cli
 extract --dataset folder --workers WORKERS`` with the package of ``TREE`` first on ``PYTHONPATH`` (``new`` is this
 checkout; ``--tree old=PATH`` names another, e.g. a ``git archive`` of an older commit) and the default backend
 (``fast`` on a GPU machine), or the options of ``--extract-args``; ``TREE:WORKERS:VARIANT`` adds the options of
-``--variant VARIANT="..."``. The runs go in the order given, all of them
-``--repeat`` times over. Prints one ``extract_cli`` JSON line per run: the wall time from the process's start to its
-exit, what its run record says of the listing, the tasks and the workers' warm-ups, and the rates from the start and
-after each worker's first task; then an ``extract_cli_compare`` line with each run's median wall rate over the first
-run's (the baseline, measured in the same run).
+``--variant VARIANT="..."``. The runs go in the order given, all of them ``--repeat`` times over, with ``--spin``
+processes keeping cores busy throughout if given. Prints one ``extract_cli`` JSON line per run: the wall time from
+the process's start to its exit, what its run record says of the listing, the tasks and the workers' warm-ups, and
+the rates from the start and after each worker's first task; then an ``extract_cli_compare`` line with each run's
+median wall rate over the first run's (the baseline, measured in the same run).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +57,22 @@ def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int, optio
             "exit_seconds": round(wall - record["seconds"], 2), "statuses": record["statuses"]}
 
 
+def run_all(args: argparse.Namespace, runs: list[tuple[str, int, str]], trees: dict[str, Path],
+            variants: dict[str, list[str]], raw: Path, work: Path, common: dict) -> dict[str, list[float]]:
+    """Every run ``--repeat`` times over, each printed as it ends: images/s per run name."""
+    rates: dict[str, list[float]] = {}
+    for repeat in range(args.repeat):
+        for name, workers, variant in runs:
+            options = shlex.split(args.extract_args) + variants[variant]
+            result = run_once(trees[name], raw, work, workers, args.images, options)
+            run = ":".join([name, str(workers)] + ([variant] if variant else []))
+            rates.setdefault(run, []).append(result["images_per_s"])
+            print(json.dumps({"bench": "extract_cli", **common, "tree": name, "workers": workers,
+                              "variant": variant or None, "options": options, "repeat": repeat, **result}),
+                  flush=True)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200_000)
@@ -70,6 +87,8 @@ def main() -> None:
                         help='CLI options of the runs that name it, after --extract-args, e.g. '
                         'share="--cpu-decode-share 0.3"')
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--spin", type=int, default=0,
+                        help="processes that keep a core busy during every run: a machine shared with other work")
     parser.add_argument("--label", default="", help="free text naming the machine")
     args = parser.parse_args()
     trees = {"new": ROOT, **{name: Path(path).resolve() for name, path in (t.split("=", 1) for t in args.tree)}}
@@ -87,12 +106,11 @@ def main() -> None:
 
     h, w = (int(v) for v in args.size.split("x"))
     mixed = args.sizes == "mixed"
-    common = {"images": args.images, "size": None if mixed else [h, w], "sizes": args.sizes,
+    common = {"images": args.images, "size": None if mixed else [h, w], "sizes": args.sizes, "spin": args.spin,
               "extract_args": args.extract_args, "gpu": torch.cuda.get_device_name(0)
               if torch.cuda.is_available() else None, "gpus_visible": torch.cuda.device_count(),
               "machine": f"{platform.machine()} {os.cpu_count()} cpu", "label": args.label,
               "python": sys.version.split()[0], "torch": torch.__version__}
-    rates: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         made = time.perf_counter()
@@ -104,15 +122,13 @@ def main() -> None:
         else:
             make_images(raw, args.images, (h, w))
         print(f"{args.images} files made in {time.perf_counter() - made:.0f} s", file=sys.stderr)
-        for repeat in range(args.repeat):
-            for name, workers, variant in runs:
-                options = shlex.split(args.extract_args) + variants[variant]
-                result = run_once(trees[name], raw, Path(tmp), workers, args.images, options)
-                run = ":".join([name, str(workers)] + ([variant] if variant else []))
-                rates.setdefault(run, []).append(result["images_per_s"])
-                print(json.dumps({"bench": "extract_cli", **common, "tree": name, "workers": workers,
-                                  "variant": variant or None, "options": options, "repeat": repeat, **result}),
-                      flush=True)
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.spin)]
+        try:
+            rates = run_all(args, runs, trees, variants, raw, Path(tmp), common)
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
     baseline = ":".join([str(v) for v in runs[0][:2]] + ([runs[0][2]] if runs[0][2] else []))
     base = statistics.median(rates[baseline])
     print(json.dumps({"bench": "extract_cli_compare", **common, "baseline": baseline,

@@ -9,6 +9,7 @@ on threads, ahead of the model.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from pipeline.pose import (
     set_torch_threads,
     shape_groups,
 )
+from pipeline.pose.fast import letterbox_geometry
+from pipeline.pose.threads import ThreadTuner
 
 
 def precision_options(half: bool) -> dict:
@@ -41,9 +44,10 @@ def precision_options(half: bool) -> dict:
 
 
 class UltralyticsBackend:
-    """``YOLO.predict`` in batches of one image shape; ``torch_threads`` is restored after every call (ultralytics
-    sets torch's threads to the cores less one at its first prediction on the CPU, which a worker shares). A file's
-    person is chosen by the ``person`` rule (``choose_person``)."""
+    """``YOLO.predict`` in batches of one image shape; torch's threads are set before every call (ultralytics sets
+    them to the cores less one at its first prediction on the CPU) and ``torch_threads`` restored after, since a
+    worker shares them. On the CPU a ``ThreadTuner`` picks each call's threads, ``torch_threads`` or half of them.
+    A file's person is chosen by the ``person`` rule (``choose_person``)."""
 
     name = "ultralytics"
     origin = "yolo"
@@ -80,6 +84,9 @@ class UltralyticsBackend:
         self.batch_size = batch_size
         self.kpt_threshold, self.read_threads, self.torch_threads = kpt_threshold, read_threads, torch_threads
         self.person = checked_rule(person)
+        # on the CPU the network's threads follow the load (ThreadTuner): all of the worker's cores while that is
+        # fastest, half of them while other processes take cores
+        self.tuner = ThreadTuner(torch_threads) if self.device == "cpu" and torch_threads else None
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
         """One prediction on a blank ``size`` (height, width) image: the predictor is set up and the device's first
@@ -92,14 +99,20 @@ class UltralyticsBackend:
         # result independent of its batch neighbours (and of the partitioning).
         out: list[Detections | None] = [None] * len(images)
         for indices in shape_groups(enumerate(images)):
+            box = letterbox_geometry(*images[indices[0]].shape[:2], self.imgsz)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
+                threads = self.tuner.threads() if self.tuner else self.torch_threads
+                set_torch_threads(threads)
+                began = time.perf_counter()
                 results = self.model.predict([images[i] for i in chunk], imgsz=self.imgsz, conf=self.conf,
                                              device=self.device, verbose=False, batch=len(chunk),
                                              **precision_options(self.half))
+                if self.tuner:
+                    self.tuner.record(threads, time.perf_counter() - began, len(chunk) * box.out_h * box.out_w)
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = detections_of(r)
-                set_torch_threads(self.torch_threads)
+        set_torch_threads(self.torch_threads)
         return out
 
     def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,
