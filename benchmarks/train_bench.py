@@ -4,13 +4,13 @@
                                      [--steps 30] [--warmup 5] [--device auto] [--shards DIR]
 
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches),
-``+compile`` (``torch.compile`` of the generator and discriminators), ``+tf32`` (the ``tf32`` setting: float32
-matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam`` setting: fused Adam kernels); ``--channels-last``
-and ``--compile`` add those to every mode. ``none`` is PyTorch's default float32, whose cuDNN convolutions use TF32
-(a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for convolutions and matmuls, and
-``fp64`` the model and batch in float64: references to judge the other modes' rounding by (``--modes
-fp64,fp32,none,bf16``: ``none``'s cosine to it is the rounding the default already has). ``--recipe`` may be
-repeated: one process measures them all.
+``+compile`` (``torch.compile`` of the generator and discriminators; ``+compileg`` the generator alone), ``+tf32``
+(the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam`` setting: fused Adam
+kernels); ``--channels-last`` and ``--compile`` add those to every mode. ``none`` is PyTorch's default float32,
+whose cuDNN convolutions use TF32 (a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
+convolutions and matmuls, and ``fp64`` the model and batch in float64: references to judge the other modes' rounding
+by (``--modes fp64,fp32,none,bf16``: ``none``'s cosine to it is the rounding the default already has). ``--recipe``
+may be repeated: one process measures them all.
 
 Each measured step is ``pgpig.train.train_step`` (generator forward, the recipe's losses, generator and
 discriminator updates, the history pool), the same function ``pgpig train`` calls, on one fixed batch already on the
@@ -109,7 +109,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
-        compile_parts(parts)
+        compile_parts(parts, discriminators=cfg.compile != "generator")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -202,11 +202,13 @@ def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str
     (PyTorch's TF32 switches as they are), ``fp32`` (TF32 off) or ``fp64`` (float64 tensors). A bad mode exits
     with its name."""
     amp, *flags = mode.split("+")
-    if amp not in AMP_DTYPES and amp not in ("none", *REFERENCES) or set(flags) - {"cl", "compile", "tf32", "fused"}:
+    if amp not in AMP_DTYPES and amp not in ("none", *REFERENCES) or set(flags) - {"cl", "compile", "compileg", "tf32",
+                                                                                   "fused"}:
         raise SystemExit(f"mode {mode!r}: an AMP setting (fp64, fp32, none, bf16, fp16) with optional +cl, "
-                         "+compile, +tf32 and +fused")
+                         "+compile, +compileg, +tf32 and +fused")
     fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
-              "compile": compile or "compile" in flags, "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
+              "compile": compile or "compile" in flags or ("generator" if "compileg" in flags else False),
+              "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
     return fields, amp if amp in REFERENCES else "default"
 
 

@@ -139,9 +139,10 @@ class TrainConfig:
     channels_last: bool | Literal["auto"] = False
     """Models and batches in channels-last memory format (faster convolutions with AMP for some models on recent
     GPUs); ``auto``: on a CUDA device only."""
-    compile: bool | Literal["auto"] = False
+    compile: bool | Literal["auto", "generator"] = False
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
-    device only."""
+    device only; ``generator``: the generator alone (a spectrally normalised discriminator breaks the graph at each
+    convolution, whose frames then recompile until dynamo's limit and run eager)."""
     channel_mult: tuple[int, ...] | None = None
     """PIDM: each UNet level's width as a multiple of ``ngf``; null: the paper's ``(1, 1, 2, 2, 4, 4)`` (256 px)."""
     attention_levels: tuple[int, ...] | None = None
@@ -216,8 +217,14 @@ class TrainConfig:
 
 
 
-AUTO_SWITCH = bool | Literal["auto"]
-"""The type of a switch that may also be ``auto`` (decided per device by ``resolve_speed``)."""
+def _switch_choices(hint: Any) -> tuple[str, ...]:
+    """The words a switch field takes besides true and false (``bool | Literal["auto", ...]``: ``auto`` decided
+    per device by ``resolve_speed``); empty for any other hint."""
+    args = typing.get_args(hint)
+    if len(args) == 2 and bool in args:
+        words = next(a for a in args if a is not bool)
+        return _choices(words) or ()
+    return ()
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:
@@ -237,8 +244,9 @@ _TYPE_WORDS = {int: "a whole number (int)", float: "a number (float)", bool: "tr
 
 def _type_words(hint: Any) -> str:
     """What a value of type ``hint`` is, in words: ``a number (float)``, ``a list of 2 values (float, float)``."""
-    if hint == AUTO_SWITCH:
-        return "true, false or auto"
+    if _switch_choices(hint):
+        *first, last = ["true", "false", *_switch_choices(hint)]
+        return f"{', '.join(first)} or {last}"
     args = typing.get_args(hint)
     if args and type(None) in args:
         hint = next(a for a in args if a is not type(None))
@@ -272,7 +280,7 @@ def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
         value = str(value)
         _check_choice(name, value, hint, where)
         return value
-    switch = hint == AUTO_SWITCH
+    switch = _switch_choices(hint)
     try:
         if hint is Path:
             return Path(value)
@@ -289,7 +297,7 @@ def _coerce(name: str, value: Any, hint: Any, where: str | None = None) -> Any:
                 raise ValueError
             return value
         if switch:
-            if not isinstance(value, bool) and value != "auto":
+            if not isinstance(value, bool) and value not in switch:
                 raise ValueError
             return value
         if hint is int:

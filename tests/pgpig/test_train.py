@@ -260,11 +260,28 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(mar
     assert (saved["amp"], saved["channels_last"], saved["compile"]) == ("auto", "auto", "auto")
     with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
         load_config(None, {"channels_last": "yes"})
-    with pytest.raises(TrainError, match="'compile': 1 is not true, false or auto"):
+    with pytest.raises(TrainError, match="'compile': 1 is not true, false, auto or generator"):
         load_config(None, {"compile": 1})
     output = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "cli"),
                                        "--steps", "1", "--batch-size", "2", "--device", "cpu", *TINY]).output
     assert output.strip().endswith("(cpu: float32)"), output
+
+
+def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
+    """``compile: generator`` compiles the generator and leaves the discriminators eager (``compile: true`` wraps
+    both); nothing is compiled until a step runs."""
+    from pgpig.train import build, compile_parts
+
+    cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "compile": "generator", "ngf": 8,
+                             "n_blocks": 1, "d_blocks": 1, "vgg_weights": None, "allow_random_vgg": True,
+                             "device": "cpu"})
+    assert cfg.compile == "generator" and resolve_speed(cfg, torch.device("cpu")).compile == "generator"
+    for discriminators in (False, True):
+        parts = build(cfg, torch.device("cpu"), (128, 64))
+        compile_parts(parts, discriminators=discriminators)
+        assert isinstance(parts.generator, torch._dynamo.eval_frame.OptimizedModule)
+        assert all(isinstance(d, torch._dynamo.eval_frame.OptimizedModule) == discriminators
+                   for d in parts.discriminators.values()) and parts.discriminators
 
 
 def test_every_shipped_recipe_trains_float32_on_the_cpu():

@@ -33,6 +33,9 @@ if has eager; then
 fi
 if has compile; then
     stamp compile
+    # spectrally normalised discriminators (DPTN, GFLA) break the graph at every convolution: +compileg compiles
+    # the generator alone
+    : "${COMPILE_MODES_dptn:=bf16,bf16+compile,bf16+compileg}" "${COMPILE_MODES_gfla_stage2:=none,none+compile,none+compileg}"
     for r in ${COMPILE_RECIPES:-patn dptn}; do
         var="COMPILE_MODES_${r//-/_}"
         bench "$r" "${!var:-fp32,bf16+compile}" "${COMPILE_LIMIT:-330}" || stamp "compile $r: exit $?"
