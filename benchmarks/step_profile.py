@@ -10,7 +10,9 @@ the CUDA kernels' time on a GPU, of the operators' own time on a CPU), the part 
 (``idle_fraction``: host overhead, launches, syncs), the busy time by category of kernel or operator name
 (optimizer, convolution, normalisation, matmul and attention, copies, inductor's fused kernels, the rest
 elementwise and reductions), the 15 kernels (``top_work_ms``) and ``aten`` operators (``top_aten_ms``) with the
-most time. ``--trace DIR`` also writes a Chrome trace per recipe.
+most time, and how many ``aten`` calls (nested ones included) and CUDA kernels a step makes (``aten_calls_per_step``,
+``top_aten_calls``, ``kernels_per_step``: the host's work per step). ``--trace DIR`` also writes a Chrome trace per
+recipe.
 """
 
 from __future__ import annotations
@@ -109,6 +111,10 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     def top(pairs: list[tuple[str, float]]) -> list[list]:
         return [[k[:100], round(ms, 2)] for k, ms in sorted(pairs, key=lambda kv: -kv[1])[:15] if ms > 0]
 
+    # how many operators and kernels a step launches: the host's share of a step grows with them
+    calls = [(e.key, e.count / args.steps) for e in events if e.key.startswith("aten::")]
+    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / args.steps
+
     if args.trace:
         Path(args.trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
@@ -118,6 +124,8 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
             "idle_fraction": round(max(0.0, 1 - busy / wall), 3),
             "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
             "top_work_ms": top(work), "top_aten_ms": top(aten),
+            "aten_calls_per_step": round(sum(n for _, n in calls)), "top_aten_calls": top(calls),
+            "kernels_per_step": round(kernels) if on_device else None,
             "device": torch.cuda.get_device_name(device) if on_device else f"{platform.machine()} cpu",
             "torch": torch.__version__, "label": args.label}
 
