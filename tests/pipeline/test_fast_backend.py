@@ -402,6 +402,28 @@ def test_queues_by_input_shape_give_each_file_its_one_image_predict(mixed_tree, 
     assert persons >= 30 and sum(g[5] == 0 for g in got) >= 2
 
 
+def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mixed_tree):
+    """At ``imgsz`` 640 (small files scaled up, large ones down, by the readers' ``cv2.resize``), every file of many
+    sizes gets the persons and chosen keypoints of ``YOLO.predict(imgsz=640)`` on that image alone."""
+    backend = FastBackend(device="cpu", imgsz=640, batch_size=4, read_threads=2, torch_decode=False, flush_after=2)
+    reference = create_backend("ultralytics", device="cpu", imgsz=640)
+    paths = mixed_tree[::2]
+    got = files_and_choices(backend, paths)
+    shapes = {(b.out_h, b.out_w) for b in (letterbox_geometry(*decode_image(p).image.shape[:2], 640) for p in paths)}
+    assert len(shapes) >= 5
+    persons = 0
+    for path, g in zip(paths, got, strict=True):
+        want = reference.predict([decode_image(path).image])[0]
+        assert g[0] == "ok" and g[5] == len(want), path
+        if len(want):
+            i = choose_person(want.boxes)
+            row = np.concatenate([want.boxes[i], np.concatenate([want.keypoints[i], want.scores[i][:, None]],
+                                                                1).ravel()])
+            np.testing.assert_allclose(g[6], row, atol=0.01, err_msg=str(path))
+            persons += 1
+    assert persons >= 12
+
+
 def test_shape_queues_run_full_batches_and_flush_old_tails():
     queues = _ShapeQueues(batch_size=4, flush_after=2)
 
