@@ -236,7 +236,7 @@ def task_source(s: dict):
                        person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
         options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"])
-    if s["backend"] == "ultralytics":
+    if s["backend"] in ("fast", "ultralytics"):
         options.update(torch_threads=s["torch_threads"])
     return cached_backend(s["backend"], **options)
 

@@ -22,6 +22,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,11 @@ from pipeline.pose import (
     full_width,
     person_batch,
     quiet_ultralytics,
+    set_torch_threads,
     shape_groups,
 )
 from pipeline.pose.reading import BatchReader, ReadBatch
+from pipeline.pose.threads import ThreadTuner
 
 PAD_VALUE = 114
 STRIDE = 32
@@ -604,7 +607,8 @@ class FastBackend:
     """YOLO-pose with decode, letterbox and post-processing batched on ``device`` (``docs/fast-backend.md``); a
     file's person is chosen by the ``person`` rule (``choose_person``). ``cpu_decode_share`` of the JPEGs the GPU
     decoder could take are decoded by the readers instead (``pipeline.pose.reading.cpu_routed``), to share the
-    decoding between the device and free CPU cores."""
+    decoding between the device and free CPU cores. On the CPU with ``torch_threads`` given, a ``ThreadTuner``
+    picks each network call's threads, ``torch_threads`` or half of them."""
 
     name = "fast"
     origin = "yolo"
@@ -614,7 +618,7 @@ class FastBackend:
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
-                 decode_pixels: int = DECODE_PIXELS):
+                 decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -631,6 +635,9 @@ class FastBackend:
             raise PipelineError(f"cpu_decode_share must be between 0 and 1, got {cpu_decode_share}")
         self.cpu_decode_share = cpu_decode_share
         self.decode_pixels = max(1, decode_pixels)
+        # on the CPU, given the worker's thread count, the network's threads follow the load (ThreadTuner)
+        self.tuner = ThreadTuner(torch_threads) if not cuda and torch_threads else None
+        self.torch_threads = torch_threads
         self.select_k = min(select_k, max_det)
         self.flush_after = max(1, flush_after)
         self.person = checked_rule(person)
@@ -779,12 +786,18 @@ class FastBackend:
             self._finish_call(call)
         for batch in opened:
             yield batch.result()
+        set_torch_threads(self.torch_threads)
 
     @torch.inference_mode()
     def _launch_call(self, slices: list[_Slice]) -> _Call:
         x = slices[0].x if len(slices) == 1 else torch.cat([s.x for s in slices])
         frames = slices[0].frames if len(slices) == 1 else torch.cat([s.frames for s in slices])
+        threads = self.tuner.threads() if self.tuner else None
+        set_torch_threads(threads)
+        began = time.perf_counter()
         packed, pred = self.graphs.run(x, frames)
+        if self.tuner:  # on the CPU the call has run by now
+            self.tuner.record(threads, time.perf_counter() - began, x.shape[0] * x.shape[2] * x.shape[3])
         host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.device.type == "cuda")
         host.copy_(packed, non_blocking=True)
         event = None

@@ -28,6 +28,7 @@ class ThreadTuner:
         self._until_probe = first_probe  # batches of the current count before the next probe
         self._probing = False
         self.switches = 0
+        self.recorded = 0  # batches timed
 
     @property
     def active(self) -> bool:
@@ -44,6 +45,7 @@ class ThreadTuner:
         """A batch of ``pixels`` network-input pixels ran on ``threads`` threads in ``seconds``."""
         if not self.active or pixels <= 0:
             return
+        self.recorded += 1
         rate = seconds / pixels
         if self._probing and threads == self._other():
             self._probing = False

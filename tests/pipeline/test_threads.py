@@ -54,5 +54,24 @@ def test_the_reference_backend_on_the_cpu_times_its_batches_and_restores_the_thr
     assert backend.tuner is not None and (backend.tuner.most, backend.tuner.fewer) == (2, 1)
     torch.set_num_threads(1)
     backend.predict([np.full((96, 64, 3), 114, np.uint8)] * 8)  # 4 calls of 2 images
-    assert len(backend.tuner._recent) == 4 and torch.get_num_threads() == 2
+    assert backend.tuner.recorded == 4 and torch.get_num_threads() == 2
     assert create_backend("ultralytics", device="cpu", batch_size=2).tuner is None  # no thread count given
+
+
+def test_the_fast_backend_on_the_cpu_times_its_network_calls_and_restores_the_threads(tmp_path):
+    import cv2
+    import numpy as np
+    import torch
+
+    from pipeline.pose.fast import FastBackend
+
+    paths = []
+    for k in range(12):
+        paths.append(tmp_path / f"{k}.jpg")
+        cv2.imwrite(str(paths[-1]), np.full((96, 64, 3), 20 * k, np.uint8))
+    backend = FastBackend(device="cpu", batch_size=2, read_threads=2, torch_threads=2)
+    assert backend.tuner is not None and (backend.tuner.most, backend.tuner.fewer) == (2, 1)
+    torch.set_num_threads(1)
+    assert sum(len(b.read) for b in backend.choose_files(paths)) == 12
+    assert backend.tuner.recorded == 6 and torch.get_num_threads() == 2  # 6 calls of 2 images
+    assert FastBackend(device="cpu").tuner is None  # no thread count given
