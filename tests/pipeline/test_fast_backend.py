@@ -386,31 +386,19 @@ def test_queues_by_input_shape_give_each_file_its_one_image_predict(mixed_tree, 
     batches), give every file in order the persons and chosen keypoints of ``YOLO.predict`` on that image alone."""
     backend = FastBackend(device="cpu", batch_size=4, read_threads=2, torch_decode=True, flush_after=2)
     got = files_and_choices(backend, mixed_tree)
-    shapes = {(b.out_h, b.out_w) for b in (letterbox_geometry(*decode_image(p).image.shape[:2], 256)
-                                          for p in mixed_tree)}
-    assert len(shapes) >= 6
-    persons = 0
-    for path, g in zip(mixed_tree, got, strict=True):
-        want = reference.predict([decode_image(path).image])[0]
-        assert g[0] == "ok" and g[5] == len(want), path
-        if len(want):
-            i = choose_person(want.boxes)
-            row = np.concatenate([want.boxes[i], np.concatenate([want.keypoints[i], want.scores[i][:, None]],
-                                                                1).ravel()])
-            np.testing.assert_allclose(g[6], row, atol=0.01, err_msg=str(path))
-            persons += 1
-    assert persons >= 30 and sum(g[5] == 0 for g in got) >= 2
+    assert input_shapes(mixed_tree, 256) >= 6
+    assert persons_of_one_image_predict(got, mixed_tree, reference) >= 30 and sum(g[5] == 0 for g in got) >= 2
 
 
-def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mixed_tree):
-    """At ``imgsz`` 640 (small files scaled up, large ones down, by the readers' ``cv2.resize``), every file of many
-    sizes gets the persons and chosen keypoints of ``YOLO.predict(imgsz=640)`` on that image alone."""
-    backend = FastBackend(device="cpu", imgsz=640, batch_size=4, read_threads=2, torch_decode=False, flush_after=2)
-    reference = create_backend("ultralytics", device="cpu", imgsz=640)
-    paths = mixed_tree[::2]
-    got = files_and_choices(backend, paths)
-    shapes = {(b.out_h, b.out_w) for b in (letterbox_geometry(*decode_image(p).image.shape[:2], 640) for p in paths)}
-    assert len(shapes) >= 5
+def input_shapes(paths: list[Path], imgsz: int) -> int:
+    """How many network input shapes ``paths`` take at ``imgsz``."""
+    return len({(b.out_h, b.out_w) for b in (letterbox_geometry(*decode_image(p).image.shape[:2], imgsz)
+                                            for p in paths)})
+
+
+def persons_of_one_image_predict(got: list[tuple], paths: list[Path], reference) -> int:
+    """Assert that each file's row (``files_and_choices``) has the person count and the chosen person of
+    ``reference.predict`` on that image alone (0.01 px); returns how many files had a person."""
     persons = 0
     for path, g in zip(paths, got, strict=True):
         want = reference.predict([decode_image(path).image])[0]
@@ -421,7 +409,18 @@ def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mix
                                                                 1).ravel()])
             np.testing.assert_allclose(g[6], row, atol=0.01, err_msg=str(path))
             persons += 1
-    assert persons >= 12
+    return persons
+
+
+def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mixed_tree):
+    """At ``imgsz`` 640 (small files scaled up, large ones down, by the readers' ``cv2.resize``), every file of many
+    sizes gets the persons and chosen keypoints of ``YOLO.predict(imgsz=640)`` on that image alone."""
+    backend = FastBackend(device="cpu", imgsz=640, batch_size=4, read_threads=2, torch_decode=False, flush_after=2)
+    reference = create_backend("ultralytics", device="cpu", imgsz=640)
+    paths = mixed_tree[::2]
+    got = files_and_choices(backend, paths)
+    assert input_shapes(paths, 640) >= 5
+    assert persons_of_one_image_predict(got, paths, reference) >= 12
 
 
 def test_shape_queues_run_full_batches_and_flush_old_tails():
