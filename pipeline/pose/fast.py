@@ -22,7 +22,6 @@ import os
 import queue
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from pipeline.pose import (
     shape_groups,
 )
 from pipeline.pose.reading import BatchReader, ReadBatch
-from pipeline.pose.threads import ThreadTuner
+from pipeline.pose.threads import ThreadTuner, tuned_threads
 
 PAD_VALUE = 114
 STRIDE = 32
@@ -792,12 +791,8 @@ class FastBackend:
     def _launch_call(self, slices: list[_Slice]) -> _Call:
         x = slices[0].x if len(slices) == 1 else torch.cat([s.x for s in slices])
         frames = slices[0].frames if len(slices) == 1 else torch.cat([s.frames for s in slices])
-        threads = self.tuner.threads() if self.tuner else None
-        set_torch_threads(threads)
-        began = time.perf_counter()
-        packed, pred = self.graphs.run(x, frames)
-        if self.tuner:  # on the CPU the call has run by now
-            self.tuner.record(threads, time.perf_counter() - began, x.shape[0] * x.shape[2] * x.shape[3])
+        with tuned_threads(self.tuner, x.shape[0] * x.shape[2] * x.shape[3]):  # a tuner on the CPU only: run by now
+            packed, pred = self.graphs.run(x, frames)
         host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.device.type == "cuda")
         host.copy_(packed, non_blocking=True)
         event = None

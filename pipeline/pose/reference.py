@@ -9,7 +9,6 @@ on threads, ahead of the model.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pipeline.pose import (
     shape_groups,
 )
 from pipeline.pose.fast import letterbox_geometry
-from pipeline.pose.threads import ThreadTuner
+from pipeline.pose.threads import ThreadTuner, tuned_threads
 
 
 def precision_options(half: bool) -> dict:
@@ -102,14 +101,10 @@ class UltralyticsBackend:
             box = letterbox_geometry(*images[indices[0]].shape[:2], self.imgsz)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                threads = self.tuner.threads() if self.tuner else self.torch_threads
-                set_torch_threads(threads)
-                began = time.perf_counter()
-                results = self.model.predict([images[i] for i in chunk], imgsz=self.imgsz, conf=self.conf,
-                                             device=self.device, verbose=False, batch=len(chunk),
-                                             **precision_options(self.half))
-                if self.tuner:
-                    self.tuner.record(threads, time.perf_counter() - began, len(chunk) * box.out_h * box.out_w)
+                with tuned_threads(self.tuner, len(chunk) * box.out_h * box.out_w, self.torch_threads):
+                    results = self.model.predict([images[i] for i in chunk], imgsz=self.imgsz, conf=self.conf,
+                                                 device=self.device, verbose=False, batch=len(chunk),
+                                                 **precision_options(self.half))
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = detections_of(r)
         set_torch_threads(self.torch_threads)

@@ -11,8 +11,13 @@ batch per period.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import time
 from collections import deque
+from collections.abc import Iterator
+
+from pipeline.pose import set_torch_threads
 
 
 class ThreadTuner:
@@ -61,3 +66,15 @@ class ThreadTuner:
 
     def _other(self) -> int:
         return self.fewer if self.current == self.most else self.most
+
+
+@contextlib.contextmanager
+def tuned_threads(tuner: ThreadTuner | None, pixels: int, threads: int | None = None) -> Iterator[None]:
+    """Run the block on ``tuner``'s thread count for a call of ``pixels`` network-input pixels and time it for the
+    tuner; without a tuner, on ``threads`` (``None``: torch's threads as they are)."""
+    threads = tuner.threads() if tuner else threads
+    set_torch_threads(threads)
+    began = time.perf_counter()
+    yield
+    if tuner:
+        tuner.record(threads, time.perf_counter() - began, pixels)
