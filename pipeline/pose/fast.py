@@ -879,11 +879,12 @@ class FastBackend:
         stream = self._side_stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             blobs = read.jpeg_blobs()
-            chunks = pixel_chunks([read.height[i] * read.width[i] for i in read.jpeg_index], self.decode_pixels)
+            pixels = [read.height[i] * read.width[i] for i in read.jpeg_index]
+            chunks = pixel_chunks(pixels, self.decode_pixels) or [range(0)]  # no JPEG: one empty chunk
             inputs: Inputs = []
-            for k, chunk in enumerate(chunks or [range(0)]):
+            for k, chunk in enumerate(chunks):
                 groups = self._decoded_groups(read, [read.jpeg_index[j] for j in chunk], [blobs[j] for j in chunk])
-                if k == max(len(chunks) - 1, 0):  # the readers' images join the last chunk
+                if k == len(chunks) - 1:  # the readers' images join the last chunk
                     groups += [(idx, bgr_to_tensor(images, self.device), size) for idx, images, size in read.cpu_groups]
                 inputs += self._network_inputs(groups, read.scale) if groups else []
                 del groups  # the chunk's decoded images are freed before the next chunk is decoded
