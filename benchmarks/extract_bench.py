@@ -169,6 +169,18 @@ def mixed_jobs(n: int, seed: int, photos: list[np.ndarray]) -> list[JpegJob]:
     return jobs
 
 
+def make_files(root: Path, sizes: str, n: int, size: tuple[int, int], seed: int = 0
+               ) -> tuple[list[Path], dict | None, set[Path]]:
+    """The bench's ``n`` files under ``root``: JPEGs at ``size`` (``sizes`` "uniform") or the crawl of many sizes
+    ("mixed"). Returns the paths in file order, the crawl's summary (None when uniform) and the person-free paths."""
+    if sizes == "uniform":
+        return make_images(root, n, size, seed), None, set()
+    photos = shipped_photos()
+    jobs = mixed_jobs(n, seed, photos)
+    paths = write_jobs(root, jobs, photos)
+    return paths, crawl_summary(jobs), {paths[k] for k, j in enumerate(jobs) if j.source not in (0, 1)}
+
+
 def crawl_summary(jobs: list[JpegJob]) -> dict:
     """Which sizes (``HxW``: files, by pixels), qualities and kinds of file the crawl holds."""
     sizes = Counter(j.size for j in jobs)
@@ -337,13 +349,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
     """Make the files, run the pipeline from the shell, the predict loop and the per-image reference."""
     raw = tmp / "raw"
     made = time.perf_counter()
-    if args.sizes == "mixed":
-        photos = shipped_photos()
-        jobs = mixed_jobs(args.images, args.seed, photos)
-        paths, crawl = write_jobs(raw, jobs, photos), crawl_summary(jobs)
-        person_free = {paths[k] for k, j in enumerate(jobs) if j.source not in (0, 1)}
-    else:
-        paths, crawl, person_free = make_images(raw, args.images, args.size, args.seed), None, set()
+    paths, crawl, person_free = make_files(raw, args.sizes, args.images, args.size, args.seed)
     print(f"{args.images} files made in {time.perf_counter() - made:.1f} s", file=sys.stderr)
 
     options = ["--backend", args.backend, "--imgsz", str(args.imgsz), "--device", args.device,

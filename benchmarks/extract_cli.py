@@ -102,7 +102,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"no --variant for {', '.join(unknown)}")
     import torch
-    from extract_bench import crawl_summary, make_images, mixed_jobs, shipped_photos, write_jobs
+    from extract_bench import make_files
 
     h, w = (int(v) for v in args.size.split("x"))
     mixed = args.sizes == "mixed"
@@ -114,13 +114,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         made = time.perf_counter()
-        if mixed:
-            photos = shipped_photos()
-            jobs = mixed_jobs(args.images, 0, photos)
-            write_jobs(raw, jobs, photos)
-            common["crawl"] = crawl_summary(jobs)
-        else:
-            make_images(raw, args.images, (h, w))
+        _, crawl, _ = make_files(raw, args.sizes, args.images, (h, w))
+        if crawl is not None:
+            common["crawl"] = crawl
         print(f"{args.images} files made in {time.perf_counter() - made:.0f} s", file=sys.stderr)
         spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.spin)]
         try:

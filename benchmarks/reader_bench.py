@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="free text naming the machine")
     args = parser.parse_args()
     import torch
-    from extract_bench import crawl_summary, make_images, mixed_jobs, shipped_photos, write_jobs
+    from extract_bench import make_files
 
     from pipeline.pose.fast import letterbox_size, torch_decodable
     from pipeline.pose.reading import BatchReader
@@ -66,12 +66,8 @@ def main() -> None:
     fit = functools.partial(letterbox_size, imgsz=args.imgsz)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
-        if args.sizes == "mixed":
-            photos = shipped_photos()
-            jobs = mixed_jobs(args.images, 0, photos)
-            paths, crawl = write_jobs(raw, jobs, photos), crawl_summary(jobs)
-        else:
-            paths, crawl = make_images(raw, args.images, tuple(int(v) for v in args.size.split("x"))), None
+        size = tuple(int(v) for v in args.size.split("x"))
+        paths, crawl, _ = make_files(raw, args.sizes, args.images, size)
         batches = [paths[i:i + args.batch_size] for i in range(0, len(paths), args.batch_size)]
         for route in args.routes.split(","):
             decodable = {"gpu": torch_decodable, "cpu": None}[route]
