@@ -185,7 +185,7 @@ class PgpigSide:
             self.nets = [self.plain_g, *self.d, *losses]
             self.optimizers = [o for o in (self.parts.opt_g, self.parts.opt_d) if o is not None]
             if self.cfg.compile:
-                compile_parts(self.parts, discriminators=self.cfg.compile != "generator")
+                compile_parts(self.parts, self.cfg.compile)
             if self.parts.ema is not None:
                 self.nets.append(self.parts.ema.model)
         else:

@@ -109,7 +109,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
-        compile_parts(parts, discriminators=cfg.compile != "generator")
+        compile_parts(parts, cfg.compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)

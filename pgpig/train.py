@@ -214,8 +214,9 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools, ema)
 
 
-def compile_parts(parts: Parts, discriminators: bool = True) -> None:
-    """``torch.compile`` the generator and (``discriminators``) the discriminators in place (after any DDP wrapping).
+def compile_parts(parts: Parts, setting: bool | str = True) -> None:
+    """``torch.compile`` the generator and the discriminators in place (after any DDP wrapping); the generator alone
+    when ``setting`` (the config's ``compile``) is ``generator``.
 
     A discriminator's spectral-norm hooks (DPTN's) stay eager: each forward's power iteration updates the ``u``
     vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
@@ -240,7 +241,7 @@ def compile_parts(parts: Parts, discriminators: bool = True) -> None:
                 if isinstance(hook, SpectralNorm):
                     module._forward_pre_hooks[key] = torch._dynamo.disable(hook)
     parts.generator = torch.compile(parts.generator)
-    if discriminators:
+    if setting != "generator":
         parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
 
 
@@ -371,7 +372,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if world > 1:
         _wrap_ddp(parts, cfg, device)
     if cfg.compile:
-        compile_parts(parts, discriminators=cfg.compile != "generator")
+        compile_parts(parts, cfg.compile)
     writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
 
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",

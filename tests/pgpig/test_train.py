@@ -276,9 +276,9 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
                              "n_blocks": 1, "d_blocks": 1, "vgg_weights": None, "allow_random_vgg": True,
                              "device": "cpu"})
     assert cfg.compile == "generator" and resolve_speed(cfg, torch.device("cpu")).compile == "generator"
-    for discriminators in (False, True):
+    for setting, discriminators in (("generator", False), (True, True)):
         parts = build(cfg, torch.device("cpu"), (128, 64))
-        compile_parts(parts, discriminators=discriminators)
+        compile_parts(parts, setting)
         assert isinstance(parts.generator, torch._dynamo.eval_frame.OptimizedModule)
         assert all(isinstance(d, torch._dynamo.eval_frame.OptimizedModule) == discriminators
                    for d in parts.discriminators.values()) and parts.discriminators
