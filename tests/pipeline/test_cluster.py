@@ -52,13 +52,15 @@ def loopback_cluster(tmp_path):
             client.wait_for_workers(2, timeout=120)
         yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # the workers first, then the scheduler: a worker whose scheduler is already gone waits about 8 s for it
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 def test_extract_and_pair_on_a_scheduler_with_two_workers(loopback_cluster, market_tree, tmp_path):
