@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.vgg import VGG19_Weights, cfgs, make_layers
 
 from pgpig.errors import TrainError
 from pgpig.weights import download_state_dict, read_state_dict
@@ -30,11 +29,13 @@ __all__ = [
     "PATN_PERCEPTUAL_LAYERS",
     "PerceptualLoss",
     "VGG19Features",
+    "VGG19_IMAGENET_URL",
     "VGG19_LAYERS",
     "adversarial_loss",
     "gram_matrix",
     "l1_loss",
     "masked_l1",
+    "vgg19_features",
     "vgg_content_style",
 ]
 
@@ -48,11 +49,19 @@ _WEIGHTS_HELP = ("pass --vgg-weights PATH (a .pth or .safetensors state dict of 
                  "features.* only)")
 
 
+VGG19_CONFIG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+                                       512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+"""VGG-19's feature stack (configuration "E" of Simonyan & Zisserman): output channels of each 3x3 convolution
+(each followed by a ReLU), ``"M"`` for a 2x2 max pool; torchvision's ``vgg19().features`` has this layout."""
+VGG19_IMAGENET_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+"""torchvision's ``VGG19_Weights.IMAGENET1K_V1`` file; kept here so that training does not import torchvision."""
+
+
 def _vgg19_layer_names() -> dict[str, int]:
-    """``{"conv1_1": 0, "relu1_1": 1, ..., "pool5": 36}`` from torchvision's VGG-19 configuration."""
+    """``{"conv1_1": 0, "relu1_1": 1, ..., "pool5": 36}``: the index of each layer in ``vgg19().features``."""
     names: dict[str, int] = {}
     index, block, conv = 0, 1, 0
-    for entry in cfgs["E"]:
+    for entry in VGG19_CONFIG:
         if entry == "M":
             names[f"pool{block}"] = index
             index, block, conv = index + 1, block + 1, 0
@@ -67,11 +76,27 @@ def _vgg19_layer_names() -> dict[str, int]:
 VGG19_LAYERS: dict[str, int] = _vgg19_layer_names()
 
 
+def vgg19_features(depth: int) -> nn.Sequential:
+    """The first ``depth`` layers of ``vgg19().features``, freshly initialised, with ReLUs not in place (a returned
+    conv output must not be overwritten by the next ReLU)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for entry in VGG19_CONFIG:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, int(entry), kernel_size=3, padding=1), nn.ReLU()]
+            channels = int(entry)
+        if len(layers) >= depth:
+            break
+    return nn.Sequential(*layers[:depth])
+
+
 # ---------------------------------------------------------------------------------------------------- VGG-19 weights
 
 
 def _imagenet_cache_path() -> Path:
-    url = VGG19_Weights.IMAGENET1K_V1.url
+    url = VGG19_IMAGENET_URL
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
@@ -87,7 +112,7 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     if path.is_file():
         return _read_state_dict(path), path
     try:
-        state = download_state_dict(VGG19_Weights.IMAGENET1K_V1.url)
+        state = download_state_dict(VGG19_IMAGENET_URL)
     except Exception as error:  # offline (URLError), proxy, hash mismatch: all mean "no weights"
         raise TrainError(f"ImageNet VGG-19 weights unavailable ({type(error).__name__}): {_WEIGHTS_HELP}, or put "
                          f"torchvision's vgg19-dcbb9e9d.pth at {path}") from error
@@ -136,10 +161,7 @@ class VGG19Features(nn.Module):
         if not self.layers or unknown:
             raise ValueError(f"unknown VGG-19 layers {unknown or '(none given)'}; known: {', '.join(VGG19_LAYERS)}")
         deepest = max(VGG19_LAYERS[name] for name in self.layers)
-        self.features = make_layers(cfgs["E"], batch_norm=False)[: deepest + 1]
-        for module in self.features:
-            if isinstance(module, nn.ReLU):
-                module.inplace = False  # a returned conv output must not be overwritten by the next ReLU
+        self.features = vgg19_features(deepest + 1)
 
         if weights is None:
             if not allow_random:

@@ -16,6 +16,7 @@ from pgpig.errors import TrainError
 from pgpig.losses import (
     GFLA_PERCEPTUAL_LAYERS,
     GFLA_STYLE_LAYERS,
+    VGG19_IMAGENET_URL,
     VGG19_LAYERS,
     PerceptualLoss,
     VGG19Features,
@@ -23,6 +24,7 @@ from pgpig.losses import (
     gram_matrix,
     l1_loss,
     masked_l1,
+    vgg19_features,
     vgg_content_style,
 )
 
@@ -80,6 +82,29 @@ def test_layer_map_matches_torchvision_vgg19(random_vgg19):
     for name, channels in CHANNELS.items():
         conv_index = VGG19_LAYERS[name] - (1 if name.startswith("relu") else 0)
         assert random_vgg19.features[conv_index].out_channels == channels, name
+
+
+@pytest.mark.parametrize("depth", [1, 4, 37])
+def test_own_vgg19_stack_is_torchvisions_layer_for_layer(random_vgg19, depth):
+    torch.manual_seed(3)
+    ours = vgg19_features(depth)
+    theirs = random_vgg19.features[:depth]
+    assert len(ours) == depth
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert type(mine) is type(reference)
+        if isinstance(mine, nn.Conv2d):
+            assert (mine.in_channels, mine.out_channels, mine.kernel_size, mine.stride, mine.padding) == (
+                reference.in_channels, reference.out_channels, reference.kernel_size, reference.stride,
+                reference.padding)
+        elif isinstance(mine, nn.MaxPool2d):
+            assert (mine.kernel_size, mine.stride) == (reference.kernel_size, reference.stride)
+        else:
+            assert not mine.inplace  # a conv output the loss returns must survive the next ReLU
+    # the same fresh weights as torchvision's own feature builder draws from the same seed
+    torch.manual_seed(3)
+    drawn = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])[:depth].state_dict()
+    assert all(torch.equal(drawn[key], value) for key, value in ours.state_dict().items())
+    assert VGG19_IMAGENET_URL == torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
 
 
 def test_features_shapes_channels_and_frozen(vgg):
