@@ -14,7 +14,7 @@ import click
 from pipeline.datasets import PERSON_DEFAULTS
 from pipeline.demo import DemoConfig
 from pipeline.errors import report_errors
-from pipeline.extract import SOURCE_SIZES, ExtractConfig
+from pipeline.extract import FAST_CPU_BATCH, SOURCE_SIZES, ExtractConfig
 from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
 from pipeline.pose import PERSON_RULES
@@ -124,8 +124,8 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @click.option("--device", help=with_default("auto, cpu, cuda, cuda:N (auto pins one worker per GPU).",
                                             ExtractConfig, "device"))
 @click.option("--batch-size", type=click.IntRange(1),
-              help=f"Images per model call [default: {SOURCE_SIZES['fast'][0]} with the fast backend, "
-              f"{SOURCE_SIZES['ultralytics'][0]} otherwise].")
+              help=f"Images per model call [default: {SOURCE_SIZES['fast'][0]} with the fast backend on a GPU, "
+              f"{FAST_CPU_BATCH} on the CPU; {SOURCE_SIZES['ultralytics'][0]} with ultralytics].")
 @click.option("--partition-size", type=click.IntRange(1),
               help=f"Images per task and part file [default: {SOURCE_SIZES['fast'][1]} with the fast backend, "
               f"{SOURCE_SIZES['ultralytics'][1]} otherwise].")

@@ -43,6 +43,9 @@ BACKENDS = ("auto", "fast", "ultralytics")
 # read on a thread pool that fills in milliseconds, and ultralytics counts its batches in readable images of a part,
 # so one part per stream keeps each part's rows independent of its neighbours.
 SOURCE_SIZES = {"fast": (256, 4096, None), "ultralytics": (32, 512, 1), "annotations": (32, 512, 1)}
+# the fast backend's batch on the CPU: its first network call waits for a whole batch to be read, and the network
+# runs 1.6-2.2x slower on 256 inputs at once (benchmarks/cpu_network_bench.py)
+FAST_CPU_BATCH = 32
 RUN_FILE_VERSION = 1
 # settings that change the keypoints: a resume must not mix parts made with other values
 _RESULT_SETTINGS = ("backend", "model_sha256", "imgsz", "conf", "kpt_threshold", "annotations_sha256",
@@ -88,7 +91,8 @@ class ExtractConfig:
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (``auto`` pins one worker per GPU)."""
     batch_size: int | None = None
-    """Images per model call; None → 256 with the fast backend, 32 otherwise (``SOURCE_SIZES``)."""
+    """Images per model call; None → 256 with the fast backend on a GPU, 32 otherwise (``SOURCE_SIZES``,
+    ``FAST_CPU_BATCH``)."""
     partition_size: int | None = None
     """Images per task and part file; None → 4096 with the fast backend, 512 otherwise (``SOURCE_SIZES``)."""
     workers: int | None = None
@@ -123,6 +127,8 @@ class ExtractConfig:
     def sizes(self) -> tuple[int, int, int | None]:
         """``(batch_size, partition_size, parts per stream)`` with the source's defaults filled in."""
         batch_size, partition_size, stream = SOURCE_SIZES[self.backend]
+        if self.backend == "fast" and not _gpu_visible(self):
+            batch_size = FAST_CPU_BATCH
         return self.batch_size or batch_size, self.partition_size or partition_size, stream
 
     def reader_processes(self, cores: int) -> int | None:

@@ -53,6 +53,9 @@ MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the i
 KEYPOINTS = 17
 NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
 DECODE_PIXELS = 256_000_000  # JPEG pixels per torch decode call: ~0.8 GB decoded, ~2.3 GB with its letterbox copies
+# network input pixels per call on the CPU: 32 inputs of 256x192, 5 of 640x480; larger calls run slower (their
+# activations leave the caches): 1.6-2.2x slower at 256 inputs of 256x192 (benchmarks/cpu_network_bench.py)
+CPU_CALL_PIXELS = 1_600_000
 
 Groups = list[tuple[list[int], torch.Tensor, tuple[int, int]]]
 """Images by decoded size: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device, the decoded
@@ -442,8 +445,7 @@ class PersonGraphs:
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backend
-        pred = b.net(x)
-        pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+        pred = b.network(x)
         return select_persons(pred, frames, b.conf, b.iou, b.select_k, NMS_ITERATIONS, b.person), pred
 
     def _capture(self, key: tuple) -> tuple:
@@ -642,6 +644,8 @@ class FastBackend:
         self.person = checked_rule(person)
         net = load_pose_model(self.model_path)
         self.net = net.to(self.device).half() if self.half else net.to(self.device)
+        if not cuda:  # channels-last convolutions run 1.2-1.6x faster on the CPU; on the GPU cuDNN picks its layout
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.dtype = torch.float16 if self.half else torch.float32
         self._side_stream = torch.cuda.Stream(self.device) if cuda else None
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
@@ -705,6 +709,20 @@ class FastBackend:
             out.append((positions, to_network_input(x, self.dtype), frames))
         return out
 
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's raw output ``(B, 56, A)`` on letterboxed inputs ``x`` ``(B, 3, H, W)``; on the CPU in calls
+        of at most ``CPU_CALL_PIXELS`` input pixels, channels-last."""
+        if self.device.type == "cuda":
+            pred = self.net(x)
+            return pred[0] if isinstance(pred, (list, tuple)) else pred
+        calls = max(1, -(-x.shape[0] * x.shape[2] * x.shape[3] // CPU_CALL_PIXELS))  # as few calls as the budget allows
+        step = -(-x.shape[0] // calls)  # and as even as can be
+        preds = []
+        for start in range(0, x.shape[0], step):
+            pred = self.net(x[start:start + step].contiguous(memory_format=torch.channels_last))
+            preds.append(pred[0] if isinstance(pred, (list, tuple)) else pred)
+        return preds[0] if len(preds) == 1 else torch.cat(preds)
+
     @torch.inference_mode()
     def _launch(self, inputs: Inputs) -> Launched:
         """Queue the network on each input shape, ``batch_size`` images at a time; returns ``(positions, raw output
@@ -713,8 +731,7 @@ class FastBackend:
         for positions, x, frames in inputs:
             for start in range(0, len(positions), self.batch_size):
                 stop = start + self.batch_size
-                pred = self.net(x[start:stop])
-                pred = pred[0] if isinstance(pred, (list, tuple)) else pred
+                pred = self.network(x[start:stop])
                 launched.append((list(positions[start:stop]), pred, frames[start:stop]))
         return launched
 

@@ -781,6 +781,42 @@ def test_auto_backend_is_fast_only_with_a_gpu(tmp_path):
         _ = ExtractConfig(raw=tmp_path, pose_backend="tensorrt").backend
 
 
+def test_the_fast_backends_default_batch_is_small_on_the_cpu_and_full_on_a_gpu(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.extract import FAST_CPU_BATCH, SOURCE_SIZES
+
+    on_cpu = ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu")
+    assert on_cpu.sizes()[0] == FAST_CPU_BATCH < SOURCE_SIZES["fast"][0]
+    assert ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu", batch_size=100).sizes()[0] == 100
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ExtractConfig(raw=tmp_path, pose_backend="fast").sizes()[0] == SOURCE_SIZES["fast"][0]
+    assert ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu").sizes()[0] == FAST_CPU_BATCH
+
+
+def test_cpu_network_calls_stay_within_the_pixel_budget_channels_last_and_keep_each_images_output(fast, monkeypatch):
+    import torch
+
+    import pipeline.pose.fast as fast_module
+
+    calls = []
+    net = fast.net
+
+    def recording(x):
+        calls.append((x.shape[0], x.is_contiguous(memory_format=torch.channels_last)))
+        return net(x)
+
+    monkeypatch.setattr(fast_module, "CPU_CALL_PIXELS", 3 * 64 * 64)
+    monkeypatch.setattr(fast, "net", recording)
+    x = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        together = fast.network(x)
+        assert calls == [(3, True), (3, True), (1, True)]  # ceil(7 / 3) calls, as even as can be
+        alone = torch.cat([fast.network(x[i:i + 1]) for i in range(7)])
+    assert together.shape == alone.shape and together.shape[:2] == (7, 56)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-3)
+
+
 # ---------------------------------------------------------------- on the GPU (run with -m gpu)
 
 
