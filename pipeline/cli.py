@@ -14,7 +14,7 @@ import click
 from pipeline.datasets import PERSON_DEFAULTS
 from pipeline.demo import DemoConfig
 from pipeline.errors import report_errors
-from pipeline.extract import FAST_CPU_BATCH, SOURCE_SIZES, ExtractConfig
+from pipeline.extract import FAST_CPU_BATCH, FAST_CPU_PARTITION, SOURCE_SIZES, ExtractConfig
 from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
 from pipeline.pose import PERSON_RULES
@@ -109,8 +109,8 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @click.option("--annotations", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PATN annotation CSV (repeatable): take keypoints from it instead of running a model.")
 @click.option("--backend", "pose_backend", type=click.Choice(["auto", "fast", "ultralytics"]),
-              help=with_default("Pose backend: fast (GPU decode and batched post-processing), ultralytics "
-                                "(YOLO.predict, the reference); auto = fast when a GPU is visible.",
+              help=with_default("Pose backend: fast (batched decode, letterbox and post-processing, on the GPU "
+                                "or the CPU), ultralytics (YOLO.predict, the reference); auto = fast.",
                                 ExtractConfig, "pose_backend"))
 @click.option("--imgsz", type=click.IntRange(32), help=with_default("Model input size.", ExtractConfig, "imgsz"))
 @click.option("--conf", type=click.FloatRange(0, 1),
@@ -127,8 +127,8 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
               help=f"Images per model call [default: {SOURCE_SIZES['fast'][0]} with the fast backend on a GPU, "
               f"{FAST_CPU_BATCH} on the CPU; {SOURCE_SIZES['ultralytics'][0]} with ultralytics].")
 @click.option("--partition-size", type=click.IntRange(1),
-              help=f"Images per task and part file [default: {SOURCE_SIZES['fast'][1]} with the fast backend, "
-              f"{SOURCE_SIZES['ultralytics'][1]} otherwise].")
+              help=f"Images per task and part file [default: {SOURCE_SIZES['fast'][1]} with the fast backend on a "
+              f"GPU, {FAST_CPU_PARTITION} on the CPU; {SOURCE_SIZES['ultralytics'][1]} with ultralytics].")
 @click.option("--workers", type=click.IntRange(0),
               help="Local worker processes [default: one per GPU, else CPU workers]; 0 runs in this process.")
 @click.option("--threads", type=click.IntRange(1), help=with_default("Threads per worker.", ExtractConfig, "threads"))

@@ -43,9 +43,10 @@ BACKENDS = ("auto", "fast", "ultralytics")
 # read on a thread pool that fills in milliseconds, and ultralytics counts its batches in readable images of a part,
 # so one part per stream keeps each part's rows independent of its neighbours.
 SOURCE_SIZES = {"fast": (256, 4096, None), "ultralytics": (32, 512, 1), "annotations": (32, 512, 1)}
-# the fast backend's batch on the CPU: its first network call waits for a whole batch to be read, and the network
-# runs 1.6-2.2x slower on 256 inputs at once (benchmarks/cpu_network_bench.py)
-FAST_CPU_BATCH = 32
+# the fast backend's batch and part on the CPU: its first network call waits for a whole batch to be read, the
+# network runs 1.6-3.5x slower on 256 inputs at once (benchmarks/cpu_network_bench.py), and CPU workers run parts
+# at about 100 img/s, where parts of 4096 files would leave one worker with the last minute of a run
+FAST_CPU_BATCH, FAST_CPU_PARTITION = 32, 512
 RUN_FILE_VERSION = 1
 # settings that change the keypoints: a resume must not mix parts made with other values
 _RESULT_SETTINGS = ("backend", "model_sha256", "imgsz", "conf", "kpt_threshold", "annotations_sha256",
@@ -73,8 +74,9 @@ class ExtractConfig:
     model: Path | None = None
     """YOLO-pose weights; None → the embedded yolo11n-pose.pt."""
     pose_backend: str = "auto"
-    """``fast`` (``pipeline.pose.fast``), ``ultralytics`` (``YOLO.predict``) or ``auto``: fast when a GPU is
-    visible and ``device`` is not ``cpu``. Unused with ``annotations``."""
+    """``fast`` (``pipeline.pose.fast``), ``ultralytics`` (``YOLO.predict``, the reference) or ``auto``: fast, on a
+    GPU and on the CPU alike (on the CPU it runs 1.1-1.7x the ultralytics backend with the same keypoints,
+    ``docs/fast-backend.md``). Unused with ``annotations``."""
     annotations: tuple[Path, ...] = ()
     """PATN annotation CSVs: keypoints come from them and no model runs."""
     imgsz: int = 256
@@ -94,7 +96,8 @@ class ExtractConfig:
     """Images per model call; None → 256 with the fast backend on a GPU, 32 otherwise (``SOURCE_SIZES``,
     ``FAST_CPU_BATCH``)."""
     partition_size: int | None = None
-    """Images per task and part file; None → 4096 with the fast backend, 512 otherwise (``SOURCE_SIZES``)."""
+    """Images per task and part file; None → 4096 with the fast backend on a GPU, 512 otherwise (``SOURCE_SIZES``,
+    ``FAST_CPU_PARTITION``)."""
     workers: int | None = None
     """Worker processes of the local cluster; None → one per GPU, or CPU workers; 0 → in this process."""
     threads: int = 1
@@ -120,15 +123,13 @@ class ExtractConfig:
             return "annotations"
         if self.pose_backend not in BACKENDS:
             raise PipelineError(f"unknown pose backend {self.pose_backend!r}; choose one of: {', '.join(BACKENDS)}")
-        if self.pose_backend != "auto":
-            return self.pose_backend
-        return "fast" if _gpu_visible(self) else "ultralytics"
+        return "fast" if self.pose_backend == "auto" else self.pose_backend
 
     def sizes(self) -> tuple[int, int, int | None]:
         """``(batch_size, partition_size, parts per stream)`` with the source's defaults filled in."""
         batch_size, partition_size, stream = SOURCE_SIZES[self.backend]
         if self.backend == "fast" and not _gpu_visible(self):
-            batch_size = FAST_CPU_BATCH
+            batch_size, partition_size = FAST_CPU_BATCH, FAST_CPU_PARTITION
         return self.batch_size or batch_size, self.partition_size or partition_size, stream
 
     def reader_processes(self, cores: int) -> int | None:
@@ -141,8 +142,8 @@ class ExtractConfig:
 
 
 def _gpu_visible(cfg: ExtractConfig) -> bool:
-    """A GPU is visible and ``--device`` does not rule it out: ``auto`` picks the fast backend, which reads on
-    processes."""
+    """A GPU is visible and ``--device`` does not rule it out: the fast backend then reads on processes, in larger
+    batches and parts."""
     import torch
 
     return cfg.device != "cpu" and torch.cuda.is_available()

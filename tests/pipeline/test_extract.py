@@ -202,8 +202,10 @@ def test_resume_refuses_other_settings_and_overwrite_starts_over(market_tree, tm
 def test_killed_run_resumes_to_exactly_one_row_per_image(photo_market_tree, tmp_path):
     """kill -9 while parts are being written, then run again: every image once, no partial part read."""
     out = tmp_path / "keypoints"
+    # parts of one file, read one at a time, so that they are written one by one
     cmd = [sys.executable, "-m", "pipeline.cli", "extract", str(photo_market_tree), "--out", str(out),
-           "--run-file", str(tmp_path / "extract.json"), "--workers", "0", "--partition-size", "1", "--quiet"]
+           "--run-file", str(tmp_path / "extract.json"), "--workers", "0", "--partition-size", "1", "--batch-size", "1",
+           "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3 and proc.poll() is None:

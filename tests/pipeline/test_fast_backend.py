@@ -771,27 +771,29 @@ def test_a_failure_inside_the_stream_names_its_part_and_keeps_the_parts_before(o
     assert record["already_done"] == 8 and record["rows"] == len(statuses)
 
 
-def test_auto_backend_is_fast_only_with_a_gpu(tmp_path):
-    auto = ExtractConfig(raw=tmp_path)
-    assert auto.backend == ("fast" if CUDA else "ultralytics")
-    assert ExtractConfig(raw=tmp_path, device="cpu").backend == "ultralytics"
+def test_auto_backend_is_fast_on_a_gpu_and_on_the_cpu(tmp_path):
+    assert ExtractConfig(raw=tmp_path).backend == "fast"
+    assert ExtractConfig(raw=tmp_path, device="cpu").backend == "fast"
+    assert ExtractConfig(raw=tmp_path, pose_backend="ultralytics").backend == "ultralytics"
     assert ExtractConfig(raw=tmp_path, pose_backend="fast").backend == "fast"
     assert ExtractConfig(raw=tmp_path, pose_backend="fast", annotations=(tmp_path / "a.csv",)).backend == "annotations"
     with pytest.raises(PipelineError, match="unknown pose backend 'tensorrt'"):
         _ = ExtractConfig(raw=tmp_path, pose_backend="tensorrt").backend
 
 
-def test_the_fast_backends_default_batch_is_small_on_the_cpu_and_full_on_a_gpu(tmp_path, monkeypatch):
+def test_the_fast_backends_default_batch_and_part_are_small_on_the_cpu_and_full_on_a_gpu(tmp_path, monkeypatch):
     import torch
 
-    from pipeline.extract import FAST_CPU_BATCH, SOURCE_SIZES
+    from pipeline.extract import FAST_CPU_BATCH, FAST_CPU_PARTITION, SOURCE_SIZES
 
-    on_cpu = ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu")
-    assert on_cpu.sizes()[0] == FAST_CPU_BATCH < SOURCE_SIZES["fast"][0]
-    assert ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu", batch_size=100).sizes()[0] == 100
+    gpu_sizes = SOURCE_SIZES["fast"]
+    on_cpu = ExtractConfig(raw=tmp_path, device="cpu")
+    assert on_cpu.sizes() == (FAST_CPU_BATCH, FAST_CPU_PARTITION, gpu_sizes[2])
+    assert FAST_CPU_BATCH < gpu_sizes[0] and FAST_CPU_PARTITION < gpu_sizes[1]
+    assert ExtractConfig(raw=tmp_path, device="cpu", batch_size=100, partition_size=7).sizes()[:2] == (100, 7)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert ExtractConfig(raw=tmp_path, pose_backend="fast").sizes()[0] == SOURCE_SIZES["fast"][0]
-    assert ExtractConfig(raw=tmp_path, pose_backend="fast", device="cpu").sizes()[0] == FAST_CPU_BATCH
+    assert ExtractConfig(raw=tmp_path).sizes() == gpu_sizes
+    assert ExtractConfig(raw=tmp_path, device="cpu").sizes()[:2] == (FAST_CPU_BATCH, FAST_CPU_PARTITION)
 
 
 def test_cpu_network_calls_stay_within_the_pixel_budget_channels_last_and_keep_each_images_output(fast, monkeypatch):
