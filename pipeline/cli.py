@@ -13,7 +13,7 @@ import click
 
 from pipeline.datasets import PERSON_DEFAULTS
 from pipeline.demo import DemoConfig
-from pipeline.errors import report_errors
+from pipeline.errors import report_errors, run_console
 from pipeline.extract import FAST_CPU_BATCH, FAST_CPU_PARTITION, SOURCE_SIZES, ExtractConfig
 from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
@@ -413,5 +413,10 @@ def report(keypoints_dir, shards_dir, out, samples, seed, raw, run_file, verify_
     click.echo(f"open {out} in a browser; numbers in {json_path(out)}")
 
 
+def console() -> None:
+    """``pgpig-data``'s console entry (``run_console``)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -1,4 +1,5 @@
-"""The one exception type of the pipeline package, and how both CLIs print such errors."""
+"""The one exception type of the pipeline package, how both CLIs print such errors, and how a console command
+ends its process."""
 
 from __future__ import annotations
 
@@ -36,3 +37,35 @@ def report_errors(*errors: type[Exception]) -> Callable[[Callable[..., Any]], Ca
         return wrapper
 
     return decorate
+
+
+def run_console(command: Any) -> None:
+    """Run a click command as a console program, then end the process once the exit steps anyone can observe are
+    done: non-daemon threads joined, the ``atexit`` hooks run (multiprocessing's children, logging), the standard
+    streams flushed. What it skips is the interpreter's teardown, which only frees memory: skipping it ended an
+    extraction of 240 files 0.37 s sooner on 2 CPU cores (3.85 s against 4.2 s from the shell,
+    ``benchmarks/extract_cli.py``). Where CPython's ``threading._shutdown`` is missing, the process exits as
+    usual."""
+    import atexit
+    import os
+    import threading
+
+    try:
+        command.main(standalone_mode=True)
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    join_threads = getattr(threading, "_shutdown", None)
+    if join_threads is None:
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):  # sys.exit("message") prints it and means 1
+        print(code, file=sys.stderr)
+        code = 1
+    join_threads()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code or 0)

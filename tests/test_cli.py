@@ -77,6 +77,53 @@ def test_errors_are_one_line_without_traceback(scripts, tmp_path):
 
 
 
+CONSOLE_PROGRAM = """
+import atexit, sys, threading, time
+from pathlib import Path
+
+import click
+
+from pipeline.errors import run_console
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+
+
+@click.command()
+def command():
+    def late():
+        time.sleep(0.3)
+        (out / "thread").write_text("done")
+
+    threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+    atexit.register(lambda: (out / "atexit").write_text("done"))
+    sys.stdout.write("x" * 100_000)  # still in the pipe's buffer when the command returns
+    if mode == "message":
+        sys.exit("stopped: a message")
+    if mode == "raise":
+        raise ValueError("a bug")
+
+
+sys.argv = sys.argv[:1]
+run_console(command)
+"""
+
+
+@pytest.mark.parametrize(("mode", "code"), [("ok", 0), ("message", 1), ("raise", 1)])
+def test_a_console_command_ends_after_its_threads_exit_hooks_and_output(tmp_path, mode, code):
+    import sys
+
+    program = tmp_path / "program.py"
+    program.write_text(CONSOLE_PROGRAM)
+    run = subprocess.run([sys.executable, str(program), str(tmp_path), mode], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == code, run.stderr
+    assert run.stdout == "x" * 100_000
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "done"
+    if mode == "message":
+        assert run.stderr.strip() == "stopped: a message"
+    if mode == "raise":
+        assert "ValueError: a bug" in run.stderr
+
 def test_options_default_to_none_and_show_the_config_dataclass_default():
     """Each default has one home, the command's config dataclass: the options default to None (left out of the
     config) and their help shows the dataclass's value."""
