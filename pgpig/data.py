@@ -255,7 +255,9 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int],
     maps = torch.from_numpy(out)
     if device.type == "cuda":
         maps = maps.pin_memory().to(device, non_blocking=True)
-    return maps.to(device).float().div_(255)
+    # CUDA divides by a host number as a product with its reciprocal, which can miss the quotient by one bit; a
+    # divisor on the device divides exactly, as to_tensor does on the host
+    return maps.to(device).float().div_(torch.full((), 255.0, device=device))
 
 
 @functools.lru_cache(maxsize=16)
