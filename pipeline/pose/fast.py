@@ -22,7 +22,7 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -712,15 +712,14 @@ class FastBackend:
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output ``(B, 56, A)`` on letterboxed inputs ``x`` ``(B, 3, H, W)``; on the CPU in calls
         of at most ``CPU_CALL_PIXELS`` input pixels, channels-last."""
-        if self.device.type == "cuda":
-            pred = self.net(x)
-            return pred[0] if isinstance(pred, (list, tuple)) else pred
-        calls = max(1, -(-x.shape[0] * x.shape[2] * x.shape[3] // CPU_CALL_PIXELS))  # as few calls as the budget allows
-        step = -(-x.shape[0] // calls)  # and as even as can be
-        preds = []
-        for start in range(0, x.shape[0], step):
-            pred = self.net(x[start:start + step].contiguous(memory_format=torch.channels_last))
-            preds.append(pred[0] if isinstance(pred, (list, tuple)) else pred)
+        parts: Iterable[torch.Tensor] = [x]
+        if self.device.type != "cuda":
+            calls = max(1, -(-x.shape[0] * x.shape[2] * x.shape[3] // CPU_CALL_PIXELS))  # as few as the budget allows
+            step = -(-x.shape[0] // calls)  # and as even as can be
+            parts = (x[start:start + step].contiguous(memory_format=torch.channels_last)
+                     for start in range(0, x.shape[0], step))
+        outputs = (self.net(part) for part in parts)
+        preds = [out[0] if isinstance(out, (list, tuple)) else out for out in outputs]
         return preds[0] if len(preds) == 1 else torch.cat(preds)
 
     @torch.inference_mode()
