@@ -16,7 +16,7 @@ import yaml
 
 from pgpig.config import DEFAULT_DEVICE, EvalConfig
 from pgpig.errors import TrainError
-from pipeline.errors import report_errors
+from pipeline.errors import report_errors, run_console
 from pipeline.options import given, with_default
 from pipeline.versions import package_version
 
@@ -388,5 +388,10 @@ def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: i
         signal.signal(signal.SIGTERM, previous)
 
 
+def console() -> None:
+    """``pgpig``'s console entry (``run_console``)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -74,6 +74,10 @@ def test_errors_are_one_line_without_traceback(scripts, tmp_path):
     debug = subprocess.run([scripts["pgpig-data"], "--debug", "synth", "raw"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+    resume = subprocess.run([scripts["pgpig"], "train", "--resume", "nowhere"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert resume.returncode == 1
+    assert resume.stderr.strip() == "error: nowhere: no config.yaml, not a run folder to resume"
 
 
 
