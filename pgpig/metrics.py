@@ -190,21 +190,40 @@ def _limb_corners(keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return which, np.stack([f + n, f - n, t - n, t + n], axis=1)
 
 
-def _fill_quads(corners: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixels of each quadrilateral as ``skimage.draw.polygon`` draws them: ``(K, 4, 2)`` float64 ``(x, y)`` corners
-    → ``(K, H, W)`` bool.
+def _windows(x_lo: torch.Tensor, y_lo: torch.Tensor, x_hi: torch.Tensor, y_hi: torch.Tensor,
+             size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One window of pixels per item, shared in shape: ``(K,)`` float64 pixel ranges ``[lo, hi]`` clipped to the
+    image → the window's pixel centres ``xs (K, 1, ww)``, ``ys (K, wh, 1)`` (float64, image coordinates) and their
+    flat index in an ``(H, W)`` image ``(K, wh, ww)``. The window is the largest item's box, moved inside the image
+    where it would reach past its edge, so every item's box lies inside its window."""
+    h, w = int(size[0]), int(size[1])
+    x_lo, y_lo = x_lo.clamp(0, w - 1).long(), y_lo.clamp(0, h - 1).long()
+    x_hi, y_hi = x_hi.clamp(0, w - 1).long(), y_hi.clamp(0, h - 1).long()
+    ww = int((x_hi - x_lo).max()) + 1 if len(x_lo) else 1
+    wh = int((y_hi - y_lo).max()) + 1 if len(y_lo) else 1
+    x0, y0 = x_lo.clamp(max=w - ww), y_lo.clamp(max=h - wh)
+    ix = x0[:, None, None] + torch.arange(ww, device=x0.device).view(1, 1, ww)
+    iy = y0[:, None, None] + torch.arange(wh, device=y0.device).view(1, wh, 1)
+    return ix.to(torch.float64), iy.to(torch.float64), iy * w + ix
+
+
+def _fill_quads(corners: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels of each quadrilateral as ``skimage.draw.polygon`` draws them, tested within the quadrilateral's
+    bounding box only: ``(K, 4, 2)`` float64 ``(x, y)`` corners → ``(drawn (K, wh, ww) bool, flat index of each
+    window pixel in an (H, W) image (K, wh, ww))`` (``_windows``). Corners must be finite.
 
     scikit-image's crossing-number test (O'Rourke's) on each pixel centre: a ray to the right counts the edges that
     straddle the centre's row (by ``> 0``) and cross strictly right of it, a ray to the left those that straddle it
     by ``< 0`` and cross strictly left; the pixel is drawn when either count is odd (inside, or on an edge) or a
     corner lies within 1e-12 of it. The same float64 operations in the same order round the same way, so a centre
-    exactly on an edge falls on the side scikit-image puts it.
+    exactly on an edge falls on the side scikit-image puts it. A pixel centre outside the box of the corners
+    (widened by 1e-12) passes none of these tests, so the window loses nothing.
     """
-    h, w = int(size[0]), int(size[1])
-    xs = torch.arange(w, dtype=torch.float64, device=corners.device).view(1, 1, w)
-    ys = torch.arange(h, dtype=torch.float64, device=corners.device).view(1, h, 1)
+    low, high = corners.amin(dim=1), corners.amax(dim=1)  # (K, 2)
+    xs, ys, index = _windows(torch.ceil(low[:, 0] - _VERTEX_EPS), torch.ceil(low[:, 1] - _VERTEX_EPS),
+                             torch.floor(high[:, 0] + _VERTEX_EPS), torch.floor(high[:, 1] + _VERTEX_EPS), size)
     cx, cy = corners[..., 0, None, None], corners[..., 1, None, None]  # (K, 4, 1, 1)
-    vertex = torch.zeros((corners.shape[0], h, w), dtype=torch.bool, device=corners.device)
+    vertex = torch.zeros(index.shape, dtype=torch.bool, device=corners.device)
     right_odd, left_odd = vertex.clone(), vertex.clone()
     for i in range(4):
         x0, y0 = cx[:, i] - xs, cy[:, i] - ys
@@ -213,7 +232,7 @@ def _fill_quads(corners: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         cross = (x0 * y1 - x1 * y0) / (y1 - y0)  # where the edge meets the centre's row, relative to the centre
         right_odd ^= ((y0 > 0) != (y1 > 0)) & (cross > 0)
         left_odd ^= ((y0 < 0) != (y1 < 0)) & (cross < 0)
-    return vertex | right_odd | left_odd
+    return vertex | right_odd | left_odd, index
 
 
 def _limb_fill(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -221,10 +240,35 @@ def _limb_fill(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ``(B, 18, 2)`` → ``(B, H, W)`` bool on the keypoints' device."""
     h, w = int(size[0]), int(size[1])
     which, corners = _limb_corners(keypoints.detach().to("cpu", torch.float64).numpy())
-    quads = _fill_quads(torch.from_numpy(corners).to(keypoints.device), (h, w))
-    counts = torch.zeros((keypoints.shape[0], h, w), dtype=torch.int32, device=keypoints.device)
-    counts.index_add_(0, torch.from_numpy(which).to(keypoints.device), quads.to(torch.int32))
-    return counts > 0
+    # a zero-length limb has NaN corners and draws nothing; a quad wholly outside the image draws nothing in it
+    low, high = corners.min(axis=1), corners.max(axis=1)
+    keep = np.isfinite(corners).all(axis=(1, 2)) & (high[:, 0] >= -1) & (high[:, 1] >= -1) \
+        & (low[:, 0] <= w) & (low[:, 1] <= h)
+    mask = torch.zeros((keypoints.shape[0], h, w), dtype=torch.bool, device=keypoints.device)
+    if keep.any():
+        drawn, index = _fill_quads(torch.from_numpy(corners[keep]).to(keypoints.device), (h, w))
+        image = torch.from_numpy(which[keep]).to(keypoints.device)
+        mask.view(-1)[(image[:, None, None] * (h * w) + index)[drawn]] = True
+    return mask
+
+
+def _joint_disks(keypoints: torch.Tensor, present: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel centres strictly within ``_MASK_RADIUS`` of each present joint (``skimage.draw.disk``), tested in a
+    window around each joint: ``(B, 18, 2)`` float64, ``(B, 18)`` bool → ``(B, H, W)`` bool."""
+    h, w = int(size[0]), int(size[1])
+    image, joint = present.nonzero(as_tuple=True)
+    kp = keypoints[image, joint]  # (J, 2)
+    inside = (kp[:, 0] > -_MASK_RADIUS) & (kp[:, 0] < w - 1 + _MASK_RADIUS) \
+        & (kp[:, 1] > -_MASK_RADIUS) & (kp[:, 1] < h - 1 + _MASK_RADIUS)
+    image, kp = image[inside], kp[inside]
+    mask = torch.zeros((keypoints.shape[0], h, w), dtype=torch.bool, device=keypoints.device)
+    if len(kp):
+        reach = math.ceil(_MASK_RADIUS)
+        xs, ys, index = _windows(torch.floor(kp[:, 0]) - reach, torch.floor(kp[:, 1]) - reach,
+                                 torch.floor(kp[:, 0]) + reach + 1, torch.floor(kp[:, 1]) + reach + 1, size)
+        dist2 = (xs - kp[:, 0, None, None]) ** 2 + (ys - kp[:, 1, None, None]) ** 2
+        mask.view(-1)[(image[:, None, None] * (h * w) + index)[dist2 < _MASK_RADIUS ** 2]] = True
+    return mask
 
 
 def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -248,11 +292,7 @@ def pose_mask(keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = int(size[0]), int(size[1])
     kp = keypoints.to(torch.float64)
     present = ~(kp == MISSING).any(dim=-1)  # (B, 18)
-    xs = torch.arange(w, dtype=torch.float64, device=kp.device).view(1, 1, 1, w)
-    ys = torch.arange(h, dtype=torch.float64, device=kp.device).view(1, 1, h, 1)
-    mask = _limb_fill(kp, (h, w))
-    dist2 = (xs - kp[..., 0, None, None]) ** 2 + (ys - kp[..., 1, None, None]) ** 2  # (B, 18, H, W)
-    mask |= ((dist2 < _MASK_RADIUS ** 2) & present[..., None, None]).any(dim=1)
+    mask = _limb_fill(kp, (h, w)) | _joint_disks(kp, present, (h, w))
     return close_square(mask[:, None].to(torch.float32), _MASK_CLOSING) > 0.5
 
 
