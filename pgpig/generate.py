@@ -156,14 +156,15 @@ def read_pose_json(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None
 
 
 class PoseDetector:
-    """The extractor's keypoints for images (``ExtractConfig`` defaults, the calls of the ultralytics keypoint source:
-    ``UltralyticsBackend.predict``, then ``to_openpose``); the YOLO model loads on first use only. ``pgpig generate``
-    asks for one image, ``pgpig eval`` for batches."""
+    """The extractor's keypoints for images (``ExtractConfig`` defaults: its default backend's ``predict``, then
+    ``to_openpose``); the YOLO model loads on first use only. ``pgpig generate`` asks for one image, ``pgpig eval``
+    for batches."""
 
     def __init__(self, device: torch.device, model: str | Path | None = None, batch_size: int = 1):
         from pipeline.extract import ExtractConfig
 
         defaults = ExtractConfig(raw=Path("."))
+        self.backend = defaults.backend
         self.options = {"model": model, "imgsz": defaults.imgsz, "conf": defaults.conf,
                         "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
                         "batch_size": batch_size}
@@ -175,7 +176,7 @@ class PoseDetector:
         from pipeline.pose import cached_backend
 
         try:
-            return cached_backend("ultralytics", **self.options).predict(images)
+            return cached_backend(self.backend, **self.options).predict(images)
         except PipelineError as exc:
             raise TrainError(f"pose model: {exc}") from None
 
