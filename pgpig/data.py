@@ -209,7 +209,10 @@ def _pidm_pose_image(kp: np.ndarray, out: np.ndarray) -> None:
         cv2.fillConvexPoly(background, polygon, 0)
         distance = cv2.distanceTransform(background, cv2.DIST_L1, 3)  # float32 integers, 0 on the limb
         # the official clip(distance / 3, 0, 255) truncated to uint8 is floor(d / 3) capped at 255; for an integer
-        # d that is |d / 3 - 1 / 3| rounded to nearest (never a tie) and saturated: one OpenCV pass, not three
+        # d that is |d / 3 - 1 / 3| rounded to nearest (never a tie) and saturated: one OpenCV pass, not three.
+        # Distances are capped at 766 (which gives 255) first: a limb wholly off the image leaves FLT_MAX
+        # everywhere, which OpenCV 5.0's convertScaleAbs turns into 0 instead of saturating
+        cv2.min(distance, 766.0, dst=distance)
         cv2.convertScaleAbs(distance, out[3 + k], 1 / 3, -1 / 3)
     out[:3] = canvas.transpose(2, 0, 1)[::-1]  # the BGR canvas as RGB
 
@@ -249,15 +252,24 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int],
             list(pool.map(_pidm_pose_image, kp, out))
     elif kp.shape[0]:
         _pidm_pose_image(kp[0], out[0])
-    # uint8 crosses to the device, a quarter of the bytes; to_tensor's float32 division happens there. From pinned
-    # memory the copy to a GPU is queued behind its work instead of waiting for it.
+    # uint8 crosses to the device, a quarter of the bytes. From pinned memory the copy to a GPU is queued behind
+    # its work instead of waiting for it.
     device = keypoints.device if device is None else torch.device(device)
     maps = torch.from_numpy(out)
-    if device.type == "cuda":
-        maps = maps.pin_memory().to(device, non_blocking=True)
-    # CUDA divides by a host number as a product with its reciprocal, which can miss the quotient by one bit; a
-    # divisor on the device divides exactly, as to_tensor does on the host
-    return maps.to(device).float().div_(torch.full((), 255.0, device=device))
+    if device.type != "cuda":
+        return maps.to(device).float().div_(255)  # to_tensor's float32 division
+    maps = maps.pin_memory().to(device, non_blocking=True)
+    return _unit_table(device).index_select(0, maps.flatten().int()).view(maps.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_table(device: torch.device) -> torch.Tensor:
+    """``k / 255`` for ``k`` in 0..255 as float32 on ``device``, each the correctly rounded quotient that the
+    host's float32 division gives. CUDA divides by a scalar as a product with its reciprocal, which misses the
+    quotient by one bit for 126 of the 256 values; here each is the float64 quotient rounded to float32, which is
+    the float32 quotient for these values (the binary digits of ``k / 255`` repeat every 8 and never sit on a
+    rounding tie). Made on the device, so that no copy from the host waits for the GPU."""
+    return (torch.arange(256, dtype=torch.float64, device=device) / 255.0).float()
 
 
 @functools.lru_cache(maxsize=16)

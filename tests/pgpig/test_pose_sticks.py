@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -33,7 +34,8 @@ def test_equals_the_official_tensor_exactly(reference, side):
     official = torch.from_numpy(reference[f"maps_{side}x{side}"])
     batch = render_pose_sticks(keypoints, (side, side))  # drawn on threads
     assert batch.shape == (3, 20, side, side) and batch.dtype == torch.float32
-    assert torch.equal((batch * 255).round().to(torch.uint8), official)
+    drawn = (batch * 255).round().to(torch.uint8)
+    assert torch.equal(drawn, official), f"{int((drawn != official).sum())} values differ (OpenCV {cv2.__version__})"
     assert torch.equal(batch, official.float() / 255)  # the official to_tensor's values, bit for bit
     for i in range(3):  # one at a time, no threads
         assert torch.equal(render_pose_sticks(keypoints[i:i + 1], (side, side)), batch[i:i + 1])
