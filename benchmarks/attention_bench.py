@@ -6,8 +6,9 @@ channels, value of C) computed several ways, forward and backward, side by side 
 The defaults are the DeepFashion recipe's shapes at batch 32 (both branches of a Xing block on one batch axis: 64
 codes of 256 channels at 64x44, N = 2,816 positions). Ways:
 
-- ``bmm`` (what the model runs): two batched products around a softmax, in float32 with TF32 off, with TF32 on, and
-  under bf16 autocast;
+- ``bmm`` (the official formula): two batched products around a softmax, in float32 with TF32 off, with TF32 on,
+  and under bf16 autocast;
+- ``model``: the model's ``cross_attention`` (``scaled_dot_product_attention``, one head), float32 and bf16;
 - ``sdpa``: ``scaled_dot_product_attention(scale=1)`` with the value's head size unlike the query's (PyTorch picks
   the kernel; one that cannot take it falls back or fails, which the line says);
 - ``sdpa_padded``: query and key padded with zeros to the value's channels (the same products), so every fused
@@ -52,6 +53,13 @@ def back_to_maps(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).reshape(b, c, h, w)
 
 
+def bmm_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The official formula as two batched products around a softmax, holding the ``(B, N, N)`` attention."""
+    b, c, h, w = value.shape
+    energy = torch.bmm(query.flatten(2).transpose(1, 2), key.flatten(2))
+    return torch.bmm(value.flatten(2), torch.softmax(energy, dim=-1).transpose(1, 2)).view(b, c, h, w)
+
+
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     q, k, v = as_sequences(query, key, value)
     return back_to_maps(F.scaled_dot_product_attention(q, k, v, scale=1.0), value)
@@ -93,8 +101,9 @@ def ways() -> dict[str, tuple[Callable, str]]:
     without a kernel named take PyTorch's choice."""
     from pgpig.models.xinggan import cross_attention
 
-    return {"bmm_fp32": (cross_attention, "fp32"), "bmm_tf32": (cross_attention, "tf32"),
-            "bmm_bf16": (cross_attention, "bf16"), "sdpa_fp32": (sdpa, "fp32"), "sdpa_bf16": (sdpa, "bf16"),
+    return {"bmm_fp32": (bmm_attention, "fp32"), "bmm_tf32": (bmm_attention, "tf32"),
+            "bmm_bf16": (bmm_attention, "bf16"), "model_fp32": (cross_attention, "fp32"),
+            "model_bf16": (cross_attention, "bf16"), "sdpa_fp32": (sdpa, "fp32"), "sdpa_bf16": (sdpa, "bf16"),
             "sdpa_efficient_bf16": (only("efficient", sdpa), "bf16"),
             "sdpa_padded_bf16": (sdpa_padded, "bf16"), "sdpa_padded_flash_bf16": (only("flash", sdpa_padded), "bf16"),
             "sdpa_padded_cudnn_bf16": (only("cudnn", sdpa_padded), "bf16"),
@@ -125,7 +134,7 @@ def measure(name: str, fn: Callable, arithmetic: str, inputs: list[torch.Tensor]
             repeat: int) -> dict:
     device = inputs[0].device
     small = [t[:2].double() for t in inputs]
-    want = run(ways()["bmm_fp32"][0], "fp64", small, grad[:2].double())  # the model's own function
+    want = run(ways()["bmm_fp32"][0], "fp64", small, grad[:2].double())  # the official formula
     try:
         got = run(fn, arithmetic, [t[:2] for t in inputs], grad[:2])
         run(fn, arithmetic, inputs, grad)  # first call: kernels chosen and loaded

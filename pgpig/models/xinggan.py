@@ -15,6 +15,7 @@ products.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pgpig.errors import TrainError
@@ -51,13 +52,15 @@ def cross_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
     """``out[:, :, i] = sum_j softmax_j(query[:, :, i] . key[:, :, j]) value[:, :, j]`` over the ``N = h w`` positions,
     unscaled: ``query``, ``key`` ``(B, C', h, w)``, ``value`` ``(B, C, h, w)`` -> ``(B, C, h, w)``.
 
-    Two batched matrix products around a softmax, so that autocast runs the products in bf16/fp16 and TF32 applies
-    in float32; ``scaled_dot_product_attention`` with ``C' != C`` takes its math path, which computes in float32
-    without TF32 whatever the input dtype."""
+    ``scaled_dot_product_attention`` with scale 1, one head whose value is wider than its query: on a GPU a fused
+    kernel, which never holds the ``(B, N, N)`` attention matrix. At the DeepFashion recipe's shapes (64 codes of
+    256 channels at 64x44) on an H100, forward and backward took 6.2 ms in bf16 against 21.0 ms for the two batched
+    products, and 28.3 against 31.3 ms in float32, with 0.6-0.9 GiB of memory against 9.8 and a float32 result
+    closer to float64 (``benchmarks/attention_bench.py``)."""
     b, c, h, w = value.shape
-    energy = torch.bmm(query.flatten(2).transpose(1, 2), key.flatten(2))  # (B, N, N): query i . key j
-    attention = torch.softmax(energy, dim=-1)
-    return torch.bmm(value.flatten(2), attention.transpose(1, 2)).view(b, c, h, w)
+    q, k, v = (t.flatten(2).transpose(1, 2).contiguous().unsqueeze(1) for t in (query, key, value))  # (B, 1, N, *)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C)
+    return out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
 
 
 class XingBlock(nn.Module):
