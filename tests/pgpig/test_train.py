@@ -303,7 +303,8 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("none", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False)
     assert {name for name, on in compiled.items() if on} == {"deepfashion/patn", "deepfashion/dptn",
-                                                              "market1501/xinggan", "deepfashion/xinggan"}
+                                                              "market1501/xinggan", "deepfashion/xinggan",
+                                                              "deepfashion/pidm"}
 
 
 def test_random_vgg_needs_allow_random_vgg():
