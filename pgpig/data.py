@@ -265,8 +265,8 @@ def render_pose_sticks(keypoints: torch.Tensor, size: tuple[int, int],
 @functools.lru_cache(maxsize=16)
 def _unit_table(device: torch.device) -> torch.Tensor:
     """``k / 255`` for ``k`` in 0..255 as float32 on ``device``, each the correctly rounded quotient that the
-    host's float32 division gives. CUDA divides by a scalar as a product with its reciprocal, which misses the
-    quotient by one bit for 126 of the 256 values; here each is the float64 quotient rounded to float32, which is
+    host's float32 division gives. CUDA divides by a host scalar as a product with its reciprocal, which misses
+    the quotient by one bit for 126 of the 256 values; here each is the float64 quotient rounded to float32, which is
     the float32 quotient for these values (the binary digits of ``k / 255`` repeat every 8 and never sit on a
     rounding tie). Made on the device, so that no copy from the host waits for the GPU."""
     return (torch.arange(256, dtype=torch.float64, device=device) / 255.0).float()
