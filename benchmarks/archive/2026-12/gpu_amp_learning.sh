@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Does bf16 train like float32? `pgpig train` runs of a DeepFashion recipe on a mannequin shard set, from the same
+# weights and data order, compared as training goes (benchmarks/loss_curves.py) and evaluated at the end:
+#   bash benchmarks/archive/2026-12/gpu_amp_learning.sh OUT_DIR [RECIPES]
+# For each recipe of RECIPES (default "patn xinggan"): "a" and "b" in the recipe's float32 with seed 0 (run to run, the
+# same settings differ only by cuDNN's non-deterministic kernels: the noise float32 training already has), "bf16"
+# with seed 0 and "seed1" in float32 with seed 1 (another start: the spread a change of seed gives). Each runs STEPS
+# (default 500) at BATCH_<recipe> (default the recipe's) eagerly (compile off: the arithmetic, not its speed, is
+# compared), logging the losses every LOG_EVERY (5) steps; loss_curves.py compares b, bf16 and seed1 with a, and
+# `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh).
+set -uo pipefail
+out=${1:?output folder}
+recipes=${2:-patn xinggan}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+work=${AMP_WORK:-/tmp/amp-learning}
+stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+stamp "card ${card:-none}"
+[[ -d $work/shards ]] || $py benchmarks/mannequin_shards.py "$work" deepfashion "${IDENTITIES:-40}" "${POSES:-6}" \
+    > /dev/null 2>> "$out/amp.err"
+for recipe in $recipes; do
+    var="BATCH_${recipe//-/_}"
+    batch=()
+    [[ -n ${!var:-} ]] && batch=(--batch-size "${!var}")
+    for run in a b bf16 seed1; do
+        sets=(--set compile=false --set amp=none --set seed=0)
+        [[ $run == bf16 ]] && sets=(--set compile=false --set amp=bf16 --set seed=0)
+        [[ $run == seed1 ]] && sets=(--set compile=false --set amp=none --set seed=1)
+        dir="$work/$recipe-$run"
+        rm -rf "$dir"
+        t0=$(date +%s.%N)
+        $py -m pgpig.cli train --shards "$work/shards" --recipe "deepfashion/$recipe" --run "$dir" \
+            --steps "${STEPS:-500}" "${batch[@]}" "${sets[@]}" --set vgg_weights=null --set allow_random_vgg=true \
+            --set log_every="${LOG_EVERY:-5}" --set sample_every=1000000 --set checkpoint_every=1000000 \
+            --set num_workers=4 --set skip_memory_check=true --quiet >> "$out/amp.err" 2>&1 || stamp "train $recipe $run: exit $?"
+        stamp "train $recipe $run: $($py -c "import time; print(round(time.time() - $t0, 1))") s"
+        $py -m pgpig.cli eval --run "$dir" --shards "$work/shards" --metrics ssim,mask_ssim,l1,pckh --quiet \
+            >> "$out/amp.err" 2>&1 || stamp "eval $recipe $run: exit $?"
+        $py -c "import json, sys; rows = json.load(open(sys.argv[1]))['rows']; print(json.dumps({'bench': \
+'amp_learning_eval', 'recipe': sys.argv[2], 'run': sys.argv[3], 'card': sys.argv[4], 'steps': int(sys.argv[5]), \
+**{row: {k: round(v[k], 4) for k in ('ssim', 'mask_ssim', 'l1', 'pckh')} for row, v in rows.items()}}))" \
+            "$dir/eval/test/eval.json" "$recipe" "$run" "$card" "${STEPS:-500}" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
+    done
+    $py benchmarks/loss_curves.py "$work/$recipe-a" "$work/$recipe-b" "$work/$recipe-bf16" "$work/$recipe-seed1" \
+        --label "$card $recipe" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
+done
+stamp done
