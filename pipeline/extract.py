@@ -109,6 +109,10 @@ class ExtractConfig:
     """Fast backend: the share of the JPEGs the GPU decoder could take that the reader processes decode instead
     (picked by content, ``pipeline.pose.reading.cpu_routed``); for a GPU whose decoder and network take turns while
     CPU cores are free."""
+    warm_shapes: bool = False
+    """Fast backend on a GPU: after the warm-up, make the network's first call at every other input shape of
+    ``imgsz``'s grid on a thread while the files are extracted (``pipeline.pose.fast.GridWarmer``), so that a crawl
+    of many sizes does not stall on cuDNN's set-up at each new shape. Off until measured faster."""
     scheduler: str | None = None
     """Address of an existing Dask cluster (``tcp://host:8786``)."""
     overwrite: bool = False
@@ -242,7 +246,8 @@ def task_source(s: dict):
         options.update(model=s["model"], imgsz=s["imgsz"], conf=s["conf"], kpt_threshold=s["kpt_threshold"],
                        person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
-        options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"])
+        options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"],
+                       warm_shapes=s["warm_shapes"])
     if s["backend"] in ("fast", "ultralytics"):
         options.update(torch_threads=s["torch_threads"])
     return cached_backend(s["backend"], **options)
@@ -509,7 +514,7 @@ def _worker_settings(cfg: ExtractConfig) -> tuple[int, dict]:
     cores = (os.cpu_count() or 1) // max(1, workers)
     return workers, {"torch_threads": torch_threads, "decode_threads": max(2, min(8, cores)),
                      "read_processes": cfg.reader_processes(cores), "parts_per_stream": cfg.sizes()[2],
-                     "cpu_decode_share": cfg.cpu_decode_share}
+                     "cpu_decode_share": cfg.cpu_decode_share, "warm_shapes": cfg.warm_shapes}
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
@@ -551,7 +556,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     record.update(_timings(summaries, time.perf_counter() - started, listing_seconds), warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"],
-                  cpu_decode_share=worker_settings["cpu_decode_share"], scheduler=cfg.scheduler)
+                  cpu_decode_share=worker_settings["cpu_decode_share"], warm_shapes=worker_settings["warm_shapes"],
+                  scheduler=cfg.scheduler)
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)
     return record

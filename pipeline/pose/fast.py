@@ -98,6 +98,17 @@ def letterbox_size(height: int, width: int, imgsz: int) -> tuple[int, int]:
     return box.new_h, box.new_w
 
 
+def grid_shapes(imgsz: int) -> list[tuple[int, int]]:
+    """Every network input shape ``(height, width)`` a letterbox at ``imgsz`` can give, the squarest first (the
+    shapes photos meet most): one side at ``imgsz``'s own size, the other any stride multiple up to it."""
+    shapes = {}
+    for short in range(1, imgsz + 1):
+        for height, width in ((imgsz, short), (short, imgsz)):
+            box = letterbox_geometry(height, width, imgsz)
+            shapes[(box.out_h, box.out_w)] = None
+    return sorted(shapes, key=lambda shape: (-min(shape), shape))
+
+
 def placed(images: torch.Tensor, box: Letterbox) -> Letterbox:
     """``box`` for ``letterbox_batch`` of ``images`` ``(N, 3, H, W)``: as it is for images at the decoded size, and
     copied into place (no resize) for images already at the letterbox's resized size."""
@@ -494,6 +505,50 @@ class PersonGraphs:
         return list(self._graphs)
 
 
+class GridWarmer:
+    """The network's first eager call at each of ``shapes`` (``batch_size`` images), on a thread of its own while the
+    extraction runs (``warm_shapes``).
+
+    A new input shape costs cuDNN's set-up of every convolution, host time that torch spends without the interpreter
+    lock and caches for the process (``use_cudnn_heuristics``); made here, it overlaps the files of the first parts
+    instead of stalling the batch that first meets the shape. The calls run on a copy of the network (the pose
+    head caches its anchors per input shape on the module, which the graphs' own calls read) and on their own CUDA
+    stream; ``stop`` ends the thread after the call in flight."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 shapes: list[tuple[int, int]]):
+        import copy
+
+        self.net, self.device, self.dtype, self.batch_size = copy.deepcopy(net), device, dtype, batch_size
+        self.shapes, self.warmed, self.error = list(shapes), [], None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgpig-grid-warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        with torch.inference_mode(), torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            for height, width in self.shapes:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.net(torch.zeros(self.batch_size, 3, height, width, dtype=self.dtype, device=self.device))
+                    if stream is not None:
+                        stream.synchronize()
+                except Exception as exc:  # noqa: BLE001 - a shape left cold costs time later, never a result
+                    self.error = f"{height}x{width}: {type(exc).__name__}: {exc}"
+                    return
+                self.warmed.append((height, width))
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # ---------------------------------------------------------------- the backend
 
 
@@ -619,7 +674,7 @@ class FastBackend:
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
-                 decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None):
+                 decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None, warm_shapes: bool = False):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -650,6 +705,8 @@ class FastBackend:
         self._side_stream = torch.cuda.Stream(self.device) if cuda else None
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
         self._reader: BatchReader | None = None
+        self.warm_shapes = warm_shapes and cuda
+        self._grid_warmer: GridWarmer | None = None
 
     @property
     def reader(self) -> BatchReader:
@@ -681,6 +738,10 @@ class FastBackend:
                 pass
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if self.warm_shapes and self._grid_warmer is None:
+            self._grid_warmer = GridWarmer(self.net, self.device, self.dtype, self.batch_size,
+                                           [shape for shape in grid_shapes(self.imgsz)
+                                            if (self.batch_size, *shape) not in self.graphs.shapes])
 
     # -- images already decoded
 
@@ -956,7 +1017,10 @@ class FastBackend:
         return batch.inputs
 
     def close(self) -> None:
-        """Stop the reader's worker processes."""
+        """Stop the reader's worker processes (and the grid warm-up, if it still runs)."""
+        if self._grid_warmer is not None:
+            self._grid_warmer.stop()
+            self._grid_warmer = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -53,6 +53,7 @@ from pipeline.pose.fast import (
     _ShapeQueues,
     _Slice,
     bgr_to_tensor,
+    grid_shapes,
     inverse_letterbox,
     letterbox,
     letterbox_geometry,
@@ -423,6 +424,45 @@ def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mix
     assert persons_of_one_image_predict(got, paths, reference) >= 12
 
 
+@pytest.mark.parametrize("imgsz", [256, 320, 640])
+def test_grid_shapes_are_every_input_shape_a_letterbox_gives(imgsz):
+    """The shapes ``--warm-shapes`` sets up ahead: every letterbox of any image size lands on one of them (sizes from
+    1 px to 20:1 aspect ratios, and the crawl's), and each of them is met by some image size."""
+    shapes = grid_shapes(imgsz)
+    assert len(shapes) == len(set(shapes)) == 2 * (imgsz // 32) - 1
+    assert shapes[0] == (imgsz, imgsz) and all(min(a) >= min(b) for a, b in zip(shapes, shapes[1:], strict=False))
+    rng = np.random.default_rng(imgsz)
+    sizes = [tuple(int(v) for v in rng.integers(1, 5000, 2)) for _ in range(2000)]
+    sizes += [(1, 1), (1, 20), (20, 1), (3000, 4000), (128, 64), (256, 176)] + list(MIXED_SIZES)
+    met = {(b.out_h, b.out_w) for b in (letterbox_geometry(h, w, imgsz) for h, w in sizes)}
+    assert met <= set(shapes)
+    for height, width in shapes:
+        assert height % 32 == 0 and width % 32 == 0 and imgsz in (height, width)
+        short = min(height, width)
+        box = letterbox_geometry(imgsz, short, imgsz) if width == short else letterbox_geometry(short, imgsz, imgsz)
+        assert (box.out_h, box.out_w) == (height, width)
+
+
+def test_grid_warmer_calls_a_copy_of_the_network_at_each_shape_and_stops(fast):
+    """The thread behind ``warm_shapes`` (on the CPU here: the same calls, nothing to set up): one call per shape in
+    order on a copy of the network (the model's pose head, which caches anchors per shape, is left alone);
+    ``stop`` ends it after the call in flight."""
+    from pipeline.pose.fast import GridWarmer
+
+    head = fast.net.model[-1]
+    before = (head.shape, head.anchors)
+    warmer = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, grid_shapes(96))
+    warmer.join(60)
+    assert warmer.error is None and warmer.warmed == warmer.shapes == grid_shapes(96)
+    assert warmer.net is not fast.net and head.shape == before[0] and head.anchors is before[1]
+    stopped = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, grid_shapes(640))
+    stopped.stop()
+    assert len(stopped.warmed) < len(stopped.shapes) == 39
+    failing = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, [(64, 0)])
+    failing.join(60)
+    assert failing.warmed == [] and failing.error.startswith("64x0: ")
+
+
 def test_shape_queues_run_full_batches_and_flush_old_tails():
     queues = _ShapeQueues(batch_size=4, flush_after=2)
 
@@ -679,11 +719,15 @@ def test_extract_with_the_fast_backend_writes_the_reference_table(odd_tree, tmp_
 def test_extract_cpu_decode_share_keeps_the_table_and_is_recorded(odd_tree, tmp_path):
     root, _, _ = odd_tree
     plain = extract_cli(root / "corpus", tmp_path / "plain", "fast", "--device", "cpu")
-    shared = extract_cli(root / "corpus", tmp_path / "shared", "fast", "--device", "cpu", "--cpu-decode-share", "0.5")
+    shared = extract_cli(root / "corpus", tmp_path / "shared", "fast", "--device", "cpu", "--cpu-decode-share", "0.5",
+                         "--warm-shapes")
     assert (plain["cpu_decode_share"], shared["cpu_decode_share"]) == (0.0, 0.5)
+    assert (plain["warm_shapes"], shared["warm_shapes"]) == (False, True)
     from pipeline.pose import _CACHE
 
-    assert {b.cpu_decode_share for b in _CACHE.values() if isinstance(b, FastBackend)} >= {0.0, 0.5}
+    backends = [b for b in _CACHE.values() if isinstance(b, FastBackend)]
+    assert {b.cpu_decode_share for b in backends} >= {0.0, 0.5}
+    assert not any(b.warm_shapes or b._grid_warmer for b in backends)  # a GPU setting: nothing to set up on the CPU
     a, b = rows_by_image(tmp_path / "plain" / "kp"), rows_by_image(tmp_path / "shared" / "kp")
     assert sorted(a) == sorted(b)
     for rel, row in a.items():
@@ -979,6 +1023,29 @@ def test_gpu_warm_up_captures_the_graph_that_files_of_its_size_use(tmp_path):
     assert sum(int(b.persons.astype(bool).sum()) for b in backend.extract_files(paths)) > 100
     assert backend.graphs.shapes == [(64, 256, 192)]  # replayed, not captured again
     backend.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_warm_shapes_sets_up_the_grid_and_changes_no_choice(mixed_tree, odd_tree):
+    """``warm_shapes``: after the warm-up a thread makes the network's first call at every other shape of the grid,
+    while files are extracted; each file's record and chosen person are those of a backend without it."""
+    root, _, _ = odd_tree
+    paths = mixed_tree + sorted(p for p in root.rglob("*") if p.is_file())
+    plain = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2)
+    plain.warm_up((256, 176))
+    want = files_and_choices(plain, paths)
+    plain.close()
+    warm = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2, warm_shapes=True)
+    warm.warm_up((256, 176))
+    warmer = warm._grid_warmer
+    assert warmer is not None and (256, 192) not in warmer.shapes and len(warmer.shapes) == 14
+    got = files_and_choices(warm, paths)  # while the thread may still run
+    warmer.join(120)
+    assert warmer.error is None and warmer.warmed == warmer.shapes
+    assert_same_choices(got, want, paths, atol=0.05)
+    warm.close()
+    assert warm._grid_warmer is None
 
 
 @pytest.mark.parametrize("backend", ["fast", "ultralytics"])

@@ -23,6 +23,9 @@
 #   mixed    extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl, E2E_RUNS (old:0,new:0) twice over with
 #            "old" as for e2e, then extract_bench.py --sizes mixed on them against a YOLO.predict loop on 4,000;
 #            not in the default parts
+#   warm     extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl at imgsz 256 and 640: `--warm-shapes`
+#            (every other input shape set up on a thread after the warm-up) against without, twice over; not in the
+#            default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -118,5 +121,13 @@ if has mixed; then
         --tree old=.bench-old --repeat 2 --label "$card" 2> "$out/mixed.err" | tee -a "$out/extract.jsonl"
     $py benchmarks/extract_bench.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --baseline-images 4000 \
         --agreement-images 1000 --label "$card" 2>> "$out/mixed.err" | tee -a "$out/extract.jsonl"
+fi
+if has warm; then
+    stamp warm
+    for imgsz in 256 640; do
+        $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --runs new:0,new:0:warm \
+            --variant warm="--warm-shapes" --extract-args "--imgsz $imgsz" --repeat 2 --label "$card imgsz $imgsz" \
+            2>> "$out/warm.err" | tee -a "$out/extract.jsonl"
+    done
 fi
 stamp done
