@@ -9,7 +9,8 @@
 # eager/compile parts picked), pidm (PIDM: official_bench full in PIDM_OFFICIAL_MODES and sample in
 # PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
 # PIDM_PREDICTIONS; see the part), attention (attention_bench.py: XingGAN's cross attention alone, the model's bmm
-# against fused SDPA kernels). official and pidm need official/<model> (git-ignored exports of the official
+# against fused SDPA kernels), graph (step_graph_bench.py: the whole step of GRAPH_RECIPES at their paper batch as one
+# CUDA graph against eager). official and pidm need official/<model> (git-ignored exports of the official
 # repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
@@ -45,6 +46,13 @@ if has attention; then
     stamp attention
     timeout 300 $py benchmarks/attention_bench.py --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
         2>> "$out/attention.err" | tee -a "$out/train.jsonl"
+fi
+if has graph; then
+    stamp graph
+    recipes=()
+    for r in ${GRAPH_RECIPES:-patn gfla-stage2 dptn xinggan}; do recipes+=(--recipe "workflows/deepfashion/$r.yaml"); done
+    timeout "${GRAPH_LIMIT:-500}" $py benchmarks/step_graph_bench.py "${recipes[@]}" --label "$(nvidia-smi \
+        --query-gpu=name --format=csv,noheader | head -1)" 2>> "$out/graph.err" | tee -a "$out/train.jsonl"
 fi
 if has official; then
     stamp official
