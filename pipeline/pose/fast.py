@@ -664,7 +664,8 @@ class FastBackend:
     file's person is chosen by the ``person`` rule (``choose_person``). ``cpu_decode_share`` of the JPEGs the GPU
     decoder could take are decoded by the readers instead (``pipeline.pose.reading.cpu_routed``), to share the
     decoding between the device and free CPU cores. On the CPU with ``torch_threads`` given, a ``ThreadTuner``
-    picks each network call's threads, ``torch_threads`` or half of them."""
+    picks each network call's threads, ``torch_threads`` or half of them. With ``warm_shapes`` on a GPU, ``warm_up``
+    ends by starting a ``GridWarmer`` over the grid's other input shapes."""
 
     name = "fast"
     origin = "yolo"
