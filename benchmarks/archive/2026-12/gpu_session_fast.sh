@@ -26,6 +26,9 @@
 #   warm     extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl at imgsz 256 and 640: `--warm-shapes`
 #            (every other input shape set up on a thread after the warm-up) against without, twice over; not in the
 #            default parts
+#   timeline extract_timeline.py: where one in-process run's time goes, per thread and step, on MIXED_IMAGES files
+#            of the mixed crawl (imgsz 256 and 640, with and without --warm-shapes) and TIMELINE_UNIFORM (150,000)
+#            files of 256x176; not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -129,5 +132,15 @@ if has warm; then
             --variant warm="--warm-shapes" --extract-args "--imgsz $imgsz" --repeat 2 --label "$card imgsz $imgsz" \
             2>> "$out/warm.err" | tee -a "$out/extract.jsonl"
     done
+fi
+if has timeline; then
+    stamp timeline
+    for run in "256 " "256 --warm-shapes" "640 " "640 --warm-shapes"; do
+        set -- $run
+        $py benchmarks/extract_timeline.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --imgsz "$1" \
+            --extract-args "${2:-}" --label "$card" 2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
+    done
+    $py benchmarks/extract_timeline.py --sizes uniform --images "${TIMELINE_UNIFORM:-150000}" --label "$card" \
+        2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
 fi
 stamp done

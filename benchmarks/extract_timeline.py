@@ -1,0 +1,183 @@
+"""Where one `pgpig-data extract` run's time goes, thread by thread: the fast backend's steps timed inside a real run.
+
+    python benchmarks/extract_timeline.py [--images 40000] [--sizes mixed | --size 256x176] [--imgsz 256]
+                                          [--extract-args "..."] [--label CARD]
+
+``extract_profile.py`` times each stage alone; this runs ``pgpig-data extract --workers 0`` in this process (the
+same command line, through click) on ``extract_bench.py``'s files and wraps the fast backend's steps with timers:
+
+- the producer thread: waiting for the reader processes (``BatchReader.read``), the torch JPEG decoder's calls,
+  the rest of preparing a batch (CPU-decoded images to the device, the letterbox);
+- the main thread: waiting for a prepared batch, launching the network (a new input shape's CUDA graph capture
+  counted apart, with when it happened), waiting for the GPU's results (``Event.synchronize``), collecting them,
+  writing the part files;
+- the warm-up and, with ``--warm-shapes``, the grid warm-up thread.
+
+Prints one JSON line: per thread and step the seconds and calls, the captures (seconds since the start, shape,
+seconds), the run record's timings, and the wall time from the start of this script (imports included) to the
+run's end. What a thread waits for is what bounds it; the main thread's waits say which side is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+_LOCK = threading.Lock()
+_SECONDS: dict[tuple[str, str], float] = defaultdict(float)
+_CALLS: dict[tuple[str, str], int] = defaultdict(int)
+_CAPTURES: list[tuple[float, list, float]] = []
+
+
+def _add(step: str, seconds: float) -> None:
+    key = (threading.current_thread().name, step)
+    with _LOCK:
+        _SECONDS[key] += seconds
+        _CALLS[key] += 1
+
+
+def _timed(owner, name: str, step: str) -> None:
+    """Wrap ``owner.name`` (a function) so that its calls add to ``step`` of the calling thread."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _add(step, time.perf_counter() - start)
+
+    setattr(owner, name, wrapper)
+
+
+def _timed_iteration(owner, name: str, step: str) -> None:
+    """Wrap the generator function ``owner.name`` so that the time spent in each of its ``next`` adds to ``step``."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        items = original(*args, **kwargs)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                _add(step, time.perf_counter() - start)
+            yield item
+
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    import torch
+
+    from pipeline import extract
+    from pipeline.pose import fast, reading
+
+    _timed_iteration(reading.BatchReader, "read", "wait for the readers")
+    _timed(fast.FastBackend, "_torch_decode", "torch JPEG decode calls")
+    _timed(fast.FastBackend, "_prepare", "prepare a batch (decode calls included)")
+    _timed_iteration(fast.FastBackend, "_prepared", "wait for a prepared batch")
+    _timed(fast.FastBackend, "_receive", "receive a prepared batch")
+    _timed(fast.FastBackend, "_launch_call", "launch the network (captures included)")
+    _timed(fast.FastBackend, "_finish_call", "collect results (GPU waits included)")
+    _timed(fast.FastBackend, "warm_up", "warm-up")
+    _timed(extract._Part, "write", "write part files")
+    if torch.cuda.is_available():
+        _timed(torch.cuda.Event, "synchronize", "wait for the GPU (events)")
+    capture = fast.PersonGraphs._capture
+
+    @functools.wraps(capture)
+    def timed_capture(self, key):
+        start = time.perf_counter()
+        try:
+            return capture(self, key)
+        finally:
+            seconds = time.perf_counter() - start
+            _add("graph capture (new input shape)", seconds)
+            with _LOCK:
+                _CAPTURES.append((round(start - START, 3), list(key), round(seconds, 3)))
+
+    fast.PersonGraphs._capture = timed_capture
+    warm_run = fast.GridWarmer._run
+
+    @functools.wraps(warm_run)
+    def timed_warm_run(self):
+        started = time.perf_counter()
+        try:
+            return warm_run(self)
+        finally:
+            _add("grid warm-up (all shapes)", time.perf_counter() - started)
+
+    fast.GridWarmer._run = timed_warm_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=40000)
+    parser.add_argument("--sizes", choices=["uniform", "mixed"], default="mixed")
+    parser.add_argument("--size", default="256x176", help="HxW of the uniform files")
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extract-args", default="", help="more options for pgpig-data extract")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args()
+
+    from extract_bench import make_files
+
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="pgpig-timeline-") as tmp:
+        raw, work = Path(tmp) / "raw", Path(tmp) / "work"
+        made = time.perf_counter()
+        make_files(raw, args.sizes, args.images, size, args.seed)
+        made = time.perf_counter() - made
+        instrument()
+        from pipeline.cli import main as cli
+
+        command = ["extract", str(raw), "--dataset", "folder", "--out", str(work / "kp"), "--run-file",
+                   str(work / "extract.json"), "--workers", "0", "--imgsz", str(args.imgsz), "--overwrite", "--quiet",
+                   *shlex.split(args.extract_args)]
+        run_start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # the command's own summary lines: stdout is the JSON line's
+            cli(command, standalone_mode=False)
+        run_seconds = time.perf_counter() - run_start
+        record = json.loads((work / "extract.json").read_text())
+    import torch
+
+    threads: dict[str, dict] = defaultdict(dict)
+    for (thread, step), seconds in sorted(_SECONDS.items()):
+        threads[thread][step] = {"seconds": round(seconds, 3), "calls": _CALLS[(thread, step)]}
+    print(json.dumps({
+        "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
+        "extract_args": args.extract_args, "label": args.label,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "seconds_from_script_start_to_run_end": round(time.perf_counter() - START - made, 2),
+        "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
+        "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "task_seconds", "first_batch_seconds",
+                                              "warm_ups", "task_write_seconds", "read_processes", "warm_shapes")},
+        "threads": threads, "captures": _CAPTURES, "python": platform.python_version(), "torch": torch.__version__,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
