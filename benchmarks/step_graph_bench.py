@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_bench import smooth_images, step_pose_maps, unzero  # noqa: E402
+from train_bench import fixed_inputs, recipe_size, step_pose_maps, unzero  # noqa: E402
 
 import pgpig.train as trainer  # noqa: E402
 from pgpig.cli import parse_set  # noqa: E402
@@ -90,12 +90,9 @@ def make_parts(cfg, device: torch.device, size: tuple[int, int], graph_ready: bo
 
 
 def fixed_batch(cfg, device: torch.device, size: tuple[int, int]) -> StepBatch:
+    """``train_bench.py``'s fixed batch (``fixed_inputs``) with its pose maps, drawn from seed 1."""
     torch.manual_seed(1)
-    b, (h, w) = cfg.batch_size, size
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    source, target, keypoints, memory_format = fixed_inputs(cfg, device, size)
     source_pose, target_pose = step_pose_maps(cfg, keypoints, size, device, memory_format)()
     return StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1])
 
@@ -142,9 +139,7 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
     if args.amp:
         overrides["amp"] = args.amp
     cfg = resolve_speed(load_config(Path(recipe), overrides), device)
-    # the stored size of the recipe's data set (DeepFashion 256x256, Market-1501 128x64), less the crop
-    stored = (256, 256) if "deepfashion" in str(recipe) else (128, 64)
-    size = (stored[0], stored[1] - 2 * cfg.crop_margin)
+    size = recipe_size(recipe, cfg)
     record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size), "amp": cfg.amp,
               "channels_last": cfg.channels_last, "gpu": torch.cuda.get_device_name(device), "label": args.label,
               "torch": torch.__version__, "python": platform.python_version()}

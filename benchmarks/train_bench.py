@@ -72,6 +72,24 @@ def smooth_images(b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def recipe_size(recipe: str | Path, cfg) -> tuple[int, int]:
+    """The images a recipe trains on: its data set's stored size (DeepFashion 256x256, Market-1501 128x64) less the
+    recipe's crop."""
+    stored = (256, 256) if "deepfashion" in str(recipe) else (128, 64)
+    return stored[0], stored[1] - 2 * cfg.crop_margin
+
+
+def fixed_inputs(cfg, device: torch.device, size: tuple[int, int]):
+    """The benches' fixed batch at ``size`` from the global RNG: source and target ``smooth_images`` in the
+    recipe's memory format, random keypoints ``(2, B, 18, 2)`` inside the image, and that memory format."""
+    b, (h, w) = cfg.batch_size, size
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
+    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
+    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    return source, target, keypoints, memory_format
+
+
 @torch.no_grad()
 def unzero(generator: torch.nn.Module, seed: int = 0) -> None:
     """Small random values (std 0.02, from ``seed``) in the weight tensors initialised to all zeros (PIDM's
@@ -96,11 +114,8 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
     unzero(parts.generator)
     if parts.ema is not None:
         parts.ema.reset(parts.generator)
-    b, (h, w) = cfg.batch_size, size
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    b = cfg.batch_size
+    source, target, keypoints, memory_format = fixed_inputs(cfg, device, size)
     if float64:
         modules = [parts.generator, *parts.discriminators.values(),
                    *(v for v in vars(parts.objective).values() if isinstance(v, torch.nn.Module))]
@@ -272,9 +287,7 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> None:
     if args.size:
         size = tuple(int(v) for v in args.size.lower().split("x"))
     else:
-        # the stored size of the recipe's data set (DeepFashion 256x256, Market-1501 128x64), less the crop
-        stored = (256, 256) if "deepfashion" in str(recipe) else (128, 64)
-        size = (stored[0], stored[1] - 2 * cfg.crop_margin)
+        size = recipe_size(recipe, cfg)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     name = str(recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe)
     common = {"bench": "train", "model": cfg.model, "recipe": name, "image_size": list(size),
