@@ -53,8 +53,9 @@ def _add(step: str, seconds: float) -> None:
         _CALLS[key] += 1
 
 
-def _timed(owner, name: str, step: str) -> None:
-    """Wrap ``owner.name`` (a function) so that its calls add to ``step`` of the calling thread."""
+def _timed(owner, name: str, step: str, then=None) -> None:
+    """Wrap ``owner.name`` (a function) so that its calls add to ``step`` of the calling thread; ``then(args,
+    start, seconds)``, if given, sees each call too."""
     original = getattr(owner, name)
 
     @functools.wraps(original)
@@ -63,7 +64,10 @@ def _timed(owner, name: str, step: str) -> None:
         try:
             return original(*args, **kwargs)
         finally:
-            _add(step, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            _add(step, seconds)
+            if then is not None:
+                then(args, start, seconds)
 
     setattr(owner, name, wrapper)
 
@@ -105,31 +109,13 @@ def instrument() -> None:
     _timed(extract._Part, "write", "write part files")
     if torch.cuda.is_available():
         _timed(torch.cuda.Event, "synchronize", "wait for the GPU (events)")
-    capture = fast.PersonGraphs._capture
 
-    @functools.wraps(capture)
-    def timed_capture(self, key):
-        start = time.perf_counter()
-        try:
-            return capture(self, key)
-        finally:
-            seconds = time.perf_counter() - start
-            _add("graph capture (new input shape)", seconds)
-            with _LOCK:
-                _CAPTURES.append((round(start - START, 3), list(key), round(seconds, 3)))
+    def captured(args, start: float, seconds: float) -> None:  # PersonGraphs._capture(self, key)
+        with _LOCK:
+            _CAPTURES.append((round(start - START, 3), list(args[1]), round(seconds, 3)))
 
-    fast.PersonGraphs._capture = timed_capture
-    warm_run = fast.GridWarmer._run
-
-    @functools.wraps(warm_run)
-    def timed_warm_run(self):
-        started = time.perf_counter()
-        try:
-            return warm_run(self)
-        finally:
-            _add("grid warm-up (all shapes)", time.perf_counter() - started)
-
-    fast.GridWarmer._run = timed_warm_run
+    _timed(fast.PersonGraphs, "_capture", "graph capture (new input shape)", captured)
+    _timed(fast.GridWarmer, "_run", "grid warm-up (all shapes)")
 
 
 def main() -> None:
@@ -160,7 +146,8 @@ def main() -> None:
         run_start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the command's own summary lines: stdout is the JSON line's
             cli(command, standalone_mode=False)
-        run_seconds = time.perf_counter() - run_start
+        run_end = time.perf_counter()
+        run_seconds = run_end - run_start
         record = json.loads((work / "extract.json").read_text())
     import torch
 
@@ -171,7 +158,7 @@ def main() -> None:
         "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
         "extract_args": args.extract_args, "label": args.label,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "seconds_from_script_start_to_run_end": round(time.perf_counter() - START - made, 2),
+        "seconds_from_script_start_to_run_end": round(run_end - START - made, 2),
         "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
         "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "task_seconds", "first_batch_seconds",
                                               "warm_ups", "task_write_seconds", "read_processes", "warm_shapes")},
