@@ -138,7 +138,7 @@ if has timeline; then
     for run in "256 " "256 --warm-shapes" "640 " "640 --warm-shapes"; do
         set -- $run
         $py benchmarks/extract_timeline.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --imgsz "$1" \
-            --extract-args "${2:-}" --label "$card" 2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
+            --extract-args="${2:-}" --label "$card" 2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
     done
     $py benchmarks/extract_timeline.py --sizes uniform --images "${TIMELINE_UNIFORM:-150000}" --label "$card" \
         2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
