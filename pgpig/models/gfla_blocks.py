@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pgpig.errors import TrainError
+from pgpig.models.padding import ReflectionPad2d
 
 __all__ = ["LEAKY_SLOPE", "ORTHOGONAL_GAIN", "ActivatedConv", "DecoderBlock", "Encoder", "EncoderBlock",
            "ResBlockEncoder", "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal",
@@ -150,7 +151,7 @@ class ActivatedConv(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, activation: str, use_spect: bool, tanh: bool) -> None:
         super().__init__()
         self.conv1 = conv(cin, cout, kernel, use_spect=use_spect)
-        layers = [activation_layer(activation), nn.ReflectionPad2d(kernel // 2), self.conv1]
+        layers = [activation_layer(activation), ReflectionPad2d(kernel // 2), self.conv1]
         self.model = nn.Sequential(*layers, nn.Tanh()) if tanh else nn.Sequential(*layers)
         self.register_state_dict_post_hook(copy_aliases)
 

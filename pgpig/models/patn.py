@@ -25,6 +25,7 @@ from pgpig.errors import TrainError
 from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
 from pgpig.models import create, register
 from pgpig.models.objective import Objective, StepBatch
+from pgpig.models.padding import ReflectionPad2d
 
 __all__ = ["NORMS", "PAPER_SETTINGS", "PATBlock", "PATN", "PATNDiscriminator", "PairGANObjective", "ResnetBlock",
            "conv_pair", "decoder_layers", "encoder_layers", "init_official_normal", "norm_layer", "norm_uses_bias",
@@ -68,7 +69,7 @@ def _padded_conv_layers(in_channels: int, out_channels: int, kernel_size: int, n
     """Reflection-pad by ``kernel_size // 2``, conv (size-preserving), norm, ReLU: ``(B, in_channels, h, w) -> (B,
     out_channels, h, w)``, as a flat list (the conv at index 1, the norm at 2)."""
     return [
-        nn.ReflectionPad2d(kernel_size // 2),
+        ReflectionPad2d(kernel_size // 2),
         nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, bias=norm_uses_bias(norm)),
         norm_layer(norm)(out_channels),
         nn.ReLU(inplace=True),
@@ -101,7 +102,7 @@ def conv_pair(
     ``dropout=0`` puts an ``Identity`` in the dropout slot, so the second conv stays at index 6."""
     layers = _padded_conv_layers(in_channels, mid_channels, 3, norm) + [
         nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-        nn.ReflectionPad2d(1),
+        ReflectionPad2d(1),
         nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=norm_uses_bias(norm)),
     ]
     if final_norm:
@@ -125,7 +126,7 @@ def decoder_layers(ngf: int, n_upsampling: int, norm: str, out_channels: int) ->
             make_norm(width // 2),
             nn.ReLU(inplace=True),
         ]
-    return layers + [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh()]
+    return layers + [ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh()]
 
 
 def init_official_normal(module: nn.Module) -> None:
