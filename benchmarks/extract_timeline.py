@@ -6,12 +6,12 @@
 ``extract_profile.py`` times each stage alone; this runs ``pgpig-data extract --workers 0`` in this process (the
 same command line, through click) on ``extract_bench.py``'s files and wraps the fast backend's steps with timers:
 
-- the producer thread: waiting for the reader processes (``BatchReader.read``), the torch JPEG decoder's calls,
-  the rest of preparing a batch (CPU-decoded images to the device, the letterbox);
+- the producer threads (``--prepare-threads``): waiting for the reader processes (``BatchReader.read``), the
+  torch JPEG decoder's calls, the rest of preparing a batch (CPU-decoded images to the device, the letterbox);
 - the main thread: waiting for a prepared batch, launching the network (a new input shape's CUDA graph capture
   counted apart, with when it happened), waiting for the GPU's results (``Event.synchronize``), collecting them,
   writing the part files;
-- the warm-up and, with ``--warm-shapes``, the grid warm-up thread.
+- the warm-up.
 
 Prints one JSON line: per thread and step the seconds and calls, the captures (seconds since the start, shape,
 seconds), the run record's timings, and the wall time from the start of this script (imports included) to the
@@ -115,7 +115,6 @@ def instrument() -> None:
             _CAPTURES.append((round(start - START, 3), list(args[1]), round(seconds, 3)))
 
     _timed(fast.PersonGraphs, "_capture", "graph capture (new input shape)", captured)
-    _timed(fast.GridWarmer, "_run", "grid warm-up (all shapes)")
 
 
 def main() -> None:
@@ -161,7 +160,7 @@ def main() -> None:
         "seconds_from_script_start_to_run_end": round(run_end - START - made, 2),
         "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
         "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "task_seconds", "first_batch_seconds",
-                                              "warm_ups", "task_write_seconds", "read_processes", "warm_shapes")},
+                                              "warm_ups", "task_write_seconds", "read_processes", "prepare_threads")},
         "threads": threads, "captures": _CAPTURES, "python": platform.python_version(), "torch": torch.__version__,
     }), flush=True)
 

@@ -138,16 +138,16 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @click.option("--cpu-decode-share", type=click.FloatRange(0, 1),
               help="Fast backend: share of the GPU-decodable JPEGs decoded by the reader processes instead, picked "
               "by content [default: 0].")
-@click.option("--warm-shapes", is_flag=True,
-              help="Fast backend on a GPU: set up every other network input shape on a thread while extracting "
-              "(for crawls of many image sizes).")
+@click.option("--prepare-threads", type=click.IntRange(1),
+              help="Fast backend: threads per worker decoding and letterboxing batches ahead of the network "
+              "[default: 2 with a GPU, else 1].")
 @click.option("--scheduler", metavar="ADDRESS", help="Use an existing Dask cluster (tcp://host:8786).")
 @click.option("--overwrite", is_flag=True, help="Discard earlier parts and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors()
 def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed, model, annotations, pose_backend,
             imgsz, conf, kpt_threshold, person, device, batch_size, partition_size, workers, threads, read_processes,
-            cpu_decode_share, warm_shapes: bool, scheduler, overwrite: bool, quiet: bool) -> None:
+            cpu_decode_share, prepare_threads, scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
     Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second
@@ -155,12 +155,12 @@ def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed,
     """
     from pipeline.extract import run_extract
 
-    cfg = ExtractConfig(raw=raw, highres=highres, annotations=tuple(annotations), overwrite=overwrite,
-                        warm_shapes=warm_shapes, **given(
+    cfg = ExtractConfig(raw=raw, highres=highres, annotations=tuple(annotations), overwrite=overwrite, **given(
         out=out, run_file=run_file, dataset=dataset, split_lists=tuple(split_lists) if split_lists else None,
         seed=seed, model=model, pose_backend=pose_backend, imgsz=imgsz, conf=conf, kpt_threshold=kpt_threshold,
         person=person, device=device, batch_size=batch_size, partition_size=partition_size, workers=workers,
-        threads=threads, read_processes=read_processes, cpu_decode_share=cpu_decode_share, scheduler=scheduler))
+        threads=threads, read_processes=read_processes, cpu_decode_share=cpu_decode_share,
+        prepare_threads=prepare_threads, scheduler=scheduler))
     record = run_extract(cfg, progress=not quiet, log=click.echo)
     counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
     click.echo(f"{record['rows']} rows in {cfg.out}/ ({counts}); {record['processed']} processed this run in "

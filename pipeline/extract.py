@@ -109,10 +109,10 @@ class ExtractConfig:
     """Fast backend: the share of the JPEGs the GPU decoder could take that the reader processes decode instead
     (picked by content, ``pipeline.pose.reading.cpu_routed``); for a GPU whose decoder and network take turns while
     CPU cores are free."""
-    warm_shapes: bool = False
-    """Fast backend on a GPU: after the warm-up, make the network's first call at every other input shape of
-    ``imgsz``'s grid on a thread while the files are extracted (``pipeline.pose.fast.GridWarmer``), so that a crawl
-    of many sizes does not stall on cuDNN's set-up at each new shape. Off until measured faster."""
+    prepare_threads: int | None = None
+    """Fast backend: threads of each worker that decode and letterbox read batches ahead of the network, each on
+    its own CUDA stream; None → 2 with a GPU (one batch's letterboxing overlaps the next one's decoding), 1
+    without."""
     scheduler: str | None = None
     """Address of an existing Dask cluster (``tcp://host:8786``)."""
     overwrite: bool = False
@@ -247,7 +247,7 @@ def task_source(s: dict):
                        person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
         options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"],
-                       warm_shapes=s["warm_shapes"])
+                       prepare_threads=s["prepare_threads"])
     if s["backend"] in ("fast", "ultralytics"):
         options.update(torch_threads=s["torch_threads"])
     return cached_backend(s["backend"], **options)
@@ -514,7 +514,7 @@ def _worker_settings(cfg: ExtractConfig) -> tuple[int, dict]:
     cores = (os.cpu_count() or 1) // max(1, workers)
     return workers, {"torch_threads": torch_threads, "decode_threads": max(2, min(8, cores)),
                      "read_processes": cfg.reader_processes(cores), "parts_per_stream": cfg.sizes()[2],
-                     "cpu_decode_share": cfg.cpu_decode_share, "warm_shapes": cfg.warm_shapes}
+                     "cpu_decode_share": cfg.cpu_decode_share, "prepare_threads": cfg.prepare_threads}
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
@@ -556,7 +556,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     record.update(_timings(summaries, time.perf_counter() - started, listing_seconds), warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"],
-                  cpu_decode_share=worker_settings["cpu_decode_share"], warm_shapes=worker_settings["warm_shapes"],
+                  cpu_decode_share=worker_settings["cpu_decode_share"],
+                  prepare_threads=worker_settings["prepare_threads"],
                   scheduler=cfg.scheduler)
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
-import queue
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -96,17 +96,6 @@ def letterbox_size(height: int, width: int, imgsz: int) -> tuple[int, int]:
     """The size ``(new_h, new_w)`` an ``height × width`` image is resized to in its letterbox."""
     box = letterbox_geometry(height, width, imgsz)
     return box.new_h, box.new_w
-
-
-def grid_shapes(imgsz: int) -> list[tuple[int, int]]:
-    """Every network input shape ``(height, width)`` a letterbox at ``imgsz`` can give, the squarest first (the
-    shapes photos meet most): one side at ``imgsz``'s own size, the other any stride multiple up to it."""
-    shapes = {}
-    for short in range(1, imgsz + 1):
-        for height, width in ((imgsz, short), (short, imgsz)):
-            box = letterbox_geometry(height, width, imgsz)
-            shapes[(box.out_h, box.out_w)] = None
-    return sorted(shapes, key=lambda shape: (-min(shape), shape))
 
 
 def placed(images: torch.Tensor, box: Letterbox) -> Letterbox:
@@ -505,50 +494,6 @@ class PersonGraphs:
         return list(self._graphs)
 
 
-class GridWarmer:
-    """The network's first eager call at each of ``shapes`` (``batch_size`` images), on a thread of its own while the
-    extraction runs (``warm_shapes``).
-
-    A new input shape costs cuDNN's set-up of every convolution, host time that torch spends without the interpreter
-    lock and caches for the process (``use_cudnn_heuristics``); made here, it overlaps the files of the first parts
-    instead of stalling the batch that first meets the shape. The calls run on a copy of the network (the pose
-    head caches its anchors per input shape on the module, which the graphs' own calls read) and on their own CUDA
-    stream; ``stop`` ends the thread after the call in flight."""
-
-    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 shapes: list[tuple[int, int]]):
-        import copy
-
-        self.net, self.device, self.dtype, self.batch_size = copy.deepcopy(net), device, dtype, batch_size
-        self.shapes, self.warmed, self.error = list(shapes), [], None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pgpig-grid-warm-up", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        cuda = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if cuda else None
-        with torch.inference_mode(), torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-            for height, width in self.shapes:
-                if self._stop.is_set():
-                    return
-                try:
-                    self.net(torch.zeros(self.batch_size, 3, height, width, dtype=self.dtype, device=self.device))
-                    if stream is not None:
-                        stream.synchronize()
-                except Exception as exc:  # noqa: BLE001 - a shape left cold costs time later, never a result
-                    self.error = f"{height}x{width}: {type(exc).__name__}: {exc}"
-                    return
-                self.warmed.append((height, width))
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # ---------------------------------------------------------------- the backend
 
 
@@ -664,8 +609,9 @@ class FastBackend:
     file's person is chosen by the ``person`` rule (``choose_person``). ``cpu_decode_share`` of the JPEGs the GPU
     decoder could take are decoded by the readers instead (``pipeline.pose.reading.cpu_routed``), to share the
     decoding between the device and free CPU cores. On the CPU with ``torch_threads`` given, a ``ThreadTuner``
-    picks each network call's threads, ``torch_threads`` or half of them. With ``warm_shapes`` on a GPU, ``warm_up``
-    ends by starting a ``GridWarmer`` over the grid's other input shapes."""
+    picks each network call's threads, ``torch_threads`` or half of them. ``prepare_threads`` threads decode and
+    letterbox the read batches ahead of the network, each on its own CUDA stream [default: 2 on a GPU, 1 on the
+    CPU]."""
 
     name = "fast"
     origin = "yolo"
@@ -675,7 +621,8 @@ class FastBackend:
                  half: bool | None = None, kpt_threshold: float = 0.5, read_threads: int = 8, read_processes: int = 0,
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
-                 decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None, warm_shapes: bool = False):
+                 decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None,
+                 prepare_threads: int | None = None):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -703,11 +650,10 @@ class FastBackend:
         if not cuda:  # channels-last convolutions run 1.2-1.6x faster on the CPU; on the GPU cuDNN picks its layout
             self.net = self.net.to(memory_format=torch.channels_last)
         self.dtype = torch.float16 if self.half else torch.float32
-        self._side_stream = torch.cuda.Stream(self.device) if cuda else None
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
         self._reader: BatchReader | None = None
-        self.warm_shapes = warm_shapes and cuda
-        self._grid_warmer: GridWarmer | None = None
+        self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else 2 if cuda else 1)
+        self._streams = [torch.cuda.Stream(self.device) for _ in range(self.prepare_threads)] if cuda else []
 
     @property
     def reader(self) -> BatchReader:
@@ -739,10 +685,6 @@ class FastBackend:
                 pass
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if self.warm_shapes and self._grid_warmer is None:
-            self._grid_warmer = GridWarmer(self.net, self.device, self.dtype, self.batch_size,
-                                           [shape for shape in grid_shapes(self.imgsz)
-                                            if (self.batch_size, *shape) not in self.graphs.shapes])
 
     # -- images already decoded
 
@@ -914,54 +856,88 @@ class FastBackend:
             start += len(s.positions)
 
     def _prepared(self, paths: list[str | os.PathLike], max_pixels: int) -> Iterator[_Batch]:
-        """The batches of ``paths`` read (``self.reader``) and decoded on the device by a producer thread (on its own
-        CUDA stream), two batches ahead of the consumer."""
+        """The batches of ``paths`` read (``self.reader``) and prepared (``_prepare``), in order. ``prepare_threads``
+        producer threads take the read batches in turn, each preparing on its own CUDA stream, so that one batch's
+        letterboxing overlaps another's decoding; they run at most ``prepare_threads + 2`` batches ahead of the
+        consumer."""
         batches = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         if not batches:
             return
-        ready: queue.Queue = queue.Queue(maxsize=2)
+        reads = iter(self.reader.read(batches, max_pixels))
+        taking = threading.Lock()  # reads and numbers are taken together, so number k is the k-th batch read
+        numbers = itertools.count()
+        room = threading.Semaphore(self.prepare_threads + 2)
+        arrived = threading.Condition()
+        done: dict[int, _Batch | BaseException] = {}
         stop = threading.Event()
+        running = [self.prepare_threads]
 
-        def produce() -> None:
+        def publish(number: int, item: _Batch | BaseException) -> None:
+            with arrived:
+                done[number] = item
+                arrived.notify_all()
+
+        def produce(stream: torch.cuda.Stream | None) -> None:
             try:
-                for read in self.reader.read(batches, max_pixels):
+                while True:
+                    room.acquire()
                     if stop.is_set():
                         return
-                    ready.put(self._prepare(read))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-                ready.put(exc)
+                    with taking:
+                        number = next(numbers)
+                        try:
+                            read = next(reads)
+                        except StopIteration:
+                            return
+                        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                            publish(number, exc)
+                            return
+                    try:
+                        publish(number, self._prepare(read, stream))
+                    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                        publish(number, exc)
+                        return
+            finally:
+                with arrived:
+                    running[0] -= 1
+                    arrived.notify_all()
 
-        producer = threading.Thread(target=produce, name="fast-prefetch", daemon=True)
-        producer.start()
+        producers = [threading.Thread(target=produce, args=(stream,), name=f"fast-prefetch-{k}", daemon=True)
+                     for k, stream in enumerate(self._streams or [None] * self.prepare_threads)]
+        for producer in producers:
+            producer.start()
         try:
-            for _ in batches:
-                item = ready.get()
+            for number in range(len(batches)):
+                with arrived:
+                    while number not in done and running[0]:
+                        arrived.wait()
+                    item = done.pop(number, None)
+                if item is None:
+                    raise PipelineError(f"the file reader stopped after {number} of {len(batches)} batches")
                 if isinstance(item, BaseException):
                     raise item
+                room.release()
                 yield item
         finally:
             stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    ready.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            producer.join()
+            room.release(len(producers))  # wakes the producers waiting for room; they see the stop
+            for producer in producers:
+                producer.join()
 
-    def _prepare(self, read: ReadBatch) -> _Batch:
-        """Decode one batch's GPU-route JPEGs and move its CPU-decoded images to the device (the producer thread,
-        on the side stream when on CUDA). The JPEGs are decoded and letterboxed ``decode_pixels`` at a time
+    def _prepare(self, read: ReadBatch, stream: torch.cuda.Stream | None) -> _Batch:
+        """Decode one batch's GPU-route JPEGs and move its CPU-decoded images to the device (a producer thread, on
+        its ``stream`` when on CUDA). The JPEGs are decoded and letterboxed ``decode_pixels`` at a time
         (``pixel_chunks``), so that a batch of large photos holds a bounded share of the device's memory. A chunk
         the torch decoder refuses, or an image it returns in another shape, goes through ``pipeline.decode``
         instead, whose record then replaces the read one."""
-        stream = self._side_stream
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             blobs = read.jpeg_blobs()
             pixels = [read.height[i] * read.width[i] for i in read.jpeg_index]
             chunks = pixel_chunks(pixels, self.decode_pixels) or [range(0)]  # no JPEG: one empty chunk
             inputs: Inputs = []
             for k, chunk in enumerate(chunks):
-                groups = self._decoded_groups(read, [read.jpeg_index[j] for j in chunk], [blobs[j] for j in chunk])
+                groups = self._decoded_groups(read, [read.jpeg_index[j] for j in chunk], [blobs[j] for j in chunk],
+                                              stream)
                 if k == len(chunks) - 1:  # the readers' images join the last chunk
                     groups += [(idx, bgr_to_tensor(images, self.device), size) for idx, images, size in read.cpu_groups]
                 inputs += self._network_inputs(groups, read.scale) if groups else []
@@ -973,7 +949,8 @@ class FastBackend:
                 event.record(stream)
         return _Batch(read, inputs, event)
 
-    def _decoded_groups(self, read: ReadBatch, positions: list[int], blobs: list[torch.Tensor]) -> Groups:
+    def _decoded_groups(self, read: ReadBatch, positions: list[int], blobs: list[torch.Tensor],
+                        stream: torch.cuda.Stream | None) -> Groups:
         """The JPEGs at ``positions`` decoded by the torch decoder in one call, by decoded size; those it refuses
         decoded by ``pipeline.decode``, whose record replaces the read one."""
         if not blobs:
@@ -981,7 +958,7 @@ class FastBackend:
         torch_images: dict[int, torch.Tensor] = {}
         cpu_images: dict[int, np.ndarray] = {}
         try:
-            images = self._torch_decode(blobs)
+            images = self._torch_decode(blobs, stream)
         except RuntimeError:  # nvJPEG fails the whole call for one file: the CPU decoder names it
             images = [None] * len(blobs)
         for i, blob, image in zip(positions, blobs, images, strict=True):
@@ -998,12 +975,12 @@ class FastBackend:
         return groups + [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device),
                           cpu_images[idx[0]].shape[:2]) for idx in shape_groups(cpu_images.items())]
 
-    def _torch_decode(self, blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _torch_decode(self, blobs: list[torch.Tensor], stream: torch.cuda.Stream | None = None) -> list[torch.Tensor]:
         """Batched ``decode_jpeg`` of TorchCodec on the device (nvJPEG on CUDA): ``(3, H, W)`` uint8 RGB tensors."""
         from torchcodec.decoders import decode_jpeg
 
-        if self._side_stream is not None:  # the current stream here: nvJPEG may write before queued work has run
-            self._side_stream.synchronize()
+        if stream is not None:  # the current stream here: nvJPEG may write before queued work has run
+            stream.synchronize()
         images = decode_jpeg(blobs, mode="RGB", device=self.device)
         return list(images) if isinstance(images, (list, tuple)) else [images]
 
@@ -1018,10 +995,7 @@ class FastBackend:
         return batch.inputs
 
     def close(self) -> None:
-        """Stop the reader's worker processes (and the grid warm-up, if it still runs)."""
-        if self._grid_warmer is not None:
-            self._grid_warmer.stop()
-            self._grid_warmer = None
+        """Stop the reader's worker processes."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None

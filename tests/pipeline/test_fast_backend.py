@@ -53,7 +53,6 @@ from pipeline.pose.fast import (
     _ShapeQueues,
     _Slice,
     bgr_to_tensor,
-    grid_shapes,
     inverse_letterbox,
     letterbox,
     letterbox_geometry,
@@ -254,7 +253,7 @@ def test_a_failing_batch_decode_falls_back_to_the_cpu_decoder(odd_tree, fast, mo
     before = [(d.status, d.reason, d.content_hash, len(det) if det is not None else None)
               for d, det in fast.predict_files(paths)]
 
-    def refuse(_blobs):
+    def refuse(_blobs, _stream=None):
         raise RuntimeError("nvjpeg: could not decode one image of the batch")
 
     monkeypatch.setattr(fast, "_torch_decode", refuse)
@@ -273,9 +272,9 @@ def test_closing_the_file_iterator_early_stops_the_prefetch_thread(odd_tree, fas
     next(files)
     files.close()
     deadline = time.monotonic() + 10
-    while any(t.name == "fast-prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+    while any(t.name.startswith("fast-prefetch") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.name == "fast-prefetch" for t in threading.enumerate())
+    assert not any(t.name.startswith("fast-prefetch") for t in threading.enumerate())
 
 
 def test_bad_weights_are_a_pipeline_error(tmp_path):
@@ -424,43 +423,35 @@ def test_imgsz_640_reader_resized_files_give_each_file_its_one_image_predict(mix
     assert persons_of_one_image_predict(got, paths, reference) >= 12
 
 
-@pytest.mark.parametrize("imgsz", [256, 320, 640])
-def test_grid_shapes_are_every_input_shape_a_letterbox_gives(imgsz):
-    """The shapes ``--warm-shapes`` sets up ahead: every letterbox of any image size lands on one of them (sizes from
-    1 px to 20:1 aspect ratios, and the crawl's), and each of them is met by some image size."""
-    shapes = grid_shapes(imgsz)
-    assert len(shapes) == len(set(shapes)) == 2 * (imgsz // 32) - 1
-    assert shapes[0] == (imgsz, imgsz) and all(min(a) >= min(b) for a, b in zip(shapes, shapes[1:], strict=False))
-    rng = np.random.default_rng(imgsz)
-    sizes = [tuple(int(v) for v in rng.integers(1, 5000, 2)) for _ in range(2000)]
-    sizes += [(1, 1), (1, 20), (20, 1), (3000, 4000), (128, 64), (256, 176)] + list(MIXED_SIZES)
-    met = {(b.out_h, b.out_w) for b in (letterbox_geometry(h, w, imgsz) for h, w in sizes)}
-    assert met <= set(shapes)
-    for height, width in shapes:
-        assert height % 32 == 0 and width % 32 == 0 and imgsz in (height, width)
-        short = min(height, width)
-        box = letterbox_geometry(imgsz, short, imgsz) if width == short else letterbox_geometry(short, imgsz, imgsz)
-        assert (box.out_h, box.out_w) == (height, width)
+def test_several_prepare_threads_keep_order_and_choices(mixed_tree, odd_tree):
+    """Three producer threads take the read batches in turn and finish them out of order; the batches still come
+    out in order, each file with the record and chosen person of one producer."""
+    root, _, _ = odd_tree
+    paths = mixed_tree + sorted(p for p in root.rglob("*") if p.is_file())
+    make = functools.partial(FastBackend, device="cpu", batch_size=4, read_threads=2, torch_decode=True,
+                             flush_after=2)
+    one, three = make(prepare_threads=1), make(prepare_threads=3)
+    assert (one.prepare_threads, three.prepare_threads, make().prepare_threads) == (1, 3, 1)  # 1 is the CPU default
+    assert_same_choices(files_and_choices(three, paths), files_and_choices(one, paths), paths, atol=1e-4)
 
 
-def test_grid_warmer_calls_a_copy_of_the_network_at_each_shape_and_stops(fast):
-    """The thread behind ``warm_shapes`` (on the CPU here: the same calls, nothing to set up): one call per shape in
-    order on a copy of the network (the model's pose head, which caches anchors per shape, is left alone);
-    ``stop`` ends it after the call in flight."""
-    from pipeline.pose.fast import GridWarmer
+def test_a_reader_error_reaches_the_consumer_and_stops_every_producer(mixed_tree, monkeypatch):
+    import threading
 
-    head = fast.net.model[-1]
-    before = (head.shape, head.anchors)
-    warmer = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, grid_shapes(96))
-    warmer.join(60)
-    assert warmer.error is None and warmer.warmed == warmer.shapes == grid_shapes(96)
-    assert warmer.net is not fast.net and head.shape == before[0] and head.anchors is before[1]
-    stopped = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, grid_shapes(640))
-    stopped.stop()
-    assert len(stopped.warmed) < len(stopped.shapes) == 39
-    failing = GridWarmer(fast.net, torch.device("cpu"), torch.float32, 1, [(64, 0)])
-    failing.join(60)
-    assert failing.warmed == [] and failing.error.startswith("64x0: ")
+    backend = FastBackend(device="cpu", batch_size=2, read_threads=2, torch_decode=True, prepare_threads=3)
+    read = type(backend.reader).read
+
+    def failing(self, batches, max_pixels):
+        for k, batch in enumerate(read(self, batches, max_pixels)):
+            if k == 2:
+                raise OSError("the disk went away")
+            yield batch
+
+    monkeypatch.setattr(type(backend.reader), "read", failing)
+    files = backend.predict_files(mixed_tree)
+    with pytest.raises(OSError, match="the disk went away"):
+        list(files)
+    assert not any(t.name.startswith("fast-prefetch") for t in threading.enumerate())
 
 
 def test_shape_queues_run_full_batches_and_flush_old_tails():
@@ -596,8 +587,8 @@ def test_a_batch_of_jpegs_decoded_in_chunks_gives_the_same_records_and_persons(m
     calls: list[list[int]] = []
     decode = FastBackend._torch_decode
 
-    def counted(self, blobs):
-        images = decode(self, blobs)
+    def counted(self, blobs, stream=None):
+        images = decode(self, blobs, stream)
         if self is chunked:
             calls.append([int(im.shape[1] * im.shape[2]) for im in images])
         return images
@@ -716,18 +707,18 @@ def test_extract_with_the_fast_backend_writes_the_reference_table(odd_tree, tmp_
     assert result.exit_code == 1 and "other settings (backend) (it was made with --backend fast)" in result.output
 
 
-def test_extract_cpu_decode_share_keeps_the_table_and_is_recorded(odd_tree, tmp_path):
+def test_extract_cpu_decode_share_and_prepare_threads_keep_the_table_and_are_recorded(odd_tree, tmp_path):
     root, _, _ = odd_tree
     plain = extract_cli(root / "corpus", tmp_path / "plain", "fast", "--device", "cpu")
     shared = extract_cli(root / "corpus", tmp_path / "shared", "fast", "--device", "cpu", "--cpu-decode-share", "0.5",
-                         "--warm-shapes")
+                         "--prepare-threads", "2")
     assert (plain["cpu_decode_share"], shared["cpu_decode_share"]) == (0.0, 0.5)
-    assert (plain["warm_shapes"], shared["warm_shapes"]) == (False, True)
+    assert (plain["prepare_threads"], shared["prepare_threads"]) == (None, 2)
     from pipeline.pose import _CACHE
 
     backends = [b for b in _CACHE.values() if isinstance(b, FastBackend)]
     assert {b.cpu_decode_share for b in backends} >= {0.0, 0.5}
-    assert not any(b.warm_shapes or b._grid_warmer for b in backends)  # a GPU setting: nothing to set up on the CPU
+    assert {b.prepare_threads for b in backends} >= {1, 2} and not any(b._streams for b in backends)
     a, b = rows_by_image(tmp_path / "plain" / "kp"), rows_by_image(tmp_path / "shared" / "kp")
     assert sorted(a) == sorted(b)
     for rel, row in a.items():
@@ -1027,25 +1018,21 @@ def test_gpu_warm_up_captures_the_graph_that_files_of_its_size_use(tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_warm_shapes_sets_up_the_grid_and_changes_no_choice(mixed_tree, odd_tree):
-    """``warm_shapes``: after the warm-up a thread makes the network's first call at every other shape of the grid,
-    while files are extracted; each file's record and chosen person are those of a backend without it."""
+def test_gpu_prepare_threads_change_no_choice(mixed_tree, odd_tree):
+    """Two producer threads on their own CUDA streams (the GPU default) against one: every file's record and chosen
+    person are the same."""
     root, _, _ = odd_tree
     paths = mixed_tree + sorted(p for p in root.rglob("*") if p.is_file())
-    plain = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2)
-    plain.warm_up((256, 176))
-    want = files_and_choices(plain, paths)
-    plain.close()
-    warm = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2, warm_shapes=True)
-    warm.warm_up((256, 176))
-    warmer = warm._grid_warmer
-    assert warmer is not None and (256, 192) not in warmer.shapes and len(warmer.shapes) == 14
-    got = files_and_choices(warm, paths)  # while the thread may still run
-    warmer.join(120)
-    assert warmer.error is None and warmer.warmed == warmer.shapes
-    assert_same_choices(got, want, paths, atol=0.05)
-    warm.close()
-    assert warm._grid_warmer is None
+    got = {}
+    for threads in (1, 2):
+        backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2,
+                              prepare_threads=threads)
+        assert len(backend._streams) == threads
+        backend.warm_up((256, 176))
+        got[threads] = files_and_choices(backend, paths)
+        backend.close()
+    assert FastBackend(device="cuda:0").prepare_threads == 2
+    assert_same_choices(got[2], got[1], paths, atol=0.05)
 
 
 @pytest.mark.parametrize("backend", ["fast", "ultralytics"])

@@ -23,12 +23,13 @@
 #   mixed    extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl, E2E_RUNS (old:0,new:0) twice over with
 #            "old" as for e2e, then extract_bench.py --sizes mixed on them against a YOLO.predict loop on 4,000;
 #            not in the default parts
-#   warm     extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl at imgsz 256 and 640: `--warm-shapes`
-#            (every other input shape set up on a thread after the warm-up) against without, twice over; not in the
-#            default parts
+#   prepare  extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl at each of PREPARE_IMGSZ (256 640):
+#            the default prepare threads (2 on a GPU) against --prepare-threads 1 and 3, REPEAT (2) times over; not in
+#            the default parts. (A part `warm` measured the since removed --warm-shapes the same way: 1.06x at
+#            imgsz 256, 0.95x at 640, extract-h100.jsonl.)
 #   timeline extract_timeline.py: where one in-process run's time goes, per thread and step, on MIXED_IMAGES files
-#            of the mixed crawl (imgsz 256 and 640, with and without --warm-shapes) and TIMELINE_UNIFORM (150,000)
-#            files of 256x176; not in the default parts
+#            of the mixed crawl (imgsz 256 and 640, with the default prepare threads and one) and TIMELINE_UNIFORM
+#            (150,000) files of 256x176; not in the default parts
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-tests profile spy bench}
@@ -125,17 +126,18 @@ if has mixed; then
     $py benchmarks/extract_bench.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --baseline-images 4000 \
         --agreement-images 1000 --label "$card" 2>> "$out/mixed.err" | tee -a "$out/extract.jsonl"
 fi
-if has warm; then
-    stamp warm
-    for imgsz in 256 640; do
-        $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --runs new:0,new:0:warm \
-            --variant warm="--warm-shapes" --extract-args "--imgsz $imgsz" --repeat 2 --label "$card imgsz $imgsz" \
-            2>> "$out/warm.err" | tee -a "$out/extract.jsonl"
+if has prepare; then
+    stamp prepare
+    for imgsz in ${PREPARE_IMGSZ:-256 640}; do
+        $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" \
+            --runs new:0,new:0:one,new:0:three --variant one="--prepare-threads 1" --variant three="--prepare-threads 3" \
+            --extract-args "--imgsz $imgsz" --repeat "${REPEAT:-2}" --label "$card imgsz $imgsz" \
+            2>> "$out/prepare.err" | tee -a "$out/extract.jsonl"
     done
 fi
 if has timeline; then
     stamp timeline
-    for run in "256 " "256 --warm-shapes" "640 " "640 --warm-shapes"; do
+    for run in "256 " "256 --prepare-threads=1" "640 " "640 --prepare-threads=1"; do
         set -- $run
         $py benchmarks/extract_timeline.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --imgsz "$1" \
             --extract-args="${2:-}" --label "$card" 2>> "$out/timeline.err" | tee -a "$out/extract.jsonl"
