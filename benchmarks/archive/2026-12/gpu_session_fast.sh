@@ -24,9 +24,9 @@
 #            "old" as for e2e, then extract_bench.py --sizes mixed on them against a YOLO.predict loop on 4,000;
 #            not in the default parts
 #   prepare  extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl at each of PREPARE_IMGSZ (256 640):
-#            the default prepare threads (2 on a GPU) against --prepare-threads 1 and 3, REPEAT (2) times over; not in
-#            the default parts. (A part `warm` measured the since removed --warm-shapes the same way: 1.06x at
-#            imgsz 256, 0.95x at 640, extract-h100.jsonl.)
+#            PREPARE_RUNS, by default the default prepare threads (2 on a GPU) against --prepare-threads 1 and 3,
+#            REPEAT (2) times over; not in the default parts. (A part `warm` measured the since removed
+#            --warm-shapes the same way: 1.06x at imgsz 256, 0.95x at 640, extract-h100.jsonl.)
 #   timeline extract_timeline.py: where one in-process run's time goes, per thread and step, on MIXED_IMAGES files
 #            of the mixed crawl (imgsz 256 and 640, with the default prepare threads and one) and TIMELINE_UNIFORM
 #            (150,000) files of 256x176; not in the default parts
@@ -130,7 +130,8 @@ if has prepare; then
     stamp prepare
     for imgsz in ${PREPARE_IMGSZ:-256 640}; do
         $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" \
-            --runs new:0,new:0:one,new:0:three --variant one="--prepare-threads 1" --variant three="--prepare-threads 3" \
+            --runs "${PREPARE_RUNS:-new:0,new:0:one,new:0:three}" --variant one="--prepare-threads 1" \
+            --variant three="--prepare-threads 3" \
             --extract-args "--imgsz $imgsz" --repeat "${REPEAT:-2}" --label "$card imgsz $imgsz" \
             2>> "$out/prepare.err" | tee -a "$out/extract.jsonl"
     done
