@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pgpig.errors import TrainError
-from pgpig.models.padding import ReflectionPad2d
+from pgpig.models.layers import ReflectionPad2d
 
 __all__ = ["LEAKY_SLOPE", "ORTHOGONAL_GAIN", "ActivatedConv", "DecoderBlock", "Encoder", "EncoderBlock",
            "ResBlockEncoder", "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal",

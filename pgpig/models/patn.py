@@ -24,8 +24,8 @@ from torch import nn
 from pgpig.errors import TrainError
 from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
 from pgpig.models import create, register
+from pgpig.models.layers import InstanceNorm2d, ReflectionPad2d
 from pgpig.models.objective import Objective, StepBatch
-from pgpig.models.padding import ReflectionPad2d
 
 __all__ = ["NORMS", "PAPER_SETTINGS", "PATBlock", "PATN", "PATNDiscriminator", "PairGANObjective", "ResnetBlock",
            "conv_pair", "decoder_layers", "encoder_layers", "init_official_normal", "norm_layer", "norm_uses_bias",
@@ -47,12 +47,13 @@ NORMS = ("instance", "batch")
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
     """The normalisation layer by name, as a ``channels -> module`` factory.
 
-    ``"instance"`` is ``InstanceNorm2d`` without affine parameters or running statistics and ``"batch"`` is an
+    ``"instance"`` is an instance norm without affine parameters or running statistics
+    (``pgpig.models.layers.InstanceNorm2d``, torch's own unless the input is channels-last) and ``"batch"`` is an
     affine ``BatchNorm2d``: the pix2pix code's ``get_norm_layer``, which PATN and XingGAN inherit. The difference
     shows in the parameter count and the buffers (running mean/var only with batch norm).
     """
     if norm == "instance":
-        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm2d
     if norm == "batch":
         return lambda channels: nn.BatchNorm2d(channels, affine=True)
     raise TrainError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
