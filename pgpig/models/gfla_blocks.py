@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pgpig.errors import TrainError
-from pgpig.models.layers import ReflectionPad2d
+from pgpig.models.layers import InstanceNorm2d, ReflectionPad2d
 
 __all__ = ["LEAKY_SLOPE", "ORTHOGONAL_GAIN", "ActivatedConv", "DecoderBlock", "Encoder", "EncoderBlock",
            "ResBlockEncoder", "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal",
@@ -32,7 +32,7 @@ ORTHOGONAL_GAIN = 0.02
 def norm_layer(norm: str, channels: int) -> nn.Module | None:
     """``get_norm_layer``: affine instance norm (no running statistics), batch norm, or ``None`` for ``"none"``."""
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels, affine=True)
     if norm == "batch":
         return nn.BatchNorm2d(channels, momentum=0.1, affine=True)
     if norm == "none":

@@ -1,16 +1,17 @@
 """Reflection padding and instance norm that keep a channels-last tensor channels-last: the pix2pix block library's
-layers (Isola et al., CVPR 2017, arXiv:1611.07004), which PATN and XingGAN build on and GFLA's output layers use.
+layers (Isola et al., CVPR 2017, arXiv:1611.07004), which PATN and XingGAN build on, and the affine instance norm
+and output pads of GFLA's and DPTN's blocks.
 
 ``ReflectionPad2d`` writes the interior with one copy and the reflected borders with copies of thin slices; its
 backward folds the border gradients back onto the interior the same way, so its cost is a memory copy in either
 direction, in either memory format. Values equal ``F.pad(x, (p, p, p, p), mode="reflect")`` exactly; gradients equal
 its gradients up to the order of the additions.
 
-``InstanceNorm2d`` (no affine parameters, no running statistics: the pix2pix ``"instance"`` norm) is torch's own on
-a contiguous input. On a channels-last input it computes the same normalisation with reductions over the image
-axes, in float32 at least, and returns channels-last, where torch's would make a contiguous copy of the input and
-return a contiguous output, so that every convolution of a channels-last model would get an input to transpose
-back. Its backward is not differentiable again (no double backward).
+``InstanceNorm2d`` (no running statistics; affine or not: GFLA's and DPTN's norm, or the pix2pix ``"instance"``
+norm) is torch's own on a contiguous input. On a channels-last input it computes the same normalisation with
+reductions over the image axes, in float32 at least, and returns channels-last, where torch's would make a
+contiguous copy of the input and return a contiguous output, so that every convolution of a channels-last model
+would get an input to transpose back. Its backward is not differentiable again (no double backward).
 """
 
 from __future__ import annotations
@@ -86,44 +87,57 @@ class ReflectionPad2d(nn.ReflectionPad2d):
         return reflection_pad2d(x, self.padding[0])
 
 
-
 class _InstanceNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None,  # type: ignore[override]
+                eps: float) -> Tensor:
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
         var, mean = torch.var_mean(wide, dim=(2, 3), unbiased=False, keepdim=True)
         rstd = torch.rsqrt(var + eps)
-        ctx.save_for_backward(x, mean, rstd)
-        return ((wide - mean) * rstd).to(x.dtype)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        out = (wide - mean) * rstd
+        if weight is not None:
+            out = out * weight.to(wide.dtype)[:, None, None] + bias.to(wide.dtype)[:, None, None]
+        return out.to(x.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        x, mean, rstd = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        x, mean, rstd, weight = ctx.saved_tensors
         normalised = (x.to(mean.dtype) - mean) * rstd
         wide = grad.to(mean.dtype)
+        grad_weight = grad_bias = None
+        if weight is not None:
+            grad_weight = (wide * normalised).sum(dim=(0, 2, 3)).to(weight.dtype)
+            grad_bias = wide.sum(dim=(0, 2, 3)).to(weight.dtype)
+            wide = wide * weight.to(wide.dtype)[:, None, None]
         mean_grad = wide.mean(dim=(2, 3), keepdim=True)
         mean_projection = (wide * normalised).mean(dim=(2, 3), keepdim=True)
-        return ((wide - mean_grad - normalised * mean_projection) * rstd).to(x.dtype), None
+        grad_x = ((wide - mean_grad - normalised * mean_projection) * rstd).to(x.dtype)
+        return grad_x, grad_weight, grad_bias, None
 
 
-def instance_norm_channels_last(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``F.instance_norm(x, eps=eps)`` (no affine, no running statistics) of a ``(B, C, H, W)`` tensor, statistics
-    and arithmetic in float32 at least, the result in ``x``'s dtype and memory format."""
-    return _InstanceNorm.apply(x, eps)
+def instance_norm_channels_last(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+                                eps: float = 1e-5) -> Tensor:
+    """``F.instance_norm(x, weight=weight, bias=bias, eps=eps)`` (no running statistics) of a ``(B, C, H, W)``
+    tensor, statistics and arithmetic in float32 at least, the result in ``x``'s dtype and memory format."""
+    if (weight is None) != (bias is None):
+        raise ValueError("instance_norm_channels_last takes both weight and bias, or neither")
+    return _InstanceNorm.apply(x, weight, bias, eps)
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d(channels)`` without affine parameters or running statistics (its state dict is empty),
-    channels-last in and out on a channels-last input (``instance_norm_channels_last``)."""
+    """``nn.InstanceNorm2d(channels, affine=affine)`` without running statistics (the state dict holds ``weight``
+    and ``bias`` when affine, nothing otherwise), channels-last in and out on a channels-last input
+    (``instance_norm_channels_last``)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__(num_features, eps=eps, affine=False, track_running_stats=False)
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False) -> None:
+        super().__init__(num_features, eps=eps, affine=affine, track_running_stats=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if _channels_last_only(x):
             self._check_input_dim(x)
             if x.shape[1] != self.num_features:
                 raise ValueError(f"expected {self.num_features} channels, got {x.shape[1]}")
-            return instance_norm_channels_last(x, self.eps)
+            return instance_norm_channels_last(x, self.weight, self.bias, self.eps)
         return super().forward(x)
