@@ -42,29 +42,35 @@ def _empty_like_padded(x: Tensor, height: int, width: int) -> Tensor:
     return x.new_empty(shape)
 
 
+def _mirrored(t: Tensor, dim: int) -> Tensor:
+    """``t`` reversed along ``dim``; a slice one wide (a padding of 1) is its own mirror image and is not copied."""
+    return t if t.shape[dim] == 1 else t.flip(dim)
+
+
 class _ReflectionPad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: int) -> Tensor:  # type: ignore[override]
         ctx.p = p
         h, w = x.shape[-2:]
         out = _empty_like_padded(x, h + 2 * p, w + 2 * p)
-        out[..., p:p + h, p:p + w] = x
-        out[..., p:p + h, :p] = x[..., :, 1:p + 1].flip(-1)  # columns p..1 to the left
-        out[..., p:p + h, p + w:] = x[..., :, w - 1 - p:w - 1].flip(-1)  # columns w-2..w-1-p to the right
-        out[..., :p, :] = out[..., p + 1:2 * p + 1, :].flip(-2)  # whole padded rows, corners included
-        out[..., p + h:, :] = out[..., h - 1:h - 1 + p, :].flip(-2)
+        middle = out.narrow(-2, p, h)  # the input's rows: the input, and its columns p..1 and w-2..w-1-p mirrored
+        middle.narrow(-1, p, w).copy_(x)
+        middle.narrow(-1, 0, p).copy_(_mirrored(x.narrow(-1, 1, p), -1))
+        middle.narrow(-1, p + w, p).copy_(_mirrored(x.narrow(-1, w - 1 - p, p), -1))
+        out.narrow(-2, 0, p).copy_(_mirrored(out.narrow(-2, p + 1, p), -2))  # whole padded rows, corners included
+        out.narrow(-2, p + h, p).copy_(_mirrored(out.narrow(-2, h - 1, p), -2))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         p = ctx.p
         h, w = grad.shape[-2] - 2 * p, grad.shape[-1] - 2 * p
-        rows = grad[..., p:p + h, :].clone(memory_format=torch.preserve_format)
-        rows[..., 1:p + 1, :] += grad[..., :p, :].flip(-2)
-        rows[..., h - 1 - p:h - 1, :] += grad[..., p + h:, :].flip(-2)
-        out = rows[..., p:p + w].clone(memory_format=torch.preserve_format)
-        out[..., 1:p + 1] += rows[..., :p].flip(-1)
-        out[..., w - 1 - p:w - 1] += rows[..., p + w:].flip(-1)
+        rows = grad.narrow(-2, p, h).clone(memory_format=torch.preserve_format)
+        rows.narrow(-2, 1, p).add_(_mirrored(grad.narrow(-2, 0, p), -2))
+        rows.narrow(-2, h - 1 - p, p).add_(_mirrored(grad.narrow(-2, p + h, p), -2))
+        out = rows.narrow(-1, p, w).clone(memory_format=torch.preserve_format)
+        out.narrow(-1, 1, p).add_(_mirrored(rows.narrow(-1, 0, p), -1))
+        out.narrow(-1, w - 1 - p, p).add_(_mirrored(rows.narrow(-1, p + w, p), -1))
         return out, None
 
 
