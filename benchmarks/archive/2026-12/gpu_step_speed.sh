@@ -10,19 +10,22 @@
 # PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
 # PIDM_PREDICTIONS; see the part), attention (attention_bench.py: XingGAN's cross attention alone, the model's bmm
 # against fused SDPA kernels), graph (step_graph_bench.py: the whole step of GRAPH_RECIPES at their paper batch as one
-# CUDA graph against eager). official and pidm need official/<model> (git-ignored exports of the official
+# CUDA graph against eager), modes (train_bench.py for each RECIPE:MODES of MODES_RUNS at BATCH, in the checkout or,
+# with TREE=PATH, in another package tree such as a `git archive` of an older commit; the line's "tree" says
+# which). official and pidm need official/<model> (git-ignored exports of the official
 # repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 py=${PYTHON:-python3}
 has() { [[ " $parts " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$out/session.log"; }
 bench() {  # RECIPE MODES [TIMEOUT]
-    timeout "${3:-900}" $py benchmarks/train_bench.py --recipe "workflows/deepfashion/$1.yaml" --batch-size "${BATCH:-32}" \
-        --modes "$2" --steps "${STEPS:-8}" --warmup 2 --min-seconds "${MIN_SECONDS:-2}" 2>> "$out/bench.err" \
-        | tee -a "$out/train.jsonl"
+    (cd "${TREE:-.}" && timeout "${3:-900}" $py benchmarks/train_bench.py --recipe "workflows/deepfashion/$1.yaml" \
+        --batch-size "${BATCH:-32}" --modes "$2" --steps "${STEPS:-8}" --warmup 2 --min-seconds "${MIN_SECONDS:-2}") \
+        2>> "$out/bench.err" | sed "s|^{|{\"tree\": \"${TREE:-.}\", |" | tee -a "$out/train.jsonl"
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee -a "$out/session.log"
 if has eager; then
@@ -40,6 +43,12 @@ if has compile; then
     for r in ${COMPILE_RECIPES:-patn dptn}; do
         var="COMPILE_MODES_${r//-/_}"
         bench "$r" "${!var:-fp32,bf16+compile}" "${COMPILE_LIMIT:-330}" || stamp "compile $r: exit $?"
+    done
+fi
+if has modes; then
+    stamp "modes at batch ${BATCH:-32} in ${TREE:-.}"
+    for run in ${MODES_RUNS:-patn:bf16,bf16+cl xinggan:bf16,bf16+cl dptn:bf16,bf16+cl gfla-stage2:none,none+cl}; do
+        bench "${run%%:*}" "${run#*:}" "${MODES_LIMIT:-300}" || stamp "modes $run: exit $?"
     done
 fi
 if has attention; then
