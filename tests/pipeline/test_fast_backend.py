@@ -263,12 +263,14 @@ def test_a_failing_batch_decode_falls_back_to_the_cpu_decoder(odd_tree, fast, mo
     assert {s for s, *_ in after} == {"ok", "unreadable"}
 
 
-def test_closing_the_file_iterator_early_stops_the_prefetch_thread(odd_tree, fast):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_closing_the_file_iterator_early_stops_the_prefetch_threads(odd_tree, threads):
     import threading
 
     root, _, _ = odd_tree
     paths = sorted((root / "jpeg").glob("*.jpg")) * 4
-    files = fast.predict_files(paths)
+    backend = FastBackend(device="cpu", batch_size=2, read_threads=2, torch_decode=True, prepare_threads=threads)
+    files = backend.predict_files(paths)
     next(files)
     files.close()
     deadline = time.monotonic() + 10
