@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -215,36 +216,64 @@ class PgpigSide:
         self.opt_g.step()
 
 
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_rss_peak() -> bool:
+    """Reset this process's resident-set peak (``VmHWM``; Linux ``clear_refs`` 5); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[int, int] | None]:
-    """Seconds of ``steps`` steps, and on CUDA the rise of the peak allocation above the round's start and the peak
-    itself (bytes; the peak counts what the other side holds too)."""
+    """Seconds of ``steps`` steps, and the rise of the peak memory above the round's start and the peak itself
+    (bytes; the peak counts what the other side holds too): on CUDA the allocator's, on a Linux CPU the process's
+    resident set (``VmHWM`` against ``VmRSS``; with ``MALLOC_MMAP_THRESHOLD_`` set, so that the C allocator hands
+    large blocks back when they are freed, it follows the tensors alive)."""
+    rss = device.type != "cuda" and _reset_rss_peak()
     if device.type == "cuda":
         start_bytes = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
+    elif rss:
+        start_bytes = _status_bytes("VmRSS")
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         side.step()
     sync(device)
     seconds = time.perf_counter() - start
-    if device.type != "cuda":
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    elif rss:
+        peak = _status_bytes("VmHWM")
+    else:
         return seconds, None
-    peak = torch.cuda.max_memory_allocated(device)
     return seconds, (peak - start_bytes, peak)
 
 
 def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
-    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and on CUDA
-    ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
+    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and, where
+    ``timed_round`` measured it, ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
     ms = [1000 * s / steps for s in seconds]
     median = statistics.median(ms)
     out = {"img_per_s": round(1000 * batch / median, 2), "ms_per_step_median": round(median, 2),
            "ms_per_step_min": round(min(ms), 2), "ms_per_step_max": round(max(ms), 2),
            "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
-    if device.type == "cuda":
+    if all(p is not None for p in peaks):
         out["peak_gib"] = round((held + max(rise for rise, _ in peaks)) / 2**30, 2)
         out["process_peak_gib"] = round(max(peak for _, peak in peaks) / 2**30, 2)
         out["held_gib"] = round(held / 2**30, 2)
+        if device.type != "cuda":
+            out["peak_measure"] = "resident set"
+            out["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     return out
 
 
