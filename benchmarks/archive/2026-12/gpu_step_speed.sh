@@ -47,7 +47,7 @@ if has compile; then
 fi
 if has modes; then
     stamp "modes at batch ${BATCH:-32} in ${TREE:-.}"
-    for run in ${MODES_RUNS:-patn:bf16,bf16+cl xinggan:bf16,bf16+cl dptn:bf16,bf16+cl gfla-stage2:none,none+cl}; do
+    for run in ${MODES_RUNS:-patn:bf16,bf16+cl xinggan:bf16,bf16+cl dptn:bf16,bf16+cl gfla-stage2:none,none+cl,bf16,bf16+cl}; do
         bench "${run%%:*}" "${run#*:}" "${MODES_LIMIT:-300}" || stamp "modes $run: exit $?"
     done
 fi
