@@ -388,8 +388,10 @@ def crop_width(images: torch.Tensor, keypoints: torch.Tensor, margin: int) -> tu
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in ``[-1, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in ``[-1, 1]``, contiguous (a single image fed to a model runs in
+    the layout a loader's batch has)."""
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return chw.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
 class PairDataset(Dataset):
