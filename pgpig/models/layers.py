@@ -142,7 +142,6 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if _channels_last_only(x):
-            self._check_input_dim(x)
             if x.shape[1] != self.num_features:
                 raise ValueError(f"expected {self.num_features} channels, got {x.shape[1]}")
             return instance_norm_channels_last(x, self.weight, self.bias, self.eps)
