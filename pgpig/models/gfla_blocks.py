@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from pgpig.errors import TrainError
-from pgpig.models.layers import InstanceNorm2d, ReflectionPad2d
 
 __all__ = ["LEAKY_SLOPE", "ORTHOGONAL_GAIN", "ActivatedConv", "DecoderBlock", "Encoder", "EncoderBlock",
            "ResBlockEncoder", "ResDiscriminator", "activation_layer", "conv", "copy_aliases", "init_orthogonal",
@@ -32,7 +31,7 @@ ORTHOGONAL_GAIN = 0.02
 def norm_layer(norm: str, channels: int) -> nn.Module | None:
     """``get_norm_layer``: affine instance norm (no running statistics), batch norm, or ``None`` for ``"none"``."""
     if norm == "instance":
-        return InstanceNorm2d(channels, affine=True)
+        return nn.InstanceNorm2d(channels, affine=True)
     if norm == "batch":
         return nn.BatchNorm2d(channels, momentum=0.1, affine=True)
     if norm == "none":
@@ -151,7 +150,7 @@ class ActivatedConv(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, activation: str, use_spect: bool, tanh: bool) -> None:
         super().__init__()
         self.conv1 = conv(cin, cout, kernel, use_spect=use_spect)
-        layers = [activation_layer(activation), ReflectionPad2d(kernel // 2), self.conv1]
+        layers = [activation_layer(activation), nn.ReflectionPad2d(kernel // 2), self.conv1]
         self.model = nn.Sequential(*layers, nn.Tanh()) if tanh else nn.Sequential(*layers)
         self.register_state_dict_post_hook(copy_aliases)
 

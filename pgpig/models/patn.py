@@ -24,7 +24,6 @@ from torch import nn
 from pgpig.errors import TrainError
 from pgpig.losses import PATN_PERCEPTUAL_LAYERS, PerceptualLoss, adversarial_loss, l1_loss
 from pgpig.models import create, register
-from pgpig.models.layers import InstanceNorm2d, ReflectionPad2d
 from pgpig.models.objective import Objective, StepBatch
 
 __all__ = ["NORMS", "PAPER_SETTINGS", "PATBlock", "PATN", "PATNDiscriminator", "PairGANObjective", "ResnetBlock",
@@ -47,13 +46,12 @@ NORMS = ("instance", "batch")
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
     """The normalisation layer by name, as a ``channels -> module`` factory.
 
-    ``"instance"`` is an instance norm without affine parameters or running statistics
-    (``pgpig.models.layers.InstanceNorm2d``, torch's own unless the input is channels-last) and ``"batch"`` is an
+    ``"instance"`` is ``InstanceNorm2d`` without affine parameters or running statistics and ``"batch"`` is an
     affine ``BatchNorm2d``: the pix2pix code's ``get_norm_layer``, which PATN and XingGAN inherit. The difference
     shows in the parameter count and the buffers (running mean/var only with batch norm).
     """
     if norm == "instance":
-        return InstanceNorm2d
+        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if norm == "batch":
         return lambda channels: nn.BatchNorm2d(channels, affine=True)
     raise TrainError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
@@ -70,7 +68,7 @@ def _padded_conv_layers(in_channels: int, out_channels: int, kernel_size: int, n
     """Reflection-pad by ``kernel_size // 2``, conv (size-preserving), norm, ReLU: ``(B, in_channels, h, w) -> (B,
     out_channels, h, w)``, as a flat list (the conv at index 1, the norm at 2)."""
     return [
-        ReflectionPad2d(kernel_size // 2),
+        nn.ReflectionPad2d(kernel_size // 2),
         nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, bias=norm_uses_bias(norm)),
         norm_layer(norm)(out_channels),
         nn.ReLU(inplace=True),
@@ -103,7 +101,7 @@ def conv_pair(
     ``dropout=0`` puts an ``Identity`` in the dropout slot, so the second conv stays at index 6."""
     layers = _padded_conv_layers(in_channels, mid_channels, 3, norm) + [
         nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-        ReflectionPad2d(1),
+        nn.ReflectionPad2d(1),
         nn.Conv2d(mid_channels, out_channels, kernel_size=3, bias=norm_uses_bias(norm)),
     ]
     if final_norm:
@@ -127,7 +125,7 @@ def decoder_layers(ngf: int, n_upsampling: int, norm: str, out_channels: int) ->
             make_norm(width // 2),
             nn.ReLU(inplace=True),
         ]
-    return layers + [ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh()]
+    return layers + [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7), nn.Tanh()]
 
 
 def init_official_normal(module: nn.Module) -> None:
