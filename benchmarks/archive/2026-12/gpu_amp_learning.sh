@@ -7,7 +7,9 @@
 # with seed 0 and "seed1" in float32 with seed 1 (another start: the spread a change of seed gives). Each runs STEPS
 # (default 500) at BATCH_<recipe> (default the recipe's) eagerly (compile off: the arithmetic, not its speed, is
 # compared), logging the losses every LOG_EVERY (5) steps; loss_curves.py compares b, bf16 and seed1 with a, and
-# `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh).
+# `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh). A second-stage recipe
+# starts every run from INIT_WEIGHTS_<recipe> (a stage-1 run folder; with STAGE1_<recipe> set to the stage-1 recipe
+# and no such folder, one is trained first: STAGE1_STEPS steps in float32).
 set -uo pipefail
 out=${1:?output folder}
 recipes=${2:-patn xinggan}
@@ -23,6 +25,18 @@ for recipe in $recipes; do
     var="BATCH_${recipe//-/_}"
     batch=()
     [[ -n ${!var:-} ]] && batch=(--batch-size "${!var}")
+    var="INIT_WEIGHTS_${recipe//-/_}" stage1="STAGE1_${recipe//-/_}"
+    init=()
+    if [[ -n ${!var:-} ]]; then
+        init=(--init-weights "${!var}")
+        if [[ -n ${!stage1:-} && ! -d ${!var} ]]; then
+            $py -m pgpig.cli train --shards "$work/shards" --recipe "deepfashion/${!stage1}" --run "${!var}" \
+                --steps "${STAGE1_STEPS:-200}" --set compile=false --set amp=none --set seed=0 --set vgg_weights=null \
+                --set allow_random_vgg=true --set sample_every=1000000 --set checkpoint_every=1000000 \
+                --set num_workers=4 --set skip_memory_check=true --quiet >> "$out/amp.err" 2>&1 || stamp "stage 1 $recipe: exit $?"
+            stamp "stage 1 ${!stage1} for $recipe: ${STAGE1_STEPS:-200} steps"
+        fi
+    fi
     for run in a b bf16 seed1; do
         sets=(--set compile=false --set amp=none --set seed=0)
         [[ $run == bf16 ]] && sets=(--set compile=false --set amp=bf16 --set seed=0)
@@ -31,7 +45,7 @@ for recipe in $recipes; do
         rm -rf "$dir"
         t0=$(date +%s.%N)
         $py -m pgpig.cli train --shards "$work/shards" --recipe "deepfashion/$recipe" --run "$dir" \
-            --steps "${STEPS:-500}" "${batch[@]}" "${sets[@]}" --set vgg_weights=null --set allow_random_vgg=true \
+            --steps "${STEPS:-500}" "${batch[@]}" "${init[@]}" "${sets[@]}" --set vgg_weights=null --set allow_random_vgg=true \
             --set log_every="${LOG_EVERY:-5}" --set sample_every=1000000 --set checkpoint_every=1000000 \
             --set num_workers=4 --set skip_memory_check=true --quiet >> "$out/amp.err" 2>&1 || stamp "train $recipe $run: exit $?"
         stamp "train $recipe $run: $($py -c "import time; print(round(time.time() - $t0, 1))") s"
