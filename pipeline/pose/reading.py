@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import multiprocessing
+import multiprocessing.util
 import os
 import weakref
 import zlib
@@ -185,6 +186,10 @@ class BatchReader:
         self._feed = _Feed()
         if processes > 0:
             context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            # a worker that sends a tensor's file descriptor listens on a socket in multiprocessing's temporary
+            # folder, which a process makes for itself unless it inherits one, and removes only at a clean exit:
+            # made here, the forked workers share this process's, which goes when this process ends
+            multiprocessing.util.get_temp_dir()
             self._loader = torch.utils.data.DataLoader(
                 _Reads(decodable, self.threads, fit, cpu_share), batch_size=None, sampler=self._feed,
                 num_workers=processes, pin_memory=pin_memory, prefetch_factor=prefetch, persistent_workers=True,

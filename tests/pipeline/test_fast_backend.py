@@ -24,9 +24,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import multiprocessing.util
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -515,6 +517,20 @@ def test_reader_processes_read_what_threads_read(odd_tree):
         reader.close()
 
 
+def test_reader_processes_leave_no_temporary_folder(odd_tree, tmp_path, monkeypatch):
+    """A reader process that sends tensors needs a temporary folder from multiprocessing, which a terminated
+    process cannot remove; the reader processes use this process's own (removed when it ends)."""
+    root, _, _ = odd_tree
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reader = BatchReader(torch_decodable, processes=2, threads=2)
+    try:
+        assert len(list(reader.read([paths[:4], paths[4:8]], 40_000_000))) == 2
+    finally:
+        reader.close()
+    assert set(tmp_path.iterdir()) <= {Path(multiprocessing.util.get_temp_dir())}
+
+
 @pytest.mark.parametrize("processes", [0, 2], ids=["threads", "processes"])
 def test_readers_resize_what_they_decode_to_the_bytes_the_device_letterbox_gives(mixed_tree, odd_tree, tmp_path,
                                                                                  processes):
@@ -640,7 +656,7 @@ def test_placed_copies_images_already_at_their_letterbox_size():
 @pytest.mark.parametrize("pin", [False, pytest.param(True, marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")])],
     ids=["unpinned", "pinned"])
-def test_a_process_with_reader_processes_exits_at_once(odd_tree, pin):
+def test_a_process_with_reader_processes_exits_at_once(odd_tree, pin, tmp_path):
     """Left open, the reader's worker processes are ended at exit without the loader's 5 s wait per worker (with
     pinned memory torch adds an exit hook of its own that waits so: 42 s for 8 workers on the GPU machine)."""
     root, _, _ = odd_tree
@@ -655,12 +671,14 @@ def test_a_process_with_reader_processes_exits_at_once(odd_tree, pin):
         "print(time.time(), flush=True)\n"
     )
     repo = Path(__file__).resolve().parents[2]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     done = subprocess.run([sys.executable, "-c", script, str(root), "pin" if pin else "-"], capture_output=True,
-                          text=True, cwd=repo,
-                          timeout=120)
+                          text=True, cwd=repo, env={**os.environ, "TMPDIR": str(tmp)}, timeout=120)
     exited = time.time()
     assert done.returncode == 0, done.stderr
     assert exited - float(done.stdout.split()[-1]) < 4.0  # the loader's own shutdown: up to 5 s per worker
+    assert not any(tmp.iterdir())  # nor the processes' temporary folders
 
 
 # ---------------------------------------------------------------- extraction with --backend fast
