@@ -351,6 +351,7 @@ def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: i
     they all write to, or resume from, the same one."""
     import signal
     import subprocess
+    import tempfile
 
     import torch
 
@@ -371,21 +372,25 @@ def launch_torchrun(cfg, recipe: Path | None, overrides: dict[str, Any], gpus: i
         args += ["--recipe", str(recipe)]
     for key, value in overrides.items():
         args += ["--set", f"{key}={json.dumps(str(value) if isinstance(value, Path) else value)}"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-               "-m", "pgpig.cli", *args]
-    click.echo(f"launching {gpus} processes: {' '.join(command)}", err=True)
-    process = subprocess.Popen(command)
-    # Ctrl-C reaches every process of the terminal's group: the training processes save the current step and exit,
-    # and this launcher waits for them instead of killing torchrun. A SIGTERM sent to the launcher alone is passed on.
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
-    try:
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:
-                click.echo("stopping: the training processes save the current step first", err=True)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # torchrun's own folder (per-process error files, reported by torchrun itself) would otherwise stay behind in
+    # the temporary directory after every run
+    with tempfile.TemporaryDirectory(prefix="pgpig-torchrun-") as logs:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+                   f"--log-dir={logs}", "-m", "pgpig.cli", *args]
+        click.echo(f"launching {gpus} processes: {' '.join(command)}", err=True)
+        process = subprocess.Popen(command)
+        # Ctrl-C reaches every process of the terminal's group: the training processes save the current step and
+        # exit, and this launcher waits for them instead of killing torchrun. A SIGTERM sent to the launcher alone
+        # is passed on.
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: process.send_signal(signum))
+        try:
+            while True:
+                try:
+                    return process.wait()
+                except KeyboardInterrupt:
+                    click.echo("stopping: the training processes save the current step first", err=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def console() -> None:

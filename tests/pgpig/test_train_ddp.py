@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(market_shards, 
     assert single.exit_code == 0, single.output
     # `--run` would be taken for torchrun's own --run-path by its argument parser: the folder goes in --set
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
+    ddp = subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
                           f"run_dir={tmp_path / 'ddp'}", *SETTINGS], capture_output=True, text=True, env=env,
                          timeout=300)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
@@ -59,11 +59,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(market_shards, 
     assert files(tmp_path / "ddp") == files(tmp_path / "single")
 
 
-def _ddp_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _torchrun(tmp_path: Path) -> list[str]:
+    """torchrun with two processes, its own folder under ``tmp_path`` (by default one is left in /tmp)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            f"--log-dir={tmp_path / 'torchrun'}"]
+
+
+def _ddp_train(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "pgpig.cli", "train", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market_shards, tmp_path):
@@ -77,7 +82,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market
                                          "--steps", "4"])
     assert straight.exit_code == 0, straight.output
     first = _ddp_train(["--shards", str(market_shards), "--set", f"run_dir={tmp_path / 'mixed'}", *base,
-                        "--steps", "2"])
+                        "--steps", "2"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert [p.name for p in step_folders(tmp_path / "mixed")] == ["step-00000002"]
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "mixed"), "--steps", "4", "--quiet"])
@@ -92,8 +97,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market
 
 def test_global_batch_must_split_over_the_processes(market_shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
+    ddp = subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
                           f"run_dir={tmp_path / 'odd'}", *SETTINGS, "--batch-size", "3"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert ddp.returncode != 0 and "batch_size 3 (the global batch) does not split over 2 processes" in ddp.stderr
@@ -106,3 +110,21 @@ def test_gpus_beyond_the_machine_is_a_one_line_error(market_shards, tmp_path):
     assert result.exit_code == 1
     assert f"--gpus 2: this machine has {torch.cuda.device_count()} CUDA device(s)" in result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine test_train_gpu.py launches on real GPUs")
+def test_the_gpus_launcher_trains_and_leaves_no_torchrun_folder(market_shards, tmp_path, monkeypatch):
+    """``--gpus 2`` relaunches the command under torchrun (here its two processes train on the CPU, the device count
+    made 2), and removes torchrun's own folder, which torchrun leaves in the temporary directory otherwise."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = [a for i, a in enumerate(SETTINGS) if "--device" not in (a, SETTINGS[i - 1] if i else None)]
+    result = CliRunner().invoke(main, ["train", "--gpus", "2", "--shards", str(market_shards), "--set",
+                                       f"run_dir={tmp_path / 'run'}", *settings])
+    assert result.exit_code == 0, result.output
+    assert step_folders(tmp_path / "run")[-1].name == "step-00000001"
+    assert not list(tmp.glob("torchelastic_*")) and not list(tmp.glob("pgpig-torchrun-*"))

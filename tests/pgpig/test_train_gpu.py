@@ -7,6 +7,7 @@ resumes to the right step; exact resume is the CPU tests' job (``test_train.py``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,14 @@ def test_gpus_2_with_batch_norm_and_the_gan(market_shards, tmp_path, sync):
                "--steps", "4", "--set", "vgg_weights=null"]
     for item in settings:
         command += ["--set", item.replace("True", "true").replace("False", "false")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert _finite(run / "generator.safetensors")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert not list(tmp.glob("torchelastic_*")) and not list(tmp.glob("pgpig-torchrun-*"))  # torchrun's folder
 
 
 def test_auto_speed_settings_on_the_gpu(market_shards, tmp_path):
