@@ -40,10 +40,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(market_shards, 
                                        *SETTINGS])
     assert single.exit_code == 0, single.output
     # `--run` would be taken for torchrun's own --run-path by its argument parser: the folder goes in --set
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
-                          f"run_dir={tmp_path / 'ddp'}", *SETTINGS], capture_output=True, text=True, env=env,
-                         timeout=300)
+    ddp = _ddp_train(["--shards", str(market_shards), "--set", f"run_dir={tmp_path / 'ddp'}", *SETTINGS], tmp_path)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     assert _losses(ddp.stdout) == pytest.approx(_losses(single.output), abs=2e-4)
     for name in ("generator", "discriminators"):
@@ -59,16 +56,18 @@ def test_two_processes_train_like_one_with_the_same_global_batch(market_shards, 
     assert files(tmp_path / "ddp") == files(tmp_path / "single")
 
 
-def _torchrun(tmp_path: Path) -> list[str]:
-    """torchrun with two processes, its own folder under ``tmp_path`` (by default one is left in /tmp)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            f"--log-dir={tmp_path / 'torchrun'}"]
+def _without(settings: list[str], option: str) -> list[str]:
+    """``settings`` without ``option`` and its value."""
+    return [a for i, a in enumerate(settings) if option not in (a, settings[i - 1] if i else None)]
 
 
 def _ddp_train(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``pgpig train`` under torchrun with two processes, torchrun's own folder under ``tmp_path`` (by default
+    torchrun leaves one in the temporary directory)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           f"--log-dir={tmp_path / 'torchrun'}", "-m", "pgpig.cli", "train", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market_shards, tmp_path):
@@ -76,8 +75,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market
     processes to step 2, then one process from their checkpoint to step 4, train on the pairs a one-process run
     trains on. With ``lr`` 0 the weights stay put and each step's losses depend on its batch alone: the resumed
     run's last losses equal the one-process run's (a wrong data order changes them by far more than rounding)."""
-    base = [a for i, a in enumerate(SETTINGS) if not (a == "--steps" or (i and SETTINGS[i - 1] == "--steps"))]
-    base += ["--set", "lr=0"]
+    base = _without(SETTINGS, "--steps") + ["--set", "lr=0"]
     straight = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(tmp_path / "one"), *base,
                                          "--steps", "4"])
     assert straight.exit_code == 0, straight.output
@@ -96,10 +94,8 @@ def test_a_two_process_checkpoint_resumes_in_one_process_on_the_same_data(market
 
 
 def test_global_batch_must_split_over_the_processes(market_shards, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([*_torchrun(tmp_path), "-m", "pgpig.cli", "train", "--shards", str(market_shards), "--set",
-                          f"run_dir={tmp_path / 'odd'}", *SETTINGS, "--batch-size", "3"], capture_output=True,
-                         text=True, env=env, timeout=300)
+    ddp = _ddp_train(["--shards", str(market_shards), "--set", f"run_dir={tmp_path / 'odd'}", *SETTINGS,
+                      "--batch-size", "3"], tmp_path)
     assert ddp.returncode != 0 and "batch_size 3 (the global batch) does not split over 2 processes" in ddp.stderr
 
 
@@ -122,9 +118,8 @@ def test_the_gpus_launcher_trains_and_leaves_no_torchrun_folder(market_shards, t
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    settings = [a for i, a in enumerate(SETTINGS) if "--device" not in (a, SETTINGS[i - 1] if i else None)]
     result = CliRunner().invoke(main, ["train", "--gpus", "2", "--shards", str(market_shards), "--set",
-                                       f"run_dir={tmp_path / 'run'}", *settings])
+                                       f"run_dir={tmp_path / 'run'}", *_without(SETTINGS, "--device")])
     assert result.exit_code == 0, result.output
     assert step_folders(tmp_path / "run")[-1].name == "step-00000001"
     assert not list(tmp.glob("torchelastic_*")) and not list(tmp.glob("pgpig-torchrun-*"))
