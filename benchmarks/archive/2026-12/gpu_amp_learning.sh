@@ -4,7 +4,8 @@
 #   bash benchmarks/archive/2026-12/gpu_amp_learning.sh OUT_DIR [RECIPES]
 # For each recipe of RECIPES (default "patn xinggan"): "a" and "b" in the recipe's float32 with seed 0 (run to run, the
 # same settings differ only by cuDNN's non-deterministic kernels: the noise float32 training already has), "bf16"
-# with seed 0 and "seed1" in float32 with seed 1 (another start: the spread a change of seed gives). Each runs STEPS
+# with seed 0 and "seed1" in float32 with seed 1 (another start: the spread a change of seed gives); RUNS picks among
+# them and "bf16c" (bf16 with torch.compile), the first being the reference. Each runs STEPS
 # (default 500) at BATCH_<recipe> (default the recipe's) eagerly (compile off: the arithmetic, not its speed, is
 # compared), logging the losses every LOG_EVERY (5) steps; loss_curves.py compares b, bf16 and seed1 with a, and
 # `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh). A second-stage recipe
@@ -37,9 +38,11 @@ for recipe in $recipes; do
             stamp "stage 1 ${!stage1} for $recipe: ${STAGE1_STEPS:-200} steps"
         fi
     fi
-    for run in a b bf16 seed1; do
+    runs=(${RUNS:-a b bf16 seed1})
+    for run in "${runs[@]}"; do
         sets=(--set compile=false --set amp=none --set seed=0)
         [[ $run == bf16 ]] && sets=(--set compile=false --set amp=bf16 --set seed=0)
+        [[ $run == bf16c ]] && sets=(--set compile=true --set amp=bf16 --set seed=0)
         [[ $run == seed1 ]] && sets=(--set compile=false --set amp=none --set seed=1)
         dir="$work/$recipe-$run"
         rm -rf "$dir"
@@ -56,7 +59,7 @@ for recipe in $recipes; do
 **{row: {k: round(v[k], 4) for k in ('ssim', 'mask_ssim', 'l1', 'pckh')} for row, v in rows.items()}}))" \
             "$dir/eval/test/eval.json" "$recipe" "$run" "$card" "${STEPS:-500}" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
     done
-    $py benchmarks/loss_curves.py "$work/$recipe-a" "$work/$recipe-b" "$work/$recipe-bf16" "$work/$recipe-seed1" \
+    $py benchmarks/loss_curves.py "${runs[@]/#/$work/$recipe-}" \
         --label "$card $recipe" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
 done
 stamp done
