@@ -299,12 +299,12 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
         gpu_speed[name] = (cfg.amp, cfg.channels_last)
         compiled[name] = cfg.compile == "auto"
     # the measured GPU defaults (pgpig/workflows/README.md)
-    assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", False)
+    assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", "auto")
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("auto", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False)
     assert gpu_speed["deepfashion/xinggan"] == ("auto", False)
-    assert {name for name, on in compiled.items() if on} == {"deepfashion/dptn", "market1501/xinggan",
-                                                              "deepfashion/pidm"}
+    assert {name for name, on in compiled.items() if on} == {"deepfashion/dptn", "deepfashion/patn",
+                                                              "market1501/xinggan", "deepfashion/pidm"}
 
 
 def test_random_vgg_needs_allow_random_vgg():
