@@ -641,15 +641,30 @@ def _close_writer(writer: _Events, report: bool) -> None:
     except TrainError:
         if report:
             raise
+    finally:
+        writer.release_thread_hook()
 
 
 class _Events:
     """The run's TensorBoard ``SummaryWriter``, whose write errors (a full disk) become one line, worded as the
     atomic writes word theirs. The writer writes on a thread and raises what it met at the next call, so every
-    call is covered."""
+    call is covered. That thread also lets its ``OSError`` reach ``threading.excepthook``, which would print a
+    traceback beside the line: until ``release_thread_hook``, the hook passes over an ``OSError`` of TensorBoard's
+    writer threads and hands every other exception to the hook it replaced."""
 
     def __init__(self, writer, folder: Path):
         self._writer, self._folder = writer, folder
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_hook
+
+    def _thread_hook(self, args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        self._previous_hook(args)
+
+    def release_thread_hook(self) -> None:
+        if threading.excepthook == self._thread_hook:
+            threading.excepthook = self._previous_hook
 
     def __getattr__(self, name: str):  # the writer's methods (add_scalar, add_image, close)
         method = getattr(self._writer, name)
