@@ -372,6 +372,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if world > 1:
         _wrap_ddp(parts, cfg, device)
     if cfg.compile:
+        if cfg.progress and rank == 0:
+            tqdm.write(f"torch.compile: the first steps compile {cfg.model} for {device}, 1-3 minutes on a GPU "
+                       "(--set compile=false trains eagerly)", file=sys.stderr)
         compile_parts(parts, cfg.compile)
     writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
 

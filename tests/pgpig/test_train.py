@@ -267,6 +267,23 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(mar
     assert output.strip().endswith("(cpu: float32)"), output
 
 
+def test_a_compiled_run_says_so_before_its_first_step(market_shards, tmp_path, monkeypatch):
+    """Compiling takes minutes on a GPU before the progress bar moves: a compiled run says so once, with how to
+    train eagerly instead; an eager run does not. The compile itself is left out here (the slow tests run it)."""
+    import pgpig.train
+
+    compiled = []
+    monkeypatch.setattr(pgpig.train, "compile_parts", lambda parts, setting: compiled.append(setting))
+    common = ["train", "--shards", str(market_shards), "--steps", "1", "--batch-size", "2", "--device", "cpu",
+              "--skip-memory-check", *[option for option in TINY if option != "--quiet"]]
+    result = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "compiled"), "--set", "compile=true"])
+    said = [line for line in result.output.splitlines() if line.startswith("torch.compile:")]
+    assert result.exit_code == 0 and compiled == [True], result.output
+    assert len(said) == 1 and "compile patn for cpu" in said[0] and "--set compile=false" in said[0], said
+    eager = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "eager")])
+    assert eager.exit_code == 0 and "torch.compile" not in eager.output and compiled == [True]
+
+
 def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
     """``compile: generator`` compiles the generator and leaves the discriminators eager (``compile: true`` wraps
     both); nothing is compiled until a step runs."""
