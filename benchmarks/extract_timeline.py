@@ -13,9 +13,11 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
   writing the part files;
 - the warm-up.
 
-Prints one JSON line: per thread and step the seconds and calls, the captures (seconds since the start, shape,
-seconds), the run record's timings, and the wall time from the start of this script (imports included) to the
-run's end. What a thread waits for is what bounds it; the main thread's waits say which side is the bottleneck.
+Prints one JSON line: per thread and step the seconds, calls and the median, 90th percentile and longest call in
+milliseconds (a few slow batches hold up the batches behind them: the consumer takes them in order), the captures
+(seconds since the start, shape, seconds), the run record's timings, and the wall time from the start of this script
+(imports included) to the run's end. What a thread waits for is what bounds it; the main thread's waits say which
+side is the bottleneck, and a producer's seconds short of the run's are its idle time (waiting for room ahead).
 """
 
 from __future__ import annotations
@@ -36,21 +38,20 @@ import threading  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 _LOCK = threading.Lock()
-_SECONDS: dict[tuple[str, str], float] = defaultdict(float)
-_CALLS: dict[tuple[str, str], int] = defaultdict(int)
+_DURATIONS: dict[tuple[str, str], list[float]] = defaultdict(list)
 _CAPTURES: list[tuple[float, list, float]] = []
 
 
 def _add(step: str, seconds: float) -> None:
-    key = (threading.current_thread().name, step)
     with _LOCK:
-        _SECONDS[key] += seconds
-        _CALLS[key] += 1
+        _DURATIONS[threading.current_thread().name, step].append(seconds)
 
 
 def _timed(owner, name: str, step: str, then=None) -> None:
@@ -151,8 +152,11 @@ def main() -> None:
     import torch
 
     threads: dict[str, dict] = defaultdict(dict)
-    for (thread, step), seconds in sorted(_SECONDS.items()):
-        threads[thread][step] = {"seconds": round(seconds, 3), "calls": _CALLS[(thread, step)]}
+    for (thread, step), durations in sorted(_DURATIONS.items()):
+        ms = np.asarray(durations) * 1e3
+        threads[thread][step] = {"seconds": round(float(ms.sum()) / 1e3, 3), "calls": len(ms),
+                                 "ms_p50": round(float(np.percentile(ms, 50)), 2),
+                                 "ms_p90": round(float(np.percentile(ms, 90)), 2), "ms_max": round(float(ms.max()), 2)}
     print(json.dumps({
         "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
         "extract_args": args.extract_args, "label": args.label,
