@@ -373,10 +373,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         _wrap_ddp(parts, cfg, device)
     if cfg.compile:
         if cfg.progress and rank == 0:
-            tqdm.write(f"torch.compile: the first steps compile {cfg.model} for {device}, 1-3 minutes on a GPU "
-                       "(--set compile=false trains eagerly)", file=sys.stderr)
+            tqdm.write(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a "
+                       "GPU (--set compile=false trains eagerly)", file=sys.stderr)
         compile_parts(parts, cfg.compile)
-    writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
 
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",
                dynamic_ncols=True)
@@ -385,8 +384,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         net.train()
     stop, stopped = _StopSignals(world), 0
     finished = False  # the loop and the last checkpoint ran through: a later error is this run's only one
+    writer = None
     with stop:
         try:
+            writer = _open_run_folder(run_dir, given, at.step if cfg.resume else None) if rank == 0 else None
             while at.step < steps and not stopped:
                 start_epoch(loader, at.epoch)
                 # resumed mid-epoch: the epoch's order is fixed by (seed, epoch), so dropping the batches already
@@ -666,6 +667,10 @@ class _Events:
         self._previous_hook(args)
 
     def release_thread_hook(self) -> None:
+        """Hand the hook back once any TensorBoard thread that failed has ended (it calls the hook last)."""
+        for thread in threading.enumerate():
+            if type(thread).__module__.startswith("tensorboard.") and getattr(thread, "exception", None) is not None:
+                thread.join(timeout=10)
         if threading.excepthook == self._thread_hook:
             threading.excepthook = self._previous_hook
 
