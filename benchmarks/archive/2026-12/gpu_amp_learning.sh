@@ -2,12 +2,12 @@
 # Does bf16 train like float32? `pgpig train` runs of a DeepFashion recipe on a mannequin shard set, from the same
 # weights and data order, compared as training goes (benchmarks/loss_curves.py) and evaluated at the end:
 #   bash benchmarks/archive/2026-12/gpu_amp_learning.sh OUT_DIR [RECIPES]
-# For each recipe of RECIPES (default "patn xinggan"): "a" and "b" in the recipe's float32 with seed 0 (run to run, the
-# same settings differ only by cuDNN's non-deterministic kernels: the noise float32 training already has), "bf16"
-# with seed 0 and "seed1" in float32 with seed 1 (another start: the spread a change of seed gives); RUNS picks among
-# them and "bf16c" (bf16 with torch.compile), the first being the reference. Each runs STEPS
-# (default 500) at BATCH_<recipe> (default the recipe's) eagerly (compile off: the arithmetic, not its speed, is
-# compared), logging the losses every LOG_EVERY (5) steps; loss_curves.py compares b, bf16 and seed1 with a, and
+# For each recipe of RECIPES (default "patn xinggan"), the runs of RUNS (default "a b bf16 seed1"): "a" and "b" in the
+# recipe's float32 with seed 0 (run to run, the same settings differ only by cuDNN's non-deterministic kernels: the
+# noise float32 training already has), "bf16" with seed 0, "seed1" in float32 with seed 1 (another start: the spread a
+# change of seed gives), and "bf16c", bf16 with torch.compile and seed 0. Each runs STEPS (default 500) at
+# BATCH_<recipe> (default the recipe's), eagerly but for bf16c (the arithmetic, not its speed, is compared), logging
+# the losses every LOG_EVERY (5) steps; loss_curves.py compares the other runs with the first of RUNS, and
 # `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh). A second-stage recipe
 # starts every run from INIT_WEIGHTS_<recipe> (a stage-1 run folder; with STAGE1_<recipe> set to the stage-1 recipe
 # and no such folder, one is trained first: STAGE1_STEPS steps in float32).
@@ -38,12 +38,15 @@ for recipe in $recipes; do
             stamp "stage 1 ${!stage1} for $recipe: ${STAGE1_STEPS:-200} steps"
         fi
     fi
-    runs=(${RUNS:-a b bf16 seed1})
+    read -ra runs <<< "${RUNS:-a b bf16 seed1}"
     for run in "${runs[@]}"; do
-        sets=(--set compile=false --set amp=none --set seed=0)
-        [[ $run == bf16 ]] && sets=(--set compile=false --set amp=bf16 --set seed=0)
-        [[ $run == bf16c ]] && sets=(--set compile=true --set amp=bf16 --set seed=0)
-        [[ $run == seed1 ]] && sets=(--set compile=false --set amp=none --set seed=1)
+        case $run in
+            a | b) sets=(--set compile=false --set amp=none --set seed=0) ;;
+            bf16) sets=(--set compile=false --set amp=bf16 --set seed=0) ;;
+            bf16c) sets=(--set compile=true --set amp=bf16 --set seed=0) ;;
+            seed1) sets=(--set compile=false --set amp=none --set seed=1) ;;
+            *) stamp "unknown run $run (RUNS takes a, b, bf16, bf16c, seed1)"; exit 2 ;;
+        esac
         dir="$work/$recipe-$run"
         rm -rf "$dir"
         t0=$(date +%s.%N)
@@ -59,7 +62,7 @@ for recipe in $recipes; do
 **{row: {k: round(v[k], 4) for k in ('ssim', 'mask_ssim', 'l1', 'pckh')} for row, v in rows.items()}}))" \
             "$dir/eval/test/eval.json" "$recipe" "$run" "$card" "${STEPS:-500}" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
     done
-    $py benchmarks/loss_curves.py "${runs[@]/#/$work/$recipe-}" \
+    $py benchmarks/loss_curves.py "${runs[@]/#/"$work/$recipe-"}" \
         --label "$card $recipe" 2>> "$out/amp.err" | tee -a "$out/amp.jsonl"
 done
 stamp done
