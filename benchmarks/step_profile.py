@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_bench import smooth_images, step_pose_maps  # noqa: E402
+from train_bench import recipe_size, smooth_images, step_pose_maps  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
@@ -62,7 +62,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     if args.batch:
         cfg.batch_size = args.batch
     cfg = resolve_speed(cfg, device)
-    h, w = 256, 256 - 2 * cfg.crop_margin
+    h, w = recipe_size(name, cfg)
     torch.manual_seed(0)
     parts = build(cfg, device, (h, w))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

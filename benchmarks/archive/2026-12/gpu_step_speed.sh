@@ -10,10 +10,11 @@
 # PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
 # PIDM_PREDICTIONS; see the part), attention (attention_bench.py: XingGAN's cross attention alone, the model's bmm
 # against fused SDPA kernels), graph (step_graph_bench.py: the whole step of GRAPH_RECIPES at their paper batch as one
-# CUDA graph against eager), modes (train_bench.py for each RECIPE:MODES of MODES_RUNS at BATCH, in the checkout or,
-# with TREE=PATH, in another package tree such as a `git archive` of an older commit; the line's "tree" says
-# which). official and pidm need official/<model> (git-ignored exports of the official
-# repositories, carried to the device).
+# CUDA graph against eager), profile (step_profile.py with a Chrome trace in OUT/traces for each
+# RECIPE[:KEY=VALUE,...] of PROFILE_RUNS at BATCH: the recipe's setting with those overrides), modes (train_bench.py
+# for each RECIPE:MODES of MODES_RUNS at BATCH, in the checkout or, with TREE=PATH, in another package tree such as a
+# `git archive` of an older commit; the line's "tree" says which). official and pidm need official/<model>
+# (git-ignored exports of the official repositories, carried to the device).
 set -uo pipefail
 out=${1:?output folder}
 parts=${2:-eager}
@@ -55,6 +56,19 @@ if has attention; then
     stamp attention
     timeout 300 $py benchmarks/attention_bench.py --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
         2>> "$out/attention.err" | tee -a "$out/train.jsonl"
+fi
+if has profile; then
+    stamp "profile at batch ${BATCH:-32}"
+    for run in ${PROFILE_RUNS:-deepfashion/dptn deepfashion/gfla-stage2:amp=bf16,compile=true}; do
+        sets=()
+        if [[ $run == *:* ]]; then
+            IFS=, read -ra kvs <<< "${run#*:}"
+            for kv in "${kvs[@]}"; do sets+=(--set "$kv"); done
+        fi
+        timeout "${PROFILE_LIMIT:-300}" $py benchmarks/step_profile.py --recipe "${run%%:*}" --batch "${BATCH:-32}" \
+            "${sets[@]}" --trace "$out/traces" --label "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+            2>> "$out/profile.err" | tee -a "$out/train.jsonl" || stamp "profile $run: exit $?"
+    done
 fi
 if has graph; then
     stamp graph
