@@ -661,15 +661,19 @@ class _Events:
         self._previous_hook = threading.excepthook
         threading.excepthook = self._thread_hook
 
+    @staticmethod
+    def _tensorboard(thread: threading.Thread | None) -> bool:
+        return type(thread).__module__.startswith("tensorboard.")
+
     def _thread_hook(self, args) -> None:
-        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        if isinstance(args.exc_value, OSError) and self._tensorboard(args.thread):
             return
         self._previous_hook(args)
 
     def release_thread_hook(self) -> None:
         """Hand the hook back once any TensorBoard thread that failed has ended (it calls the hook last)."""
         for thread in threading.enumerate():
-            if type(thread).__module__.startswith("tensorboard.") and getattr(thread, "exception", None) is not None:
+            if self._tensorboard(thread) and getattr(thread, "exception", None) is not None:
                 thread.join(timeout=10)
         if threading.excepthook == self._thread_hook:
             threading.excepthook = self._previous_hook
