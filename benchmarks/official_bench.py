@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -69,6 +70,7 @@ from train_bench import arithmetic, smooth_images, unzero  # noqa: E402
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
+from pgpig.step_graph import GraphedStep  # noqa: E402
 from pgpig.train import AMP_DTYPES, build, build_generator, compile_parts, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
@@ -189,6 +191,9 @@ class PgpigSide:
                 compile_parts(self.parts, self.cfg.compile)
             if self.parts.ema is not None:
                 self.nets.append(self.parts.ema.model)
+            # the recipe's CUDA graph, as pgpig train replays it (its first steps run eagerly)
+            self.full_step = (GraphedStep(self.parts, self.cfg, self.batch.source.shape[0]) if self.cfg.cuda_graph
+                              else functools.partial(train_step, self.parts, self.cfg))
         else:
             self.plain_g = build_generator(self.cfg, size).to(device)
             if self.cfg.channels_last:
@@ -201,9 +206,14 @@ class PgpigSide:
                 self.plain_g.eval()
                 self.optimizers = []
 
+    def capturing(self) -> bool:
+        """Whether the recipe's CUDA graph is still to be captured (its warm-up steps are not over)."""
+        graphed = getattr(self, "full_step", None)
+        return isinstance(graphed, GraphedStep) and graphed.graph is None and graphed.failure is None
+
     def step(self) -> torch.Tensor | None:
         if self.kind == "full":
-            train_step(self.parts, self.cfg, self.batch)
+            self.full_step(self.batch)
             return None
         b = self.batch
         if self.kind == "sample":
@@ -286,7 +296,8 @@ def pgpig_config(recipe: str, mode: str, batch: int, settings: list[str]):
     overrides: dict[str, Any] = {"vgg_weights": None, "allow_random_vgg": True, "progress": False,
                                  "batch_size": batch}
     if mode != "recipe":
-        overrides.update(amp="bf16" if mode == "bf16" else "none", compile=False, channels_last=False)
+        overrides.update(amp="bf16" if mode == "bf16" else "none", compile=False, channels_last=False,
+                         cuda_graph=False)
     overrides.update(parse_set(tuple(settings)))
     return load_config(recipe_path(f"deepfashion/{recipe}"), overrides)
 
@@ -327,6 +338,8 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
         start = time.perf_counter()
         for _ in range(args.warmup):
             side.step()
+        while getattr(side, "capturing", lambda: False)():  # a CUDA graph is captured before the timed rounds
+            side.step()
         sync(device)
         warmup[name] = round(time.perf_counter() - start, 2)
     seconds: dict[str, list[float]] = {n: [] for n in sides}
@@ -353,7 +366,10 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
                 line["official_model_conf"] = {k: list(v) if isinstance(v, tuple) else v
                                                for k, v in model_conf.items()}
         else:
-            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "channels_last": pg.channels_last}
+            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "channels_last": pg.channels_last,
+                                      "cuda_graph": pg.cuda_graph}
+            if kind == "full" and isinstance(sides["pgpig"].full_step, GraphedStep):
+                line["pgpig_graph"] = sides["pgpig"].full_step.state()
         lines.append(line)
     del sides
     torch._dynamo.reset()

@@ -10,8 +10,8 @@ steps) launches the whole step at once. Per recipe, from the same weights and ba
 images and random keypoints, random VGG):
 
 - ``eager_ms``: the step as ``pgpig train`` runs it (the recipe's arithmetic, compile off);
-- ``graph_ms``: the same step captured once (after warm-up steps on a side stream, Adam made ``capturable``,
-  autocast's weight cache off, as CUDA graphs need) and replayed;
+- ``graph_ms``: the step as ``pgpig train`` runs it with ``cuda_graph: true`` (``pgpig.step_graph.GraphedStep``:
+  captured once after warm-up steps, then each call copies the batch into the capture's inputs and replays it);
 - ``loss_rel_diff_max``: with dropout off in both, the largest relative difference between the losses of the
   graph's first replays and of an eager twin stepping from the same state with the same capturable optimizers
   (the graph must compute the eager step); ``loss_rel_diff_by_loss`` per loss, beside
@@ -20,14 +20,14 @@ images and random keypoints, random VGG):
 - peak GPU memory of each, and the capture's seconds. A step that cannot be captured (a host sync inside it,
   a CPU-side random draw) gives its error instead.
 
-CUDA only. Not part of ``pgpig train``: a measurement of what graphing the step would give.
+CUDA only.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
+import functools
 import json
 import platform
 import sys
@@ -42,47 +42,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_bench import fixed_inputs, recipe_size, step_pose_maps, unzero  # noqa: E402
 
-import pgpig.train as trainer  # noqa: E402
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
-from pgpig.train import AMP_DTYPES, build, train_step  # noqa: E402
+from pgpig.step_graph import GraphedStep  # noqa: E402
+from pgpig.train import build, train_step  # noqa: E402
 
 
-def capturable(opt: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
-    """The same Adam over the same parameters and settings, its step count kept on the device (``capturable``);
-    fused Adam is graph-safe as it is."""
-    if opt is None or any(g.get("fused") for g in opt.param_groups):
-        return opt
-    return type(opt)([{**g, "capturable": True} for g in opt.param_groups])
-
-
-@contextlib.contextmanager
-def uncached_autocast():
-    """``train_step``'s autocast without its weight-cast cache, which a captured graph must not keep across
-    replays."""
-    plain = trainer._autocast
-
-    def autocast(cfg, device):
-        amp = trainer.resolve_amp(cfg.amp, device)
-        return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "none",
-                              cache_enabled=False)
-
-    trainer._autocast = autocast
-    try:
-        yield
-    finally:
-        trainer._autocast = plain
-
-
-def make_parts(cfg, device: torch.device, size: tuple[int, int], graph_ready: bool, dropout: bool):
-    """``build``'s parts from seed 0 (the same weights every call), optimizers ``capturable`` if ``graph_ready``,
-    dropout layers in eval mode unless ``dropout``."""
+def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
+    """``build``'s parts from seed 0 (the same weights every call), dropout layers in eval mode unless ``dropout``;
+    with ``cfg.cuda_graph`` on, its optimizers are ``capturable``, as ``pgpig train`` builds them."""
     torch.manual_seed(0)
     parts = build(cfg, device, size)
     unzero(parts.generator)
-    if graph_ready:
-        parts = dataclasses.replace(parts, opt_g=capturable(parts.opt_g), opt_d=capturable(parts.opt_d))
     if not dropout:
         for net in (parts.generator, *parts.discriminators.values()):
             for m in net.modules():
@@ -99,24 +71,16 @@ def fixed_batch(cfg, device: torch.device, size: tuple[int, int]) -> StepBatch:
     return StepBatch(source, target, source_pose, target_pose, keypoints[0], keypoints[1])
 
 
-def capture(parts, cfg, batch: StepBatch, warmup: int) -> tuple[torch.cuda.CUDAGraph, dict, float]:
-    """``warmup`` eager steps on a side stream, then one step captured; returns the graph, its losses (static
-    tensors, refreshed by each replay) and the seconds the capture took."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            train_step(parts, cfg, batch)
-    torch.cuda.current_stream().wait_stream(side)
-    for opt in (parts.opt_g, parts.opt_d):
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _, losses = train_step(parts, cfg, batch)
-    torch.cuda.synchronize()
-    return graph, losses, time.perf_counter() - start
+def graphed_step(cfg, device: torch.device, size: tuple[int, int], batch: StepBatch, warmup: int,
+                 dropout: bool) -> GraphedStep:
+    """``pgpig train``'s graphed step on fresh parts, run until it has captured (``warmup`` eager steps, then the
+    capture and its first replay)."""
+    step = GraphedStep(make_parts(cfg, device, size, dropout), cfg, cfg.batch_size, warmup=warmup)
+    for _ in range(warmup + 1):
+        step(batch)
+    if step.failure is not None:
+        raise RuntimeError(step.failure)
+    return step
 
 
 def timed(run, steps: int) -> float:
@@ -135,7 +99,7 @@ def values(losses: dict) -> dict[str, float]:
 
 def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) -> dict:
     overrides = {"vgg_weights": None, "allow_random_vgg": True, "progress": False, "compile": False,
-                 **parse_set(tuple(args.set))}
+                 "cuda_graph": False, **parse_set(tuple(args.set))}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     if args.amp:
@@ -147,54 +111,50 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
               "torch": torch.__version__, "python": platform.python_version()}
     batch = fixed_batch(cfg, device, size)
 
-    # the step as pgpig train runs it
-    parts = make_parts(cfg, device, size, graph_ready=False, dropout=True)
+    # the step as pgpig train runs it without the graph
+    eager = functools.partial(train_step, make_parts(cfg, device, size, dropout=True), cfg, batch)
     for _ in range(args.warmup):
-        train_step(parts, cfg, batch)
+        eager()
     torch.cuda.reset_peak_memory_stats(device)
-    record["eager_ms"] = round(timed(lambda: train_step(parts, cfg, batch), args.steps), 2)
+    record["eager_ms"] = round(timed(eager, args.steps), 2)
     record["eager_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del parts
+    del eager
     torch.cuda.empty_cache()
 
-    with uncached_autocast():
-        try:
-            # the graph computes the eager step: dropout off, twins from the same state
-            graphed = make_parts(cfg, device, size, graph_ready=True, dropout=False)
-            graph, losses, _ = capture(graphed, cfg, batch, args.warmup)
-            twins = [make_parts(cfg, device, size, graph_ready=True, dropout=False) for _ in range(2)]
-            for twin in twins:
-                for _ in range(args.warmup):
-                    train_step(twin, cfg, batch)
-            graph_diff: dict[str, float] = {}
-            twin_diff: dict[str, float] = {}
-            for _ in range(args.compare_steps):
-                graph.replay()
-                want, again = (values(train_step(twin, cfg, batch)[1]) for twin in twins)
-                got = values(losses)
-                for name in want:
-                    scale = max(abs(want[name]), 1e-12)
-                    graph_diff[name] = max(graph_diff.get(name, 0.0), abs(got[name] - want[name]) / scale)
-                    twin_diff[name] = max(twin_diff.get(name, 0.0), abs(again[name] - want[name]) / scale)
-            record["loss_rel_diff_max"] = float(f"{max(graph_diff.values(), default=0.0):.3g}")
-            record["loss_rel_diff_by_loss"] = {k: float(f"{v:.3g}") for k, v in graph_diff.items()}
-            record["eager_twins_rel_diff_by_loss"] = {k: float(f"{v:.3g}") for k, v in twin_diff.items()}
-            record["compared_steps"] = args.compare_steps
-            del graphed, twins, graph, losses
-            torch.cuda.empty_cache()
+    graph_cfg = dataclasses.replace(cfg, cuda_graph=True)
+    try:
+        # the graph computes the eager step: dropout off, twins from the same state
+        graphed = graphed_step(graph_cfg, device, size, batch, args.warmup, dropout=False)
+        twins = [make_parts(graph_cfg, device, size, dropout=False) for _ in range(2)]
+        for twin in twins:
+            for _ in range(args.warmup + 1):
+                train_step(twin, graph_cfg, batch, autocast_cache=False)
+        graph_diff: dict[str, float] = {}
+        twin_diff: dict[str, float] = {}
+        for _ in range(args.compare_steps):
+            got = values(graphed(batch)[1])
+            want, again = (values(train_step(twin, graph_cfg, batch, autocast_cache=False)[1]) for twin in twins)
+            for name in want:
+                scale = max(abs(want[name]), 1e-12)
+                graph_diff[name] = max(graph_diff.get(name, 0.0), abs(got[name] - want[name]) / scale)
+                twin_diff[name] = max(twin_diff.get(name, 0.0), abs(again[name] - want[name]) / scale)
+        record["loss_rel_diff_max"] = float(f"{max(graph_diff.values(), default=0.0):.3g}")
+        record["loss_rel_diff_by_loss"] = {k: float(f"{v:.3g}") for k, v in graph_diff.items()}
+        record["eager_twins_rel_diff_by_loss"] = {k: float(f"{v:.3g}") for k, v in twin_diff.items()}
+        record["compared_steps"] = args.compare_steps
+        del graphed, twins
+        torch.cuda.empty_cache()
 
-            # the timing, dropout on as in training
-            parts = make_parts(cfg, device, size, graph_ready=True, dropout=True)
-            torch.cuda.reset_peak_memory_stats(device)
-            graph, losses, seconds = capture(parts, cfg, batch, args.warmup)
-            record["capture_seconds"] = round(seconds, 2)
-            graph.replay()
-            record["graph_ms"] = round(timed(graph.replay, args.steps), 2)
-            record["graph_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            record["graph_losses_finite"] = all(torch.isfinite(v).all().item() for v in losses.values())
-            record["speedup"] = round(record["eager_ms"] / record["graph_ms"], 3)
-        except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a result too
-            record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # the timing, dropout on as in training; each call copies the batch in, as in pgpig train
+        torch.cuda.reset_peak_memory_stats(device)
+        graphed = graphed_step(graph_cfg, device, size, batch, args.warmup, dropout=True)
+        record["capture_seconds"] = graphed.capture_seconds
+        record["graph_ms"] = round(timed(lambda: graphed(batch), args.steps), 2)
+        record["graph_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        record["graph_losses_finite"] = all(torch.isfinite(v).all().item() for v in graphed.outputs[1].values())
+        record["speedup"] = round(record["eager_ms"] / record["graph_ms"], 3)
+    except Exception as exc:  # noqa: BLE001 - a step that cannot be captured is a result too
+        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return record
 
 

@@ -154,6 +154,10 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     speed = result["speed"]
     on = [speed["amp"] if speed["amp"] != "none" else "float32"] + [
         name for name in ("channels_last", "compile", "tf32") if speed[name]]
+    graph = speed.get("cuda_graph")
+    if graph:  # what the CUDA graph did: replayed steps, or why it could not capture
+        on.append(f"cuda_graph: {graph['replays']} replayed steps" if graph["captured"] else
+                  f"cuda_graph: not captured ({graph['failure'] or 'too few full batches'})")
     click.echo(f"{result['run_dir']}: step {result['step']}, epoch {result['epoch']}" + (f"; {losses}" if losses
                                                                                           else "")
                + f" ({speed['device']}: {', '.join(on)})")

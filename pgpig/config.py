@@ -143,6 +143,11 @@ class TrainConfig:
     """``torch.compile`` the generator and discriminators (slow first steps; for long GPU runs); ``auto``: on a CUDA
     device only; ``generator``: the generator alone (a spectrally normalised discriminator breaks the graph at each
     convolution, whose frames then recompile until dynamo's limit and run eager)."""
+    cuda_graph: bool | Literal["auto"] = False
+    """Replay each training step from one CUDA graph (``pgpig.step_graph``): the host launches a whole step at once
+    instead of kernel by kernel, which pays where the eager step leaves the GPU waiting for Python (small batches).
+    CUDA only; not with ``amp: fp16`` (its loss scaler checks for overflow on the host), a history pool
+    (``pool_size`` > 0) or several processes. ``auto``: on a CUDA device only."""
     channel_mult: tuple[int, ...] | None = None
     """PIDM: each UNet level's width as a multiple of ``ngf``; null: the paper's ``(1, 1, 2, 2, 4, 4)`` (256 px)."""
     attention_levels: tuple[int, ...] | None = None
@@ -433,6 +438,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.steps is None and cfg.lr_policy != "linear":
         raise TrainError("steps is null, which means 'the whole LR schedule', but lr_policy is constant; "
                          "give steps or use lr_policy: linear")
+    if cfg.cuda_graph is True and (cfg.amp == "fp16" or cfg.pool_size > 0):
+        reason = "amp: fp16 (its loss scaler checks for overflow on the host)" if cfg.amp == "fp16" else \
+            f"pool_size: {cfg.pool_size} (the history pool draws on the host)"
+        raise TrainError(f"cuda_graph: true cannot replay a step with {reason}; set cuda_graph: false")
     if cfg.vgg_weights is None and not cfg.allow_random_vgg:
         raise TrainError("vgg_weights is null: give a VGG-19 state dict path or 'imagenet' "
                          "(random VGG only with allow_random_vgg: true, for tests)")
@@ -440,13 +449,16 @@ def check_config(cfg: TrainConfig) -> None:
 
 def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """``cfg`` with its ``auto`` speed settings decided for ``device``: on CUDA, bf16 autocast (where the GPU has
-    bf16), and channels-last and ``torch.compile`` where the recipe says ``auto``; on the CPU, float32 and neither.
+    bf16), and channels-last, ``torch.compile`` and the CUDA graph where the recipe says ``auto``; on the CPU,
+    float32 and none of them.
     The recipes' choices are the fastest correct settings measured per generator
     (``benchmarks/results/train-defaults-*.jsonl``)."""
-    cuda = device.type == "cuda"
-    return dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device),
+    cuda, amp = device.type == "cuda", resolve_amp(cfg.amp, device)
+    graph = cuda and amp != "fp16" and cfg.pool_size == 0  # what a graph can replay (``check_config``)
+    return dataclasses.replace(cfg, amp=amp,
                                channels_last=cuda if cfg.channels_last == "auto" else cfg.channels_last,
-                               compile=cuda if cfg.compile == "auto" else cfg.compile)
+                               compile=cuda if cfg.compile == "auto" else cfg.compile,
+                               cuda_graph=graph if cfg.cuda_graph == "auto" else cfg.cuda_graph)
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

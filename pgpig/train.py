@@ -56,6 +56,7 @@ from pgpig.losses import l1_loss
 from pgpig.memory import MemoryEstimate, check_memory
 from pgpig.models.objective import Objective, StepBatch, generated_image
 from pgpig.samples import pair_grid, save_png
+from pgpig.step_graph import GraphedStep, quiet_capturable_warning
 from pipeline.devices import resolve_device
 from schemas.files import atomic_path
 from schemas.keypoints import NUM_KEYPOINTS
@@ -202,12 +203,15 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     ema = WeightAverage(generator, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay > 0 else None
     # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
     fused = cfg.fused_adam or None  # None: PyTorch's default implementation for the device
+    capturable = bool(cfg.cuda_graph) and device.type == "cuda"  # a CUDA graph replays the update
+    if capturable:
+        quiet_capturable_warning()
     opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
-                             fused=fused)
+                             fused=fused, capturable=capturable)
     # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
     opt_d = torch.optim.Adam([p for d in discriminators.values() for p in d.parameters()],
                              lr=cfg.lr * cfg.d_lr_ratio, betas=cfg.d_betas or cfg.betas,
-                             fused=fused) if discriminators else None
+                             fused=fused, capturable=capturable) if discriminators else None
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range and does not
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pools = {name: HistoryPool(cfg.pool_size) for name in discriminators}
@@ -245,10 +249,12 @@ def compile_parts(parts: Parts, setting: bool | str = True) -> None:
         parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``, and for ``auto`` off CUDA)."""
+def _autocast(cfg: TrainConfig, device: torch.device, cache: bool = True) -> torch.autocast:
+    """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``, and for ``auto`` off CUDA);
+    ``cache=False``: without the cache of weights cast to that dtype, which a CUDA graph must not keep."""
     amp = resolve_amp(cfg.amp, device)
-    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "none")
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "none",
+                          cache_enabled=cache)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -258,13 +264,15 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "_orig_mod", module)
 
 
-def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One generator and one discriminator update on a batch; returns the generated batch and the losses."""
+def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch,
+               autocast_cache: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One generator and one discriminator update on a batch; returns the generated batch and the losses.
+    ``autocast_cache=False`` for a step a CUDA graph captures (``pgpig.step_graph``)."""
     discriminators, scaler, objective = parts.discriminators, parts.scaler, parts.objective
     # -- generator forward and losses; the discriminators unwrapped (no DDP: no D gradient is wanted here) and
     # frozen, so the generator's step leaves their gradients alone
     plain = {name: _unwrap(d).requires_grad_(False) for name, d in discriminators.items()}
-    with _autocast(cfg, batch.source.device):
+    with _autocast(cfg, batch.source.device, autocast_cache):
         generated, loss_g, losses = objective.generator_loss(parts.generator, plain, batch)
     losses["g_total"] = loss_g
 
@@ -284,7 +292,7 @@ def train_step(parts: Parts, cfg: TrainConfig, batch: StepBatch) -> tuple[torch.
     if discriminators:
         for d in plain.values():
             d.requires_grad_(True)
-        with _autocast(cfg, batch.source.device):
+        with _autocast(cfg, batch.source.device, autocast_cache):
             loss_d = objective.discriminator_loss(discriminators, parts.pools, batch, generated.detach())
         parts.opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
@@ -353,6 +361,9 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     given, run_dir = cfg, cfg.run_dir
     cfg = resolve_speed(cfg, device)  # config.yaml keeps the recipe's auto: a resume on other hardware decides anew
     _check_run_folder(run_dir, cfg.resume)
+    if world > 1 and given.cuda_graph == "auto":  # a graph replays one process's step
+        cfg = dataclasses.replace(cfg, cuda_graph=False)
+    _check_graph(cfg, device, world)
     _seed_all(cfg.seed)  # weights and anything else drawn before the loop; the loop re-seeds per step
 
     train_set = PairDataset(cfg.shards / "train", flip=cfg.flip, crop_margin=cfg.crop_margin, seed=cfg.seed,
@@ -376,6 +387,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
             tqdm.write(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a "
                        "GPU (--set compile=false trains eagerly)", file=sys.stderr)
         compile_parts(parts, cfg.compile)
+    graphed = GraphedStep(parts, cfg, cfg.batch_size, log=_notice(cfg)) if cfg.cuda_graph else None
+    step = graphed or functools.partial(train_step, parts, cfg)
 
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",
                dynamic_ncols=True)
@@ -400,7 +413,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                         _samples(run_dir, writer, parts, cfg, inputs, None, val_batch, 0)
                     torch.manual_seed(_step_seed(cfg.seed, at.step, rank))
                     _set_lr(parts, cfg, cfg.lr * lr_factor(cfg, at.step, train_pairs))
-                    generated, step_losses = train_step(parts, cfg, inputs)
+                    generated, step_losses = step(inputs)
                     at.step += 1
                     at.in_epoch += 1
                     bar.update(1)
@@ -434,7 +447,30 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         raise _interrupted(stopped, at.step, run_dir, world)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
-                      "compile": cfg.compile, "tf32": cfg.tf32 and device.type == "cuda"}, "memory": memory}
+                      "compile": cfg.compile, "tf32": cfg.tf32 and device.type == "cuda",
+                      "cuda_graph": graphed.state() if graphed is not None else None}, "memory": memory}
+
+
+def _check_graph(cfg: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse ``cuda_graph: true`` where it cannot run (the settings ``check_config`` cannot judge alone)."""
+    if not cfg.cuda_graph:
+        return
+    if device.type != "cuda":
+        raise TrainError(f"cuda_graph: true needs a CUDA device, and this run trains on {device} "
+                         "(--set cuda_graph=false, or auto: on CUDA only)")
+    if world > 1:
+        raise TrainError(f"cuda_graph: true trains one process only, and this run has {world} "
+                         "(--set cuda_graph=false)")
+
+
+def _notice(cfg: TrainConfig) -> Callable[[str], None]:
+    """A function that prints a one-line notice under the progress bar (when there is one)."""
+
+    def notice(message: str) -> None:
+        if cfg.progress:
+            tqdm.write(message, file=sys.stderr)
+
+    return notice
 
 
 def _memory_check(cfg: TrainConfig, device: torch.device, size: tuple[int, int], rank: int,

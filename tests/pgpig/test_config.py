@@ -66,3 +66,28 @@ def test_exponent_numbers_without_a_dot_are_floats(tmp_path):
     assert load_config(recipe, parse_set(("lr=1e-3",)), set_keys={"lr"}).lr == 1e-3
     with pytest.raises(TrainError, match=r"^--set lr: '1e' is not a number \(float\)$"):
         load_config(recipe, parse_set(("lr=1e",)), set_keys={"lr"})
+
+
+def test_cuda_graph_refuses_what_a_replayed_step_cannot_do():
+    """A graph replays the step's kernels only: fp16's loss scaler and the history pool decide on the host."""
+    base = {"vgg_weights": None, "allow_random_vgg": True, "cuda_graph": True}
+    with pytest.raises(TrainError, match=r"cuda_graph: true cannot replay a step with amp: fp16"):
+        load_config(None, {**base, "amp": "fp16", "pool_size": 0})
+    with pytest.raises(TrainError, match=r"cuda_graph: true cannot replay a step with pool_size: 4"):
+        load_config(None, {**base, "amp": "bf16", "pool_size": 4})
+    assert load_config(None, {**base, "amp": "bf16", "pool_size": 0}).cuda_graph is True
+
+
+def test_cuda_graph_auto_is_on_for_cuda_only_and_where_a_graph_can_replay():
+    import torch
+
+    from pgpig.config import resolve_speed
+
+    cfg = load_config(None, {"vgg_weights": None, "allow_random_vgg": True, "cuda_graph": "auto", "amp": "none",
+                             "pool_size": 0})
+    assert resolve_speed(cfg, torch.device("cpu")).cuda_graph is False
+    assert resolve_speed(cfg, torch.device("cuda")).cuda_graph is True
+    for change in ({"pool_size": 4}, {"amp": "fp16"}):
+        other = load_config(None, {"vgg_weights": None, "allow_random_vgg": True, "cuda_graph": "auto", "amp": "none",
+                                   "pool_size": 0, **change})
+        assert resolve_speed(other, torch.device("cuda")).cuda_graph is False, change

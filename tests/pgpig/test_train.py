@@ -241,23 +241,24 @@ def test_fused_adam_makes_the_default_update_and_resumes_exactly(market_shards, 
 
 
 def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(market_shards, tmp_path):
-    """``amp``/``channels_last``/``compile: auto`` (the GPU recipes' defaults) are float32, contiguous and eager on
-    the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other
+    """``amp``/``channels_last``/``compile``/``cuda_graph: auto`` (the GPU recipes' defaults) are float32,
+    contiguous, eager and ungraphed on the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other
     hardware decides again; the summary line names what ran."""
     small = {"shards": market_shards, "steps": 2, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1,
              "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False, "device": "cpu"}
     auto = load_config(None, {**small, "run_dir": tmp_path / "auto", "amp": "auto", "channels_last": "auto",
-                              "compile": "auto"})
+                              "compile": "auto", "cuda_graph": "auto"})
     assert TrainConfig().amp == "auto"  # the field's default too
     resolved = resolve_speed(auto, torch.device("cpu"))
-    assert (resolved.amp, resolved.channels_last, resolved.compile) == ("none", False, False)
+    assert (resolved.amp, resolved.channels_last, resolved.compile, resolved.cuda_graph) == ("none", False, False,
+                                                                                            False)
     plain = load_config(None, {**small, "run_dir": tmp_path / "plain", "amp": "none"})
     result = train(auto)
     assert result["losses"] == train(plain)["losses"]
     assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False,
-                               "tf32": False}
+                               "tf32": False, "cuda_graph": None}
     saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
-    assert (saved["amp"], saved["channels_last"], saved["compile"]) == ("auto", "auto", "auto")
+    assert (saved["amp"], saved["channels_last"], saved["compile"], saved["cuda_graph"]) == ("auto",) * 4
     with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
         load_config(None, {"channels_last": "yes"})
     with pytest.raises(TrainError, match="'compile': 1 is not true, false, auto or generator"):
@@ -340,6 +341,16 @@ def test_missing_shards_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["train", "--shards", str(tmp_path / "nowhere"), *TINY])
     assert result.exit_code == 1
     assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+def test_cuda_graph_on_the_cpu_is_a_one_line_error_that_leaves_no_run(market_shards, tmp_path):
+    """``cuda_graph: true`` replays a CUDA graph; asked for on the CPU, the run stops before it builds anything."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--shards", str(market_shards), "--run", str(run), "--steps", "1",
+                                       "--device", "cpu", "--set", "cuda_graph=true", "--set", "pool_size=0", *TINY])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: cuda_graph: true needs a CUDA device, and this run trains on cpu")
+    assert len(result.output.strip().splitlines()) == 1 and not run.exists()
 
 
 def test_discriminator_learning_rate_ratio_and_betas():

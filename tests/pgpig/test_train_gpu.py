@@ -119,3 +119,91 @@ def test_auto_speed_settings_on_the_gpu(market_shards, tmp_path):
     assert speed["amp"] == ("bf16" if torch.cuda.is_bf16_supported() else "none")
     assert speed["channels_last"] is True and speed["compile"] is False
     assert _finite(tmp_path / "run" / "generator.safetensors")
+
+
+def _graph_parts(market_shards, tmp_path, **options):
+    """PATN parts of ``SMALL`` (no dropout, no pool) from seed 0 with capturable optimizers, and their config."""
+    from pgpig.config import resolve_speed
+    from pgpig.train import build
+
+    cfg = resolve_speed(load_config(None, {**SMALL, "pool_size": 0, "dropout": 0.0, "cuda_graph": True,
+                                           "shards": market_shards, "run_dir": tmp_path / "run", **options}),
+                        torch.device("cuda"))
+    torch.manual_seed(0)
+    return build(cfg, torch.device("cuda"), (128, 64)), cfg
+
+
+def _step_batches(count: int, batch: int):
+    from pgpig.models.objective import StepBatch
+    from pgpig.train import pose_maps
+
+    draws = torch.Generator(device="cuda").manual_seed(1)
+    batches = []
+    for _ in range(count):
+        images = torch.rand(2, batch, 3, 128, 64, device="cuda", generator=draws) * 2 - 1
+        keypoints = torch.rand(2, batch, 18, 2, device="cuda", generator=draws) * torch.tensor([63.0, 127.0],
+                                                                                                device="cuda")
+        cfg = load_config(None, {"vgg_weights": None, "allow_random_vgg": True})
+        source_pose, target_pose = (pose_maps(cfg, kp, (128, 64)) for kp in keypoints)
+        batches.append(StepBatch(images[0], images[1], source_pose, target_pose, keypoints[0], keypoints[1]))
+    return batches
+
+
+def test_cuda_graph_replays_the_eager_step(market_shards, tmp_path):
+    """``GraphedStep`` against ``train_step`` from the same weights on the same batches: three eager warm-up steps,
+    the capture, replays on new batches, a short batch in between (trained eagerly), and learning rates changed
+    between replays (the captured Adam reads them from device scalars: at learning rate 0 a replay leaves the
+    weights as they are). CUDA's backward kernels add in no fixed order, so losses are compared to a relative 1e-3
+    and the weights' total change by its direction."""
+    from pgpig.step_graph import GraphedStep
+    from pgpig.train import _set_lr, train_step
+
+    (graphed_parts, cfg), (eager_parts, _) = (_graph_parts(market_shards, tmp_path) for _ in range(2))
+    start = [p.detach().clone() for p in eager_parts.generator.parameters()]
+    graphed = GraphedStep(graphed_parts, cfg, batch_size=4)
+    full, short = _step_batches(7, 4), _step_batches(1, 2)[0]
+    for i, batch in enumerate([*full[:5], short, *full[5:]]):
+        torch.manual_seed(100 + i)
+        _, got = graphed(batch)
+        torch.manual_seed(100 + i)
+        _, want = train_step(eager_parts, cfg, batch, autocast_cache=False)
+        for name in want:
+            assert torch.allclose(got[name].float(), want[name].float(), rtol=1e-3, atol=1e-5), (i, name)
+    assert graphed.state() == {"captured": True, "eager_steps": 4, "replays": 4,
+                               "capture_seconds": graphed.capture_seconds, "failure": None}
+
+    def change(parts) -> torch.Tensor:
+        return torch.cat([(p.detach() - s).flatten() for p, s in zip(parts.generator.parameters(), start, strict=True)])
+
+    moved, wanted = change(graphed_parts), change(eager_parts)
+    assert torch.nn.functional.cosine_similarity(moved, wanted, dim=0) > 0.99 and moved.abs().max() > 0
+
+    before = [p.detach().clone() for p in graphed_parts.generator.parameters()]
+    _set_lr(graphed_parts, cfg, 0.0)
+    graphed(full[0])
+    assert all(torch.equal(p, b) for p, b in zip(graphed_parts.generator.parameters(), before, strict=True))
+    assert graphed_parts.opt_g.param_groups[0]["lr"] == 0.0  # the groups keep Python floats
+    _set_lr(graphed_parts, cfg, cfg.lr)
+    graphed(full[1])
+    assert not all(torch.equal(p, b) for p, b in zip(graphed_parts.generator.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True}, {"amp": "none", "ema_decay": 0.5}],
+                         ids=["bf16-cl", "fp32-ema"])
+def test_pgpig_train_with_cuda_graph_checkpoints_and_resumes(market_shards, tmp_path, options):
+    run = tmp_path / "run"
+    cfg = load_config(None, {**SMALL, "pool_size": 0, "cuda_graph": True, **options, "shards": market_shards,
+                             "run_dir": run, "steps": 6})
+    result = train(cfg)
+    graph = result["speed"]["cuda_graph"]
+    assert graph["captured"] and graph["failure"] is None and (graph["eager_steps"], graph["replays"]) == (3, 3)
+    assert result["step"] == 6 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
+    assert _finite(run / "generator.safetensors") and (run / "samples" / "step-000006.png").is_file()
+    if options.get("ema_decay"):  # the average follows the generator after every step, outside the graph
+        folder = step_folders(run)[-1]
+        assert torch.load(folder / "train_state.pt", weights_only=True)["ema_updates"] == 6
+        average, weights = (load_file(str(folder / f"{name}.safetensors")) for name in ("generator-ema", "generator"))
+        assert any(not torch.equal(average[k], weights[k]) for k in weights if weights[k].is_floating_point())
+    resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 8}))
+    assert resumed["step"] == 8 and resumed["speed"]["cuda_graph"]["eager_steps"] == 2
+    assert _finite(run / "generator.safetensors")
