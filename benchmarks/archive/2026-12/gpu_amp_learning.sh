@@ -5,8 +5,9 @@
 # For each recipe of RECIPES (default "patn xinggan"), the runs of RUNS (default "a b bf16 seed1"): "a" and "b" in the
 # recipe's float32 with seed 0 (run to run, the same settings differ only by cuDNN's non-deterministic kernels: the
 # noise float32 training already has), "bf16" with seed 0, "seed1" in float32 with seed 1 (another start: the spread a
-# change of seed gives), and "bf16c", bf16 with torch.compile and seed 0. Each runs STEPS (default 500) at
-# BATCH_<recipe> (default the recipe's), eagerly but for bf16c (the arithmetic, not its speed, is compared), logging
+# change of seed gives), "bf16c", bf16 with torch.compile and seed 0, and "graph", float32 with seed 0 replayed from
+# a CUDA graph (cuda_graph: true). Each runs STEPS (default 500) at
+# BATCH_<recipe> (default the recipe's), eagerly but for bf16c and graph (the arithmetic, not its speed, is compared), logging
 # the losses every LOG_EVERY (5) steps; loss_curves.py compares the other runs with the first of RUNS, and
 # `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh). A second-stage recipe
 # starts every run from INIT_WEIGHTS_<recipe> (a stage-1 run folder; with STAGE1_<recipe> set to the stage-1 recipe
@@ -45,7 +46,8 @@ for recipe in $recipes; do
             bf16) sets=(--set compile=false --set amp=bf16 --set seed=0) ;;
             bf16c) sets=(--set compile=true --set amp=bf16 --set seed=0) ;;
             seed1) sets=(--set compile=false --set amp=none --set seed=1) ;;
-            *) stamp "unknown run $run (RUNS takes a, b, bf16, bf16c, seed1)"; exit 2 ;;
+            graph) sets=(--set compile=false --set amp=none --set seed=0 --set cuda_graph=true) ;;
+            *) stamp "unknown run $run (RUNS takes a, b, bf16, bf16c, seed1, graph)"; exit 2 ;;
         esac
         dir="$work/$recipe-$run"
         rm -rf "$dir"

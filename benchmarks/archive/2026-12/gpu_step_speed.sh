@@ -6,7 +6,7 @@
 # PARTS (default "eager"): eager (every recipe, eager modes), compile (COMPILE_RECIPES, each in its own process
 # with COMPILE_MODES_<model>, under COMPILE_LIMIT seconds), official (official_bench.py, recipe mode against the
 # official float32 step, OFFICIAL_MODELS, with OFFICIAL_SET_<model> --set overrides: the candidate settings the
-# eager/compile parts picked), pidm (PIDM: official_bench full in PIDM_OFFICIAL_MODES and sample in
+# eager/compile parts picked; OFFICIAL_BATCH, default 32), graph-tests (pytest -m gpu: the cuda_graph tests), pidm (PIDM: official_bench full in PIDM_OFFICIAL_MODES and sample in
 # PIDM_SAMPLE_MODES at batch 8, train_bench's PIDM_MODES with their gradient cosines), pidm-run (mannequin runs of PIDM_STEPS steps at batch 32 with eval, one per
 # PIDM_PREDICTIONS; see the part), attention (attention_bench.py: XingGAN's cross attention alone, the model's bmm
 # against fused SDPA kernels), graph (step_graph_bench.py: the whole step of GRAPH_RECIPES at their paper batch as one
@@ -77,6 +77,11 @@ if has graph; then
     timeout "${GRAPH_LIMIT:-500}" $py benchmarks/step_graph_bench.py "${recipes[@]}" --label "$(nvidia-smi \
         --query-gpu=name --format=csv,noheader | head -1)" 2>> "$out/graph.err" | tee -a "$out/train.jsonl"
 fi
+if has graph-tests; then
+    stamp graph-tests
+    timeout "${GRAPH_TESTS_LIMIT:-300}" $py -m pytest -q -m gpu -k cuda_graph tests/pgpig/test_train_gpu.py -p no:cacheprovider \
+        2>&1 | tail -30 | tee -a "$out/session.log"
+fi
 if has official; then
     stamp official
     for m in ${OFFICIAL_MODELS:-patn xinggan dptn gfla}; do
@@ -84,7 +89,7 @@ if has official; then
         sets=()
         for kv in ${!var:-}; do sets+=(--set "$kv"); done
         timeout "${OFFICIAL_LIMIT:-420}" $py benchmarks/official_bench.py --official-repo "official/$m" --model "$m" \
-            --device cuda --batch 32 --rounds 3 --steps 5 --warmup 3 --modes recipe --kinds full "${sets[@]}" \
+            --device cuda --batch "${OFFICIAL_BATCH:-32}" --rounds 3 --steps 5 --warmup 3 --modes recipe --kinds full "${sets[@]}" \
             --out "$out/official.jsonl" 2>> "$out/official.err" | tail -1 || stamp "official $m: exit $?"
     done
 fi
