@@ -78,8 +78,8 @@ def graphed_step(cfg, device: torch.device, size: tuple[int, int], batch: StepBa
     step = GraphedStep(make_parts(cfg, device, size, dropout), cfg, cfg.batch_size, warmup=warmup)
     for _ in range(warmup + 1):
         step(batch)
-    if step.failure is not None:
-        raise RuntimeError(step.failure)
+    if step.graph is None:  # a failed capture, or batches the graph does not take: no graph to time
+        raise RuntimeError(step.failure or f"no capture after {warmup + 1} steps")
     return step
 
 

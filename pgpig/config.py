@@ -147,7 +147,7 @@ class TrainConfig:
     """Replay each training step from one CUDA graph (``pgpig.step_graph``): the host launches a whole step at once
     instead of kernel by kernel, which pays where the eager step leaves the GPU waiting for Python (small batches).
     CUDA only; not with ``amp: fp16`` (its loss scaler checks for overflow on the host), a history pool
-    (``pool_size`` > 0) or several processes. ``auto``: on a CUDA device only."""
+    (``pool_size`` > 0), PIDM or several processes. ``auto``: on a CUDA device, where none of these applies."""
     channel_mult: tuple[int, ...] | None = None
     """PIDM: each UNet level's width as a multiple of ``ngf``; null: the paper's ``(1, 1, 2, 2, 4, 4)`` (256 px)."""
     attention_levels: tuple[int, ...] | None = None
@@ -438,13 +438,22 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.steps is None and cfg.lr_policy != "linear":
         raise TrainError("steps is null, which means 'the whole LR schedule', but lr_policy is constant; "
                          "give steps or use lr_policy: linear")
-    if cfg.cuda_graph is True and (cfg.amp == "fp16" or cfg.pool_size > 0):
-        reason = "amp: fp16 (its loss scaler checks for overflow on the host)" if cfg.amp == "fp16" else \
-            f"pool_size: {cfg.pool_size} (the history pool draws on the host)"
+    if cfg.cuda_graph is True and (reason := _graph_obstacle(cfg, cfg.amp)):
         raise TrainError(f"cuda_graph: true cannot replay a step with {reason}; set cuda_graph: false")
     if cfg.vgg_weights is None and not cfg.allow_random_vgg:
         raise TrainError("vgg_weights is null: give a VGG-19 state dict path or 'imagenet' "
                          "(random VGG only with allow_random_vgg: true, for tests)")
+
+
+def _graph_obstacle(cfg: TrainConfig, amp: str) -> str | None:
+    """What in ``cfg`` (with ``amp`` resolved or not) a CUDA graph of the step cannot replay, or ``None``."""
+    if amp == "fp16":
+        return "amp: fp16 (its loss scaler checks for overflow on the host)"
+    if cfg.pool_size > 0:
+        return f"pool_size: {cfg.pool_size} (the history pool draws on the host)"
+    if cfg.model == "pidm":
+        return "model: pidm (its step seeds a random generator of its own from the host)"
+    return None
 
 
 def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
@@ -454,7 +463,7 @@ def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     The recipes' choices are the fastest correct settings measured per generator
     (``benchmarks/results/train-defaults-*.jsonl``)."""
     cuda, amp = device.type == "cuda", resolve_amp(cfg.amp, device)
-    graph = cuda and amp != "fp16" and cfg.pool_size == 0  # what a graph can replay (``check_config``)
+    graph = cuda and _graph_obstacle(cfg, amp) is None
     return dataclasses.replace(cfg, amp=amp,
                                channels_last=cuda if cfg.channels_last == "auto" else cfg.channels_last,
                                compile=cuda if cfg.compile == "auto" else cfg.compile,

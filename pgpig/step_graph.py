@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
 
 from pgpig.models.objective import StepBatch
 
-__all__ = ["GraphedStep", "quiet_capturable_warning"]
+__all__ = ["GraphedStep"]
 
 WARMUP_STEPS = 3
 """Eager steps before the capture: they create the optimizers' state and let cuDNN and cuBLAS pick their kernels."""
-
-
-def quiet_capturable_warning() -> None:
-    """Silence PyTorch's advice against running a ``capturable`` optimizer outside a graph: the warm-up steps, short
-    batches and the memory check's dry run do so on purpose."""
-    warnings.filterwarnings("ignore", message=r"This instance was constructed with capturable=True",
-                            category=UserWarning)
 
 
 class GraphedStep:
@@ -108,6 +100,7 @@ class GraphedStep:
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
+        here = torch.cuda.current_stream(device)
         start = time.perf_counter()
         for group, scalar in self._lr:
             group["lr"] = scalar
@@ -116,10 +109,14 @@ class GraphedStep:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self._train_step(self._plain, self.cfg, self.inputs, autocast_cache=False)
         except Exception as exc:  # noqa: BLE001 - any capture error: report it once and train eagerly
+            torch.cuda.set_stream(here)  # a capture that failed at its end leaves its own stream current
             self._floats()
             self.graph, self.inputs, self._lr, self._rates = None, None, [], []
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            self.failure = f"{type(exc).__name__}: {first}"
+            cause = exc
+            while cause.__context__ is not None:  # the first error, not the capture's "previous error" after it
+                cause = cause.__context__
+            first = str(cause).splitlines()[0] if str(cause) else ""
+            self.failure = f"{type(cause).__name__}: {first}"
             self.log(f"cuda_graph: the training step could not be captured ({self.failure}); training eagerly")
             torch.cuda.synchronize(device)
             return self._eager(batch)

@@ -56,7 +56,7 @@ from pgpig.losses import l1_loss
 from pgpig.memory import MemoryEstimate, check_memory
 from pgpig.models.objective import Objective, StepBatch, generated_image
 from pgpig.samples import pair_grid, save_png
-from pgpig.step_graph import GraphedStep, quiet_capturable_warning
+from pgpig.step_graph import GraphedStep
 from pipeline.devices import resolve_device
 from schemas.files import atomic_path
 from schemas.keypoints import NUM_KEYPOINTS
@@ -204,8 +204,6 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     # parameters the objective holds fixed (PG2's G1 in stage 2) are not optimised
     fused = cfg.fused_adam or None  # None: PyTorch's default implementation for the device
     capturable = bool(cfg.cuda_graph) and device.type == "cuda"  # a CUDA graph replays the update
-    if capturable:
-        quiet_capturable_warning()
     opt_g = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
                              fused=fused, capturable=capturable)
     # one Adam over all discriminators: Adam is per parameter, so this equals PATN's one optimizer per D
@@ -332,6 +330,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    elif device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the streams and CUDA graph of a run are the current device's
     try:
         cfg = dataclasses.replace(cfg, run_dir=_run_folder(cfg, world))
         created = rank == 0 and not cfg.run_dir.exists()
@@ -648,13 +648,25 @@ def _restore(run_dir: Path, parts: Parts, device: torch.device) -> Position:
                             average=parts.ema.model if parts.ema is not None else None)
     if parts.ema is not None:
         parts.ema.updates = int(state.get("ema_updates", state["step"]))
-    parts.opt_g.load_state_dict(state["opt_g"])
+    _load_optimizer(parts.opt_g, state["opt_g"])
     if parts.opt_d is not None:
-        parts.opt_d.load_state_dict(state["opt_d"])
+        _load_optimizer(parts.opt_d, state["opt_d"])
     parts.scaler.load_state_dict(state["scaler"])
     for name, pool in parts.pools.items():
         pool.load_state_dict(state.get("pools", {}).get(name, {}), device)
     return Position(state["step"], state["epoch"], state["in_epoch"])
+
+
+IMPLEMENTATION_KEYS = ("capturable", "fused", "foreach", "differentiable")
+"""An optimizer group's choices of implementation: this run's settings (``cuda_graph``, ``fused_adam``), not the
+checkpoint's, which ``load_state_dict`` would otherwise bring back (a CUDA graph run resumed on the CPU)."""
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """``opt.load_state_dict(saved)`` keeping ``opt``'s own ``IMPLEMENTATION_KEYS``."""
+    groups = [{**group, **{k: live[k] for k in IMPLEMENTATION_KEYS if k in live}}
+              for group, live in zip(saved["param_groups"], opt.param_groups, strict=False)]
+    opt.load_state_dict({**saved, "param_groups": groups})
 
 
 def _wrap_ddp(parts: Parts, cfg: TrainConfig, device: torch.device) -> None:

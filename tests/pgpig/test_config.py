@@ -75,6 +75,8 @@ def test_cuda_graph_refuses_what_a_replayed_step_cannot_do():
         load_config(None, {**base, "amp": "fp16", "pool_size": 0})
     with pytest.raises(TrainError, match=r"cuda_graph: true cannot replay a step with pool_size: 4"):
         load_config(None, {**base, "amp": "bf16", "pool_size": 4})
+    with pytest.raises(TrainError, match=r"cuda_graph: true cannot replay a step with model: pidm"):
+        load_config(None, {**base, "amp": "none", "pool_size": 0, "model": "pidm"})
     assert load_config(None, {**base, "amp": "bf16", "pool_size": 0}).cuda_graph is True
 
 
@@ -87,7 +89,7 @@ def test_cuda_graph_auto_is_on_for_cuda_only_and_where_a_graph_can_replay():
                              "pool_size": 0})
     assert resolve_speed(cfg, torch.device("cpu")).cuda_graph is False
     assert resolve_speed(cfg, torch.device("cuda")).cuda_graph is True
-    for change in ({"pool_size": 4}, {"amp": "fp16"}):
+    for change in ({"pool_size": 4}, {"amp": "fp16"}, {"model": "pidm"}):
         other = load_config(None, {"vgg_weights": None, "allow_random_vgg": True, "cuda_graph": "auto", "amp": "none",
                                    "pool_size": 0, **change})
         assert resolve_speed(other, torch.device("cuda")).cuda_graph is False, change

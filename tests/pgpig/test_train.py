@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -242,8 +243,8 @@ def test_fused_adam_makes_the_default_update_and_resumes_exactly(market_shards, 
 
 def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(market_shards, tmp_path):
     """``amp``/``channels_last``/``compile``/``cuda_graph: auto`` (the GPU recipes' defaults) are float32,
-    contiguous, eager and ungraphed on the CPU: the same losses as spelling those out; ``config.yaml`` keeps ``auto`` so that a resume on other
-    hardware decides again; the summary line names what ran."""
+    contiguous, eager and ungraphed on the CPU: the same losses as spelling those out; ``config.yaml`` keeps
+    ``auto`` so that a resume on other hardware decides again; the summary line names what ran."""
     small = {"shards": market_shards, "steps": 2, "batch_size": 2, "ngf": 8, "n_blocks": 1, "d_blocks": 1,
              "vgg_weights": None, "allow_random_vgg": True, "num_workers": 0, "progress": False, "device": "cpu"}
     auto = load_config(None, {**small, "run_dir": tmp_path / "auto", "amp": "auto", "channels_last": "auto",
@@ -351,6 +352,27 @@ def test_cuda_graph_on_the_cpu_is_a_one_line_error_that_leaves_no_run(market_sha
     assert result.exit_code == 1
     assert result.output.startswith("error: cuda_graph: true needs a CUDA device, and this run trains on cpu")
     assert len(result.output.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_a_run_resumes_with_its_own_optimizer_implementation_not_the_checkpoints(market_shards, tmp_path):
+    """A checkpoint's optimizer groups record how Adam ran (``capturable`` in a CUDA-graph run, ``fused``); the
+    resumed run keeps its own choice: a graph run's checkpoint resumes on the CPU (a capturable Adam there fails its
+    first step), and a fused one resumes unfused."""
+    run = tmp_path / "run"
+    cfg = load_config(None, {"shards": market_shards, "run_dir": run, "steps": 1, "batch_size": 2, "ngf": 8,
+                             "n_blocks": 1, "d_blocks": 1, "vgg_weights": None, "allow_random_vgg": True,
+                             "num_workers": 0, "progress": False, "device": "cpu", "pool_size": 0})
+    train(cfg)
+    path = latest(run) / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("opt_g", "opt_d"):  # what a cuda_graph run on a GPU writes
+        for group in state[key]["param_groups"]:
+            group["capturable"] = True
+    torch.save(state, path)
+    resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 2}))
+    assert resumed["step"] == 2 and all(math.isfinite(v) for v in resumed["losses"].values())
+    state = torch.load(latest(run) / "train_state.pt", weights_only=True)
+    assert not any(g["capturable"] for key in ("opt_g", "opt_d") for g in state[key]["param_groups"])
 
 
 def test_discriminator_learning_rate_ratio_and_betas():
