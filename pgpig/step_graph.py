@@ -76,7 +76,7 @@ class GraphedStep:
 
     def _eager(self, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.eager_steps += 1
-        return self._train_step(self._plain, self.cfg, batch, autocast_cache=False)
+        return _detached(self._train_step(self._plain, self.cfg, batch, autocast_cache=False))
 
     def _warm(self, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """An eager step on a side stream, ordered after the work queued before it and before the work after it."""
@@ -122,7 +122,7 @@ class GraphedStep:
             return self._eager(batch)
         self._floats()
         self.capture_seconds = round(time.perf_counter() - start, 3)
-        self.graph, self.outputs = graph, outputs
+        self.graph, self.outputs = graph, _detached(outputs)
         return self._replay(batch, copy=False)
 
     def _replay(self, batch: StepBatch, copy: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -150,6 +150,13 @@ class GraphedStep:
                     or mine.device != theirs.device):
                 return False
         return True
+
+
+def _detached(outputs: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A step's image and losses without their autograd graph, so that holding them does not keep the step's
+    graph (and its gradient accumulators, tied to the stream the step ran on) alive into the next step."""
+    generated, losses = outputs
+    return generated.detach(), {name: value.detach() for name, value in losses.items()}
 
 
 def _plain_module(module: torch.nn.Module) -> torch.nn.Module:
