@@ -22,8 +22,9 @@ import os
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -334,47 +335,82 @@ class _Part:
 
 def extract_stream(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
     """The partitions of ``tasks`` as one ``extract_files`` of the source over all their files, each part written
-    as soon as its last file is back; yields a summary per part, in order: ``{"part", "rows", "statuses",
-    "seconds", "backend_seconds", "write_seconds", "first_batch_seconds"}`` (seconds: from the previous part's end
-    to its own; getting the source, which loads the model unless a warm-up or an earlier task did, and the first
-    batch's wait count in the first part only). The source's reading runs on from one part into the next; however
-    the parts are grouped into streams, the files and rows are the same (``SOURCE_SIZES`` keeps the sources whose
-    batches would differ to one part per stream)."""
+    as soon as its last file is back; yields a summary per part, in order, once its file is on disk: ``{"part",
+    "rows", "statuses", "seconds", "backend_seconds", "write_seconds", "first_batch_seconds"}`` (seconds: from the
+    previous part's summary to its own; getting the source, which loads the model unless a warm-up or an earlier
+    task did, and the first batch's wait count in the first part only). The source's reading runs on from one part
+    into the next; however the parts are grouped into streams, the files and rows are the same (``SOURCE_SIZES``
+    keeps the sources whose batches would differ to one part per stream).
+
+    The part files are written by one thread beside the source's loop (building the table, compressing it and the
+    fsync of the atomic write take their time off the loop that feeds the device), in part order; a write's error
+    is raised when its part's turn comes, and whatever way the stream ends, the parts already complete are written
+    before it returns."""
     start = time.perf_counter()
     source = task_source(tasks[0].settings)
     backend_seconds = time.perf_counter() - start
     parts = [_Part(task, source.origin) for task in tasks]
     ends = np.cumsum([len(p.todo) for p in parts])  # files read when each part is complete
     rows = np.concatenate([p.todo for p in parts])
-    done = read = 0  # parts written, files handed back
+    handed = reported = read = 0  # parts given to the writer, parts reported, files handed back
+    pending: deque[Future] = deque()  # the writer's results, in part order
     first_batch = None
+    failed = threading.Event()  # a write failed: the writer writes no later part
 
-    def finish_complete() -> Iterator[dict]:
-        nonlocal done, start
-        while done < len(parts) and read >= ends[done]:
-            statuses, write_seconds = parts[done].write(out)
-            now = time.perf_counter()
-            yield {"part": parts[done].task.part, "rows": len(parts[done].task.rows), "statuses": statuses,
-                   "seconds": now - start, "backend_seconds": backend_seconds if done == 0 else 0.0,
-                   "write_seconds": write_seconds, "first_batch_seconds": first_batch if done == 0 else None}
-            done, start = done + 1, now
+    def write(part: _Part) -> tuple[dict, float] | None:
+        if failed.is_set():
+            return None
+        try:
+            return part.write(out)
+        except BaseException:
+            failed.set()
+            raise
 
-    yield from finish_complete()  # leading parts with no file to read
-    paths = [path for p in parts for path in p.paths()]
-    names = [name for p in parts for name in p.names()]
-    for batch in source.extract_files(paths, tasks[0].settings["max_pixels"], names):
-        if first_batch is None:
-            first_batch = time.perf_counter() - start
-        n, lo = len(batch), 0
-        while lo < n:  # this batch's files, part by part
-            k = int(np.searchsorted(ends, read + lo, side="right"))
-            hi = min(n, int(ends[k]) - read)
-            parts[k].take(batch, lo, hi, rows[read + lo:read + hi])
-            lo = hi
-        read += n
-        yield from finish_complete()
-    if read != len(rows):
-        raise PipelineError(f"the {tasks[0].settings['backend']} source returned {read} of {len(rows)} files")
+    def hand_over() -> None:
+        nonlocal handed
+        while handed < len(parts) and read >= ends[handed]:
+            pending.append(writer.submit(write, parts[handed]))
+            handed += 1
+
+    def written(wait: bool) -> Iterator[dict]:
+        nonlocal reported, start
+        while pending and (wait or pending[0].done()):
+            result = pending.popleft().result()  # a failed write raises here, in part order
+            if result is None:  # after a failed write: the parts the writer left
+                pending.clear()
+                return
+            statuses, write_seconds = result
+            now, part = time.perf_counter(), parts[reported]
+            yield {"part": part.task.part, "rows": len(part.task.rows), "statuses": statuses,
+                   "seconds": now - start, "backend_seconds": backend_seconds if reported == 0 else 0.0,
+                   "write_seconds": write_seconds, "first_batch_seconds": first_batch if reported == 0 else None}
+            reported, start = reported + 1, now
+
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-part-writer")
+    try:
+        hand_over()  # leading parts with no file to read
+        paths = [path for p in parts for path in p.paths()]
+        names = [name for p in parts for name in p.names()]
+        for batch in source.extract_files(paths, tasks[0].settings["max_pixels"], names):
+            if first_batch is None:
+                first_batch = time.perf_counter() - start
+            n, lo = len(batch), 0
+            while lo < n:  # this batch's files, part by part
+                k = int(np.searchsorted(ends, read + lo, side="right"))
+                hi = min(n, int(ends[k]) - read)
+                parts[k].take(batch, lo, hi, rows[read + lo:read + hi])
+                lo = hi
+            read += n
+            hand_over()
+            yield from written(wait=False)
+        if read != len(rows):
+            raise PipelineError(f"the {tasks[0].settings['backend']} source returned {read} of {len(rows)} files")
+        yield from written(wait=True)
+    except Exception:
+        yield from written(wait=True)  # the parts complete before the error are written and reported first
+        raise
+    finally:
+        writer.shutdown(wait=True)  # and on disk however the stream stops (an interrupt, a closed generator)
 
 
 def _part_failed(task: PartitionTask, exc: BaseException) -> PipelineError:

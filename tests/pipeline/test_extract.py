@@ -376,6 +376,36 @@ def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market
     assert record["already_done"] == 12 and record["rows"] == summary["images"]
 
 
+def test_no_part_after_a_failed_write_is_written_and_the_error_names_the_failed_one(market_tree, tmp_path,
+                                                                                   monkeypatch):
+    """The parts are written by a thread beside the source's loop, in order: when one fails, the parts complete
+    after it are not written (the run stops at the first part missing), and those before it are on disk."""
+    import errno
+
+    import pipeline.extract as extract
+
+    root, summary = market_tree
+    # the fast backend streams all its parts through one source (annotations and ultralytics one part at a time)
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0, device="cpu",
+                        batch_size=8, partition_size=2)
+    real_write = extract.write_table
+    calls = []
+
+    def disk_full_on_second(table, path, kind):
+        calls.append(path)
+        if len(calls) == 1:  # a slow first write: the source's loop hands every part to the writer meanwhile
+            time.sleep(0.5)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(table, path, kind)
+
+    monkeypatch.setattr(extract, "write_table", disk_full_on_second)
+    with pytest.raises(PipelineError, match=r"part 1 .* failed: OSError: .*No space left on device.*resume"):
+        run_extract(cfg, log=quiet)
+    assert [p.name for p in cfg.out.glob("part-*.parquet")] == [extract.part_name(0)] and len(calls) == 2
+    assert -(-summary["images"] // 2) > 3  # parts were complete after the failed one
+
+
 def _rows(statuses: list[str], splits: list[str | None] | None = None, identities: list[str] | None = None) -> dict:
     return {"status": statuses, "reason": [None if s == "ok" else f"why {s}" for s in statuses],
             "split": splits or ["train"] * len(statuses), "identity": identities or ["a"] * len(statuses)}
