@@ -350,28 +350,36 @@ def test_existing_dask_cluster_through_scheduler_address(market_tree, tmp_path):
     assert len(list(cfg.out.glob("part-*.parquet"))) == -(-summary["images"] // 4)
 
 
-def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market_tree, tmp_path, monkeypatch):
+def _disk_full_on(monkeypatch, call: int, slow_first: bool = False) -> list:
+    """``pipeline.extract``'s part writes fail with ENOSPC at the ``call``-th (the first one 0.5 s slow if
+    ``slow_first``); returns the list of paths written to, which the writes fill."""
     import errno
 
     import pipeline.extract as extract
 
-    root, summary = market_tree
-    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
-                        annotations=(root / "market-annotation-train.csv",), partition_size=6)
-    real_write = extract.write_table
-    calls = []
+    real_write, calls = extract.write_table, []
 
-    def disk_full_on_third(table, path, kind):
+    def write(table, path, kind):
         calls.append(path)
-        if len(calls) == 3:
+        if slow_first and len(calls) == 1:
+            time.sleep(0.5)
+        if len(calls) == call:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(table, path, kind)
 
-    monkeypatch.setattr(extract, "write_table", disk_full_on_third)
+    monkeypatch.setattr(extract, "write_table", write)
+    return calls
+
+
+def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market_tree, tmp_path, monkeypatch):
+    root, summary = market_tree
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                        annotations=(root / "market-annotation-train.csv",), partition_size=6)
+    _disk_full_on(monkeypatch, 3)
     with pytest.raises(PipelineError, match=r"part 2 .* failed: OSError: .*No space left on device.*resume"):
         run_extract(cfg, log=quiet)
     assert len(list(cfg.out.glob("part-*.parquet"))) == 2
-    monkeypatch.setattr(extract, "write_table", real_write)
+    monkeypatch.undo()
     record = run_extract(cfg, log=quiet)
     assert record["already_done"] == 12 and record["rows"] == summary["images"]
 
@@ -379,30 +387,18 @@ def test_a_failing_write_stops_with_a_clear_error_and_the_rerun_completes(market
 def test_no_part_after_a_failed_write_is_written_and_the_error_names_the_failed_one(market_tree, tmp_path,
                                                                                    monkeypatch):
     """The parts are written by a thread beside the source's loop, in order: when one fails, the parts complete
-    after it are not written (the run stops at the first part missing), and those before it are on disk."""
-    import errno
-
-    import pipeline.extract as extract
+    after it are not written (the run stops at the first part missing), and those before it are on disk. The first
+    write is slow, so that the source's loop hands every part to the writer meanwhile."""
+    from pipeline.keypoints import part_name
 
     root, summary = market_tree
     # the fast backend streams all its parts through one source (annotations and ultralytics one part at a time)
     cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0, device="cpu",
                         batch_size=8, partition_size=2)
-    real_write = extract.write_table
-    calls = []
-
-    def disk_full_on_second(table, path, kind):
-        calls.append(path)
-        if len(calls) == 1:  # a slow first write: the source's loop hands every part to the writer meanwhile
-            time.sleep(0.5)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_write(table, path, kind)
-
-    monkeypatch.setattr(extract, "write_table", disk_full_on_second)
+    calls = _disk_full_on(monkeypatch, 2, slow_first=True)
     with pytest.raises(PipelineError, match=r"part 1 .* failed: OSError: .*No space left on device.*resume"):
         run_extract(cfg, log=quiet)
-    assert [p.name for p in cfg.out.glob("part-*.parquet")] == [extract.part_name(0)] and len(calls) == 2
+    assert [p.name for p in cfg.out.glob("part-*.parquet")] == [part_name(0)] and len(calls) == 2
     assert -(-summary["images"] // 2) > 3  # parts were complete after the failed one
 
 
