@@ -192,7 +192,7 @@ class PgpigSide:
             if self.parts.ema is not None:
                 self.nets.append(self.parts.ema.model)
             # the recipe's CUDA graph, as pgpig train replays it (its first steps run eagerly)
-            self.full_step = (GraphedStep(self.parts, self.cfg, self.batch.source.shape[0]) if self.cfg.cuda_graph
+            self.full_step = (GraphedStep(self.parts, self.cfg) if self.cfg.cuda_graph
                               else functools.partial(train_step, self.parts, self.cfg))
         else:
             self.plain_g = build_generator(self.cfg, size).to(device)

@@ -75,7 +75,7 @@ def graphed_step(cfg, device: torch.device, size: tuple[int, int], batch: StepBa
                  dropout: bool) -> GraphedStep:
     """``pgpig train``'s graphed step on fresh parts, run until it has captured (``warmup`` eager steps, then the
     capture and its first replay)."""
-    step = GraphedStep(make_parts(cfg, device, size, dropout), cfg, cfg.batch_size, warmup=warmup)
+    step = GraphedStep(make_parts(cfg, device, size, dropout), cfg, warmup=warmup)
     for _ in range(warmup + 1):
         step(batch)
     if step.graph is None:  # a failed capture, or batches the graph does not take: no graph to time

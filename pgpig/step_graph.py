@@ -37,14 +37,14 @@ class GraphedStep:
     host. Learning rates stay floats in the optimizers' groups (``_set_lr``, checkpoints); each replay first copies
     them into the device scalars the captured Adam reads."""
 
-    def __init__(self, parts, cfg, batch_size: int, warmup: int = WARMUP_STEPS,
-                 log: Callable[[str], None] | None = None):
-        from pgpig.train import train_step
+    def __init__(self, parts, cfg, warmup: int = WARMUP_STEPS, log: Callable[[str], None] | None = None):
+        from pgpig.train import _unwrap, train_step
 
         self._train_step = train_step
-        self.parts, self.cfg, self.batch_size, self.warmup = parts, cfg, batch_size, warmup
+        self.parts, self.cfg, self.warmup = parts, cfg, warmup
         self.log = log or (lambda message: None)
         self._plain = dataclasses.replace(parts, ema=None)  # the step without the average (updated after it)
+        self._generator = _unwrap(parts.generator)  # the module the average follows
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: StepBatch | None = None
         self.outputs: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
@@ -53,18 +53,17 @@ class GraphedStep:
         self.capture_seconds: float | None = None
         self.failure: str | None = None
         self._lr: list[tuple[dict, torch.Tensor]] = []
-        self._rates: list[float] = []
         self._stream: torch.cuda.Stream | None = None
 
     def __call__(self, batch: StepBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.graph is not None and self._fits(batch):
             out = self._replay(batch)
-        elif self.graph is None and self.failure is None and batch.source.shape[0] == self.batch_size:
+        elif self.graph is None and self.failure is None and batch.source.shape[0] == self.cfg.batch_size:
             out = self._warm(batch) if self.eager_steps < self.warmup else self._capture(batch)
         else:
             out = self._eager(batch)
         if self.parts.ema is not None:
-            self.parts.ema.update(_plain_module(self.parts.generator))
+            self.parts.ema.update(self._generator)
         return out
 
     def state(self) -> dict:
@@ -93,26 +92,30 @@ class GraphedStep:
         self.inputs = StepBatch(*(getattr(batch, f.name).clone() for f in dataclasses.fields(StepBatch)))
         groups = [g for opt in (self.parts.opt_g, self.parts.opt_d) if opt is not None for g in opt.param_groups]
         device = batch.source.device
-        self._rates = [float(g["lr"]) for g in groups]
+        rates = [float(g["lr"]) for g in groups]
         self._lr = [(g, torch.tensor(rate, dtype=torch.float32, device=device))
-                    for g, rate in zip(groups, self._rates, strict=True)]
+                    for g, rate in zip(groups, rates, strict=True)]
         for opt in (self.parts.opt_g, self.parts.opt_d):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         here = torch.cuda.current_stream(device)
         start = time.perf_counter()
-        for group, scalar in self._lr:
+        for group, scalar in self._lr:  # the captured Adam reads these scalars
             group["lr"] = scalar
+        cause: BaseException | None = None
         try:
             # thread-local: the loader's pin-memory thread may allocate page-locked memory during the capture
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self._train_step(self._plain, self.cfg, self.inputs, autocast_cache=False)
         except Exception as exc:  # noqa: BLE001 - any capture error: report it once and train eagerly
             torch.cuda.set_stream(here)  # a capture that failed at its end leaves its own stream current
-            self._floats()
-            self.graph, self.inputs, self._lr, self._rates = None, None, [], []
             cause = exc
+        finally:
+            for group, rate in zip(groups, rates, strict=True):  # the groups keep Python floats
+                group["lr"] = rate
+        if cause is not None:
+            self.inputs, self._lr = None, []
             while cause.__context__ is not None:  # the first error, not the capture's "previous error" after it
                 cause = cause.__context__
             first = str(cause).splitlines()[0] if str(cause) else ""
@@ -120,7 +123,6 @@ class GraphedStep:
             self.log(f"cuda_graph: the training step could not be captured ({self.failure}); training eagerly")
             torch.cuda.synchronize(device)
             return self._eager(batch)
-        self._floats()
         self.capture_seconds = round(time.perf_counter() - start, 3)
         self.graph, self.outputs = graph, _detached(outputs)
         return self._replay(batch, copy=False)
@@ -137,11 +139,6 @@ class GraphedStep:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    def _floats(self) -> None:
-        """The optimizers' learning rates back to Python floats (the captured Adam keeps reading the scalars)."""
-        for group, rate in zip((g for g, _ in self._lr), self._rates, strict=True):
-            group["lr"] = rate
-
     def _fits(self, batch: StepBatch) -> bool:
         """Whether ``batch`` can be copied into the capture's inputs as it is."""
         for f in dataclasses.fields(StepBatch):
@@ -157,9 +154,3 @@ def _detached(outputs: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[to
     graph (and its gradient accumulators, tied to the stream the step ran on) alive into the next step."""
     generated, losses = outputs
     return generated.detach(), {name: value.detach() for name, value in losses.items()}
-
-
-def _plain_module(module: torch.nn.Module) -> torch.nn.Module:
-    from pgpig.train import _unwrap
-
-    return _unwrap(module)

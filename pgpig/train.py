@@ -387,12 +387,12 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     at = _restore(run_dir, parts, device) if cfg.resume else Position()
     if world > 1:
         _wrap_ddp(parts, cfg, device)
+    notice = _notice(cfg, rank)
     if cfg.compile:
-        if cfg.progress and rank == 0:
-            tqdm.write(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a "
-                       "GPU (--set compile=false trains eagerly)", file=sys.stderr)
+        notice(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a GPU "
+               "(--set compile=false trains eagerly)")
         compile_parts(parts, cfg.compile)
-    graphed = GraphedStep(parts, cfg, cfg.batch_size, log=_notice(cfg)) if cfg.cuda_graph else None
+    graphed = GraphedStep(parts, cfg, log=notice) if cfg.cuda_graph else None
     step = graphed or functools.partial(train_step, parts, cfg)
 
     bar = tqdm(total=steps, initial=at.step, disable=not (cfg.progress and rank == 0), desc="train", unit="it",
@@ -468,11 +468,11 @@ def _check_graph(cfg: TrainConfig, device: torch.device, world: int) -> None:
                          "(--set cuda_graph=false)")
 
 
-def _notice(cfg: TrainConfig) -> Callable[[str], None]:
-    """A function that prints a one-line notice under the progress bar (when there is one)."""
+def _notice(cfg: TrainConfig, rank: int) -> Callable[[str], None]:
+    """A function that prints a one-line notice under the progress bar, where there is one (rank 0)."""
 
     def notice(message: str) -> None:
-        if cfg.progress:
+        if cfg.progress and rank == 0:
             tqdm.write(message, file=sys.stderr)
 
     return notice
@@ -484,13 +484,12 @@ def _memory_check(cfg: TrainConfig, device: torch.device, size: tuple[int, int],
     ``None`` when the config skips it."""
     if cfg.skip_memory_check:
         return None
-    announce = cfg.progress and rank == 0
-    if announce:
-        tqdm.write(f"memory check: dry-run steps of {cfg.model} at {size[0]}x{size[1]} on {device} "
-                   "(--skip-memory-check skips it)", file=sys.stderr)
+    notice = _notice(cfg, rank)
+    notice(f"memory check: dry-run steps of {cfg.model} at {size[0]}x{size[1]} on {device} "
+           "(--skip-memory-check skips it)")
     memory = check_memory(cfg, device, size, world)
-    if memory is not None and announce:
-        tqdm.write(memory.summary(cfg.batch_size // world), file=sys.stderr)
+    if memory is not None:
+        notice(memory.summary(cfg.batch_size // world))
     return memory
 
 

@@ -165,7 +165,7 @@ def test_cuda_graph_replays_the_eager_step(market_shards, tmp_path, monkeypatch)
     (graphed_parts, cfg), (eager_parts, _), (twin_parts, _) = (_graph_parts(market_shards, tmp_path, amp="none")
                                                                for _ in range(3))
     start = [p.detach().clone() for p in eager_parts.generator.parameters()]
-    graphed = GraphedStep(graphed_parts, cfg, batch_size=4)
+    graphed = GraphedStep(graphed_parts, cfg)
     full, short = _step_batches(7, 4), _step_batches(1, 2)[0]
     steps = [graphed, *(functools.partial(train_step, parts, cfg, autocast_cache=False)
                         for parts in (eager_parts, twin_parts))]
