@@ -380,13 +380,17 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
 
 def ratios(lines: list[dict]) -> dict:
     """pgpig/official img/s per mode and kind, each against the official side of its own alternating rounds (in
-    ``recipe`` that side runs float32: ``<kind>/recipe/official_fp32``)."""
+    ``recipe`` that side runs float32: ``<kind>/recipe/official_fp32``); with ``bf16`` among the modes also the recipe
+    against the official side's bf16 rounds (``<kind>/recipe/official_bf16``, the rounds of two modes)."""
     rate = {(ln["side"], ln["mode"], ln["kind"]): ln["img_per_s"] for ln in lines}
     out = {}
     for (side, mode, kind), value in rate.items():
         official = rate.get(("official", mode, kind))
         if side == "pgpig" and official:
             out[f"{kind}/{mode}/official_{'fp32' if mode == 'recipe' else mode}"] = round(value / official, 3)
+        official_bf16 = rate.get(("official", "bf16", kind))
+        if side == "pgpig" and mode == "recipe" and official_bf16:
+            out[f"{kind}/recipe/official_bf16"] = round(value / official_bf16, 3)
     return out
 
 

@@ -149,3 +149,16 @@ def test_official_bench_runs_pidm_on_the_cpu(tmp_path):
     assert sample["sample_max_abs_diff"] < 1e-3
     assert set(lines[-1]["pgpig_over_official_img_per_s"]) == {"full/fp32/official_fp32",
                                                                "sample/fp32/official_fp32"}
+
+
+def test_ratios_put_the_recipe_against_both_official_precisions():
+    import official_bench
+
+    def line(side, mode, rate):
+        return {"side": side, "mode": mode, "kind": "full", "img_per_s": rate}
+
+    lines = [line("official", "bf16", 50.0), line("pgpig", "bf16", 60.0),
+             line("official", "recipe", 40.0), line("pgpig", "recipe", 100.0)]
+    assert official_bench.ratios(lines) == {
+        "full/bf16/official_bf16": 1.2, "full/recipe/official_fp32": 2.5, "full/recipe/official_bf16": 2.0}
+    assert official_bench.ratios(lines[2:]) == {"full/recipe/official_fp32": 2.5}
