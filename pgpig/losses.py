@@ -206,18 +206,10 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 def gram_matrix(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` → ``(B, C, C)``: ``F F^T / (C H W)`` with ``F`` the ``(B, C, H W)`` features, in float32.
-
-    Channels-last features are read as ``(B, H W, C)`` in place (``F^T``): reshaping them to ``(B, C, H W)`` would
-    copy them, and their gradient would come back in the other layout, to be added to the channels-last gradient
-    of the layer above by a slow strided kernel."""
+    """``(B, C, H, W)`` → ``(B, C, C)``: ``F F^T / (C H W)`` with ``F`` the ``(B, C, H W)`` features, in float32."""
     b, c, h, w = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = _float(x)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            ft = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            return torch.bmm(ft.transpose(1, 2), ft) / (c * h * w)
-        f = x.reshape(b, c, h * w)
+        f = _float(x).reshape(b, c, h * w)
         return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 

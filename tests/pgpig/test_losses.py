@@ -289,22 +289,6 @@ def test_gram_matrix_against_einsum():
     np.testing.assert_allclose(gram_matrix(x).numpy(), want, rtol=1e-12)
 
 
-def test_gram_matrix_of_channels_last_features_reads_them_in_place():
-    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
-    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    torch.testing.assert_close(gram_matrix(cl), gram_matrix(x), rtol=1e-12, atol=1e-12)
-    # the gradient that comes back keeps the features' layout (seen on a non-leaf: a leaf's own gradient is laid
-    # out like the leaf whatever arrives)
-    features = cl * 1.0
-    arrived = []
-    features.register_hook(arrived.append)
-    gram_matrix(features).sum().backward()
-    assert arrived[0].is_contiguous(memory_format=torch.channels_last) and not arrived[0].is_contiguous()
-    plain = x.clone().requires_grad_()
-    gram_matrix(plain).sum().backward()
-    torch.testing.assert_close(cl.grad, plain.grad, rtol=1e-12, atol=1e-12)
-
-
 def test_style_loss_invariant_to_pixel_permutation():
     # the Gram matrix sums over positions, so permuting the positions of a feature map leaves it unchanged
     f = torch.randn(2, 8, 6, 5)
