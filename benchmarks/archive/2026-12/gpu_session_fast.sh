@@ -27,6 +27,8 @@
 #            PREPARE_RUNS, by default the default prepare threads (2 on a GPU) against --prepare-threads 1 and 3,
 #            REPEAT (2) times over; not in the default parts. (A part `warm` measured the since removed
 #            --warm-shapes the same way: 1.06x at imgsz 256, 0.95x at 640, extract-h100.jsonl.)
+#   mshare   extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl: E2E_RUNS (old:0,new:0, "old" as for
+#            e2e) and new:0 with each --cpu-decode-share of MSHARES (0.3 0.5), twice over; not in the default parts
 #   timeline extract_timeline.py: where one in-process run's time goes, per thread and step, on MIXED_IMAGES files
 #            of the mixed crawl (imgsz 256 and 640, with the default prepare threads and one) and TIMELINE_UNIFORM
 #            (150,000) files of 256x176; not in the default parts
@@ -125,6 +127,16 @@ if has mixed; then
         --tree old=.bench-old --repeat 2 --label "$card" 2> "$out/mixed.err" | tee -a "$out/extract.jsonl"
     $py benchmarks/extract_bench.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --baseline-images 4000 \
         --agreement-images 1000 --label "$card" 2>> "$out/mixed.err" | tee -a "$out/extract.jsonl"
+fi
+if has mshare; then
+    stamp mshare
+    runs=${E2E_RUNS:-old:0,new:0} variants=()
+    for s in ${MSHARES:-0.3 0.5}; do
+        runs+=",new:0:s$s"
+        variants+=(--variant "s$s=--cpu-decode-share $s")
+    done
+    $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --runs "$runs" "${variants[@]}" \
+        --tree old=.bench-old --repeat 2 --label "$card" 2> "$out/mshare.err" | tee -a "$out/extract.jsonl"
 fi
 if has prepare; then
     stamp prepare
