@@ -29,6 +29,9 @@
 #            --warm-shapes the same way: 1.06x at imgsz 256, 0.95x at 640, extract-h100.jsonl.)
 #   mshare   extract_cli.py on MIXED_IMAGES (40,000) files of the mixed crawl: E2E_RUNS (old:0,new:0, "old" as for
 #            e2e) and new:0 with each --cpu-decode-share of MSHARES (0.3 0.5), twice over; not in the default parts
+#   uthreads extract_cli.py on UTHREADS_IMAGES (150,000) JPEGs of 256x176: the default two prepare threads against
+#            --prepare-threads 3 and 4 (a torch JPEG decode call holds its thread until the decode is done), twice
+#            over; not in the default parts
 #   timeline extract_timeline.py: where one in-process run's time goes, per thread and step, on MIXED_IMAGES files
 #            of the mixed crawl (imgsz 256 and 640, with the default prepare threads and one) and TIMELINE_UNIFORM
 #            (150,000) files of 256x176; not in the default parts
@@ -137,6 +140,12 @@ if has mshare; then
     done
     $py benchmarks/extract_cli.py --sizes mixed --images "${MIXED_IMAGES:-40000}" --runs "$runs" "${variants[@]}" \
         --tree old=.bench-old --repeat 2 --label "$card" 2> "$out/mshare.err" | tee -a "$out/extract.jsonl"
+fi
+if has uthreads; then
+    stamp uthreads
+    $py benchmarks/extract_cli.py --images "${UTHREADS_IMAGES:-150000}" --runs new:0,new:0:three,new:0:four \
+        --variant three="--prepare-threads 3" --variant four="--prepare-threads 4" --repeat 2 --label "$card" \
+        2> "$out/uthreads.err" | tee -a "$out/extract.jsonl"
 fi
 if has prepare; then
     stamp prepare
