@@ -163,8 +163,9 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "seconds_from_script_start_to_run_end": round(run_end - START - made, 2),
         "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
-        "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "task_seconds", "first_batch_seconds",
-                                              "warm_ups", "task_write_seconds", "read_processes", "prepare_threads")},
+        "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "listing_alone_seconds", "task_seconds",
+                                              "first_batch_seconds", "warm_ups", "task_write_seconds",
+                                              "read_processes", "prepare_threads")},
         "threads": threads, "captures": _CAPTURES, "python": platform.python_version(), "torch": torch.__version__,
     }), flush=True)
 

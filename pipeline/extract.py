@@ -581,6 +581,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             settings["dataset"] = listed[0]["dataset"] if listed else (cfg.dataset or "folder")
             record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
             listing_seconds = time.perf_counter() - started
+            listing_alone = listing.seconds
             summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
             warm_ups = pool.warm_ups()
             for warm in warm_ups:
@@ -589,7 +590,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
                         "instead")
         finally:
             pool.close()
-    record.update(_timings(summaries, time.perf_counter() - started, listing_seconds), warm_ups=warm_ups,
+    record.update(_timings(summaries, time.perf_counter() - started, listing_seconds),
+                  listing_alone_seconds=round(listing_alone, 3) if listing_alone is not None else None,
+                  warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"],
                   cpu_decode_share=worker_settings["cpu_decode_share"],
@@ -637,7 +640,9 @@ def _timings(summaries: list[dict], seconds: float, listing_seconds: float) -> d
     return {
         "processed": processed,
         "seconds": round(seconds, 3),
-        # listing the files, checking the finished parts and planning the tasks (the workers start meanwhile)
+        # from the start to the tasks' planning: the listing (``listing_alone_seconds``, in a child process) and,
+        # meanwhile, this process's settings (its first torch import) and the check of the finished parts; the
+        # workers start meanwhile
         "listing_seconds": round(listing_seconds, 3),
         "task_seconds": round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
         # [rows, seconds] of every task, in completion order: a worker's first task also loads the model unless

@@ -2,7 +2,8 @@
 does meanwhile (``pipeline.extract`` imports and warms up the pose model on a thread).
 
 ``start_listing(root, ...)`` starts ``python -m pipeline.datasets.background`` and returns at once; ``rows()`` gives
-``list_images``'s rows as dicts (``RawImage.as_dict``), in its order, or raises its ``PipelineError``.
+``list_images``'s rows as dicts (``RawImage.as_dict``), in its order, or raises its ``PipelineError``; ``seconds``
+is then the time ``list_images`` took.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pipeline
@@ -35,6 +37,8 @@ class Listing:
 
     def __init__(self, root: str | os.PathLike, dataset: str | None = None, **options):
         self.args = {"root": root, "dataset": dataset, **options}
+        self.seconds: float | None = None
+        """How long ``list_images`` took (in the child, or here), once ``rows`` has returned."""
         self._out = tempfile.TemporaryFile()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
@@ -62,10 +66,14 @@ class Listing:
         finally:
             self.close()
         if payload is None:
-            return [row.as_dict() for row in list_images(**self.args)]
+            start = time.perf_counter()
+            rows = [row.as_dict() for row in list_images(**self.args)]
+            self.seconds = time.perf_counter() - start
+            return rows
         kind, value = payload
         if kind == "error":
             raise PipelineError(value)
+        self.seconds = value["seconds"]
         return [dict(zip(value["fields"], row, strict=True)) for row in value["rows"]]
 
     def close(self) -> None:
@@ -112,9 +120,12 @@ def _main(fd: int) -> None:
     args = json.loads(sys.stdin.buffer.readline())
     threading.Thread(target=_exit_when_the_parent_does, daemon=True).start()
     try:
+        start = time.perf_counter()
         rows = list_images(**args)
+        seconds = time.perf_counter() - start
         fields = list(RawImage.__slots__)
-        payload = ["rows", {"fields": fields, "rows": [[getattr(row, f) for f in fields] for row in rows]}]
+        payload = ["rows", {"fields": fields, "rows": [[getattr(row, f) for f in fields] for row in rows],
+                            "seconds": seconds}]
     except PipelineError as exc:
         payload = ["error", str(exc)]
     with os.fdopen(fd, "wb") as out:  # JSON escapes the lone surrogates of undecodable file names, and restores them

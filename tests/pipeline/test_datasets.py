@@ -536,7 +536,9 @@ def test_listing_in_a_child_process_gives_the_rows_of_list_images(market_tree, d
     for root, options in cases:
         want = list_images(root, **options)
         with start_listing(root, **options) as listing:
+            assert listing.seconds is None  # known once the rows are back
             rows = listing.rows()
+        assert 0 < listing.seconds < 60  # list_images's own time, measured in the child
         assert rows == [row.as_dict() for row in want]  # same order, same fields, same values
         assert [RawImage(**row) for row in rows] == want
         assert all(list(row) == list(RawImage.__slots__) for row in rows)
@@ -564,6 +566,7 @@ def test_a_child_that_cannot_run_lists_in_this_process(market_tree, monkeypatch,
     monkeypatch.setattr(sys, "executable", executable)
     with start_listing(market_tree[0]) as listing:
         assert listing.rows() == [row.as_dict() for row in list_images(market_tree[0])]
+        assert listing.seconds > 0
 
 
 def alive(pid: int) -> bool:

@@ -85,6 +85,7 @@ def test_every_photo_gets_a_row_and_the_run_is_recorded(photo_run, photo_market_
     (warm,) = record["warm_ups"]
     assert warm["error"] is None and record["task_backend_seconds"] < warm["seconds"]
     assert 0 < record["listing_seconds"] < record["seconds"]
+    assert 0 <= record["listing_alone_seconds"] <= record["listing_seconds"]  # the child's own listing
 
 
 def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_market_tree):
