@@ -581,7 +581,6 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             settings["dataset"] = listed[0]["dataset"] if listed else (cfg.dataset or "folder")
             record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
             listing_seconds = time.perf_counter() - started
-            listing_alone = listing.seconds
             summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
             warm_ups = pool.warm_ups()
             for warm in warm_ups:
@@ -590,8 +589,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
                         "instead")
         finally:
             pool.close()
-    record.update(_timings(summaries, time.perf_counter() - started, listing_seconds),
-                  listing_alone_seconds=round(listing_alone, 3) if listing_alone is not None else None,
+    record.update(_timings(summaries, time.perf_counter() - started, listing_seconds, listing.seconds),
                   warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"],
@@ -634,7 +632,7 @@ def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: d
     return record, tasks
 
 
-def _timings(summaries: list[dict], seconds: float, listing_seconds: float) -> dict:
+def _timings(summaries: list[dict], seconds: float, listing_seconds: float, listing_alone: float | None) -> dict:
     """The run record's counts of work and time, from the tasks' summaries."""
     processed = sum(s["rows"] for s in summaries)
     return {
@@ -644,6 +642,7 @@ def _timings(summaries: list[dict], seconds: float, listing_seconds: float) -> d
         # meanwhile, this process's settings (its first torch import) and the check of the finished parts; the
         # workers start meanwhile
         "listing_seconds": round(listing_seconds, 3),
+        "listing_alone_seconds": round(listing_alone, 3) if listing_alone is not None else None,
         "task_seconds": round(sum(s["seconds"] for s in summaries), 3),  # inside tasks: no start-up, no listing
         # [rows, seconds] of every task, in completion order: a worker's first task also loads the model unless
         # its warm-up had
