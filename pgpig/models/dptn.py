@@ -29,7 +29,6 @@ from pgpig.losses import (
     VGG19Features,
     adversarial_loss,
     l1_loss,
-    vgg_content_style,
 )
 from pgpig.models import register
 from pgpig.models.gfla_blocks import (
@@ -340,7 +339,7 @@ class DPTNObjective(Objective):
             if self.vgg is None:
                 term["perceptual"] = term["style"] = torch.zeros((), device=generated.device)
             else:
-                term["perceptual"], term["style"] = vgg_content_style(
+                term["perceptual"], term["style"] = self.content_style(
                     {name: halves[i] for name, halves in fake_halves.items()},
                     {name: halves[i] for name, halves in real_halves.items()}, content_layers, style_layers)
             terms.append(term)

@@ -32,7 +32,6 @@ from pgpig.losses import (
     VGG19Features,
     adversarial_loss,
     l1_loss,
-    vgg_content_style,
 )
 from pgpig.models import register
 from pgpig.models.gfla_blocks import (
@@ -448,7 +447,7 @@ class GFLAObjective(Objective):
         scalars["l1"] = l1_loss(image, batch.target)
         scalars["perceptual"] = scalars["style"] = torch.zeros((), device=image.device)
         if generated_features is not None:
-            scalars["perceptual"], scalars["style"] = vgg_content_style(
+            scalars["perceptual"], scalars["style"] = self.content_style(
                 generated_features, target_features, GFLA_PERCEPTUAL_LAYERS if cfg.lambda_perceptual else (),
                 GFLA_STYLE_LAYERS if cfg.lambda_style else ())
         loss = loss + (cfg.lambda_l1 * scalars["l1"] + cfg.lambda_perceptual * scalars["perceptual"]

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgpig.losses import vgg_content_style
+
 __all__ = ["Objective", "StepBatch", "generated_image"]
 
 
@@ -41,6 +43,10 @@ class Objective:
     The loop calls ``build_generator``, ``build_discriminators`` then ``build_losses`` in this order on a fresh seed,
     then per step ``generator_loss`` and (when there are discriminators) ``discriminator_loss``, both inside its
     autocast."""
+
+    content_style = staticmethod(vgg_content_style)
+    """The content and style losses on VGG features (``pgpig.losses.vgg_content_style``); ``compile_parts`` may put a
+    compiled copy on the instance."""
 
     def __init__(self, cfg: Any, device: torch.device):
         self.cfg = cfg
