@@ -4,9 +4,9 @@
                                      [--steps 30] [--warmup 5] [--device auto] [--shards DIR]
 
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches),
-``+compile`` (``torch.compile`` of the generator and discriminators; ``+compileg`` the generator alone; ``+compilel``
-those and the loss networks, VGG-19; ``+compilem`` those and the content and style loss maths on VGG features:
-candidates no recipe uses yet), ``+tf32``
+``+compile`` (``torch.compile`` of the generator, the discriminators and the content and style loss maths;
+``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19: a candidate no recipe uses
+yet), ``+tf32``
 (the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam`` setting: fused Adam
 kernels); ``--channels-last`` and ``--compile`` add those to every mode. ``none`` is PyTorch's default float32,
 whose cuDNN convolutions use TF32 (a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
@@ -103,8 +103,8 @@ def unzero(generator: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=draws) * 0.02)
 
 
-def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int, min_seconds: float = 0.0,
-                float64: bool = False, compile_losses: dict | None = None) -> tuple[dict, dict]:
+def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int,
+                min_seconds: float = 0.0, float64: bool = False, compile_losses: bool = False) -> tuple[dict, dict]:
     """Steps/s, peak memory and the fixed batch's L1 of ``train_step`` under ``cfg``, and the first step's losses
     and generator gradient (to compare with the baseline's: same weights, same batch, same dropout draws).
     ``float64``: the same weights and batch, drawn in float32, then the networks and the batch made float64 and
@@ -126,7 +126,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
-        compile_parts(parts, cfg.compile, **(compile_losses or {}))
+        compile_parts(parts, cfg.compile, losses=compile_losses)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -214,11 +214,9 @@ REFERENCES = ("fp32", "fp64")
 """Float32 without TF32 and float64: the modes that only set the arithmetic (no autocast)."""
 
 
-def compiles_losses(mode: str) -> dict[str, bool]:
-    """``compile_parts``' switches for the objective's losses: its loss networks (``+compilel``) and its content and
-    style loss maths (``+compilem``), each with ``+compile``."""
-    flags = mode.split("+")
-    return {"losses": "compilel" in flags, "loss_math": "compilem" in flags}
+def compiles_losses(mode: str) -> bool:
+    """Whether ``mode`` compiles the objective's loss networks too (``+compilel``, with ``+compile``)."""
+    return "compilel" in mode.split("+")
 
 
 def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str]:
@@ -227,11 +225,11 @@ def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str
     with its name."""
     amp, *flags = mode.split("+")
     if amp not in AMP_DTYPES and amp not in ("none", *REFERENCES) or set(flags) - {"cl", "compile", "compileg", "tf32",
-                                                                                   "fused", "compilel", "compilem"}:
+                                                                                   "fused", "compilel"}:
         raise SystemExit(f"mode {mode!r}: an AMP setting (fp64, fp32, none, bf16, fp16) with optional +cl, "
-                         "+compile, +compileg, +compilel, +compilem, +tf32 and +fused")
+                         "+compile, +compileg, +compilel, +tf32 and +fused")
     fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
-              "compile": compile or "compile" in flags or "compilel" in flags or "compilem" in flags
+              "compile": compile or "compile" in flags or "compilel" in flags
               or ("generator" if "compileg" in flags else False),
               "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
     return fields, amp if amp in REFERENCES else "default"

@@ -216,12 +216,12 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools, ema)
 
 
-def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False, loss_math: bool = False) -> None:
-    """``torch.compile`` the generator and the discriminators in place (after any DDP wrapping); the generator alone
-    when ``setting`` (the config's ``compile``) is ``generator``; with ``losses``, the objective's loss networks
-    (VGG-19) too, and with ``loss_math`` its content and style losses on their features (``content_style``: the
-    float32 casts, distances and Gram matrices in fused kernels); ``benchmarks/train_bench.py``'s ``+compilel`` and
-    ``+compilem``, measured before any recipe uses them.
+def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False) -> None:
+    """``torch.compile`` the generator, the discriminators and the objective's content and style losses on VGG
+    features (``Objective.content_style``: the float32 casts, distances and Gram matrices in fused kernels instead of
+    eager copies of every feature map) in place, after any DDP wrapping; the generator alone when ``setting`` (the
+    config's ``compile``) is ``generator``; with ``losses``, the objective's loss networks (VGG-19) too
+    (``benchmarks/train_bench.py``'s ``+compilel``: measured before any recipe uses it).
 
     A discriminator's spectral-norm hooks (DPTN's) stay eager: each forward's power iteration updates the ``u``
     vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
@@ -248,12 +248,11 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
     parts.generator = torch.compile(parts.generator)
     if setting != "generator":
         parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
+        parts.objective.content_style = torch.compile(type(parts.objective).content_style)
     if losses:
         for name, module in list(vars(parts.objective).items()):
             if isinstance(module, torch.nn.Module):
                 setattr(parts.objective, name, torch.compile(module))
-    if loss_math:
-        parts.objective.content_style = torch.compile(type(parts.objective).content_style)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device, cache: bool = True) -> torch.autocast:
