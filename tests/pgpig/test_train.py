@@ -287,8 +287,8 @@ def test_a_compiled_run_says_so_before_its_first_step(market_shards, tmp_path, m
 
 
 def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
-    """``compile: generator`` compiles the generator and leaves the discriminators eager (``compile: true`` wraps
-    both); nothing is compiled until a step runs."""
+    """``compile: generator`` compiles the generator and leaves the discriminators and the content/style loss maths
+    eager (``compile: true`` wraps all three); nothing is compiled until a step runs."""
     from pgpig.train import build, compile_parts
 
     cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "compile": "generator", "ngf": 8,
@@ -301,6 +301,7 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
         assert isinstance(parts.generator, torch._dynamo.eval_frame.OptimizedModule)
         assert all(isinstance(d, torch._dynamo.eval_frame.OptimizedModule) == discriminators
                    for d in parts.discriminators.values()) and parts.discriminators
+        assert ("content_style" in vars(parts.objective)) == discriminators  # a compiled copy on the instance
 
 
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
