@@ -120,9 +120,17 @@ class LocalAttention(nn.Module):
     def forward(self, source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size
         source_patches = block_extractor(source, flow, k)  # (B, C, h k, w k)
-        target_patches = block_extractor(target, torch.zeros_like(flow), k)
-        weights = local_attn_reshape(self.fully_connect_layer(torch.cat((target_patches, source_patches), 1)), k)
-        return F.avg_pool2d(weights * source_patches, k, k)
+        # The target's patches are taken at zero flow: whole pixels, border values outside. The first conv (k x k,
+        # stride k) over their tiling is therefore a stride-1 conv of the border-padded target, computed so: the
+        # same sums without the tiled copy and its resampling.
+        first, c = self.fully_connect_layer[0], target.shape[1]
+        before, after = k // 2, k - 1 - k // 2
+        hidden = (F.conv2d(F.pad(target, (before, after, before, after), mode="replicate"), first.weight[:, :c],
+                           first.bias)
+                  + F.conv2d(source_patches, first.weight[:, c:], stride=k))
+        for layer in self.fully_connect_layer[1:]:
+            hidden = layer(hidden)
+        return F.avg_pool2d(local_attn_reshape(hidden, k) * source_patches, k, k)
 
 
 class SourceNet(Encoder):
