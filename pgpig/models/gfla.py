@@ -125,12 +125,23 @@ class LocalAttention(nn.Module):
         # same sums without the tiled copy and its resampling.
         first, c = self.fully_connect_layer[0], target.shape[1]
         before, after = k // 2, k - 1 - k // 2
-        hidden = (F.conv2d(F.pad(target, (before, after, before, after), mode="replicate"), first.weight[:, :c],
-                           first.bias)
+        hidden = (F.conv2d(_edge_pad(target, before, after), first.weight[:, :c], first.bias)
                   + F.conv2d(source_patches, first.weight[:, c:], stride=k))
         for layer in self.fully_connect_layer[1:]:
             hidden = layer(hidden)
         return F.avg_pool2d(local_attn_reshape(hidden, k) * source_patches, k, k)
+
+
+def _edge_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """``x`` ``(B, C, h, w)`` padded by repeating its border rows and columns, ``before`` and ``after`` on each side
+    of both axes (``F.pad``'s ``replicate``, written with slices and ``cat``: inductor's replication-pad backward
+    mis-states its output strides in torch 2.14)."""
+    for dim in (2, 3):
+        first, last = x.narrow(dim, 0, 1), x.narrow(dim, x.shape[dim] - 1, 1)
+        sizes = list(x.shape)
+        x = torch.cat((first.expand(*sizes[:dim], before, *sizes[dim + 1:]), x,
+                       last.expand(*sizes[:dim], after, *sizes[dim + 1:])), dim)
+    return x
 
 
 class SourceNet(Encoder):
@@ -390,6 +401,11 @@ class GFLAObjective(Objective):
     vgg: VGG19Features | None = None
     """VGG-19 returning the layers the non-zero terms need; ``None`` when none does."""
 
+    correctness = staticmethod(sampling_correctness)
+    """The sampling-correctness loss of one flow (``sampling_correctness``)."""
+
+    compiled_maths = (*Objective.compiled_maths, "correctness")
+
     @classmethod
     def build_generator(cls, cfg: Any, size: tuple[int, int]) -> nn.Module:
         from pgpig import models
@@ -430,7 +446,7 @@ class GFLAObjective(Objective):
                 source_features = self.vgg(batch.source)
                 if target_features is None:
                     target_features = self.vgg(batch.target)
-            correctness = sum(sampling_correctness(target_features[correctness_layer(level)],
+            correctness = sum(self.correctness(target_features[correctness_layer(level)],
                                                    source_features[correctness_layer(level)], flow)
                               for flow, level in zip(flows, levels, strict=True))
         regularization = sum(affine_regularization(flow, kernels[level]) for flow, level in
