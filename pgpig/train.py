@@ -217,9 +217,10 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
 
 
 def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False) -> None:
-    """``torch.compile`` the generator, the discriminators and the objective's content and style losses on VGG
-    features (``Objective.content_style``: the float32 casts, distances and Gram matrices in fused kernels instead of
-    eager copies of every feature map) in place, after any DDP wrapping; the generator alone when ``setting`` (the
+    """``torch.compile`` the generator, the discriminators and the objective's loss maths on VGG features
+    (``Objective.compiled_maths``: the content and style losses' float32 casts, distances and Gram matrices, GFLA's
+    sampling correctness, in fused kernels instead of eager copies of every feature map) in place, after any DDP
+    wrapping; the generator alone when ``setting`` (the
     config's ``compile``) is ``generator``; with ``losses``, the objective's loss networks (VGG-19) too
     (``benchmarks/train_bench.py``'s ``+compilel``: measured before any recipe uses it).
 
@@ -248,7 +249,8 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
     parts.generator = torch.compile(parts.generator)
     if setting != "generator":
         parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
-        parts.objective.content_style = torch.compile(type(parts.objective).content_style)
+        for name in parts.objective.compiled_maths:
+            setattr(parts.objective, name, torch.compile(getattr(type(parts.objective), name), dynamic=False))
     if losses:
         for name, module in list(vars(parts.objective).items()):
             if isinstance(module, torch.nn.Module):

@@ -45,8 +45,10 @@ class Objective:
     autocast."""
 
     content_style = staticmethod(vgg_content_style)
-    """The content and style losses on VGG features (``pgpig.losses.vgg_content_style``); ``compile_parts`` may put a
-    compiled copy on the instance."""
+    """The content and style losses on VGG features (``pgpig.losses.vgg_content_style``)."""
+
+    compiled_maths: tuple[str, ...] = ("content_style",)
+    """The static methods holding loss maths that ``compile_parts`` replaces on the instance by compiled copies."""
 
     def __init__(self, cfg: Any, device: torch.device):
         self.cfg = cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -302,6 +303,9 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
         assert all(isinstance(d, torch._dynamo.eval_frame.OptimizedModule) == discriminators
                    for d in parts.discriminators.values()) and parts.discriminators
         assert ("content_style" in vars(parts.objective)) == discriminators  # a compiled copy on the instance
+    gfla = build(dataclasses.replace(cfg, model="gfla", stage=2, compile=True), torch.device("cpu"), (128, 64))
+    compile_parts(gfla, True)
+    assert {"content_style", "correctness"} <= set(vars(gfla.objective))
 
 
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
