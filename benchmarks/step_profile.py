@@ -12,7 +12,8 @@ the CUDA kernels' time on a GPU, of the operators' own time on a CPU), the part 
 elementwise and reductions), the 15 kernels (``top_work_ms``) and ``aten`` operators (``top_aten_ms``) with the
 most time, and how many ``aten`` calls (nested ones included) and CUDA kernels a step makes (``aten_calls_per_step``,
 ``top_aten_calls``, ``kernels_per_step``: the host's work per step). ``--trace DIR`` also writes a Chrome trace per
-recipe.
+recipe; ``--detail`` records input shapes and Python stacks and adds the operators with the most time by shape and
+by calling line of this repository.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
         step()
     sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=args.detail, with_stack=args.detail) as prof:
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
@@ -115,6 +116,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     calls = [(e.key, e.count / args.steps) for e in events if e.key.startswith("aten::")]
     kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / args.steps
 
+    detail = where_time_goes(prof, args.steps, on_device) if args.detail else {}
     if args.trace:
         Path(args.trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
@@ -125,9 +127,50 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
             "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
             "top_work_ms": top(work), "top_aten_ms": top(aten),
             "aten_calls_per_step": round(sum(n for _, n in calls)), "top_aten_calls": top(calls),
-            "kernels_per_step": round(kernels) if on_device else None,
+            "kernels_per_step": round(kernels) if on_device else None, **detail,
             "device": torch.cuda.get_device_name(device) if on_device else f"{platform.machine()} cpu",
             "torch": torch.__version__, "label": args.label}
+
+
+def where_time_goes(prof, steps: int, on_device: bool) -> dict:
+    """The ``aten`` operators with the most device time (CPU time off a GPU) per input shapes
+    (``top_aten_by_shape``) and per calling lines of this repository (``top_aten_by_caller``: the three innermost
+    frames under ``pgpig/``, ``benchmarks/`` or ``pipeline/``)."""
+    def own(e) -> float:
+        return (e.self_device_time_total if on_device else e.self_cpu_time_total) / 1e3 / steps
+
+    def ranked(events, describe) -> list[list]:
+        rows = sorted(((own(e), e) for e in events if e.key.startswith("aten::") and own(e) > 0), key=lambda r: -r[0])
+        return [[e.key, describe(e), round(ms, 2)] for ms, e in rows[:20]]
+
+    def callers(e) -> tuple[str, ...]:
+        # the Python frames (profiler events named "path(line): function") above the operator; a backward
+        # operator, run by the autograd engine, has none
+        ours, parent = [], e.cpu_parent
+        while parent is not None and len(ours) < 3:
+            if any(part in parent.name for part in ("pgpig/", "benchmarks/", "pipeline/")):
+                ours.append(parent.name.rsplit("/", 1)[-1][:90])
+            parent = parent.cpu_parent
+        return tuple(ours)
+
+    by_caller: dict[tuple, float] = defaultdict(float)
+    for e in prof.events():
+        if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")):
+            by_caller[(e.name, callers(e))] += sum(own(k) for k in _with_children(e))
+    top_callers = sorted(by_caller.items(), key=lambda kv: -kv[1])[:20]
+    return {"top_aten_by_shape": ranked(prof.key_averages(group_by_input_shape=True),
+                                        lambda e: str(e.input_shapes)[:160]),
+            "top_aten_by_caller": [[name, list(frames), round(ms, 2)] for (name, frames), ms in top_callers]}
+
+
+def _with_children(event) -> list:
+    """``event`` and every operator nested in it, whose own times add up to the outer operator's time."""
+    out, stack = [], [event]
+    while stack:
+        e = stack.pop()
+        out.append(e)
+        stack.extend(e.cpu_children)
+    return out
 
 
 def main() -> None:
@@ -140,6 +183,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--trace", default=None, help="folder for Chrome traces")
     parser.add_argument("--label", default="")
+    parser.add_argument("--detail", action="store_true",
+                        help="record input shapes and stacks: add top_aten_by_shape and top_aten_by_caller")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
