@@ -98,7 +98,9 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     # the busy time: the kernels on a GPU (each counted once, whichever operator launched it; compiled graphs'
     # fused kernels included), the operators' own time on a CPU
     if on_device:
-        work = [(e.key, e.self_device_time_total) for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        # ("## ... ##" rows are ranges, such as inductor's graph calls under --detail, not kernels)
+        work = [(e.key, e.self_device_time_total) for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("## ")]
     else:
         work = [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::")]
     work = [(k, us / 1e3 / args.steps) for k, us in work if us > 0]
@@ -135,7 +137,8 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
 def where_time_goes(prof, steps: int, on_device: bool) -> dict:
     """The ``aten`` operators with the most device time (CPU time off a GPU) per input shapes
     (``top_aten_by_shape``) and per calling lines of this repository (``top_aten_by_caller``: the three innermost
-    frames under ``pgpig/``, ``benchmarks/`` or ``pipeline/``)."""
+    frames under ``pgpig/``, ``benchmarks/`` or ``pipeline/``; none for backward operators, which the autograd engine
+    runs, nor for those inside compiled graphs, whose frames are inductor's)."""
     def own(e) -> float:
         return (e.self_device_time_total if on_device else e.self_cpu_time_total) / 1e3 / steps
 
