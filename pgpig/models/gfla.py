@@ -45,7 +45,7 @@ from pgpig.models.gfla_blocks import (
     two_convs,
 )
 from pgpig.models.objective import Objective, StepBatch
-from pgpig.models.ops import block_extractor, local_attn_reshape, resample2d
+from pgpig.models.ops import block_extractor, check_finite_on_cpu, local_attn_reshape, resample2d
 
 __all__ = ["DISCRIMINATOR", "FLOW_NET", "GFLA", "PAPER_SETTINGS", "GFLAObjective", "affine_regularization",
            "generator_settings", "paper_setting_for", "sampling_correctness", "warp_image"]
@@ -235,6 +235,7 @@ def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``image`` ``(B, C, H, W)`` sampled bilinearly at ``pixel + flow``, with the flow ``(B, 2, h, w)`` (pixels of
     its own grid, x first) upsampled to ``H x W`` and scaled to full-resolution pixels; border values outside (as
     the ops read them). The official stage-1 ``visi`` warps the source shrunk to the flow's size instead."""
+    check_finite_on_cpu(flow, "warp_image")
     b, _, h, w = image.shape
     with torch.autocast(image.device.type, enabled=False):
         # the flow's pixels scaled to full resolution by Python numbers (a tensor of them would be a copy to

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["block_extractor", "local_attn_reshape", "resample2d"]
+__all__ = ["block_extractor", "check_finite_on_cpu", "local_attn_reshape", "resample2d"]
 
 _EPS = 1e-8  # the official kernels' SAFE_DIV replacement for a zero divisor
 
@@ -77,6 +77,15 @@ def _check(source: Tensor, flow: Tensor, name: str) -> None:
             f"{name}: expected source (B, C, H, W) and flow (B, 2, h, w), got {tuple(source.shape)} and "
             f"{tuple(flow.shape)}"
         )
+
+
+def check_finite_on_cpu(flow: Tensor, name: str) -> None:
+    """Raise ``ValueError`` for a CPU ``flow`` holding NaN or infinity: ``grid_sample``'s CPU backward reads memory
+    outside the source at such sample points and crashes the process (torch 2.14). On a GPU the check would wait
+    for the device at every call, and its kernel skips those points."""
+    if flow.device.type == "cpu" and not bool(torch.isfinite(flow).all()):
+        raise ValueError(f"{name}: the flow holds NaN or infinite values (a diverged flow estimator?); "
+                         "sampling at them would crash grid_sample's CPU backward")
 
 
 def _gaussian(distance: Tensor, sigma: float) -> Tensor:
@@ -143,6 +152,7 @@ def block_extractor(source: Tensor, flow: Tensor, kernel_size: int) -> Tensor:
     _check(source, flow, "block_extractor")
     if kernel_size < 1:
         raise ValueError(f"block_extractor: kernel_size must be >= 1, got {kernel_size}")
+    check_finite_on_cpu(flow, "block_extractor")
     ct = _compute_dtype(source, flow)
     k = kernel_size
     b, _, hs, ws = source.shape

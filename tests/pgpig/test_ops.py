@@ -264,6 +264,20 @@ def test_argument_errors():
         local_attn_reshape(torch.zeros(1, 8, 4, 4), 3)
 
 
+def test_a_non_finite_flow_on_the_cpu_is_an_error_not_a_crash():
+    """``grid_sample``'s CPU backward crashed the process (segmentation fault) on a NaN sample point, which a
+    diverged flow estimator produces: block_extractor and GFLA's warp_image refuse such a flow first."""
+    from pgpig.models.gfla import warp_image
+
+    flow = torch.zeros(1, 2, 4, 4)
+    flow[0, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="block_extractor: the flow holds NaN"):
+        block_extractor(torch.zeros(1, 3, 4, 4), flow, 3)
+    with pytest.raises(ValueError, match="warp_image: the flow holds NaN"):
+        warp_image(torch.zeros(1, 3, 8, 8), flow.clone().fill_(float("inf")))
+    block_extractor(torch.zeros(1, 3, 4, 4), flow.nan_to_num(), 3)  # finite: runs
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("op", list(FAST))
 def test_cuda_matches_official_kernels(golden, op):
