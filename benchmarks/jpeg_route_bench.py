@@ -1,14 +1,17 @@
-"""JPEG decode routes by image size: batched nvJPEG through torchvision and TorchCodec against OpenCV on all cores.
+"""JPEG decode routes by image size: batched nvJPEG through torchvision, TorchCodec and nvImageCodec against OpenCV.
 
     python benchmarks/jpeg_route_bench.py [--megapixels 0.05,0.3,1,2,5,8,12] [--batch 32] [--rounds 3]
                                           [--budget-mp 128] [--label TEXT]
 
 The files are crops of the photos that ship with ultralytics, rescaled to each size (4:3, landscape and portrait
 alternating), JPEG quality 90, held in memory. Per size: images/s and MP/s of (a) ``torchvision.io.decode_jpeg`` on
-lists of ``--batch`` tensors to CUDA, (b) ``torchcodec.decoders.decode_jpeg`` the same way, (c) ``cv2.imdecode`` on a
-thread pool of ``os.cpu_count()`` threads, the baseline; each the best of ``--rounds``. Then (a) and (b) are checked
-for equal bytes, and their max abs difference to OpenCV's is given. Without CUDA (a) and (b) are skipped and the check
-compares both libraries' CPU decoders on a few files. Prints one JSON line per size.
+lists of ``--batch`` tensors to CUDA, (b) ``torchcodec.decoders.decode_jpeg`` the same way, (c) nvImageCodec's
+batched decoder (the optional ``nvidia-nvimgcodec-cu13`` package with ``nvidia-nvjpeg``) on the card's hardware JPEG
+engines and on its CUDA decoder, (d) ``cv2.imdecode`` on a thread pool of ``os.cpu_count()`` threads, the baseline;
+each the best of ``--rounds``. A route that cannot run here is named in ``skipped`` with the reason. Then the GPU
+routes are checked against torchvision's for equal bytes, and its max abs difference to OpenCV's is given. Without
+CUDA the GPU routes are skipped and the check compares the libraries' CPU decoders on a few files. Prints one JSON
+line per size.
 """
 
 from __future__ import annotations
@@ -70,6 +73,35 @@ def torchcodec_decoder():
     except Exception as exc:  # noqa: BLE001 - a missing package, or a build that does not match this torch
         return None, f"torchcodec not importable: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     return functools.partial(decode_jpeg, mode="RGB"), None
+
+
+def nvimgcodec_decoder(backend: str):
+    """nvImageCodec's batched ``Decoder.decode`` in RGB with one backend (``hw_gpu``: the card's JPEG engines,
+    ``gpu``: nvJPEG's CUDA decoder, ``cpu``: libjpeg-turbo), called as the torch decoders are: a list of 1-D uint8
+    tensors and ``device`` -> ``(3, H, W)`` uint8 tensors. None and the reason when it cannot run."""
+    try:
+        from nvidia import nvimgcodec
+    except Exception as exc:  # noqa: BLE001 - an optional package
+        return None, f"nvimgcodec not importable: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    kind = {"hw_gpu": nvimgcodec.HW_GPU_ONLY, "gpu": nvimgcodec.GPU_ONLY, "cpu": nvimgcodec.CPU_ONLY}[backend]
+    try:
+        decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY if backend == "cpu" else 0,
+                                     backends=[nvimgcodec.Backend(kind)])
+    except Exception as exc:  # noqa: BLE001 - e.g. no CUDA runtime
+        return None, f"nvimgcodec ({backend}): {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    # planar RGB: (3, H, W) as the torch decoders give; EXIF orientation left alone, as theirs by default
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                     sample_format=nvimgcodec.SampleFormat.P_RGB)
+
+    def decode(tensors: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+        images = decoder.decode([t.numpy() for t in tensors], params=params)
+        if any(image is None for image in images):
+            raise RuntimeError(f"nvimgcodec ({backend}) could not decode {sum(i is None for i in images)} files")
+        if device == "cpu":
+            return [torch.from_numpy(np.asarray(image.cpu())) for image in images]
+        return [torch.as_tensor(image, device=device) for image in images]
+
+    return decode, None
 
 
 def torchvision_decoder():
@@ -152,11 +184,20 @@ def measure_size(megapixels: float, args: argparse.Namespace, pool: ThreadPoolEx
     rates = {"cv2_threads": n / seconds_cv2(blobs, pool, args.rounds)}
     skipped = {}
     decoders = {"torchvision": torchvision_decoder()}
-    codec, why = torchcodec_decoder()
-    if codec is not None:
-        decoders["torchcodec"] = codec
-    else:
-        skipped["torchcodec"] = why
+    routes = {"torchcodec": torchcodec_decoder}
+    routes.update({f"nvimgcodec_{kind}": functools.partial(nvimgcodec_decoder, kind)
+                   for kind in (("hw_gpu", "gpu") if cuda else ("cpu",))})
+    for name, make in routes.items():
+        fn, why = make()
+        if fn is not None:
+            try:  # a backend the machine lacks (no JPEG engines) fails at its first decode
+                decode_batches(fn, tensors[:2], 2, "cuda" if cuda else "cpu")
+            except Exception as exc:  # noqa: BLE001 - reported in the line
+                fn, why = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        if fn is not None:
+            decoders[name] = fn
+        else:
+            skipped[name] = why
     if cuda:
         for name, fn in decoders.items():
             decode_batches(fn, tensors[:args.batch], args.batch, "cuda")  # nvJPEG's handles and buffers
