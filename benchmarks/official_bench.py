@@ -37,8 +37,9 @@ ones), so both start from the same generator. After ``--warmup`` untimed steps e
 alternating rounds of ``--steps`` steps (official, pgpig, official, ...) so that drift of the machine hits both.
 
 One JSON line per (side, mode, step kind): img/s, ms/step (median, min, max over rounds), peak memory on CUDA
-(``peak_gib``: the tensors the side holds, its networks, gradients and optimizer states, plus the largest rise of
-``torch.cuda.max_memory_allocated`` above a round's start; ``process_peak_gib`` the plain maximum, which counts the
+(``peak_gib``: the tensors the side holds, its networks, gradients and optimizer states (and a CUDA graph's
+private memory pool, reserved at the capture), plus the largest rise of ``torch.cuda.max_memory_allocated`` above a
+round's start; ``process_peak_gib`` the plain maximum, which counts the
 other side's tensors too), parameter counts of generator and discriminators on
 both sides and ``params_equal``; a final ``official_bench_ratio`` line with pgpig/official img/s per mode and kind.
 """
@@ -352,6 +353,9 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
     lines = []
     for name, side in sides.items():
         held = held_bytes(side.nets, side.optimizers)
+        graphed = getattr(side, "full_step", None)
+        if isinstance(graphed, GraphedStep):  # the captured step's memory pool stays reserved between replays
+            held += graphed.pool_bytes
         pg = sides["pgpig"].cfg
         line = {**common, "side": name, "mode": mode, "kind": kind, "image_size": list(size),
                 **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),

@@ -51,6 +51,7 @@ class GraphedStep:
         self.eager_steps = 0
         self.replays = 0
         self.capture_seconds: float | None = None
+        self.pool_bytes = 0  # what the capture reserved for its private memory pool, which the replays reuse
         self.failure: str | None = None
         self._lr: list[tuple[dict, torch.Tensor]] = []
         self._stream: torch.cuda.Stream | None = None
@@ -69,7 +70,8 @@ class GraphedStep:
     def state(self) -> dict:
         """What the graph did: for the run's record and the benchmarks."""
         return {"captured": self.graph is not None, "eager_steps": self.eager_steps, "replays": self.replays,
-                "capture_seconds": self.capture_seconds, "failure": self.failure}
+                "capture_seconds": self.capture_seconds, "pool_gib": round(self.pool_bytes / 2**30, 3),
+                "failure": self.failure}
 
     # ------------------------------------------------------------------------------------------------ the paths
 
@@ -104,6 +106,7 @@ class GraphedStep:
         for group, scalar in self._lr:  # the captured Adam reads these scalars
             group["lr"] = scalar
         cause: BaseException | None = None
+        reserved = torch.cuda.memory_reserved(device)
         try:
             # thread-local: the loader's pin-memory thread may allocate page-locked memory during the capture
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
@@ -124,6 +127,7 @@ class GraphedStep:
             torch.cuda.synchronize(device)
             return self._eager(batch)
         self.capture_seconds = round(time.perf_counter() - start, 3)
+        self.pool_bytes = max(0, torch.cuda.memory_reserved(device) - reserved)
         self.graph, self.outputs = graph, _detached(outputs)
         return self._replay(batch, copy=False)
 

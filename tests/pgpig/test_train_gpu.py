@@ -179,7 +179,9 @@ def test_cuda_graph_replays_the_eager_step(market_shards, tmp_path, monkeypatch)
             noise = abs(again[name] - want[name])
             assert abs(got[name] - want[name]) <= 10 * noise + 1e-4 * abs(want[name]) + 1e-6, (i, name, got, want)
     assert graphed.state() == {"captured": True, "eager_steps": 4, "replays": 4,
-                               "capture_seconds": graphed.capture_seconds, "failure": None}
+                               "capture_seconds": graphed.capture_seconds, "pool_gib": graphed.state()["pool_gib"],
+                               "failure": None}
+    assert graphed.pool_bytes > 0  # the step's activations live in the capture's own pool
 
     def change(parts) -> torch.Tensor:
         return torch.cat([(p.detach() - s).flatten() for p, s in zip(parts.generator.parameters(), start, strict=True)])
