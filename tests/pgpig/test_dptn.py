@@ -54,7 +54,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from generators import assert_forward_backward
+from generators import assert_compiled_step_is_eager, assert_forward_backward
 from learning import learn
 from PIL import Image
 from safetensors.torch import load_file
@@ -68,7 +68,7 @@ from pgpig.models import available, create, objective_class
 from pgpig.models.dptn import DPTN, PAPER_SETTINGS, DPTNObjective, generator_kwargs
 from pgpig.models.gfla_blocks import ResDiscriminator
 from pgpig.models.objective import StepBatch
-from pgpig.train import HistoryPool, build, compile_parts, total_steps, train_step
+from pgpig.train import HistoryPool, build, total_steps, train_step
 
 OFFICIAL_PARAMS = 9_794_371
 # the official ResBlock's and Output's second names for their convs (models/base_function.py)
@@ -316,25 +316,10 @@ def test_a_compiled_training_step_computes_the_eager_one():
                              "vgg_weights": None, "allow_random_vgg": True})
     size = (32, 24)
     batch = _objective_batch(size)
-    results = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        parts = build(cfg, torch.device("cpu"), size)
-        if compiled:
-            compile_parts(parts)
-        plain = getattr(parts.generator, "_orig_mod", parts.generator)
-        torch.manual_seed(1)
-        _, losses = train_step(parts, cfg, batch)
-        d = getattr(parts.discriminators["d"], "_orig_mod", parts.discriminators["d"])
-        results.append(({k: float(v.detach()) for k, v in losses.items()},
-                        {n: p.grad.clone() for n, p in plain.named_parameters()},
-                        {n: b.clone() for n, b in d.named_buffers() if n.endswith("weight_u")}))
-    (eager_losses, eager_grads, eager_u), (losses, grads, u) = results
-    assert losses.keys() == eager_losses.keys() and eager_losses["d"] > 0
-    for name, value in eager_losses.items():
-        assert losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
-    for name, grad in eager_grads.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5)
+    eager, compiled, eager_losses = assert_compiled_step_is_eager(cfg, size, batch)
+    assert eager_losses["d"] > 0
+    u, eager_u = ({n: b for n, b in getattr(parts.discriminators["d"], "_orig_mod", parts.discriminators["d"])
+                   .named_buffers() if n.endswith("weight_u")} for parts in (compiled, eager))
     assert u.keys() == eager_u.keys() and u
     for name, vector in eager_u.items():
         torch.testing.assert_close(u[name], vector)
@@ -369,7 +354,6 @@ def test_bf16_training_steps_of_the_deepfashion_recipe_on_the_gpu():
     image, source_pose, target_pose = (t.to(device) for t in _inputs(4, (256, 256)))
     keypoints = torch.zeros(4, 18, 2, device=device)
     batch = StepBatch(image, image.flip(0), source_pose, target_pose, keypoints, keypoints)
-    from pgpig.train import train_step
 
     for _ in range(3):
         generated, losses = train_step(parts, cfg, batch)
