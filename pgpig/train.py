@@ -393,6 +393,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if world > 1:
         _wrap_ddp(parts, cfg, device)
     notice = _notice(cfg, rank)
+    if cfg.amp == "bf16" and device.type == "cpu":
+        notice("amp: bf16 on the CPU: PyTorch's oneDNN bf16 convolutions give wrong values for some small feature "
+               "maps (torch 2.14.1: 256 channels or more, stride 2, width 2); float32 (--amp none) is the CPU's tested "
+               "path")
     if cfg.compile:
         notice(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a GPU "
                "(--set compile=false trains eagerly)")
