@@ -9,7 +9,8 @@ graph of ``pgpig.train.train_step`` (generator and discriminator forwards, losse
 steps) launches the whole step at once. Per recipe, from the same weights and batch (``train_bench.py``'s smooth
 images and random keypoints, random VGG):
 
-- ``eager_ms``: the step as ``pgpig train`` runs it (the recipe's arithmetic, compile off);
+- ``eager_ms``: the step as ``pgpig train`` runs it (the recipe's arithmetic; compile off unless ``--set
+  compile=true``, which compiles every side's parts as ``pgpig train`` does);
 - ``graph_ms``: the step as ``pgpig train`` runs it with ``cuda_graph: true`` (``pgpig.step_graph.GraphedStep``:
   captured once after warm-up steps, then each call copies the batch into the capture's inputs and replays it);
 - ``loss_rel_diff_max``: with dropout off in both, the largest relative difference between the losses of the
@@ -46,7 +47,7 @@ from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
 from pgpig.step_graph import GraphedStep  # noqa: E402
-from pgpig.train import build, train_step  # noqa: E402
+from pgpig.train import build, compile_parts, train_step  # noqa: E402
 
 
 def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
@@ -60,6 +61,8 @@ def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
             for m in net.modules():
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd):
                     m.eval()
+    if cfg.compile:  # after the dropout switch: the compiled graphs trace the modules as they are then
+        compile_parts(parts, cfg.compile)
     return parts
 
 
@@ -107,8 +110,8 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
     cfg = resolve_speed(load_config(Path(recipe), overrides), device)
     size = recipe_size(recipe, cfg)
     record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size), "amp": cfg.amp,
-              "channels_last": cfg.channels_last, "gpu": torch.cuda.get_device_name(device), "label": args.label,
-              "torch": torch.__version__, "python": platform.python_version()}
+              "channels_last": cfg.channels_last, "compile": cfg.compile, "gpu": torch.cuda.get_device_name(device),
+              "label": args.label, "torch": torch.__version__, "python": platform.python_version()}
     batch = fixed_batch(cfg, device, size)
 
     # the step as pgpig train runs it without the graph
