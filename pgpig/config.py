@@ -140,10 +140,10 @@ class TrainConfig:
     """Models and batches in channels-last memory format (faster convolutions with AMP for some models on recent
     GPUs); ``auto``: on a CUDA device only."""
     compile: bool | Literal["auto", "generator"] = False
-    """``torch.compile`` the generator, the discriminators and the VGG content and style loss maths (slow first
-    steps; for long GPU runs); ``auto``: on a CUDA device only; ``generator``: the generator alone (a spectrally
-    normalised discriminator breaks the graph at each convolution, whose frames then recompile until dynamo's limit
-    and run eager)."""
+    """``torch.compile`` the generator, the discriminators and the objective's loss maths on VGG features (content
+    and style, GFLA's sampling correctness; slow first steps; for long GPU runs); ``auto``: on a CUDA device only;
+    ``generator``: the generator alone (a spectrally normalised discriminator breaks the graph at each convolution,
+    whose frames then recompile until dynamo's limit and run eager)."""
     cuda_graph: bool | Literal["auto"] = False
     """Replay each training step from one CUDA graph (``pgpig.step_graph``): the host launches a whole step at once
     instead of kernel by kernel, which pays where the eager step leaves the GPU waiting for Python (small batches).
