@@ -6,8 +6,9 @@
 # recipe's float32 with seed 0 (run to run, the same settings differ only by cuDNN's non-deterministic kernels: the
 # noise float32 training already has), "bf16" with seed 0, "seed1" in float32 with seed 1 (another start: the spread a
 # change of seed gives), "bf16c", bf16 with torch.compile and seed 0, and "graph", float32 with seed 0 replayed from
-# a CUDA graph (cuda_graph: true). Each runs STEPS (default 500) at
-# BATCH_<recipe> (default the recipe's), eagerly but for bf16c and graph (the arithmetic, not its speed, is compared), logging
+# a CUDA graph (cuda_graph: true), and "bf16cg", bf16 with compile, TF32, channels-last and the CUDA graph (the
+# fastest setting measured). Each runs STEPS (default 500) at
+# BATCH_<recipe> (default the recipe's), eagerly but for bf16c, bf16cg and graph (the arithmetic, not its speed, is compared), logging
 # the losses every LOG_EVERY (5) steps; loss_curves.py compares the other runs with the first of RUNS, and
 # `pgpig eval` scores every run's generator on the test pairs (SSIM, mask-SSIM, L1, PCKh). A second-stage recipe
 # starts every run from INIT_WEIGHTS_<recipe> (a stage-1 run folder; with STAGE1_<recipe> set to the stage-1 recipe
@@ -45,9 +46,11 @@ for recipe in $recipes; do
             a | b) sets=(--set compile=false --set amp=none --set seed=0) ;;
             bf16) sets=(--set compile=false --set amp=bf16 --set seed=0) ;;
             bf16c) sets=(--set compile=true --set amp=bf16 --set seed=0) ;;
+            bf16cg) sets=(--set compile=true --set amp=bf16 --set tf32=true --set channels_last=true
+                          --set cuda_graph=true --set seed=0) ;;
             seed1) sets=(--set compile=false --set amp=none --set seed=1) ;;
             graph) sets=(--set compile=false --set amp=none --set seed=0 --set cuda_graph=true) ;;
-            *) stamp "unknown run $run (RUNS takes a, b, bf16, bf16c, seed1, graph)"; exit 2 ;;
+            *) stamp "unknown run $run (RUNS takes a, b, bf16, bf16c, bf16cg, seed1, graph)"; exit 2 ;;
         esac
         dir="$work/$recipe-$run"
         rm -rf "$dir"
