@@ -106,6 +106,8 @@ class GraphedStep:
         for group, scalar in self._lr:  # the captured Adam reads these scalars
             group["lr"] = scalar
         cause: BaseException | None = None
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # as the capture's own start does: what is reserved after it is the graph's pool
         reserved = torch.cuda.memory_reserved(device)
         try:
             # thread-local: the loader's pin-memory thread may allocate page-locked memory during the capture
