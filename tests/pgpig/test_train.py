@@ -337,10 +337,11 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
     # the measured GPU defaults (pgpig/workflows/README.md)
     assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", "auto")
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("auto", False)
-    assert gpu_speed["deepfashion/gfla"] == ("none", False)
+    assert gpu_speed["deepfashion/gfla"] == ("none", False) and gpu_speed["deepfashion/gfla-stage2"] == ("auto", "auto")
     assert gpu_speed["deepfashion/xinggan"] == ("auto", False)
     assert {name for name, on in compiled.items() if on} == {"deepfashion/dptn", "deepfashion/patn",
-                                                              "market1501/xinggan", "deepfashion/pidm"}
+                                                              "market1501/xinggan", "deepfashion/pidm",
+                                                              "deepfashion/gfla-stage2"}
 
 
 def test_random_vgg_needs_allow_random_vgg():
