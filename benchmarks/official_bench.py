@@ -189,7 +189,7 @@ class PgpigSide:
             self.nets = [self.plain_g, *self.d, *losses]
             self.optimizers = [o for o in (self.parts.opt_g, self.parts.opt_d) if o is not None]
             if self.cfg.compile:
-                compile_parts(self.parts, self.cfg.compile)
+                compile_parts(self.parts, self.cfg.compile, losses=self.cfg.compile_losses)
             if self.parts.ema is not None:
                 self.nets.append(self.parts.ema.model)
             # the recipe's CUDA graph, as pgpig train replays it (its first steps run eagerly)

@@ -62,7 +62,7 @@ def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd):
                     m.eval()
     if cfg.compile:  # after the dropout switch: the compiled graphs trace the modules as they are then
-        compile_parts(parts, cfg.compile)
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
     return parts
 
 

@@ -73,7 +73,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
     draw_poses = step_pose_maps(cfg, keypoints, (h, w), device, memory_format)
     if cfg.compile:
-        compile_parts(parts, cfg.compile)
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
 
     def step() -> None:
         source_pose, target_pose = draw_poses()

@@ -5,8 +5,8 @@
 
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches),
 ``+compile`` (``torch.compile`` of the generator, the discriminators and the content and style loss maths;
-``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19: a candidate no recipe uses
-yet), ``+tf32``
+``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19, as the ``compile_losses``
+setting), ``+tf32``
 (the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam`` setting: fused Adam
 kernels); ``--channels-last`` and ``--compile`` add those to every mode. ``none`` is PyTorch's default float32,
 whose cuDNN convolutions use TF32 (a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
@@ -126,7 +126,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
-        compile_parts(parts, cfg.compile, losses=compile_losses)
+        compile_parts(parts, cfg.compile, losses=compile_losses or cfg.compile_losses)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)

@@ -144,6 +144,9 @@ class TrainConfig:
     and style, GFLA's sampling correctness; slow first steps; for long GPU runs); ``auto``: on a CUDA device only;
     ``generator``: the generator alone (a spectrally normalised discriminator breaks the graph at each convolution,
     whose frames then recompile until dynamo's limit and run eager)."""
+    compile_losses: bool = False
+    """With ``compile`` on, ``torch.compile`` the objective's loss networks (VGG-19) too: its convolutions' bias
+    adds, ReLUs and their backward fused by inductor (DPTN DeepFashion on an H100: 1.18x the step)."""
     cuda_graph: bool | Literal["auto"] = False
     """Replay each training step from one CUDA graph (``pgpig.step_graph``): the host launches a whole step at once
     instead of kernel by kernel, which pays where the eager step leaves the GPU waiting for Python (small batches).

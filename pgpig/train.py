@@ -220,9 +220,8 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
     """``torch.compile`` the generator, the discriminators and the objective's loss maths on VGG features
     (``Objective.compiled_maths``: the content and style losses' float32 casts, distances and Gram matrices, GFLA's
     sampling correctness, in fused kernels instead of eager copies of every feature map) in place, after any DDP
-    wrapping; the generator alone when ``setting`` (the config's ``compile``) is ``generator``; with ``losses``, the
-    objective's loss networks (VGG-19) too (``benchmarks/train_bench.py``'s ``+compilel``: measured before any recipe
-    uses it).
+    wrapping; the generator alone when ``setting`` (the config's ``compile``) is ``generator``; with ``losses`` (the
+    config's ``compile_losses``), the objective's loss networks (VGG-19) too.
 
     A discriminator's spectral-norm hooks (DPTN's) stay eager: each forward's power iteration updates the ``u``
     vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
@@ -400,7 +399,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if cfg.compile:
         notice(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a GPU "
                "(--set compile=false trains eagerly)")
-        compile_parts(parts, cfg.compile)
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
     graphed = GraphedStep(parts, cfg, log=notice) if cfg.cuda_graph else None
     step = graphed or functools.partial(train_step, parts, cfg)
 

@@ -276,15 +276,19 @@ def test_a_compiled_run_says_so_before_its_first_step(market_shards, tmp_path, m
     import pgpig.train
 
     compiled = []
-    monkeypatch.setattr(pgpig.train, "compile_parts", lambda parts, setting: compiled.append(setting))
+    monkeypatch.setattr(pgpig.train, "compile_parts",
+                        lambda parts, setting, losses: compiled.append((setting, losses)))
     common = ["train", "--shards", str(market_shards), "--steps", "1", "--batch-size", "2", "--device", "cpu",
               "--skip-memory-check", *[option for option in TINY if option != "--quiet"]]
     result = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "compiled"), "--set", "compile=true"])
     said = [line for line in result.output.splitlines() if line.startswith("torch.compile:")]
-    assert result.exit_code == 0 and compiled == [True], result.output
+    assert result.exit_code == 0 and compiled == [(True, False)], result.output
     assert len(said) == 1 and "compile patn for cpu" in said[0] and "--set compile=false" in said[0], said
     eager = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "eager")])
-    assert eager.exit_code == 0 and "torch.compile" not in eager.output and compiled == [True]
+    assert eager.exit_code == 0 and "torch.compile" not in eager.output and compiled == [(True, False)]
+    losses = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "losses"), "--set", "compile=true",
+                                       "--set", "compile_losses=true"])
+    assert losses.exit_code == 0 and compiled[-1] == (True, True), losses.output
 
 
 def test_bf16_on_the_cpu_is_trained_with_a_warning(market_shards, tmp_path):
@@ -301,7 +305,8 @@ def test_bf16_on_the_cpu_is_trained_with_a_warning(market_shards, tmp_path):
 
 def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
     """``compile: generator`` compiles the generator and leaves the discriminators and the content/style loss maths
-    eager (``compile: true`` wraps all three); nothing is compiled until a step runs."""
+    eager (``compile: true`` wraps all three); the loss network (VGG-19) only with ``losses`` (``compile_losses``);
+    nothing is compiled until a step runs."""
     from pgpig.train import build, compile_parts
 
     cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "compile": "generator", "ngf": 8,
@@ -315,6 +320,10 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
         assert all(isinstance(d, torch._dynamo.eval_frame.OptimizedModule) == discriminators
                    for d in parts.discriminators.values()) and parts.discriminators
         assert ("content_style" in vars(parts.objective)) == discriminators  # a compiled copy on the instance
+        assert not isinstance(parts.objective.perceptual, torch._dynamo.eval_frame.OptimizedModule)
+    dptn = build(dataclasses.replace(cfg, model="dptn"), torch.device("cpu"), (128, 64))
+    compile_parts(dptn, True, losses=True)
+    assert isinstance(dptn.objective.vgg, torch._dynamo.eval_frame.OptimizedModule)
     gfla = build(dataclasses.replace(cfg, model="gfla", stage=2, compile=True), torch.device("cpu"), (128, 64))
     compile_parts(gfla, True)
     assert {"content_style", "correctness"} <= set(vars(gfla.objective))
@@ -325,7 +334,7 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
     float32 is the fast path and the tests' numbers come from."""
     from pgpig.config import shipped_recipes
 
-    gpu_speed, compiled = {}, {}
+    gpu_speed, compiled, vgg_compiled = {}, {}, set()
     for name, path in shipped_recipes().items():
         cfg = load_config(path, {"vgg_weights": None, "allow_random_vgg": True})
         assert cfg.amp in ("auto", "none") and cfg.channels_last in ("auto", False), name
@@ -334,11 +343,13 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
         assert (cpu.amp, cpu.channels_last, cpu.compile) == ("none", False, False), name
         gpu_speed[name] = (cfg.amp, cfg.channels_last)
         compiled[name] = cfg.compile == "auto"
+        if cfg.compile_losses:
+            vgg_compiled.add(name)
     # the measured GPU defaults (pgpig/workflows/README.md)
     assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", "auto")
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("auto", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False) and gpu_speed["deepfashion/gfla-stage2"] == ("auto", "auto")
-    assert gpu_speed["deepfashion/xinggan"] == ("auto", False)
+    assert gpu_speed["deepfashion/xinggan"] == ("auto", False) and vgg_compiled == {"deepfashion/dptn"}
     assert {name for name, on in compiled.items() if on} == {"deepfashion/dptn", "deepfashion/patn",
                                                               "market1501/xinggan", "deepfashion/pidm",
                                                               "deepfashion/gfla-stage2"}
