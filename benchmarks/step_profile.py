@@ -12,8 +12,9 @@ the CUDA kernels' time on a GPU, of the operators' own time on a CPU), the part 
 elementwise and reductions), the 15 kernels (``top_work_ms``) and ``aten`` operators (``top_aten_ms``) with the
 most time, and how many ``aten`` calls (nested ones included) and CUDA kernels a step makes (``aten_calls_per_step``,
 ``top_aten_calls``, ``kernels_per_step``: the host's work per step). ``--trace DIR`` also writes a Chrome trace per
-recipe; ``--detail`` records input shapes and Python stacks and adds the operators with the most time by shape and
-by calling line of this repository.
+recipe; ``--detail`` records input shapes and Python stacks and adds the operators with the most time by shape, by
+calling line of this repository, and by the operators and ranges they run inside (``top_aten_by_parents``: a
+backward's ``convolution_backward`` or a compiled graph's call, where no line of ours is on the stack).
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
 
 def where_time_goes(prof, steps: int, on_device: bool) -> dict:
     """The ``aten`` operators with the most device time (CPU time off a GPU) per input shapes
-    (``top_aten_by_shape``) and per calling lines of this repository (``top_aten_by_caller``: the three innermost
+    (``top_aten_by_shape``), per calling lines of this repository (``top_aten_by_caller``: the three innermost
     frames under ``pgpig/``, ``benchmarks/`` or ``pipeline/``; none for backward operators, which the autograd engine
-    runs, nor for those inside compiled graphs, whose frames are inductor's)."""
+    runs, nor for those inside compiled graphs, whose frames are inductor's), and per input shapes and enclosing
+    operators and ranges (``top_aten_by_parents``: the four innermost, such as ``aten::contiguous <
+    aten::convolution_backward < ## Call CompiledFxGraph ... ##``)."""
     def own(e) -> float:
         return (e.self_device_time_total if on_device else e.self_cpu_time_total) / 1e3 / steps
 
@@ -157,13 +160,27 @@ def where_time_goes(prof, steps: int, on_device: bool) -> dict:
         return tuple(ours)
 
     by_caller: dict[tuple, float] = defaultdict(float)
+    by_parents: dict[tuple, float] = defaultdict(float)
     for e in prof.events():
+        if e.name.startswith("aten::") and own(e) > 0:
+            by_parents[(e.name, str(e.input_shapes)[:100], parent_names(e))] += own(e)
         if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")):
             by_caller[(e.name, callers(e))] += sum(own(k) for k in _with_children(e))
     top_callers = sorted(by_caller.items(), key=lambda kv: -kv[1])[:20]
     return {"top_aten_by_shape": ranked(prof.key_averages(group_by_input_shape=True),
                                         lambda e: str(e.input_shapes)[:160]),
-            "top_aten_by_caller": [[name, list(frames), round(ms, 2)] for (name, frames), ms in top_callers]}
+            "top_aten_by_caller": [[name, list(frames), round(ms, 2)] for (name, frames), ms in top_callers],
+            "top_aten_by_parents": [[name, shapes, list(parents), round(ms, 2)] for (name, shapes, parents), ms
+                                    in sorted(by_parents.items(), key=lambda kv: -kv[1])[:20]]}
+
+
+def parent_names(event, depth: int = 4) -> tuple[str, ...]:
+    """The names of the ``depth`` innermost operators, ranges and frames enclosing ``event``, innermost first."""
+    names, parent = [], event.cpu_parent
+    while parent is not None and len(names) < depth:
+        names.append(parent.name[:60])
+        parent = parent.cpu_parent
+    return tuple(names)
 
 
 def _with_children(event) -> list:

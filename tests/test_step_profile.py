@@ -1,5 +1,5 @@
 """``benchmarks/step_profile.py`` on the CPU: one PATN Market step profiled, with ``--detail``'s tables of the
-operators by input shape and by the calling lines of this repository."""
+operators by input shape, by the calling lines of this repository and by the operators they run inside."""
 
 from __future__ import annotations
 
@@ -28,3 +28,10 @@ def test_a_detailed_profile_names_shapes_and_callers():
     frames = [frame for _, found, _ in callers for frame in found]
     assert any(frame.startswith("patn.py(") for frame in frames), callers
     assert any(frame.startswith("train.py(") and "train_step" in frame for frame in frames), callers
+    # backward operators, which have no line of ours, are placed by the operators they run inside
+    parents = line["top_aten_by_parents"]
+    assert parents and all(name.startswith("aten::") and ms > 0 for name, _, _, ms in parents)
+    assert any(name == "aten::convolution_backward" and "ConvolutionBackward0" in enclosing
+               for name, _, enclosing, _ in parents), parents
+    assert any(name == "aten::mkldnn_convolution" and enclosing[:2] == ["aten::_convolution", "aten::convolution"]
+               for name, _, enclosing, _ in parents), parents
