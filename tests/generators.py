@@ -20,7 +20,7 @@ def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch
 
 def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch) -> tuple:
     """``train_step`` of ``cfg``'s parts on the CPU, built from seed 0 and run on ``batch`` with seed 1, eagerly and
-    after ``compile_parts`` (``compile: true``): the same losses (1e-4 relative) and generator gradients (1e-3
+    after ``compile_parts`` (``compile: true``, and ``cfg.compile_losses``): the same losses (1e-4 relative) and generator gradients (1e-3
     relative, 1e-5 absolute). Returns the eager parts, the compiled parts and the eager losses, for checks of
     their own."""
     import pytest
@@ -32,7 +32,7 @@ def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch) -> tuple:
         torch.manual_seed(0)
         parts = build(cfg, torch.device("cpu"), size)
         if compiled:
-            compile_parts(parts, True)
+            compile_parts(parts, True, losses=cfg.compile_losses)
         plain = getattr(parts.generator, "_orig_mod", parts.generator)
         torch.manual_seed(1)
         _, losses = train_step(parts, cfg, batch)

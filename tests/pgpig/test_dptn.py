@@ -306,18 +306,21 @@ def test_objective_is_the_official_weighted_sum_of_both_branches():
     torch.testing.assert_close(d_loss.detach(), expected_d, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.slow  # about 70 s on 2 CPU cores, the compiles of the generator and the discriminator
+@pytest.mark.slow  # about 90 s on 2 CPU cores, the compiles of the generator, the discriminator and VGG-19
 def test_a_compiled_training_step_computes_the_eager_one():
-    """``torch.compile`` (``--set compile=true``) trains DPTN as eager does. Its discriminator runs on real and fake
+    """``torch.compile`` (``--set compile=true``, with VGG-19 as the recipe's ``compile_losses``) trains DPTN as eager
+    does. Its discriminator runs on real and fake
     images before one backward, and each forward's spectral-norm power iteration updates ``u`` in place: compiled
     whole, the first backward failed ("modified by an inplace operation"); ``compile_parts`` keeps those hooks
     eager. Same seed, same batch: the same losses, generator gradients and power-iteration vectors."""
     cfg = load_config(None, {"model": "dptn", "ngf": 4, "n_blocks": 1, "d_blocks": 2, "lambda_perceptual": 0.0,
-                             "vgg_weights": None, "allow_random_vgg": True})
+                             "lambda_style": 500.0, "vgg_weights": None, "allow_random_vgg": True,
+                             "compile_losses": True})
     size = (32, 24)
     batch = _objective_batch(size)
     eager, compiled, eager_losses = assert_compiled_step_is_eager(cfg, size, batch)
-    assert eager_losses["d"] > 0
+    assert eager_losses["d"] > 0 and eager_losses["style"] > 0
+    assert isinstance(compiled.objective.vgg, torch._dynamo.eval_frame.OptimizedModule)
     u, eager_u = ({n: b for n, b in getattr(parts.discriminators["d"], "_orig_mod", parts.discriminators["d"])
                    .named_buffers() if n.endswith("weight_u")} for parts in (compiled, eager))
     assert u.keys() == eager_u.keys() and u
