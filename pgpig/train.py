@@ -460,7 +460,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         raise _interrupted(stopped, at.step, run_dir, world)
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
-                      "compile": cfg.compile, "tf32": cfg.tf32 and device.type == "cuda",
+                      "compile": cfg.compile, "compile_losses": bool(cfg.compile and cfg.compile_losses),
+                      "tf32": cfg.tf32 and device.type == "cuda",
                       "cuda_graph": graphed.state() if graphed is not None else None}, "memory": memory}
 
 

@@ -20,9 +20,9 @@ def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch
 
 def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch) -> tuple:
     """``train_step`` of ``cfg``'s parts on the CPU, built from seed 0 and run on ``batch`` with seed 1, eagerly and
-    after ``compile_parts`` (``compile: true``, and ``cfg.compile_losses``): the same losses (1e-4 relative) and generator gradients (1e-3
-    relative, 1e-5 absolute). Returns the eager parts, the compiled parts and the eager losses, for checks of
-    their own."""
+    after ``compile_parts`` (``compile: true``, and ``cfg.compile_losses``): the same losses (1e-4 relative) and
+    generator gradients (1e-3 relative, 1e-5 absolute). Returns the eager parts, the compiled parts and the eager
+    losses, for checks of their own."""
     import pytest
 
     from pgpig.train import build, compile_parts, train_step

@@ -289,6 +289,7 @@ def test_a_compiled_run_says_so_before_its_first_step(market_shards, tmp_path, m
     losses = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "losses"), "--set", "compile=true",
                                        "--set", "compile_losses=true"])
     assert losses.exit_code == 0 and compiled[-1] == (True, True), losses.output
+    assert losses.output.strip().endswith("(cpu: float32, compile, compile_losses)"), losses.output
 
 
 def test_bf16_on_the_cpu_is_trained_with_a_warning(market_shards, tmp_path):
