@@ -5,10 +5,10 @@
 
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches),
 ``+compile`` (``torch.compile`` of the generator, the discriminators and the content and style loss maths;
-``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19, as the ``compile_losses``
-setting), ``+tf32``
-(the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam`` setting: fused Adam
-kernels); ``--channels-last`` and ``--compile`` add those to every mode. ``none`` is PyTorch's default float32,
+``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19: the ``compile_losses``
+setting), ``+tf32`` (the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam``
+setting: fused Adam kernels); ``--channels-last`` and ``--compile`` add those to every mode. A mode sets these
+fields whatever the recipe says (DPTN DeepFashion's recipe compiles VGG-19: its mode is ``bf16+cl+compilel+tf32``). ``none`` is PyTorch's default float32,
 whose cuDNN convolutions use TF32 (a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
 convolutions and matmuls, and ``fp64`` the model and batch in float64: references to judge the other modes' rounding
 by (``--modes fp64,fp32,none,bf16``: ``none``'s cosine to it is the rounding the default already has). ``--recipe``
@@ -104,7 +104,7 @@ def unzero(generator: torch.nn.Module, seed: int = 0) -> None:
 
 
 def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, warmup: int,
-                min_seconds: float = 0.0, float64: bool = False, compile_losses: bool = False) -> tuple[dict, dict]:
+                min_seconds: float = 0.0, float64: bool = False) -> tuple[dict, dict]:
     """Steps/s, peak memory and the fixed batch's L1 of ``train_step`` under ``cfg``, and the first step's losses
     and generator gradient (to compare with the baseline's: same weights, same batch, same dropout draws).
     ``float64``: the same weights and batch, drawn in float32, then the networks and the batch made float64 and
@@ -126,7 +126,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
     if cfg.compile:
-        compile_parts(parts, cfg.compile, losses=compile_losses or cfg.compile_losses)
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -214,11 +214,6 @@ REFERENCES = ("fp32", "fp64")
 """Float32 without TF32 and float64: the modes that only set the arithmetic (no autocast)."""
 
 
-def compiles_losses(mode: str) -> bool:
-    """Whether ``mode`` compiles the objective's loss networks too (``+compilel``, with ``+compile``)."""
-    return "compilel" in mode.split("+")
-
-
 def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str]:
     """``bf16+cl+compile`` → the config fields it sets, and the float32 arithmetic around it: ``default``
     (PyTorch's TF32 switches as they are), ``fp32`` (TF32 off) or ``fp64`` (float64 tensors). A bad mode exits
@@ -231,7 +226,7 @@ def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str
     fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
               "compile": compile or "compile" in flags or "compilel" in flags
               or ("generator" if "compileg" in flags else False),
-              "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
+              "compile_losses": "compilel" in flags, "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
     return fields, amp if amp in REFERENCES else "default"
 
 
@@ -309,8 +304,7 @@ def bench_recipe(recipe: Path, args, device: torch.device) -> None:
         try:
             with arithmetic(kind):
                 result, first = bench_steps(dataclasses.replace(cfg, **fields), device, size, args.steps,
-                                            args.warmup, args.min_seconds, float64=kind == "fp64",
-                                            compile_losses=compiles_losses(mode))
+                                            args.warmup, args.min_seconds, float64=kind == "fp64")
         except Exception as exc:  # a mode that cannot run here (e.g. compile without a compiler) is a result too
             message = str(exc).splitlines()[0] if str(exc) else ""
             result, first = {"error": f"{type(exc).__name__}: {message}"[:300]}, None
