@@ -8,8 +8,9 @@ A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (c
 ``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19: the ``compile_losses``
 setting), ``+tf32`` (the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam``
 setting: fused Adam kernels); ``--channels-last`` and ``--compile`` add those to every mode. A mode sets these
-fields whatever the recipe says (DPTN DeepFashion's recipe compiles VGG-19: its mode is ``bf16+cl+compilel+tf32``). ``none`` is PyTorch's default float32,
-whose cuDNN convolutions use TF32 (a 10-bit mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
+fields whatever the recipe says (DPTN DeepFashion's recipe compiles VGG-19: its mode is
+``bf16+cl+compilel+tf32``). ``none`` is PyTorch's default float32, whose cuDNN convolutions use TF32 (a 10-bit
+mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
 convolutions and matmuls, and ``fp64`` the model and batch in float64: references to judge the other modes' rounding
 by (``--modes fp64,fp32,none,bf16``: ``none``'s cosine to it is the rounding the default already has). ``--recipe``
 may be repeated: one process measures them all.

@@ -35,6 +35,7 @@ def test_two_modes_on_the_cpu():
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     runs = [line for line in lines if line["bench"] == "train"]
     assert [line["mode"] for line in runs] == ["none", "fp32"]
-    assert all(line["compile"] is False and line["compile_losses"] is False and line["steps_per_s"] > 0 for line in runs)
+    assert all(line["compile"] is False and line["compile_losses"] is False and line["steps_per_s"] > 0
+               for line in runs)
     assert runs[1]["grad_cosine_vs_baseline"] > 0.999  # float32 without TF32 is float32 on the CPU
     assert lines[-1]["bench"] == "train_pick"
