@@ -258,7 +258,7 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(mar
     result = train(auto)
     assert result["losses"] == train(plain)["losses"]
     assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False,
-                               "tf32": False, "cuda_graph": None}
+                               "compile_losses": False, "tf32": False, "cuda_graph": None}
     saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert (saved["amp"], saved["channels_last"], saved["compile"], saved["cuda_graph"]) == ("auto",) * 4
     with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
