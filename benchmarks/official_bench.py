@@ -72,7 +72,7 @@ from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
 from pgpig.step_graph import GraphedStep  # noqa: E402
-from pgpig.train import AMP_DTYPES, build, build_generator, compile_parts, pose_maps, train_step  # noqa: E402
+from pgpig.train import AMP_DTYPES, build, build_generator, compile_configured, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 MODES = ("fp32", "strict", "bf16", "recipe")
@@ -188,8 +188,7 @@ class PgpigSide:
             losses = [v for v in vars(self.parts.objective).values() if isinstance(v, torch.nn.Module)]
             self.nets = [self.plain_g, *self.d, *losses]
             self.optimizers = [o for o in (self.parts.opt_g, self.parts.opt_d) if o is not None]
-            if self.cfg.compile:
-                compile_parts(self.parts, self.cfg.compile, losses=self.cfg.compile_losses)
+            compile_configured(self.parts, self.cfg)
             if self.parts.ema is not None:
                 self.nets.append(self.parts.ema.model)
             # the recipe's CUDA graph, as pgpig train replays it (its first steps run eagerly)

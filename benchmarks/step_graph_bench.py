@@ -47,7 +47,7 @@ from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
 from pgpig.step_graph import GraphedStep  # noqa: E402
-from pgpig.train import build, compile_parts, train_step  # noqa: E402
+from pgpig.train import build, compile_configured, train_step  # noqa: E402
 
 
 def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
@@ -61,8 +61,7 @@ def make_parts(cfg, device: torch.device, size: tuple[int, int], dropout: bool):
             for m in net.modules():
                 if isinstance(m, torch.nn.modules.dropout._DropoutNd):
                     m.eval()
-    if cfg.compile:  # after the dropout switch: the compiled graphs trace the modules as they are then
-        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+    compile_configured(parts, cfg)  # after the dropout switch: the compiled graphs trace the modules as they are then
     return parts
 
 
@@ -110,7 +109,8 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
     cfg = resolve_speed(load_config(Path(recipe), overrides), device)
     size = recipe_size(recipe, cfg)
     record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size), "amp": cfg.amp,
-              "channels_last": cfg.channels_last, "compile": cfg.compile, "gpu": torch.cuda.get_device_name(device),
+              "channels_last": cfg.channels_last, "compile": cfg.compile,
+              "compile_losses": cfg.compile_losses, "gpu": torch.cuda.get_device_name(device),
               "label": args.label, "torch": torch.__version__, "python": platform.python_version()}
     batch = fixed_batch(cfg, device, size)
 

@@ -39,7 +39,7 @@ from train_bench import recipe_size, smooth_images, step_pose_maps  # noqa: E402
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
-from pgpig.train import build, compile_parts, train_step  # noqa: E402
+from pgpig.train import build, compile_configured, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 # (category, substrings of an aten operator's name), first match wins
@@ -73,8 +73,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
     keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
     draw_poses = step_pose_maps(cfg, keypoints, (h, w), device, memory_format)
-    if cfg.compile:
-        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+    compile_configured(parts, cfg)
 
     def step() -> None:
         source_pose, target_pose = draw_poses()
@@ -124,7 +123,8 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
         Path(args.trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
     return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": b, "size": [h, w],
-            "amp": cfg.amp, "compile": cfg.compile, "channels_last": cfg.channels_last,
+            "amp": cfg.amp, "compile": cfg.compile, "compile_losses": cfg.compile_losses,
+            "channels_last": cfg.channels_last,
             "wall_ms_per_step": round(wall, 2), "busy_ms_per_step": round(busy, 2),
             "idle_fraction": round(max(0.0, 1 - busy / wall), 3),
             "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
@@ -204,7 +204,8 @@ def main() -> None:
     parser.add_argument("--trace", default=None, help="folder for Chrome traces")
     parser.add_argument("--label", default="")
     parser.add_argument("--detail", action="store_true",
-                        help="record input shapes and stacks: add top_aten_by_shape and top_aten_by_caller")
+                        help="record input shapes and stacks: add top_aten_by_shape, top_aten_by_caller and "
+                             "top_aten_by_parents")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True

@@ -60,7 +60,7 @@ from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config  # noqa: E402
 from pgpig.data import make_loader, start_epoch  # noqa: E402
 from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
-from pgpig.train import AMP_DTYPES, HOST_DRAWN_ENCODINGS, build, compile_parts, pose_maps, train_step  # noqa: E402
+from pgpig.train import AMP_DTYPES, HOST_DRAWN_ENCODINGS, build, compile_configured, pose_maps, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 
@@ -126,8 +126,7 @@ def bench_steps(cfg, device: torch.device, size: tuple[int, int], steps: int, wa
             module.double()  # in place: the optimizers keep their parameters
         source, target, keypoints = source.double(), target.double(), keypoints.double()
     draw_poses = step_pose_maps(cfg, keypoints, size, device, memory_format)
-    if cfg.compile:
-        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+    compile_configured(parts, cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     finite = torch.ones((), dtype=torch.bool, device=device)

@@ -256,6 +256,12 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
                 setattr(parts.objective, name, torch.compile(module))
 
 
+def compile_configured(parts: Parts, cfg: TrainConfig) -> None:
+    """``compile_parts`` as ``cfg`` asks (``compile``, ``compile_losses``); nothing when ``compile`` is off."""
+    if cfg.compile:
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device, cache: bool = True) -> torch.autocast:
     """Autocast to ``cfg.amp``'s dtype on ``device`` (a no-op for ``amp: none``, and for ``auto`` off CUDA);
     ``cache=False``: without the cache of weights cast to that dtype, which a CUDA graph must not keep."""
@@ -399,7 +405,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     if cfg.compile:
         notice(f"torch.compile: the first steps compile {cfg.model} for {device}, up to a few minutes on a GPU "
                "(--set compile=false trains eagerly)")
-        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+    compile_configured(parts, cfg)
     graphed = GraphedStep(parts, cfg, log=notice) if cfg.cuda_graph else None
     step = graphed or functools.partial(train_step, parts, cfg)
 

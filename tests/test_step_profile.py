@@ -19,6 +19,7 @@ def test_a_detailed_profile_names_shapes_and_callers():
     assert done.returncode == 0, done.stderr[-2000:]
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["bench"] == "step_profile" and line["batch"] == 2 and line["busy_ms_per_step"] > 0
+    assert line["compile"] is False and line["compile_losses"] is False
     assert line["busy_ms_per_step"] <= line["wall_ms_per_step"] * 1.05  # own times of operators within the wall
     shapes = line["top_aten_by_shape"]
     assert shapes and all(name.startswith("aten::") and ms > 0 for name, _, ms in shapes)
