@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import torch
 
+# GFLA's loss weights per stage (the official options; the paper recipes hold them too)
+GFLA_STAGE_WEIGHTS = {
+    1: {"lambda_correctness": 20.0, "lambda_regularization": 0.01, "lambda_l1": 0.0, "lambda_perceptual": 0.0,
+        "use_gan": False},
+    2: {"lambda_correctness": 5.0, "lambda_regularization": 0.0025, "lambda_l1": 5.0, "lambda_perceptual": 0.5,
+        "lambda_style": 500.0, "lambda_gan": 2.0},
+}
+
+
 
 def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch: int = 2) -> None:
     """``model(image, source pose, target pose)`` gives a ``(B, 3, H, W)`` image in [-1, 1], and a loss on it sends a

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from generators import assert_compiled_step_is_eager, assert_forward_backward
+from generators import GFLA_STAGE_WEIGHTS, assert_compiled_step_is_eager, assert_forward_backward
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -63,19 +63,12 @@ TINY = ["--model", "gfla", "--set", "ngf=8", "--set", "n_blocks=1", "--set", "vg
         "allow_random_vgg=true", "--set", "lr=0.0001", "--set", "betas=[0.0, 0.999]", "--set", "d_lr_ratio=0.1",
         "--set", "d_betas=[0.0, 0.999]", "--set", "device=cpu", "--workers", "0", "--quiet", "--batch-size", "2"]
 # (on CUDA, the ops' scatter-add backward is not bit-reproducible, which the resume test needs)
-# the loss weights of each stage (the official options; the paper recipes hold them too)
-STAGE_WEIGHTS = {
-    1: {"lambda_correctness": 20.0, "lambda_regularization": 0.01, "lambda_l1": 0.0, "lambda_perceptual": 0.0,
-        "use_gan": False},
-    2: {"lambda_correctness": 5.0, "lambda_regularization": 0.0025, "lambda_l1": 5.0, "lambda_perceptual": 0.5,
-        "lambda_style": 500.0, "lambda_gan": 2.0},
-}
 
 
 def _stage_options(stage: int) -> list[str]:
     """``pgpig train``'s options for ``stage`` with its loss weights."""
     options = ["--stage", str(stage)]
-    for key, value in STAGE_WEIGHTS[stage].items():
+    for key, value in GFLA_STAGE_WEIGHTS[stage].items():
         options += ["--set", f"{key}={str(value).lower()}"]  # YAML's false, not Python's False
     return options
 
@@ -335,7 +328,7 @@ def _batch(size: tuple[int, int], n: int = 2) -> StepBatch:
 def test_objective_weighs_the_official_terms():
     size = (64, 32)
     base = {"model": "gfla", "ngf": 8, "n_blocks": 1, "vgg_weights": None, "allow_random_vgg": True,
-            **STAGE_WEIGHTS[2], "gan_kind": "lsgan"}
+            **GFLA_STAGE_WEIGHTS[2], "gan_kind": "lsgan"}
     torch.manual_seed(0)
     one = GFLAObjective(load_config(None, {**base, "stage": 1}), torch.device("cpu"))
     assert one.build_discriminators(size) == {}
@@ -375,7 +368,7 @@ def test_a_compiled_stage_two_step_computes_the_eager_one():
     too (``GFLAObjective.compiled_maths``): same seed, same batch, the same losses and generator gradients."""
     size = (64, 32)
     cfg = load_config(None, {"model": "gfla", "stage": 2, "ngf": 8, "n_blocks": 1, "vgg_weights": None,
-                             "allow_random_vgg": True, **STAGE_WEIGHTS[2]})
+                             "allow_random_vgg": True, **GFLA_STAGE_WEIGHTS[2]})
     eager, compiled, eager_losses = assert_compiled_step_is_eager(cfg, size, _batch(size))
     assert eager_losses["correctness"] > 0
     assert {"correctness", "content_style"} <= set(vars(compiled.objective))

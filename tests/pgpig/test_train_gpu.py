@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from generators import GFLA_STAGE_WEIGHTS
 from safetensors.torch import load_file
 
 from pgpig.checkpoint import step_folders
@@ -225,23 +226,15 @@ def test_pgpig_train_with_cuda_graph_checkpoints_and_resumes(market_shards, tmp_
     assert _finite(run / "generator.safetensors")
 
 
-GFLA_STAGES = {
-    1: {"lambda_correctness": 20.0, "lambda_regularization": 0.01, "lambda_l1": 0.0, "lambda_perceptual": 0.0,
-        "use_gan": False},
-    2: {"lambda_correctness": 5.0, "lambda_regularization": 0.0025, "lambda_l1": 5.0, "lambda_perceptual": 0.5,
-        "lambda_style": 500.0, "lambda_gan": 2.0},
-}
-
-
 def test_gfla_stage_two_trains_compiled_from_a_cuda_graph_and_resumes(market_shards, tmp_path):
     """GFLA stage 2 in the setting measured fastest against the official step (bf16, compile, TF32, channels-last,
     CUDA graph: 2.37x at batch 8 on an H100): the compiled modules and loss maths are captured with the rest of the
     step, the run checkpoints and samples, and resumes."""
     gfla = {**SMALL, "model": "gfla", "ngf": 8, "n_blocks": 1, "pool_size": 0, "shards": market_shards}
     stage1 = tmp_path / "stage1"
-    train(load_config(None, {**gfla, **GFLA_STAGES[1], "stage": 1, "run_dir": stage1, "steps": 2}))
+    train(load_config(None, {**gfla, **GFLA_STAGE_WEIGHTS[1], "stage": 1, "run_dir": stage1, "steps": 2}))
     run = tmp_path / "run"
-    result = train(load_config(None, {**gfla, **GFLA_STAGES[2], "stage": 2, "run_dir": run, "steps": 6,
+    result = train(load_config(None, {**gfla, **GFLA_STAGE_WEIGHTS[2], "stage": 2, "run_dir": run, "steps": 6,
                                       "init_weights": stage1 / "generator.safetensors", "amp": "bf16",
                                       "compile": True, "tf32": True, "channels_last": True, "cuda_graph": True}))
     graph = result["speed"]["cuda_graph"]
