@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_bench import recipe_size, smooth_images, step_pose_maps  # noqa: E402
+from train_bench import fixed_inputs, recipe_size, step_pose_maps  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
@@ -67,11 +67,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     h, w = recipe_size(name, cfg)
     torch.manual_seed(0)
     parts = build(cfg, device, (h, w))
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    b = cfg.batch_size
-    source = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    target = smooth_images(b, h, w, device).contiguous(memory_format=memory_format)
-    keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+    source, target, keypoints, memory_format = fixed_inputs(cfg, device, (h, w))
     draw_poses = step_pose_maps(cfg, keypoints, (h, w), device, memory_format)
     compile_configured(parts, cfg)
 
@@ -122,7 +118,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
     if args.trace:
         Path(args.trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
-    return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": b, "size": [h, w],
+    return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": cfg.batch_size, "size": [h, w],
             "amp": cfg.amp, "compile": cfg.compile, "compile_losses": cfg.compile_losses,
             "channels_last": cfg.channels_last,
             "wall_ms_per_step": round(wall, 2), "busy_ms_per_step": round(busy, 2),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_bench import recipe_size, smooth_images, step_pose_maps  # noqa: E402
+from train_bench import fixed_inputs, recipe_size, step_pose_maps  # noqa: E402
 
 from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
 from pgpig.losses import VGG19Features  # noqa: E402
@@ -50,10 +50,8 @@ def measure(variant: str, device: torch.device, first_input: list) -> dict:
         h, w = recipe_size(RECIPE, cfg)
         torch.manual_seed(0)
         parts = build(cfg, device, (h, w))
-        b, layout = cfg.batch_size, torch.channels_last
-        source = smooth_images(b, h, w, device).contiguous(memory_format=layout)
-        target = smooth_images(b, h, w, device).contiguous(memory_format=layout)
-        keypoints = torch.rand(2, b, 18, 2, device=device) * torch.tensor([w - 1, h - 1], device=device)
+        b = cfg.batch_size
+        source, target, keypoints, layout = fixed_inputs(cfg, device, (h, w))
         draw = step_pose_maps(cfg, keypoints, (h, w), device, layout)
         compile_parts(parts, cfg.compile, losses=variant in "BC")
 
