@@ -369,7 +369,9 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
                 line["official_model_conf"] = {k: list(v) if isinstance(v, tuple) else v
                                                for k, v in model_conf.items()}
         else:
-            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "channels_last": pg.channels_last,
+            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "compile_losses": pg.compile_losses,
+                                      "compile_channels_last": pg.compile_channels_last,
+                                      "channels_last": pg.channels_last, "tf32": pg.tf32,
                                       "cuda_graph": pg.cuda_graph}
             if kind == "full" and isinstance(sides["pgpig"].full_step, GraphedStep):
                 line["pgpig_graph"] = sides["pgpig"].full_step.state()

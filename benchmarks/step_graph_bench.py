@@ -110,7 +110,8 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
     size = recipe_size(recipe, cfg)
     record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size), "amp": cfg.amp,
               "channels_last": cfg.channels_last, "compile": cfg.compile,
-              "compile_losses": cfg.compile_losses, "gpu": torch.cuda.get_device_name(device),
+              "compile_losses": cfg.compile_losses, "compile_channels_last": cfg.compile_channels_last,
+              "gpu": torch.cuda.get_device_name(device),
               "label": args.label, "torch": torch.__version__, "python": platform.python_version()}
     batch = fixed_batch(cfg, device, size)
 

@@ -120,7 +120,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
     return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": cfg.batch_size, "size": [h, w],
             "amp": cfg.amp, "compile": cfg.compile, "compile_losses": cfg.compile_losses,
-            "channels_last": cfg.channels_last,
+            "compile_channels_last": cfg.compile_channels_last, "channels_last": cfg.channels_last,
             "wall_ms_per_step": round(wall, 2), "busy_ms_per_step": round(busy, 2),
             "idle_fraction": round(max(0.0, 1 - busy / wall), 3),
             "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},

@@ -6,10 +6,11 @@
 A mode is an AMP setting (``none``, ``bf16``, ``fp16``) with optional ``+cl`` (channels-last models and batches),
 ``+compile`` (``torch.compile`` of the generator, the discriminators and the content and style loss maths;
 ``+compileg`` the generator alone; ``+compilel`` those and the loss networks, VGG-19: the ``compile_losses``
+setting; ``+layout`` inductor's channels-last layout for every compiled graph: the ``compile_channels_last``
 setting), ``+tf32`` (the ``tf32`` setting: float32 matmuls on TF32 tensor cores) and ``+fused`` (the ``fused_adam``
 setting: fused Adam kernels); ``--channels-last`` and ``--compile`` add those to every mode. A mode sets these
-fields whatever the recipe says (DPTN DeepFashion's recipe compiles VGG-19: its mode is
-``bf16+cl+compilel+tf32``). ``none`` is PyTorch's default float32, whose cuDNN convolutions use TF32 (a 10-bit
+fields whatever the recipe says (DPTN DeepFashion's recipe compiles VGG-19 in channels-last graphs: its mode is
+``bf16+cl+compilel+layout+tf32``). ``none`` is PyTorch's default float32, whose cuDNN convolutions use TF32 (a 10-bit
 mantissa) on a GPU that has it; ``fp32`` is float32 with TF32 off for
 convolutions and matmuls, and ``fp64`` the model and batch in float64: references to judge the other modes' rounding
 by (``--modes fp64,fp32,none,bf16``: ``none``'s cosine to it is the rounding the default already has). ``--recipe``
@@ -220,13 +221,14 @@ def parse_mode(mode: str, channels_last: bool, compile: bool) -> tuple[dict, str
     with its name."""
     amp, *flags = mode.split("+")
     if amp not in AMP_DTYPES and amp not in ("none", *REFERENCES) or set(flags) - {"cl", "compile", "compileg", "tf32",
-                                                                                   "fused", "compilel"}:
+                                                                                   "fused", "compilel", "layout"}:
         raise SystemExit(f"mode {mode!r}: an AMP setting (fp64, fp32, none, bf16, fp16) with optional +cl, "
-                         "+compile, +compileg, +compilel, +tf32 and +fused")
+                         "+compile, +compileg, +compilel, +layout, +tf32 and +fused")
     fields = {"amp": "none" if amp in REFERENCES else amp, "channels_last": channels_last or "cl" in flags,
               "compile": compile or "compile" in flags or "compilel" in flags
               or ("generator" if "compileg" in flags else False),
-              "compile_losses": "compilel" in flags, "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
+              "compile_losses": "compilel" in flags, "compile_channels_last": "layout" in flags,
+              "tf32": "tf32" in flags, "fused_adam": "fused" in flags}
     return fields, amp if amp in REFERENCES else "default"
 
 

@@ -153,7 +153,8 @@ def train(shards, recipe, model, run_dir, resume_dir, stage, init_weights, steps
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result["losses"].items())
     speed = result["speed"]
     on = [speed["amp"] if speed["amp"] != "none" else "float32"] + [
-        name for name in ("channels_last", "compile", "compile_losses", "tf32") if speed[name]]
+        name for name in ("channels_last", "compile", "compile_losses", "compile_channels_last", "tf32")
+        if speed[name]]
     graph = speed.get("cuda_graph")
     if graph:  # what the CUDA graph did: replayed steps, or why it could not capture
         on.append(f"cuda_graph: {graph['replays']} replayed steps" if graph["captured"] else

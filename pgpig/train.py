@@ -216,12 +216,14 @@ def build(cfg: TrainConfig, device: torch.device, size: tuple[int, int]) -> Part
     return Parts(generator, discriminators, objective, opt_g, opt_d, scaler, pools, ema)
 
 
-def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False) -> None:
+def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False,
+                  channels_last: bool = False) -> None:
     """``torch.compile`` the generator, the discriminators and the objective's loss maths on VGG features
     (``Objective.compiled_maths``: the content and style losses' float32 casts, distances and Gram matrices, GFLA's
     sampling correctness, in fused kernels instead of eager copies of every feature map) in place, after any DDP
     wrapping; the generator alone when ``setting`` (the config's ``compile``) is ``generator``; with ``losses`` (the
-    config's ``compile_losses``), the objective's loss networks (VGG-19) too.
+    config's ``compile_losses``), the objective's loss networks (VGG-19) too; with ``channels_last`` (the config's
+    ``compile_channels_last``), every graph's convolutions laid out channels-last by inductor.
 
     A discriminator's spectral-norm hooks (DPTN's) stay eager: each forward's power iteration updates the ``u``
     vector in place, and a discriminator runs on real and fake images before one backward; eager spectral norm
@@ -245,21 +247,24 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
             for key, hook in list(module._forward_pre_hooks.items()):
                 if isinstance(hook, SpectralNorm):
                     module._forward_pre_hooks[key] = torch._dynamo.disable(hook)
-    parts.generator = torch.compile(parts.generator)
+    options = {"force_layout_optimization": True} if channels_last else None
+    parts.generator = torch.compile(parts.generator, options=options)
     if setting != "generator":
-        parts.discriminators = {name: torch.compile(d) for name, d in parts.discriminators.items()}
+        parts.discriminators = {name: torch.compile(d, options=options) for name, d in parts.discriminators.items()}
         for name in parts.objective.compiled_maths:
-            setattr(parts.objective, name, torch.compile(getattr(type(parts.objective), name), dynamic=False))
+            setattr(parts.objective, name, torch.compile(getattr(type(parts.objective), name), dynamic=False,
+                                                         options=options))
     if losses:
         for name, module in list(vars(parts.objective).items()):
             if isinstance(module, torch.nn.Module):
-                setattr(parts.objective, name, torch.compile(module))
+                setattr(parts.objective, name, torch.compile(module, options=options))
 
 
 def compile_configured(parts: Parts, cfg: TrainConfig) -> None:
-    """``compile_parts`` as ``cfg`` asks (``compile``, ``compile_losses``); nothing when ``compile`` is off."""
+    """``compile_parts`` as ``cfg`` asks (``compile``, ``compile_losses``, ``compile_channels_last``); nothing when
+    ``compile`` is off."""
     if cfg.compile:
-        compile_parts(parts, cfg.compile, losses=cfg.compile_losses)
+        compile_parts(parts, cfg.compile, losses=cfg.compile_losses, channels_last=cfg.compile_channels_last)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device, cache: bool = True) -> torch.autocast:
@@ -467,6 +472,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     return {"run_dir": run_dir, "step": at.step, "epoch": at.epoch, "losses": losses,
             "speed": {"device": str(device), "amp": cfg.amp, "channels_last": cfg.channels_last,
                       "compile": cfg.compile, "compile_losses": bool(cfg.compile and cfg.compile_losses),
+                      "compile_channels_last": bool(cfg.compile and cfg.compile_channels_last),
                       "tf32": cfg.tf32 and device.type == "cuda",
                       "cuda_graph": graphed.state() if graphed is not None else None}, "memory": memory}
 

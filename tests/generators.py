@@ -27,11 +27,11 @@ def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch) -> tuple:
-    """``train_step`` of ``cfg``'s parts on the CPU, built from seed 0 and run on ``batch`` with seed 1, eagerly and
-    after ``compile_parts`` (``compile: true``, and ``cfg.compile_losses``): the same losses (1e-4 relative) and
-    generator gradients (1e-3 relative, 1e-5 absolute). Returns the eager parts, the compiled parts and the eager
-    losses, for checks of their own."""
+def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch, device: str = "cpu") -> tuple:
+    """``train_step`` of ``cfg``'s parts on ``device``, built from seed 0 and run on ``batch`` with seed 1, eagerly
+    and after ``compile_parts`` (``compile: true``, ``cfg.compile_losses`` and ``cfg.compile_channels_last``): the
+    same losses (1e-4 relative) and generator gradients (1e-3 relative, 1e-5 absolute). Returns the eager parts, the
+    compiled parts and the eager losses, for checks of their own."""
     import pytest
 
     from pgpig.train import build, compile_parts, train_step
@@ -39,9 +39,9 @@ def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch) -> tuple:
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        parts = build(cfg, torch.device("cpu"), size)
+        parts = build(cfg, torch.device(device), size)
         if compiled:
-            compile_parts(parts, True, losses=cfg.compile_losses)
+            compile_parts(parts, True, losses=cfg.compile_losses, channels_last=cfg.compile_channels_last)
         plain = getattr(parts.generator, "_orig_mod", parts.generator)
         torch.manual_seed(1)
         _, losses = train_step(parts, cfg, batch)

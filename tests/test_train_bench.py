@@ -15,12 +15,13 @@ from train_bench import parse_mode  # noqa: E402
 
 
 def test_a_mode_sets_the_compile_fields():
-    fields, arithmetic = parse_mode("bf16+cl+compilel+tf32", channels_last=False, compile=False)
+    fields, arithmetic = parse_mode("bf16+cl+compilel+layout+tf32", channels_last=False, compile=False)
     assert arithmetic == "default"
-    assert (fields["amp"], fields["channels_last"], fields["compile"], fields["compile_losses"], fields["tf32"]) == \
-        ("bf16", True, True, True, True)
+    assert (fields["amp"], fields["channels_last"], fields["compile"], fields["compile_losses"],
+            fields["compile_channels_last"], fields["tf32"]) == ("bf16", True, True, True, True, True)
     fields, _ = parse_mode("bf16+compile", channels_last=False, compile=False)
     assert fields["compile"] is True and fields["compile_losses"] is False  # VGG eager even where a recipe compiles it
+    assert fields["compile_channels_last"] is False  # inductor's own layout choice even where a recipe forces it
     fields, _ = parse_mode("none+compileg", channels_last=False, compile=False)
     assert fields["compile"] == "generator" and fields["compile_losses"] is False
 
@@ -35,7 +36,8 @@ def test_two_modes_on_the_cpu():
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     runs = [line for line in lines if line["bench"] == "train"]
     assert [line["mode"] for line in runs] == ["none", "fp32"]
-    assert all(line["compile"] is False and line["compile_losses"] is False and line["steps_per_s"] > 0
+    assert all(line["compile"] is False and line["compile_losses"] is False and line["compile_channels_last"] is False
+               and line["steps_per_s"] > 0
                for line in runs)
     assert runs[1]["grad_cosine_vs_baseline"] > 0.999  # float32 without TF32 is float32 on the CPU
     assert lines[-1]["bench"] == "train_pick"

@@ -315,7 +315,7 @@ def test_a_compiled_training_step_computes_the_eager_one():
     eager. Same seed, same batch: the same losses, generator gradients and power-iteration vectors."""
     cfg = load_config(None, {"model": "dptn", "ngf": 4, "n_blocks": 1, "d_blocks": 2, "lambda_perceptual": 0.0,
                              "lambda_style": 500.0, "vgg_weights": None, "allow_random_vgg": True,
-                             "compile_losses": True})
+                             "compile_losses": True, "compile_channels_last": True})
     size = (32, 24)
     batch = _objective_batch(size)
     eager, compiled, eager_losses = assert_compiled_step_is_eager(cfg, size, batch)
@@ -363,6 +363,33 @@ def test_bf16_training_steps_of_the_deepfashion_recipe_on_the_gpu():
     assert generated.shape == (4, 3, 256, 256)
     assert all(torch.isfinite(v) for v in losses.values()) and losses["style"] > 0
     assert all(torch.isfinite(p).all() for p in parts.generator.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_compiled_channels_last_step_on_the_gpu_computes_the_eager_one():
+    """The recipe's compiled step on the GPU (channels-last models and batch; generator, discriminator, loss maths
+    and VGG-19 compiled; inductor's graphs forced channels-last, the recipe's ``compile_channels_last``) computes the
+    eager step's losses and gradients, in float32 with TF32 off on both sides so the layouts' kernels are compared
+    and not their rounding."""
+    cfg = load_config(RECIPES / "deepfashion" / "dptn.yaml", {
+        "ngf": 16, "n_blocks": 1, "vgg_weights": None, "allow_random_vgg": True, "amp": "none",
+        "channels_last": True, "compile": True, "tf32": False, "device": "cuda"})
+    assert cfg.compile_losses and cfg.compile_channels_last
+    size = (64, 48)
+    image, source_pose, target_pose = (t.cuda().contiguous(memory_format=torch.channels_last)
+                                       for t in _inputs(2, size))
+    keypoints = torch.zeros(2, 18, 2, device="cuda")
+    batch = StepBatch(image, image.flip(0), source_pose, target_pose, keypoints, keypoints)
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            eager, compiled, losses = assert_compiled_step_is_eager(cfg, size, batch, device="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+    assert losses["style"] > 0 and losses["d"] > 0
+    assert compiled.generator.get_compiler_config()["force_layout_optimization"]
 
 
 def test_one_step_through_the_cli_writes_checkpoint_and_sample_grid(market_shards, tmp_path):

@@ -258,7 +258,8 @@ def test_auto_speed_settings_train_float32_on_the_cpu_and_the_run_keeps_auto(mar
     result = train(auto)
     assert result["losses"] == train(plain)["losses"]
     assert result["speed"] == {"device": "cpu", "amp": "none", "channels_last": False, "compile": False,
-                               "compile_losses": False, "tf32": False, "cuda_graph": None}
+                               "compile_losses": False, "compile_channels_last": False, "tf32": False,
+                               "cuda_graph": None}
     saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert (saved["amp"], saved["channels_last"], saved["compile"], saved["cuda_graph"]) == ("auto",) * 4
     with pytest.raises(TrainError, match="'channels_last': 'yes' is not true, false or auto"):
@@ -277,19 +278,21 @@ def test_a_compiled_run_says_so_before_its_first_step(market_shards, tmp_path, m
 
     compiled = []
     monkeypatch.setattr(pgpig.train, "compile_parts",
-                        lambda parts, setting, losses: compiled.append((setting, losses)))
+                        lambda parts, setting, losses, channels_last: compiled.append((setting, losses,
+                                                                                       channels_last)))
     common = ["train", "--shards", str(market_shards), "--steps", "1", "--batch-size", "2", "--device", "cpu",
               "--skip-memory-check", *[option for option in TINY if option != "--quiet"]]
     result = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "compiled"), "--set", "compile=true"])
     said = [line for line in result.output.splitlines() if line.startswith("torch.compile:")]
-    assert result.exit_code == 0 and compiled == [(True, False)], result.output
+    assert result.exit_code == 0 and compiled == [(True, False, False)], result.output
     assert len(said) == 1 and "compile patn for cpu" in said[0] and "--set compile=false" in said[0], said
     eager = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "eager")])
-    assert eager.exit_code == 0 and "torch.compile" not in eager.output and compiled == [(True, False)]
+    assert eager.exit_code == 0 and "torch.compile" not in eager.output and compiled == [(True, False, False)]
     losses = CliRunner().invoke(main, [*common, "--run", str(tmp_path / "losses"), "--set", "compile=true",
-                                       "--set", "compile_losses=true"])
-    assert losses.exit_code == 0 and compiled[-1] == (True, True), losses.output
-    assert losses.output.strip().endswith("(cpu: float32, compile, compile_losses)"), losses.output
+                                       "--set", "compile_losses=true", "--set", "compile_channels_last=true"])
+    assert losses.exit_code == 0 and compiled[-1] == (True, True, True), losses.output
+    assert losses.output.strip().endswith("(cpu: float32, compile, compile_losses, compile_channels_last)"), \
+        losses.output
 
 
 def test_bf16_on_the_cpu_is_trained_with_a_warning(market_shards, tmp_path):
@@ -307,7 +310,8 @@ def test_bf16_on_the_cpu_is_trained_with_a_warning(market_shards, tmp_path):
 def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
     """``compile: generator`` compiles the generator and leaves the discriminators and the content/style loss maths
     eager (``compile: true`` wraps all three); the loss network (VGG-19) only with ``losses`` (``compile_losses``);
-    nothing is compiled until a step runs."""
+    every one of them asks inductor for channels-last graphs with ``channels_last`` (``compile_channels_last``) and
+    leaves the layout to inductor without; nothing is compiled until a step runs."""
     from pgpig.train import build, compile_parts
 
     cfg = load_config(None, {"shards": market_shards, "run_dir": tmp_path / "r", "compile": "generator", "ngf": 8,
@@ -322,9 +326,13 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
                    for d in parts.discriminators.values()) and parts.discriminators
         assert ("content_style" in vars(parts.objective)) == discriminators  # a compiled copy on the instance
         assert not isinstance(parts.objective.perceptual, torch._dynamo.eval_frame.OptimizedModule)
+        assert parts.generator.get_compiler_config()["force_layout_optimization"] is False
     dptn = build(dataclasses.replace(cfg, model="dptn"), torch.device("cpu"), (128, 64))
-    compile_parts(dptn, True, losses=True)
+    compile_parts(dptn, True, losses=True, channels_last=True)
     assert isinstance(dptn.objective.vgg, torch._dynamo.eval_frame.OptimizedModule)
+    compiled = [dptn.generator, *dptn.discriminators.values(), dptn.objective.vgg,
+                *(vars(dptn.objective)[name] for name in dptn.objective.compiled_maths)]
+    assert len(compiled) == 4 and all(part.get_compiler_config()["force_layout_optimization"] for part in compiled)
     gfla = build(dataclasses.replace(cfg, model="gfla", stage=2, compile=True), torch.device("cpu"), (128, 64))
     compile_parts(gfla, True)
     assert {"content_style", "correctness"} <= set(vars(gfla.objective))
@@ -335,7 +343,7 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
     float32 is the fast path and the tests' numbers come from."""
     from pgpig.config import shipped_recipes
 
-    gpu_speed, compiled, vgg_compiled = {}, {}, set()
+    gpu_speed, compiled, vgg_compiled, layout_forced = {}, {}, set(), set()
     for name, path in shipped_recipes().items():
         cfg = load_config(path, {"vgg_weights": None, "allow_random_vgg": True})
         assert cfg.amp in ("auto", "none") and cfg.channels_last in ("auto", False), name
@@ -346,11 +354,14 @@ def test_every_shipped_recipe_trains_float32_on_the_cpu():
         compiled[name] = cfg.compile == "auto"
         if cfg.compile_losses:
             vgg_compiled.add(name)
+        if cfg.compile_channels_last:
+            layout_forced.add(name)
     # the measured GPU defaults (pgpig/workflows/README.md)
     assert gpu_speed["market1501/pg2"] == ("auto", "auto") and gpu_speed["deepfashion/dptn"] == ("auto", "auto")
     assert gpu_speed["market1501/patn"] == ("auto", "auto") and gpu_speed["deepfashion/patn"] == ("auto", False)
     assert gpu_speed["deepfashion/gfla"] == ("none", False) and gpu_speed["deepfashion/gfla-stage2"] == ("auto", "auto")
     assert gpu_speed["deepfashion/xinggan"] == ("auto", False) and vgg_compiled == {"deepfashion/dptn"}
+    assert layout_forced == {"deepfashion/dptn"}
     assert {name for name, on in compiled.items() if on} == {"deepfashion/dptn", "deepfashion/patn",
                                                               "market1501/xinggan", "deepfashion/pidm",
                                                               "deepfashion/gfla-stage2"}

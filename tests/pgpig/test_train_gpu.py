@@ -32,7 +32,8 @@ def _finite(path: Path) -> bool:
     return all(torch.isfinite(v).all() for v in load_file(str(path)).values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True, "compile": True, "compile_losses": True},
+@pytest.mark.parametrize("options", [{"amp": "bf16", "channels_last": True, "compile": True, "compile_losses": True,
+                                      "compile_channels_last": True},
                                      {"amp": "fp16", "fused_adam": True}, {"amp": "none"}],
                          ids=["bf16-cl-compile-vgg", "fp16-fused-adam", "fp32"])
 def test_gpu_paths_train_checkpoint_and_resume(market_shards, tmp_path, options):
@@ -40,6 +41,7 @@ def test_gpu_paths_train_checkpoint_and_resume(market_shards, tmp_path, options)
     result = train(load_config(None, {**SMALL, **options, "shards": market_shards, "run_dir": run, "steps": 4}))
     assert result["step"] == 4 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
     assert result["speed"]["compile_losses"] == options.get("compile_losses", False)
+    assert result["speed"]["compile_channels_last"] == options.get("compile_channels_last", False)
     assert _finite(run / "generator.safetensors") and (run / "samples" / "step-000004.png").is_file()
     state = torch.load(step_folders(run)[-1] / "train_state.pt", weights_only=True)
     if options["amp"] == "fp16":
