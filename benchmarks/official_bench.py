@@ -243,11 +243,14 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[int, int] | None]:
-    """Seconds of ``steps`` steps, and the rise of the peak memory above the round's start and the peak itself
-    (bytes; the peak counts what the other side holds too): on CUDA the allocator's, on a Linux CPU the process's
-    resident set (``VmHWM`` against ``VmRSS``; with ``MALLOC_MMAP_THRESHOLD_`` set, so that the C allocator hands
-    large blocks back when they are freed, it follows the tensors alive)."""
+def timed_round(side, steps: int, device: torch.device) -> tuple[float, float, tuple[int, int] | None]:
+    """Seconds of ``steps`` steps; the seconds until the last step's call returned, before the final wait for the
+    device (a step whose host work, Python and kernel launches, takes as long as its kernels leaves the device
+    waiting: then the two are close, and a slower host slows the step); and the rise of the peak memory above the
+    round's start and the peak itself (bytes; the peak counts what the other side holds too): on CUDA the
+    allocator's, on a Linux CPU the process's resident set (``VmHWM`` against ``VmRSS``; with
+    ``MALLOC_MMAP_THRESHOLD_`` set, so that the C allocator hands large blocks back when they are freed, it follows
+    the tensors alive)."""
     rss = device.type != "cuda" and _reset_rss_peak()
     if device.type == "cuda":
         start_bytes = torch.cuda.memory_allocated(device)
@@ -258,6 +261,7 @@ def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[in
     start = time.perf_counter()
     for _ in range(steps):
         side.step()
+    launched = time.perf_counter() - start
     sync(device)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
@@ -265,18 +269,49 @@ def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[in
     elif rss:
         peak = _status_bytes("VmHWM")
     else:
-        return seconds, None
-    return seconds, (peak - start_bytes, peak)
+        return seconds, launched, None
+    return seconds, launched, (peak - start_bytes, peak)
 
 
-def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
-    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and, where
-    ``timed_round`` measured it, ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
+def host_speed(device: torch.device, launches: int = 2000, rounds: int = 5) -> dict:
+    """The host a step's Python and launches run on: its CPU model and count, and on CUDA the microseconds one small
+    kernel launch takes from Python (median and slowest of ``rounds`` rounds of ``launches`` in-place adds on one
+    element), which tells machines apart where a launch-heavy step's speed differs between them."""
+    model = next((line.split(":", 1)[1].strip() for line in _read_text("/proc/cpuinfo").splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    out: dict[str, Any] = {"cpu": model, "cpus": os.cpu_count()}
+    if device.type == "cuda":
+        one = torch.zeros(1, device=device)
+        per_launch = []
+        for _ in range(rounds):
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(launches):
+                one.add_(1)
+            sync(device)
+            per_launch.append(1e6 * (time.perf_counter() - start) / launches)
+        out.update(launch_us=round(statistics.median(per_launch), 2), launch_us_max=round(max(per_launch), 2))
+    return out
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def summary(seconds: list[float], launched: list[float], peaks: list, steps: int, batch: int, held: int,
+            device: torch.device) -> dict:
+    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run), the host's
+    ms/step until each round's last call returned (``rounds_host_ms``) and, where ``timed_round`` measured it,
+    ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
     ms = [1000 * s / steps for s in seconds]
     median = statistics.median(ms)
     out = {"img_per_s": round(1000 * batch / median, 2), "ms_per_step_median": round(median, 2),
            "ms_per_step_min": round(min(ms), 2), "ms_per_step_max": round(max(ms), 2),
-           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
+           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms],
+           "rounds_host_ms": [round(1000 * s / steps, 2) for s in launched]}
     if all(p is not None for p in peaks):
         out["peak_gib"] = round((held + max(rise for rise, _ in peaks)) / 2**30, 2)
         out["process_peak_gib"] = round(max(peak for _, peak in peaks) / 2**30, 2)
@@ -343,11 +378,14 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
         sync(device)
         warmup[name] = round(time.perf_counter() - start, 2)
     seconds: dict[str, list[float]] = {n: [] for n in sides}
+    launched: dict[str, list[float]] = {n: [] for n in sides}
     peaks: dict[str, list] = {n: [] for n in sides}
+    host = host_speed(device)
     for _ in range(args.rounds):
         for name, side in sides.items():
-            s, peak = timed_round(side, args.steps, device)
+            s, until_launched, peak = timed_round(side, args.steps, device)
             seconds[name].append(s)
+            launched[name].append(until_launched)
             peaks[name].append(peak)
     lines = []
     for name, side in sides.items():
@@ -357,9 +395,9 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
             held += graphed.pool_bytes
         pg = sides["pgpig"].cfg
         line = {**common, "side": name, "mode": mode, "kind": kind, "image_size": list(size),
-                **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),
+                **summary(seconds[name], launched[name], peaks[name], args.steps, args.batch, held, device),
                 "warmup_seconds": warmup[name], "params": params, "params_equal": params_equal,
-                "same_generator_weights": same_weights}
+                "same_generator_weights": same_weights, "host": host}
         if outputs:
             line["sample_max_abs_diff"] = round(float((outputs["official"].float().clamp(-1, 1) -
                                                        outputs["pgpig"].float()).abs().max()), 6)

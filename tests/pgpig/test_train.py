@@ -338,6 +338,39 @@ def test_compile_generator_wraps_the_generator_alone(market_shards, tmp_path):
     assert {"content_style", "correctness"} <= set(vars(gfla.objective))
 
 
+def test_inductor_keeps_a_to_rgb_network_channels_last_only_when_forced(monkeypatch):
+    """Why ``compile_channels_last`` exists: inductor's layout heuristic gives up channels-last for a training graph
+    holding a convolution that halves its channels with a kernel wider than 1 (a to-RGB output, 64 -> 3, 7x7), even
+    when the model and batch are channels-last; ``force_layout_optimization``, the option ``compile_parts`` passes,
+    overrides it for the forward and the backward graph. oneDNN is off, which otherwise forces channels-last on the
+    CPU, and inductor's caches are off, so that each graph is lowered here."""
+    from torch._inductor.graph import GraphLowering
+
+    decided = []
+    heuristic = GraphLowering.decide_layout_opt
+
+    def recording(gm, *, is_inference):
+        decided.append(heuristic(gm, is_inference=is_inference))
+        return decided[-1]
+
+    monkeypatch.setattr(GraphLowering, "decide_layout_opt", staticmethod(recording))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 3, 7, padding=3)).to(memory_format=torch.channels_last)
+    image = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    answers = {}
+    with torch.backends.mkldnn.flags(enabled=False), torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        for forced in (False, True):
+            torch._dynamo.reset()
+            decided.clear()
+            options = {"force_layout_optimization": True} if forced else None
+            torch.compile(net, options=options)(image).square().mean().backward()
+            answers[forced] = list(decided)
+    torch._dynamo.reset()
+    assert answers == {False: [False, False], True: [True, True]}
+
+
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
     """Recipes turn bf16, channels-last and ``torch.compile`` on for CUDA only (``auto``), never for the CPU, where
     float32 is the fast path and the tests' numbers come from."""

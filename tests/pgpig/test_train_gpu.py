@@ -246,3 +246,25 @@ def test_gfla_stage_two_trains_compiled_from_a_cuda_graph_and_resumes(market_sha
     resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 8}))
     assert resumed["step"] == 8 and resumed["speed"]["cuda_graph"]["eager_steps"] == 2
     assert _finite(run / "generator.safetensors")
+
+
+def test_dptn_trains_compiled_channels_last_from_a_cuda_graph_and_resumes(market_shards, tmp_path):
+    """DPTN in its DeepFashion recipe's GPU setting (bf16, channels-last, compiled with its loss maths and VGG-19 in
+    channels-last graphs, TF32) replayed from a CUDA graph: the discriminator's spectral-norm power iterations run
+    inside the captured step and go on updating their vectors at every replay; the run checkpoints, samples and
+    resumes."""
+    run = tmp_path / "run"
+    result = train(load_config(None, {
+        **SMALL, "model": "dptn", "pool_size": 0, "shards": market_shards, "run_dir": run, "steps": 6,
+        "amp": "bf16", "channels_last": True, "compile": True, "compile_losses": True, "compile_channels_last": True,
+        "tf32": True, "cuda_graph": True}))
+    graph = result["speed"]["cuda_graph"]
+    assert graph["captured"] and graph["failure"] is None and (graph["eager_steps"], graph["replays"]) == (3, 3)
+    assert result["step"] == 6 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
+    assert result["speed"]["compile_channels_last"] and _finite(run / "generator.safetensors")
+    four, six = (load_file(str(folder / "discriminators.safetensors")) for folder in step_folders(run))
+    vectors = [k for k in six if k.endswith("weight_u")]
+    assert vectors and all(not torch.equal(four[k], six[k]) for k in vectors)  # steps 5 and 6 were replays
+    resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 8}))
+    assert resumed["step"] == 8 and resumed["speed"]["cuda_graph"]["eager_steps"] == 2
+    assert _finite(run / "generator.safetensors")
