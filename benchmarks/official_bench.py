@@ -243,14 +243,11 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def timed_round(side, steps: int, device: torch.device) -> tuple[float, float, tuple[int, int] | None]:
-    """Seconds of ``steps`` steps; the seconds until the last step's call returned, before the final wait for the
-    device (a step whose host work, Python and kernel launches, takes as long as its kernels leaves the device
-    waiting: then the two are close, and a slower host slows the step); and the rise of the peak memory above the
-    round's start and the peak itself (bytes; the peak counts what the other side holds too): on CUDA the
-    allocator's, on a Linux CPU the process's resident set (``VmHWM`` against ``VmRSS``; with
-    ``MALLOC_MMAP_THRESHOLD_`` set, so that the C allocator hands large blocks back when they are freed, it follows
-    the tensors alive)."""
+def timed_round(side, steps: int, device: torch.device) -> tuple[float, tuple[int, int] | None]:
+    """Seconds of ``steps`` steps, and the rise of the peak memory above the round's start and the peak itself
+    (bytes; the peak counts what the other side holds too): on CUDA the allocator's, on a Linux CPU the process's
+    resident set (``VmHWM`` against ``VmRSS``; with ``MALLOC_MMAP_THRESHOLD_`` set, so that the C allocator hands
+    large blocks back when they are freed, it follows the tensors alive)."""
     rss = device.type != "cuda" and _reset_rss_peak()
     if device.type == "cuda":
         start_bytes = torch.cuda.memory_allocated(device)
@@ -261,7 +258,6 @@ def timed_round(side, steps: int, device: torch.device) -> tuple[float, float, t
     start = time.perf_counter()
     for _ in range(steps):
         side.step()
-    launched = time.perf_counter() - start
     sync(device)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
@@ -269,8 +265,8 @@ def timed_round(side, steps: int, device: torch.device) -> tuple[float, float, t
     elif rss:
         peak = _status_bytes("VmHWM")
     else:
-        return seconds, launched, None
-    return seconds, launched, (peak - start_bytes, peak)
+        return seconds, None
+    return seconds, (peak - start_bytes, peak)
 
 
 def host_speed(device: torch.device, launches: int = 2000, rounds: int = 5) -> dict:
@@ -301,17 +297,14 @@ def _read_text(path: str) -> str:
         return ""
 
 
-def summary(seconds: list[float], launched: list[float], peaks: list, steps: int, batch: int, held: int,
-            device: torch.device) -> dict:
-    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run), the host's
-    ms/step until each round's last call returned (``rounds_host_ms``) and, where ``timed_round`` measured it,
-    ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
+def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
+    """img/s and ms/step of the median round, the spread over rounds (``rounds_ms`` in the order run) and, where
+    ``timed_round`` measured it, ``peak_gib`` (the side's held tensors + its largest rise) and ``process_peak_gib``."""
     ms = [1000 * s / steps for s in seconds]
     median = statistics.median(ms)
     out = {"img_per_s": round(1000 * batch / median, 2), "ms_per_step_median": round(median, 2),
            "ms_per_step_min": round(min(ms), 2), "ms_per_step_max": round(max(ms), 2),
-           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms],
-           "rounds_host_ms": [round(1000 * s / steps, 2) for s in launched]}
+           "spread_pct": round(100 * (max(ms) - min(ms)) / median, 1), "rounds_ms": [round(v, 2) for v in ms]}
     if all(p is not None for p in peaks):
         out["peak_gib"] = round((held + max(rise for rise, _ in peaks)) / 2**30, 2)
         out["process_peak_gib"] = round(max(peak for _, peak in peaks) / 2**30, 2)
@@ -378,14 +371,12 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
         sync(device)
         warmup[name] = round(time.perf_counter() - start, 2)
     seconds: dict[str, list[float]] = {n: [] for n in sides}
-    launched: dict[str, list[float]] = {n: [] for n in sides}
     peaks: dict[str, list] = {n: [] for n in sides}
     host = host_speed(device)
     for _ in range(args.rounds):
         for name, side in sides.items():
-            s, until_launched, peak = timed_round(side, args.steps, device)
+            s, peak = timed_round(side, args.steps, device)
             seconds[name].append(s)
-            launched[name].append(until_launched)
             peaks[name].append(peak)
     lines = []
     for name, side in sides.items():
@@ -395,7 +386,7 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
             held += graphed.pool_bytes
         pg = sides["pgpig"].cfg
         line = {**common, "side": name, "mode": mode, "kind": kind, "image_size": list(size),
-                **summary(seconds[name], launched[name], peaks[name], args.steps, args.batch, held, device),
+                **summary(seconds[name], peaks[name], args.steps, args.batch, held, device),
                 "warmup_seconds": warmup[name], "params": params, "params_equal": params_equal,
                 "same_generator_weights": same_weights, "host": host}
         if outputs:
