@@ -69,7 +69,7 @@ import official_models  # noqa: E402
 from train_bench import arithmetic, smooth_images, unzero  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
-from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
+from pgpig.config import load_config, recipe_path, resolve_speed, speed_settings  # noqa: E402
 from pgpig.models.objective import StepBatch, generated_image  # noqa: E402
 from pgpig.step_graph import GraphedStep  # noqa: E402
 from pgpig.train import AMP_DTYPES, build, build_generator, compile_configured, pose_maps, train_step  # noqa: E402
@@ -273,8 +273,12 @@ def host_speed(device: torch.device, launches: int = 2000, rounds: int = 5) -> d
     """The host a step's Python and launches run on: its CPU model and count, and on CUDA the microseconds one small
     kernel launch takes from Python (median and slowest of ``rounds`` rounds of ``launches`` in-place adds on one
     element), which tells machines apart where a launch-heavy step's speed differs between them."""
-    model = next((line.split(":", 1)[1].strip() for line in _read_text("/proc/cpuinfo").splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
     out: dict[str, Any] = {"cpu": model, "cpus": os.cpu_count()}
     if device.type == "cuda":
         one = torch.zeros(1, device=device)
@@ -288,13 +292,6 @@ def host_speed(device: torch.device, launches: int = 2000, rounds: int = 5) -> d
             per_launch.append(1e6 * (time.perf_counter() - start) / launches)
         out.update(launch_us=round(statistics.median(per_launch), 2), launch_us_max=round(max(per_launch), 2))
     return out
-
-
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def summary(seconds: list[float], peaks: list, steps: int, batch: int, held: int, device: torch.device) -> dict:
@@ -398,10 +395,7 @@ def _run_pair(args, spec, opt, mode: str, kind: str, device: torch.device, commo
                 line["official_model_conf"] = {k: list(v) if isinstance(v, tuple) else v
                                                for k, v in model_conf.items()}
         else:
-            line["pgpig_settings"] = {"amp": pg.amp, "compile": pg.compile, "compile_losses": pg.compile_losses,
-                                      "compile_channels_last": pg.compile_channels_last,
-                                      "channels_last": pg.channels_last, "tf32": pg.tf32,
-                                      "cuda_graph": pg.cuda_graph}
+            line["pgpig_settings"] = speed_settings(pg)
             if kind == "full" and isinstance(sides["pgpig"].full_step, GraphedStep):
                 line["pgpig_graph"] = sides["pgpig"].full_step.state()
         lines.append(line)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_bench import fixed_inputs, recipe_size, step_pose_maps, unzero  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
-from pgpig.config import load_config, resolve_speed  # noqa: E402
+from pgpig.config import load_config, resolve_speed, speed_settings  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
 from pgpig.step_graph import GraphedStep  # noqa: E402
 from pgpig.train import build, compile_configured, train_step  # noqa: E402
@@ -108,10 +108,8 @@ def bench_recipe(recipe: str, args: argparse.Namespace, device: torch.device) ->
         overrides["amp"] = args.amp
     cfg = resolve_speed(load_config(Path(recipe), overrides), device)
     size = recipe_size(recipe, cfg)
-    record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size), "amp": cfg.amp,
-              "channels_last": cfg.channels_last, "compile": cfg.compile,
-              "compile_losses": cfg.compile_losses, "compile_channels_last": cfg.compile_channels_last,
-              "gpu": torch.cuda.get_device_name(device),
+    record = {"bench": "step_graph", "recipe": recipe, "batch": cfg.batch_size, "size": list(size),
+              **speed_settings(cfg), "gpu": torch.cuda.get_device_name(device),
               "label": args.label, "torch": torch.__version__, "python": platform.python_version()}
     batch = fixed_batch(cfg, device, size)
 

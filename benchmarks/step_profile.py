@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_bench import fixed_inputs, recipe_size, step_pose_maps  # noqa: E402
 
 from pgpig.cli import parse_set  # noqa: E402
-from pgpig.config import load_config, recipe_path, resolve_speed  # noqa: E402
+from pgpig.config import load_config, recipe_path, resolve_speed, speed_settings  # noqa: E402
 from pgpig.models.objective import StepBatch  # noqa: E402
 from pgpig.train import build, compile_configured, train_step  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
@@ -119,8 +119,7 @@ def profile_recipe(name: str, overrides: dict, args, device: torch.device) -> di
         Path(args.trace).mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(Path(args.trace) / f"{name.replace('/', '-')}.json"))
     return {"bench": "step_profile", "recipe": name, "settings": overrides, "batch": cfg.batch_size, "size": [h, w],
-            "amp": cfg.amp, "compile": cfg.compile, "compile_losses": cfg.compile_losses,
-            "compile_channels_last": cfg.compile_channels_last, "channels_last": cfg.channels_last,
+            **speed_settings(cfg),
             "wall_ms_per_step": round(wall, 2), "busy_ms_per_step": round(busy, 2),
             "idle_fraction": round(max(0.0, 1 - busy / wall), 3),
             "busy_ms_by_category": {k: round(v, 2) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},

@@ -480,6 +480,16 @@ def resolve_speed(cfg: TrainConfig, device: torch.device) -> TrainConfig:
                                cuda_graph=graph if cfg.cuda_graph == "auto" else cfg.cuda_graph)
 
 
+SPEED_FIELDS = ("amp", "channels_last", "compile", "compile_losses", "compile_channels_last", "tf32", "cuda_graph",
+                "fused_adam")
+"""The config fields that change a step's speed and not what it computes (beyond rounding)."""
+
+
+def speed_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg``'s ``SPEED_FIELDS`` by name, as the benchmarks record them."""
+    return {name: getattr(cfg, name) for name in SPEED_FIELDS}
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
     """``amp`` with ``auto`` decided for ``device``: ``bf16`` on a CUDA device that has it, else ``none``."""
     import torch

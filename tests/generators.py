@@ -13,7 +13,6 @@ GFLA_STAGE_WEIGHTS = {
 }
 
 
-
 def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch: int = 2) -> None:
     """``model(image, source pose, target pose)`` gives a ``(B, 3, H, W)`` image in [-1, 1], and a loss on it sends a
     non-zero gradient to every parameter."""
@@ -29,19 +28,21 @@ def assert_forward_backward(model: torch.nn.Module, size: tuple[int, int], batch
 
 def assert_compiled_step_is_eager(cfg, size: tuple[int, int], batch, device: str = "cpu") -> tuple:
     """``train_step`` of ``cfg``'s parts on ``device``, built from seed 0 and run on ``batch`` with seed 1, eagerly
-    and after ``compile_parts`` (``compile: true``, ``cfg.compile_losses`` and ``cfg.compile_channels_last``): the
-    same losses (1e-4 relative) and generator gradients (1e-3 relative, 1e-5 absolute). Returns the eager parts, the
-    compiled parts and the eager losses, for checks of their own."""
+    and after ``compile_configured`` with ``compile: true`` (and ``cfg``'s other compile fields): the same losses
+    (1e-4 relative) and generator gradients (1e-3 relative, 1e-5 absolute). Returns the eager parts, the compiled
+    parts and the eager losses, for checks of their own."""
+    import dataclasses
+
     import pytest
 
-    from pgpig.train import build, compile_parts, train_step
+    from pgpig.train import build, compile_configured, train_step
 
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
         parts = build(cfg, torch.device(device), size)
         if compiled:
-            compile_parts(parts, True, losses=cfg.compile_losses, channels_last=cfg.compile_channels_last)
+            compile_configured(parts, dataclasses.replace(cfg, compile=True))
         plain = getattr(parts.generator, "_orig_mod", parts.generator)
         torch.manual_seed(1)
         _, losses = train_step(parts, cfg, batch)
