@@ -247,17 +247,20 @@ def compile_parts(parts: Parts, setting: bool | str = True, losses: bool = False
             for key, hook in list(module._forward_pre_hooks.items()):
                 if isinstance(hook, SpectralNorm):
                     module._forward_pre_hooks[key] = torch._dynamo.disable(hook)
-    options = {"force_layout_optimization": True} if channels_last else None
-    parts.generator = torch.compile(parts.generator, options=options)
+    # inductor's forced layout cannot order the strides of a graph with symbolic sizes (it fails the compile), so
+    # those graphs are compiled for each new shape instead of once for any size
+    options, dynamic = ({"force_layout_optimization": True}, False) if channels_last else (None, None)
+    parts.generator = torch.compile(parts.generator, dynamic=dynamic, options=options)
     if setting != "generator":
-        parts.discriminators = {name: torch.compile(d, options=options) for name, d in parts.discriminators.items()}
+        parts.discriminators = {name: torch.compile(d, dynamic=dynamic, options=options)
+                                for name, d in parts.discriminators.items()}
         for name in parts.objective.compiled_maths:
             setattr(parts.objective, name, torch.compile(getattr(type(parts.objective), name), dynamic=False,
                                                          options=options))
     if losses:
         for name, module in list(vars(parts.objective).items()):
             if isinstance(module, torch.nn.Module):
-                setattr(parts.objective, name, torch.compile(module, options=options))
+                setattr(parts.objective, name, torch.compile(module, dynamic=dynamic, options=options))
 
 
 def compile_configured(parts: Parts, cfg: TrainConfig) -> None:

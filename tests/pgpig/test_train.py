@@ -371,6 +371,33 @@ def test_inductor_keeps_a_to_rgb_network_channels_last_only_when_forced(monkeypa
     assert answers == {False: [False, False], True: [True, True]}
 
 
+@pytest.mark.slow
+def test_a_generator_compiled_channels_last_trains_at_a_second_image_size():
+    """Inductor's forced channels-last layout cannot order the strides of a graph whose sizes are symbolic: when a
+    second image size made dynamo compile DPTN's generator for any size, the compile failed ("cannot determine truth
+    value of Relational"). ``compile_parts`` with ``channels_last`` compiles each graph for its own sizes, so the
+    generator trains at two image sizes (forward and backward, 32x24 then 48x32)."""
+    from pgpig.config import shipped_recipes
+    from pgpig.train import build, compile_parts
+
+    cfg = load_config(shipped_recipes()["deepfashion/dptn"], {"ngf": 8, "n_blocks": 1, "vgg_weights": None,
+                                                               "allow_random_vgg": True, "device": "cpu"})
+    torch.manual_seed(0)
+    parts = build(cfg, torch.device("cpu"), (32, 24))
+    compile_parts(parts, "generator", channels_last=True)
+    try:
+        for size in ((32, 24), (48, 32)):
+            image, pose = (torch.randn(2, c, *size).contiguous(memory_format=torch.channels_last) for c in (3, 18))
+            outputs = parts.generator(image, pose, pose)
+            assert all(o.shape[-2:] == size for o in outputs)
+            sum(o.mean() for o in outputs).backward()
+            grads = [p.grad for p in parts.generator.parameters()]
+            assert all(g is not None and torch.isfinite(g).all() for g in grads)
+            parts.generator.zero_grad(set_to_none=True)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_every_shipped_recipe_trains_float32_on_the_cpu():
     """Recipes turn bf16, channels-last and ``torch.compile`` on for CUDA only (``auto``), never for the CPU, where
     float32 is the fast path and the tests' numbers come from."""
