@@ -158,9 +158,11 @@ def test_cuda_graph_replays_the_eager_step(market_shards, tmp_path, monkeypatch)
     """``GraphedStep`` against ``train_step`` from the same weights on the same batches: three eager warm-up steps,
     the capture, replays on new batches, a short batch in between (trained eagerly), and learning rates changed
     between replays (the captured Adam reads them from device scalars: at learning rate 0 a replay leaves the
-    weights as they are). Float32 with cuDNN's deterministic kernels; what other kernels still add in no fixed order
-    is measured by a second eager twin, and the graph may differ from the first twin by ten times that plus 1e-4
-    relative (the captured step's float32 losses came 1.7e-5 from the eager ones on an H100)."""
+    weights as they are). Float32 with cuDNN's deterministic kernels. The captured step's kernels round unlike the
+    eager ones, and training carries any such difference on, so a second eager twin starts from weights one rounding
+    away (relative 2**-23) to measure how far a difference of that size carries: at each step the graph's largest
+    relative loss difference from the first twin may be ten times the perturbed twin's plus 1e-5. On an H100, in
+    four runs, the graph's came to at most 1.9 times the perturbed twin's (both up to 2e-4 by step 7)."""
     from pgpig.step_graph import GraphedStep
     from pgpig.train import _set_lr, train_step
 
@@ -169,19 +171,28 @@ def test_cuda_graph_replays_the_eager_step(market_shards, tmp_path, monkeypatch)
     (graphed_parts, cfg), (eager_parts, _), (twin_parts, _) = (_graph_parts(market_shards, tmp_path, amp="none")
                                                                for _ in range(3))
     start = [p.detach().clone() for p in eager_parts.generator.parameters()]
+    with torch.no_grad():
+        draws = torch.Generator(device="cuda").manual_seed(2)
+        for p in [*twin_parts.generator.parameters(),
+                  *(q for d in twin_parts.discriminators.values() for q in d.parameters())]:
+            p.mul_(1 + torch.randint(-1, 2, p.shape, device="cuda", generator=draws) * 2.0 ** -23)
     graphed = GraphedStep(graphed_parts, cfg)
     full, short = _step_batches(7, 4), _step_batches(1, 2)[0]
     steps = [graphed, *(functools.partial(train_step, parts, cfg, autocast_cache=False)
                         for parts in (eager_parts, twin_parts))]
+    table, over = [], []  # per step: the largest relative loss difference of the graph and of the twin
     for i, batch in enumerate([*full[:5], short, *full[5:]]):
         results = []
         for step in steps:
             torch.manual_seed(100 + i)
             results.append({k: float(v) for k, v in step(batch=batch)[1].items()})
         got, want, again = results
-        for name in want:
-            noise = abs(again[name] - want[name])
-            assert abs(got[name] - want[name]) <= 10 * noise + 1e-4 * abs(want[name]) + 1e-6, (i, name, got, want)
+        rel = {name: (abs(got[name] - want[name]) / (abs(want[name]) + 1e-6),
+                      abs(again[name] - want[name]) / (abs(want[name]) + 1e-6)) for name in want}
+        table.append((i, graph := max(r[0] for r in rel.values()), noise := max(r[1] for r in rel.values())))
+        over += [i] if graph > 10 * noise + 1e-5 else []
+    print("step, graph-eager, eager-perturbed-eager:", table)  # shown by pytest -rP
+    assert not over, (over, table)
     assert graphed.state() == {"captured": True, "eager_steps": 4, "replays": 4,
                                "capture_seconds": graphed.capture_seconds, "pool_gib": graphed.state()["pool_gib"],
                                "failure": None}
@@ -263,8 +274,9 @@ def test_dptn_trains_compiled_channels_last_from_a_cuda_graph_and_resumes(market
     assert result["step"] == 6 and all(torch.isfinite(torch.tensor(v)) for v in result["losses"].values())
     assert result["speed"]["compile_channels_last"] and _finite(run / "generator.safetensors")
     four, six = (load_file(str(folder / "discriminators.safetensors")) for folder in step_folders(run))
-    vectors = [k for k in six if k.endswith("weight_u")]
-    assert vectors and all(not torch.equal(four[k], six[k]) for k in vectors)  # steps 5 and 6 were replays
+    # steps 5 and 6 were replays; a one-element vector (the last convolution's, one output channel) is always 1
+    vectors = [k for k in six if k.endswith("weight_u") and six[k].numel() > 1]
+    assert vectors and all(not torch.equal(four[k], six[k]) for k in vectors)
     resumed = train(load_config(run / "config.yaml", {"run_dir": run, "resume": True, "steps": 8}))
     assert resumed["step"] == 8 and resumed["speed"]["cuda_graph"]["eager_steps"] == 2
     assert _finite(run / "generator.safetensors")
