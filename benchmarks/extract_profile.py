@@ -7,7 +7,8 @@ the figure is that stage's alone: reading the batches (``pipeline.pose.reading``
 threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
 letterbox; the network eager; the exact post-processing with its copy back; the network + person choice as CUDA
 graphs with the copy back (what ``extract_files`` runs); on CUDA nvJPEG and the graphs alone and at once from two
-threads (``overlap_*``: whether they overlap as ``extract_files`` needs them to); then ``predict_files`` and
+threads (``overlap_*``: whether they overlap as ``extract_files`` needs them to; ``overlap_hw_*`` the same with
+the card's hardware JPEG decoder through nvImageCodec, where installed); then ``predict_files`` and
 ``extract_files`` end to end (the stages overlapped as extraction runs them) and ``run_extract`` of one task without
 Dask, first with the model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds
 per image per stage and images/s; the largest stage of the hot path bounds the end-to-end figure.
@@ -48,7 +49,10 @@ def overlap(backend, reads, xs: list[torch.Tensor], frames: torch.Tensor, device
     """Seconds of nvJPEG decoding every batch (on the producer's side stream, as ``extract_files`` does) and of the
     graphs' replays of as many batches, each alone and then at once from two threads, as ``extract_files`` runs
     them. At once near the sum of the two alone: they take turns (the GPU, or the interpreter lock); near the
-    larger of the two: they overlap."""
+    larger of the two: they overlap. Then the same with nvImageCodec's decoder on the card's JPEG engines
+    (``overlap_hw_*``; ``jpeg_route_bench.nvimgcodec_decoder``), which decode without the SMs the graphs use; left
+    out, with the reason on stderr, where nvImageCodec cannot run."""
+    from jpeg_route_bench import nvimgcodec_decoder
 
     def decode_all() -> None:
         with torch.cuda.stream(backend._side_stream):
@@ -62,17 +66,33 @@ def overlap(backend, reads, xs: list[torch.Tensor], frames: torch.Tensor, device
                 backend.graphs.run(v, frames[:len(v)])
         torch.cuda.synchronize(device)
 
-    def both() -> None:
-        thread = threading.Thread(target=decode_all)
-        thread.start()
-        graphs_all()
-        thread.join()
+    def at_once(decode) -> float:
+        def both() -> None:
+            thread = threading.Thread(target=decode)
+            thread.start()
+            graphs_all()
+            thread.join()
+
+        return timed(both, device)[1]
 
     _, decode = timed(decode_all, device)
     _, graphs = timed(graphs_all, device)
-    _, at_once = timed(both, device)
-    return {"overlap_decode_alone": decode, "overlap_graphs_alone": graphs,
-            "overlap_decode_and_graphs_at_once": at_once}
+    out = {"overlap_decode_alone": decode, "overlap_graphs_alone": graphs,
+           "overlap_decode_and_graphs_at_once": at_once(decode_all)}
+    hw, reason = nvimgcodec_decoder("hw_gpu")
+    if hw is None:
+        print(f"overlap_hw: {reason}", file=sys.stderr)
+        return out
+
+    def hw_all() -> None:
+        for r in reads:
+            hw(r.jpeg_blobs(), str(device))
+        torch.cuda.synchronize(device)
+
+    hw_all()  # the decoder's first call sets up its engines
+    out["overlap_hw_decode_alone"] = timed(hw_all, device)[1]
+    out["overlap_hw_decode_and_graphs_at_once"] = at_once(hw_all)
+    return out
 
 
 def variants(args, backend, blobs: list[bytes], box, device: torch.device) -> dict[str, float]:
