@@ -58,12 +58,16 @@ class EngineDecoder:
 
     def __call__(self, blobs: list[torch.Tensor], stream: torch.cuda.Stream | None = None
                  ) -> list[torch.Tensor | None]:
-        """The decoded images, queued on ``stream`` (the current one if None)."""
+        """The decoded images, queued on ``stream`` (the current one if None); a call that fails as a whole raises
+        ``RuntimeError``, as TorchCodec's does."""
         import torch
 
         stream = stream if stream is not None else torch.cuda.current_stream(self.device)
-        images = self._decoder().decode([blob.numpy() for blob in blobs], params=self._params,
-                                        cuda_stream=stream.cuda_stream)
+        try:
+            images = self._decoder().decode([blob.numpy() for blob in blobs], params=self._params,
+                                            cuda_stream=stream.cuda_stream)
+        except Exception as exc:  # noqa: BLE001 - as nvJPEG's: the caller decodes the call's files on the CPU
+            raise RuntimeError(f"nvImageCodec failed a decode call: {type(exc).__name__}: {exc}") from exc
         refused = sum(image is None for image in images)
         with self._count:
             self.decoded, self.refused = self.decoded + len(images) - refused, self.refused + refused
