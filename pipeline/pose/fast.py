@@ -23,6 +23,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,6 +444,7 @@ class PersonGraphs:
         self.backend, self.enabled = backend, enabled
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None  # one memory pool for all graphs: they replay one at a time on one stream
+        self._lock = threading.Lock()  # a shape is captured once, also when ``prepare`` runs on another thread
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backend
@@ -478,9 +480,7 @@ class PersonGraphs:
         n, size = x.shape[0], self.backend.batch_size
         if not self.enabled or n > size:
             return self._forward(x, frames)
-        key = (size, x.shape[2], x.shape[3])
-        entry = self._graphs.get(key) or self._capture(key)
-        graph, static_x, static_frames, packed, pred, _ = entry
+        graph, static_x, static_frames, packed, pred, _ = self._entry((size, x.shape[2], x.shape[3]))
         static_x[:n].copy_(x)
         static_frames[:n].copy_(frames)
         if n < size:  # padding rows: empty images of a valid frame (their results are not read)
@@ -488,6 +488,19 @@ class PersonGraphs:
             static_frames[n:].copy_(static_frames.new_tensor([1, 1, 0, 0, x.shape[3], x.shape[2], 1]))
         graph.replay()
         return packed[:n].clone(), pred[:n].clone()
+
+    def _entry(self, key: tuple) -> tuple:
+        with self._lock:
+            if key in self._graphs:
+                return self._graphs[key]
+            with torch.cuda.device(self.backend.device):  # the capture's own streams on this backend's GPU
+                return self._capture(key)
+
+    def prepare(self, height: int, width: int) -> None:
+        """Capture the graph of input shape ``(height, width)`` at ``batch_size`` now (no images needed), unless it
+        is; a ``run`` of that shape on another thread meanwhile waits for it."""
+        if self.enabled:
+            self._entry((self.backend.batch_size, height, width))
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
@@ -680,18 +693,24 @@ class FastBackend:
         A process's first batch pays for starting the reader processes and for the device's first calls (nvJPEG's
         and cuDNN's set-up, the kernels loaded, the CUDA graph of that input shape captured): seconds, against
         milliseconds for every later batch (``benchmarks/extract_startup.py``). ``pgpig-data extract`` calls this
-        on each worker while it lists the files, so that the first partition does not wait for it. Images of
-        another size still capture their own graph at their first full batch."""
+        on each worker while it lists the files, so that the first partition does not wait for it. The graph of
+        the batch's input shape is captured on a thread of its own meanwhile (its cuDNN set-up is host time, as
+        are the reader processes' start and the decoder's first call). Images of another size still capture their
+        own graph at their first full batch."""
         import cv2
 
-        with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
-            path = Path(tmp) / "warm-up.jpg"
-            ok, data = cv2.imencode(".jpg", np.full((*size, 3), 114, np.uint8))
-            if not ok:
-                raise PipelineError("could not encode the warm-up image")
-            path.write_bytes(data.tobytes())
-            for _ in self.choose_files([path] * self.batch_size):
-                pass
+        box = letterbox_geometry(*size, self.imgsz)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-graph-capture") as pool:
+            capture = pool.submit(self.graphs.prepare, box.out_h, box.out_w)
+            with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
+                path = Path(tmp) / "warm-up.jpg"
+                ok, data = cv2.imencode(".jpg", np.full((*size, 3), 114, np.uint8))
+                if not ok:
+                    raise PipelineError("could not encode the warm-up image")
+                path.write_bytes(data.tobytes())
+                for _ in self.choose_files([path] * self.batch_size):
+                    pass
+            capture.result()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
