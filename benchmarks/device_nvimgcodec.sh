@@ -5,7 +5,7 @@
 #   bash benchmarks/device_nvimgcodec.sh [DIR]
 # There, before any command (after installing the wheels of device_wheels.sh into /tmp/site):
 #   export PYTHONPATH=/tmp/site:$PWD/DIR:$PWD
-# benchmarks/jpeg_route_bench.py and benchmarks/extract_profile.py (its overlap_hw_* stages) then find it.
+# benchmarks/jpeg_route_bench.py then finds it.
 set -euo pipefail
 dir=${1:-.wn}
 tmp=$(mktemp -d)

@@ -7,12 +7,10 @@ the figure is that stage's alone: reading the batches (``pipeline.pose.reading``
 threads and on reader processes; the header walk and sha256 alone on one thread; ``decode_jpeg`` on the device;
 letterbox; the network eager; the exact post-processing with its copy back; the network + person choice as CUDA
 graphs with the copy back (what ``extract_files`` runs); on CUDA nvJPEG and the graphs alone and at once from two
-threads (``overlap_*``: whether they overlap as ``extract_files`` needs them to; ``overlap_hw_*`` the same with
-the card's hardware JPEG engines, ``--jpeg-decoder engines``, where nvImageCodec is installed); then
-``predict_files`` and ``extract_files`` end to end (the stages overlapped as extraction runs them) and
-``run_extract`` of one task without Dask, first with the model load and then again (rows, table, Parquet write).
-Prints one JSON line of microseconds per image per stage and images/s; the largest stage of the hot path bounds the
-end-to-end figure.
+threads (``overlap_*``: whether they overlap as ``extract_files`` needs them to); then ``predict_files`` and
+``extract_files`` end to end (the stages overlapped as extraction runs them) and ``run_extract`` of one task without
+Dask, first with the model load and then again (rows, table, Parquet write). Prints one JSON line of microseconds
+per image per stage and images/s; the largest stage of the hot path bounds the end-to-end figure.
 """
 
 from __future__ import annotations
@@ -49,23 +47,14 @@ def overlap(backend, reads, xs: list[torch.Tensor], frames: torch.Tensor, device
     """Seconds of nvJPEG decoding every batch (on a producer's stream, as ``extract_files`` does) and of the graphs'
     replays of as many batches, each alone and then at once from two threads, as ``extract_files`` runs them. At
     once near the sum of the two alone: they take turns (the GPU, or the interpreter lock); near the larger of the
-    two: they overlap. Then the same with the card's JPEG engines (``overlap_hw_*``:
-    ``pipeline.pose.engines.EngineDecoder``, what ``--jpeg-decoder engines`` runs), which decode without the SMs the
-    graphs use; left out, with the reason on stderr, where nvImageCodec cannot run. The decodes run on one
-    long-lived thread, as a producer's do (the engines' decoder is made once per thread)."""
-    from pipeline.errors import PipelineError
-    from pipeline.pose.engines import EngineDecoder
-
+    two: they overlap. The decodes run on one long-lived thread, as a producer's do."""
     stream = backend._streams[0]
 
-    def decoding(decode):
-        def run() -> None:
-            with torch.cuda.stream(stream):
-                for r in reads:
-                    decode(r.jpeg_blobs(), stream)
-            stream.synchronize()
-
-        return run
+    def decode_all() -> None:
+        with torch.cuda.stream(stream):
+            for r in reads:
+                backend._torch_decode(r.jpeg_blobs(), stream)
+        stream.synchronize()
 
     def graphs_all() -> None:
         with torch.inference_mode():
@@ -74,31 +63,14 @@ def overlap(backend, reads, xs: list[torch.Tensor], frames: torch.Tensor, device
         torch.cuda.synchronize(device)
 
     with ThreadPoolExecutor(max_workers=1) as producer:
-        def alone(run) -> float:
-            return timed(lambda: producer.submit(run).result(), device)[1]
+        def both() -> None:
+            done = producer.submit(decode_all)
+            graphs_all()
+            done.result()
 
-        def at_once(run) -> float:
-            def both() -> None:
-                done = producer.submit(run)
-                graphs_all()
-                done.result()
-
-            return timed(both, device)[1]
-
-        nvjpeg = decoding(backend._torch_decode)
-        out = {"overlap_decode_alone": alone(nvjpeg), "overlap_graphs_alone": timed(graphs_all, device)[1],
-               "overlap_decode_and_graphs_at_once": at_once(nvjpeg)}
-        try:
-            engines = EngineDecoder(device)
-        except PipelineError as exc:
-            print(f"overlap_hw: {exc}", file=sys.stderr)
-            return out
-        hw = decoding(engines)
-        alone(hw)  # the producer thread's decoder is made and its engines set up
-        out["overlap_hw_decode_alone"] = alone(hw)
-        out["overlap_hw_decode_and_graphs_at_once"] = at_once(hw)
-        print(f"overlap_hw: the engines decoded {engines.decoded} files, refused {engines.refused}", file=sys.stderr)
-    return out
+        return {"overlap_decode_alone": timed(lambda: producer.submit(decode_all).result(), device)[1],
+                "overlap_graphs_alone": timed(graphs_all, device)[1],
+                "overlap_decode_and_graphs_at_once": timed(both, device)[1]}
 
 
 def variants(args, backend, blobs: list[bytes], box, device: torch.device) -> dict[str, float]:

@@ -18,7 +18,6 @@ from pipeline.extract import FAST_CPU_BATCH, FAST_CPU_PARTITION, SOURCE_SIZES, E
 from pipeline.options import default_of, given, with_default
 from pipeline.pair import PairRunConfig
 from pipeline.pose import PERSON_RULES
-from pipeline.pose.engines import JPEG_DECODERS
 from pipeline.report import ReportConfig
 from pipeline.synthetic import SynthConfig
 from pipeline.versions import package_version
@@ -139,10 +138,6 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @click.option("--cpu-decode-share", type=click.FloatRange(0, 1),
               help="Fast backend: share of the GPU-decodable JPEGs decoded by the reader processes instead, picked "
               "by content [default: 0].")
-@click.option("--jpeg-decoder", type=click.Choice(JPEG_DECODERS),
-              help="Fast backend on a GPU: nvjpeg (TorchCodec, on the GPU's multiprocessors, beside the network) or "
-              "engines (the card's hardware JPEG decoders, as on A100/H100/H200, through nvImageCodec: pip install "
-              "nvidia-nvimgcodec-cu13 nvidia-nvjpeg) [default: nvjpeg].")
 @click.option("--prepare-threads", type=click.IntRange(1),
               help="Fast backend: threads per worker decoding and letterboxing batches ahead of the network "
               "[default: 2 with a GPU, else 1].")
@@ -152,7 +147,7 @@ def synth(out: Path, identities: int | None, poses_per_identity: int | None, lay
 @report_errors()
 def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed, model, annotations, pose_backend,
             imgsz, conf, kpt_threshold, person, device, batch_size, partition_size, workers, threads, read_processes,
-            cpu_decode_share, jpeg_decoder, prepare_threads, scheduler, overwrite: bool, quiet: bool) -> None:
+            cpu_decode_share, prepare_threads, scheduler, overwrite: bool, quiet: bool) -> None:
     """Pose keypoints (OpenPose-18) for every image under RAW → OUT/part-*.parquet and extract.json.
 
     Every file gets one row with a status (ok, no_person, unreadable, skipped) and a reason. A second
@@ -165,7 +160,7 @@ def extract(raw: Path, out, run_file, dataset, split_lists, highres: bool, seed,
         seed=seed, model=model, pose_backend=pose_backend, imgsz=imgsz, conf=conf, kpt_threshold=kpt_threshold,
         person=person, device=device, batch_size=batch_size, partition_size=partition_size, workers=workers,
         threads=threads, read_processes=read_processes, cpu_decode_share=cpu_decode_share,
-        jpeg_decoder=jpeg_decoder, prepare_threads=prepare_threads, scheduler=scheduler))
+        prepare_threads=prepare_threads, scheduler=scheduler))
     record = run_extract(cfg, progress=not quiet, log=click.echo)
     counts = ", ".join(f"{k} {v}" for k, v in record["statuses"].items()) or "nothing"
     click.echo(f"{record['rows']} rows in {cfg.out}/ ({counts}); {record['processed']} processed this run in "

@@ -110,9 +110,6 @@ class ExtractConfig:
     """Fast backend: the share of the JPEGs the GPU decoder could take that the reader processes decode instead
     (picked by content, ``pipeline.pose.reading.cpu_routed``); for a GPU whose decoder and network take turns while
     CPU cores are free."""
-    jpeg_decoder: str = "nvjpeg"
-    """Fast backend: the GPU's JPEG decoder, ``nvjpeg`` (TorchCodec, on the GPU's multiprocessors) or ``engines``
-    (the card's hardware JPEG engines through nvImageCodec, ``pipeline.pose.engines``)."""
     prepare_threads: int | None = None
     """Fast backend: threads of each worker that decode and letterbox read batches ahead of the network, each on
     its own CUDA stream; None → 2 with a GPU (one batch's letterboxing overlaps the next one's decoding), 1
@@ -251,7 +248,7 @@ def task_source(s: dict):
                        person=s["person"], device=_worker_device(s["device"]))
     if s["backend"] == "fast":
         options.update(read_processes=s["read_processes"], cpu_decode_share=s["cpu_decode_share"],
-                       prepare_threads=s["prepare_threads"], jpeg_decoder=s["jpeg_decoder"])
+                       prepare_threads=s["prepare_threads"])
     if s["backend"] in ("fast", "ultralytics"):
         options.update(torch_threads=s["torch_threads"])
     return cached_backend(s["backend"], **options)
@@ -553,8 +550,7 @@ def _worker_settings(cfg: ExtractConfig) -> tuple[int, dict]:
     cores = (os.cpu_count() or 1) // max(1, workers)
     return workers, {"torch_threads": torch_threads, "decode_threads": max(2, min(8, cores)),
                      "read_processes": cfg.reader_processes(cores), "parts_per_stream": cfg.sizes()[2],
-                     "cpu_decode_share": cfg.cpu_decode_share, "prepare_threads": cfg.prepare_threads,
-                     "jpeg_decoder": cfg.jpeg_decoder}
+                     "cpu_decode_share": cfg.cpu_decode_share, "prepare_threads": cfg.prepare_threads}
 
 
 def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
@@ -599,7 +595,6 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
                   read_processes=worker_settings["read_processes"],
                   cpu_decode_share=worker_settings["cpu_decode_share"],
                   prepare_threads=worker_settings["prepare_threads"],
-                  jpeg_decoder=worker_settings["jpeg_decoder"],
                   scheduler=cfg.scheduler)
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)

@@ -44,7 +44,6 @@ from pipeline.pose import (
     set_torch_threads,
     shape_groups,
 )
-from pipeline.pose.engines import JPEG_DECODERS, EngineDecoder
 from pipeline.pose.reading import BatchReader, ReadBatch
 from pipeline.pose.threads import ThreadTuner, tuned_threads
 
@@ -625,8 +624,7 @@ class FastBackend:
     decoding between the device and free CPU cores. On the CPU with ``torch_threads`` given, a ``ThreadTuner``
     picks each network call's threads, ``torch_threads`` or half of them. ``prepare_threads`` threads decode and
     letterbox the read batches ahead of the network, each on its own CUDA stream [default: 2 on a GPU, 1 on the
-    CPU]. ``jpeg_decoder`` picks the GPU's JPEG decoder: ``nvjpeg`` (TorchCodec) or ``engines`` (the card's hardware
-    JPEG engines through nvImageCodec, ``pipeline.pose.engines``)."""
+    CPU]."""
 
     name = "fast"
     origin = "yolo"
@@ -637,7 +635,7 @@ class FastBackend:
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
                  decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None,
-                 prepare_threads: int | None = None, jpeg_decoder: str = "nvjpeg"):
+                 prepare_threads: int | None = None):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -653,13 +651,6 @@ class FastBackend:
         if not 0.0 <= cpu_decode_share <= 1.0:
             raise PipelineError(f"cpu_decode_share must be between 0 and 1, got {cpu_decode_share}")
         self.cpu_decode_share = cpu_decode_share
-        if jpeg_decoder not in JPEG_DECODERS:
-            raise PipelineError(f"jpeg_decoder must be one of {', '.join(JPEG_DECODERS)}, got {jpeg_decoder!r}")
-        self.jpeg_decoder = jpeg_decoder
-        self._engines = EngineDecoder(self.device) if jpeg_decoder == "engines" else None
-        if self._engines is not None and not self.torch_decode:
-            raise PipelineError("jpeg_decoder 'engines' decodes the GPU route's JPEGs, which torch_decode=False "
-                                "turns off")
         self.decode_pixels = max(1, decode_pixels)
         # on the CPU, given the worker's thread count, the network's threads follow the load (ThreadTuner)
         self.tuner = ThreadTuner(torch_threads) if not cuda and torch_threads else None
@@ -1003,17 +994,13 @@ class FastBackend:
         return groups + [(idx, bgr_to_tensor(np.stack([cpu_images[i] for i in idx]), self.device),
                           cpu_images[idx[0]].shape[:2]) for idx in shape_groups(cpu_images.items())]
 
-    def _torch_decode(self, blobs: list[torch.Tensor], stream: torch.cuda.Stream | None = None
-                      ) -> list[torch.Tensor | None]:
-        """Batched ``decode_jpeg`` of TorchCodec on the device (nvJPEG on CUDA), or with ``jpeg_decoder``
-        ``engines`` on the card's JPEG engines (``EngineDecoder``, None for a file they cannot decode): ``(3, H, W)``
-        uint8 RGB tensors."""
-        if stream is not None:  # the current stream here: nvJPEG may write before queued work has run
-            stream.synchronize()
-        if self._engines is not None:
-            return self._engines(blobs, stream)
+    def _torch_decode(self, blobs: list[torch.Tensor], stream: torch.cuda.Stream | None = None) -> list[torch.Tensor]:
+        """Batched ``decode_jpeg`` of TorchCodec on the device (nvJPEG on CUDA: its hardware backend where the card
+        has JPEG engines, its CUDA one otherwise): ``(3, H, W)`` uint8 RGB tensors."""
         from torchcodec.decoders import decode_jpeg
 
+        if stream is not None:  # the current stream here: nvJPEG may write before queued work has run
+            stream.synchronize()
         images = decode_jpeg(blobs, mode="RGB", device=self.device)
         return list(images) if isinstance(images, (list, tuple)) else [images]
 

@@ -734,7 +734,6 @@ def test_extract_cpu_decode_share_and_prepare_threads_keep_the_table_and_are_rec
                          "--prepare-threads", "2")
     assert (plain["cpu_decode_share"], shared["cpu_decode_share"]) == (0.0, 0.5)
     assert (plain["prepare_threads"], shared["prepare_threads"]) == (None, 2)
-    assert plain["jpeg_decoder"] == shared["jpeg_decoder"] == "nvjpeg"
     from pipeline.pose import _CACHE
 
     backends = [b for b in _CACHE.values() if isinstance(b, FastBackend)]
@@ -748,35 +747,6 @@ def test_extract_cpu_decode_share_and_prepare_threads_keep_the_table_and_are_rec
         np.testing.assert_allclose(b[rel]["xy"], row["xy"], atol=1e-3, err_msg=rel)
     refused = CliRunner().invoke(data_main, ["extract", str(root / "corpus"), "--cpu-decode-share", "1.5"])
     assert refused.exit_code == 2 and "--cpu-decode-share" in refused.output
-
-
-def test_the_jpeg_engines_decoder_is_refused_where_it_cannot_run(odd_tree, tmp_path):
-    """``jpeg_decoder="engines"`` decodes on a CUDA card's hardware JPEG engines: asked for on the CPU, or as an
-    unknown decoder, the backend refuses in one line that says why, and ``pgpig-data extract`` stops with that line
-    and writes no part."""
-    with pytest.raises(PipelineError, match="jpeg_decoder 'engines' decodes on a CUDA card's JPEG engines; "
-                                            "the device is cpu"):
-        FastBackend(device="cpu", jpeg_decoder="engines")
-    with pytest.raises(PipelineError, match="jpeg_decoder must be one of nvjpeg, engines, got 'nvdec'"):
-        FastBackend(device="cpu", jpeg_decoder="nvdec")
-    root, _, _ = odd_tree
-    result = CliRunner().invoke(data_main, ["extract", str(root / "corpus"), "--out", str(tmp_path / "kp"),
-                                            "--run-file", str(tmp_path / "extract.json"), "--workers", "0",
-                                            "--device", "cpu", "--jpeg-decoder", "engines", "--quiet"])
-    assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines()[-1] == ("error: jpeg_decoder 'engines' decodes on a CUDA card's JPEG "
-                                                      "engines; the device is cpu")
-    assert not list((tmp_path / "kp").glob("part-*.parquet"))
-    refused = CliRunner().invoke(data_main, ["extract", str(root / "corpus"), "--jpeg-decoder", "nvdec"])
-    assert refused.exit_code == 2 and "--jpeg-decoder" in refused.output
-
-
-def has_nvimgcodec() -> bool:
-    """Whether NVIDIA's nvImageCodec (``jpeg_decoder="engines"``) is installed."""
-    try:
-        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
-    except ModuleNotFoundError:  # no ``nvidia`` package at all
-        return False
 
 
 def parts_of(out: Path) -> dict[str, list[dict]]:
@@ -1011,12 +981,8 @@ def test_gpu_graphs_choose_the_persons_of_the_eager_exact_path(odd_tree, tmp_pat
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("share, decoder", [
-    (0.0, "nvjpeg"), (0.5, "nvjpeg"),
-    pytest.param(0.0, "engines", marks=pytest.mark.skipif(not has_nvimgcodec(), reason="needs nvImageCodec"))],
-    ids=["nvjpeg", "half-cpu-decoded", "jpeg-engines"])
-def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree, tmp_path, share,
-                                                                            decoder):
+@pytest.mark.parametrize("share", [0.0, 0.5], ids=["nvjpeg", "half-cpu-decoded"])
+def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixed_tree, odd_tree, tmp_path, share):
     """A crawl of many sizes (``extract_bench.py --sizes mixed``'s: 19 sizes up to 12 MP, progressive files,
     person-free ones) and odd files through CUDA graphs per input shape (full batches of 16, tails padded): every
     file keeps the record ``pipeline.decode`` gives it, and the persons are those of fp16 ``YOLO.predict`` on each
@@ -1024,20 +990,16 @@ def test_gpu_mixed_sizes_agree_with_one_image_predict_and_keep_every_status(mixe
     mean, median 0.15 px, p99 3 px, a person found on the same images 99.95%; the mean is carried by a few
     uncertain persons (nvJPEG and libjpeg differ by up to 45 grey levels on small images), so on a small set the
     median and the 90th percentile are asserted. The same with half the JPEGs decoded by the readers
-    (``cpu_decode_share``), and with the card's JPEG engines decoding (``jpeg_decoder="engines"``, where
-    nvImageCodec is installed)."""
+    (``cpu_decode_share``)."""
     root, _, _ = odd_tree
     bench = load_bench()
     photos = bench.shipped_photos()
     crawl = bench.write_jobs(tmp_path / "crawl", bench.mixed_jobs(160, 1, photos), photos)
     paths = mixed_tree[:20] + sorted(p for p in root.rglob("*") if p.is_file()) + mixed_tree[20:] + crawl
-    backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2, cpu_decode_share=share,
-                          jpeg_decoder=decoder)
+    backend = FastBackend(device="cuda:0", batch_size=16, read_processes=2, flush_after=2, cpu_decode_share=share)
     reference = create_backend("ultralytics", device="cuda:0", half=True)
     got = files_and_choices(backend, paths)
     assert len(backend.graphs.shapes) >= 4  # full batches of several input shapes ran as graphs
-    if decoder == "engines":  # the engines decoded the GPU route's files, not the CPU decoder they fall back to
-        assert backend._engines.decoded >= 100, (backend._engines.decoded, backend._engines.refused)
     found_agree, ok, diffs = 0, 0, []
     for path, g in zip(paths, got, strict=True):
         want = decode_image(path)
