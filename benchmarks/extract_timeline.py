@@ -7,7 +7,9 @@
 same command line, through click) on ``extract_bench.py``'s files and wraps the fast backend's steps with timers:
 
 - the producer threads (``--prepare-threads``): waiting for the reader processes (``BatchReader.read``), the
-  torch JPEG decoder's calls, the rest of preparing a batch (CPU-decoded images to the device, the letterbox);
+  torch JPEG decoder's calls, the rest of preparing a batch, also split: files the torch decoder refused decoded
+  on the CPU, CPU-decoded images to the device, the network inputs (the letterbox, its own share, and the frames),
+  the merge of a batch's decode chunks (host time: the GPU work they launch runs on);
 - the main thread: waiting for a prepared batch, launching the network (a new input shape's CUDA graph capture
   counted apart, with when it happened), waiting for the GPU's results (``Event.synchronize``), collecting them,
   writing the part files;
@@ -102,6 +104,12 @@ def instrument() -> None:
     _timed_iteration(reading.BatchReader, "read", "wait for the readers")
     _timed(fast.FastBackend, "_torch_decode", "torch JPEG decode calls")
     _timed(fast.FastBackend, "_prepare", "prepare a batch (decode calls included)")
+    # inside a batch's preparation: what is not the decode call
+    _timed(fast, "decode_bytes", "CPU decode of files the torch decoder refused")
+    _timed(fast, "bgr_to_tensor", "CPU-decoded images to the device")
+    _timed(fast.FastBackend, "_network_inputs", "network inputs (letterbox and frames, launches included)")
+    _timed(fast, "letterbox_batch", "letterbox (launches)")
+    _timed(fast, "merged_inputs", "merge a batch's chunks")
     _timed_iteration(fast.FastBackend, "_prepared", "wait for a prepared batch")
     _timed(fast.FastBackend, "_receive", "receive a prepared batch")
     _timed(fast.FastBackend, "_launch_call", "launch the network (captures included)")
