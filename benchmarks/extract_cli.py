@@ -49,6 +49,8 @@ def run_once(tree: Path, raw: Path, work: Path, workers: int, images: int, optio
     return {"wall_seconds": round(wall, 2), "images_per_s": round(images / wall, 1),
             "run_seconds": record["seconds"], "listing_seconds": record.get("listing_seconds"),
             "listing_alone_seconds": record.get("listing_alone_seconds"),
+            "start_wait_seconds": record.get("start_wait_seconds"),
+            "after_tasks_seconds": record.get("after_tasks_seconds"),
             "task_seconds": record["task_seconds"], "first_tasks_seconds": [t[1] for t in tasks[:3]],
             "first_batch_seconds": record.get("first_batch_seconds"),
             "tasks": len(tasks), "task_write_seconds": record.get("task_write_seconds"),

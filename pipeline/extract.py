@@ -582,6 +582,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
             listing_seconds = time.perf_counter() - started
             summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
+            tasks_done = time.perf_counter()
             warm_ups = pool.warm_ups()
             for warm in warm_ups:
                 if warm["error"]:
@@ -589,7 +590,12 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
                         "instead")
         finally:
             pool.close()
-    record.update(_timings(summaries, time.perf_counter() - started, listing_seconds, listing.seconds),
+    ended = time.perf_counter()
+    record.update(_timings(summaries, ended - started, listing_seconds, listing.seconds),
+                  # the tasks' planning to the first task: waiting for the workers' start (this process: its warm-up)
+                  start_wait_seconds=round(pool.start_wait, 3),
+                  # the last task's summary to the run's end: the workers' and the listing's shutdown
+                  after_tasks_seconds=round(ended - tasks_done, 3),
                   warm_ups=warm_ups,
                   workers=workers if cfg.scheduler is None else None,
                   read_processes=worker_settings["read_processes"],
@@ -762,6 +768,7 @@ class _Workers:
         self._finished: list = []  # and those that finished
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self.start_wait = 0.0  # seconds ``run`` waited for the start (the cluster, or this process's warm-up)
         self._thread = threading.Thread(target=self._start, name="extract-start", daemon=True)
         self._thread.start()
 
@@ -809,7 +816,9 @@ class _Workers:
                 bar.update(summary["rows"])
                 bar.set_postfix(counts, refresh=False)
 
+        waited = time.perf_counter()
         self._ready()
+        self.start_wait = time.perf_counter() - waited
         if self.client is not None:
             log(f"dask: {len(self.client.scheduler_info()['workers'])} workers, dashboard {self.client.dashboard_link}")
         if progress:

@@ -86,6 +86,10 @@ def test_every_photo_gets_a_row_and_the_run_is_recorded(photo_run, photo_market_
     assert warm["error"] is None and record["task_backend_seconds"] < warm["seconds"]
     assert 0 < record["listing_seconds"] < record["seconds"]
     assert 0 <= record["listing_alone_seconds"] <= record["listing_seconds"]  # the child's own listing
+    # the run's time in its phases: listing, waiting for the warm-up, the tasks, the shutdown after them
+    phases = (record["listing_seconds"], record["start_wait_seconds"], record["task_seconds"],
+              record["after_tasks_seconds"])
+    assert min(phases) >= 0 and sum(phases) <= record["seconds"] + 0.01, (phases, record["seconds"])
 
 
 def test_keypoints_agree_with_yolo_predict_on_the_same_files(photo_run, photo_market_tree):
