@@ -13,8 +13,13 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
 - the main thread: waiting for a prepared batch, launching the network (a new input shape's CUDA graph capture
   counted apart, with when it happened), waiting for the GPU's results (``Event.synchronize``), collecting them,
   writing the part files;
-- the warm-up.
+- the warm-up;
+- the start-up's steps, which run before any of those: the torch import with the GPU check (``_gpu_visible``), the
+  settings, the listing's rows, the planning, the worker's source (``task_source``: the model's load) and
+  ``warm_worker``. Nothing imports torch before the run starts: the backend's timers go in once its source is made.
 
+The first calls of every step are also listed with when they started (seconds since this script's start, the files'
+making left out): the start-up's chain, and what holds up the first task (its first decode calls, captures, writes).
 Prints one JSON line: per thread and step the seconds, calls and the median, 90th percentile and longest call in
 milliseconds (a few slow batches hold up the batches behind them: the consumer takes them in order), the captures
 (seconds since the start, shape, seconds), the run record's timings, and the wall time from the start of this script
@@ -49,11 +54,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 _LOCK = threading.Lock()
 _DURATIONS: dict[tuple[str, str], list[float]] = defaultdict(list)
 _CAPTURES: list[tuple[float, list, float]] = []
+_FIRST_CALLS: list[tuple[float, str, str, float]] = []  # (start, thread, step, seconds) of each step's first calls
+FIRST_CALLS = 3  # per thread and step
+_MADE = [0.0]  # seconds this script spent making the files, left out of the start times
 
 
-def _add(step: str, seconds: float) -> None:
+def _add(step: str, seconds: float, start: float | None = None) -> None:
+    thread = threading.current_thread().name
     with _LOCK:
-        _DURATIONS[threading.current_thread().name, step].append(seconds)
+        calls = _DURATIONS[thread, step]
+        calls.append(seconds)
+        if start is not None and len(calls) <= FIRST_CALLS:
+            _FIRST_CALLS.append((round(start - START - _MADE[0], 3), thread, step, round(seconds, 3)))
 
 
 def _timed(owner, name: str, step: str, then=None) -> None:
@@ -68,7 +80,7 @@ def _timed(owner, name: str, step: str, then=None) -> None:
             return original(*args, **kwargs)
         finally:
             seconds = time.perf_counter() - start
-            _add(step, seconds)
+            _add(step, seconds, start)
             if then is not None:
                 then(args, start, seconds)
 
@@ -89,16 +101,33 @@ def _timed_iteration(owner, name: str, step: str) -> None:
             except StopIteration:
                 return
             finally:
-                _add(step, time.perf_counter() - start)
+                _add(step, time.perf_counter() - start, start)
             yield item
 
     setattr(owner, name, wrapper)
 
 
 def instrument() -> None:
+    """Time the run's start-up steps now, and the backend's steps once the worker's source is made."""
+    from pipeline import extract
+    from pipeline.datasets import background
+
+    _timed(extract, "_gpu_visible", "GPU check (the torch import included)")
+    _timed(extract, "run_settings", "settings (model fingerprint)")
+    _timed(background.Listing, "rows", "wait for the listing's rows")
+    _timed(extract, "_start_run", "plan the tasks")
+    _timed(extract, "warm_worker", "warm_worker (source and warm-up)")
+    _timed(extract, "task_source", "task_source (the model's load on first use)", then=_instrument_backend)
+    _timed(extract._Part, "write", "write part files")
+
+
+def _instrument_backend(*_) -> None:
+    """The fast backend's steps (its modules are imported by then)."""
+    if _INSTRUMENTED.is_set():
+        return
+    _INSTRUMENTED.set()
     import torch
 
-    from pipeline import extract
     from pipeline.pose import fast, reading
 
     _timed_iteration(reading.BatchReader, "read", "wait for the readers")
@@ -115,15 +144,17 @@ def instrument() -> None:
     _timed(fast.FastBackend, "_launch_call", "launch the network (captures included)")
     _timed(fast.FastBackend, "_finish_call", "collect results (GPU waits included)")
     _timed(fast.FastBackend, "warm_up", "warm-up")
-    _timed(extract._Part, "write", "write part files")
     if torch.cuda.is_available():
         _timed(torch.cuda.Event, "synchronize", "wait for the GPU (events)")
 
     def captured(args, start: float, seconds: float) -> None:  # PersonGraphs._capture(self, key)
         with _LOCK:
-            _CAPTURES.append((round(start - START, 3), list(args[1]), round(seconds, 3)))
+            _CAPTURES.append((round(start - START - _MADE[0], 3), list(args[1]), round(seconds, 3)))
 
     _timed(fast.PersonGraphs, "_capture", "graph capture (new input shape)", captured)
+
+
+_INSTRUMENTED = threading.Event()
 
 
 def main() -> None:
@@ -144,7 +175,7 @@ def main() -> None:
         raw, work = Path(tmp) / "raw", Path(tmp) / "work"
         made = time.perf_counter()
         make_files(raw, args.sizes, args.images, size, args.seed)
-        made = time.perf_counter() - made
+        made = _MADE[0] = time.perf_counter() - made
         instrument()
         from pipeline.cli import main as cli
 
@@ -175,7 +206,9 @@ def main() -> None:
                                               "start_wait_seconds", "task_seconds", "after_tasks_seconds",
                                               "first_batch_seconds", "warm_ups", "task_write_seconds",
                                               "read_processes", "prepare_threads")},
-        "threads": threads, "captures": _CAPTURES, "python": platform.python_version(), "torch": torch.__version__,
+        "threads": threads, "captures": _CAPTURES,
+        "first_calls": [list(call) for call in sorted(_FIRST_CALLS)],
+        "python": platform.python_version(), "torch": torch.__version__,
     }), flush=True)
 
 
