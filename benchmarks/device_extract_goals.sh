@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The fast-extraction goals in one GPU-machine call: the mixed crawl (40,000 files, imgsz 256) and 150,000 uniform
+# files of 256x176, each timed from the shell against a YOLO.predict loop in the same run (extract_bench.py), then
+# where each run's time goes (extract_timeline.py: the start-up's chain and the first task's slow calls). About
+# 5 minutes on an H100. Run from the checkout's root, with the wheels of benchmarks/device_wheels.sh in WHEELS:
+#   bash benchmarks/device_extract_goals.sh [OUT_DIR]
+# JSON lines go to OUT_DIR (default $OUT, else ./goals-out), one file per benchmark; a summary goes to stdout.
+# Smaller runs for a try on any machine: MIXED=200 UNIFORM=300 BASELINE=50 AGREEMENT=20 bash ...
+set -uo pipefail
+out=${1:-${OUT:-goals-out}}
+wheels=${WHEELS:-.whl}
+mixed=${MIXED:-40000} uniform=${UNIFORM:-150000} baseline=${BASELINE:-6000} agreement=${AGREEMENT:-2000}
+mkdir -p "$out"
+if [ -d "$wheels" ] && ! python3 -c "import ultralytics, dask" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$wheels"/*.whl >/dev/null 2>&1 || { echo "could not install the wheels of $wheels" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
+label="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(nproc) cores"
+echo "machine: $label"
+run() {  # NAME TIMEOUT COMMAND...: the command's JSON lines to OUT_DIR/NAME.jsonl, its log to NAME.err
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" --label "$label" >"$out/$name.jsonl" 2>"$out/$name.err"
+    echo "$name: exit $?"
+}
+run bench-mixed 240 python3 benchmarks/extract_bench.py --sizes mixed --images "$mixed" \
+    --baseline-images "$baseline" --agreement-images "$agreement"
+run bench-uniform 200 python3 benchmarks/extract_bench.py --sizes uniform --size 256x176 --images "$uniform" \
+    --baseline-images "$baseline" --agreement-images "$((agreement / 4))"
+run timeline-uniform 120 python3 benchmarks/extract_timeline.py --sizes uniform --size 256x176 --images "$uniform"
+run timeline-mixed 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed"
+python3 - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+for name in ("bench-mixed", "bench-uniform"):
+    for line in (out / f"{name}.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        a = d.get("agreement") or {}
+        print(f"{name}: {d.get('pipeline_images_per_s')} img/s from the shell, "
+              f"{d.get('pipeline_images_per_s_after_first_task')} after the first tasks, predict "
+              f"{d.get('predict_images_per_s')} ({d.get('ratio_pipeline_to_predict')}x); keypoints "
+              f"{a.get('keypoint_diff_mean_px')} px mean, person found {a.get('person_found_agreement')}")
+for name in ("timeline-uniform", "timeline-mixed"):
+    for line in (out / f"{name}.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        print(f"{name}: {d['images_per_s_in_process']} img/s in the process; record {d['record']}")
+        slow = [c for c in d["first_calls"] if c[3] >= 0.1]
+        print("  first calls of 0.1 s or more (start s, thread, step, s):")
+        for call in slow:
+            print("   ", call)
+EOF
