@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fast-extraction goals in one GPU-machine call: the mixed crawl (40,000 files, imgsz 256) and 150,000 uniform
 # files of 256x176, each timed from the shell against a YOLO.predict loop in the same run (extract_bench.py), then
-# where each run's time goes (extract_timeline.py: the start-up's chain and the first task's slow calls). About
-# 5 minutes on an H100. Run from the checkout's root, with the wheels of benchmarks/device_wheels.sh in WHEELS:
+# where each run's time goes (extract_timeline.py: the start-up's chain and the first task's slow calls), and on a
+# GPU what the crawl's 15 input shapes cost with their set-up on 0, 4 and 8 threads (shape_cost.py). About 6
+# minutes on an H100. Run from the checkout's root, with the wheels of benchmarks/device_wheels.sh in WHEELS:
 #   bash benchmarks/device_extract_goals.sh [OUT_DIR]
 # JSON lines go to OUT_DIR (default $OUT, else ./goals-out), one file per benchmark; a summary goes to stdout.
 # Smaller runs for a try on any machine: MIXED=200 UNIFORM=300 BASELINE=50 AGREEMENT=20 bash ...
@@ -31,6 +32,9 @@ run bench-uniform 200 python3 benchmarks/extract_bench.py --sizes uniform --size
     --baseline-images "$baseline" --agreement-images "$((agreement / 4))"
 run timeline-uniform 120 python3 benchmarks/extract_timeline.py --sizes uniform --size 256x176 --images "$uniform"
 run timeline-mixed 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed"
+if command -v nvidia-smi >/dev/null; then  # what the crawl's 15 input shapes cost, their set-up on 0, 4, 8 threads
+    for k in 0 4 8; do run "shape-cost-$k" 90 python3 benchmarks/shape_cost.py --shapes 15 --warm-threads "$k"; done
+fi
 python3 - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -44,6 +48,13 @@ for name in ("bench-mixed", "bench-uniform"):
               f"{d.get('pipeline_images_per_s_after_first_task')} after the first tasks, predict "
               f"{d.get('predict_images_per_s')} ({d.get('ratio_pipeline_to_predict')}x); keypoints "
               f"{a.get('keypoint_diff_mean_px')} px mean, person found {a.get('person_found_agreement')}")
+for k in (0, 4, 8):
+    path = out / f"shape-cost-{k}.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        d = json.loads(line)
+        print(f"shape-cost, {k} warm threads: parallel warm {d['parallel_warm_seconds']} s, then on this thread "
+              f"first eager calls {sum(r['first_eager'] for r in d['shapes'] if 'first_eager' in r):.2f} s in all, "
+              f"median after the first shape {d['median_after_first']}")
 for name in ("timeline-uniform", "timeline-mixed"):
     for line in (out / f"{name}.jsonl").read_text().splitlines():
         d = json.loads(line)

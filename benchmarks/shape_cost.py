@@ -10,6 +10,11 @@ every convolution) and its second; then ``PersonGraphs.run``'s first run of the 
 the capture, the first replay); and the baseline in the same run, a replay of the captured graph. The first shape
 also pays the process's first calls. One JSON line: seconds (wall, and the host's CPU time where it says
 ``_host``) per step and shape, and their medians over the shapes after the first.
+
+With ``--warm-threads K`` the measured shapes' first eager calls are made first on K threads at once (each on a
+stream of its own), timed as a whole (``parallel_warm_seconds``); the steps above then show what is left for this
+thread. Run it in fresh processes at K = 0 (the baseline: every shape's first call on this thread), 4, 8: whether
+the set-up runs in parallel, and whether one thread's set-up serves another's calls.
 """
 
 from __future__ import annotations
@@ -32,6 +37,33 @@ def grid_shapes(imgsz: int, stride: int) -> list[tuple[int, int]]:
     return [(imgsz, s) for s in sides] + [(s, imgsz) for s in sides[1:]]
 
 
+def warm_in_parallel(backend, shapes: list[tuple[int, int]], batch_size: int, threads: int) -> float:
+    """Seconds for the first eager network call at every shape in ``shapes``, made on ``threads`` threads at once,
+    each thread on a CUDA stream of its own and with its own copy of the network (the pose head keeps the anchors
+    of its last input shape as attributes)."""
+    import copy
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    device, local = backend.device, threading.local()
+
+    def first_call(shape: tuple[int, int]) -> None:
+        if not hasattr(local, "net"):
+            local.net = copy.deepcopy(backend.net)
+        with torch.inference_mode(), torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            local.net(torch.zeros(batch_size, 3, *shape, dtype=backend.dtype, device=device))
+            torch.cuda.current_stream(device).synchronize()
+
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warm-shape") as pool:
+        list(pool.map(first_call, shapes))
+    torch.cuda.synchronize(device)
+    return round(time.perf_counter() - start, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imgsz", type=int, default=256)
@@ -39,6 +71,8 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=6, help="how many grid shapes to measure")
     parser.add_argument("--profile", action="store_true",
                         help="profile the second shape's first network call instead of timing it (table to stderr)")
+    parser.add_argument("--warm-threads", type=int, default=0,
+                        help="first make every measured shape's first eager call on this many threads at once")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
@@ -57,9 +91,13 @@ def main() -> None:
         torch.cuda.synchronize(device)
         return round(time.perf_counter() - wall, 4), round(host, 4), out
 
+    shapes = grid_shapes(args.imgsz, STRIDE)[:args.shapes]
+    parallel = None
+    if args.warm_threads > 0:
+        parallel = warm_in_parallel(backend, shapes, args.batch_size, args.warm_threads)
     rows = []
     with torch.inference_mode():  # as the backend runs its calls
-        for height, width in grid_shapes(args.imgsz, STRIDE)[:args.shapes]:
+        for height, width in shapes:
             x = torch.zeros(args.batch_size, 3, height, width, dtype=backend.dtype, device=device)
             frames = torch.tensor([[1, 1, 0, 0, width, height, 1]] * args.batch_size, dtype=torch.float32,
                                   device=device)
@@ -79,7 +117,8 @@ def main() -> None:
     later = rows[1:] or rows
     print(json.dumps({
         "bench": "shape_cost", "imgsz": args.imgsz, "batch_size": args.batch_size,
-        "device": torch.cuda.get_device_name(device), "shapes": rows,
+        "device": torch.cuda.get_device_name(device), "warm_threads": args.warm_threads,
+        "parallel_warm_seconds": parallel, "shapes": rows,
         "median_after_first": {k: statistics.median(r[k] for r in later if k in r)
                                for k in ("first_eager", "first_eager_host", "second_eager", "graph_first_run",
                                          "graph_first_run_host", "replay")},
