@@ -57,6 +57,12 @@ _CAPTURES: list[tuple[float, list, float]] = []
 _FIRST_CALLS: list[tuple[float, str, str, float]] = []  # (start, thread, step, seconds) of each step's first calls
 FIRST_CALLS = 3  # per thread and step
 _MADE = [0.0]  # seconds this script spent making the files, left out of the start times
+_INSTRUMENTED = [False]  # the backend's timers are in
+
+
+def _since_start(start: float) -> float:
+    """``start`` (``perf_counter``) in seconds since this script's start, the files' making left out."""
+    return round(start - START - _MADE[0], 3)
 
 
 def _add(step: str, seconds: float, start: float | None = None) -> None:
@@ -65,7 +71,7 @@ def _add(step: str, seconds: float, start: float | None = None) -> None:
         calls = _DURATIONS[thread, step]
         calls.append(seconds)
         if start is not None and len(calls) <= FIRST_CALLS:
-            _FIRST_CALLS.append((round(start - START - _MADE[0], 3), thread, step, round(seconds, 3)))
+            _FIRST_CALLS.append((_since_start(start), thread, step, round(seconds, 3)))
 
 
 def _timed(owner, name: str, step: str, then=None) -> None:
@@ -122,10 +128,11 @@ def instrument() -> None:
 
 
 def _instrument_backend(*_) -> None:
-    """The fast backend's steps (its modules are imported by then)."""
-    if _INSTRUMENTED.is_set():
-        return
-    _INSTRUMENTED.set()
+    """The fast backend's steps (its modules are imported by then), once."""
+    with _LOCK:
+        if _INSTRUMENTED[0]:
+            return
+        _INSTRUMENTED[0] = True
     import torch
 
     from pipeline.pose import fast, reading
@@ -149,12 +156,9 @@ def _instrument_backend(*_) -> None:
 
     def captured(args, start: float, seconds: float) -> None:  # PersonGraphs._capture(self, key)
         with _LOCK:
-            _CAPTURES.append((round(start - START - _MADE[0], 3), list(args[1]), round(seconds, 3)))
+            _CAPTURES.append((_since_start(start), list(args[1]), round(seconds, 3)))
 
     _timed(fast.PersonGraphs, "_capture", "graph capture (new input shape)", captured)
-
-
-_INSTRUMENTED = threading.Event()
 
 
 def main() -> None:

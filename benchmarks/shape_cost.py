@@ -51,8 +51,8 @@ def warm_in_parallel(backend, shapes: list[tuple[int, int]], batch_size: int, th
 
     def first_call(shape: tuple[int, int]) -> None:
         if not hasattr(local, "net"):
-            local.net = copy.deepcopy(backend.net)
-        with torch.inference_mode(), torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            local.net, local.stream = copy.deepcopy(backend.net), torch.cuda.Stream(device)
+        with torch.inference_mode(), torch.cuda.device(device), torch.cuda.stream(local.stream):
             local.net(torch.zeros(batch_size, 3, *shape, dtype=backend.dtype, device=device))
             torch.cuda.current_stream(device).synchronize()
 
