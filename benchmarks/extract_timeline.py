@@ -13,10 +13,12 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
 - the main thread: waiting for a prepared batch, launching the network (a new input shape's CUDA graph capture
   counted apart, with when it happened), waiting for the GPU's results (``Event.synchronize``), collecting them,
   writing the part files;
-- the warm-up;
+- the warm-up, and the shape warmer's threads (a sample of a task's shapes, each new shape's first call ahead) with
+  the main thread's waits for them;
 - the start-up's steps, which run before any of those: the torch import with the GPU check (``_gpu_visible``), the
-  settings, the listing's rows, the planning, the worker's source (``task_source``: the model's load) and
-  ``warm_worker``. Nothing imports torch before the run starts: the backend's timers go in once its source is made.
+  settings, the listing's rows, the planning, the device's priming (its CUDA context), the worker's source
+  (``task_source``: the model's load) and ``warm_worker``. Nothing imports torch before the run starts: the
+  backend's timers go in once its source is made.
 
 The first calls of every step are also listed with when they started (seconds since this script's start, the files'
 making left out): the start-up's chain, and what holds up the first task (its first decode calls, captures, writes).
@@ -122,6 +124,7 @@ def instrument() -> None:
     _timed(extract, "run_settings", "settings (model fingerprint)")
     _timed(background.Listing, "rows", "wait for the listing's rows")
     _timed(extract, "_start_run", "plan the tasks")
+    _timed(extract, "_prime", "prime the device (CUDA context, cuDNN's load)")
     _timed(extract, "warm_worker", "warm_worker (source and warm-up)")
     _timed(extract, "task_source", "task_source (the model's load on first use)", then=_instrument_backend)
     _timed(extract._Part, "write", "write part files")
@@ -135,7 +138,7 @@ def _instrument_backend(*_) -> None:
         _INSTRUMENTED[0] = True
     import torch
 
-    from pipeline.pose import fast, reading
+    from pipeline.pose import fast, reading, shapes
 
     _timed_iteration(reading.BatchReader, "read", "wait for the readers")
     _timed(fast.FastBackend, "_torch_decode", "torch JPEG decode calls")
@@ -151,6 +154,9 @@ def _instrument_backend(*_) -> None:
     _timed(fast.FastBackend, "_launch_call", "launch the network (captures included)")
     _timed(fast.FastBackend, "_finish_call", "collect results (GPU waits included)")
     _timed(fast.FastBackend, "warm_up", "warm-up")
+    _timed(shapes, "sample_shapes", "read a sample of the files' shapes")
+    _timed(shapes.ShapeWarmer, "_first_call", "a shape's first network call ahead (ShapeWarmer)")
+    _timed(shapes.ShapeWarmer, "claim", "claim a shape (waits for its call ahead)")
     if torch.cuda.is_available():
         _timed(torch.cuda.Event, "synchronize", "wait for the GPU (events)")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -224,13 +225,15 @@ def _worker_device(device: str) -> str:
 
     if not torch.cuda.is_available():
         return "cpu"
-    try:
+    index = 0
+    if "distributed" in sys.modules:  # a Dask worker has imported it; elsewhere its import would cost ~0.2-0.5 s
         from distributed import get_worker
 
-        match = re.search(r"(\d+)$", str(get_worker().name))
-        index = int(match.group(1)) if match else 0
-    except (ImportError, ValueError):
-        index = 0
+        try:
+            match = re.search(r"(\d+)$", str(get_worker().name))
+            index = int(match.group(1)) if match else 0
+        except ValueError:  # not in a worker
+            pass
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
@@ -569,12 +572,14 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         batch_size, partition_size, _ = cfg.sizes()
         if partition_size < 1 or batch_size < 1:
             raise PipelineError("--partition-size and --batch-size must be at least 1")
+        workers, worker_settings = _worker_settings(cfg)
+        if cfg.scheduler is None and workers == 0:  # this process runs the tasks: its device starts meanwhile
+            _start_priming(cfg)
         # a detected dataset's name is filled in after the listing; its person rule is known now, so the workers
         # warm up the source the tasks use
         settings = run_settings(cfg, cfg.dataset, person_rule(cfg, raw))
         if not cfg.overwrite:  # before anything starts: a resume with other settings fails at once
             _check_resume(cfg, settings, raw, unknown=() if cfg.dataset else ("dataset",))
-        workers, worker_settings = _worker_settings(cfg)
         pool = _Workers(cfg, workers, {**settings, **worker_settings})
         try:
             listed = listing.rows()
@@ -605,6 +610,23 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)
     return record
+
+
+def _start_priming(cfg: ExtractConfig) -> None:
+    """For the fast backend on a GPU: create the device's CUDA context and load cuDNN on a thread
+    (``prime_device``), while this process reads the settings and then loads the model."""
+    if cfg.backend != "fast" or not _gpu_visible(cfg):
+        return
+    threading.Thread(target=_prime, args=(cfg.device,), name="extract-prime", daemon=True).start()
+
+
+def _prime(device: str) -> None:
+    try:
+        from pipeline.pose.fast import prime_device
+
+        prime_device(_worker_device(device))
+    except Exception:  # noqa: BLE001 - the backend's own first CUDA calls name any error
+        pass
 
 
 def _start_run(cfg: ExtractConfig, raw: Path, settings: dict, worker_settings: dict, listed: list[dict],

@@ -45,6 +45,7 @@ from pipeline.pose import (
     shape_groups,
 )
 from pipeline.pose.reading import BatchReader, ReadBatch
+from pipeline.pose.shapes import ShapeWarmer
 from pipeline.pose.threads import ThreadTuner, tuned_threads
 
 PAD_VALUE = 114
@@ -57,6 +58,7 @@ DECODE_PIXELS = 256_000_000  # JPEG pixels per torch decode call: ~0.8 GB decode
 # network input pixels per call on the CPU: 32 inputs of 256x192, 5 of 640x480; larger calls run slower (their
 # activations leave the caches): 1.6-2.2x slower at 256 inputs of 256x192 (benchmarks/cpu_network_bench.py)
 CPU_CALL_PIXELS = 1_600_000
+WARM_THREADS = 4  # ShapeWarmer's threads on a GPU: 15 new shapes' set-up in 1.4 s on an H100, no faster on 8
 
 Groups = list[tuple[list[int], torch.Tensor, tuple[int, int]]]
 """Images by decoded size: (indices into the batch, ``(N, 3, H, W)`` uint8 RGB on the device, the decoded
@@ -453,6 +455,8 @@ class PersonGraphs:
     def _capture(self, key: tuple) -> tuple:
         size, height, width = key
         b = self.backend
+        if b.warmer is not None:  # the shape's first call may be running ahead on the warmer's threads
+            b.warmer.claim((height, width))
         x = torch.zeros(size, 3, height, width, dtype=b.dtype, device=b.device)
         frames = torch.tensor([[1, 1, 0, 0, width, height, 1]] * size, dtype=torch.float32, device=b.device)
         current = torch.cuda.current_stream(b.device)
@@ -624,7 +628,8 @@ class FastBackend:
     decoding between the device and free CPU cores. On the CPU with ``torch_threads`` given, a ``ThreadTuner``
     picks each network call's threads, ``torch_threads`` or half of them. ``prepare_threads`` threads decode and
     letterbox the read batches ahead of the network, each on its own CUDA stream [default: 2 on a GPU, 1 on the
-    CPU]."""
+    CPU]. ``warm_threads`` threads make the first network call at each input shape a sample of a file list's
+    headers shows, ahead of its batches (``ShapeWarmer``) [default: 4 on a GPU, none on the CPU]."""
 
     name = "fast"
     origin = "yolo"
@@ -635,7 +640,7 @@ class FastBackend:
                  torch_decode: bool | None = None, cuda_graphs: bool | None = None, select_k: int = 64,
                  flush_after: int = 32, person: str = "largest", cpu_decode_share: float = 0.0,
                  decode_pixels: int = DECODE_PIXELS, torch_threads: int | None = None,
-                 prepare_threads: int | None = None):
+                 prepare_threads: int | None = None, warm_threads: int | None = None):
         from pipeline.devices import resolve_device
 
         self.model_path = Path(model) if model else default_model_path()
@@ -664,6 +669,9 @@ class FastBackend:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.dtype = torch.float16 if self.half else torch.float32
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
+        warm_threads = (WARM_THREADS if cuda else 0) if warm_threads is None else warm_threads
+        self.warmer = ShapeWarmer(self.net, self.device, self.dtype, batch_size, imgsz, warm_threads) \
+            if warm_threads > 0 else None
         self._reader: BatchReader | None = None
         self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else 2 if cuda else 1)
         self._streams = [torch.cuda.Stream(self.device) for _ in range(self.prepare_threads)] if cuda else []
@@ -805,6 +813,8 @@ class FastBackend:
         fixed-shape choice cannot settle (``select_persons``) are post-processed exactly instead; the result is the
         same either way, and the same whatever an image's batch neighbours. A batch comes out once all its images
         are back, so up to ``flush_after`` batches may be held."""
+        if self.warmer is not None:
+            self.warmer.start(paths)
         queues = _ShapeQueues(self.batch_size, self.flush_after)
         opened: list[_Open] = []
         in_flight: list[_Call] = []
@@ -1015,7 +1025,9 @@ class FastBackend:
         return batch.inputs
 
     def close(self) -> None:
-        """Stop the reader's worker processes."""
+        """Stop the reader's worker processes and the shape warmer's threads."""
+        if self.warmer is not None:
+            self.warmer.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -1062,6 +1074,20 @@ def use_cudnn_heuristics() -> None:
     0.4 s and 1.1 s with the v7 heuristics, for the same speed afterwards (7-9 ms a batch;
     ``docs/fast-backend.md``). A crawl of many sizes meets several input shapes, each paid once."""
     os.environ.setdefault("TORCH_CUDNN_V8_API_DISABLED", "1")
+
+
+def prime_device(device: str | torch.device) -> None:
+    """Create a CUDA ``device``'s context and load cuDNN (one small convolution, after ``use_cudnn_heuristics``),
+    so that a backend made meanwhile on another thread finds both ready; nothing on the CPU. Both are host work
+    of a process's first CUDA calls, done without the interpreter's lock."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    use_cudnn_heuristics()
+    with torch.inference_mode(), torch.cuda.device(device):
+        x = torch.zeros(1, 3, 8, 8, dtype=torch.float16, device=device)
+        torch.nn.functional.conv2d(x, torch.zeros(4, 3, 3, 3, dtype=torch.float16, device=device))
+        torch.cuda.synchronize(device)
 
 
 def load_pose_model(path: str | os.PathLike) -> torch.nn.Module:
