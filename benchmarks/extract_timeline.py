@@ -23,10 +23,11 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
 The first calls of every step are also listed with when they started (seconds since this script's start, the files'
 making left out): the start-up's chain, and what holds up the first task (its first decode calls, captures, writes).
 Prints one JSON line: per thread and step the seconds, calls and the median, 90th percentile and longest call in
-milliseconds (a few slow batches hold up the batches behind them: the consumer takes them in order), the captures
-(seconds since the start, shape, seconds), the run record's timings, and the wall time from the start of this script
-(imports included) to the run's end. What a thread waits for is what bounds it; the main thread's waits say which
-side is the bottleneck, and a producer's seconds short of the run's are its idle time (waiting for room ahead).
+milliseconds, and when the longest started (a few slow batches hold up the batches behind them: the consumer takes
+them in order), the captures (seconds since the start, shape, seconds), the run record's timings, and the wall time
+from the start of this script (imports included) to the run's end. What a thread waits for is what bounds it; the
+main thread's waits say which side is the bottleneck, and a producer's seconds short of the run's are its idle time
+(waiting for room ahead).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ _LOCK = threading.Lock()
 _DURATIONS: dict[tuple[str, str], list[float]] = defaultdict(list)
 _CAPTURES: list[tuple[float, list, float]] = []
 _FIRST_CALLS: list[tuple[float, str, str, float]] = []  # (start, thread, step, seconds) of each step's first calls
+_LONGEST: dict[tuple[str, str], tuple[float, float]] = {}  # (seconds, start) of each thread's and step's longest call
 FIRST_CALLS = 3  # per thread and step
 _MADE = [0.0]  # seconds this script spent making the files, left out of the start times
 _INSTRUMENTED = [False]  # the backend's timers are in
@@ -74,6 +76,8 @@ def _add(step: str, seconds: float, start: float | None = None) -> None:
         calls.append(seconds)
         if start is not None and len(calls) <= FIRST_CALLS:
             _FIRST_CALLS.append((_since_start(start), thread, step, round(seconds, 3)))
+        if start is not None and seconds > _LONGEST.get((thread, step), (0.0, 0.0))[0]:
+            _LONGEST[thread, step] = (seconds, start)
 
 
 def _timed(owner, name: str, step: str, then=None) -> None:
@@ -206,6 +210,8 @@ def main() -> None:
         threads[thread][step] = {"seconds": round(float(ms.sum()) / 1e3, 3), "calls": len(ms),
                                  "ms_p50": round(float(np.percentile(ms, 50)), 2),
                                  "ms_p90": round(float(np.percentile(ms, 90)), 2), "ms_max": round(float(ms.max()), 2)}
+        if (thread, step) in _LONGEST:  # when the longest call started (seconds since the start, as first_calls)
+            threads[thread][step]["longest_at_s"] = _since_start(_LONGEST[thread, step][1])
     print(json.dumps({
         "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
         "extract_args": args.extract_args, "label": args.label,
