@@ -26,6 +26,8 @@ from pipeline.decode import exif_orientation, jpeg_header
 HEADER_BYTES = 65536  # a JPEG's frame header follows its EXIF block, which is at most 64 KiB
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLES = 64  # files whose headers are read per task: a shape taken by 5% of them is missed once in 27 tasks
+CALL_BYTES = 12  # a call's memory against its input's bytes, with margin: YOLO11n-pose's layer outputs sum to 9.5x
+FREE_SHARE = 0.25  # of the device's memory a call ahead leaves free for the extraction itself
 
 Shape = tuple[int, int]
 
@@ -80,7 +82,9 @@ class ShapeWarmer:
     (the pose head keeps its last input shape's anchors as attributes) on a CUDA stream of its own. ``claim`` is
     for the caller's own first call at a shape: it waits for that shape's call when one is running and takes the
     shape over when it is still queued. A call that fails is dropped: the caller's own call at that shape names
-    the error."""
+    the error. On a GPU a call is made only while the device has room for it (``CALL_BYTES`` times its input)
+    with ``FREE_SHARE`` of its memory still free besides, counting the calls running: a shape without room is
+    left to the caller."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, imgsz: int,
                  threads: int = 4, samples: int = SAMPLES):
@@ -93,6 +97,7 @@ class ShapeWarmer:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self._in_flight = 0  # bytes the calls running may take
 
     def start(self, paths: Sequence[str | os.PathLike]) -> None:
         """Queue the first calls of the new shapes of ``paths`` (without waiting for them)."""
@@ -144,16 +149,39 @@ class ShapeWarmer:
                     continue
                 self._futures[shape] = self._pool.submit(self._first_call, shape)
 
+    def _free_memory(self) -> tuple[int, int] | None:
+        """The device's ``(free, total)`` bytes; None on the CPU."""
+        return torch.cuda.mem_get_info(self.device) if self.device.type == "cuda" else None
+
+    def _admit(self, need: int) -> bool:
+        memory = self._free_memory()
+        with self._lock:
+            if memory is not None and memory[0] - self._in_flight < need + int(memory[1] * FREE_SHARE):
+                return False
+            self._in_flight += need
+            return True
+
+    def _first_call(self, shape: Shape) -> Shape | None:
+        """The call at ``shape``; ``shape`` once it ran, None when the device had no room for it."""
+        need = CALL_BYTES * self.batch_size * 3 * shape[0] * shape[1] * self.dtype.itemsize
+        if not self._admit(need):
+            return None
+        try:
+            self._call(shape)
+        finally:
+            with self._lock:
+                self._in_flight -= need
+        return shape
+
     @torch.inference_mode()
-    def _first_call(self, shape: Shape) -> Shape:
+    def _call(self, shape: Shape) -> None:
         local = self._local
         if not hasattr(local, "net"):
             local.net = copy.deepcopy(self._template)
             local.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if local.stream is None:
             local.net(torch.zeros(self.batch_size, 3, *shape, dtype=self.dtype, device=self.device))
-            return shape
+            return
         with torch.cuda.device(self.device), torch.cuda.stream(local.stream):
             local.net(torch.zeros(self.batch_size, 3, *shape, dtype=self.dtype, device=self.device))
         local.stream.synchronize()
-        return shape

@@ -98,6 +98,20 @@ def test_the_warmer_calls_the_network_once_at_each_new_shape_and_never_at_a_clai
     warmer.wait()
 
 
+def test_the_warmer_leaves_a_shape_to_the_caller_when_the_device_has_no_room_for_its_call(sized_tree, cpu_backend):
+    """On a GPU the warmer reads the device's free memory; here that reading is set, the calls are real."""
+    need = {shape: 12 * 2 * 3 * shape[0] * shape[1] * 4 for shape in map(input_shape, sized_tree)}  # CALL_BYTES x
+    largest = max(need.values())  # each input of 2 images, float32 on the CPU
+    assert len(need) == 5 and sum(n == largest for n in need.values()) == 1
+    for free, want in ((largest + 25, set(need)), (largest + 24, {s for s, n in need.items() if n < largest})):
+        warmer = ShapeWarmer(cpu_backend.net, cpu_backend.device, cpu_backend.dtype, 2, 256, threads=1)
+        warmer._free_memory = lambda free=free: (free, 100)  # FREE_SHARE of 100 bytes: 25 kept free
+        warmer.start(sized_tree)
+        warmer.wait()
+        assert set(warmer.warmed) == want
+        warmer.close()
+
+
 def test_a_backend_with_a_warmer_chooses_what_one_without_chooses(sized_tree, cpu_backend):
     plain = FastBackend(device="cpu", batch_size=2, read_threads=2)
     assert plain.warmer is None and cpu_backend.warmer is not None
