@@ -11,10 +11,11 @@ the capture, the first replay); and the baseline in the same run, a replay of th
 also pays the process's first calls. One JSON line: seconds (wall, and the host's CPU time where it says
 ``_host``) per step and shape, and their medians over the shapes after the first.
 
-With ``--warm-threads K`` the measured shapes' first eager calls are made first on K threads at once (each on a
-stream of its own), timed as a whole (``parallel_warm_seconds``); the steps above then show what is left for this
-thread. Run it in fresh processes at K = 0 (the baseline: every shape's first call on this thread), 4, 8: whether
-the set-up runs in parallel, and whether one thread's set-up serves another's calls.
+With ``--warm-threads K`` the measured shapes' first eager calls are made first on K threads at once by the
+backend's ``ShapeWarmer`` (each thread on its own stream and copy of the network), timed as a whole
+(``parallel_warm_seconds``); the steps above then show what is left for this thread. Run it in fresh processes at K
+= 0 (the baseline: every shape's first call on this thread), 4, 8: whether the set-up runs in parallel, and whether
+one thread's set-up serves another's calls.
 """
 
 from __future__ import annotations
@@ -37,31 +38,23 @@ def grid_shapes(imgsz: int, stride: int) -> list[tuple[int, int]]:
     return [(imgsz, s) for s in sides] + [(s, imgsz) for s in sides[1:]]
 
 
-def warm_in_parallel(backend, shapes: list[tuple[int, int]], batch_size: int, threads: int) -> float:
-    """Seconds for the first eager network call at every shape in ``shapes``, made on ``threads`` threads at once,
-    each thread on a CUDA stream of its own and with its own copy of the network (the pose head keeps the anchors
-    of its last input shape as attributes)."""
-    import copy
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
+def warm_in_parallel(backend, shapes: list[tuple[int, int]], threads: int) -> float:
+    """Seconds for the first network call at every shape in ``shapes``, made by the backend's ``ShapeWarmer`` on
+    ``threads`` threads at once (each on its own stream and copy of the network); every shape must have run."""
     import torch
 
-    device, local = backend.device, threading.local()
+    from pipeline.pose.shapes import ShapeWarmer
 
-    def first_call(shape: tuple[int, int]) -> None:
-        if not hasattr(local, "net"):
-            local.net, local.stream = copy.deepcopy(backend.net), torch.cuda.Stream(device)
-        with torch.inference_mode(), torch.cuda.device(device), torch.cuda.stream(local.stream):
-            local.net(torch.zeros(batch_size, 3, *shape, dtype=backend.dtype, device=device))
-            torch.cuda.current_stream(device).synchronize()
-
-    torch.cuda.synchronize(device)
+    warmer = ShapeWarmer(backend.net, backend.device, backend.dtype, backend.batch_size, backend.imgsz, threads)
+    torch.cuda.synchronize(backend.device)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="warm-shape") as pool:
-        list(pool.map(first_call, shapes))
-    torch.cuda.synchronize(device)
-    return round(time.perf_counter() - start, 4)
+    warmer.queue(shapes)
+    warmer.wait()
+    seconds = time.perf_counter() - start
+    warmer.close()
+    if sorted(warmer.warmed) != sorted(shapes):
+        raise SystemExit(f"the warmer ran {len(warmer.warmed)} of {len(shapes)} shapes (the device's free memory)")
+    return round(seconds, 4)
 
 
 def main() -> None:
@@ -94,7 +87,7 @@ def main() -> None:
     shapes = grid_shapes(args.imgsz, STRIDE)[:args.shapes]
     parallel = None
     if args.warm_threads > 0:
-        parallel = warm_in_parallel(backend, shapes, args.batch_size, args.warm_threads)
+        parallel = warm_in_parallel(backend, shapes, args.warm_threads)
     rows = []
     with torch.inference_mode():  # as the backend runs its calls
         for height, width in shapes:

@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 
@@ -74,17 +74,17 @@ def sample_shapes(paths: Sequence[str | os.PathLike], imgsz: int, samples: int =
 
 
 class ShapeWarmer:
-    """Each new input shape's first call of ``net`` (``batch_size`` empty images in ``dtype`` on ``device``), made
-    on ``threads`` threads of its own.
+    """Each new input shape's first call of ``net`` (``batch_size`` empty images in ``dtype`` on ``device``), made on
+    ``threads`` threads of its own.
 
     ``start(paths)`` returns at once: a pool thread samples the files' shapes (``sample_shapes``) and queues each
-    shape not queued or claimed before, the most frequent first. Each thread calls its own copy of the network
-    (the pose head keeps its last input shape's anchors as attributes) on a CUDA stream of its own. ``claim`` is
-    for the caller's own first call at a shape: it waits for that shape's call when one is running and takes the
-    shape over when it is still queued. A call that fails is dropped: the caller's own call at that shape names
-    the error. On a GPU a call is made only while the device has room for it (``CALL_BYTES`` times its input)
-    with ``FREE_SHARE`` of its memory still free besides, counting the calls running: a shape without room is
-    left to the caller."""
+    shape not queued or claimed before, the most frequent first (``queue`` takes shapes as they are). Each thread
+    calls its own copy of the network (the pose head keeps its last input shape's anchors as attributes) on a CUDA
+    stream of its own. ``claim`` is for the caller's own first call at a shape: it waits for that shape's call when
+    one is running and takes the shape over when it is still queued. A call that fails is dropped: the caller's own
+    call at that shape names the error. On a GPU a call is made only while the device has room for it
+    (``CALL_BYTES`` times its input) with ``FREE_SHARE`` of its memory still free besides, counting the calls
+    running: a shape without room is left to the caller."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, imgsz: int,
                  threads: int = 4, samples: int = SAMPLES):
@@ -102,12 +102,24 @@ class ShapeWarmer:
     def start(self, paths: Sequence[str | os.PathLike]) -> None:
         """Queue the first calls of the new shapes of ``paths`` (without waiting for them)."""
         with self._lock:
-            if self._closed:
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pgpig-shape-warm")
-            self._sampling = [f for f in self._sampling if not f.done()]
-            self._sampling.append(self._pool.submit(self._queue, list(paths)))
+            pool = self._running_pool()
+            if pool is not None:
+                self._sampling = [f for f in self._sampling if not f.done()]
+                self._sampling.append(pool.submit(self._sample, list(paths)))
+
+    def queue(self, shapes: Iterable[Shape]) -> None:
+        """Queue the first calls at ``shapes`` not queued or claimed before, in this order."""
+        with self._lock:
+            pool = self._running_pool()
+            for shape in shapes if pool is not None else ():
+                if shape not in self._futures:
+                    self._futures[shape] = pool.submit(self._first_call, shape)
+
+    def _running_pool(self) -> ThreadPoolExecutor | None:
+        """The pool (started on first use), None once closed; called under the lock."""
+        if self._pool is None and not self._closed:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="pgpig-shape-warm")
+        return self._pool
 
     def claim(self, shape: Shape) -> None:
         """Mark ``shape`` as the caller's: wait for its first call if one is running, cancel it if still queued."""
@@ -142,12 +154,8 @@ class ShapeWarmer:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _queue(self, paths: list) -> None:
-        for shape in sample_shapes(paths, self.imgsz, self.samples):
-            with self._lock:
-                if self._closed or shape in self._futures:
-                    continue
-                self._futures[shape] = self._pool.submit(self._first_call, shape)
+    def _sample(self, paths: list) -> None:
+        self.queue(sample_shapes(paths, self.imgsz, self.samples))
 
     def _free_memory(self) -> tuple[int, int] | None:
         """The device's ``(free, total)`` bytes; None on the CPU."""

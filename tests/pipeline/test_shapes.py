@@ -93,6 +93,9 @@ def test_the_warmer_calls_the_network_once_at_each_new_shape_and_never_at_a_clai
     warmer.wait()
     assert sorted(warmer.warmed) == sorted({input_shape(p) for p in sized_tree} - {claimed})
     warmer.claim(input_shape(sized_tree[0]))  # already warmed: returns at once
+    warmer.queue([(32, 256), claimed])  # shapes as given, those claimed or run left out
+    warmer.wait()
+    assert sorted(warmer.warmed) == sorted({input_shape(p) for p in sized_tree} - {claimed} | {(32, 256)})
     warmer.close()
     warmer.start(sized_tree)  # closed: nothing runs
     warmer.wait()
