@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The fast-extraction goals in one GPU-machine call: the mixed crawl (40,000 files, imgsz 256) and 150,000 uniform
 # files of 256x176, each timed from the shell against a YOLO.predict loop in the same run (extract_bench.py), then
-# where each run's time goes (extract_timeline.py: the start-up's chain and the first task's slow calls), and on a
-# GPU what the crawl's 15 input shapes cost with their set-up on 0, 4 and 8 threads (shape_cost.py). About 6
-# minutes on an H100. Run from the checkout's root, with the wheels of benchmarks/device_wheels.sh in WHEELS:
+# where each run's time goes (extract_timeline.py: the start-up's chain and the first task's slow calls; the crawl
+# also with the made files' write-back left pending, --no-sync), and on a GPU what 15 input shapes cost with their
+# set-up on 0, 4 and 8 threads (shape_cost.py, the backend's ShapeWarmer). About 6-7 minutes on an H100. Run from the checkout's root, with the wheels of benchmarks/device_wheels.sh in WHEELS:
 #   bash benchmarks/device_extract_goals.sh [OUT_DIR]
-# JSON lines go to OUT_DIR (default $OUT, else ./goals-out), one file per benchmark; a summary goes to stdout.
+# JSON lines go to OUT_DIR (default $OUT, else ./goals-out), one file per benchmark (8), the logs to LOGS
+# (default /tmp/goals-logs); a summary goes to stdout.
 # Smaller runs for a try on any machine: MIXED=200 UNIFORM=300 BASELINE=50 AGREEMENT=20 bash ...
 set -uo pipefail
 out=${1:-${OUT:-goals-out}}
@@ -20,11 +21,15 @@ fi
 export YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 label="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(nproc) cores"
 echo "machine: $label"
-run() {  # NAME TIMEOUT COMMAND...: the command's JSON lines to OUT_DIR/NAME.jsonl, its log to NAME.err
-    local name=$1 limit=$2
+logs=${LOGS:-/tmp/goals-logs}  # the logs stay on the machine: the device sends back 8 files, the JSON lines' count
+mkdir -p "$logs"
+run() {  # NAME TIMEOUT COMMAND...: the command's JSON lines to OUT_DIR/NAME.jsonl, its log to LOGS/NAME.err
+    local name=$1 limit=$2 code
     shift 2
-    timeout "$limit" "$@" --label "$label" >"$out/$name.jsonl" 2>"$out/$name.err"
-    echo "$name: exit $?"
+    timeout "$limit" "$@" --label "$label" >"$out/$name.jsonl" 2>"$logs/$name.err"
+    code=$?
+    echo "$name: exit $code"
+    [ "$code" -eq 0 ] || tail -5 "$logs/$name.err"
 }
 run bench-mixed 240 python3 benchmarks/extract_bench.py --sizes mixed --images "$mixed" \
     --baseline-images "$baseline" --agreement-images "$agreement"
@@ -32,6 +37,8 @@ run bench-uniform 200 python3 benchmarks/extract_bench.py --sizes uniform --size
     --baseline-images "$baseline" --agreement-images "$((agreement / 4))"
 run timeline-uniform 120 python3 benchmarks/extract_timeline.py --sizes uniform --size 256x176 --images "$uniform"
 run timeline-mixed 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed"
+# the same with the made files' write-back left pending: does the run's first part-file fsync wait for it?
+run timeline-mixed-nosync 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed" --no-sync
 if command -v nvidia-smi >/dev/null; then  # what the crawl's 15 input shapes cost, their set-up on 0, 4, 8 threads
     for k in 0 4 8; do run "shape-cost-$k" 90 python3 benchmarks/shape_cost.py --shapes 15 --warm-threads "$k"; done
 fi
@@ -55,7 +62,7 @@ for k in (0, 4, 8):
         print(f"shape-cost, {k} warm threads: parallel warm {d['parallel_warm_seconds']} s, then on this thread "
               f"first eager calls {sum(r['first_eager'] for r in d['shapes'] if 'first_eager' in r):.2f} s in all, "
               f"median after the first shape {d['median_after_first']}")
-for name in ("timeline-uniform", "timeline-mixed"):
+for name in ("timeline-uniform", "timeline-mixed", "timeline-mixed-nosync"):
     for line in (out / f"{name}.jsonl").read_text().splitlines():
         d = json.loads(line)
         print(f"{name}: {d['images_per_s_in_process']} img/s in the process; record {d['record']}")
@@ -63,4 +70,9 @@ for name in ("timeline-uniform", "timeline-mixed"):
         print("  first calls of 0.1 s or more (start s, thread, step, s):")
         for call in slow:
             print("   ", call)
+        print("  longest calls of 0.3 s or more (thread, step, s, started at s):")
+        for thread, steps in d["threads"].items():
+            for step, v in steps.items():
+                if v["ms_max"] >= 300:
+                    print("   ", [thread, step, round(v["ms_max"] / 1e3, 3), v.get("longest_at_s")])
 EOF

@@ -169,13 +169,14 @@ def mixed_jobs(n: int, seed: int, photos: list[np.ndarray]) -> list[JpegJob]:
     return jobs
 
 
-def make_files(root: Path, sizes: str, n: int, size: tuple[int, int], seed: int = 0
+def make_files(root: Path, sizes: str, n: int, size: tuple[int, int], seed: int = 0, sync: bool = True
                ) -> tuple[list[Path], dict | None, set[Path]]:
     """The bench's ``n`` files under ``root``: JPEGs at ``size`` (``sizes`` "uniform") or the crawl of many sizes
     ("mixed"). Returns the paths in file order, the crawl's summary (None when uniform) and the person-free paths.
 
-    The files are flushed to disk before this returns (``os.sync``), as a user's raw folder, written long before,
-    is: otherwise a run's first fsync (its first part file) may wait for the write-back of all of them."""
+    The files are flushed to disk before this returns (``os.sync``; not with ``sync=False``), as a user's raw
+    folder, written long before, is: otherwise a run's first fsync (its first part file) may wait for the
+    write-back of all of them."""
     if sizes == "uniform":
         paths, summary, person_free = make_images(root, n, size, seed), None, set()
     else:
@@ -184,7 +185,8 @@ def make_files(root: Path, sizes: str, n: int, size: tuple[int, int], seed: int 
         paths = write_jobs(root, jobs, photos)
         summary = crawl_summary(jobs)
         person_free = {paths[k] for k, j in enumerate(jobs) if j.source not in (0, 1)}
-    os.sync()
+    if sync:
+        os.sync()
     return paths, summary, person_free
 
 

@@ -1,7 +1,7 @@
 """Where one `pgpig-data extract` run's time goes, thread by thread: the fast backend's steps timed inside a real run.
 
     python benchmarks/extract_timeline.py [--images 40000] [--sizes mixed | --size 256x176] [--imgsz 256]
-                                          [--extract-args "..."] [--label CARD]
+                                          [--extract-args "..."] [--no-sync] [--label CARD]
 
 ``extract_profile.py`` times each stage alone; this runs ``pgpig-data extract --workers 0`` in this process (the
 same command line, through click) on ``extract_bench.py``'s files and wraps the fast backend's steps with timers:
@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extract-args", default="", help="more options for pgpig-data extract")
+    parser.add_argument("--no-sync", action="store_true",
+                        help="leave the made files' write-back pending, as right after they are copied in")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
@@ -188,7 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pgpig-timeline-") as tmp:
         raw, work = Path(tmp) / "raw", Path(tmp) / "work"
         made = time.perf_counter()
-        make_files(raw, args.sizes, args.images, size, args.seed)
+        make_files(raw, args.sizes, args.images, size, args.seed, sync=not args.no_sync)
         made = _MADE[0] = time.perf_counter() - made
         instrument()
         from pipeline.cli import main as cli
@@ -214,7 +216,7 @@ def main() -> None:
             threads[thread][step]["longest_at_s"] = _since_start(_LONGEST[thread, step][1])
     print(json.dumps({
         "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
-        "extract_args": args.extract_args, "label": args.label,
+        "extract_args": args.extract_args, "files_synced": not args.no_sync, "label": args.label,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "seconds_from_script_start_to_run_end": round(run_end - START - made, 2),
         "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
