@@ -25,13 +25,14 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from pipeline.errors import PipelineError
 from schemas.files import sha256_bytes
 
-__all__ = ["Decoded", "JpegHeader", "decode_bytes", "decode_image", "exif_orientation", "jpeg_complete", "jpeg_header",
-           "read_image_bytes"]
+__all__ = ["JPEG_MAGIC", "PNG_MAGIC", "Decoded", "JpegHeader", "decode_bytes", "decode_image", "exif_orientation",
+           "jpeg_complete", "jpeg_header", "read_image_bytes"]
 
 OK = "ok"
 UNREADABLE = "unreadable"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 # Pillow formats identified by a magic number; headerless ones (TGA, ...) would "decode" random bytes.
 PIL_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "JPEG2000", "PPM", "ICO", "QOI", "PSD")
@@ -129,7 +130,7 @@ def decode_bytes(data: bytes, name: str = "", max_pixels: int = 40_000_000, max_
     if not data:
         return _unreadable("zero-byte file", digest)
     try:
-        if data.startswith(b"\xff\xd8\xff"):
+        if data.startswith(JPEG_MAGIC):
             image, width, height = _decode_jpeg(data, max_pixels, max_side)
         elif data.startswith(PNG_MAGIC):
             image, width, height = _decode_png(data, max_pixels)
@@ -154,6 +155,10 @@ class JpegHeader:
     height: int
     frame: int  # offset of the frame (SOF) marker: the completeness walk starts there
     exif: tuple[int, int] | None  # (start, end) of the TIFF data of an EXIF APP1 before the frame header
+
+    def orientation(self, data: bytes) -> int:
+        """The EXIF orientation (1..8) of the JPEG ``data`` this header was read from; 1 without an EXIF block."""
+        return 1 if self.exif is None else exif_orientation(data[self.exif[0]:self.exif[1]])
 
 
 def jpeg_header(data: bytes) -> JpegHeader:
@@ -267,7 +272,7 @@ def _decode_jpeg(data: bytes, max_pixels: int, max_side: int) -> tuple[np.ndarra
     elif got == straight[::-1] and got != straight:
         swapped = True
     else:  # square after reduction: the shape can't tell, the EXIF tag can
-        swapped = header.exif is not None and exif_orientation(data[header.exif[0]:header.exif[1]]) >= 5
+        swapped = header.orientation(data) >= 5
     return image, (header.height if swapped else header.width), (header.width if swapped else header.height)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.decode import PNG_MAGIC, decode_bytes
+from pipeline.decode import JPEG_MAGIC, PNG_MAGIC, decode_bytes
 from pipeline.errors import PipelineError
 from pipeline.versions import package_version
 from schemas.errors import SchemaError
@@ -57,7 +57,6 @@ ROWS_PER_GROUP = 32
 """Parquet row-group size: a random read fetches this many rows (≈32 × 5–20 KB of JPEG)."""
 JPEG_QUALITY = 95
 H5_COMPRESSIONS = (None, "gzip", "lzf")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 # imdecode flags of both the keep-bytes comparison and the reader: what we compared is what is read
 _READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _H5_STRINGS = ("image", "patn_name", "identity", "content_hash")
@@ -133,7 +132,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _format_of(data: bytes) -> str | None:
-    if data.startswith(_JPEG_MAGIC):
+    if data.startswith(JPEG_MAGIC):
         return "jpeg"
     if data.startswith(PNG_MAGIC):
         return "png"

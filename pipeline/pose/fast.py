@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import Decoded, decode_bytes
+from pipeline.decode import JPEG_MAGIC, Decoded, decode_bytes
 from pipeline.errors import PipelineError
 from pipeline.pose import (
     Detections,
@@ -50,7 +50,6 @@ from pipeline.pose.threads import ThreadTuner, tuned_threads
 
 PAD_VALUE = 114
 STRIDE = 32
-JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the image
 KEYPOINTS = 17
 NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
@@ -402,7 +401,7 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
     """``(height, width)`` when TorchCodec's JPEG decoder gives what ``pipeline.decode`` would, else None.
 
     The conditions are listed in ``docs/fast-backend.md``; anything unusual is left to the CPU decoder."""
-    from pipeline.decode import exif_orientation, jpeg_complete, jpeg_header
+    from pipeline.decode import jpeg_complete, jpeg_header
 
     if not data.startswith(JPEG_MAGIC):
         return None
@@ -418,7 +417,7 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
         return None
     if b"Adobe" in data[:frame]:
         return None
-    if header.exif is not None and exif_orientation(data[header.exif[0]:header.exif[1]]) != 1:
+    if header.orientation(data) != 1:
         return None
     if not jpeg_complete(data, frame):
         return None

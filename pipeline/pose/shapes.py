@@ -21,10 +21,9 @@ from concurrent.futures import wait as wait_for
 
 import torch
 
-from pipeline.decode import exif_orientation, jpeg_header
+from pipeline.decode import JPEG_MAGIC, PNG_MAGIC, jpeg_header
 
 HEADER_BYTES = 65536  # a JPEG's frame header follows its EXIF block, which is at most 64 KiB
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLES = 64  # files whose headers are read per task: a shape taken by 5% of them is missed once in 27 tasks
 CALL_BYTES = 12  # a call's memory against its input's bytes, with margin: YOLO11n-pose's layer outputs sum to 9.5x
 FREE_SHARE = 0.25  # of the device's memory a call ahead leaves free for the extraction itself
@@ -45,13 +44,13 @@ def image_size(path: str | os.PathLike) -> Shape | None:
             return None
         width, height = struct.unpack_from(">II", head, 16)
         return (height, width) if width and height else None
-    if not head.startswith(b"\xff\xd8\xff"):
+    if not head.startswith(JPEG_MAGIC):
         return None
     try:
         header = jpeg_header(head)
     except Exception:  # noqa: BLE001 - the decoder names a bad file; a sample only skips it
         return None
-    if header.exif is not None and exif_orientation(head[header.exif[0]:header.exif[1]]) >= 5:
+    if header.orientation(head) >= 5:
         return header.width, header.height
     return header.height, header.width
 
