@@ -191,7 +191,7 @@ def main() -> None:
         raw, work = Path(tmp) / "raw", Path(tmp) / "work"
         made = time.perf_counter()
         make_files(raw, args.sizes, args.images, size, args.seed, sync=not args.no_sync)
-        made = _MADE[0] = time.perf_counter() - made
+        _MADE[0] = time.perf_counter() - made
         instrument()
         from pipeline.cli import main as cli
 
@@ -218,7 +218,7 @@ def main() -> None:
         "bench": "extract_timeline", "images": args.images, "sizes": args.sizes, "imgsz": args.imgsz,
         "extract_args": args.extract_args, "files_synced": not args.no_sync, "label": args.label,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "seconds_from_script_start_to_run_end": round(run_end - START - made, 2),
+        "seconds_from_script_start_to_run_end": round(_since_start(run_end), 2),
         "run_seconds_in_process": round(run_seconds, 2), "images_per_s_in_process": round(args.images / run_seconds, 1),
         "record": {k: record.get(k) for k in ("seconds", "listing_seconds", "listing_alone_seconds",
                                               "start_wait_seconds", "task_seconds", "after_tasks_seconds",

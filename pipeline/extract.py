@@ -573,7 +573,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
         if partition_size < 1 or batch_size < 1:
             raise PipelineError("--partition-size and --batch-size must be at least 1")
         workers, worker_settings = _worker_settings(cfg)
-        if cfg.scheduler is None and workers == 0:  # this process runs the tasks: its device starts meanwhile
+        if _runs_here(cfg, workers):  # its device starts meanwhile
             _start_priming(cfg)
         # a detected dataset's name is filled in after the listing; its person rule is known now, so the workers
         # warm up the source the tasks use
@@ -610,6 +610,11 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
     _finish_record(cfg, record, bool(listed))
     _write_run(cfg, record)
     return record
+
+
+def _runs_here(cfg: ExtractConfig, workers: int) -> bool:
+    """The tasks run in this process: no scheduler named and no worker processes."""
+    return cfg.scheduler is None and workers == 0
 
 
 def _start_priming(cfg: ExtractConfig) -> None:
@@ -783,7 +788,7 @@ class _Workers:
 
     def __init__(self, cfg: ExtractConfig, workers: int, settings: dict):
         self.cfg, self.workers, self.settings = cfg, workers, settings
-        self.local = cfg.scheduler is None and workers == 0
+        self.local = _runs_here(cfg, workers)
         self.cluster = self.client = None
         self._warmed: list[dict] = []  # the warm-ups' results (in this process)
         self._warming: set = set()  # the warm-ups' futures still running on the cluster
