@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.devices import visible_gpus
 from pipeline.errors import PipelineError
 from pipeline.keypoints import PART_PATTERN, part_name, read_keypoints
 from pipeline.versions import library_versions
@@ -149,10 +150,8 @@ class ExtractConfig:
 
 def _gpu_visible(cfg: ExtractConfig) -> bool:
     """A GPU is visible and ``--device`` does not rule it out: the fast backend then reads on processes, in larger
-    batches and parts."""
-    import torch
-
-    return cfg.device != "cpu" and torch.cuda.is_available()
+    batches and parts. Counted without starting CUDA (``visible_gpus``): a local run starts it on a thread."""
+    return cfg.device != "cpu" and visible_gpus() > 0
 
 
 @dataclass
@@ -533,8 +532,8 @@ def default_workers() -> tuple[int, int]:
     import torch
 
     cores = os.cpu_count() or 1
-    if torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
+    gpus = torch.cuda.device_count()  # NVML's count while CUDA is not started (``visible_gpus``)
+    if gpus > 0:
         return (gpus if gpus > 1 else 0), max(1, cores // gpus)
     workers = cores // 4
     if workers <= 1:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -695,8 +696,6 @@ class FastBackend:
         the batch's input shape is captured on a thread of its own meanwhile (its cuDNN set-up is host time, as
         are the reader processes' start and the decoder's first call). Images of another size still capture their
         own graph at their first full batch."""
-        import cv2
-
         box = letterbox_geometry(*size, self.imgsz)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-graph-capture") as pool:
             capture = pool.submit(self.graphs.prepare, box.out_h, box.out_w)
@@ -1076,9 +1075,11 @@ def use_cudnn_heuristics() -> None:
 
 
 def prime_device(device: str | torch.device) -> None:
-    """Create a CUDA ``device``'s context and load cuDNN (one small convolution, after ``use_cudnn_heuristics``),
-    so that a backend made meanwhile on another thread finds both ready; nothing on the CPU. Both are host work
-    of a process's first CUDA calls, done without the interpreter's lock."""
+    """Create a CUDA ``device``'s context, load cuDNN (one small convolution, after ``use_cudnn_heuristics``) and
+    set up nvJPEG (TorchCodec's ``decode_jpeg`` of one small JPEG), so that a backend made meanwhile on another
+    thread finds all three ready; nothing on the CPU. They are host work of a process's first CUDA calls, done
+    without the interpreter's lock; nvJPEG's set-up (~0.7 s on an H100) is the process's, not the thread's
+    (``benchmarks/cuda_start.py``)."""
     device = torch.device(device)
     if device.type != "cuda":
         return
@@ -1086,6 +1087,13 @@ def prime_device(device: str | torch.device) -> None:
     with torch.inference_mode(), torch.cuda.device(device):
         x = torch.zeros(1, 3, 8, 8, dtype=torch.float16, device=device)
         torch.nn.functional.conv2d(x, torch.zeros(4, 3, 3, 3, dtype=torch.float16, device=device))
+        _, data = cv2.imencode(".jpg", np.full((16, 16, 3), 114, np.uint8))
+        try:
+            from torchcodec.decoders import decode_jpeg
+
+            decode_jpeg([torch.from_numpy(data.reshape(-1))], mode="RGB", device=device)
+        except Exception:  # noqa: BLE001 - the backend's own first decode reports what fails, or reads on the CPU
+            pass
         torch.cuda.synchronize(device)
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pipeline.cli import main as data_main
 from pipeline.errors import PipelineError
 from pipeline.export import export_annotations
-from pipeline.extract import ExtractConfig, run_extract
+from pipeline.extract import FAST_CPU_BATCH, SOURCE_SIZES, ExtractConfig, run_extract
 from pipeline.keypoints import read_keypoints
 from pipeline.pose import choose_person, default_model_path
 from schemas.files import sha256_file
@@ -510,3 +510,24 @@ def test_the_embedded_model_is_found_without_importing_its_package(monkeypatch):
     monkeypatch.setattr("pipeline.pose.DEFAULT_MODEL_PACKAGE", "no_such_pose_package")
     with pytest.raises(PipelineError, match="'no_such_pose_package' package, which is not installed.*--model"):
         default_model_path()
+
+
+@pytest.mark.parametrize("visible", [None, ""])
+def test_the_gpu_count_of_the_settings_leaves_cuda_unstarted(visible):
+    """The settings count the GPUs while the device's start runs on a thread: counting must not start CUDA itself
+    (~0.2 s of the driver's start on the way to the first batch). The count is torch's, per CUDA_VISIBLE_DEVICES."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    probe = ("import torch; from pipeline.devices import visible_gpus; from pipeline.extract import ExtractConfig; "
+             "n = visible_gpus(); sizes = ExtractConfig(raw='.').sizes(); "
+             "print(n, torch.cuda.is_initialized(), torch.cuda.device_count(), sizes[0])")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env,
+                           cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    n, started, count, batch = int(found[0]), found[1], int(found[2]), int(found[3])
+    assert started == "False" and n == count
+    if visible == "":
+        assert n == 0
+    assert batch == (SOURCE_SIZES["fast"][0] if n else FAST_CPU_BATCH)

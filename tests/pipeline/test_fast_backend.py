@@ -837,8 +837,7 @@ def test_auto_backend_is_fast_on_a_gpu_and_on_the_cpu(tmp_path):
 
 
 def test_the_fast_backends_default_batch_and_part_are_small_on_the_cpu_and_full_on_a_gpu(tmp_path, monkeypatch):
-    import torch
-
+    import pipeline.extract as extract_module
     from pipeline.extract import FAST_CPU_BATCH, FAST_CPU_PARTITION, SOURCE_SIZES
 
     gpu_sizes = SOURCE_SIZES["fast"]
@@ -846,7 +845,7 @@ def test_the_fast_backends_default_batch_and_part_are_small_on_the_cpu_and_full_
     assert on_cpu.sizes() == (FAST_CPU_BATCH, FAST_CPU_PARTITION, gpu_sizes[2])
     assert FAST_CPU_BATCH < gpu_sizes[0] and FAST_CPU_PARTITION < gpu_sizes[1]
     assert ExtractConfig(raw=tmp_path, device="cpu", batch_size=100, partition_size=7).sizes()[:2] == (100, 7)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(extract_module, "visible_gpus", lambda: 1)
     assert ExtractConfig(raw=tmp_path).sizes() == gpu_sizes
     assert ExtractConfig(raw=tmp_path, device="cpu").sizes()[:2] == (FAST_CPU_BATCH, FAST_CPU_PARTITION)
 
