@@ -15,6 +15,9 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
   writing the part files;
 - the warm-up, and the shape warmer's threads (a sample of a task's shapes, each new shape's first call ahead) with
   the main thread's waits for them;
+- a part's write split into its table, its Parquet file and the fsyncs; a probe thread that sleeps 5 ms at a
+  time and counts its late wake-ups (a call holding the interpreter's lock, or the process stopped: not a CUDA
+  call's wait, which leaves the other threads running);
 - the start-up's steps, which run before any of those: the torch import with the GPU check (``_gpu_visible``), the
   settings, the listing's rows, the planning, the device's priming (its CUDA context), the worker's source
   (``task_source``: the model's load) and ``warm_worker``. Nothing imports torch before the run starts: the
@@ -40,6 +43,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
@@ -132,6 +136,23 @@ def instrument() -> None:
     _timed(extract, "warm_worker", "warm_worker (source and warm-up)")
     _timed(extract, "task_source", "task_source (the model's load on first use)", then=_instrument_backend)
     _timed(extract._Part, "write", "write part files")
+    # inside a part's write: the table, the Parquet file (its fsync included), and every fsync of the process
+    _timed(extract, "table_from_pydict", "the part's table")
+    _timed(extract, "write_table", "the part's Parquet file (fsync included)")
+    _timed(os, "fsync", "fsync")
+    threading.Thread(target=_late_wakeups, name="wake-up-probe", daemon=True).start()
+
+
+def _late_wakeups(period: float = 0.005, late: float = 0.02) -> None:
+    """Sleep ``period`` again and again; a wake-up more than ``late`` behind adds its delay to this thread's step:
+    the interpreter's lock held by one call that long (or the whole process stopped), against a wait of a CUDA
+    call, which leaves other threads running."""
+    while True:
+        start = time.perf_counter()
+        time.sleep(period)
+        behind = time.perf_counter() - start - period
+        if behind > late:
+            _add("woke late (interpreter lock held, or the process stopped)", behind, start)
 
 
 def _instrument_backend(*_) -> None:
