@@ -16,8 +16,8 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
 - the warm-up, and the shape warmer's threads (a sample of a task's shapes, each new shape's first call ahead) with
   the main thread's waits for them;
 - a part's write split into its table, its Parquet file and the fsyncs; a probe thread that sleeps 5 ms at a
-  time and counts its late wake-ups (a call holding the interpreter's lock, or the process stopped: not a CUDA
-  call's wait, which leaves the other threads running);
+  time and lists its wake-ups over 50 ms late with when (a call holding the interpreter's lock, or the process
+  stopped: not a CUDA call's wait, which leaves the other threads running);
 - the start-up's steps, which run before any of those: the torch import with the GPU check (``_gpu_visible``), the
   settings, the listing's rows, the planning, the device's priming (its CUDA context), the worker's source
   (``task_source``: the model's load) and ``warm_worker``. Nothing imports torch before the run starts: the
@@ -64,6 +64,7 @@ _CAPTURES: list[tuple[float, list, float]] = []
 _FIRST_CALLS: list[tuple[float, str, str, float]] = []  # (start, thread, step, seconds) of each step's first calls
 _LONGEST: dict[tuple[str, str], tuple[float, float]] = {}  # (seconds, start) of each thread's and step's longest call
 FIRST_CALLS = 3  # per thread and step
+_LATE: list[tuple[float, float]] = []  # (start, seconds behind) of the probe's wake-ups over 50 ms late
 _MADE = [0.0]  # seconds this script spent making the files, left out of the start times
 _INSTRUMENTED = [False]  # the backend's timers are in
 
@@ -153,6 +154,9 @@ def _late_wakeups(period: float = 0.005, late: float = 0.02) -> None:
         behind = time.perf_counter() - start - period
         if behind > late:
             _add("woke late (interpreter lock held, or the process stopped)", behind, start)
+            if behind > 0.05:
+                with _LOCK:
+                    _LATE.append((_since_start(start), round(behind, 3)))
 
 
 def _instrument_backend(*_) -> None:
@@ -245,7 +249,7 @@ def main() -> None:
                                               "start_wait_seconds", "task_seconds", "after_tasks_seconds",
                                               "first_batch_seconds", "warm_ups", "task_write_seconds",
                                               "read_processes", "prepare_threads")},
-        "threads": threads, "captures": _CAPTURES,
+        "threads": threads, "captures": _CAPTURES, "late_wakeups": _LATE,
         "first_calls": [list(call) for call in sorted(_FIRST_CALLS)],
         "python": platform.python_version(), "torch": torch.__version__,
     }), flush=True)
