@@ -17,7 +17,8 @@ same command line, through click) on ``extract_bench.py``'s files and wraps the 
   the main thread's waits for them;
 - a part's write split into its table, its Parquet file and the fsyncs; a probe thread that sleeps 5 ms at a
   time and lists its wake-ups over 50 ms late with when (a call holding the interpreter's lock, or the process
-  stopped: not a CUDA call's wait, which leaves the other threads running);
+  stopped: not a CUDA call's wait, which leaves the other threads running), and the garbage collector's passes
+  (those over 20 ms listed with when);
 - the start-up's steps, which run before any of those: the torch import with the GPU check (``_gpu_visible``), the
   settings, the listing's rows, the planning, the device's priming (its CUDA context), the worker's source
   (``task_source``: the model's load) and ``warm_worker``. Nothing imports torch before the run starts: the
@@ -42,6 +43,7 @@ START = time.perf_counter()
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -65,6 +67,7 @@ _FIRST_CALLS: list[tuple[float, str, str, float]] = []  # (start, thread, step, 
 _LONGEST: dict[tuple[str, str], tuple[float, float]] = {}  # (seconds, start) of each thread's and step's longest call
 FIRST_CALLS = 3  # per thread and step
 _LATE: list[tuple[float, float]] = []  # (start, seconds behind) of the probe's wake-ups over 50 ms late
+_LONG_GCS: list[tuple[float, int, float]] = []  # (start, generation, seconds) of collections over 20 ms
 _MADE = [0.0]  # seconds this script spent making the files, left out of the start times
 _INSTRUMENTED = [False]  # the backend's timers are in
 
@@ -142,6 +145,22 @@ def instrument() -> None:
     _timed(extract, "write_table", "the part's Parquet file (fsync included)")
     _timed(os, "fsync", "fsync")
     threading.Thread(target=_late_wakeups, name="wake-up-probe", daemon=True).start()
+    gc.callbacks.append(_collection)
+
+
+_GC_START = [0.0]
+
+
+def _collection(phase: str, info: dict) -> None:
+    """The garbage collector's passes: each holds the interpreter's lock over every tracked object."""
+    if phase == "start":
+        _GC_START[0] = time.perf_counter()
+        return
+    seconds = time.perf_counter() - _GC_START[0]
+    _add(f"garbage collection, generation {info['generation']}", seconds, _GC_START[0])
+    if seconds > 0.02:
+        with _LOCK:
+            _LONG_GCS.append((_since_start(_GC_START[0]), info["generation"], round(seconds, 3)))
 
 
 def _late_wakeups(period: float = 0.005, late: float = 0.02) -> None:
@@ -249,7 +268,7 @@ def main() -> None:
                                               "start_wait_seconds", "task_seconds", "after_tasks_seconds",
                                               "first_batch_seconds", "warm_ups", "task_write_seconds",
                                               "read_processes", "prepare_threads")},
-        "threads": threads, "captures": _CAPTURES, "late_wakeups": _LATE,
+        "threads": threads, "captures": _CAPTURES, "late_wakeups": _LATE, "long_collections": _LONG_GCS,
         "first_calls": [list(call) for call in sorted(_FIRST_CALLS)],
         "python": platform.python_version(), "torch": torch.__version__,
     }), flush=True)
