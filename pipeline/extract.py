@@ -17,6 +17,7 @@ counts, speed and where the time went.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -424,10 +425,16 @@ def _part_failed(task: PartitionTask, exc: BaseException) -> PipelineError:
 
 def _run_parts(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
     """The summaries of ``tasks`` run in this process, in order, as streams of as many parts as the source
-    streams (``SOURCE_SIZES``). A failure raises a ``PipelineError`` that names the first part not written."""
+    streams (``SOURCE_SIZES``). A failure raises a ``PipelineError`` that names the first part not written.
+
+    The tasks run with the objects alive at their start (the libraries' modules, the model, the listing's rows)
+    set aside from the garbage collector's full passes (``gc.freeze``): such a pass runs under the interpreter's
+    lock, stalling every thread that feeds the device. Objects made later are collected as always; the set-aside
+    ones are handed back when the tasks end."""
     size = tasks[0].settings["parts_per_stream"] or len(tasks)
     streams = chain.from_iterable(extract_stream(tasks[i:i + size], out) for i in range(0, len(tasks), size))
     written = 0
+    gc.freeze()
     try:
         for summary in streams:
             written += 1
@@ -436,6 +443,8 @@ def _run_parts(tasks: list[PartitionTask], out: str) -> Iterator[dict]:
         raise
     except Exception as exc:
         raise _part_failed(tasks[written], exc) from exc
+    finally:
+        gc.unfreeze()
 
 
 def extract_parts(tasks: list[PartitionTask], out: str) -> list[dict]:

@@ -531,3 +531,32 @@ def test_the_gpu_count_of_the_settings_leaves_cuda_unstarted(visible):
     if visible == "":
         assert n == 0
     assert batch == (SOURCE_SIZES["fast"][0] if n else FAST_CPU_BATCH)
+
+
+def test_the_tasks_run_with_the_start_set_aside_from_full_collections_and_hand_it_back(market_tree, tmp_path,
+                                                                                        monkeypatch):
+    """While the tasks run, the objects alive at their start are frozen (a full collection over them holds the
+    interpreter's lock); afterwards, and after a failed run, nothing stays frozen."""
+    import gc
+
+    from pipeline import extract
+
+    root, summary = market_tree
+    seen = []
+    write = extract._Part.write
+
+    def counting_write(self, out):
+        seen.append(gc.get_freeze_count())
+        return write(self, out)
+
+    monkeypatch.setattr(extract._Part, "write", counting_write)
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                        annotations=(root / "market-annotation-train.csv",), partition_size=6)
+    before = gc.get_freeze_count()
+    run_extract(cfg, log=quiet)
+    assert len(seen) > 1 and min(seen) > before + 1000
+    assert gc.get_freeze_count() == before
+    _disk_full_on(monkeypatch, 2)
+    with pytest.raises(PipelineError, match="No space left"):
+        run_extract(ExtractConfig(**{**cfg.__dict__, "overwrite": True}), log=quiet)
+    assert gc.get_freeze_count() == before
