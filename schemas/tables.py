@@ -141,11 +141,72 @@ def _to_arrow(value, field: pa.Field) -> pa.Array:
         size = field.type.list_size
         if arr.ndim != 2 or arr.shape[1] != size:
             raise SchemaError(f"column {field.name}: expected (N, {size}) array, got {arr.shape}")
-        return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), type=pa.float32()), size)
+        return pa.FixedSizeListArray.from_arrays(_float32_array(arr), size)
+    direct = _from_buffers(value, field.type)
+    if direct is not None:
+        return direct
     try:
         return pa.array(value, type=field.type, from_pandas=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise SchemaError(f"column {field.name}: {exc}") from exc
+
+
+# ``pa.array`` on a list or an array first checks whether it is a pandas object, and that check imports pandas
+# when it is installed: once per process, ~0.2 s alone, ~1 s beside the threads of a GPU extraction, whose
+# interpreter lock it takes turns with (the first part file's table). The common columns are built from their
+# buffers instead, which no such check precedes; anything else (other types, unusual values) goes to ``pa.array``.
+_INTEGERS = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64}
+_OFFSETS_LIMIT = 2**31 - 1
+
+
+def _float32_array(arr: np.ndarray) -> pa.Array:
+    """A float32 array's values as a flat Arrow array, sharing its memory."""
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    return pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)])
+
+
+def _validity(valid: np.ndarray) -> pa.Buffer | None:
+    return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _from_buffers(value, arrow_type: pa.DataType) -> pa.Array | None:
+    """``value`` as an Arrow array of ``arrow_type`` built from buffers: a 1-D integer array of that width, or a
+    list of ``str``/``None`` (string) or of ``int``/``None`` within the type's range (integers); None for any other
+    value, which ``pa.array`` converts (or refuses) as it always does."""
+    dtype = _INTEGERS.get(arrow_type)
+    if isinstance(value, np.ndarray):
+        if dtype is None or value.dtype != dtype or value.ndim != 1:
+            return None
+        data = np.ascontiguousarray(value)
+        return pa.Array.from_buffers(arrow_type, len(data), [None, pa.py_buffer(data)])
+    if not isinstance(value, list):
+        return None
+    if arrow_type == pa.string():
+        if not all(v is None or type(v) is str for v in value):
+            return None
+        try:
+            encoded = [b"" if v is None else v.encode() for v in value]
+        except UnicodeEncodeError:  # lone surrogates: pa.array says what it makes of them
+            return None
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        if lengths.sum() > _OFFSETS_LIMIT:
+            return None
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        valid = np.fromiter((v is not None for v in value), dtype=bool, count=len(value))
+        return pa.Array.from_buffers(arrow_type, len(value), [_validity(valid), pa.py_buffer(offsets),
+                                                               pa.py_buffer(b"".join(encoded))])
+    if dtype is not None:
+        if not all(v is None or type(v) is int for v in value):
+            return None
+        ints = [0 if v is None else v for v in value]
+        bounds = np.iinfo(dtype)
+        if ints and (min(ints) < bounds.min or max(ints) > bounds.max):
+            return None
+        data = np.asarray(ints, dtype=dtype)
+        valid = np.fromiter((v is not None for v in value), dtype=bool, count=len(value))
+        return pa.Array.from_buffers(arrow_type, len(value), [_validity(valid), pa.py_buffer(data)])
+    return None
 
 
 def keypoints_to_arrow(xy: np.ndarray) -> pa.FixedSizeListArray:
@@ -153,7 +214,7 @@ def keypoints_to_arrow(xy: np.ndarray) -> pa.FixedSizeListArray:
     xy = np.ascontiguousarray(xy, dtype=np.float32)
     if xy.ndim != 3 or xy.shape[1:] != (NUM_KEYPOINTS, 2):
         raise SchemaError(f"keypoints must be (N, {NUM_KEYPOINTS}, 2), got {xy.shape}")
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(xy.reshape(-1)), 2)
+    inner = pa.FixedSizeListArray.from_arrays(_float32_array(xy), 2)
     return pa.FixedSizeListArray.from_arrays(inner, NUM_KEYPOINTS)
 
 

@@ -159,3 +159,59 @@ def test_the_contract_page_lists_every_column_with_its_nullability():
             assert f"| `{field.name}` |" in section, (kind, field.name)
             row = section.split(f"| `{field.name}` |")[1].split("\n")[0]
             assert ("| yes |" if field.nullable else "| no |") in row, (kind, field.name)
+
+
+@pytest.mark.parametrize(("arrow_type", "values"), [
+    (pa.string(), ["a.jpg", None, "é/日本.jpg", ""]), (pa.string(), []), (pa.string(), [None, None]),
+    (pa.string(), ["\udcff"]), (pa.string(), [1]), (pa.int32(), [256, None, -3]), (pa.int32(), []),
+    (pa.int16(), [40000]), (pa.int32(), [True, 2]), (pa.int32(), [1.5]), (pa.int8(), [None]),
+    (pa.int64(), [2**40, None]), (pa.int16(), np.array([1, -2], np.int16)), (pa.int16(), np.array([1, 2], np.int64)),
+])
+def test_columns_built_from_their_buffers_equal_what_pa_array_makes(arrow_type, values):
+    """The common columns skip ``pa.array`` (which imports pandas where installed); the result, or the error, is
+    the same as ``pa.array``'s."""
+    from schemas.tables import _to_arrow
+
+    field = pa.field("c", arrow_type)
+    try:
+        want = pa.array(values, type=arrow_type, from_pandas=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:
+        with pytest.raises(SchemaError if isinstance(exc, pa.ArrowException) else type(exc)):
+            _to_arrow(values, field)
+        return
+    got = _to_arrow(values, field)
+    got.validate(full=True)
+    assert got.type == arrow_type and got.equals(want) and got.null_count == want.null_count
+
+
+def test_a_keypoints_part_is_built_and_written_without_importing_pandas(tmp_path):
+    """``pa.array``'s check for pandas objects imports pandas where it is installed (~1 s beside a GPU
+    extraction's threads, on its first part file): a stand-in ``pandas`` that records its import must stay
+    unimported while a part is built, written and read back, and the table must round-trip (``to_numpy`` on
+    the reading side still checks for pandas: the stages that read parts run after the extraction)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "site" / "pandas"
+    fake.mkdir(parents=True)
+    mark = tmp_path / "imported"
+    fake.joinpath("__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('stand-in')\n")
+    probe = (
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_tables import keypoint_columns\n"
+        "from schemas.tables import table_from_pydict, write_table, read_table\n"
+        "cols = keypoint_columns(9)\n"
+        "cols['width'] = [256, None] + [3] * 7\n"
+        "write_table(table_from_pydict('keypoints', cols), sys.argv[2], 'keypoints')\n"
+        "back = read_table(sys.argv[2], 'keypoints')\n"
+        "assert back['width'].to_pylist()[:3] == [256, None, 3], back['width']\n"
+        "assert np.array_equal(np.array(back['keypoints'].to_pylist(), np.float32), cols['keypoints'])\n"
+        "assert back['image'].to_pylist() == cols['image']\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}"}
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent), str(tmp_path / "part.parquet")],
+                   check=True, cwd=root, env=env)
+    assert (tmp_path / "part.parquet").is_file() and not mark.exists()
