@@ -21,6 +21,8 @@ fi
 export YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 label="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(nproc) cores"
 echo "machine: $label"
+# pyarrow imports pandas on its first conversion where it is installed (docs/fast-backend.md, part files)
+python3 -c "import pandas, sys; print('pandas', pandas.__version__)" 2>/dev/null || echo "pandas: not installed"
 logs=${LOGS:-/tmp/goals-logs}  # the logs stay on the machine: the device sends back 8 files, the JSON lines' count
 mkdir -p "$logs"
 run() {  # NAME TIMEOUT COMMAND...: the command's JSON lines to OUT_DIR/NAME.jsonl, its log to LOGS/NAME.err
