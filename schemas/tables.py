@@ -182,31 +182,43 @@ def _from_buffers(value, arrow_type: pa.DataType) -> pa.Array | None:
     if not isinstance(value, list):
         return None
     if arrow_type == pa.string():
-        if not all(v is None or type(v) is str for v in value):
-            return None
-        try:
-            encoded = [b"" if v is None else v.encode() for v in value]
-        except UnicodeEncodeError:  # lone surrogates: pa.array says what it makes of them
-            return None
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        if lengths.sum() > _OFFSETS_LIMIT:
-            return None
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        valid = np.fromiter((v is not None for v in value), dtype=bool, count=len(value))
-        return pa.Array.from_buffers(arrow_type, len(value), [_validity(valid), pa.py_buffer(offsets),
-                                                               pa.py_buffer(b"".join(encoded))])
-    if dtype is not None:
-        if not all(v is None or type(v) is int for v in value):
-            return None
-        ints = [0 if v is None else v for v in value]
-        bounds = np.iinfo(dtype)
-        if ints and (min(ints) < bounds.min or max(ints) > bounds.max):
-            return None
-        data = np.asarray(ints, dtype=dtype)
-        valid = np.fromiter((v is not None for v in value), dtype=bool, count=len(value))
-        return pa.Array.from_buffers(arrow_type, len(value), [_validity(valid), pa.py_buffer(data)])
-    return None
+        buffers = _string_buffers(value)
+    elif dtype is not None:
+        buffers = _integer_buffers(value, dtype)
+    else:
+        return None
+    if buffers is None:
+        return None
+    valid = np.fromiter((v is not None for v in value), dtype=bool, count=len(value))
+    return pa.Array.from_buffers(arrow_type, len(value), [_validity(valid), *buffers])
+
+
+def _string_buffers(values: list) -> list[pa.Buffer] | None:
+    """The offsets and data buffers of a list of ``str``/``None``; None for anything else, lone surrogates, or
+    more bytes than 32-bit offsets hold."""
+    if not all(v is None or type(v) is str for v in values):
+        return None
+    try:
+        encoded = [b"" if v is None else v.encode() for v in values]
+    except UnicodeEncodeError:  # lone surrogates: pa.array says what it makes of them
+        return None
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    if lengths.sum() > _OFFSETS_LIMIT:
+        return None
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return [pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+
+
+def _integer_buffers(values: list, dtype: type) -> list[pa.Buffer] | None:
+    """The data buffer of a list of ``int``/``None`` within ``dtype``'s range (a null's slot 0); None otherwise."""
+    if not all(v is None or type(v) is int for v in values):
+        return None
+    ints = [0 if v is None else v for v in values]
+    bounds = np.iinfo(dtype)
+    if ints and (min(ints) < bounds.min or max(ints) > bounds.max):
+        return None
+    return [pa.py_buffer(np.asarray(ints, dtype=dtype))]
 
 
 def keypoints_to_arrow(xy: np.ndarray) -> pa.FixedSizeListArray:
