@@ -538,10 +538,8 @@ def default_workers() -> tuple[int, int]:
     parts streaming at 13-15k img/s against 8-10k; on 2 CPU cores one worker ran at half the in-process speed
     (``extract-cpu-2core.jsonl``).
     """
-    import torch
-
     cores = os.cpu_count() or 1
-    gpus = torch.cuda.device_count()  # NVML's count while CUDA is not started (``visible_gpus``)
+    gpus = visible_gpus()
     if gpus > 0:
         return (gpus if gpus > 1 else 0), max(1, cores // gpus)
     workers = cores // 4
@@ -626,7 +624,7 @@ def _runs_here(cfg: ExtractConfig, workers: int) -> bool:
 
 
 def _start_priming(cfg: ExtractConfig) -> None:
-    """For the fast backend on a GPU: create the device's CUDA context and load cuDNN on a thread
+    """For the fast backend on a GPU: create the device's CUDA context, load cuDNN and set up nvJPEG on a thread
     (``prime_device``), while this process reads the settings and then loads the model."""
     if cfg.backend != "fast" or not _gpu_visible(cfg):
         return

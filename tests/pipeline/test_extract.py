@@ -256,12 +256,10 @@ def test_two_worker_cluster_gives_the_same_table_as_one_worker(photo_market_tree
 def test_default_workers_one_per_gpu_from_two_gpus_on(monkeypatch, gpus, cores, want):
     """With one GPU the driver runs the tasks itself (its parts stream; a worker process only adds its start-up and
     the hand-over of every task), from two on each GPU gets a Dask worker; CPU workers take 4 cores each."""
-    import torch
-
+    from pipeline import extract
     from pipeline.extract import default_workers
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(extract, "visible_gpus", lambda: gpus)
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_workers() == want
 
