@@ -8,10 +8,11 @@ Each measurement runs in a fresh interpreter (the costs are once per process). I
 ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (NVML only, the driver left for later); the first allocation (the context);
 the first fp16 convolution (cuDNN's load); importing TorchCodec; its first ``decode_jpeg`` on the device (nvJPEG's
 set-up), a second one on the same thread and a first one on another thread (is the set-up per thread?). The
-``overlap`` row starts those device steps on a thread right after ``import torch`` while the main thread imports
-what the settings and the model's load import (torchvision, OpenCV, ultralytics' model classes), as
-``pgpig-data extract`` could: the main thread's time to its imports' end and the thread's time to its end. Prints
-one JSON line.
+``parallel`` row does as ``prime_device``: after the context, the convolution on the main thread and TorchCodec's
+import and first decode on another, the time until both are done (``conv_and_decode``). The ``overlap`` row
+starts those device steps on a thread right after ``import torch`` while the main thread imports what the settings
+and the model's load import (torchvision, OpenCV, ultralytics' model classes), as ``pgpig-data extract`` could: the
+main thread's time to its imports' end and the thread's time to its end. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -81,6 +82,27 @@ if mode in ("default", "nvml"):
     torch.cuda.is_available()
     lap("is_available")
     device_steps(laps)
+elif mode == "parallel":  # as prime_device: the context, then the convolution here and the decode on a thread
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    torch.cuda.is_available()
+    lap("is_available")
+    torch.zeros(1, device=device)
+    torch.cuda.synchronize(device)
+    lap("context")
+    def decode_first():
+        from torchcodec.decoders import decode_jpeg
+        data = torch.frombuffer(bytearray(jpeg.tobytes()), dtype=torch.uint8)
+        decode_jpeg([data], mode="RGB", device=device)
+        torch.cuda.synchronize(device)
+        laps["decode_thread_done"] = round(time.perf_counter() - mark, 4)
+    th = threading.Thread(target=decode_first)
+    th.start()
+    x = torch.zeros(1, 3, 8, 8, dtype=torch.float16, device=device)
+    torch.nn.functional.conv2d(x, torch.zeros(4, 3, 3, 3, dtype=torch.float16, device=device))
+    torch.cuda.synchronize(device)
+    laps["conv_done"] = round(time.perf_counter() - mark, 4)
+    th.join()
+    lap("conv_and_decode")
 else:  # overlap
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     torch.cuda.is_available()
@@ -107,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     env.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    rows: dict[str, list] = {"default": [], "nvml": [], "overlap": []}
+    rows: dict[str, list] = {"default": [], "nvml": [], "parallel": [], "overlap": []}
     for _ in range(args.repeat):
         for mode in rows:
             started = time.perf_counter()
