@@ -8,6 +8,7 @@
 # JSON lines go to OUT_DIR (default $OUT, else ./goals-out), one file per benchmark (8), the logs to LOGS
 # (default /tmp/goals-logs); a summary goes to stdout.
 # Smaller runs for a try on any machine: MIXED=200 UNIFORM=300 BASELINE=50 AGREEMENT=20 bash ...
+# GOALS_ONLY=1 leaves out the --no-sync timeline and the shape costs (about 2 minutes less).
 set -uo pipefail
 out=${1:-${OUT:-goals-out}}
 wheels=${WHEELS:-.whl}
@@ -40,8 +41,11 @@ run bench-uniform 200 python3 benchmarks/extract_bench.py --sizes uniform --size
 run timeline-uniform 120 python3 benchmarks/extract_timeline.py --sizes uniform --size 256x176 --images "$uniform"
 run timeline-mixed 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed"
 # the same with the made files' write-back left pending: does the run's first part-file fsync wait for it?
-run timeline-mixed-nosync 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed" --no-sync
-if command -v nvidia-smi >/dev/null; then  # what the crawl's 15 input shapes cost, their set-up on 0, 4, 8 threads
+goals_only=${GOALS_ONLY:-0}
+[ "$goals_only" = 1 ] ||
+    run timeline-mixed-nosync 120 python3 benchmarks/extract_timeline.py --sizes mixed --images "$mixed" --no-sync
+# what the crawl's 15 input shapes cost, their set-up on 0, 4, 8 threads
+if [ "$goals_only" != 1 ] && command -v nvidia-smi >/dev/null; then
     for k in 0 4 8; do run "shape-cost-$k" 90 python3 benchmarks/shape_cost.py --shapes 15 --warm-threads "$k"; done
 fi
 python3 - "$out" <<'EOF'
@@ -65,7 +69,8 @@ for k in (0, 4, 8):
               f"first eager calls {sum(r['first_eager'] for r in d['shapes'] if 'first_eager' in r):.2f} s in all, "
               f"median after the first shape {d['median_after_first']}")
 for name in ("timeline-uniform", "timeline-mixed", "timeline-mixed-nosync"):
-    for line in (out / f"{name}.jsonl").read_text().splitlines():
+    path = out / f"{name}.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
         d = json.loads(line)
         print(f"{name}: {d['images_per_s_in_process']} img/s in the process; record {d['record']}")
         slow = [c for c in d["first_calls"] if c[3] >= 0.1]
