@@ -8,8 +8,9 @@ Each measurement runs in a fresh interpreter (the costs are once per process). I
 ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (NVML only, the driver left for later); the first allocation (the context);
 the first fp16 convolution (cuDNN's load); importing TorchCodec; its first ``decode_jpeg`` on the device (nvJPEG's
 set-up), a second one on the same thread and a first one on another thread (is the set-up per thread?). The
-``parallel`` row does as ``prime_device``: after the context, the convolution on the main thread and TorchCodec's
-import and first decode on another, the time until both are done (``conv_and_decode``). The ``overlap`` row
+``parallel`` row runs, after the context, the convolution on the main thread and TorchCodec's import and first
+decode on another, the time until both are done (``conv_and_decode``): what ``prime_device`` would save by doing
+them on two threads. The ``overlap`` row
 starts those device steps on a thread right after ``import torch`` while the main thread imports what the settings
 and the model's load import (torchvision, OpenCV, ultralytics' model classes), as ``pgpig-data extract`` could: the
 main thread's time to its imports' end and the thread's time to its end. Prints one JSON line.
@@ -82,7 +83,7 @@ if mode in ("default", "nvml"):
     torch.cuda.is_available()
     lap("is_available")
     device_steps(laps)
-elif mode == "parallel":  # as prime_device: the context, then the convolution here and the decode on a thread
+elif mode == "parallel":  # the context, then the convolution here and the decode on a thread
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     torch.cuda.is_available()
     lap("is_available")

@@ -1075,35 +1075,26 @@ def use_cudnn_heuristics() -> None:
 
 
 def prime_device(device: str | torch.device) -> None:
-    """Create a CUDA ``device``'s context, then load cuDNN (one small convolution, after ``use_cudnn_heuristics``)
-    and, on a second thread meanwhile, set up nvJPEG (TorchCodec's ``decode_jpeg`` of one small JPEG), so that a
-    backend made meanwhile on another thread finds all three ready; nothing on the CPU. They are host work of a
-    process's first CUDA calls, done without the interpreter's lock; nvJPEG's set-up (~0.7 s on an H100) is the
-    process's, not the thread's (``benchmarks/cuda_start.py``)."""
+    """Create a CUDA ``device``'s context, load cuDNN (one small convolution, after ``use_cudnn_heuristics``) and
+    set up nvJPEG (TorchCodec's ``decode_jpeg`` of one small JPEG), so that a backend made meanwhile on another
+    thread finds all three ready; nothing on the CPU. They are host work of a process's first CUDA calls, done
+    without the interpreter's lock; nvJPEG's set-up (~0.7 s on an H100) is the process's, not the thread's
+    (``benchmarks/cuda_start.py``)."""
     device = torch.device(device)
     if device.type != "cuda":
         return
     use_cudnn_heuristics()
-    torch.zeros(1, device=device)  # the context, which both steps below need
-    decoder = threading.Thread(target=_prime_decoder, args=(device,), name="prime-nvjpeg", daemon=True)
-    decoder.start()
     with torch.inference_mode(), torch.cuda.device(device):
         x = torch.zeros(1, 3, 8, 8, dtype=torch.float16, device=device)
         torch.nn.functional.conv2d(x, torch.zeros(4, 3, 3, 3, dtype=torch.float16, device=device))
-        torch.cuda.synchronize(device)
-    decoder.join()
+        _, data = cv2.imencode(".jpg", np.full((16, 16, 3), 114, np.uint8))
+        try:
+            from torchcodec.decoders import decode_jpeg
 
-
-def _prime_decoder(device: torch.device) -> None:
-    _, data = cv2.imencode(".jpg", np.full((16, 16, 3), 114, np.uint8))
-    try:
-        from torchcodec.decoders import decode_jpeg
-
-        with torch.cuda.device(device):
             decode_jpeg([torch.from_numpy(data.reshape(-1))], mode="RGB", device=device)
-            torch.cuda.synchronize(device)
-    except Exception:  # noqa: BLE001 - the backend's own first decode reports what fails, or reads on the CPU
-        pass
+        except Exception:  # noqa: BLE001 - the backend's own first decode reports what fails, or reads on the CPU
+            pass
+        torch.cuda.synchronize(device)
 
 
 def load_pose_model(path: str | os.PathLike) -> torch.nn.Module:
