@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -164,6 +164,11 @@ class PartitionTask:
     raw: str
     settings: dict = field(default_factory=dict)
 
+    def paths(self) -> list[str]:
+        """The files a source reads (the rows not skipped), in order: plain strings, which are all a reader needs
+        (a ``Path`` each costs 10x more)."""
+        return [os.path.join(self.raw, row["image"]) for row in self.rows if row["skip_reason"] is None]
+
 
 def person_rule(cfg: ExtractConfig, raw: Path) -> str | None:
     """The run's person rule: ``--person``, else the default of the layout (given or detected in ``raw``); None
@@ -257,16 +262,20 @@ def task_source(s: dict):
     return cached_backend(s["backend"], **options)
 
 
-def warm_worker(settings: dict) -> dict:
+def warm_worker(settings: dict, made: Callable | None = None) -> dict:
     """Make this process's source for ``settings`` and its first calls (``warm_up``), so that the first partition
-    does not wait for them: run on every worker while the driver lists the files.
+    does not wait for them: run on every worker while the driver lists the files. ``made(source)`` is called
+    once the source is made, before its warm-up.
 
     Returns ``{"seconds", "error"}`` and never raises: a source that cannot load fails the first task that needs
     it, which names its part (the run's error), and a warm-up that fails otherwise costs only its time."""
     start = time.perf_counter()
     error = None
     try:
-        task_source(settings).warm_up()
+        source = task_source(settings)
+        if made is not None:
+            made(source)
+        source.warm_up()
     except Exception as exc:  # noqa: BLE001 - reported in the run record; the tasks raise what matters
         error = f"{type(exc).__name__}: {exc}"
     return {"seconds": round(time.perf_counter() - start, 3), "error": error}
@@ -290,9 +299,8 @@ class _Part:
         """The rows a source reads, in order."""
 
     def paths(self) -> list[str]:
-        """The files of ``todo``: plain strings, which are all a reader needs (a ``Path`` each costs 10x more)."""
-        raw, rows = self.task.raw, self.task.rows
-        return [os.path.join(raw, rows[i]["image"]) for i in self.todo.tolist()]
+        """The files of ``todo``."""
+        return self.task.paths()
 
     def names(self) -> list[str | None]:
         """The PATN flat names of ``todo``."""
@@ -591,6 +599,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = False, log=print) -> dict:
             listed = listing.rows()
             settings["dataset"] = listed[0]["dataset"] if listed else (cfg.dataset or "folder")
             record, tasks = _start_run(cfg, raw, settings, worker_settings, listed, log)
+            pool.plan(tasks)
             listing_seconds = time.perf_counter() - started
             summaries = pool.run(tasks, str(Path(cfg.out).resolve()), progress, log) if tasks else []
             tasks_done = time.perf_counter()
@@ -802,13 +811,15 @@ class _Workers:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.start_wait = 0.0  # seconds ``run`` waited for the start (the cluster, or this process's warm-up)
+        self._ahead: list[str] = []  # the first task's files (``plan``), for this process's source
+        self._source = None  # this process's source, once made
         self._thread = threading.Thread(target=self._start, name="extract-start", daemon=True)
         self._thread.start()
 
     def _start(self) -> None:
         try:
             if self.local:
-                self._warmed.append(warm_worker(self.settings))
+                self._warmed.append(warm_worker(self.settings, self._made))
                 return
             from distributed import Client
 
@@ -830,6 +841,22 @@ class _Workers:
         with self._lock:
             self._warming.discard(future)
             self._finished.append(future)
+
+    def plan(self, tasks: list[PartitionTask]) -> None:
+        """Give this process's source the first task's files (``look_ahead``) as soon as both exist, whichever
+        comes first: the plan (after the listing) or the source (after the model's load)."""
+        if not self.local or not tasks:
+            return
+        with self._lock:
+            self._ahead, source = tasks[0].paths(), self._source
+        if source is not None:
+            source.look_ahead(self._ahead)
+
+    def _made(self, source) -> None:
+        with self._lock:
+            self._source, ahead = source, self._ahead
+        if ahead:
+            source.look_ahead(ahead)
 
     def _ready(self) -> None:
         self._thread.join()

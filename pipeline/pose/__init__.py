@@ -1,7 +1,8 @@
 """Keypoint sources: every way ``pgpig-data extract`` gets a person's OpenPose-18 keypoints for a file.
 
-A source (``KeypointSource``) has ``warm_up()``, ``extract_files(paths, max_pixels, names)``, which yields one
-``PersonBatch`` per batch of consecutive files (each file's read record and its chosen person), and ``close()``.
+A source (``KeypointSource``) has ``warm_up()``, ``look_ahead(paths)``, ``extract_files(paths, max_pixels,
+names)``, which yields one ``PersonBatch`` per batch of consecutive files (each file's read record and its chosen
+person), and ``close()``.
 ``create_backend(name, **options)`` builds one; a worker keeps one per process (``cached_backend``).
 
 - ``ultralytics`` (``pipeline.pose.reference``): ``YOLO.predict`` (Jocher et al., Ultralytics YOLO11, 2024) on
@@ -136,6 +137,11 @@ class KeypointSource(Protocol):
 
     def warm_up(self) -> None:
         """Make the first calls of a process (loading, the device's first kernels) before the files arrive."""
+        ...
+
+    def look_ahead(self, paths: list[str]) -> None:
+        """Files a task will read soon: returns at once, and what the source prepares for them (if anything) runs
+        on threads of its own."""
         ...
 
     def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,

@@ -85,6 +85,9 @@ class AnnotationSource:
         """Read the CSVs (once per process, whatever the data set)."""
         AnnotationIndex(self.paths, self.dataset)
 
+    def look_ahead(self, paths: list[str]) -> None:
+        """Nothing to prepare per file."""
+
     def extract_files(self, paths: list[str], max_pixels: int = 40_000_000,
                       names: list[str | None] | None = None) -> Iterator[PersonBatch]:
         """One batch per ``batch_size`` files: ``skipped`` where ``names`` has no annotation, ``no_person`` where

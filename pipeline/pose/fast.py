@@ -711,6 +711,12 @@ class FastBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def look_ahead(self, paths: list[str | os.PathLike]) -> None:
+        """Start the shape warmer on ``paths``: the first calls at their input shapes run on its threads from now,
+        beside whatever runs here (``pgpig-data extract`` gives the first task's files during the warm-up)."""
+        if self.warmer is not None:
+            self.warmer.start(paths)
+
     # -- images already decoded
 
     def predict(self, images: list[np.ndarray]) -> list[Detections]:

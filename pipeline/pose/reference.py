@@ -93,6 +93,9 @@ class UltralyticsBackend:
         calls are made before the first partition (``FastBackend.warm_up``)."""
         self.predict([np.full((*size, 3), 114, np.uint8)])
 
+    def look_ahead(self, paths: list[str]) -> None:
+        """Nothing to prepare per file."""
+
     def predict(self, images: list[np.ndarray]) -> list[Detections]:
         # ultralytics letterboxes a batch of equal shapes with minimal padding, like a single image, but pads a
         # mixed batch to a square, which moves keypoints by pixels; batching per shape keeps every image's

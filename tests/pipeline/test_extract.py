@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -558,3 +559,46 @@ def test_the_tasks_run_with_the_start_set_aside_from_full_collections_and_hand_i
     with pytest.raises(PipelineError, match="No space left"):
         run_extract(ExtractConfig(**{**cfg.__dict__, "overwrite": True}), log=quiet)
     assert gc.get_freeze_count() == before
+
+
+@pytest.mark.parametrize("source_first", [True, False])
+def test_the_local_source_gets_the_first_tasks_files_once_whichever_is_ready_first(market_tree, tmp_path,
+                                                                                   monkeypatch, source_first):
+    """The source made during the listing is told which files the first task reads (``look_ahead``): by the plan
+    when the source was made first, by the source's making when the plan came first."""
+    from pipeline import extract
+    from pipeline.pose.annotations import AnnotationSource
+
+    root, _ = market_tree
+    seen, read, planned, made = [], [], threading.Event(), threading.Event()
+    monkeypatch.setattr(AnnotationSource, "look_ahead", lambda self, paths: seen.append(list(paths)))
+    extract_files = AnnotationSource.extract_files
+
+    def recording(self, paths, *args, **kwargs):
+        read.append(list(paths))
+        return extract_files(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(AnnotationSource, "extract_files", recording)
+    task_source, plan = extract.task_source, extract._Workers.plan
+
+    def source_after_plan(settings):
+        if not source_first:
+            planned.wait(10)
+        source = task_source(settings)
+        made.set()
+        return source
+
+    def plan_after_source(self, tasks):
+        if source_first:
+            made.wait(10)
+            time.sleep(0.05)  # past the source's hand-off
+        plan(self, tasks)
+        planned.set()
+
+    monkeypatch.setattr(extract, "task_source", source_after_plan)
+    monkeypatch.setattr(extract._Workers, "plan", plan_after_source)
+    cfg = ExtractConfig(raw=root, out=tmp_path / "kp", run_file=tmp_path / "extract.json", workers=0,
+                        annotations=(root / "market-annotation-train.csv",), partition_size=6)
+    run_extract(cfg, log=quiet)
+    assert len(read) > 1 and len(read[0]) > 0
+    assert seen == [read[0]]  # once, exactly the files the first task read

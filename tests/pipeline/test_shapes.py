@@ -126,6 +126,22 @@ def test_a_backend_with_a_warmer_chooses_what_one_without_chooses(sized_tree, cp
     assert set(cpu_backend.warmer.warmed) == {input_shape(p) for p in sized_tree}
 
 
+def test_look_ahead_warms_the_files_shapes_before_any_task(sized_tree):
+    """``look_ahead`` (the first task's files, from ``pgpig-data extract`` during the warm-up) queues their shapes'
+    first calls at once; a warm-up alone meets only its own image's shape."""
+    backend = FastBackend(device="cpu", batch_size=2, read_threads=2, warm_threads=2)
+    try:
+        backend.warm_up()
+        backend.warmer.wait()
+        assert set(backend.warmer.warmed) == {input_shape(sized_tree[0])}  # 256x176, the warm-up's own image
+        backend.look_ahead(sized_tree)
+        backend.warmer.wait()
+        assert set(backend.warmer.warmed) == {input_shape(p) for p in sized_tree}
+    finally:
+        backend.close()
+    FastBackend(device="cpu", batch_size=2, read_threads=2).look_ahead(sized_tree)  # no warmer: nothing to do
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_the_warmer_runs_beside_the_graph_captures_and_changes_no_result(sized_tree):
