@@ -29,10 +29,17 @@ mkdir -p "$logs"
 run() {  # NAME TIMEOUT COMMAND...: the command's JSON lines to OUT_DIR/NAME.jsonl, its log to LOGS/NAME.err
     local name=$1 limit=$2 code
     shift 2
-    timeout "$limit" "$@" --label "$label" >"$out/$name.jsonl" 2>"$logs/$name.err"
+    # past its time a command gets SIGABRT, on which Python's fault handler writes every thread's stack to the log
+    PYTHONFAULTHANDLER=1 timeout -s ABRT -k 10 "$limit" "$@" --label "$label" >"$out/$name.jsonl" 2>"$logs/$name.err"
     code=$?
     echo "$name: exit $code"
-    [ "$code" -eq 0 ] || tail -5 "$logs/$name.err"
+    [ "$code" -eq 0 ] && return
+    if [ "$code" -eq 124 ]; then  # where it was: the stacks without the thread pools' own frames, what still runs
+        grep -v -e '/threading.py' -e '/concurrent/futures/' "$logs/$name.err" | tail -60
+        ps -eo pid,etimes,pcpu,rss,args --sort=-pcpu | grep -e 'PID' -e python | grep -v grep | cut -c1-200 | head -12
+    else
+        tail -5 "$logs/$name.err"
+    fi
 }
 run bench-mixed 240 python3 benchmarks/extract_bench.py --sizes mixed --images "$mixed" \
     --baseline-images "$baseline" --agreement-images "$agreement"
