@@ -847,10 +847,11 @@ class _Workers:
         comes first: the plan (after the listing) or the source (after the model's load)."""
         if not self.local or not tasks:
             return
+        ahead = tasks[0].paths()
         with self._lock:
-            self._ahead, source = tasks[0].paths(), self._source
+            self._ahead, source = ahead, self._source
         if source is not None:
-            source.look_ahead(self._ahead)
+            source.look_ahead(ahead)
 
     def _made(self, source) -> None:
         with self._lock:
