@@ -10,10 +10,10 @@ the first fp16 convolution (cuDNN's load); importing TorchCodec; its first ``dec
 set-up), a second one on the same thread and a first one on another thread (is the set-up per thread?). The
 ``parallel`` row runs, after the context, the convolution on the main thread and TorchCodec's import and first
 decode on another, the time until both are done (``conv_and_decode``): what ``prime_device`` would save by doing
-them on two threads. The ``overlap`` row
-starts those device steps on a thread right after ``import torch`` while the main thread imports what the settings
-and the model's load import (torchvision, OpenCV, ultralytics' model classes), as ``pgpig-data extract`` could: the
-main thread's time to its imports' end and the thread's time to its end. Prints one JSON line.
+them on two threads. The ``overlap`` row starts those device steps on a thread right after ``import torch`` while
+the main thread imports what the settings and the model's load import (torchvision, OpenCV, ultralytics' model
+classes), as ``pgpig-data extract`` could: the main thread's time to its imports' end and the thread's time to its
+end. Prints one JSON line.
 """
 
 from __future__ import annotations
