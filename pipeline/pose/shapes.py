@@ -92,6 +92,7 @@ class ShapeWarmer:
         self._template = copy.deepcopy(net)  # copied before any call: no thread's shape attributes in it
         self._futures: dict[Shape, Future] = {}
         self._sampling: list[Future] = []
+        self._last: list = []  # the files of the last ``start``: the same list again is not sampled again
         self._lock = threading.Lock()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
@@ -99,12 +100,15 @@ class ShapeWarmer:
         self._in_flight = 0  # bytes the calls running may take
 
     def start(self, paths: Sequence[str | os.PathLike]) -> None:
-        """Queue the first calls of the new shapes of ``paths`` (without waiting for them)."""
+        """Queue the first calls of the new shapes of ``paths`` (without waiting for them); the files of the last
+        call again (a task's files after ``look_ahead``) are not read again."""
+        paths = list(paths)
         with self._lock:
             pool = self._running_pool()
-            if pool is not None:
+            if pool is not None and paths != self._last:
+                self._last = paths
                 self._sampling = [f for f in self._sampling if not f.done()]
-                self._sampling.append(pool.submit(self._sample, list(paths)))
+                self._sampling.append(pool.submit(self._sample, paths))
 
     def queue(self, shapes: Iterable[Shape]) -> None:
         """Queue the first calls at ``shapes`` not queued or claimed before, in this order."""

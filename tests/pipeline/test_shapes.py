@@ -142,6 +142,27 @@ def test_look_ahead_warms_the_files_shapes_before_any_task(sized_tree):
     FastBackend(device="cpu", batch_size=2, read_threads=2).look_ahead(sized_tree)  # no warmer: nothing to do
 
 
+def test_the_same_files_again_are_not_sampled_again(sized_tree, cpu_backend, monkeypatch):
+    """A task's files come twice, from ``look_ahead`` and from the task's own ``choose_files``: their headers are
+    read once; another list is read."""
+    from pipeline.pose import shapes
+
+    sampled = []
+    sample = shapes.sample_shapes
+    monkeypatch.setattr(shapes, "sample_shapes", lambda paths, *a: sampled.append(len(paths)) or sample(paths, *a))
+    warmer = ShapeWarmer(cpu_backend.net, cpu_backend.device, cpu_backend.dtype, 2, 256, threads=1)
+    warmer.start([str(p) for p in sized_tree])
+    warmer.start([str(p) for p in sized_tree])  # equal, not the same object
+    warmer.wait()
+    assert sampled == [len(sized_tree)]
+    warmer.start(sized_tree[:4])
+    warmer.start([str(p) for p in sized_tree])
+    warmer.wait()
+    assert sampled == [len(sized_tree), 4, len(sized_tree)]
+    assert sorted(warmer.warmed) == sorted({input_shape(p) for p in sized_tree})
+    warmer.close()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_a_gpu_the_warmer_runs_beside_the_graph_captures_and_changes_no_result(sized_tree):
