@@ -515,8 +515,6 @@ def test_the_embedded_model_is_found_without_importing_its_package(monkeypatch):
 def test_the_gpu_count_of_the_settings_leaves_cuda_unstarted(visible):
     """The settings count the GPUs while the device's start runs on a thread: counting must not start CUDA itself
     (~0.2 s of the driver's start on the way to the first batch). The count is torch's, per CUDA_VISIBLE_DEVICES."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
