@@ -22,6 +22,7 @@ import itertools
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ PAD_VALUE = 114
 STRIDE = 32
 MAX_SIDE = 4096  # decode_image's default: above it the CPU decode shrinks the image
 KEYPOINTS = 17
+CAPTURE_TRIES = 3  # captures of one input shape before it runs without a graph
 NMS_ITERATIONS = 8  # steps of the fixed-point NMS in select_persons; an image not settled by then is redone exactly
 DECODE_PIXELS = 256_000_000  # JPEG pixels per torch decode call: ~0.8 GB decoded, ~2.3 GB with its letterbox copies
 # network input pixels per call on the CPU: 32 inputs of 256x192, 5 of 640x480; larger calls run slower (their
@@ -428,6 +430,19 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
 # ---------------------------------------------------------------- the network and the person choice as CUDA graphs
 
 
+def _end_capture_pool(device: torch.device, pool: tuple) -> None:
+    """End the caching allocator's recording to ``pool`` after a failed capture: ``capture_end`` raises on an
+    invalidated capture before it ends the recording, and a recording left open stops the allocator from reusing
+    blocks freed on other streams (and makes the next capture to that pool fail)."""
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    if end is None:
+        return
+    try:
+        end(device.index if device.index is not None else torch.cuda.current_device(), pool)
+    except RuntimeError:  # the capture failed before it began recording, or ended it
+        pass
+
+
 class PersonGraphs:
     """``run(x, frames)``: the network and ``select_persons`` on a letterboxed batch, replayed from CUDA graphs.
 
@@ -435,7 +450,10 @@ class PersonGraphs:
     after two eager warm-up calls; the head's anchors of that input shape (module attributes the graph reads) are
     kept alive with it. The shapes are bounded by the stride grid (at most ``2 * imgsz / 32`` at one ``imgsz``),
     so every graph is kept, all in one memory pool (a graph's results are cloned before the next replay, and
-    replays never overlap: the pool holds one graph's working memory, not one per shape). A smaller batch (a
+    replays never overlap: the pool holds one graph's working memory, not one per shape). A capture runs with the
+    shape warmer's calls held off; one that fails all the same (another thread's device-wide call invalidates it)
+    is tried again in a pool of its own, up to ``CAPTURE_TRIES`` times, after which that shape runs eagerly with a
+    warning (``failures``). A smaller batch (a
     queue's tail) replays its shape's graph padded with empty images: a new batch size would cost what a new input
     shape costs, cuDNN's set-up for each convolution at that shape (``use_cudnn_heuristics``). Returns fresh
     tensors (cloned on the stream), so a later replay cannot overwrite results still to be read. Eager
@@ -443,16 +461,17 @@ class PersonGraphs:
 
     def __init__(self, backend: FastBackend, enabled: bool):
         self.backend, self.enabled = backend, enabled
-        self._graphs: dict[tuple, tuple] = {}
+        self._graphs: dict[tuple, tuple | None] = {}  # None: the shape's captures failed
         self._pool = None  # one memory pool for all graphs: they replay one at a time on one stream
         self._lock = threading.Lock()  # a shape is captured once, also when ``prepare`` runs on another thread
+        self.failures: list[str] = []  # the shapes whose captures failed (they run eagerly), with the last error
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backend
         pred = b.network(x)
         return select_persons(pred, frames, b.conf, b.iou, b.select_k, NMS_ITERATIONS, b.person), pred
 
-    def _capture(self, key: tuple) -> tuple:
+    def _capture(self, key: tuple) -> tuple | None:
         size, height, width = key
         b = self.backend
         if b.warmer is not None:  # the shape's first call may be running ahead on the warmer's threads
@@ -468,22 +487,48 @@ class PersonGraphs:
         current.wait_stream(side)
         head = b.net.model[-1] if hasattr(b.net, "model") else None
         anchors = (getattr(head, "anchors", None), getattr(head, "strides", None))
-        graph = torch.cuda.CUDAGraph()
-        # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            packed, pred = self._forward(x, frames)
-        entry = (graph, x, frames, packed, pred, anchors)
-        self._graphs[key] = entry
-        return entry
+        error = None
+        for _ in range(CAPTURE_TRIES):
+            graph = torch.cuda.CUDAGraph()
+            pool = self._pool if self._pool is not None else torch.cuda.graph_pool_handle()
+            try:
+                packed, pred = self._record(graph, pool, x, frames)
+            except RuntimeError as exc:  # invalidated by another thread's device-wide call
+                error = exc
+                _end_capture_pool(b.device, pool)
+                self._pool = None  # the next try records to a pool of its own
+                continue
+            self._pool = pool
+            entry = (graph, x, frames, packed, pred, anchors)
+            self._graphs[key] = entry
+            return entry
+        failure = f"{height}x{width}: {type(error).__name__}: {error}".splitlines()[0]
+        self.failures.append(failure)
+        warnings.warn(f"CUDA graph capture failed {CAPTURE_TRIES} times at input shape {failure}; that shape runs "
+                      "without a graph (slower, the same keypoints)", RuntimeWarning, stacklevel=2)
+        self._graphs[key] = None
+        return None
+
+    def _record(self, graph: torch.cuda.CUDAGraph, pool: tuple, x: torch.Tensor,
+                frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Capture ``_forward`` into ``graph``, with the shape warmer's calls held off; the thread's stream is
+        restored also when the capture fails (``torch.cuda.graph`` leaves its capture stream current then)."""
+        warmer = self.backend.warmer
+        with torch.cuda.stream(torch.cuda.current_stream(self.backend.device)), \
+                warmer.paused() if warmer is not None else contextlib.nullcontext(), \
+                torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
+            return self._forward(x, frames)
 
     def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
         n, size = x.shape[0], self.backend.batch_size
         if not self.enabled or n > size:
             return self._forward(x, frames)
-        graph, static_x, static_frames, packed, pred, _ = self._entry((size, x.shape[2], x.shape[3]))
+        entry = self._entry((size, x.shape[2], x.shape[3]))
+        if entry is None:  # its captures failed: this shape runs eagerly
+            return self._forward(x, frames)
+        graph, static_x, static_frames, packed, pred, _ = entry
         static_x[:n].copy_(x)
         static_frames[:n].copy_(frames)
         if n < size:  # padding rows: empty images of a valid frame (their results are not read)
@@ -492,7 +537,7 @@ class PersonGraphs:
         graph.replay()
         return packed[:n].clone(), pred[:n].clone()
 
-    def _entry(self, key: tuple) -> tuple:
+    def _entry(self, key: tuple) -> tuple | None:
         with self._lock:
             if key in self._graphs:
                 return self._graphs[key]
@@ -508,7 +553,7 @@ class PersonGraphs:
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         """The captured graphs' ``(batch, height, width)``."""
-        return list(self._graphs)
+        return [key for key, entry in self._graphs.items() if entry is not None]
 
 
 # ---------------------------------------------------------------- the backend

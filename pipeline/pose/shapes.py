@@ -10,12 +10,13 @@ files and makes each new shape's first call on threads of its own while the task
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 
@@ -83,7 +84,9 @@ class ShapeWarmer:
     one is running and takes the shape over when it is still queued. A call that fails is dropped: the caller's own
     call at that shape names the error. On a GPU a call is made only while the device has room for it
     (``CALL_BYTES`` times its input) with ``FREE_SHARE`` of its memory still free besides, counting the calls
-    running: a shape without room is left to the caller."""
+    running: a shape without room is left to the caller. ``paused()`` holds the calls off (it waits for those running
+    and starts none until it ends): a CUDA graph's capture runs inside it, since a call's first use of a kernel
+    (its lazy load) synchronises the device and invalidates a capture on another thread, whatever its mode."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, imgsz: int,
                  threads: int = 4, samples: int = SAMPLES):
@@ -98,6 +101,9 @@ class ShapeWarmer:
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._in_flight = 0  # bytes the calls running may take
+        self._gate = threading.Condition()  # calls and pauses (``paused``) exclude each other
+        self._calls = 0  # calls inside the gate
+        self._pauses = 0  # pauses waiting or holding the gate: no call enters meanwhile
 
     def start(self, paths: Sequence[str | os.PathLike]) -> None:
         """Queue the first calls of the new shapes of ``paths`` (without waiting for them); the files of the last
@@ -172,27 +178,56 @@ class ShapeWarmer:
             self._in_flight += need
             return True
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No call runs inside: waits for the running calls to return, and starts none until the block ends."""
+        with self._gate:
+            self._pauses += 1
+            self._gate.wait_for(lambda: self._calls == 0)
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._pauses -= 1
+                self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        with self._gate:
+            self._gate.wait_for(lambda: self._pauses == 0)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._calls -= 1
+                self._gate.notify_all()
+
     def _first_call(self, shape: Shape) -> Shape | None:
         """The call at ``shape``; ``shape`` once it ran, None when the device had no room for it."""
         need = CALL_BYTES * self.batch_size * 3 * shape[0] * shape[1] * self.dtype.itemsize
-        if not self._admit(need):
-            return None
-        try:
-            self._call(shape)
-        finally:
-            with self._lock:
-                self._in_flight -= need
+        with self._calling():
+            if not self._admit(need):
+                return None
+            try:
+                stream = self._call(shape)
+            finally:
+                with self._lock:
+                    self._in_flight -= need
+        if stream is not None:  # its kernels, outside the gate: a capture meanwhile does not wait for the device
+            stream.synchronize()
         return shape
 
     @torch.inference_mode()
-    def _call(self, shape: Shape) -> None:
+    def _call(self, shape: Shape) -> torch.cuda.Stream | None:
+        """Launch the call at ``shape``; the thread's CUDA stream it runs on (None on the CPU, where it has run)."""
         local = self._local
         if not hasattr(local, "net"):
             local.net = copy.deepcopy(self._template)
             local.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if local.stream is None:
             local.net(torch.zeros(self.batch_size, 3, *shape, dtype=self.dtype, device=self.device))
-            return
+            return None
         with torch.cuda.device(self.device), torch.cuda.stream(local.stream):
             local.net(torch.zeros(self.batch_size, 3, *shape, dtype=self.dtype, device=self.device))
-        local.stream.synchronize()
+        return local.stream

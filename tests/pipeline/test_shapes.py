@@ -9,6 +9,8 @@ the CUDA graphs captured while the warmer's threads run.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -160,6 +162,49 @@ def test_the_same_files_again_are_not_sampled_again(sized_tree, cpu_backend, mon
     warmer.wait()
     assert sampled == [len(sized_tree), 4, len(sized_tree)]
     assert sorted(warmer.warmed) == sorted({input_shape(p) for p in sized_tree})
+    warmer.close()
+
+
+def test_a_pause_waits_for_the_running_call_and_holds_the_next_one_off(cpu_backend):
+    """``paused`` (a graph capture's) returns once the call running has ended, and no call starts inside it, also on
+    a free warmer thread; the held call runs after it. The first call is held (an event) to make the order."""
+    warmer = ShapeWarmer(cpu_backend.net, cpu_backend.device, cpu_backend.dtype, 2, 256, threads=2)
+    call, log, entered, release = warmer._call, [], threading.Event(), threading.Event()
+
+    def logged(shape):
+        log.append(("start", shape))
+        if shape == (64, 64):
+            entered.set()
+            release.wait(10)
+        out = call(shape)
+        log.append(("end", shape))
+        return out
+
+    warmer._call = logged
+    warmer.queue([(64, 64)])
+    assert entered.wait(10)
+    inside, leave = threading.Event(), threading.Event()
+
+    def pause():
+        with warmer.paused():
+            log.append("pause")
+            inside.set()
+            leave.wait(10)
+            log.append("resume")
+
+    pausing = threading.Thread(target=pause)
+    pausing.start()
+    assert not inside.wait(0.3)  # the running call holds it
+    warmer.queue([(32, 96)])  # a free thread takes it, and waits for the pause
+    release.set()
+    assert inside.wait(10)
+    time.sleep(0.3)
+    assert log == [("start", (64, 64)), ("end", (64, 64)), "pause"]
+    leave.set()
+    pausing.join(10)
+    warmer.wait()
+    assert log[3:] == ["resume", ("start", (32, 96)), ("end", (32, 96))]
+    assert sorted(warmer.warmed) == [(32, 96), (64, 64)]
     warmer.close()
 
 
