@@ -146,6 +146,17 @@ def instrument() -> None:
     _timed(os, "fsync", "fsync")
     threading.Thread(target=_late_wakeups, name="wake-up-probe", daemon=True).start()
     gc.callbacks.append(_collection)
+    os.register_at_fork(after_in_child=_forked)
+
+
+def _forked() -> None:
+    """In a forked child (the file readers): no collection timing, and a lock of its own. The parent's lock may be
+    held by one of its threads at the fork, which the child does not have, and the child's first collection would
+    wait for it for ever."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    if _collection in gc.callbacks:
+        gc.callbacks.remove(_collection)
 
 
 _GC_START = [0.0]
