@@ -463,6 +463,7 @@ class PersonGraphs:
         self.backend, self.enabled = backend, enabled
         self._graphs: dict[tuple, tuple | None] = {}  # None: the shape's captures failed
         self._pool = None  # one memory pool for all graphs: they replay one at a time on one stream
+        self._stream: torch.cuda.Stream | None = None  # the captures' stream
         self._lock = threading.Lock()  # a shape is captured once, also when ``prepare`` runs on another thread
         self.failures: list[str] = []  # the shapes whose captures failed (they run eagerly), with the last error
 
@@ -511,14 +512,23 @@ class PersonGraphs:
 
     def _record(self, graph: torch.cuda.CUDAGraph, pool: tuple, x: torch.Tensor,
                 frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Capture ``_forward`` into ``graph``, with the shape warmer's calls held off; the thread's stream is
-        restored also when the capture fails (``torch.cuda.graph`` leaves its capture stream current then)."""
+        """Capture ``_forward`` into ``graph`` on a stream of its own, with the shape warmer's calls held off; the
+        thread's stream is restored also when the capture fails. Unlike ``torch.cuda.graph``, no device-wide
+        synchronisation and no emptying of the caches first: the prefetch threads' device and pinned memory stay
+        cached (the graph's memory comes from its pool either way)."""
+        device = self.backend.device
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
         warmer = self.backend.warmer
-        with torch.cuda.stream(torch.cuda.current_stream(self.backend.device)), \
-                warmer.paused() if warmer is not None else contextlib.nullcontext(), \
-                torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        with torch.cuda.stream(torch.cuda.current_stream(device)), \
+                warmer.paused() if warmer is not None else contextlib.nullcontext():
+            torch.cuda.set_stream(self._stream)
             # thread-local: the prefetch thread may call nvJPEG (which synchronises its stream) during a capture
-            return self._forward(x, frames)
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                return self._forward(x, frames)
+            finally:
+                graph.capture_end()
 
     def run(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed (n, 58), raw output (n, 56, A))`` for ``x`` ``(n, 3, H, W)`` and ``frames`` ``(n, 7)``."""
