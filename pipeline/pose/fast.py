@@ -432,8 +432,9 @@ def torch_decodable(data: bytes, max_pixels: int, max_side: int = MAX_SIDE) -> t
 
 def _end_capture_pool(device: torch.device, pool: tuple) -> None:
     """End the caching allocator's recording to ``pool`` after a failed capture: ``capture_end`` raises on an
-    invalidated capture before it ends the recording, and a recording left open stops the allocator from reusing
-    blocks freed on other streams (and makes the next capture to that pool fail)."""
+    invalidated capture before it ends the recording, and while one is open the allocator reclaims no block freed
+    while another stream still used it (and the next capture to that pool fails). The pinned-memory allocator's own
+    record of the capture has no call to end it, and stays."""
     end = getattr(torch._C, "_cuda_endAllocateToPool", None)
     if end is None:
         return
@@ -453,11 +454,10 @@ class PersonGraphs:
     replays never overlap: the pool holds one graph's working memory, not one per shape). A capture runs with the
     shape warmer's calls held off; one that fails all the same (another thread's device-wide call invalidates it)
     is tried again in a pool of its own, up to ``CAPTURE_TRIES`` times, after which that shape runs eagerly with a
-    warning (``failures``). A smaller batch (a
-    queue's tail) replays its shape's graph padded with empty images: a new batch size would cost what a new input
-    shape costs, cuDNN's set-up for each convolution at that shape (``use_cudnn_heuristics``). Returns fresh
-    tensors (cloned on the stream), so a later replay cannot overwrite results still to be read. Eager
-    (``enabled=False``, or on the CPU): the same calls without graphs."""
+    warning (``failures``). A smaller batch (a queue's tail) replays its shape's graph padded with empty images: a
+    new batch size would cost what a new input shape costs, cuDNN's set-up for each convolution at that shape
+    (``use_cudnn_heuristics``). Returns fresh tensors (cloned on the stream), so a later replay cannot overwrite
+    results still to be read. Eager (``enabled=False``, or on the CPU): the same calls without graphs."""
 
     def __init__(self, backend: FastBackend, enabled: bool):
         self.backend, self.enabled = backend, enabled

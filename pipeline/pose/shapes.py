@@ -85,8 +85,8 @@ class ShapeWarmer:
     call at that shape names the error. On a GPU a call is made only while the device has room for it
     (``CALL_BYTES`` times its input) with ``FREE_SHARE`` of its memory still free besides, counting the calls
     running: a shape without room is left to the caller. ``paused()`` holds the calls off (it waits for those running
-    and starts none until it ends): a CUDA graph's capture runs inside it, since a call's first use of a kernel
-    (its lazy load) synchronises the device and invalidates a capture on another thread, whatever its mode."""
+    and starts none until it ends): a CUDA graph's capture runs inside it, since a call's device-wide work (most
+    likely a kernel's first load) can invalidate a capture on another thread, whatever the capture's mode."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, imgsz: int,
                  threads: int = 4, samples: int = SAMPLES):
