@@ -164,10 +164,13 @@ class PartitionTask:
     raw: str
     settings: dict = field(default_factory=dict)
 
+    def todo(self) -> list[int]:
+        """The rows a source reads (those not skipped), in order."""
+        return [i for i, row in enumerate(self.rows) if row["skip_reason"] is None]
+
     def paths(self) -> list[str]:
-        """The files a source reads (the rows not skipped), in order: plain strings, which are all a reader needs
-        (a ``Path`` each costs 10x more)."""
-        return [os.path.join(self.raw, row["image"]) for row in self.rows if row["skip_reason"] is None]
+        """The files of ``todo``: plain strings, which are all a reader needs (a ``Path`` each costs 10x more)."""
+        return [os.path.join(self.raw, self.rows[i]["image"]) for i in self.todo()]
 
 
 def person_rule(cfg: ExtractConfig, raw: Path) -> str | None:
@@ -295,7 +298,7 @@ class _Part:
         self.persons = np.zeros(n, np.int16)
         self.keypoints, self.scores = empty_keypoints(n)
         self.boxes = np.full((n, 5), np.nan, np.float32)
-        self.todo = np.asarray([i for i, row in enumerate(task.rows) if row["skip_reason"] is None], dtype=np.int64)
+        self.todo = np.asarray(task.todo(), dtype=np.int64)
         """The rows a source reads, in order."""
 
     def paths(self) -> list[str]:
