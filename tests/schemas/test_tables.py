@@ -189,6 +189,7 @@ def test_a_keypoints_part_is_built_and_written_without_importing_pandas(tmp_path
     extraction's threads, on its first part file): a stand-in ``pandas`` that records its import must stay
     unimported while a part is built, written and read back, and the table must round-trip (``to_numpy`` on
     the reading side still checks for pandas: the stages that read parts run after the extraction)."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -210,7 +211,7 @@ def test_a_keypoints_part_is_built_and_written_without_importing_pandas(tmp_path
         "assert np.array_equal(np.array(back['keypoints'].to_pylist(), np.float32), cols['keypoints'])\n"
         "assert back['image'].to_pylist() == cols['image']\n"
     )
-    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}"}
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}"}
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent), str(tmp_path / "part.parquet")],
                    check=True, cwd=root, env=env)
