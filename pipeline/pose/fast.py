@@ -566,6 +566,22 @@ class PersonGraphs:
         return [key for key, entry in self._graphs.items() if entry is not None]
 
 
+def _warm_up_files(folder: Path, size: tuple[int, int]) -> list[Path]:
+    """``warm_up``'s images in ``folder``: a grey JPEG of ``size`` (height, width), one of twice that size and a
+    PNG of twice that size; at any ``imgsz`` all three have one input shape (the letterbox of twice a size is that
+    of the size)."""
+    height, width = size
+    files = []
+    for name, (h, w) in (("warm-up.jpg", size), ("warm-up-large.jpg", (2 * height, 2 * width)),
+                         ("warm-up-large.png", (2 * height, 2 * width))):
+        ok, data = cv2.imencode(Path(name).suffix, np.full((h, w, 3), 114, np.uint8))
+        if not ok:
+            raise PipelineError(f"could not encode the warm-up image {name}")
+        (folder / name).write_bytes(data.tobytes())
+        files.append(folder / name)
+    return files
+
+
 # ---------------------------------------------------------------- the backend
 
 
@@ -742,25 +758,25 @@ class FastBackend:
         return self._reader
 
     def warm_up(self, size: tuple[int, int] = (256, 176)) -> None:
-        """Run the file path once, on one full batch of a generated ``size`` (height, width) JPEG, and wait for it.
+        """Run the file path once, on one full batch per producer thread of generated ``size`` (height, width)
+        images, and wait for it.
 
         A process's first batch pays for starting the reader processes and for the device's first calls (nvJPEG's
         and cuDNN's set-up, the kernels loaded, the CUDA graph of that input shape captured): seconds, against
         milliseconds for every later batch (``benchmarks/extract_startup.py``). ``pgpig-data extract`` calls this
-        on each worker while it lists the files, so that the first partition does not wait for it. The graph of
-        the batch's input shape is captured on a thread of its own meanwhile (its cuDNN set-up is host time, as
-        are the reader processes' start and the decoder's first call). Images of another size still capture their
-        own graph at their first full batch."""
+        on each worker while it lists the files, so that the first partition does not wait for it. The batches mix
+        a JPEG of ``size`` (copied into its input shape), a JPEG of twice that size (resized into the same shape)
+        and a PNG of twice that size (decoded and resized by the readers), so that each producer thread meets every
+        step of ``_prepare`` once. The graph of their input shape is captured on a thread of its own meanwhile (its
+        cuDNN set-up is host time, as are the reader processes' start and the decoder's first call). Images of
+        another size still capture their own graph at their first full batch."""
         box = letterbox_geometry(*size, self.imgsz)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-graph-capture") as pool:
             capture = pool.submit(self.graphs.prepare, box.out_h, box.out_w)
             with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
-                path = Path(tmp) / "warm-up.jpg"
-                ok, data = cv2.imencode(".jpg", np.full((*size, 3), 114, np.uint8))
-                if not ok:
-                    raise PipelineError("could not encode the warm-up image")
-                path.write_bytes(data.tobytes())
-                for _ in self.choose_files([path] * self.batch_size):
+                files = _warm_up_files(Path(tmp), size)
+                paths = [files[i % len(files)] for i in range(self.batch_size * self.prepare_threads)]
+                for _ in self.choose_files(paths):
                     pass
             capture.result()
         if self.device.type == "cuda":
