@@ -772,7 +772,7 @@ class FastBackend:
         another size still capture their own graph at their first full batch."""
         box = letterbox_geometry(*size, self.imgsz)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-graph-capture") as pool:
-            capture = pool.submit(self.graphs.prepare, box.out_h, box.out_w)
+            capture = pool.submit(self._first_graph, box.out_h, box.out_w)
             with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
                 files = _warm_up_files(Path(tmp), size)
                 paths = [files[i % len(files)] for i in range(self.batch_size * self.prepare_threads)]
@@ -781,6 +781,18 @@ class FastBackend:
             capture.result()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _first_graph(self, height: int, width: int) -> None:
+        """``warm_up``'s graph, its first call and its capture made with the shape warmer's calls held off: the
+        calls ahead that ``look_ahead`` queues start after it, instead of the capture waiting for them. The shape is
+        claimed first: a call ahead at this shape already running would wait for the pause's end, and the claim for
+        that call."""
+        if self.warmer is None or not self.graphs.enabled:
+            self.graphs.prepare(height, width)
+            return
+        self.warmer.claim((height, width))
+        with self.warmer.paused():
+            self.graphs.prepare(height, width)
 
     def look_ahead(self, paths: list[str | os.PathLike]) -> None:
         """Start the shape warmer on ``paths``: the first calls at their input shapes run on its threads from now,
