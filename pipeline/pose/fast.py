@@ -464,10 +464,7 @@ class PersonGraphs:
         self._graphs: dict[tuple, tuple | None] = {}  # None: the shape's captures failed
         self._pool = None  # one memory pool for all graphs: they replay one at a time on one stream
         self._stream: torch.cuda.Stream | None = None  # the captures' stream
-        self._side: torch.cuda.Stream | None = None  # ``prepare``'s stream (its eager calls before a capture)
-        self._lock = threading.Lock()  # guards ``_graphs`` and ``_capturing``
-        self._capturing: dict[tuple, threading.Event] = {}  # shapes being captured; set once done
-        self._capture_lock = threading.Lock()  # one capture at a time (they share the pool and the streams)
+        self._lock = threading.Lock()  # a shape is captured once, also when ``prepare`` runs on another thread
         self.failures: list[str] = []  # the shapes whose captures failed (they run eagerly), with the last error
 
     def _forward(self, x: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -503,11 +500,14 @@ class PersonGraphs:
                 self._pool = None  # the next try records to a pool of its own
                 continue
             self._pool = pool
-            return graph, x, frames, packed, pred, anchors
+            entry = (graph, x, frames, packed, pred, anchors)
+            self._graphs[key] = entry
+            return entry
         failure = f"{height}x{width}: {type(error).__name__}: {error}".splitlines()[0]
         self.failures.append(failure)
         warnings.warn(f"CUDA graph capture failed {CAPTURE_TRIES} times at input shape {failure}; that shape runs "
                       "without a graph (slower, the same keypoints)", RuntimeWarning, stacklevel=2)
+        self._graphs[key] = None
         return None
 
     def _record(self, graph: torch.cuda.CUDAGraph, pool: tuple, x: torch.Tensor,
@@ -548,46 +548,22 @@ class PersonGraphs:
         return packed[:n].clone(), pred[:n].clone()
 
     def _entry(self, key: tuple) -> tuple | None:
-        """The graph of ``key``, captured here unless it is or another thread is capturing it (then waited for; a
-        capture that raised is tried again here, so its error reaches this thread too)."""
-        while True:
-            with self._lock:
-                if key in self._graphs:
-                    return self._graphs[key]
-                done = self._capturing.get(key)
-                if done is None:
-                    done = self._capturing[key] = threading.Event()
-                    break
-            done.wait()
-        try:
-            # the network's calls of a capture (eager, then recorded) at one shape: no eager call at another between
-            with self._capture_lock, self.backend.net_lock, torch.cuda.device(self.backend.device):
-                entry = self._capture(key)
-            with self._lock:
-                self._graphs[key] = entry
-            return entry
-        finally:
-            with self._lock:
-                del self._capturing[key]
-            done.set()
+        with self._lock:
+            if key in self._graphs:
+                return self._graphs[key]
+            with torch.cuda.device(self.backend.device):  # the capture's own streams on this backend's GPU
+                return self._capture(key)
 
     def prepare(self, height: int, width: int) -> None:
         """Capture the graph of input shape ``(height, width)`` at ``batch_size`` now (no images needed), unless it
-        is, on a stream of its own; a ``run`` of that shape on another thread meanwhile waits for it, a ``run`` of
-        a captured shape does not."""
-        if not self.enabled:
-            return
-        with self._lock:
-            if self._side is None:
-                self._side = torch.cuda.Stream(self.backend.device)
-        with torch.cuda.stream(self._side):
+        is; a ``run`` of that shape on another thread meanwhile waits for it."""
+        if self.enabled:
             self._entry((self.backend.batch_size, height, width))
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         """The captured graphs' ``(batch, height, width)``."""
-        with self._lock:
-            return [key for key, entry in self._graphs.items() if entry is not None]
+        return [key for key, entry in self._graphs.items() if entry is not None]
 
 
 def _warm_up_files(folder: Path, size: tuple[int, int]) -> list[Path]:
@@ -763,13 +739,9 @@ class FastBackend:
         if not cuda:  # channels-last convolutions run 1.2-1.6x faster on the CPU; on the GPU cuDNN picks its layout
             self.net = self.net.to(memory_format=torch.channels_last)
         self.dtype = torch.float16 if self.half else torch.float32
-        # one call of ``net`` at a time: the pose head keeps its last input shape's anchors as attributes, and the
-        # shape warmer's threads capture graphs of ``net`` beside the caller's eager calls
-        self.net_lock = threading.RLock()
         self.graphs = PersonGraphs(self, enabled=cuda if cuda_graphs is None else cuda_graphs and cuda)
         warm_threads = (WARM_THREADS if cuda else 0) if warm_threads is None else warm_threads
-        self.warmer = ShapeWarmer(self.net, self.device, self.dtype, batch_size, imgsz, warm_threads,
-                                  then=self._capture_ahead if self.graphs.enabled else None) \
+        self.warmer = ShapeWarmer(self.net, self.device, self.dtype, batch_size, imgsz, warm_threads) \
             if warm_threads > 0 else None
         self._reader: BatchReader | None = None
         self.prepare_threads = max(1, prepare_threads if prepare_threads is not None else 2 if cuda else 1)
@@ -800,7 +772,7 @@ class FastBackend:
         another size still capture their own graph at their first full batch."""
         box = letterbox_geometry(*size, self.imgsz)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgpig-graph-capture") as pool:
-            capture = pool.submit(self._first_graph, box.out_h, box.out_w)
+            capture = pool.submit(self.graphs.prepare, box.out_h, box.out_w)
             with tempfile.TemporaryDirectory(prefix="pgpig-warm-") as tmp:
                 files = _warm_up_files(Path(tmp), size)
                 paths = [files[i % len(files)] for i in range(self.batch_size * self.prepare_threads)]
@@ -809,22 +781,6 @@ class FastBackend:
             capture.result()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _first_graph(self, height: int, width: int) -> None:
-        """``warm_up``'s graph, its first call and its capture made with the shape warmer's calls held off: the
-        calls ahead that ``look_ahead`` queues start after it, instead of the capture waiting for them. The shape is
-        claimed first: a call ahead at this shape already running would wait for the pause's end, and the claim for
-        that call."""
-        if self.warmer is None or not self.graphs.enabled:
-            self.graphs.prepare(height, width)
-            return
-        self.warmer.claim((height, width))
-        with self.warmer.paused():
-            self.graphs.prepare(height, width)
-
-    def _capture_ahead(self, shape: tuple[int, int]) -> None:
-        """The shape warmer's next step after a shape's first call: that shape's graph, captured on its thread."""
-        self.graphs.prepare(*shape)
 
     def look_ahead(self, paths: list[str | os.PathLike]) -> None:
         """Start the shape warmer on ``paths``: the first calls at their input shapes run on its threads from now,
@@ -862,10 +818,6 @@ class FastBackend:
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output ``(B, 56, A)`` on letterboxed inputs ``x`` ``(B, 3, H, W)``; on the CPU in calls
         of at most ``CPU_CALL_PIXELS`` input pixels, channels-last."""
-        with self.net_lock:
-            return self._network(x)
-
-    def _network(self, x: torch.Tensor) -> torch.Tensor:
         parts: Iterable[torch.Tensor] = [x]
         if self.device.type != "cuda":
             calls = max(1, -(-x.shape[0] * x.shape[2] * x.shape[3] // CPU_CALL_PIXELS))  # as few as the budget allows

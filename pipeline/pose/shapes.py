@@ -16,7 +16,7 @@ import os
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 
@@ -86,18 +86,15 @@ class ShapeWarmer:
     (``CALL_BYTES`` times its input) with ``FREE_SHARE`` of its memory still free besides, counting the calls
     running: a shape without room is left to the caller. ``paused()`` holds the calls off (it waits for those running
     and starts none until it ends): a CUDA graph's capture runs inside it, since a call's device-wide work (most
-    likely a kernel's first load) can invalidate a capture on another thread, whatever the capture's mode.
-    ``then(shape)``, where given, runs as a task of the pool after each shape's first call here (the backend captures
-    the shape's graph there, off the caller's thread)."""
+    likely a kernel's first load) can invalidate a capture on another thread, whatever the capture's mode."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int, imgsz: int,
-                 threads: int = 4, samples: int = SAMPLES, then: Callable[[Shape], object] | None = None):
+                 threads: int = 4, samples: int = SAMPLES):
         self.device, self.dtype, self.batch_size, self.imgsz = device, dtype, batch_size, imgsz
-        self.threads, self.samples, self.then = max(1, threads), samples, then
+        self.threads, self.samples = max(1, threads), samples
         self._template = copy.deepcopy(net)  # copied before any call: no thread's shape attributes in it
         self._futures: dict[Shape, Future] = {}
         self._sampling: list[Future] = []
-        self._following: list[Future] = []  # the ``then`` calls queued
         self._last: list = []  # the files of the last ``start``: the same list again is not sampled again
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -121,24 +118,11 @@ class ShapeWarmer:
 
     def queue(self, shapes: Iterable[Shape]) -> None:
         """Queue the first calls at ``shapes`` not queued or claimed before, in this order."""
-        queued = []
         with self._lock:
             pool = self._running_pool()
             for shape in shapes if pool is not None else ():
                 if shape not in self._futures:
-                    queued.append(pool.submit(self._first_call, shape))
-                    self._futures[shape] = queued[-1]
-        for future in queued if self.then is not None else ():
-            future.add_done_callback(self._follow)  # outside the lock: a call done by now runs ``_follow`` here
-
-    def _follow(self, future: Future) -> None:
-        """Queue ``then`` of the shape whose first call ``future`` made (none for a call cancelled, failed or
-        without room, nor once closed): a task of its own, so that a claim of that shape made there returns."""
-        if future.cancelled() or future.exception() is not None or future.result() is None:
-            return
-        with self._lock:
-            if self._pool is not None and not self._closed:
-                self._following.append(self._pool.submit(self.then, future.result()))
+                    self._futures[shape] = pool.submit(self._first_call, shape)
 
     def _running_pool(self) -> ThreadPoolExecutor | None:
         """The pool (started on first use), None once closed; called under the lock."""
@@ -157,17 +141,13 @@ class ShapeWarmer:
             wait_for([future])
 
     def wait(self) -> None:
-        """Wait until the samples of every ``start`` so far are read and the first calls they queued have run, and
-        the ``then`` calls those queued."""
+        """Wait until the samples of every ``start`` so far are read and the first calls they queued have run."""
         with self._lock:
             sampling = list(self._sampling)
         wait_for(sampling)
         with self._lock:
             queued = list(self._futures.values())
         wait_for(queued)
-        with self._lock:
-            following = list(self._following)
-        wait_for(following)
 
     @property
     def warmed(self) -> list[Shape]:

@@ -21,7 +21,6 @@ an extract run on the GPU gives the statuses of the CPU run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import json
@@ -30,7 +29,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 import warnings
@@ -1046,38 +1044,6 @@ def test_gpu_warm_up_captures_the_graph_that_files_of_its_size_use(tmp_path):
     diffs = [np.abs(g[6] - w[6])[5:].reshape(17, 3)[:, :2].mean() for g, w in zip(got, want, strict=True)
              if w[6] is not None and g[6] is not None]
     assert np.mean(diffs) < 0.1, np.mean(diffs)
-
-
-@pytest.mark.gpu
-@needs_cuda
-def test_gpu_the_warm_up_waits_for_a_call_ahead_of_its_own_shape_and_still_captures(tmp_path):
-    """The warm-up holds the shape warmer off while it captures its graph; a call ahead at the warm-up's own shape
-    that is already running (``look_ahead`` on files of that size) is waited for before the hold, not inside it
-    (inside, the call would wait for the hold and the hold for the call). The call is made to reach the gate only
-    once a hold has begun, or after 2 s."""
-    backend = FastBackend(device="cuda:0", batch_size=64, read_processes=2)
-    warmer = backend.warmer
-    started, held = threading.Event(), threading.Event()
-    first_call, paused = warmer._first_call, warmer.paused
-
-    def late_call(shape):
-        started.set()
-        held.wait(2)
-        return first_call(shape)
-
-    @contextlib.contextmanager
-    def holding():
-        with paused():
-            held.set()
-            yield
-
-    warmer._first_call, warmer.paused = late_call, holding
-    backend.look_ahead(load_bench().make_images(tmp_path, 64, (256, 176)))
-    assert started.wait(30)
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(backend.warm_up, (256, 176)).result(timeout=120)
-    assert backend.graphs.shapes == [(64, 256, 192)] and not backend.graphs.failures
-    backend.close()
 
 
 def spoil_captures(backend: FastBackend, count: int) -> None:
