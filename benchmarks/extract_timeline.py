@@ -42,6 +42,7 @@ START = time.perf_counter()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import faulthandler  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -60,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+_STACKS_AFTER = [0.0]  # --stacks-after, for the forked readers too
 _LOCK = threading.Lock()
 _DURATIONS: dict[tuple[str, str], list[float]] = defaultdict(list)
 _CAPTURES: list[tuple[float, list, float]] = []
@@ -157,6 +159,8 @@ def _forked() -> None:
     _LOCK = threading.Lock()
     if _collection in gc.callbacks:
         gc.callbacks.remove(_collection)
+    if _STACKS_AFTER[0]:
+        faulthandler.dump_traceback_later(_STACKS_AFTER[0])  # a reader still alive then names where it is
 
 
 _GC_START = [0.0]
@@ -237,6 +241,9 @@ def main() -> None:
     parser.add_argument("--no-sync", action="store_true",
                         help="leave the made files' write-back pending, as right after they are copied in")
     parser.add_argument("--label", default="")
+    parser.add_argument("--stacks-after", type=float, default=60.0,
+                        help="seconds into the run after which every thread's stack, this process's and each "
+                             "reader's, goes to stderr (a run that hangs says where; 0: never)")
     args = parser.parse_args()
 
     from extract_bench import make_files
@@ -253,10 +260,14 @@ def main() -> None:
         command = ["extract", str(raw), "--dataset", "folder", "--out", str(work / "kp"), "--run-file",
                    str(work / "extract.json"), "--workers", "0", "--imgsz", str(args.imgsz), "--overwrite", "--quiet",
                    *shlex.split(args.extract_args)]
+        _STACKS_AFTER[0] = args.stacks_after
+        if args.stacks_after:
+            faulthandler.dump_traceback_later(args.stacks_after)
         run_start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the command's own summary lines: stdout is the JSON line's
             cli(command, standalone_mode=False)
         run_end = time.perf_counter()
+        faulthandler.cancel_dump_traceback_later()
         run_seconds = run_end - run_start
         record = json.loads((work / "extract.json").read_text())
     import torch
