@@ -500,14 +500,11 @@ class PersonGraphs:
                 self._pool = None  # the next try records to a pool of its own
                 continue
             self._pool = pool
-            entry = (graph, x, frames, packed, pred, anchors)
-            self._graphs[key] = entry
-            return entry
+            return graph, x, frames, packed, pred, anchors
         failure = f"{height}x{width}: {type(error).__name__}: {error}".splitlines()[0]
         self.failures.append(failure)
         warnings.warn(f"CUDA graph capture failed {CAPTURE_TRIES} times at input shape {failure}; that shape runs "
                       "without a graph (slower, the same keypoints)", RuntimeWarning, stacklevel=2)
-        self._graphs[key] = None
         return None
 
     def _record(self, graph: torch.cuda.CUDAGraph, pool: tuple, x: torch.Tensor,
@@ -552,7 +549,8 @@ class PersonGraphs:
             if key in self._graphs:
                 return self._graphs[key]
             with torch.cuda.device(self.backend.device):  # the capture's own streams on this backend's GPU
-                return self._capture(key)
+                self._graphs[key] = entry = self._capture(key)  # None: this shape runs eagerly from now on
+            return entry
 
     def prepare(self, height: int, width: int) -> None:
         """Capture the graph of input shape ``(height, width)`` at ``batch_size`` now (no images needed), unless it
